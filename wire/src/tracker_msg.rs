@@ -1,0 +1,528 @@
+//! The tracker wire protocol: line-oriented text over TCP.
+//!
+//! # Requests
+//!
+//! One request is one line:
+//!
+//! ```text
+//! <token> <command> [<arg> ...]\n
+//! ```
+//!
+//! - `token` is the session token (32 lowercase hex characters) or `-` before login.
+//! - Fields are separated by exactly one space. Every field (token, command and
+//!   arguments) is escaped with [`escape_field`]: `\\` is a backslash, `\s` a space,
+//!   `\n` a newline, `\r` a carriage return, `\t` a tab, and a field that is exactly
+//!   `\0` is the empty string. Every other byte stands for itself, so any UTF-8
+//!   (file names with spaces, accents, emoji) travels losslessly.
+//! - A request line longer than [`MAX_REQUEST_LINE`] bytes is refused with an
+//!   error; the receiver discards it up to the next newline without buffering it.
+//!
+//! # Replies
+//!
+//! ```text
+//! OK [<field> ...]\n          success; head fields (e.g. the token after login)
+//! - <field> [<field> ...]\n   zero or more data rows, each prefixed by "- "
+//! END_OF_REPLY\n
+//! ```
+//!
+//! or, on failure,
+//!
+//! ```text
+//! ERR <reason>\n              one line of plain text, no newline inside
+//! END_OF_REPLY\n
+//! ```
+//!
+//! Data rows carry a `- ` prefix so that no escaped field can ever be mistaken for
+//! the `END_OF_REPLY` terminator.
+//!
+//! # Commands
+//!
+//! | command          | args                                                                 | OK head                                   | rows                         |
+//! |------------------|----------------------------------------------------------------------|-------------------------------------------|------------------------------|
+//! | `create_user`    | user password                                                        |                                           |                              |
+//! | `login`          | user password                                                        | token                                     |                              |
+//! | `whoami`         |                                                                      | user                                      |                              |
+//! | `logout`         |                                                                      |                                           |                              |
+//! | `create_group`   | group                                                                |                                           |                              |
+//! | `join_group`     | group                                                                |                                           |                              |
+//! | `leave_group`    | group                                                                |                                           |                              |
+//! | `list_groups`    |                                                                      |                                           | group owner members status   |
+//! | `list_requests`  | group                                                                |                                           | user                         |
+//! | `accept_request` | group user                                                           |                                           |                              |
+//! | `reject_request` | group user                                                           |                                           |                              |
+//! | `list_files`     | group                                                                |                                           | name size seeders_online     |
+//! | `upload_file`    | group name size piece_size file_sha1 piece_hashes peer_addr          |                                           |                              |
+//! | `file_info`      | group name                                                           | name size piece_size file_sha1 piece_hashes | peer_addr (online seeders)  |
+//! | `add_seeder`     | group name file_sha1 peer_addr                                       |                                           |                              |
+//! | `stop_share`     | group name                                                           |                                           |                              |
+//! | `heartbeat`      | peer_addr                                                            |                                           |                              |
+//!
+//! - `status` in `list_groups` is `owner`, `member`, `pending` or `-` for the asker.
+//! - `file_sha1` is 40 hex characters; `piece_hashes` is the concatenation of the
+//!   40-hex-character SHA-1 of every piece, in order (empty field for a 0-byte file).
+//! - `peer_addr` is `IP:PORT` of the client's peer server as peers can reach it.
+//! - A seeder belongs to a session: `upload_file` and `add_seeder` make the
+//!   session a seeder of the file, `stop_share` and `logout` end that, and
+//!   `leave_group` ends all of the user's seeding in the group. `heartbeat`
+//!   marks every seeder of the session alive; `file_info` and `list_files` count
+//!   only seeders seen within the tracker's seeder timeout.
+//! - A request with an unknown, ended or forged token is answered with an error
+//!   whose reason starts with [`ERR_SESSION`]; the client re-logs in on it.
+
+use std::fmt;
+
+/// The longest request line accepted, newline included (4 MiB: room for the piece
+/// hashes of a ~50 GiB file).
+pub const MAX_REQUEST_LINE: usize = 4 * 1024 * 1024;
+
+/// The longest reply a client accepts before it gives up on the connection.
+pub const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
+
+/// The line that ends every reply.
+pub const END_OF_REPLY: &str = "END_OF_REPLY";
+
+/// Token field sent before login.
+pub const NO_TOKEN: &str = "-";
+
+/// Every error about a missing, ended or unknown session starts with this text.
+pub const ERR_SESSION: &str = "not logged in";
+
+/// Errors of the tracker wire format.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("request line longer than {max} bytes")]
+    TooLong { max: usize },
+    #[error("empty request")]
+    Empty,
+    #[error("request has no command")]
+    NoCommand,
+    #[error("invalid escape sequence in field {0:?}")]
+    BadEscape(String),
+    #[error("request is not valid UTF-8")]
+    NotUtf8,
+    #[error("malformed reply line: {0:?}")]
+    BadReply(String),
+}
+
+/// Escapes one field so it contains no space, newline or empty string.
+pub fn escape_field(s: &str) -> String {
+    if s.is_empty() {
+        return "\\0".to_string();
+    }
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            ' ' => out.push_str("\\s"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Reverses [`escape_field`].
+pub fn unescape_field(s: &str) -> Result<String, WireError> {
+    if s == "\\0" {
+        return Ok(String::new());
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('\\') => out.push('\\'),
+            Some('s') => out.push(' '),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('t') => out.push('\t'),
+            _ => return Err(WireError::BadEscape(s.to_string())),
+        }
+    }
+    Ok(out)
+}
+
+/// Joins fields with single spaces, each escaped.
+pub fn encode_fields<S: AsRef<str>>(fields: &[S]) -> String {
+    let mut out = String::new();
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(&escape_field(f.as_ref()));
+    }
+    out
+}
+
+/// Splits a line (without its newline) into unescaped fields. An empty line has no fields.
+pub fn decode_fields(line: &str) -> Result<Vec<String>, WireError> {
+    if line.is_empty() {
+        return Ok(Vec::new());
+    }
+    line.split(' ').map(unescape_field).collect()
+}
+
+/// One request from a client to the tracker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The session token, `None` before login.
+    pub token: Option<String>,
+    pub command: String,
+    pub args: Vec<String>,
+}
+
+impl Request {
+    pub fn new(token: Option<&str>, command: &str, args: &[&str]) -> Request {
+        Request {
+            token: token.map(str::to_string),
+            command: command.to_string(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// The request as one line, newline included.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut fields: Vec<&str> = Vec::with_capacity(2 + self.args.len());
+        fields.push(self.token.as_deref().unwrap_or(NO_TOKEN));
+        fields.push(&self.command);
+        fields.extend(self.args.iter().map(String::as_str));
+        let mut line = encode_fields(&fields).into_bytes();
+        line.push(b'\n');
+        line
+    }
+
+    /// Parses one request line; a trailing `\n` or `\r\n` is ignored.
+    pub fn decode(line: &[u8]) -> Result<Request, WireError> {
+        if line.len() > MAX_REQUEST_LINE {
+            return Err(WireError::TooLong {
+                max: MAX_REQUEST_LINE,
+            });
+        }
+        let line = strip_newline(line);
+        let text = std::str::from_utf8(line).map_err(|_| WireError::NotUtf8)?;
+        if text.trim().is_empty() {
+            return Err(WireError::Empty);
+        }
+        let mut fields = decode_fields(text)?.into_iter();
+        let token = fields.next().ok_or(WireError::Empty)?;
+        let command = fields.next().ok_or(WireError::NoCommand)?;
+        if command.is_empty() {
+            return Err(WireError::NoCommand);
+        }
+        let token = if token == NO_TOKEN { None } else { Some(token) };
+        Ok(Request {
+            token,
+            command,
+            args: fields.collect(),
+        })
+    }
+}
+
+fn strip_newline(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// One reply from the tracker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Ok {
+        head: Vec<String>,
+        rows: Vec<Vec<String>>,
+    },
+    Err(String),
+}
+
+impl Reply {
+    /// A success with no head fields and no rows.
+    pub fn ok() -> Reply {
+        Reply::Ok {
+            head: Vec::new(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn err(reason: impl fmt::Display) -> Reply {
+        Reply::Err(reason.to_string())
+    }
+
+    /// The reply's bytes, `END_OF_REPLY` line included.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = String::new();
+        match self {
+            Reply::Ok { head, rows } => {
+                out.push_str("OK");
+                if !head.is_empty() {
+                    out.push(' ');
+                    out.push_str(&encode_fields(head));
+                }
+                out.push('\n');
+                for row in rows {
+                    out.push_str("- ");
+                    out.push_str(&encode_fields(row));
+                    out.push('\n');
+                }
+            }
+            Reply::Err(reason) => {
+                out.push_str("ERR ");
+                // One line: newlines in a reason become spaces.
+                out.extend(reason.chars().map(|c| if c == '\n' || c == '\r' { ' ' } else { c }));
+                out.push('\n');
+            }
+        }
+        out.push_str(END_OF_REPLY);
+        out.push('\n');
+        out.into_bytes()
+    }
+}
+
+/// Splits a byte stream into lines with a bound on line length.
+///
+/// A line longer than the bound is reported once as [`WireError::TooLong`] and its
+/// bytes are dropped up to the next newline, so memory never grows past the bound.
+#[derive(Debug)]
+pub struct LineFramer {
+    buf: Vec<u8>,
+    max: usize,
+    /// Scan position: bytes before it hold no newline.
+    scanned: usize,
+    /// Discarding an oversize line until its newline.
+    skipping: bool,
+}
+
+impl LineFramer {
+    pub fn new(max: usize) -> LineFramer {
+        LineFramer {
+            buf: Vec::new(),
+            max,
+            scanned: 0,
+            skipping: false,
+        }
+    }
+
+    /// Bytes buffered but not yet returned as a line.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Adds received bytes. Call [`LineFramer::next_line`] until it returns `None`.
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next complete line (newline included), an error for an oversize line, or
+    /// `None` when more bytes are needed.
+    pub fn next_line(&mut self) -> Option<Result<Vec<u8>, WireError>> {
+        loop {
+            let found = self.buf[self.scanned..].iter().position(|&b| b == b'\n');
+            match found {
+                Some(i) => {
+                    let end = self.scanned + i + 1;
+                    let line: Vec<u8> = self.buf.drain(..end).collect();
+                    self.scanned = 0;
+                    if self.skipping {
+                        self.skipping = false;
+                        continue;
+                    }
+                    if line.len() > self.max {
+                        return Some(Err(WireError::TooLong { max: self.max }));
+                    }
+                    return Some(Ok(line));
+                }
+                None => {
+                    self.scanned = self.buf.len();
+                    if self.buf.len() > self.max {
+                        self.buf.clear();
+                        self.scanned = 0;
+                        if !self.skipping {
+                            self.skipping = true;
+                            return Some(Err(WireError::TooLong { max: self.max }));
+                        }
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Reads replies incrementally from a byte stream.
+#[derive(Debug)]
+pub struct ReplyReader {
+    framer: LineFramer,
+    head: Option<Result<Vec<String>, String>>,
+    rows: Vec<Vec<String>>,
+    size: usize,
+}
+
+impl Default for ReplyReader {
+    fn default() -> Self {
+        ReplyReader::new()
+    }
+}
+
+impl ReplyReader {
+    pub fn new() -> ReplyReader {
+        ReplyReader {
+            framer: LineFramer::new(MAX_REPLY_BYTES),
+            head: None,
+            rows: Vec::new(),
+            size: 0,
+        }
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        self.framer.push(data);
+    }
+
+    /// The next complete reply, an error for a malformed or oversize one, or `None`
+    /// when more bytes are needed.
+    pub fn next_reply(&mut self) -> Option<Result<Reply, WireError>> {
+        loop {
+            let line = match self.framer.next_line()? {
+                Ok(line) => line,
+                Err(e) => return Some(Err(e)),
+            };
+            self.size += line.len();
+            if self.size > MAX_REPLY_BYTES {
+                self.reset();
+                return Some(Err(WireError::TooLong {
+                    max: MAX_REPLY_BYTES,
+                }));
+            }
+            let text = match std::str::from_utf8(strip_newline(&line)) {
+                Ok(t) => t.to_string(),
+                Err(_) => return Some(Err(WireError::NotUtf8)),
+            };
+            if text == END_OF_REPLY {
+                let head = self.head.take();
+                let rows = std::mem::take(&mut self.rows);
+                self.size = 0;
+                return Some(match head {
+                    Some(Ok(head)) => Ok(Reply::Ok { head, rows }),
+                    Some(Err(reason)) => Ok(Reply::Err(reason)),
+                    None => Err(WireError::BadReply(text)),
+                });
+            }
+            let parsed = match &self.head {
+                None => {
+                    if let Some(reason) = text.strip_prefix("ERR ") {
+                        self.head = Some(Err(reason.to_string()));
+                        Ok(())
+                    } else if text == "OK" {
+                        self.head = Some(Ok(Vec::new()));
+                        Ok(())
+                    } else if let Some(rest) = text.strip_prefix("OK ") {
+                        decode_fields(rest).map(|h| self.head = Some(Ok(h)))
+                    } else {
+                        Err(WireError::BadReply(text.clone()))
+                    }
+                }
+                Some(_) => match text.strip_prefix("- ") {
+                    Some(rest) => decode_fields(rest).map(|r| self.rows.push(r)),
+                    None => Err(WireError::BadReply(text.clone())),
+                },
+            };
+            if let Err(e) = parsed {
+                self.reset();
+                return Some(Err(e));
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.head = None;
+        self.rows.clear();
+        self.size = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_round_trip() {
+        for s in ["", "a", "a b", "\\", "\\0", "x\ny\r\tz", "ünï cødé 🦀", " ", "END_OF_REPLY"] {
+            assert_eq!(unescape_field(&escape_field(s)).unwrap(), s);
+            assert!(!escape_field(s).contains(' '));
+            assert!(!escape_field(s).contains('\n'));
+        }
+    }
+
+    #[test]
+    fn bad_escapes_are_errors() {
+        assert!(unescape_field("a\\").is_err());
+        assert!(unescape_field("a\\x").is_err());
+    }
+
+    #[test]
+    fn request_round_trip() {
+        let r = Request::new(Some("abc"), "upload_file", &["g 1", "", "my file.txt"]);
+        assert_eq!(Request::decode(&r.encode()).unwrap(), r);
+        let r = Request::new(None, "login", &["u", "p w"]);
+        let enc = r.encode();
+        assert!(enc.starts_with(b"- login "));
+        assert_eq!(Request::decode(&enc).unwrap(), r);
+    }
+
+    #[test]
+    fn bad_requests() {
+        assert_eq!(Request::decode(b"\n"), Err(WireError::Empty));
+        assert_eq!(Request::decode(b"tok\n"), Err(WireError::NoCommand));
+        assert_eq!(Request::decode(b"\xff\xfe x\n"), Err(WireError::NotUtf8));
+    }
+
+    #[test]
+    fn reply_round_trip() {
+        let replies = [
+            Reply::ok(),
+            Reply::Ok {
+                head: vec!["tok".into()],
+                rows: vec![vec!["END_OF_REPLY".into(), "".into()], vec!["a b".into()]],
+            },
+            Reply::err("no such group\nreally"),
+        ];
+        let mut reader = ReplyReader::new();
+        for r in &replies {
+            reader.push(&r.encode());
+        }
+        assert_eq!(reader.next_reply().unwrap().unwrap(), replies[0]);
+        assert_eq!(reader.next_reply().unwrap().unwrap(), replies[1]);
+        assert_eq!(
+            reader.next_reply().unwrap().unwrap(),
+            Reply::Err("no such group really".into())
+        );
+        assert!(reader.next_reply().is_none());
+    }
+
+    #[test]
+    fn framer_bounds_oversize_lines() {
+        let mut f = LineFramer::new(10);
+        f.push(b"short\n");
+        assert_eq!(f.next_line().unwrap().unwrap(), b"short\n");
+        f.push(&[b'x'; 25]);
+        assert!(matches!(f.next_line(), Some(Err(WireError::TooLong { .. }))));
+        assert!(f.pending() <= 10);
+        f.push(&[b'x'; 25]);
+        assert!(f.next_line().is_none());
+        f.push(b"xx\nok\n");
+        assert_eq!(f.next_line().unwrap().unwrap(), b"ok\n");
+        assert!(f.next_line().is_none());
+    }
+
+    #[test]
+    fn framer_splits_partial_input() {
+        let mut f = LineFramer::new(100);
+        f.push(b"ab");
+        assert!(f.next_line().is_none());
+        f.push(b"c\nd");
+        assert_eq!(f.next_line().unwrap().unwrap(), b"abc\n");
+        assert!(f.next_line().is_none());
+    }
+}
