@@ -1,1 +1,461 @@
-//! harness
+//! The end-to-end test harness: starts the real `tracker` and `client` binaries on
+//! 127.0.0.1, feeds the client's shell, and waits with a bound on every wait.
+//!
+//! Every process is started by a guard ([`TrackerProc`], [`ClientProc`]) that kills
+//! exactly that process, by PID, when dropped. Ports come from the OS (a listener on
+//! port 0 that is closed just before the binary binds it); data lives in temp dirs.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use wire::tracker_msg::{Reply, ReplyReader, Request};
+
+/// The default bound on any single wait in the tests.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Path of a workspace binary (`tracker` or `client`) next to the test executable:
+/// `target/<profile>/deps/<test>` -> `target/<profile>/<name>`.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built; run `cargo test --workspace` (it builds both binaries)",
+        path.display()
+    );
+    path
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Writes a tracker_info.txt listing the given ports on 127.0.0.1; returns its path.
+pub fn write_tracker_info(dir: &Path, ports: &[u16]) -> PathBuf {
+    let path = dir.join("tracker_info.txt");
+    let text: String = ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect();
+    std::fs::write(&path, text).expect("write tracker_info");
+    path
+}
+
+/// Collects a child's output lines on a thread; lines can be awaited with a bound.
+pub struct LineTap {
+    rx: Receiver<String>,
+    /// Every line seen so far, for assertions and failure messages.
+    pub seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl LineTap {
+    pub fn new<R: Read + Send + 'static>(r: R) -> LineTap {
+        let (tx, rx) = mpsc::channel();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        thread::spawn(move || {
+            let mut reader = BufReader::new(r);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf)
+                            .trim_end_matches(['\n', '\r'])
+                            .to_string();
+                        seen2.lock().unwrap().push(line.clone());
+                        if tx.send(line).is_err() {
+                            // Nobody listens any more; keep draining so the child never blocks.
+                        }
+                    }
+                }
+            }
+        });
+        LineTap { rx, seen }
+    }
+
+    /// The next line, or `None` after `timeout` or at end of output.
+    pub fn next_line(&self, timeout: Duration) -> Option<String> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+
+    /// Waits for a line matching `pred`; returns it, or panics with what was seen.
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) if pred(&line) => return line,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "timed out after {timeout:?} waiting for {what}; seen:\n{}",
+                        self.seen.lock().unwrap().join("\n")
+                    )
+                }
+            }
+        }
+    }
+
+    /// Every line seen so far, joined.
+    pub fn text(&self) -> String {
+        self.seen.lock().unwrap().join("\n")
+    }
+}
+
+/// A running `tracker` process, killed (by PID) when dropped.
+pub struct TrackerProc {
+    pub child: Child,
+    pub addr: String,
+    pub stdout: LineTap,
+    pub stderr: LineTap,
+    pub stdin: Option<ChildStdin>,
+    pub info: PathBuf,
+    pub no: usize,
+    pub data_dir: PathBuf,
+}
+
+impl TrackerProc {
+    /// Starts tracker `no` (1-based) of `info` with `data_dir`, and waits until it listens.
+    pub fn start(info: &Path, no: usize, data_dir: &Path) -> TrackerProc {
+        TrackerProc::start_with(info, no, data_dir, &[])
+    }
+
+    pub fn start_with(info: &Path, no: usize, data_dir: &Path, extra: &[&str]) -> TrackerProc {
+        let mut child = Command::new(bin_path("tracker"))
+            .arg(info)
+            .arg(no.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tracker");
+        let stdout = LineTap::new(child.stdout.take().unwrap());
+        let stderr = LineTap::new(child.stderr.take().unwrap());
+        let stdin = child.stdin.take();
+        let mut t = TrackerProc {
+            child,
+            addr: String::new(),
+            stdout,
+            stderr,
+            stdin,
+            info: info.to_path_buf(),
+            no,
+            data_dir: data_dir.to_path_buf(),
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(line) = t.stdout.next_line(Duration::from_millis(100)) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    t.addr = addr.trim().to_string();
+                    break;
+                }
+            }
+            if let Ok(Some(status)) = t.child.try_wait() {
+                panic!("tracker exited early ({status}); stderr:\n{}", t.stderr.text());
+            }
+            if Instant::now() > deadline {
+                panic!("tracker did not start; stderr:\n{}", t.stderr.text());
+            }
+        }
+        t
+    }
+
+    /// `kill -9` this tracker and reap it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills this tracker (if running) and starts it again on the same address and data.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let next = TrackerProc::start(&self.info, self.no, &self.data_dir);
+        *self = next;
+    }
+
+    /// A new blocking protocol connection to this tracker.
+    pub fn connect(&self) -> TrackerConn {
+        TrackerConn::connect(&self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for TrackerProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A blocking connection that speaks the tracker protocol, for tests.
+pub struct TrackerConn {
+    pub stream: TcpStream,
+    reader: ReplyReader,
+}
+
+impl TrackerConn {
+    pub fn connect(addr: &str) -> TrackerConn {
+        let stream = TcpStream::connect(addr).expect("connect to tracker");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        TrackerConn {
+            stream,
+            reader: ReplyReader::new(),
+        }
+    }
+
+    /// Sends raw bytes (for malformed-input tests).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Reads the next reply, or an error if the connection ends or times out first.
+    pub fn read_reply(&mut self) -> std::io::Result<Reply> {
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            if let Some(r) = self.reader.next_reply() {
+                return r.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+            }
+            let n = self.stream.read(&mut buf)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.reader.push(&buf[..n]);
+        }
+    }
+
+    /// Sends a request and reads its reply.
+    pub fn request(&mut self, token: Option<&str>, command: &str, args: &[&str]) -> Reply {
+        let req = Request::new(token, command, args);
+        self.stream.write_all(&req.encode()).expect("send request");
+        self.read_reply().expect("read reply")
+    }
+
+    /// Sends a request that must succeed; returns its head fields and rows.
+    pub fn ok(&mut self, token: Option<&str>, command: &str, args: &[&str]) -> (Vec<String>, Vec<Vec<String>>) {
+        match self.request(token, command, args) {
+            Reply::Ok { head, rows } => (head, rows),
+            Reply::Err(e) => panic!("{command} {args:?} failed: {e}"),
+        }
+    }
+
+    /// Sends a request that must fail; returns the reason.
+    pub fn err(&mut self, token: Option<&str>, command: &str, args: &[&str]) -> String {
+        match self.request(token, command, args) {
+            Reply::Err(e) => e,
+            ok => panic!("{command} {args:?} should have failed, got {ok:?}"),
+        }
+    }
+
+    /// create_user (must succeed) then login; returns the session token.
+    pub fn user(&mut self, user: &str, password: &str) -> String {
+        self.ok(None, "create_user", &[user, password]);
+        self.login(user, password)
+    }
+
+    /// login (must succeed); returns the session token.
+    pub fn login(&mut self, user: &str, password: &str) -> String {
+        let (head, _) = self.ok(None, "login", &[user, password]);
+        head.into_iter().next().expect("login returns a token")
+    }
+}
+
+/// A running `client` process with its shell on a pipe, killed (by PID) when dropped.
+pub struct ClientProc {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: LineTap,
+    pub stderr: LineTap,
+    pub state_dir: PathBuf,
+}
+
+impl ClientProc {
+    /// Starts `client <info> --state-dir <state_dir> --listen 127.0.0.1:0 <extra...>`.
+    pub fn start(info: &Path, state_dir: &Path, extra: &[&str]) -> ClientProc {
+        let mut args: Vec<String> = vec![
+            info.display().to_string(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        ClientProc::start_args(&args, state_dir)
+    }
+
+    /// Starts `client` with exactly these arguments (e.g. the assignment's `IP:PORT info` form).
+    pub fn start_args(args: &[String], state_dir: &Path) -> ClientProc {
+        let mut child = Command::new(bin_path("client"))
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn client");
+        let stdout = LineTap::new(child.stdout.take().unwrap());
+        let stderr = LineTap::new(child.stderr.take().unwrap());
+        let stdin = child.stdin.take();
+        ClientProc {
+            child,
+            stdin,
+            stdout,
+            stderr,
+            state_dir: state_dir.to_path_buf(),
+        }
+    }
+
+    /// Writes one command line to the shell.
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(line.as_bytes()).expect("write to client");
+        stdin.write_all(b"\n").expect("write to client");
+        stdin.flush().expect("flush client stdin");
+    }
+
+    /// Sends a command and returns the next output line (every command prints one
+    /// outcome line first; list commands may print more, see [`ClientProc::lines`]).
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(line);
+        self.stdout
+            .next_line(WAIT)
+            .unwrap_or_else(|| panic!("no reply to {line:?}; stderr:\n{}", self.stderr.text()))
+    }
+
+    /// Waits for a stdout line matching `pred`.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        self.stdout.wait_for(what, WAIT, pred)
+    }
+
+    /// Closes stdin (end of input).
+    pub fn close_stdin(&mut self) {
+        self.stdin.take();
+    }
+
+    /// Waits up to `timeout` for the process to exit; returns its exit code if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ClientProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes a file of `len` bytes of deterministic pseudo-random content (streamed,
+/// never held in memory whole); returns its SHA-1 as hex.
+pub fn write_random_file(path: &Path, len: u64, seed: u64) -> String {
+    use sha1::{Digest, Sha1};
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create file"));
+    let mut h = Sha1::new();
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        for chunk in buf[..n].chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let b = x.to_le_bytes();
+            chunk.copy_from_slice(&b[..chunk.len()]);
+        }
+        f.write_all(&buf[..n]).expect("write file");
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
+    f.flush().expect("flush file");
+    hex(&h.finalize())
+}
+
+/// SHA-1 of a file as hex, streamed.
+pub fn sha1_file(path: &Path) -> String {
+    use sha1::{Digest, Sha1};
+    let mut f = std::fs::File::open(path).expect("open file");
+    let mut h = Sha1::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf).expect("read file");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex(&h.finalize())
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compares two files byte for byte, streamed; panics with the first differing offset.
+pub fn assert_same_file(a: &Path, b: &Path) {
+    let ma = std::fs::metadata(a).unwrap_or_else(|e| panic!("{}: {e}", a.display()));
+    let mb = std::fs::metadata(b).unwrap_or_else(|e| panic!("{}: {e}", b.display()));
+    assert_eq!(ma.len(), mb.len(), "sizes differ: {} vs {}", a.display(), b.display());
+    let mut fa = BufReader::new(std::fs::File::open(a).unwrap());
+    let mut fb = BufReader::new(std::fs::File::open(b).unwrap());
+    let mut ba = vec![0u8; 256 * 1024];
+    let mut bb = vec![0u8; 256 * 1024];
+    let mut off = 0u64;
+    loop {
+        let n = fa.read(&mut ba).unwrap();
+        if n == 0 {
+            break;
+        }
+        fb.read_exact(&mut bb[..n]).unwrap();
+        if ba[..n] != bb[..n] {
+            let i = ba[..n].iter().zip(&bb[..n]).position(|(x, y)| x != y).unwrap();
+            panic!("files differ at byte {}", off + i as u64);
+        }
+        off += n as u64;
+    }
+}

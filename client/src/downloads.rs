@@ -1,0 +1,1 @@
+//! downloads (to be written)

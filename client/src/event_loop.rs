@@ -1,0 +1,1 @@
+//! event_loop (to be written)

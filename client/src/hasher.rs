@@ -1,0 +1,1 @@
+//! hasher (to be written)

@@ -1,0 +1,24 @@
+//! The swarmshare client as a library, so the binary (`main.rs`) stays a thin
+//! argument parser and each concern has one module.
+//!
+//! - [`shell`]: line parsing (double quotes), the command table, local validation.
+//! - [`tracker_link`]: tracker list, connect/failover, cached session, re-login.
+//! - [`event_loop`]: the one mio poll loop (stdin lines, tracker link, peer server, peers).
+//! - [`picker`]: `PiecePicker`, rarest first with endgame; pure.
+//! - [`storage`]: piece reads/writes at offsets, temp file + rename, resume state.
+//! - [`hasher`]: the small thread pool for SHA-1 and disk work.
+//! - [`registry`]: `.uploads_registry`, what this client shares.
+//! - [`downloads`]: one download's state and its `show_downloads` line.
+//! - [`peer_conn`]: one peer connection's state machine.
+//! - [`transfers`]: `Transfers`, the narrow interface between the event loop and all peer-to-peer work.
+
+pub mod downloads;
+pub mod event_loop;
+pub mod hasher;
+pub mod peer_conn;
+pub mod picker;
+pub mod registry;
+pub mod shell;
+pub mod storage;
+pub mod tracker_link;
+pub mod transfers;

@@ -1,0 +1,1 @@
+//! peer_conn (to be written)

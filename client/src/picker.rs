@@ -1,0 +1,1 @@
+//! picker (to be written)
