@@ -165,7 +165,10 @@ impl TrackerProc {
                 }
             }
             if let Ok(Some(status)) = t.child.try_wait() {
-                panic!("tracker exited early ({status}); stderr:\n{}", t.stderr.text());
+                panic!(
+                    "tracker exited early ({status}); stderr:\n{}",
+                    t.stderr.text()
+                );
             }
             if Instant::now() > deadline {
                 panic!("tracker did not start; stderr:\n{}", t.stderr.text());
@@ -247,7 +250,12 @@ impl TrackerConn {
     }
 
     /// Sends a request that must succeed; returns its head fields and rows.
-    pub fn ok(&mut self, token: Option<&str>, command: &str, args: &[&str]) -> (Vec<String>, Vec<Vec<String>>) {
+    pub fn ok(
+        &mut self,
+        token: Option<&str>,
+        command: &str,
+        args: &[&str],
+    ) -> (Vec<String>, Vec<Vec<String>>) {
         match self.request(token, command, args) {
             Reply::Ok { head, rows } => (head, rows),
             Reply::Err(e) => panic!("{command} {args:?} failed: {e}"),
@@ -440,7 +448,13 @@ pub fn hex(bytes: &[u8]) -> String {
 pub fn assert_same_file(a: &Path, b: &Path) {
     let ma = std::fs::metadata(a).unwrap_or_else(|e| panic!("{}: {e}", a.display()));
     let mb = std::fs::metadata(b).unwrap_or_else(|e| panic!("{}: {e}", b.display()));
-    assert_eq!(ma.len(), mb.len(), "sizes differ: {} vs {}", a.display(), b.display());
+    assert_eq!(
+        ma.len(),
+        mb.len(),
+        "sizes differ: {} vs {}",
+        a.display(),
+        b.display()
+    );
     let mut fa = BufReader::new(std::fs::File::open(a).unwrap());
     let mut fb = BufReader::new(std::fs::File::open(b).unwrap());
     let mut ba = vec![0u8; 256 * 1024];
@@ -453,7 +467,11 @@ pub fn assert_same_file(a: &Path, b: &Path) {
         }
         fb.read_exact(&mut bb[..n]).unwrap();
         if ba[..n] != bb[..n] {
-            let i = ba[..n].iter().zip(&bb[..n]).position(|(x, y)| x != y).unwrap();
+            let i = ba[..n]
+                .iter()
+                .zip(&bb[..n])
+                .position(|(x, y)| x != y)
+                .unwrap();
             panic!("files differ at byte {}", off + i as u64);
         }
         off += n as u64;

@@ -56,7 +56,13 @@ impl FileMeta {
     }
 
     /// Rebuilds metadata from the tracker protocol's fields; `None` if they are inconsistent.
-    pub fn from_wire(name: &str, size: &str, piece_size: &str, file_sha1: &str, piece_hashes: &str) -> Option<FileMeta> {
+    pub fn from_wire(
+        name: &str,
+        size: &str,
+        piece_size: &str,
+        file_sha1: &str,
+        piece_hashes: &str,
+    ) -> Option<FileMeta> {
         let size: u64 = size.parse().ok()?;
         let piece_size: u64 = piece_size.parse().ok()?;
         if piece_size == 0 {

@@ -271,7 +271,11 @@ impl Reply {
             Reply::Err(reason) => {
                 out.push_str("ERR ");
                 // One line: newlines in a reason become spaces.
-                out.extend(reason.chars().map(|c| if c == '\n' || c == '\r' { ' ' } else { c }));
+                out.extend(
+                    reason
+                        .chars()
+                        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c }),
+                );
                 out.push('\n');
             }
         }
@@ -448,7 +452,17 @@ mod tests {
 
     #[test]
     fn fields_round_trip() {
-        for s in ["", "a", "a b", "\\", "\\0", "x\ny\r\tz", "ünï cødé 🦀", " ", "END_OF_REPLY"] {
+        for s in [
+            "",
+            "a",
+            "a b",
+            "\\",
+            "\\0",
+            "x\ny\r\tz",
+            "ünï cødé 🦀",
+            " ",
+            "END_OF_REPLY",
+        ] {
             assert_eq!(unescape_field(&escape_field(s)).unwrap(), s);
             assert!(!escape_field(s).contains(' '));
             assert!(!escape_field(s).contains('\n'));
@@ -507,7 +521,10 @@ mod tests {
         f.push(b"short\n");
         assert_eq!(f.next_line().unwrap().unwrap(), b"short\n");
         f.push(&[b'x'; 25]);
-        assert!(matches!(f.next_line(), Some(Err(WireError::TooLong { .. }))));
+        assert!(matches!(
+            f.next_line(),
+            Some(Err(WireError::TooLong { .. }))
+        ));
         assert!(f.pending() <= 10);
         f.push(&[b'x'; 25]);
         assert!(f.next_line().is_none());

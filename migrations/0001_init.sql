@@ -1,0 +1,64 @@
+-- swarmshare tracker cache, version 1. The cache is rebuilt from sync_log.txt
+-- when deleted; every table here is derived from the log.
+
+CREATE TABLE users (
+    user_id       TEXT PRIMARY KEY NOT NULL,
+    password_hash TEXT NOT NULL,            -- argon2 PHC string, never the password
+    created_ms    INTEGER NOT NULL
+);
+
+CREATE TABLE sessions (
+    token_hash TEXT PRIMARY KEY NOT NULL,   -- sha256 hex of the session token
+    user_id    TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+
+CREATE TABLE groups (
+    group_id   TEXT PRIMARY KEY NOT NULL,
+    owner      TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+
+CREATE TABLE group_members (
+    group_id   TEXT NOT NULL,
+    user_id    TEXT NOT NULL,
+    joined_seq INTEGER NOT NULL,            -- log offset of the line that made them a member
+    PRIMARY KEY (group_id, user_id)
+);
+
+CREATE TABLE join_requests (
+    group_id     TEXT NOT NULL,
+    user_id      TEXT NOT NULL,
+    requested_ms INTEGER NOT NULL,
+    PRIMARY KEY (group_id, user_id)
+);
+
+CREATE TABLE files (
+    group_id     TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    piece_size   INTEGER NOT NULL,
+    file_sha1    TEXT NOT NULL,             -- 40 lowercase hex
+    piece_hashes TEXT NOT NULL,             -- 40 hex per piece, concatenated
+    uploader     TEXT NOT NULL,
+    created_ms   INTEGER NOT NULL,
+    PRIMARY KEY (group_id, name)
+);
+
+CREATE TABLE file_seeders (
+    group_id     TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    token_hash   TEXT NOT NULL,             -- the seeding session
+    user_id      TEXT NOT NULL,
+    peer_addr    TEXT NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (group_id, name, token_hash)
+);
+
+CREATE INDEX file_seeders_by_session ON file_seeders (token_hash);
+
+CREATE TABLE applied_log (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    offset INTEGER NOT NULL,                -- sync_log.txt bytes applied
+    lines  INTEGER NOT NULL                 -- log lines applied
+);

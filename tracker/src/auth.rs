@@ -1,0 +1,92 @@
+//! Password hashing (argon2id, PHC strings) and session tokens.
+//!
+//! Only the PHC string of a password and the SHA-256 of a token are ever stored
+//! or logged.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use sha2::{Digest, Sha256};
+
+/// Errors of hashing or token generation.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no randomness available: {0}")]
+    Random(String),
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+/// Argon2id with modest parameters (8 MiB, 1 pass): fast enough for tests and a
+/// busy tracker, still far from clear text.
+fn hasher() -> Result<Argon2<'static>, AuthError> {
+    let params = Params::new(8192, 1, 1, None).map_err(|e| AuthError::Hash(e.to_string()))?;
+    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], AuthError> {
+    let mut b = [0u8; N];
+    getrandom::getrandom(&mut b).map_err(|e| AuthError::Random(e.to_string()))?;
+    Ok(b)
+}
+
+/// Hashes a password into a PHC string with a fresh random salt.
+pub fn hash_password(password: &str) -> Result<String, AuthError> {
+    let salt = SaltString::encode_b64(&random_bytes::<16>()?)
+        .map_err(|e| AuthError::Hash(e.to_string()))?;
+    let hash = hasher()?
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| AuthError::Hash(e.to_string()))?;
+    Ok(hash.to_string())
+}
+
+/// Whether `password` matches the stored PHC string (false for a malformed one).
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let Ok(h) = hasher() else {
+        return false;
+    };
+    h.verify_password(password.as_bytes(), &parsed).is_ok()
+}
+
+/// A new session token: 128 random bits as 32 lowercase hex characters.
+pub fn new_token() -> Result<String, AuthError> {
+    Ok(hex(&random_bytes::<16>()?))
+}
+
+/// The SHA-256 (hex) of a token: the only form in which tokens are stored.
+pub fn token_hash(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_verify_and_are_not_stored_in_clear() {
+        let phc = hash_password("s3cret pass").unwrap();
+        assert!(phc.starts_with("$argon2id$"));
+        assert!(!phc.contains("s3cret"));
+        assert!(verify_password("s3cret pass", &phc));
+        assert!(!verify_password("wrong", &phc));
+        assert!(!verify_password("x", "not a phc"));
+        assert_ne!(hash_password("s3cret pass").unwrap(), phc);
+    }
+
+    #[test]
+    fn tokens_are_random_hex_and_hashed() {
+        let a = new_token().unwrap();
+        let b = new_token().unwrap();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+        assert_eq!(token_hash(&a).len(), 64);
+        assert_ne!(token_hash(&a), a);
+    }
+}

@@ -1,0 +1,635 @@
+//! Requests -> (authorize, validate against the store) -> a reply to send, or a
+//! log entry to append (and then apply) before its reply is sent.
+//!
+//! The command table and reply rows are those of [`wire::tracker_msg`].
+
+use std::net::SocketAddr;
+
+use rusqlite::Connection;
+use wire::tracker_msg::{Reply, Request, ERR_SESSION};
+
+use crate::auth;
+use crate::store;
+use crate::sync_log::Op;
+
+/// Longest user or group name, in bytes.
+pub const MAX_NAME: usize = 256;
+/// Longest file name, in bytes.
+pub const MAX_FILE_NAME: usize = 1024;
+
+/// What the tracker needs to know besides the request and the store.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    pub now_ms: u64,
+    /// Seeders not seen for this long are not online.
+    pub seeder_timeout_ms: u64,
+}
+
+impl Ctx {
+    fn online_since(&self) -> u64 {
+        self.now_ms.saturating_sub(self.seeder_timeout_ms)
+    }
+}
+
+/// The result of handling one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answer at once; nothing changes.
+    Reply(Reply),
+    /// Append `op` to the log and apply it; send `reply` once it is durable.
+    Mutate { op: Op, reply: Reply },
+}
+
+/// Why a request is refused: one clear line for the `ERR` reply.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("internal error: database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("internal error: {0}")]
+    Auth(#[from] auth::AuthError),
+}
+
+fn refuse<T>(msg: impl Into<String>) -> Result<T, CommandError> {
+    Err(CommandError::Refused(msg.into()))
+}
+
+/// Usage of every command (arguments after the token and command name).
+const USAGE: &[(&str, &str, bool)] = &[
+    // (command, args, mutates)
+    ("create_user", "<user> <password>", true),
+    ("login", "<user> <password>", true),
+    ("whoami", "", false),
+    ("logout", "", true),
+    ("create_group", "<group>", true),
+    ("join_group", "<group>", true),
+    ("leave_group", "<group>", true),
+    ("list_groups", "", false),
+    ("list_requests", "<group>", false),
+    ("accept_request", "<group> <user>", true),
+    ("reject_request", "<group> <user>", true),
+    ("list_files", "<group>", false),
+    (
+        "upload_file",
+        "<group> <name> <size> <piece_size> <file_sha1> <piece_hashes> <peer_addr>",
+        true,
+    ),
+    ("file_info", "<group> <name>", false),
+    ("add_seeder", "<group> <name> <file_sha1> <peer_addr>", true),
+    ("stop_share", "<group> <name>", true),
+    ("heartbeat", "<peer_addr>", true),
+];
+
+/// Whether a command may change state (and so goes through the log path).
+pub fn may_mutate(command: &str) -> bool {
+    USAGE
+        .iter()
+        .any(|(name, _, mutates)| *name == command && *mutates)
+}
+
+/// Handles one request against the current state (inside the write transaction
+/// for commands that [`may_mutate`]). Never panics; errors become `ERR` replies.
+pub fn handle(db: &Connection, req: &Request, ctx: &Ctx) -> Outcome {
+    match dispatch(db, req, ctx) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            if matches!(e, CommandError::Db(_) | CommandError::Auth(_)) {
+                log::error!("{} failed: {e}", req.command);
+            }
+            Outcome::Reply(Reply::err(e))
+        }
+    }
+}
+
+fn ok_head(head: Vec<String>) -> Reply {
+    Reply::Ok {
+        head,
+        rows: Vec::new(),
+    }
+}
+
+fn ok_rows(rows: Vec<Vec<String>>) -> Reply {
+    Reply::Ok {
+        head: Vec::new(),
+        rows,
+    }
+}
+
+fn mutate(op: Op) -> Result<Outcome, CommandError> {
+    Ok(Outcome::Mutate {
+        op,
+        reply: Reply::ok(),
+    })
+}
+
+fn dispatch(db: &Connection, req: &Request, ctx: &Ctx) -> Result<Outcome, CommandError> {
+    let Some((_, usage, _)) = USAGE.iter().find(|(n, _, _)| *n == req.command) else {
+        return refuse(format!("unknown command {:?}", req.command));
+    };
+    let want = usage.split_whitespace().count();
+    if req.args.len() != want {
+        return refuse(
+            format!("usage: {} {usage}", req.command)
+                .trim_end()
+                .to_string(),
+        );
+    }
+    let a = |i: usize| req.args[i].as_str();
+    match req.command.as_str() {
+        "create_user" => {
+            let (user, password) = (a(0), a(1));
+            check_name("user", user, MAX_NAME)?;
+            check_password(password)?;
+            if store::user_password_hash(db, user)?.is_some() {
+                return refuse(format!("user already exists: {user}"));
+            }
+            mutate(Op::CreateUser {
+                user: user.to_string(),
+                password_hash: auth::hash_password(password)?,
+            })
+        }
+        "login" => {
+            let (user, password) = (a(0), a(1));
+            let Some(phc) = store::user_password_hash(db, user)? else {
+                return refuse(format!("no such user: {user}"));
+            };
+            if !auth::verify_password(password, &phc) {
+                return refuse("wrong password");
+            }
+            let token = auth::new_token()?;
+            Ok(Outcome::Mutate {
+                op: Op::Login {
+                    token_hash: auth::token_hash(&token),
+                    user: user.to_string(),
+                },
+                reply: ok_head(vec![token]),
+            })
+        }
+        _ => {
+            let session = session(db, req)?;
+            dispatch_logged_in(db, req, ctx, &session)
+        }
+    }
+}
+
+/// A live session: the token's hash and its user.
+struct Session {
+    token_hash: String,
+    user: String,
+}
+
+fn session(db: &Connection, req: &Request) -> Result<Session, CommandError> {
+    let Some(token) = &req.token else {
+        return refuse(format!("{ERR_SESSION}: log in first"));
+    };
+    let token_hash = auth::token_hash(token);
+    match store::session_user(db, &token_hash)? {
+        Some(user) => Ok(Session { token_hash, user }),
+        None => refuse(format!("{ERR_SESSION}: unknown or ended session")),
+    }
+}
+
+fn dispatch_logged_in(
+    db: &Connection,
+    req: &Request,
+    ctx: &Ctx,
+    s: &Session,
+) -> Result<Outcome, CommandError> {
+    let a = |i: usize| req.args[i].as_str();
+    let me = s.user.as_str();
+    match req.command.as_str() {
+        "whoami" => Ok(Outcome::Reply(ok_head(vec![me.to_string()]))),
+        "logout" => mutate(Op::Logout {
+            token_hash: s.token_hash.clone(),
+        }),
+        "create_group" => {
+            let group = a(0);
+            check_name("group", group, MAX_NAME)?;
+            if store::group_owner(db, group)?.is_some() {
+                return refuse(format!("group already exists: {group}"));
+            }
+            mutate(Op::CreateGroup {
+                group: group.to_string(),
+                owner: me.to_string(),
+            })
+        }
+        "join_group" => {
+            let group = a(0);
+            existing_group(db, group)?;
+            if store::is_member(db, group, me)? {
+                return refuse(format!("already a member of group {group}"));
+            }
+            if store::has_request(db, group, me)? {
+                return refuse(format!("already asked to join group {group}"));
+            }
+            mutate(Op::RequestJoin {
+                group: group.to_string(),
+                user: me.to_string(),
+            })
+        }
+        "leave_group" => {
+            let group = a(0);
+            member_of(db, group, me)?;
+            mutate(Op::LeaveGroup {
+                group: group.to_string(),
+                user: me.to_string(),
+            })
+        }
+        "list_groups" => Ok(Outcome::Reply(ok_rows(store::list_groups(db, me)?))),
+        "list_requests" => {
+            let group = a(0);
+            owner_of(db, group, me, "list requests")?;
+            Ok(Outcome::Reply(ok_rows(store::list_requests(db, group)?)))
+        }
+        "accept_request" | "reject_request" => {
+            let (group, user) = (a(0), a(1));
+            let verb = if req.command == "accept_request" {
+                "accept requests"
+            } else {
+                "reject requests"
+            };
+            owner_of(db, group, me, verb)?;
+            if !store::has_request(db, group, user)? {
+                return refuse(format!("no pending request from {user} to join {group}"));
+            }
+            let (group, user) = (group.to_string(), user.to_string());
+            mutate(if req.command == "accept_request" {
+                Op::AcceptRequest { group, user }
+            } else {
+                Op::RejectRequest { group, user }
+            })
+        }
+        "list_files" => {
+            let group = a(0);
+            member_of(db, group, me)?;
+            Ok(Outcome::Reply(ok_rows(store::list_files(
+                db,
+                group,
+                ctx.online_since(),
+            )?)))
+        }
+        "upload_file" => {
+            let (group, name) = (a(0), a(1));
+            member_of(db, group, me)?;
+            check_name("file", name, MAX_FILE_NAME)?;
+            let size = parse_u64("size", a(2))?;
+            let piece_size = parse_u64("piece_size", a(3))?;
+            if piece_size == 0 {
+                return refuse("piece_size must be greater than 0");
+            }
+            let file_sha1 = check_hex("file_sha1", a(4), 40)?;
+            let pieces = size.div_ceil(piece_size);
+            let want = pieces
+                .checked_mul(40)
+                .filter(|n| *n <= wire::tracker_msg::MAX_REQUEST_LINE as u64);
+            let Some(want) = want else {
+                return refuse(format!("file of {size} bytes has too many pieces"));
+            };
+            let piece_hashes = check_hex("piece_hashes", a(5), want as usize)?;
+            let peer_addr = check_addr(a(6))?;
+            if let Some(existing) = store::file(db, group, name)? {
+                if existing.size != size || existing.file_sha1 != file_sha1 {
+                    return refuse(format!(
+                        "a different file named {name} already exists in group {group}"
+                    ));
+                }
+            }
+            mutate(Op::UploadFile {
+                group: group.to_string(),
+                name: name.to_string(),
+                size,
+                piece_size,
+                file_sha1,
+                piece_hashes,
+                token_hash: s.token_hash.clone(),
+                user: me.to_string(),
+                peer_addr,
+            })
+        }
+        "file_info" => {
+            let (group, name) = (a(0), a(1));
+            member_of(db, group, me)?;
+            let Some(f) = store::file(db, group, name)? else {
+                return refuse(format!("no such file {name} in group {group}"));
+            };
+            let rows = store::online_seeders(db, group, name, ctx.online_since())?
+                .into_iter()
+                .map(|addr| vec![addr])
+                .collect();
+            Ok(Outcome::Reply(Reply::Ok {
+                head: vec![
+                    f.name,
+                    f.size.to_string(),
+                    f.piece_size.to_string(),
+                    f.file_sha1,
+                    f.piece_hashes,
+                ],
+                rows,
+            }))
+        }
+        "add_seeder" => {
+            let (group, name) = (a(0), a(1));
+            member_of(db, group, me)?;
+            let file_sha1 = check_hex("file_sha1", a(2), 40)?;
+            let peer_addr = check_addr(a(3))?;
+            let Some(f) = store::file(db, group, name)? else {
+                return refuse(format!("no such file {name} in group {group}"));
+            };
+            if f.file_sha1 != file_sha1 {
+                return refuse(format!(
+                    "file {name} in group {group} has different content (SHA-1 differs)"
+                ));
+            }
+            mutate(Op::AddSeeder {
+                group: group.to_string(),
+                name: name.to_string(),
+                token_hash: s.token_hash.clone(),
+                user: me.to_string(),
+                peer_addr,
+            })
+        }
+        "stop_share" => {
+            let (group, name) = (a(0), a(1));
+            existing_group(db, group)?;
+            if !store::is_seeder(db, group, name, &s.token_hash)? {
+                return refuse(format!("not sharing {name} in group {group}"));
+            }
+            mutate(Op::StopShare {
+                group: group.to_string(),
+                name: name.to_string(),
+                token_hash: s.token_hash.clone(),
+            })
+        }
+        "heartbeat" => {
+            let peer_addr = check_addr(a(0))?;
+            // Log only when it changes what peers see: a seeder close to timing out
+            // or a new address. Otherwise the heartbeat is acknowledged at once.
+            let fresh_since = ctx.now_ms.saturating_sub(ctx.seeder_timeout_ms / 3);
+            let (rows, fresh) = store::session_seeding(db, &s.token_hash, fresh_since, &peer_addr)?;
+            if rows == fresh {
+                return Ok(Outcome::Reply(Reply::ok()));
+            }
+            mutate(Op::Heartbeat {
+                token_hash: s.token_hash.clone(),
+                peer_addr,
+            })
+        }
+        other => refuse(format!("unknown command {other:?}")),
+    }
+}
+
+fn existing_group(db: &Connection, group: &str) -> Result<String, CommandError> {
+    match store::group_owner(db, group)? {
+        Some(owner) => Ok(owner),
+        None => refuse(format!("no such group: {group}")),
+    }
+}
+
+fn member_of(db: &Connection, group: &str, user: &str) -> Result<(), CommandError> {
+    existing_group(db, group)?;
+    if !store::is_member(db, group, user)? {
+        return refuse(format!("not a member of group {group}"));
+    }
+    Ok(())
+}
+
+fn owner_of(db: &Connection, group: &str, user: &str, what: &str) -> Result<(), CommandError> {
+    if existing_group(db, group)? != user {
+        return refuse(format!("only the owner of {group} can {what}"));
+    }
+    Ok(())
+}
+
+/// Names: non-empty, at most `max` bytes, any UTF-8 but no control characters.
+fn check_name(kind: &str, name: &str, max: usize) -> Result<(), CommandError> {
+    if name.is_empty() {
+        return refuse(format!("{kind} name must not be empty"));
+    }
+    if name.len() > max {
+        return refuse(format!("{kind} name longer than {max} bytes"));
+    }
+    if name.chars().any(char::is_control) {
+        return refuse(format!("{kind} name must not contain control characters"));
+    }
+    Ok(())
+}
+
+fn check_password(p: &str) -> Result<(), CommandError> {
+    if p.is_empty() {
+        return refuse("password must not be empty");
+    }
+    if p.len() > 1024 {
+        return refuse("password longer than 1024 bytes");
+    }
+    Ok(())
+}
+
+fn parse_u64(what: &str, s: &str) -> Result<u64, CommandError> {
+    match s.parse::<u64>() {
+        Ok(n) if n <= i64::MAX as u64 => Ok(n),
+        _ => refuse(format!("{what} must be a non-negative integer, got {s:?}")),
+    }
+}
+
+/// Checks that `s` is `len` hex digits; returns it in lowercase.
+fn check_hex(what: &str, s: &str, len: usize) -> Result<String, CommandError> {
+    if s.len() != len {
+        return refuse(format!(
+            "{what} must be {len} hex characters, got {}",
+            s.len()
+        ));
+    }
+    if !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return refuse(format!("{what} must be hex"));
+    }
+    Ok(s.to_ascii_lowercase())
+}
+
+fn check_addr(s: &str) -> Result<String, CommandError> {
+    match s.parse::<SocketAddr>() {
+        Ok(addr) => Ok(addr.to_string()),
+        Err(_) => refuse(format!("peer_addr must be IP:PORT, got {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::sync_log::LogEntry;
+
+    /// Runs a request like the server does: mutations are applied at once.
+    fn run(st: &mut Store, token: Option<&str>, cmd: &str, args: &[&str]) -> Reply {
+        let ctx = Ctx {
+            now_ms: 10_000,
+            seeder_timeout_ms: 45_000,
+        };
+        let req = Request::new(token, cmd, args);
+        match handle(st.conn(), &req, &ctx) {
+            Outcome::Reply(r) => r,
+            Outcome::Mutate { op, reply } => {
+                let off = st.applied().unwrap().offset + 1;
+                let entry = LogEntry {
+                    ms: ctx.now_ms,
+                    tracker: 1,
+                    op,
+                };
+                st.apply_entries(&[(off, entry)], off).unwrap();
+                reply
+            }
+        }
+    }
+
+    fn token(r: Reply) -> String {
+        match r {
+            Reply::Ok { head, .. } => head[0].clone(),
+            Reply::Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn err(r: Reply) -> String {
+        match r {
+            Reply::Err(e) => e,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn groups_requests_and_ownership() {
+        let mut st = Store::open_in_memory().unwrap();
+        assert_eq!(run(&mut st, None, "create_user", &["a", "pw"]), Reply::ok());
+        assert!(err(run(&mut st, None, "create_user", &["a", "x"])).contains("already exists"));
+        assert!(err(run(&mut st, None, "create_user", &["b\n", "x"])).contains("control"));
+        assert_eq!(
+            run(&mut st, None, "create_user", &["b b", "pw"]),
+            Reply::ok()
+        );
+        assert_eq!(
+            err(run(&mut st, None, "login", &["a", "bad"])),
+            "wrong password"
+        );
+        assert!(err(run(&mut st, None, "login", &["zz", "bad"])).starts_with("no such user"));
+        let ta = token(run(&mut st, None, "login", &["a", "pw"]));
+        let tb = token(run(&mut st, None, "login", &["b b", "pw"]));
+        assert!(err(run(&mut st, None, "whoami", &[])).starts_with(ERR_SESSION));
+        assert!(err(run(&mut st, Some("f00"), "whoami", &[])).starts_with(ERR_SESSION));
+        assert_eq!(run(&mut st, Some(&ta), "create_group", &["g"]), Reply::ok());
+        assert!(err(run(&mut st, Some(&tb), "list_files", &["g"])).starts_with("not a member"));
+        assert_eq!(run(&mut st, Some(&tb), "join_group", &["g"]), Reply::ok());
+        assert!(err(run(&mut st, Some(&tb), "join_group", &["g"])).contains("already"));
+        assert!(err(run(&mut st, Some(&tb), "list_requests", &["g"])).starts_with("only the owner"));
+        assert_eq!(
+            run(&mut st, Some(&ta), "list_requests", &["g"]),
+            ok_rows(vec![vec!["b b".into()]])
+        );
+        assert_eq!(
+            run(&mut st, Some(&ta), "accept_request", &["g", "b b"]),
+            Reply::ok()
+        );
+        assert!(
+            err(run(&mut st, Some(&ta), "accept_request", &["g", "b b"])).starts_with("no pending")
+        );
+        assert_eq!(run(&mut st, Some(&ta), "leave_group", &["g"]), Reply::ok());
+        assert_eq!(
+            run(&mut st, Some(&tb), "list_groups", &[]),
+            ok_rows(vec![vec![
+                "g".into(),
+                "b b".into(),
+                "1".into(),
+                "owner".into()
+            ]])
+        );
+        assert_eq!(run(&mut st, Some(&ta), "logout", &[]), Reply::ok());
+        assert!(err(run(&mut st, Some(&ta), "whoami", &[])).starts_with(ERR_SESSION));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        #[test]
+        fn any_request_gets_a_reply_without_panicking(
+            cmd in proptest::sample::select(USAGE.iter().map(|u| u.0).chain(["", "x"]).collect::<Vec<_>>()),
+            args in proptest::collection::vec(".{0,12}", 0..8),
+            logged_in in proptest::prelude::any::<bool>(),
+        ) {
+            let mut st = Store::open_in_memory().unwrap();
+            run(&mut st, None, "create_user", &["u", "p"]);
+            let t = token(run(&mut st, None, "login", &["u", "p"]));
+            run(&mut st, Some(&t), "create_group", &["g"]);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let tok = if logged_in { Some(t.as_str()) } else { None };
+            let _ = run(&mut st, tok, cmd, &args);
+        }
+    }
+
+    #[test]
+    fn files_and_seeders() {
+        let mut st = Store::open_in_memory().unwrap();
+        run(&mut st, None, "create_user", &["a", "pw"]);
+        let t = token(run(&mut st, None, "login", &["a", "pw"]));
+        run(&mut st, Some(&t), "create_group", &["g"]);
+        let sha = "A".repeat(40);
+        let pieces = "b".repeat(80);
+        let up = |name: &str, size: &str, sha: &str, pieces: &str, addr: &str| {
+            vec![
+                "g".to_string(),
+                name.to_string(),
+                size.to_string(),
+                "10".to_string(),
+                sha.to_string(),
+                pieces.to_string(),
+                addr.to_string(),
+            ]
+        };
+        let args = up("f x", "11", &sha, &pieces, "127.0.0.1:5");
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(run(&mut st, Some(&t), "upload_file", &refs), Reply::ok());
+        let bad = up("f x", "12", &sha, &pieces, "127.0.0.1:5");
+        let refs: Vec<&str> = bad.iter().map(String::as_str).collect();
+        assert!(err(run(&mut st, Some(&t), "upload_file", &refs)).contains("different"));
+        let bad = up("f y", "21", &sha, &pieces, "127.0.0.1:5");
+        let refs: Vec<&str> = bad.iter().map(String::as_str).collect();
+        assert!(err(run(&mut st, Some(&t), "upload_file", &refs)).contains("piece_hashes"));
+        let bad = up("f y", "11", &sha, &pieces, "nowhere");
+        let refs: Vec<&str> = bad.iter().map(String::as_str).collect();
+        assert!(err(run(&mut st, Some(&t), "upload_file", &refs)).contains("peer_addr"));
+        assert_eq!(
+            run(&mut st, Some(&t), "list_files", &["g"]),
+            ok_rows(vec![vec!["f x".into(), "11".into(), "1".into()]])
+        );
+        match run(&mut st, Some(&t), "file_info", &["g", "f x"]) {
+            Reply::Ok { head, rows } => {
+                assert_eq!(head[3], "a".repeat(40));
+                assert_eq!(rows, vec![vec!["127.0.0.1:5".to_string()]]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            run(&mut st, Some(&t), "heartbeat", &["127.0.0.1:5"]),
+            Reply::ok()
+        );
+        assert_eq!(
+            run(&mut st, Some(&t), "stop_share", &["g", "f x"]),
+            Reply::ok()
+        );
+        assert!(err(run(&mut st, Some(&t), "stop_share", &["g", "f x"])).starts_with("not sharing"));
+        assert_eq!(
+            run(
+                &mut st,
+                Some(&t),
+                "add_seeder",
+                &["g", "f x", &sha, "127.0.0.1:6"]
+            ),
+            Reply::ok()
+        );
+        assert!(err(run(
+            &mut st,
+            Some(&t),
+            "add_seeder",
+            &["g", "f x", &"c".repeat(40), "127.0.0.1:6"]
+        ))
+        .contains("different content"));
+        assert!(err(run(&mut st, Some(&t), "nope", &[])).starts_with("unknown command"));
+        assert!(err(run(&mut st, Some(&t), "list_files", &[])).starts_with("usage:"));
+    }
+}

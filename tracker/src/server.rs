@@ -1,0 +1,502 @@
+//! The mio event loop: the listener, client connections in a [`Slab`], the
+//! group-commit mutation path and the watcher that applies other trackers' lines.
+//!
+//! One loop turn: accept, read what the sockets have (bounded per connection),
+//! apply lines other trackers appended (the watcher: at least every 50 ms, and
+//! before answering, so a request sent after another tracker's reply sees that
+//! tracker's change), answer every complete request (mutations: lock the log,
+//! catch up, validate and apply in one SQLite transaction, append all lines with
+//! one write + fsync, commit, unlock, and only then queue the replies), flush.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use wire::tracker_msg::{LineFramer, Reply, Request, MAX_REQUEST_LINE};
+
+use crate::commands::{self, Ctx, Outcome};
+use crate::store::{self, Applied, Store};
+use crate::sync_log::{LogEntry, Stop, SyncLog, FIRST_ENTRY};
+use crate::TrackerError;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+
+/// The watcher's period: the poll timeout when nothing else is pending.
+const TICK: Duration = Duration::from_millis(50);
+/// Bytes read from one socket per read call.
+const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read from one connection per loop turn, so one busy client cannot
+/// starve the others.
+const READ_BUDGET: usize = 1024 * 1024;
+/// A connection whose unsent replies exceed this is not read until they drain.
+const OUT_HIGH: usize = 4 * 1024 * 1024;
+/// Parsed requests waiting per connection before reading pauses.
+const INBOX_HIGH: usize = 1024;
+/// Requests answered per connection per loop turn: bounds the reply bytes a
+/// turn can queue on a connection that does not read them.
+const MAX_ANSWERS_PER_TURN: usize = 64;
+/// Log bytes read and applied per transaction when catching up.
+const CATCH_UP_CHUNK: usize = 16 * 1024 * 1024;
+
+/// Settings of the loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    pub tracker_no: u32,
+    pub seeder_timeout_ms: u64,
+}
+
+/// One client connection's state.
+struct Conn {
+    stream: TcpStream,
+    peer: Option<SocketAddr>,
+    framer: LineFramer,
+    /// Requests (or framing errors to report) in arrival order.
+    inbox: VecDeque<Result<Request, String>>,
+    out: Vec<u8>,
+    out_pos: usize,
+    /// The socket may hold unread bytes (edge-triggered: read until WouldBlock).
+    more_to_read: bool,
+    /// The peer closed its side; answer what is queued, then close.
+    eof: bool,
+    /// A socket error: drop the connection.
+    dead: bool,
+}
+
+impl Conn {
+    fn unsent(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    /// Requests are waiting and replies may be queued.
+    fn can_answer(&self) -> bool {
+        !self.inbox.is_empty() && !self.dead && self.unsent() < OUT_HIGH
+    }
+
+    fn can_read(&self) -> bool {
+        self.more_to_read
+            && !self.eof
+            && !self.dead
+            && self.unsent() < OUT_HIGH
+            && self.inbox.len() < INBOX_HIGH
+    }
+
+    /// Reads up to the per-turn budget and frames complete lines into requests.
+    fn read_some(&mut self, buf: &mut [u8]) {
+        let mut budget = READ_BUDGET;
+        while budget > 0 && self.inbox.len() < INBOX_HIGH {
+            match self.stream.read(buf) {
+                Ok(0) => {
+                    self.eof = true;
+                    self.more_to_read = false;
+                    return;
+                }
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    self.framer.push(&buf[..n]);
+                    while let Some(line) = self.framer.next_line() {
+                        let item = line
+                            .and_then(|l| Request::decode(&l))
+                            .map_err(|e| e.to_string());
+                        self.inbox.push_back(item);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.more_to_read = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::debug!("read from {:?}: {e}", self.peer);
+                    self.dead = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes queued reply bytes until done or the socket is full.
+    fn flush(&mut self) {
+        while self.unsent() > 0 && !self.dead {
+            match self.stream.write(&self.out[self.out_pos..]) {
+                Ok(0) => self.dead = true,
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::debug!("write to {:?}: {e}", self.peer);
+                    self.dead = true;
+                }
+            }
+        }
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        } else if self.out_pos > OUT_HIGH {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.dead || (self.eof && self.inbox.is_empty() && self.unsent() == 0)
+    }
+}
+
+/// The tracker's event loop and everything it owns.
+pub struct Server {
+    poll: Poll,
+    listener: TcpListener,
+    conns: Slab<Conn>,
+    log: SyncLog,
+    store: Store,
+    cfg: Config,
+    shutdown: Arc<AtomicBool>,
+    /// Log length at the watcher's last look.
+    watched_len: u64,
+    /// Offset of an invalid line already reported by the watcher.
+    reported_bad: Option<u64>,
+}
+
+impl Server {
+    /// Registers the listener; `shutdown` is set by signals or `quit` on stdin.
+    pub fn new(
+        listener: std::net::TcpListener,
+        log: SyncLog,
+        store: Store,
+        cfg: Config,
+        shutdown: Arc<AtomicBool>,
+    ) -> Result<(Server, Arc<Waker>), TrackerError> {
+        let poll = Poll::new().map_err(TrackerError::Poll)?;
+        listener.set_nonblocking(true).map_err(TrackerError::Poll)?;
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(TrackerError::Poll)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(TrackerError::Poll)?);
+        Ok((
+            Server {
+                poll,
+                listener,
+                conns: Slab::new(),
+                log,
+                store,
+                cfg,
+                shutdown,
+                watched_len: 0,
+                reported_bad: None,
+            },
+            waker,
+        ))
+    }
+
+    /// Runs until the shutdown flag is set.
+    pub fn run(&mut self) -> Result<(), TrackerError> {
+        let mut events = Events::with_capacity(1024);
+        let mut buf = vec![0u8; READ_CHUNK];
+        while !self.shutdown.load(Ordering::SeqCst) {
+            let busy = self
+                .conns
+                .iter()
+                .any(|(_, c)| c.can_read() || c.can_answer());
+            let timeout = if busy { Duration::ZERO } else { TICK };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(TrackerError::Poll(e));
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    Token(key) => {
+                        if let Some(c) = self.conns.get_mut(key) {
+                            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                                c.more_to_read = true;
+                            }
+                            if event.is_writable() {
+                                c.flush();
+                            }
+                        }
+                    }
+                }
+            }
+            for (_, c) in self.conns.iter_mut() {
+                if c.can_read() {
+                    c.read_some(&mut buf);
+                }
+            }
+            // Apply other trackers' new lines before answering: a request sent
+            // after another tracker's reply then sees that tracker's change.
+            self.watch();
+            self.answer();
+            self.flush_and_reap();
+        }
+        log::info!("tracker {} shutting down", self.cfg.tracker_no);
+        Ok(())
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let entry = self.conns.vacant_entry();
+                    let token = Token(entry.key());
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        log::warn!("cannot register connection from {peer}: {e}");
+                        continue;
+                    }
+                    log::debug!("connection from {peer}");
+                    entry.insert(Conn {
+                        stream,
+                        peer: Some(peer),
+                        framer: LineFramer::new(MAX_REQUEST_LINE),
+                        inbox: VecDeque::new(),
+                        out: Vec::new(),
+                        out_pos: 0,
+                        more_to_read: true,
+                        eof: false,
+                        dead: false,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // E.g. out of file descriptors: keep serving the others.
+                    log::warn!("accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn flush_and_reap(&mut self) {
+        let mut gone = Vec::new();
+        for (key, c) in self.conns.iter_mut() {
+            if c.unsent() > 0 {
+                c.flush();
+            }
+            if c.finished() {
+                gone.push(key);
+            }
+        }
+        for key in gone {
+            let mut c = self.conns.remove(key);
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            log::debug!("connection from {:?} closed", c.peer);
+        }
+    }
+
+    /// Answers every request that arrived this turn, in order per connection.
+    fn answer(&mut self) {
+        let mut work: Vec<(usize, Result<Request, String>)> = Vec::new();
+        for (key, c) in self.conns.iter_mut() {
+            if c.dead {
+                c.inbox.clear();
+                continue;
+            }
+            if c.unsent() >= OUT_HIGH {
+                continue; // backpressure: answer more once the replies drain
+            }
+            let n = c.inbox.len().min(MAX_ANSWERS_PER_TURN);
+            work.extend(c.inbox.drain(..n).map(|item| (key, item)));
+        }
+        if work.is_empty() {
+            return;
+        }
+        let ctx = Ctx {
+            now_ms: crate::unix_ms(),
+            seeder_timeout_ms: self.cfg.seeder_timeout_ms,
+        };
+        let mutates = work
+            .iter()
+            .any(|(_, item)| matches!(item, Ok(r) if commands::may_mutate(&r.command)));
+        let replies = if mutates {
+            match self.commit_batch(&work, &ctx) {
+                Ok(replies) => replies,
+                Err(e) => {
+                    log::error!("batch of {} requests failed: {e}", work.len());
+                    let reply = Reply::err(format!("internal error, nothing changed: {e}"));
+                    work.iter().map(|_| reply.clone()).collect()
+                }
+            }
+        } else {
+            work.iter()
+                .map(|(_, item)| match item {
+                    Err(msg) => Reply::err(msg),
+                    Ok(req) => match commands::handle(self.store.conn(), req, &ctx) {
+                        Outcome::Reply(r) => r,
+                        Outcome::Mutate { .. } => Reply::err("internal error: unexpected change"),
+                    },
+                })
+                .collect()
+        };
+        for ((key, _), reply) in work.iter().zip(replies) {
+            if let Some(c) = self.conns.get_mut(*key) {
+                c.out.extend_from_slice(&reply.encode());
+            }
+        }
+    }
+
+    /// The mutation path: one lock, one transaction, one write + fsync for the
+    /// whole turn. Returns one reply per work item, sent only after this returns.
+    fn commit_batch(
+        &mut self,
+        work: &[(usize, Result<Request, String>)],
+        ctx: &Ctx,
+    ) -> Result<Vec<Reply>, TrackerError> {
+        let _lock = self.log.lock_exclusive()?;
+        catch_up(&self.log, &mut self.store, true)?;
+        let before = self.store.applied()?;
+        let base = before.offset.max(FIRST_ENTRY);
+        let len = self.log.len()?;
+        if len != base {
+            return Err(TrackerError::Behind { applied: base, len });
+        }
+        let tx = self.store.transaction()?;
+        let mut offset = base;
+        let mut lines = Vec::new();
+        let mut replies = Vec::with_capacity(work.len());
+        for (_, item) in work {
+            let req = match item {
+                Ok(req) => req,
+                Err(msg) => {
+                    replies.push(Reply::err(msg));
+                    continue;
+                }
+            };
+            match commands::handle(&tx, req, ctx) {
+                Outcome::Reply(r) => replies.push(r),
+                Outcome::Mutate { op, reply } => {
+                    let entry = LogEntry {
+                        ms: ctx.now_ms,
+                        tracker: self.cfg.tracker_no,
+                        op,
+                    };
+                    let line = entry.encode();
+                    // Applied at once so later requests of the batch see it.
+                    store::apply(&tx, offset, &entry).map_err(crate::store::StoreError::from)?;
+                    offset += line.len() as u64;
+                    lines.push(line);
+                    replies.push(reply);
+                }
+            }
+        }
+        if lines.is_empty() {
+            drop(tx);
+            return Ok(replies);
+        }
+        if let Err(e) = self.log.append(&lines) {
+            drop(tx); // rolls back
+            if let Err(e2) = self.log.truncate(base) {
+                log::error!("could not cut the failed append back off the log: {e2}");
+            }
+            log::error!("sync log append failed: {e}");
+            let reply = Reply::err(format!("change not made, the log write failed: {e}"));
+            return Ok(work.iter().map(|_| reply.clone()).collect());
+        }
+        log::debug!("appended {} log lines, made durable together", lines.len());
+        let after = Applied {
+            offset,
+            lines: before.lines + lines.len() as u64,
+        };
+        let committed = store::set_applied(&tx, after).and_then(|()| tx.commit());
+        if let Err(e) = committed {
+            // The lines are durable in the log; the next catch-up applies them.
+            log::error!("cache commit failed (the log has the change): {e}");
+        }
+        self.watched_len = offset;
+        Ok(replies)
+    }
+
+    /// The watcher: applies lines other trackers appended since the last look.
+    fn watch(&mut self) {
+        let len = match self.log.len() {
+            Ok(len) => len,
+            Err(e) => {
+                log::error!("{e}");
+                return;
+            }
+        };
+        if len == self.watched_len {
+            return;
+        }
+        self.watched_len = len;
+        let applied = match self.store.applied() {
+            Ok(a) => a.offset.max(FIRST_ENTRY),
+            Err(e) => {
+                log::error!("{e}");
+                return;
+            }
+        };
+        if len <= applied {
+            return;
+        }
+        let result = self
+            .log
+            .lock_shared()
+            .map_err(TrackerError::from)
+            .and_then(|_lock| catch_up(&self.log, &mut self.store, false));
+        match result {
+            Ok(CatchUp {
+                stop: Some(Stop::Bad { offset, reason }),
+                ..
+            }) => {
+                if self.reported_bad != Some(offset) {
+                    log::error!(
+                        "sync log line at offset {offset} is invalid ({reason}); not applied"
+                    );
+                    self.reported_bad = Some(offset);
+                }
+            }
+            Ok(c) if c.lines > 0 => log::debug!("applied {} lines from other trackers", c.lines),
+            Ok(_) => {}
+            Err(e) => log::error!("applying new log lines: {e}"),
+        }
+    }
+}
+
+/// What a catch-up did.
+#[derive(Debug, Default)]
+pub struct CatchUp {
+    pub lines: u64,
+    pub stop: Option<Stop>,
+}
+
+/// Applies every complete, valid line after the store's applied offset. With
+/// `repair` (exclusive lock held) an incomplete or invalid tail is cut off.
+pub fn catch_up(log: &SyncLog, store: &mut Store, repair: bool) -> Result<CatchUp, TrackerError> {
+    let mut done = CatchUp::default();
+    let mut from = store.applied()?.offset.max(FIRST_ENTRY);
+    loop {
+        let batch = log.read_from(from, CATCH_UP_CHUNK)?;
+        if !batch.entries.is_empty() {
+            store.apply_entries(&batch.entries, batch.end)?;
+            done.lines += batch.entries.len() as u64;
+        }
+        from = batch.end;
+        match batch.stop {
+            None if batch.entries.is_empty() => return Ok(done),
+            None => {}
+            Some(stop) => {
+                if repair {
+                    log.recover_tail(from)?;
+                }
+                done.stop = Some(stop);
+                return Ok(done);
+            }
+        }
+    }
+}

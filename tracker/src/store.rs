@@ -1,0 +1,772 @@
+//! The SQLite cache `tracker<N>.db`: state derived from `sync_log.txt`.
+//!
+//! [`apply`] is the one place state changes; live writes, start-up replay and
+//! the watcher all go through it. Every apply is idempotent, and the applied log
+//! offset is stored in the same transaction as the changes it covers.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use crate::sync_log::{LogEntry, Op};
+
+/// Migrations, applied in order; `PRAGMA user_version` is the number applied.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+
+/// Errors of the cache.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("database schema version {found} is newer than this tracker knows ({known})")]
+    TooNew { found: i64, known: usize },
+}
+
+/// How much of the log the cache holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Applied {
+    /// Bytes of `sync_log.txt` applied (0 = nothing yet).
+    pub offset: u64,
+    /// Log lines applied.
+    pub lines: u64,
+}
+
+/// The open cache.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        // The log is the durable truth; the cache may lose its last commits.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        let mut store = Store { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// An in-memory store (tests).
+    #[cfg(test)]
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        let mut store = Store {
+            conn: Connection::open_in_memory()?,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > MIGRATIONS.len() as i64 {
+            return Err(StoreError::TooNew {
+                found: version,
+                known: MIGRATIONS.len(),
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+            log::info!("database migrated to schema version {}", i + 1);
+        }
+        self.conn.execute(
+            "INSERT OR IGNORE INTO applied_log (id, offset, lines) VALUES (1, 0, 0)",
+            [],
+        )?;
+        Ok(())
+    }
+
+    /// The connection, for queries.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Starts a write transaction.
+    pub fn transaction(&mut self) -> Result<Transaction<'_>, StoreError> {
+        Ok(self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?)
+    }
+
+    /// How much of the log is applied.
+    pub fn applied(&self) -> Result<Applied, StoreError> {
+        Ok(applied(&self.conn)?)
+    }
+
+    /// Applies log entries (each with its line's offset) and records `end` as the
+    /// applied offset, all in one transaction.
+    pub fn apply_entries(
+        &mut self,
+        entries: &[(u64, LogEntry)],
+        end: u64,
+    ) -> Result<Applied, StoreError> {
+        let tx = self.transaction()?;
+        let before = applied(&tx)?;
+        for (offset, entry) in entries {
+            apply(&tx, *offset, entry)?;
+        }
+        let now = Applied {
+            offset: end,
+            lines: before.lines + entries.len() as u64,
+        };
+        set_applied(&tx, now)?;
+        tx.commit()?;
+        Ok(now)
+    }
+
+    /// Forgets all state (before rebuilding from the start of the log).
+    pub fn reset(&mut self) -> Result<(), StoreError> {
+        let tx = self.transaction()?;
+        tx.execute_batch(
+            "DELETE FROM users; DELETE FROM sessions; DELETE FROM groups;
+             DELETE FROM group_members; DELETE FROM join_requests; DELETE FROM files;
+             DELETE FROM file_seeders; UPDATE applied_log SET offset = 0, lines = 0;",
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// How much of the log is applied, read inside a transaction or not.
+pub fn applied(db: &Connection) -> rusqlite::Result<Applied> {
+    db.query_row(
+        "SELECT offset, lines FROM applied_log WHERE id = 1",
+        [],
+        |r| {
+            Ok(Applied {
+                offset: r.get::<_, i64>(0)? as u64,
+                lines: r.get::<_, i64>(1)? as u64,
+            })
+        },
+    )
+}
+
+/// Records the applied offset; call in the transaction that applied the lines.
+pub fn set_applied(db: &Connection, a: Applied) -> rusqlite::Result<()> {
+    db.execute(
+        "UPDATE applied_log SET offset = ?1, lines = ?2 WHERE id = 1",
+        params![a.offset as i64, a.lines as i64],
+    )?;
+    Ok(())
+}
+
+/// Applies one log entry, whose line starts at `offset`. THE one place state
+/// changes. Idempotent: applying the same entry again changes nothing, and an
+/// entry whose preconditions no longer hold is a no-op.
+pub fn apply(db: &Connection, offset: u64, entry: &LogEntry) -> rusqlite::Result<()> {
+    let ms = entry.ms as i64;
+    match &entry.op {
+        Op::CreateUser {
+            user,
+            password_hash,
+        } => {
+            db.execute(
+                "INSERT OR IGNORE INTO users (user_id, password_hash, created_ms) VALUES (?1, ?2, ?3)",
+                params![user, password_hash, ms],
+            )?;
+        }
+        Op::Login { token_hash, user } => {
+            db.execute(
+                "INSERT OR IGNORE INTO sessions (token_hash, user_id, created_ms) VALUES (?1, ?2, ?3)",
+                params![token_hash, user, ms],
+            )?;
+        }
+        Op::Logout { token_hash } => {
+            db.execute(
+                "DELETE FROM sessions WHERE token_hash = ?1",
+                params![token_hash],
+            )?;
+            db.execute(
+                "DELETE FROM file_seeders WHERE token_hash = ?1",
+                params![token_hash],
+            )?;
+        }
+        Op::CreateGroup { group, owner } => {
+            let created = db.execute(
+                "INSERT OR IGNORE INTO groups (group_id, owner, created_ms) VALUES (?1, ?2, ?3)",
+                params![group, owner, ms],
+            )?;
+            if created == 1 {
+                db.execute(
+                    "INSERT OR IGNORE INTO group_members (group_id, user_id, joined_seq) VALUES (?1, ?2, ?3)",
+                    params![group, owner, offset as i64],
+                )?;
+            }
+        }
+        Op::RequestJoin { group, user } => {
+            db.execute(
+                "INSERT OR IGNORE INTO join_requests (group_id, user_id, requested_ms)
+                 SELECT ?1, ?2, ?3
+                 WHERE EXISTS (SELECT 1 FROM groups WHERE group_id = ?1)
+                   AND NOT EXISTS (SELECT 1 FROM group_members WHERE group_id = ?1 AND user_id = ?2)",
+                params![group, user, ms],
+            )?;
+        }
+        Op::AcceptRequest { group, user } => {
+            let had = db.execute(
+                "DELETE FROM join_requests WHERE group_id = ?1 AND user_id = ?2",
+                params![group, user],
+            )?;
+            if had > 0 {
+                db.execute(
+                    "INSERT OR IGNORE INTO group_members (group_id, user_id, joined_seq) VALUES (?1, ?2, ?3)",
+                    params![group, user, offset as i64],
+                )?;
+            }
+        }
+        Op::RejectRequest { group, user } => {
+            db.execute(
+                "DELETE FROM join_requests WHERE group_id = ?1 AND user_id = ?2",
+                params![group, user],
+            )?;
+        }
+        Op::LeaveGroup { group, user } => {
+            let was_member = db.execute(
+                "DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2",
+                params![group, user],
+            )?;
+            if was_member == 0 {
+                return Ok(());
+            }
+            db.execute(
+                "DELETE FROM file_seeders WHERE group_id = ?1 AND user_id = ?2",
+                params![group, user],
+            )?;
+            if group_owner(db, group)?.as_deref() != Some(user.as_str()) {
+                return Ok(());
+            }
+            let heir: Option<String> = db
+                .query_row(
+                    "SELECT user_id FROM group_members WHERE group_id = ?1
+                     ORDER BY joined_seq, user_id LIMIT 1",
+                    params![group],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match heir {
+                Some(heir) => {
+                    db.execute(
+                        "UPDATE groups SET owner = ?2 WHERE group_id = ?1",
+                        params![group, heir],
+                    )?;
+                }
+                None => {
+                    for table in ["groups", "join_requests", "files", "file_seeders"] {
+                        db.execute(
+                            &format!("DELETE FROM {table} WHERE group_id = ?1"),
+                            params![group],
+                        )?;
+                    }
+                }
+            }
+        }
+        Op::UploadFile {
+            group,
+            name,
+            size,
+            piece_size,
+            file_sha1,
+            piece_hashes,
+            token_hash,
+            user,
+            peer_addr,
+        } => {
+            db.execute(
+                "INSERT OR IGNORE INTO files
+                   (group_id, name, size, piece_size, file_sha1, piece_hashes, uploader, created_ms)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
+                 WHERE EXISTS (SELECT 1 FROM group_members WHERE group_id = ?1 AND user_id = ?7)",
+                params![
+                    group,
+                    name,
+                    *size as i64,
+                    *piece_size as i64,
+                    file_sha1,
+                    piece_hashes,
+                    user,
+                    ms
+                ],
+            )?;
+            upsert_seeder(db, group, name, file_sha1, token_hash, user, peer_addr, ms)?;
+        }
+        Op::AddSeeder {
+            group,
+            name,
+            token_hash,
+            user,
+            peer_addr,
+        } => {
+            let sha1: Option<String> = db
+                .query_row(
+                    "SELECT file_sha1 FROM files WHERE group_id = ?1 AND name = ?2",
+                    params![group, name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(sha1) = sha1 {
+                upsert_seeder(db, group, name, &sha1, token_hash, user, peer_addr, ms)?;
+            }
+        }
+        Op::StopShare {
+            group,
+            name,
+            token_hash,
+        } => {
+            db.execute(
+                "DELETE FROM file_seeders WHERE group_id = ?1 AND name = ?2 AND token_hash = ?3",
+                params![group, name, token_hash],
+            )?;
+        }
+        Op::Heartbeat {
+            token_hash,
+            peer_addr,
+        } => {
+            db.execute(
+                "UPDATE file_seeders SET last_seen_ms = max(last_seen_ms, ?2), peer_addr = ?3
+                 WHERE token_hash = ?1",
+                params![token_hash, ms, peer_addr],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes a session a seeder of a file, if the file (with that hash) exists, the
+/// session is live and its user is a member of the group.
+#[allow(clippy::too_many_arguments)]
+fn upsert_seeder(
+    db: &Connection,
+    group: &str,
+    name: &str,
+    file_sha1: &str,
+    token_hash: &str,
+    user: &str,
+    peer_addr: &str,
+    ms: i64,
+) -> rusqlite::Result<()> {
+    db.execute(
+        "INSERT INTO file_seeders (group_id, name, token_hash, user_id, peer_addr, last_seen_ms)
+         SELECT ?1, ?2, ?4, ?5, ?6, ?7
+         WHERE EXISTS (SELECT 1 FROM files WHERE group_id = ?1 AND name = ?2 AND file_sha1 = ?3)
+           AND EXISTS (SELECT 1 FROM sessions WHERE token_hash = ?4 AND user_id = ?5)
+           AND EXISTS (SELECT 1 FROM group_members WHERE group_id = ?1 AND user_id = ?5)
+         ON CONFLICT (group_id, name, token_hash) DO UPDATE
+           SET peer_addr = excluded.peer_addr,
+               last_seen_ms = max(last_seen_ms, excluded.last_seen_ms)",
+        params![group, name, file_sha1, token_hash, user, peer_addr, ms],
+    )?;
+    Ok(())
+}
+
+// ---- queries for the commands -------------------------------------------------
+
+/// A file's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRow {
+    pub name: String,
+    pub size: u64,
+    pub piece_size: u64,
+    pub file_sha1: String,
+    pub piece_hashes: String,
+}
+
+pub fn user_password_hash(db: &Connection, user: &str) -> rusqlite::Result<Option<String>> {
+    db.query_row(
+        "SELECT password_hash FROM users WHERE user_id = ?1",
+        params![user],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+pub fn session_user(db: &Connection, token_hash: &str) -> rusqlite::Result<Option<String>> {
+    db.query_row(
+        "SELECT user_id FROM sessions WHERE token_hash = ?1",
+        params![token_hash],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+pub fn group_owner(db: &Connection, group: &str) -> rusqlite::Result<Option<String>> {
+    db.query_row(
+        "SELECT owner FROM groups WHERE group_id = ?1",
+        params![group],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+pub fn is_member(db: &Connection, group: &str, user: &str) -> rusqlite::Result<bool> {
+    db.query_row(
+        "SELECT EXISTS (SELECT 1 FROM group_members WHERE group_id = ?1 AND user_id = ?2)",
+        params![group, user],
+        |r| r.get(0),
+    )
+}
+
+pub fn has_request(db: &Connection, group: &str, user: &str) -> rusqlite::Result<bool> {
+    db.query_row(
+        "SELECT EXISTS (SELECT 1 FROM join_requests WHERE group_id = ?1 AND user_id = ?2)",
+        params![group, user],
+        |r| r.get(0),
+    )
+}
+
+/// Every group as `group owner members status` for `asker`.
+pub fn list_groups(db: &Connection, asker: &str) -> rusqlite::Result<Vec<Vec<String>>> {
+    let mut stmt = db.prepare(
+        "SELECT g.group_id, g.owner,
+                (SELECT count(*) FROM group_members m WHERE m.group_id = g.group_id),
+                CASE WHEN g.owner = ?1 THEN 'owner'
+                     WHEN EXISTS (SELECT 1 FROM group_members m
+                                  WHERE m.group_id = g.group_id AND m.user_id = ?1) THEN 'member'
+                     WHEN EXISTS (SELECT 1 FROM join_requests r
+                                  WHERE r.group_id = g.group_id AND r.user_id = ?1) THEN 'pending'
+                     ELSE '-' END
+         FROM groups g ORDER BY g.group_id",
+    )?;
+    let rows = stmt.query_map(params![asker], |r| {
+        Ok(vec![
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?.to_string(),
+            r.get::<_, String>(3)?,
+        ])
+    })?;
+    rows.collect()
+}
+
+pub fn list_requests(db: &Connection, group: &str) -> rusqlite::Result<Vec<Vec<String>>> {
+    let mut stmt = db.prepare(
+        "SELECT user_id FROM join_requests WHERE group_id = ?1 ORDER BY requested_ms, user_id",
+    )?;
+    let rows = stmt.query_map(params![group], |r| Ok(vec![r.get::<_, String>(0)?]))?;
+    rows.collect()
+}
+
+/// Every file of a group as `name size seeders_online`.
+pub fn list_files(
+    db: &Connection,
+    group: &str,
+    online_since_ms: u64,
+) -> rusqlite::Result<Vec<Vec<String>>> {
+    let mut stmt = db.prepare(
+        "SELECT f.name, f.size,
+                (SELECT count(*) FROM file_seeders s
+                 WHERE s.group_id = f.group_id AND s.name = f.name AND s.last_seen_ms >= ?2)
+         FROM files f WHERE f.group_id = ?1 ORDER BY f.name",
+    )?;
+    let rows = stmt.query_map(params![group, online_since_ms as i64], |r| {
+        Ok(vec![
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?.to_string(),
+            r.get::<_, i64>(2)?.to_string(),
+        ])
+    })?;
+    rows.collect()
+}
+
+pub fn file(db: &Connection, group: &str, name: &str) -> rusqlite::Result<Option<FileRow>> {
+    db.query_row(
+        "SELECT name, size, piece_size, file_sha1, piece_hashes FROM files
+         WHERE group_id = ?1 AND name = ?2",
+        params![group, name],
+        |r| {
+            Ok(FileRow {
+                name: r.get(0)?,
+                size: r.get::<_, i64>(1)? as u64,
+                piece_size: r.get::<_, i64>(2)? as u64,
+                file_sha1: r.get(3)?,
+                piece_hashes: r.get(4)?,
+            })
+        },
+    )
+    .optional()
+}
+
+/// Peer addresses of a file's seeders seen since `online_since_ms`.
+pub fn online_seeders(
+    db: &Connection,
+    group: &str,
+    name: &str,
+    online_since_ms: u64,
+) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = db.prepare(
+        "SELECT DISTINCT peer_addr FROM file_seeders
+         WHERE group_id = ?1 AND name = ?2 AND last_seen_ms >= ?3 ORDER BY peer_addr",
+    )?;
+    let rows = stmt.query_map(params![group, name, online_since_ms as i64], |r| r.get(0))?;
+    rows.collect()
+}
+
+pub fn is_seeder(
+    db: &Connection,
+    group: &str,
+    name: &str,
+    token_hash: &str,
+) -> rusqlite::Result<bool> {
+    db.query_row(
+        "SELECT EXISTS (SELECT 1 FROM file_seeders
+                        WHERE group_id = ?1 AND name = ?2 AND token_hash = ?3)",
+        params![group, name, token_hash],
+        |r| r.get(0),
+    )
+}
+
+/// For `heartbeat`: (number of the session's seeder rows, how many of them were
+/// seen since `since_ms` at `peer_addr`).
+pub fn session_seeding(
+    db: &Connection,
+    token_hash: &str,
+    since_ms: u64,
+    peer_addr: &str,
+) -> rusqlite::Result<(u64, u64)> {
+    db.query_row(
+        "SELECT count(*), coalesce(sum(last_seen_ms >= ?2 AND peer_addr = ?3), 0)
+         FROM file_seeders WHERE token_hash = ?1",
+        params![token_hash, since_ms as i64, peer_addr],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+    )
+}
+
+/// A canonical text dump of every state table (tests compare caches with it).
+#[cfg(test)]
+pub fn dump(db: &Connection) -> rusqlite::Result<String> {
+    let mut out = String::new();
+    for (table, order) in [
+        ("users", "user_id"),
+        ("sessions", "token_hash"),
+        ("groups", "group_id"),
+        ("group_members", "group_id, user_id"),
+        ("join_requests", "group_id, user_id"),
+        ("files", "group_id, name"),
+        ("file_seeders", "group_id, name, token_hash"),
+    ] {
+        let mut stmt = db.prepare(&format!("SELECT * FROM {table} ORDER BY {order}"))?;
+        let n = stmt.column_count();
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            out.push_str(table);
+            for i in 0..n {
+                let v: rusqlite::types::Value = r.get(i)?;
+                out.push_str(&format!(" {v:?}"));
+            }
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(op: Op) -> LogEntry {
+        LogEntry {
+            ms: 1000,
+            tracker: 1,
+            op,
+        }
+    }
+
+    fn s(x: &str) -> String {
+        x.to_string()
+    }
+
+    fn script() -> Vec<(u64, LogEntry)> {
+        let ops = vec![
+            Op::CreateUser {
+                user: s("alice"),
+                password_hash: s("h1"),
+            },
+            Op::CreateUser {
+                user: s("bob"),
+                password_hash: s("h2"),
+            },
+            Op::Login {
+                token_hash: s("ta"),
+                user: s("alice"),
+            },
+            Op::Login {
+                token_hash: s("tb"),
+                user: s("bob"),
+            },
+            Op::CreateGroup {
+                group: s("g"),
+                owner: s("alice"),
+            },
+            Op::RequestJoin {
+                group: s("g"),
+                user: s("bob"),
+            },
+            Op::AcceptRequest {
+                group: s("g"),
+                user: s("bob"),
+            },
+            Op::UploadFile {
+                group: s("g"),
+                name: s("f 1"),
+                size: 3,
+                piece_size: 512,
+                file_sha1: "a".repeat(40),
+                piece_hashes: "b".repeat(40),
+                token_hash: s("ta"),
+                user: s("alice"),
+                peer_addr: s("127.0.0.1:1"),
+            },
+            Op::AddSeeder {
+                group: s("g"),
+                name: s("f 1"),
+                token_hash: s("tb"),
+                user: s("bob"),
+                peer_addr: s("127.0.0.1:2"),
+            },
+            Op::Heartbeat {
+                token_hash: s("tb"),
+                peer_addr: s("127.0.0.1:3"),
+            },
+            Op::LeaveGroup {
+                group: s("g"),
+                user: s("alice"),
+            },
+            Op::CreateGroup {
+                group: s("h"),
+                owner: s("bob"),
+            },
+            Op::LeaveGroup {
+                group: s("h"),
+                user: s("bob"),
+            },
+            Op::Logout {
+                token_hash: s("ta"),
+            },
+        ];
+        ops.into_iter()
+            .enumerate()
+            .map(|(i, op)| (i as u64 * 100, e(op)))
+            .collect()
+    }
+
+    #[test]
+    fn apply_is_idempotent_and_ownership_passes_on() {
+        let entries = script();
+        let mut once = Store::open_in_memory().unwrap();
+        once.apply_entries(&entries, 5000).unwrap();
+        let d1 = dump(once.conn()).unwrap();
+        assert_eq!(
+            group_owner(once.conn(), "g").unwrap().as_deref(),
+            Some("bob")
+        );
+        assert_eq!(group_owner(once.conn(), "h").unwrap(), None);
+        assert!(!is_member(once.conn(), "g", "alice").unwrap());
+        assert_eq!(
+            online_seeders(once.conn(), "g", "f 1", 0).unwrap(),
+            vec!["127.0.0.1:3"]
+        );
+
+        // Every entry applied twice in a row.
+        let mut twice = Store::open_in_memory().unwrap();
+        let doubled: Vec<_> = entries
+            .iter()
+            .flat_map(|x| [x.clone(), x.clone()])
+            .collect();
+        twice.apply_entries(&doubled, 5000).unwrap();
+        assert_eq!(dump(twice.conn()).unwrap(), d1);
+
+        // Every prefix applied again on top of the full state.
+        for k in 0..entries.len() {
+            let mut st = Store::open_in_memory().unwrap();
+            st.apply_entries(&entries[..k], 1).unwrap();
+            st.apply_entries(&entries[..k], 1).unwrap();
+            st.apply_entries(&entries[k..], 2).unwrap();
+            let _ = dump(st.conn()).unwrap();
+        }
+        assert_eq!(once.applied().unwrap().lines, entries.len() as u64);
+        assert_eq!(once.applied().unwrap().offset, 5000);
+    }
+
+    fn normalise(sql: &str) -> String {
+        let no_comments: Vec<&str> = sql
+            .lines()
+            .map(|l| l.split("--").next().unwrap_or(""))
+            .collect();
+        no_comments
+            .join(" ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace("( ", "(")
+            .replace(" )", ")")
+            .replace(" ,", ",")
+    }
+
+    fn schema_of(db: &Connection) -> Vec<(String, String)> {
+        let mut stmt = db
+            .prepare("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name")
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, normalise(&r.get::<_, String>(1)?))))
+            .unwrap();
+        rows.map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn schema_sql_matches_migrations() {
+        let migrated = Store::open_in_memory().unwrap();
+        let plain = Connection::open_in_memory().unwrap();
+        plain
+            .execute_batch(include_str!("../../schema.sql"))
+            .unwrap();
+        assert_eq!(schema_of(migrated.conn()), schema_of(&plain));
+        let v: i64 = migrated
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn reopen_keeps_state_and_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        {
+            let mut st = Store::open(&path).unwrap();
+            st.apply_entries(&script()[..3], 300).unwrap();
+        }
+        let st = Store::open(&path).unwrap();
+        assert_eq!(
+            st.applied().unwrap(),
+            Applied {
+                offset: 300,
+                lines: 3
+            }
+        );
+        assert!(user_password_hash(st.conn(), "bob").unwrap().is_some());
+        assert_eq!(
+            session_user(st.conn(), "ta").unwrap().as_deref(),
+            Some("alice")
+        );
+    }
+}
