@@ -1,1 +1,691 @@
-//! tracker_link (to be written)
+//! The client's side of the tracker protocol: the tracker list, one nonblocking
+//! connection driven by the event loop's `mio::Poll`, a queue of requests with
+//! one in flight at a time, the cached session, and transparent failover.
+//!
+//! # Failover
+//!
+//! Trackers are tried in `tracker_info.txt` order, starting from the one that
+//! answered last. A request moves on to the next tracker (wrapping around) when
+//! the connect fails or times out ([`CONNECT_TIMEOUT`]), when the connection
+//! dies before the whole reply arrived, when the reply is malformed, or when no
+//! reply comes within [`REPLY_TIMEOUT`]. A user request gets [`ROUNDS`] full rounds
+//! over the list (with [`ROUND_BACKOFF`] between rounds); an internal one
+//! (heartbeat, add_seeder) gets one. Only then does it fail with
+//! [`LinkError::Unreachable`]. A later request starts over, so the client works
+//! again as soon as any tracker is back.
+//!
+//! When a reply says the session is not accepted ([`ERR_SESSION`]) while
+//! credentials are cached, the link logs in again with the cached user id and
+//! password on that tracker, then resends the request — once per request. The
+//! user sees one informational note (on stderr) when the link switched
+//! trackers, and no failed command because of it.
+//!
+//! A request that the dying tracker had already applied (its reply lost) is sent
+//! again to the next tracker; for a mutation the second tracker may then answer
+//! with an error such as "already exists".
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mio::event::Event;
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use wire::tracker_msg::{Reply, ReplyReader, Request, ERR_SESSION};
+
+/// The poll token of the tracker connection.
+pub const TRACKER_TOKEN: Token = Token(1);
+/// How long a connect may take before the next tracker is tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long a sent request may wait for its whole reply.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Full rounds over the tracker list a user request gets.
+pub const ROUNDS: usize = 2;
+/// Pause between two rounds.
+pub const ROUND_BACKOFF: Duration = Duration::from_millis(300);
+
+/// One line of tracker_info.txt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl TrackerAddr {
+    /// Resolves the address (a DNS lookup for host names).
+    pub fn resolve(&self) -> io::Result<SocketAddr> {
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        (host, self.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "host name has no address"))
+    }
+}
+
+impl std::fmt::Display for TrackerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A tracker_info.txt that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum InfoError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: io::Error },
+    #[error("{path}:{line}: malformed tracker address {text:?} (expected HOST:PORT or HOST PORT)")]
+    Malformed {
+        path: String,
+        line: usize,
+        text: String,
+    },
+    #[error("{path}: no trackers listed")]
+    Empty { path: String },
+}
+
+/// Reads and parses a tracker_info.txt.
+pub fn load_tracker_info(path: &Path) -> Result<Vec<TrackerAddr>, InfoError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| InfoError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    parse_tracker_info(&text, &shown)
+}
+
+/// Parses tracker_info.txt text: `HOST:PORT` or `HOST PORT` a line, blank lines
+/// and `#` comments ignored. `path` only names the file in errors.
+pub fn parse_tracker_info(text: &str, path: &str) -> Result<Vec<TrackerAddr>, InfoError> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let malformed = || InfoError::Malformed {
+            path: path.to_string(),
+            line: i + 1,
+            text: raw.trim().to_string(),
+        };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (host, port) = match words.as_slice() {
+            [host, port] => (*host, *port),
+            [one] => one.rsplit_once(':').ok_or_else(malformed)?,
+            _ => return Err(malformed()),
+        };
+        let port: u16 = port.parse().map_err(|_| malformed())?;
+        if host.is_empty() || port == 0 || host.contains(char::is_whitespace) {
+            return Err(malformed());
+        }
+        out.push(TrackerAddr {
+            host: host.to_string(),
+            port,
+        });
+    }
+    if out.is_empty() {
+        return Err(InfoError::Empty {
+            path: path.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// Identifies one submitted request.
+pub type ReqId = u64;
+
+/// A request for the tracker; the link adds the session token.
+#[derive(Debug, Clone)]
+pub struct LinkRequest {
+    pub command: String,
+    pub args: Vec<String>,
+    /// The argument to replace with this client's peer address when sent.
+    pub peer_addr_arg: Option<usize>,
+    /// Internal (heartbeat, add_seeder, ...): one round of failover, not two.
+    pub internal: bool,
+}
+
+impl LinkRequest {
+    pub fn new(command: &str, args: &[&str]) -> LinkRequest {
+        LinkRequest {
+            command: command.to_string(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            peer_addr_arg: None,
+            internal: false,
+        }
+    }
+
+    /// Appends an argument that is filled with the peer address at send time.
+    pub fn with_peer_addr(mut self) -> LinkRequest {
+        self.peer_addr_arg = Some(self.args.len());
+        self.args.push(String::new());
+        self
+    }
+
+    pub fn internal(mut self) -> LinkRequest {
+        self.internal = true;
+        self
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// The tracker's `ERR` reason, verbatim.
+    #[error("{0}")]
+    Tracker(String),
+    #[error("no tracker reachable (tried {})", .tried.join(", "))]
+    Unreachable { tried: Vec<String> },
+}
+
+/// A successful reply: head fields and rows.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Answer {
+    pub head: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+pub type Outcome = Result<Answer, LinkError>;
+
+#[derive(Debug, Clone)]
+struct Session {
+    user: String,
+    password: String,
+    token: String,
+}
+
+struct Conn {
+    stream: TcpStream,
+    index: usize,
+    connected: bool,
+    deadline: Instant,
+    out: Vec<u8>,
+    reader: ReplyReader,
+    local_ip: Option<IpAddr>,
+}
+
+struct Inflight {
+    id: ReqId,
+    req: LinkRequest,
+    /// The request (or the re-login) was written to the current connection.
+    sent: bool,
+    /// The re-login is in flight instead of the request.
+    relogging: bool,
+    relogged: bool,
+    failures: usize,
+    sent_at: Instant,
+}
+
+/// The tracker connection state machine. See the module doc.
+pub struct TrackerLink {
+    trackers: Vec<TrackerAddr>,
+    current: usize,
+    conn: Option<Conn>,
+    listen: SocketAddr,
+    session: Option<Session>,
+    next_id: ReqId,
+    queue: VecDeque<(ReqId, LinkRequest)>,
+    inflight: Option<Inflight>,
+    finished: Vec<(ReqId, Outcome)>,
+    notes: Vec<String>,
+    /// Trackers that failed since the last successful connect (for the note).
+    failed: Vec<usize>,
+    backoff_until: Option<Instant>,
+}
+
+impl TrackerLink {
+    /// `listen` is the peer server's bound address (its port is announced).
+    pub fn new(trackers: Vec<TrackerAddr>, listen: SocketAddr) -> TrackerLink {
+        assert!(!trackers.is_empty(), "tracker list is empty");
+        TrackerLink {
+            trackers,
+            current: 0,
+            conn: None,
+            listen,
+            session: None,
+            next_id: 1,
+            queue: VecDeque::new(),
+            inflight: None,
+            finished: Vec::new(),
+            notes: Vec::new(),
+            failed: Vec::new(),
+            backoff_until: None,
+        }
+    }
+
+    /// The logged-in user, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.session.as_ref().map(|s| s.user.as_str())
+    }
+
+    /// Forgets the cached session (e.g. after the user logged out).
+    pub fn forget_session(&mut self) {
+        self.session = None;
+    }
+
+    /// No request queued or in flight.
+    pub fn is_idle(&self) -> bool {
+        self.inflight.is_none() && self.queue.is_empty()
+    }
+
+    /// Whether a request with this command is queued or in flight.
+    pub fn has_pending(&self, command: &str) -> bool {
+        self.inflight
+            .as_ref()
+            .is_some_and(|i| i.req.command == command)
+            || self.queue.iter().any(|(_, r)| r.command == command)
+    }
+
+    /// The peer address peers can reach: the listener's IP, or, when it listens on
+    /// all interfaces, the local IP of the tracker connection; with the listener's port.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        if !self.listen.ip().is_unspecified() {
+            return Some(self.listen);
+        }
+        let ip = self.conn.as_ref().and_then(|c| c.local_ip)?;
+        Some(SocketAddr::new(ip, self.listen.port()))
+    }
+
+    /// Queues a request; its outcome comes from [`TrackerLink::take_finished`].
+    pub fn submit(&mut self, registry: &Registry, req: LinkRequest) -> ReqId {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.queue.push_back((id, req));
+        self.drive(registry);
+        id
+    }
+
+    /// Outcomes of requests finished since the last call, in completion order.
+    pub fn take_finished(&mut self) -> Vec<(ReqId, Outcome)> {
+        std::mem::take(&mut self.finished)
+    }
+
+    /// Informational lines for the user (stderr).
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
+    }
+
+    /// A readiness event for [`TRACKER_TOKEN`].
+    pub fn handle_event(&mut self, registry: &Registry, event: &Event) {
+        let _ = event;
+        self.service(registry);
+        // After a failure, move on to the next tracker at once.
+        self.drive(registry);
+    }
+
+    /// Timeouts (connect, reply, backoff); call at least every 100 ms.
+    pub fn tick(&mut self, registry: &Registry) {
+        let now = Instant::now();
+        if let Some(conn) = &self.conn {
+            if !conn.connected && now >= conn.deadline {
+                self.conn_failed(registry, "connect timed out");
+            } else if let Some(inf) = &self.inflight {
+                if conn.connected && inf.sent && now.duration_since(inf.sent_at) > REPLY_TIMEOUT {
+                    self.conn_failed(registry, "no reply in time");
+                }
+            }
+        }
+        if self.backoff_until.is_some_and(|t| now >= t) {
+            self.backoff_until = None;
+        }
+        self.drive(registry);
+    }
+
+    /// Reads/writes whatever the connection allows, then moves the queue on.
+    fn service(&mut self, registry: &Registry) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        if !conn.connected {
+            match conn.stream.take_error() {
+                Ok(Some(e)) | Err(e) => return self.conn_failed(registry, &e.to_string()),
+                Ok(None) => {}
+            }
+            match conn.stream.peer_addr() {
+                Ok(_) => {
+                    conn.connected = true;
+                    conn.local_ip = conn.stream.local_addr().ok().map(|a| a.ip());
+                    let name = self.trackers[conn.index].to_string();
+                    log::info!("connected to tracker {name}");
+                    if !self.failed.is_empty() {
+                        let failed: Vec<String> = self
+                            .failed
+                            .iter()
+                            .map(|&i| self.trackers[i].to_string())
+                            .collect();
+                        let word = if failed.len() == 1 {
+                            "tracker"
+                        } else {
+                            "trackers"
+                        };
+                        self.notes.push(format!(
+                            "note: {word} {} unreachable, using {name}",
+                            failed.join(", ")
+                        ));
+                        self.failed.clear();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => return self.conn_failed(registry, &e.to_string()),
+            }
+        }
+        if let Err(e) = self.flush() {
+            return self.conn_failed(registry, &e.to_string());
+        }
+        // Read everything available.
+        let mut buf = [0u8; 64 * 1024];
+        let mut eof = false;
+        loop {
+            let conn = self.conn.as_mut().expect("conn checked");
+            match conn.stream.read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => conn.reader.push(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.conn_failed(registry, &e.to_string()),
+            }
+        }
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return;
+            };
+            match conn.reader.next_reply() {
+                None => break,
+                Some(Ok(reply)) => {
+                    if !self.on_reply(reply) {
+                        return self.conn_failed(registry, "unexpected reply");
+                    }
+                }
+                Some(Err(e)) => return self.conn_failed(registry, &format!("bad reply: {e}")),
+            }
+        }
+        if eof {
+            if self.inflight.as_ref().is_some_and(|i| i.sent) {
+                return self.conn_failed(registry, "connection closed mid-request");
+            }
+            log::info!("tracker closed the idle connection");
+            self.drop_conn(registry);
+        }
+        self.drive(registry);
+    }
+
+    /// Handles one complete reply; false if none was expected.
+    fn on_reply(&mut self, reply: Reply) -> bool {
+        let Some(inf) = self.inflight.as_mut() else {
+            return false;
+        };
+        if !inf.sent {
+            return false;
+        }
+        if inf.relogging {
+            match reply {
+                Reply::Ok { head, .. } => {
+                    let token = head.into_iter().next().unwrap_or_default();
+                    if let Some(s) = self.session.as_mut() {
+                        s.token = token;
+                    }
+                    log::info!("re-logged in after the tracker refused the session");
+                    inf.relogging = false;
+                    inf.relogged = true;
+                    inf.sent = false;
+                }
+                Reply::Err(reason) => {
+                    let inf = self.inflight.take().expect("inflight");
+                    self.finished.push((
+                        inf.id,
+                        Err(LinkError::Tracker(format!("re-login failed: {reason}"))),
+                    ));
+                }
+            }
+            return true;
+        }
+        let cmd = inf.req.command.as_str();
+        if let Reply::Err(reason) = &reply {
+            let session_refused = reason.starts_with(ERR_SESSION);
+            if session_refused && cmd == "logout" {
+                // The session is gone either way.
+                self.session = None;
+                let inf = self.inflight.take().expect("inflight");
+                self.finished.push((inf.id, Ok(Answer::default())));
+                return true;
+            }
+            if session_refused
+                && self.session.is_some()
+                && !inf.relogged
+                && cmd != "login"
+                && cmd != "create_user"
+            {
+                inf.relogging = true;
+                inf.sent = false;
+                return true;
+            }
+        }
+        let inf = self.inflight.take().expect("inflight");
+        let outcome = match reply {
+            Reply::Ok { head, rows } => {
+                match inf.req.command.as_str() {
+                    "login" => {
+                        self.session = Some(Session {
+                            user: inf.req.args[0].clone(),
+                            password: inf.req.args[1].clone(),
+                            token: head.first().cloned().unwrap_or_default(),
+                        })
+                    }
+                    "logout" => self.session = None,
+                    _ => {}
+                }
+                Ok(Answer { head, rows })
+            }
+            Reply::Err(reason) => Err(LinkError::Tracker(reason)),
+        };
+        self.finished.push((inf.id, outcome));
+        true
+    }
+
+    /// Writes the buffered request bytes as far as the socket takes them.
+    fn flush(&mut self) -> io::Result<()> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        while conn.connected && !conn.out.is_empty() {
+            match conn.stream.write(&conn.out) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    conn.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the next request, opening a connection as needed.
+    fn drive(&mut self, registry: &Registry) {
+        loop {
+            if self.inflight.is_none() {
+                let Some((id, req)) = self.queue.pop_front() else {
+                    return;
+                };
+                self.inflight = Some(Inflight {
+                    id,
+                    req,
+                    sent: false,
+                    relogging: false,
+                    relogged: false,
+                    failures: 0,
+                    sent_at: Instant::now(),
+                });
+            }
+            if self.backoff_until.is_some_and(|t| Instant::now() < t) {
+                return;
+            }
+            self.backoff_until = None;
+            if self.conn.is_none() {
+                if let Err(e) = self.open(registry) {
+                    self.conn_failed(registry, &e.to_string());
+                    continue;
+                }
+            }
+            let conn = self.conn.as_mut().expect("opened");
+            if !conn.connected {
+                return;
+            }
+            let inf = self.inflight.as_mut().expect("inflight");
+            if inf.sent {
+                return;
+            }
+            let token = self.session.as_ref().map(|s| s.token.as_str());
+            let line = if inf.relogging {
+                let s = self.session.as_ref().expect("relogin needs a session");
+                Request::new(None, "login", &[&s.user, &s.password]).encode()
+            } else {
+                let mut args = inf.req.args.clone();
+                if let Some(i) = inf.req.peer_addr_arg {
+                    let ip = conn.local_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+                    let addr = if self.listen.ip().is_unspecified() {
+                        SocketAddr::new(ip, self.listen.port())
+                    } else {
+                        self.listen
+                    };
+                    args[i] = addr.to_string();
+                }
+                let token = if inf.req.command == "login" {
+                    None
+                } else {
+                    token
+                };
+                Request {
+                    token: token.map(str::to_string),
+                    command: inf.req.command.clone(),
+                    args,
+                }
+                .encode()
+            };
+            conn.out.extend_from_slice(&line);
+            inf.sent = true;
+            inf.sent_at = Instant::now();
+            if let Err(e) = self.flush() {
+                self.conn_failed(registry, &e.to_string());
+                continue;
+            }
+            return;
+        }
+    }
+
+    /// Opens a nonblocking connection to the current tracker.
+    fn open(&mut self, registry: &Registry) -> io::Result<()> {
+        let addr = self.trackers[self.current].resolve()?;
+        let mut stream = TcpStream::connect(addr)?;
+        registry.register(
+            &mut stream,
+            TRACKER_TOKEN,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        log::debug!("connecting to tracker {}", self.trackers[self.current]);
+        self.conn = Some(Conn {
+            stream,
+            index: self.current,
+            connected: false,
+            deadline: Instant::now() + CONNECT_TIMEOUT,
+            out: Vec::new(),
+            reader: ReplyReader::new(),
+            local_ip: None,
+        });
+        Ok(())
+    }
+
+    fn drop_conn(&mut self, registry: &Registry) {
+        if let Some(mut conn) = self.conn.take() {
+            let _ = registry.deregister(&mut conn.stream);
+        }
+    }
+
+    /// The connection to the current tracker failed: move the request on.
+    fn conn_failed(&mut self, registry: &Registry, why: &str) {
+        let index = self.conn.as_ref().map_or(self.current, |c| c.index);
+        log::info!("tracker {}: {why}", self.trackers[index]);
+        self.drop_conn(registry);
+        let Some(inf) = self.inflight.as_mut() else {
+            return;
+        };
+        let n = self.trackers.len();
+        if !self.failed.contains(&index) {
+            self.failed.push(index);
+        }
+        inf.failures += 1;
+        inf.sent = false;
+        inf.relogging = false;
+        self.current = (index + 1) % n;
+        let limit = if inf.req.internal { n } else { n * ROUNDS };
+        if inf.failures >= limit {
+            let inf = self.inflight.take().expect("inflight");
+            let tried = self.trackers.iter().map(|t| t.to_string()).collect();
+            self.finished
+                .push((inf.id, Err(LinkError::Unreachable { tried })));
+            self.failed.clear();
+        } else if inf.failures % n == 0 {
+            self.backoff_until = Some(Instant::now() + ROUND_BACKOFF);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracker_info_forms() {
+        let text = "# trackers\n127.0.0.1:7001\n\n  localhost 7002  # second\n[::1]:7003\n";
+        let t = parse_tracker_info(text, "info").unwrap();
+        assert_eq!(t.len(), 3);
+        assert_eq!(t[0].to_string(), "127.0.0.1:7001");
+        assert_eq!(t[1].to_string(), "localhost:7002");
+        assert_eq!(t[2].to_string(), "[::1]:7003");
+        assert_eq!(t[2].resolve().unwrap(), "[::1]:7003".parse().unwrap());
+        assert_eq!(t[0].resolve().unwrap(), "127.0.0.1:7001".parse().unwrap());
+    }
+
+    #[test]
+    fn tracker_info_errors() {
+        let e = parse_tracker_info("127.0.0.1:7001\nnonsense\n", "ti.txt").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ti.txt:2: malformed tracker address \"nonsense\" (expected HOST:PORT or HOST PORT)"
+        );
+        for bad in ["h:0", "h:x", ":7001", "a b c", "h 70000"] {
+            assert!(
+                matches!(
+                    parse_tracker_info(bad, "f"),
+                    Err(InfoError::Malformed { line: 1, .. })
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            parse_tracker_info("# only\n\n", "f"),
+            Err(InfoError::Empty { .. })
+        ));
+    }
+
+    #[test]
+    fn errors_display() {
+        let e = LinkError::Unreachable {
+            tried: vec!["a:1".into(), "b:2".into()],
+        };
+        assert_eq!(e.to_string(), "no tracker reachable (tried a:1, b:2)");
+        assert_eq!(
+            LinkError::Tracker("no such group".into()).to_string(),
+            "no such group"
+        );
+    }
+}
