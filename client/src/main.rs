@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use client::event_loop::{self, Config};
-use client::tracker_link::load_tracker_info;
+
 use log::LevelFilter;
 
 #[derive(Debug, Parser)]
@@ -99,7 +99,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let trackers = match load_tracker_info(&info) {
+    let trackers = match wire::tracker_info::load(&info) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");

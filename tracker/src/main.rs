@@ -12,9 +12,9 @@
 //! rebuilds it. Trackers sharing a data dir share the log: appends are serialised
 //! by `flock`, and each tracker's watcher applies the others' lines within 100 ms.
 //!
-//! Modules: [`tracker_info`] reads the tracker list, [`auth`] hashes passwords and
-//! makes tokens, [`commands`] authorizes and validates requests, [`server`] runs
-//! the single mio event loop.
+//! Modules: [`auth`] hashes passwords and makes tokens, [`commands`] authorizes and validates requests, [`server`] runs
+//! the single mio event loop. The tracker list is read by `wire::tracker_info`,
+//! the same parser the client uses.
 //!
 //! ```text
 //! tracker <tracker_info.txt> <tracker_no> [--data-dir DIR] [--log-level LEVEL] [--fsync always|batch]
@@ -28,7 +28,6 @@ mod commands;
 mod server;
 mod store;
 mod sync_log;
-mod tracker_info;
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -69,7 +68,7 @@ struct Args {
 #[derive(Debug, thiserror::Error)]
 pub enum TrackerError {
     #[error(transparent)]
-    Info(#[from] tracker_info::InfoError),
+    Info(#[from] wire::tracker_info::InfoError),
     #[error("tracker number {no} is not in {path}: it lists {count} tracker(s), numbered from 1")]
     NoSuchTracker {
         no: usize,
@@ -130,9 +129,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), TrackerError> {
-    let trackers = tracker_info::read(&args.tracker_info)?;
+    let trackers = wire::tracker_info::load(&args.tracker_info)?;
     let addr = match args.tracker_no.checked_sub(1).and_then(|i| trackers.get(i)) {
-        Some(addr) => addr.clone(),
+        Some(addr) => addr.to_string(),
         None => {
             return Err(TrackerError::NoSuchTracker {
                 no: args.tracker_no,

@@ -1,9 +1,15 @@
-//! Formats both swarmshare binaries speak. Pure: no I/O, no sockets, so every
-//! decoder here can be unit-tested and fuzzed alone.
+//! Formats both swarmshare binaries speak. No sockets and no state: every
+//! decoder here can be unit-tested and fuzzed alone (the one I/O is reading
+//! `tracker_info.txt` in [`tracker_info::load`]).
 //!
 //! - [`tracker_msg`]: the line-oriented text protocol between client and tracker
 //!   (requests, replies ending in `END_OF_REPLY`, field escaping, size limits).
+//! - [`peer_msg`]: the binary peer protocol (handshake, bitfield, have, request,
+//!   piece, reject, error), length-prefixed framing with bounds.
+//! - [`tracker_info`]: the `tracker_info.txt` list of trackers.
 //! - [`file_meta`]: `FileMeta`, the piece geometry and hashes of a shared file.
 
 pub mod file_meta;
+pub mod peer_msg;
+pub mod tracker_info;
 pub mod tracker_msg;
