@@ -194,7 +194,7 @@ fn bad_tracker_info_names_the_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.starts_with("error: ") && err.contains(":4: malformed tracker address"),
+        err.starts_with("error: ") && err.contains(" line 4: malformed tracker address"),
         "{err}"
     );
 

@@ -1,1 +1,369 @@
-//! picker (to be written)
+//! `PiecePicker`: which piece to request next. Pure data structure, no I/O.
+//!
+//! It keeps, per piece, how many connected peers have it (availability, from
+//! bitfields and `Have`s) and its state: missing, requested (with how many
+//! outstanding requests), verifying (bytes received, hash running) or have.
+//!
+//! Selection is rarest first: among the missing pieces the peer has, those with
+//! the lowest availability. Ties are broken at random, but only among the
+//! [`TIE_WINDOW`] lowest-index candidates: the download hashes the whole file as its
+//! verified prefix grows, so keeping the order close to sequential lets that hash
+//! run alongside the transfer, while the randomness still spreads leechers over
+//! different pieces (and rarity, which changes as leechers announce `Have`, does
+//! the rest).
+//!
+//! Endgame: when no missing piece is left for a peer, it may duplicate a request
+//! of a piece still outstanding at another peer (at most [`ENDGAME_DUPLICATES`]
+//! requests per piece), so one slow peer cannot hold up the end.
+
+/// Ties among the rarest pieces are broken at random among this many lowest-index candidates.
+pub const TIE_WINDOW: usize = 16;
+/// The most outstanding requests a piece may have at once in endgame.
+pub const ENDGAME_DUPLICATES: u8 = 2;
+
+/// State of one piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceState {
+    Missing,
+    Requested,
+    Verifying,
+    Have,
+}
+
+/// Availability counts and piece states of one download.
+#[derive(Debug, Clone)]
+pub struct PiecePicker {
+    avail: Vec<u32>,
+    state: Vec<PieceState>,
+    outstanding: Vec<u8>,
+    have: usize,
+    rng: u64,
+}
+
+fn has(bits: &[u8], i: usize) -> bool {
+    wire::peer_msg::bit(bits, i)
+}
+
+impl PiecePicker {
+    /// A picker for `count` pieces, all missing; `seed` drives the tie-breaks.
+    pub fn new(count: usize, seed: u64) -> PiecePicker {
+        PiecePicker {
+            avail: vec![0; count],
+            state: vec![PieceState::Missing; count],
+            outstanding: vec![0; count],
+            have: 0,
+            rng: seed | 1,
+        }
+    }
+
+    fn next_rand(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x
+    }
+
+    pub fn piece_count(&self) -> usize {
+        self.state.len()
+    }
+
+    pub fn state(&self, i: usize) -> Option<PieceState> {
+        self.state.get(i).copied()
+    }
+
+    pub fn availability(&self, i: usize) -> u32 {
+        self.avail.get(i).copied().unwrap_or(0)
+    }
+
+    pub fn outstanding(&self, i: usize) -> u8 {
+        self.outstanding.get(i).copied().unwrap_or(0)
+    }
+
+    pub fn have_count(&self) -> usize {
+        self.have
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.have == self.state.len()
+    }
+
+    /// Pieces not yet verified (missing, requested or verifying).
+    pub fn remaining(&self) -> usize {
+        self.state.len() - self.have
+    }
+
+    /// A peer joined with this bitfield.
+    pub fn add_bitfield(&mut self, bits: &[u8]) {
+        for i in 0..self.avail.len() {
+            if has(bits, i) {
+                self.avail[i] += 1;
+            }
+        }
+    }
+
+    /// A peer with this bitfield left.
+    pub fn remove_bitfield(&mut self, bits: &[u8]) {
+        for i in 0..self.avail.len() {
+            if has(bits, i) {
+                self.avail[i] = self.avail[i].saturating_sub(1);
+            }
+        }
+    }
+
+    /// A peer announced a new piece.
+    pub fn add_have(&mut self, i: usize) {
+        if let Some(a) = self.avail.get_mut(i) {
+            *a += 1;
+        }
+    }
+
+    /// Marks pieces already verified (resume).
+    pub fn mark_have(&mut self, i: usize) {
+        if let Some(s) = self.state.get_mut(i) {
+            if *s != PieceState::Have {
+                *s = PieceState::Have;
+                self.have += 1;
+            }
+            self.outstanding[i] = 0;
+        }
+    }
+
+    /// The next piece to request from a peer holding `bits`, rarest first; marks it
+    /// requested. `skip(i)` excludes pieces (e.g. already requested from this peer).
+    /// Falls back to endgame duplicates when no missing piece fits.
+    pub fn pick(&mut self, bits: &[u8], skip: impl Fn(usize) -> bool) -> Option<usize> {
+        let mut best = u32::MAX;
+        let mut cands: [usize; TIE_WINDOW] = [0; TIE_WINDOW];
+        let mut n = 0;
+        for i in 0..self.state.len() {
+            if self.state[i] != PieceState::Missing || !has(bits, i) || skip(i) {
+                continue;
+            }
+            let a = self.avail[i];
+            if a < best {
+                best = a;
+                n = 0;
+            }
+            if a == best && n < TIE_WINDOW {
+                cands[n] = i;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            let i = cands[(self.next_rand() % n as u64) as usize];
+            self.state[i] = PieceState::Requested;
+            self.outstanding[i] = 1;
+            return Some(i);
+        }
+        // Endgame: duplicate an outstanding request, least duplicated first.
+        let mut pick = None;
+        let mut fewest = ENDGAME_DUPLICATES;
+        for i in 0..self.state.len() {
+            if self.state[i] == PieceState::Requested
+                && has(bits, i)
+                && !skip(i)
+                && self.outstanding[i] < fewest
+            {
+                fewest = self.outstanding[i];
+                pick = Some(i);
+            }
+        }
+        if let Some(i) = pick {
+            self.outstanding[i] += 1;
+        }
+        pick
+    }
+
+    /// Whether every piece is requested, verifying or held (the endgame phase).
+    pub fn in_endgame(&self) -> bool {
+        !self.state.contains(&PieceState::Missing)
+    }
+
+    /// One outstanding request of piece `i` ended without data (peer lost, rejected,
+    /// timed out): when none is left, the piece is missing again.
+    pub fn release(&mut self, i: usize) {
+        if let Some(s) = self.state.get(i).copied() {
+            self.outstanding[i] = self.outstanding[i].saturating_sub(1);
+            if s == PieceState::Requested && self.outstanding[i] == 0 {
+                self.state[i] = PieceState::Missing;
+            }
+        }
+    }
+
+    /// Piece `i` arrived and is being verified. Returns false when it is a duplicate
+    /// (already verifying or held), in which case the data should be dropped.
+    pub fn received(&mut self, i: usize) -> bool {
+        match self.state.get(i).copied() {
+            Some(PieceState::Requested) | Some(PieceState::Missing) => {
+                self.state[i] = PieceState::Verifying;
+                self.outstanding[i] = self.outstanding[i].saturating_sub(1);
+                true
+            }
+            Some(_) => {
+                self.outstanding[i] = self.outstanding[i].saturating_sub(1);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Piece `i` failed verification: it is missing again (or still requested when
+    /// an endgame duplicate is outstanding).
+    pub fn failed(&mut self, i: usize) {
+        if self.state.get(i) == Some(&PieceState::Verifying) {
+            self.state[i] = if self.outstanding[i] > 0 {
+                PieceState::Requested
+            } else {
+                PieceState::Missing
+            };
+        }
+    }
+
+    /// Piece `i` verified.
+    pub fn verified(&mut self, i: usize) {
+        self.mark_have(i);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(n: usize) -> Vec<u8> {
+        vec![0xff; n.div_ceil(8)]
+    }
+
+    fn bits_of(n: usize, set: &[usize]) -> Vec<u8> {
+        let mut b = vec![0u8; n.div_ceil(8)];
+        for &i in set {
+            wire::peer_msg::set_bit(&mut b, i);
+        }
+        b
+    }
+
+    #[test]
+    fn rarest_first() {
+        let mut p = PiecePicker::new(4, 1);
+        p.add_bitfield(&all(4));
+        p.add_bitfield(&bits_of(4, &[0, 1, 3]));
+        // piece 2 is held by one peer only.
+        assert_eq!(p.pick(&all(4), |_| false), Some(2));
+        assert_eq!(p.state(2), Some(PieceState::Requested));
+    }
+
+    #[test]
+    fn only_pieces_the_peer_has() {
+        let mut p = PiecePicker::new(10, 7);
+        let b = bits_of(10, &[3, 8]);
+        p.add_bitfield(&b);
+        let mut got = vec![
+            p.pick(&b, |_| false).unwrap(),
+            p.pick(&b, |_| false).unwrap(),
+        ];
+        got.sort();
+        assert_eq!(got, vec![3, 8]);
+        // Endgame duplicates, one each, then nothing.
+        let x = p.pick(&b, |_| false).unwrap();
+        let y = p.pick(&b, |_| false).unwrap();
+        assert_ne!(x, y);
+        assert_eq!(p.pick(&b, |_| false), None);
+    }
+
+    #[test]
+    fn random_ties_cover_the_window() {
+        let mut seen = std::collections::HashSet::new();
+        for seed in 0..200 {
+            let mut p = PiecePicker::new(100, seed);
+            p.add_bitfield(&all(100));
+            seen.insert(p.pick(&all(100), |_| false).unwrap());
+        }
+        assert!(seen.len() > 4, "{seen:?}");
+        assert!(seen.iter().all(|&i| i < TIE_WINDOW));
+    }
+
+    #[test]
+    fn picks_every_piece_once_then_endgame() {
+        let n = 50;
+        let mut p = PiecePicker::new(n, 3);
+        p.add_bitfield(&all(n));
+        let mut got: Vec<usize> = (0..n)
+            .map(|_| p.pick(&all(n), |_| false).unwrap())
+            .collect();
+        got.sort();
+        assert_eq!(got, (0..n).collect::<Vec<_>>());
+        assert!(p.in_endgame());
+        let dup = p.pick(&all(n), |_| false).unwrap();
+        assert_eq!(p.outstanding(dup), 2);
+        // The first copy arrives; the duplicate is dropped.
+        assert!(p.received(dup));
+        assert!(!p.received(dup));
+        p.verified(dup);
+        assert_eq!(p.have_count(), 1);
+    }
+
+    #[test]
+    fn skip_excludes() {
+        let mut p = PiecePicker::new(3, 3);
+        p.add_bitfield(&all(3));
+        assert_eq!(p.pick(&all(3), |i| i != 1), Some(1));
+    }
+
+    #[test]
+    fn release_on_peer_loss() {
+        let mut p = PiecePicker::new(2, 5);
+        let b = all(2);
+        p.add_bitfield(&b);
+        let i = p.pick(&b, |_| false).unwrap();
+        p.release(i);
+        assert_eq!(p.state(i), Some(PieceState::Missing));
+        p.remove_bitfield(&b);
+        assert_eq!(p.availability(i), 0);
+        // Releasing one of two endgame requests keeps it requested.
+        let mut p = PiecePicker::new(1, 5);
+        p.add_bitfield(&all(1));
+        p.pick(&all(1), |_| false).unwrap();
+        p.pick(&all(1), |_| false).unwrap();
+        p.release(0);
+        assert_eq!(p.state(0), Some(PieceState::Requested));
+        p.release(0);
+        assert_eq!(p.state(0), Some(PieceState::Missing));
+    }
+
+    #[test]
+    fn failed_verification_is_missing_again() {
+        let mut p = PiecePicker::new(1, 5);
+        p.add_bitfield(&all(1));
+        p.pick(&all(1), |_| false).unwrap();
+        assert!(p.received(0));
+        p.failed(0);
+        assert_eq!(p.state(0), Some(PieceState::Missing));
+        assert_eq!(p.pick(&all(1), |_| false), Some(0));
+    }
+
+    #[test]
+    fn have_updates_availability_and_resume() {
+        let mut p = PiecePicker::new(3, 5);
+        p.add_have(1);
+        p.add_have(1);
+        p.add_have(9);
+        assert_eq!(p.availability(1), 2);
+        p.mark_have(0);
+        p.mark_have(0);
+        assert_eq!(p.have_count(), 1);
+        assert_eq!(p.remaining(), 2);
+        assert_eq!(p.pick(&all(3), |_| false), Some(2));
+        p.mark_have(1);
+        p.mark_have(2);
+        assert!(p.is_complete());
+        assert_eq!(p.pick(&all(3), |_| false), None);
+    }
+
+    #[test]
+    fn empty_file_is_complete() {
+        let mut p = PiecePicker::new(0, 1);
+        assert!(p.is_complete());
+        assert_eq!(p.pick(&[], |_| false), None);
+    }
+}

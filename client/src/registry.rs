@@ -1,1 +1,294 @@
-//! registry (to be written)
+//! `.uploads_registry`: what this client shares, so that after a login (or a
+//! failover) it can re-announce every file whose content is unchanged.
+//!
+//! Format (text, in the state dir; written atomically with temp + rename):
+//!
+//! ```text
+//! swarmshare-uploads 1
+//! <group> <name> <path> <size> <mtime_ns> <file_sha1_hex>
+//! ...
+//! ```
+//!
+//! Fields are escaped as in the tracker protocol (spaces and newlines survive).
+//! The piece hashes of each file live in a sidecar `pieces/<file_sha1_hex>` in the
+//! state dir: a line `swarmshare-pieces 1 <size> <piece_size>` followed by the raw
+//! 20-byte hashes.
+//!
+//! [`UploadRegistry::check`] decides per entry: unchanged (size and mtime as
+//! recorded, sidecar readable), changed, or vanished.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use wire::file_meta::{hash_from_hex, to_hex, FileMeta};
+use wire::tracker_msg::{decode_fields, encode_fields};
+
+use crate::storage::write_atomic;
+
+const REGISTRY_VERSION: &str = "swarmshare-uploads 1";
+const PIECES_VERSION: &str = "swarmshare-pieces 1";
+/// File name of the registry in the state dir.
+pub const REGISTRY_FILE: &str = ".uploads_registry";
+
+/// One shared file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegEntry {
+    pub group: String,
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: u128,
+    pub file_sha1: [u8; 20],
+}
+
+/// What [`UploadRegistry::check`] found for an entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// Same size and mtime: re-announce with this metadata.
+    Unchanged(FileMeta),
+    /// The file is there but differs (size/mtime) or its piece hashes are lost.
+    Changed,
+    /// The file is gone.
+    Vanished,
+}
+
+/// Size and mtime (ns since the epoch) of a file.
+pub fn stat(path: &Path) -> io::Result<(u64, u128)> {
+    let md = fs::metadata(path)?;
+    let mtime = md
+        .modified()?
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    Ok((md.len(), mtime))
+}
+
+/// The registry, loaded in memory.
+#[derive(Debug)]
+pub struct UploadRegistry {
+    state_dir: PathBuf,
+    pub entries: Vec<RegEntry>,
+}
+
+impl UploadRegistry {
+    fn file(&self) -> PathBuf {
+        self.state_dir.join(REGISTRY_FILE)
+    }
+
+    fn pieces_path(&self, sha1: &[u8; 20]) -> PathBuf {
+        self.state_dir.join("pieces").join(to_hex(sha1))
+    }
+
+    /// Loads the registry of `state_dir` (empty when there is none). Malformed
+    /// lines are skipped with a warning; an unknown version is an error.
+    pub fn load(state_dir: &Path) -> io::Result<UploadRegistry> {
+        let mut reg = UploadRegistry {
+            state_dir: state_dir.to_path_buf(),
+            entries: Vec::new(),
+        };
+        let text = match fs::read_to_string(reg.file()) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(reg),
+            Err(e) => return Err(e),
+        };
+        let mut lines = text.lines();
+        match lines.next() {
+            None => return Ok(reg),
+            Some(REGISTRY_VERSION) => {}
+            Some(other) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: unknown version line {other:?}", reg.file().display()),
+                ))
+            }
+        }
+        for (no, line) in lines.enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            match parse_entry(line) {
+                Some(e) => reg.entries.push(e),
+                None => log::warn!("{}: line {} malformed, ignored", REGISTRY_FILE, no + 2),
+            }
+        }
+        Ok(reg)
+    }
+
+    /// Writes the registry atomically.
+    pub fn save(&self) -> io::Result<()> {
+        let mut text = format!("{REGISTRY_VERSION}\n");
+        for e in &self.entries {
+            text.push_str(&encode_fields(&[
+                e.group.clone(),
+                e.name.clone(),
+                e.path.to_string_lossy().into_owned(),
+                e.size.to_string(),
+                e.mtime_ns.to_string(),
+                to_hex(&e.file_sha1),
+            ]));
+            text.push('\n');
+        }
+        write_atomic(&self.file(), text.as_bytes())
+    }
+
+    /// Records (or replaces) a shared file and stores its piece hashes; saves.
+    pub fn upsert(&mut self, group: &str, meta: &FileMeta, path: &Path) -> io::Result<()> {
+        let (size, mtime_ns) = stat(path)?;
+        let mut side = format!("{PIECES_VERSION} {} {}\n", meta.size, meta.piece_size).into_bytes();
+        for h in &meta.piece_hashes {
+            side.extend_from_slice(h);
+        }
+        write_atomic(&self.pieces_path(&meta.file_sha1), &side)?;
+        let entry = RegEntry {
+            group: group.to_string(),
+            name: meta.name.clone(),
+            path: path.to_path_buf(),
+            size,
+            mtime_ns,
+            file_sha1: meta.file_sha1,
+        };
+        self.entries
+            .retain(|e| !(e.group == group && e.name == meta.name));
+        self.entries.push(entry);
+        self.save()
+    }
+
+    /// Drops the entry of a group's file; saves. Returns whether there was one.
+    pub fn remove(&mut self, group: &str, name: &str) -> io::Result<bool> {
+        let before = self.entries.len();
+        self.entries
+            .retain(|e| !(e.group == group && e.name == name));
+        if self.entries.len() == before {
+            return Ok(false);
+        }
+        self.save()?;
+        Ok(true)
+    }
+
+    /// The metadata of an entry, from its piece-hash sidecar.
+    pub fn load_meta(&self, e: &RegEntry) -> Option<FileMeta> {
+        let data = fs::read(self.pieces_path(&e.file_sha1)).ok()?;
+        let nl = data.iter().position(|&b| b == b'\n')?;
+        let head = std::str::from_utf8(&data[..nl]).ok()?;
+        let rest = head.strip_prefix(PIECES_VERSION)?.trim();
+        let mut it = rest.split(' ');
+        let size: u64 = it.next()?.parse().ok()?;
+        let piece_size: u64 = it.next()?.parse().ok()?;
+        let raw = &data[nl + 1..];
+        let count = FileMeta::piece_count_for(size, piece_size);
+        if piece_size == 0 || raw.len() != count * 20 || size != e.size {
+            return None;
+        }
+        let piece_hashes = raw
+            .chunks(20)
+            .map(|c| {
+                let mut h = [0u8; 20];
+                h.copy_from_slice(c);
+                h
+            })
+            .collect();
+        Some(FileMeta {
+            name: e.name.clone(),
+            size,
+            piece_size,
+            piece_hashes,
+            file_sha1: e.file_sha1,
+        })
+    }
+
+    /// Checks every entry against the file system.
+    pub fn check(&self) -> Vec<(RegEntry, Check)> {
+        self.entries
+            .iter()
+            .map(|e| {
+                let c = match stat(&e.path) {
+                    Err(_) => Check::Vanished,
+                    Ok((size, mtime)) if size == e.size && mtime == e.mtime_ns => {
+                        match self.load_meta(e) {
+                            Some(m) => Check::Unchanged(m),
+                            None => Check::Changed,
+                        }
+                    }
+                    Ok(_) => Check::Changed,
+                };
+                (e.clone(), c)
+            })
+            .collect()
+    }
+}
+
+fn parse_entry(line: &str) -> Option<RegEntry> {
+    let f = decode_fields(line).ok()?;
+    if f.len() != 6 {
+        return None;
+    }
+    Some(RegEntry {
+        group: f[0].clone(),
+        name: f[1].clone(),
+        path: PathBuf::from(&f[2]),
+        size: f[3].parse().ok()?,
+        mtime_ns: f[4].parse().ok()?,
+        file_sha1: hash_from_hex(&f[5])?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hasher::hash_file;
+
+    #[test]
+    fn round_trip_and_change_detection() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let a = dir.path().join("a file");
+        let b = dir.path().join("b");
+        let c = dir.path().join("c");
+        fs::write(&a, vec![1u8; 600_000]).unwrap();
+        fs::write(&b, b"bbb").unwrap();
+        fs::write(&c, b"ccc").unwrap();
+        let mut reg = UploadRegistry::load(&state).unwrap();
+        assert!(reg.entries.is_empty());
+        let ma = hash_file(&a).unwrap();
+        reg.upsert("g 1", &ma, &a).unwrap();
+        reg.upsert("g2", &hash_file(&b).unwrap(), &b).unwrap();
+        reg.upsert("g2", &hash_file(&c).unwrap(), &c).unwrap();
+        // Re-upsert replaces.
+        reg.upsert("g 1", &ma, &a).unwrap();
+        assert_eq!(reg.entries.len(), 3);
+
+        let reg2 = UploadRegistry::load(&state).unwrap();
+        assert_eq!(reg2.entries, reg.entries);
+        assert!(fs::read_to_string(state.join(REGISTRY_FILE))
+            .unwrap()
+            .starts_with("swarmshare-uploads 1\n"));
+
+        fs::write(&b, b"bbbb").unwrap();
+        fs::remove_file(&c).unwrap();
+        let checks = reg2.check();
+        let find = |n: &str| checks.iter().find(|(e, _)| e.name == n).unwrap().1.clone();
+        assert_eq!(find("a file"), Check::Unchanged(ma));
+        assert_eq!(find("b"), Check::Changed);
+        assert_eq!(find("c"), Check::Vanished);
+
+        let mut reg3 = UploadRegistry::load(&state).unwrap();
+        assert!(reg3.remove("g2", "c").unwrap());
+        assert!(!reg3.remove("g2", "c").unwrap());
+        assert_eq!(UploadRegistry::load(&state).unwrap().entries.len(), 2);
+    }
+
+    #[test]
+    fn bad_version_and_bad_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(REGISTRY_FILE), "something else\n").unwrap();
+        assert!(UploadRegistry::load(dir.path()).is_err());
+        fs::write(
+            dir.path().join(REGISTRY_FILE),
+            "swarmshare-uploads 1\nbroken line\n",
+        )
+        .unwrap();
+        assert!(UploadRegistry::load(dir.path()).unwrap().entries.is_empty());
+    }
+}
