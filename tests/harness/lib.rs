@@ -183,6 +183,28 @@ impl TrackerProc {
         let _ = self.child.wait();
     }
 
+    /// Stops this tracker cleanly (`quit` on its stdin) and waits up to [`WAIT`] for
+    /// it to exit; returns its exit code. Panics if it does not exit in time.
+    pub fn quit(&mut self) -> i32 {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.write_all(b"quit\n");
+            let _ = stdin.flush();
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "tracker did not exit after quit; stderr:\n{}",
+                    self.stderr.text()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills this tracker (if running) and starts it again on the same address and data.
     pub fn restart(&mut self) {
         self.kill9();
@@ -215,6 +237,15 @@ pub struct TrackerConn {
 impl TrackerConn {
     pub fn connect(addr: &str) -> TrackerConn {
         let stream = TcpStream::connect(addr).expect("connect to tracker");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        TrackerConn {
+            stream,
+            reader: ReplyReader::new(),
+        }
+    }
+
+    /// Wraps an already connected stream (e.g. one a test wrote raw bytes to).
+    pub fn from_stream(stream: TcpStream) -> TrackerConn {
         stream.set_read_timeout(Some(WAIT)).unwrap();
         TrackerConn {
             stream,

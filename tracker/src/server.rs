@@ -44,6 +44,9 @@ const INBOX_HIGH: usize = 1024;
 const MAX_ANSWERS_PER_TURN: usize = 64;
 /// Log bytes read and applied per transaction when catching up.
 const CATCH_UP_CHUNK: usize = 16 * 1024 * 1024;
+/// Free space the data dir must have for a change to be appended to the log, so
+/// that the SQLite cache (same dir) can still commit what the log acknowledges.
+const MIN_FREE_BYTES: u64 = 1024 * 1024;
 
 /// Settings of the loop.
 #[derive(Debug, Clone, Copy)]
@@ -162,6 +165,10 @@ pub struct Server {
     watched_len: u64,
     /// Offset of an invalid line already reported by the watcher.
     reported_bad: Option<u64>,
+    /// The cache failed to commit lines the log holds (e.g. the disk filled up
+    /// between the two): reads are refused, not answered stale, and the watcher
+    /// retries the catch-up every turn until it succeeds.
+    cache_behind: bool,
 }
 
 impl Server {
@@ -191,6 +198,7 @@ impl Server {
                 shutdown,
                 watched_len: 0,
                 reported_bad: None,
+                cache_behind: false,
             },
             waker,
         ))
@@ -332,6 +340,15 @@ impl Server {
                     work.iter().map(|_| reply.clone()).collect()
                 }
             }
+        } else if self.cache_behind {
+            let behind = "nothing read: this tracker's cache is behind its log \
+                          (is the data dir full?); try again";
+            work.iter()
+                .map(|(_, item)| match item {
+                    Err(msg) => Reply::err(msg),
+                    Ok(_) => Reply::err(behind),
+                })
+                .collect()
         } else {
             work.iter()
                 .map(|(_, item)| match item {
@@ -398,6 +415,17 @@ impl Server {
             drop(tx);
             return Ok(replies);
         }
+        // Refuse while the cache could not follow: a line the log holds but the
+        // cache cannot commit would be acknowledged yet invisible to reads.
+        let free = self.log.free_bytes().unwrap_or(u64::MAX);
+        if free < MIN_FREE_BYTES {
+            drop(tx); // rolls back
+            log::error!("data dir nearly full ({free} bytes free): changes refused");
+            let reply = Reply::err(format!(
+                "change not made, the data dir is full ({free} bytes free)"
+            ));
+            return Ok(work.iter().map(|_| reply.clone()).collect());
+        }
         if let Err(e) = self.log.append(&lines) {
             drop(tx); // rolls back
             if let Err(e2) = self.log.truncate(base) {
@@ -414,8 +442,11 @@ impl Server {
         };
         let committed = store::set_applied(&tx, after).and_then(|()| tx.commit());
         if let Err(e) = committed {
-            // The lines are durable in the log; the next catch-up applies them.
+            // The lines are durable in the log; the watcher's catch-up applies them.
             log::error!("cache commit failed (the log has the change): {e}");
+            self.cache_behind = true;
+        } else {
+            self.cache_behind = false;
         }
         self.watched_len = offset;
         Ok(replies)
@@ -430,7 +461,7 @@ impl Server {
                 return;
             }
         };
-        if len == self.watched_len {
+        if len == self.watched_len && !self.cache_behind {
             return;
         }
         self.watched_len = len;
@@ -442,6 +473,7 @@ impl Server {
             }
         };
         if len <= applied {
+            self.cache_behind = false;
             return;
         }
         let result = self
@@ -463,7 +495,17 @@ impl Server {
             }
             Ok(c) if c.lines > 0 => log::debug!("applied {} lines from other trackers", c.lines),
             Ok(_) => {}
-            Err(e) => log::error!("applying new log lines: {e}"),
+            Err(e) => {
+                if !self.cache_behind {
+                    log::error!("applying new log lines: {e}");
+                }
+                self.cache_behind = true;
+                return;
+            }
+        }
+        if self.cache_behind {
+            log::info!("the cache caught up with the log again");
+            self.cache_behind = false;
         }
     }
 }

@@ -582,6 +582,18 @@ impl SyncLog {
         Ok(saved)
     }
 
+    /// Bytes an unprivileged writer may still use on the log's file system.
+    pub fn free_bytes(&self) -> Result<u64, LogError> {
+        // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: fstatvfs on a descriptor we own, filling a struct we own.
+        let rc = unsafe { libc::fstatvfs(self.file.as_raw_fd(), &mut st) };
+        if rc != 0 {
+            return Err(self.io_err(io::Error::last_os_error()));
+        }
+        Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    }
+
     /// Cuts the file back to `len` after a failed append. Needs the exclusive lock.
     pub fn truncate(&self, len: u64) -> Result<(), LogError> {
         self.file.set_len(len).map_err(|e| self.io_err(e))?;

@@ -43,7 +43,9 @@ impl std::fmt::Display for TrackerAddr {
 pub enum InfoError {
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: io::Error },
-    #[error("{path} line {line}: malformed tracker address {text:?} (expected HOST:PORT or HOST PORT)")]
+    #[error(
+        "{path} line {line}: malformed tracker address {text:?} (expected HOST:PORT or HOST PORT)"
+    )]
     Malformed {
         path: String,
         line: usize,
