@@ -12,9 +12,9 @@
 //! rebuilds it. Trackers sharing a data dir share the log: appends are serialised
 //! by `flock`, and each tracker's watcher applies the others' lines within 100 ms.
 //!
-//! Modules: [`auth`] hashes passwords and makes tokens, [`commands`] authorizes and validates requests, [`server`] runs
-//! the single mio event loop. The tracker list is read by `wire::tracker_info`,
-//! the same parser the client uses.
+//! Modules: [`auth`] hashes passwords and makes tokens, [`commands`] authorizes
+//! and validates requests, [`server`] runs the single mio event loop. The tracker
+//! list is read by `wire::tracker_info`, the same parser the client uses.
 //!
 //! ```text
 //! tracker <tracker_info.txt> <tracker_no> [--data-dir DIR] [--log-level LEVEL] [--fsync always|batch]
