@@ -1,6 +1,7 @@
 //! End-to-end transfers under faults: a seeder killed mid-download, a lying
-//! peer, a downloader killed and restarted (resume without refetching verified
-//! pieces), and a peer asked for an unknown file or an out-of-range piece.
+//! peer, a downloader killed and restarted (resumed automatically after login,
+//! without refetching verified pieces), and a peer asked for an unknown file or
+//! an out-of-range piece.
 
 mod transfer_support;
 
@@ -130,9 +131,17 @@ fn killed_downloader_resumes_without_refetching() {
     seed.log.requests.lock().unwrap().clear();
     seed.budget.store(usize::MAX, Ordering::SeqCst);
 
+    // Restart and log in only: the interrupted download resumes by itself.
     let mut again = s.client("leecher", &[]);
-    download(&mut again, "f.bin", &dest);
     wait_complete(&mut again, "f.bin", Duration::from_secs(60));
+    assert!(
+        again
+            .stderr
+            .text()
+            .contains("resuming the download of f.bin"),
+        "{}",
+        again.stderr.text()
+    );
     assert_same_file(&src, &dest);
     let after = distinct(&seed.requested());
     for p in &served_before {

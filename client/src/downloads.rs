@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wire::file_meta::FileMeta;
@@ -105,6 +105,10 @@ pub struct Download {
     pub meta: Arc<FileMeta>,
     pub dest: PathBuf,
     pub file: Option<Arc<File>>,
+    /// Held while a verified piece is written: concurrent `pwrite`s to one file
+    /// contend on the inode lock in the kernel, which spins and burns CPU that
+    /// the hashes need; one writer at a time sleeps instead.
+    pub write_lock: Arc<Mutex<()>>,
     pub picker: PiecePicker,
     pub state: DlState,
     pub peers: HashMap<SocketAddr, KnownPeer>,
@@ -137,6 +141,11 @@ pub struct Download {
     pub last_progress: Instant,
     /// Pieces received per peer address (for logs and tests).
     pub served_by: HashMap<SocketAddr, u64>,
+    /// Pieces the whole-file hash had to read back from the file (they arrived
+    /// too far ahead of it to be kept in memory).
+    pub reread: u64,
+    /// A piece request was sent (for the first-request latency log).
+    pub requested: bool,
 }
 
 impl Download {
@@ -148,6 +157,7 @@ impl Download {
             meta: Arc::new(meta),
             dest,
             file: None,
+            write_lock: Arc::new(Mutex::new(())),
             picker: PiecePicker::new(count, seed),
             state: DlState::Running,
             peers: HashMap::new(),
@@ -168,6 +178,8 @@ impl Download {
             started: now,
             last_progress: now,
             served_by: HashMap::new(),
+            reread: 0,
+            requested: false,
         }
     }
 

@@ -117,6 +117,13 @@ enum Internal {
         meta: FileMeta,
         path: PathBuf,
     },
+    /// `file_info` for a download an earlier run left unfinished (after login).
+    Resume {
+        group: String,
+        name: String,
+        dest: PathBuf,
+        file_sha1: [u8; 20],
+    },
 }
 
 /// Runs the client until `quit`, end of input (and downloads), or a signal.
@@ -636,6 +643,18 @@ impl Client {
             (Internal::Reannounce { group, meta, .. }, Err(e)) => {
                 eprintln!("note: could not share {} in {group} again: {e}", meta.name);
             }
+            (
+                Internal::Resume {
+                    group,
+                    name,
+                    dest,
+                    file_sha1,
+                },
+                Ok(answer),
+            ) => self.resume_download(group, name, dest, file_sha1, answer),
+            (Internal::Resume { group, name, .. }, Err(e)) => {
+                eprintln!("note: could not resume the download of {name} from {group}: {e}");
+            }
             (Internal::Heartbeat, Err(e)) => log::info!("heartbeat failed: {e}"),
             (Internal::AddSeeder, Err(e)) => log::info!("add_seeder failed: {e}"),
             (Internal::PeerRefresh { name, .. }, Err(e)) => {
@@ -653,6 +672,7 @@ impl Client {
             Command::Login { user, .. } => {
                 self.next_heartbeat = Instant::now() + self.config.announce;
                 self.reannounce_registry();
+                self.resume_downloads();
                 vec![format!("logged in as {user}")]
             }
             Command::Logout => {
@@ -739,6 +759,68 @@ impl Client {
             let id = self.submit(upload_request(&group, &meta).internal());
             self.internal
                 .insert(id, Internal::Reannounce { group, meta, path });
+        }
+    }
+
+    /// Restarts the downloads an earlier run left unfinished (after a login):
+    /// an internal `file_info` for each, then `start_download` to the saved
+    /// destination when the answer arrives. Notes go to stderr (stdout keeps one
+    /// line per command).
+    fn resume_downloads(&mut self) {
+        for r in self.transfers.pending_resumes() {
+            let pending = self.internal.values().any(
+                |i| matches!(i, Internal::Resume { file_sha1, .. } if *file_sha1 == r.file_sha1),
+            );
+            if pending {
+                continue;
+            }
+            let id = self.submit(LinkRequest::new("file_info", &[&r.group, &r.name]).internal());
+            self.internal.insert(
+                id,
+                Internal::Resume {
+                    group: r.group,
+                    name: r.name,
+                    dest: r.dest,
+                    file_sha1: r.file_sha1,
+                },
+            );
+        }
+    }
+
+    fn resume_download(
+        &mut self,
+        group: String,
+        name: String,
+        dest: PathBuf,
+        file_sha1: [u8; 20],
+        answer: Answer,
+    ) {
+        let Some((meta, peers)) = self.parse_file_info(&answer) else {
+            eprintln!("note: could not resume the download of {name} from {group}: inconsistent file metadata");
+            return;
+        };
+        if meta.file_sha1 != file_sha1 {
+            eprintln!(
+                "note: {name} in {group} is no longer the file being downloaded; not resuming it"
+            );
+            return;
+        }
+        match self
+            .transfers
+            .start_download(self.poll.registry(), &group, meta, peers, dest.clone())
+        {
+            Ok(()) => {
+                if !self.downloads.contains(&(group.clone(), name.clone())) {
+                    self.downloads.push((group.clone(), name.clone()));
+                }
+                eprintln!(
+                    "note: resuming the download of {name} from {group} to {}",
+                    dest.display()
+                );
+            }
+            Err(e) => {
+                eprintln!("note: could not resume the download of {name} from {group}: {e}")
+            }
         }
     }
 }

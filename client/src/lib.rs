@@ -10,8 +10,13 @@
 //! - [`registry`]: `.uploads_registry`, what this client shares.
 //! - [`downloads`]: one download's state and its `show_downloads` line.
 //! - [`peer_conn`]: one peer connection's state machine.
-//! - [`transfers`]: `Transfers`, the narrow interface between the event loop and all peer-to-peer work.
+//! - [`transfers`]: `Transfers`, the narrow interface between the event loop and all
+//!   peer-to-peer work (facade, connection slab, dispatch); its submodules
+//!   `transfers::serving` (the peer-server side) and `transfers::fetching` (the
+//!   download side) hold the work.
+//! - [`buffers`]: `PieceBuffers`, the free list that recycles piece buffers.
 
+pub mod buffers;
 pub mod downloads;
 pub mod event_loop;
 pub mod hasher;

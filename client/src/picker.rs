@@ -12,12 +12,13 @@
 //! different pieces (and rarity, which changes as leechers announce `Have`, does
 //! the rest).
 //!
-//! Endgame: when no missing piece is left for a peer, it may duplicate a request
-//! of a piece still outstanding at another peer (at most [`ENDGAME_DUPLICATES`]
-//! requests per piece), so one slow peer cannot hold up the end.
+//! Endgame: when no piece is missing any more (each is requested, verifying or
+//! held), a peer may duplicate a request of a piece still outstanding at another
+//! peer (at most [`ENDGAME_DUPLICATES`] requests per piece), so one slow peer
+//! cannot hold up the end.
 
 /// Ties among the rarest pieces are broken at random among this many lowest-index candidates.
-pub const TIE_WINDOW: usize = 16;
+pub const TIE_WINDOW: usize = 64;
 /// The most outstanding requests a piece may have at once in endgame.
 pub const ENDGAME_DUPLICATES: u8 = 2;
 
@@ -157,7 +158,14 @@ impl PiecePicker {
             self.outstanding[i] = 1;
             return Some(i);
         }
-        // Endgame: duplicate an outstanding request, least duplicated first.
+        // Endgame (no piece missing anywhere, only outstanding ones): duplicate an
+        // outstanding request, least duplicated first. Before that, a peer with
+        // nothing new to offer (a partial seeder) stays idle until it announces
+        // a piece: duplicating the requests sent to other peers would fetch the
+        // same data twice.
+        if self.state.contains(&PieceState::Missing) {
+            return None;
+        }
         let mut pick = None;
         let mut fewest = ENDGAME_DUPLICATES;
         for i in 0..self.state.len() {
@@ -264,7 +272,12 @@ mod tests {
         ];
         got.sort();
         assert_eq!(got, vec![3, 8]);
-        // Endgame duplicates, one each, then nothing.
+        // Other pieces are still missing: no endgame duplicates yet.
+        assert_eq!(p.pick(&b, |_| false), None);
+        // Once nothing is missing: endgame duplicates, one each, then nothing.
+        let rest = bits_of(10, &[0, 1, 2, 4, 5, 6, 7, 9]);
+        p.add_bitfield(&rest);
+        while p.pick(&rest, |_| false).is_some() {}
         let x = p.pick(&b, |_| false).unwrap();
         let y = p.pick(&b, |_| false).unwrap();
         assert_ne!(x, y);

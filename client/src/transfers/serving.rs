@@ -1,0 +1,272 @@
+//! The serving side of [`Transfers`]: files shared in full, the handshake's
+//! lookup of a file by its hash (full shares, or a download that serves the
+//! pieces it has verified), request validation, disk reads on the pool with
+//! per-connection back-pressure, and `Have` broadcast to our downloaders.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use mio::Registry;
+use wire::file_meta::FileMeta;
+use wire::peer_msg::{
+    self, bitfield_len, set_bit, Handshake, PeerMsg, RejectCode, PIECE_HEADER_LEN,
+};
+
+use super::{PoolMsg, Transfers};
+use crate::peer_conn::{ConnEvent, Role};
+use crate::picker::PieceState;
+use crate::storage;
+
+/// Disk reads plus queued answers per serving connection before its requests wait.
+const MAX_SERVE_INFLIGHT: usize = 4;
+
+/// A file served in full.
+pub(super) struct Share {
+    pub(super) meta: Arc<FileMeta>,
+    pub(super) file: Arc<File>,
+    pub(super) path: PathBuf,
+    /// (group, name) pairs it is shared as.
+    pub(super) names: Vec<(String, String)>,
+}
+
+fn full_bits(n: usize) -> Vec<u8> {
+    let mut b = vec![0u8; bitfield_len(n)];
+    for i in 0..n {
+        set_bit(&mut b, i);
+    }
+    b
+}
+
+impl Transfers {
+    pub(super) fn serve_budget(&self, key: usize) -> usize {
+        match self.conns.get(key) {
+            Some(c) => match c.role {
+                Role::Serve { pending_reads, .. } => {
+                    MAX_SERVE_INFLIGHT.saturating_sub(pending_reads + c.queued())
+                }
+                Role::Fetch { .. } => usize::MAX,
+            },
+            None => 0,
+        }
+    }
+
+    /// The file to serve for `sha1`: its handle, metadata, and which pieces we hold
+    /// (`None` = all).
+    pub(super) fn source(
+        &self,
+        sha1: &[u8; 20],
+    ) -> Option<(Arc<File>, Arc<FileMeta>, Option<usize>)> {
+        if let Some(s) = self.shares.get(sha1) {
+            return Some((s.file.clone(), s.meta.clone(), None));
+        }
+        let (i, d) = self
+            .downloads
+            .iter()
+            .enumerate()
+            .find(|(_, d)| d.meta.file_sha1 == *sha1 && d.can_serve())?;
+        Some((d.file.clone()?, d.meta.clone(), Some(i)))
+    }
+
+    pub(super) fn serve_event(&mut self, key: usize, ev: ConnEvent) {
+        match ev {
+            ConnEvent::Handshake(h) => {
+                if h.version != peer_msg::VERSION {
+                    self.conns[key].send_error_and_close(&format!(
+                        "unsupported protocol version {} (this peer speaks {})",
+                        h.version,
+                        peer_msg::VERSION
+                    ));
+                    return;
+                }
+                let bits = match self.source(&h.file_sha1) {
+                    None => {
+                        self.conns[key].send_error_and_close("unknown file");
+                        return;
+                    }
+                    Some((_, meta, None)) => full_bits(meta.piece_count()),
+                    Some((_, _, Some(dl))) => self.downloads[dl].bits(),
+                };
+                let hs = Handshake::new(h.file_sha1, self.peer_id).encode().to_vec();
+                let conn = &mut self.conns[key];
+                if let Role::Serve { file_sha1, .. } = &mut conn.role {
+                    *file_sha1 = Some(h.file_sha1);
+                }
+                let mut out = hs;
+                PeerMsg::Bitfield(bits).encode_into(&mut out);
+                conn.send(out);
+            }
+            ConnEvent::Msg(PeerMsg::Request { piece, offset, len }) => {
+                self.serve_request(key, piece, offset, len)
+            }
+            ConnEvent::Msg(PeerMsg::KeepAlive) => {}
+            ConnEvent::Msg(PeerMsg::Error(text)) => {
+                log::debug!("peer {} says: {text}", self.conns[key].addr);
+            }
+            ConnEvent::Msg(other) => {
+                log::debug!("peer {}: unexpected {other:?}", self.conns[key].addr);
+            }
+            ConnEvent::Piece { data, .. } => {
+                self.bufs.recycle(data);
+                self.conns[key].send_error_and_close("unexpected piece data");
+            }
+            ConnEvent::Closed(_) => {}
+        }
+    }
+
+    pub(super) fn serve_request(&mut self, key: usize, piece: u32, offset: u32, len: u32) {
+        let Role::Serve {
+            file_sha1: Some(sha1),
+            ..
+        } = self.conns[key].role
+        else {
+            self.conns[key].send_error_and_close("request before handshake");
+            return;
+        };
+        let reject = |t: &mut Transfers, code: RejectCode| {
+            t.conns[key].send_msg(&PeerMsg::Reject {
+                piece,
+                offset,
+                code,
+            });
+        };
+        let Some((file, meta, partial)) = self.source(&sha1) else {
+            reject(self, RejectCode::NotHave);
+            return;
+        };
+        let p = piece as usize;
+        if p >= meta.piece_count()
+            || len == 0
+            || len > peer_msg::MAX_REQUEST_LEN
+            || offset as u64 + len as u64 > meta.piece_len(p)
+        {
+            reject(self, RejectCode::OutOfRange);
+            return;
+        }
+        if let Some(dl) = partial {
+            if self.downloads[dl].picker.state(p) != Some(PieceState::Have) {
+                reject(self, RejectCode::NotHave);
+                return;
+            }
+        }
+        let mut buf = self.bufs.take(PIECE_HEADER_LEN + len as usize);
+        peer_msg::write_piece_header(&mut buf, piece, offset, len as usize);
+        let at = meta.piece_offset(p) + offset as u64;
+        let conn = &mut self.conns[key];
+        if let Role::Serve { pending_reads, .. } = &mut conn.role {
+            *pending_reads += 1;
+        }
+        let id = conn.id;
+        let done = self.done.clone();
+        self.pool.spawn(move || {
+            let result = match storage::read_at(&file, &mut buf[PIECE_HEADER_LEN..], at) {
+                Ok(()) => Ok(buf),
+                Err(e) => {
+                    log::warn!("read piece {piece}: {e}");
+                    Err(buf)
+                }
+            };
+            done.send(PoolMsg::Read {
+                key,
+                id,
+                piece,
+                offset,
+                result,
+            });
+        });
+    }
+
+    pub(super) fn on_read(
+        &mut self,
+        registry: &Registry,
+        key: usize,
+        id: u64,
+        piece: u32,
+        offset: u32,
+        result: Result<Vec<u8>, Vec<u8>>,
+    ) {
+        let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) else {
+            let (Ok(b) | Err(b)) = result;
+            self.bufs.recycle(b);
+            return;
+        };
+        if let Role::Serve { pending_reads, .. } = &mut conn.role {
+            *pending_reads = pending_reads.saturating_sub(1);
+        }
+        match result {
+            Ok(buf) => {
+                conn.piece_bytes += (buf.len() - PIECE_HEADER_LEN) as u64;
+                conn.send(buf);
+            }
+            Err(buf) => {
+                self.bufs.recycle(buf);
+                conn.send_msg(&PeerMsg::Reject {
+                    piece,
+                    offset,
+                    code: RejectCode::ReadFailed,
+                });
+            }
+        }
+        self.reparse(registry, key);
+        self.drain_written(key);
+        if self.conns.get(key).is_some_and(|c| c.closed) {
+            self.close_conn(registry, key);
+        }
+    }
+
+    pub(super) fn broadcast_have(&mut self, sha1: &[u8; 20], piece: usize) {
+        let msg = PeerMsg::Have(piece as u32).encode();
+        for (_, c) in self.conns.iter_mut() {
+            if let Role::Serve {
+                file_sha1: Some(s), ..
+            } = &c.role
+            {
+                if s == sha1 && !c.closed {
+                    c.send(msg.clone());
+                }
+            }
+        }
+    }
+    pub(super) fn add_share_with(
+        &mut self,
+        group: &str,
+        meta: FileMeta,
+        path: PathBuf,
+        file: Option<Arc<File>>,
+    ) {
+        if let Some(reg) = self.registry.as_mut() {
+            if let Err(e) = reg.upsert(group, &meta, &path) {
+                log::warn!(
+                    "cannot record {} in the uploads registry: {e}",
+                    path.display()
+                );
+            }
+        }
+        let key = (group.to_string(), meta.name.clone());
+        if let Some(s) = self.shares.get_mut(&meta.file_sha1) {
+            if !s.names.contains(&key) {
+                s.names.push(key);
+            }
+            return;
+        }
+        let file = match file {
+            Some(f) => f,
+            None => match File::open(&path) {
+                Ok(f) => Arc::new(f),
+                Err(e) => {
+                    log::error!("cannot share {}: {e}", path.display());
+                    return;
+                }
+            },
+        };
+        self.shares.insert(
+            meta.file_sha1,
+            Share {
+                meta: Arc::new(meta),
+                file,
+                path,
+                names: vec![key],
+            },
+        );
+    }
+}

@@ -1,0 +1,440 @@
+//! Unit tests of `Transfers`: small in-process swarms of nodes, each a minimal
+//! mio loop around one `Transfers`, like the client's.
+
+use super::fetching::NO_PEERS_LIMIT;
+use super::*;
+use crate::downloads::DlState;
+use crate::storage;
+use mio::net::TcpListener;
+use mio::{Events, Poll};
+use std::io::{Read, Write};
+use std::path::Path;
+use wire::peer_msg::{self, set_bit, Handshake, PeerMsg, RejectCode};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+
+/// A minimal event loop around one `Transfers`, like the client's.
+struct Node {
+    poll: Poll,
+    listener: TcpListener,
+    t: Transfers,
+    addr: SocketAddr,
+    _state: tempfile::TempDir,
+    jobs: Vec<TrackerJob>,
+}
+
+impl Node {
+    fn new(threads: usize, retries: u32) -> Node {
+        let poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).unwrap());
+        let mut listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let t = Transfers::new(
+            TransferConfig {
+                threads,
+                retries,
+                state_dir: state.path().to_path_buf(),
+            },
+            waker,
+        )
+        .unwrap();
+        let addr = listener.local_addr().unwrap();
+        Node {
+            poll,
+            listener,
+            t,
+            addr,
+            _state: state,
+            jobs: Vec::new(),
+        }
+    }
+
+    fn turn(&mut self) {
+        let mut events = Events::with_capacity(256);
+        self.poll
+            .poll(&mut events, Some(Duration::from_millis(1)))
+            .unwrap();
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => {
+                    while let Ok((s, a)) = self.listener.accept() {
+                        self.t.accept(self.poll.registry(), s, a);
+                    }
+                }
+                WAKER => self.t.poll_pool(self.poll.registry()),
+                _ => self.t.handle_event(self.poll.registry(), ev),
+            }
+        }
+        self.t.poll_pool(self.poll.registry());
+        self.t.tick(self.poll.registry());
+        self.jobs.extend(self.t.take_tracker_jobs());
+    }
+
+    fn share(&mut self, path: &Path) -> FileMeta {
+        let meta = hasher::hash_file(path).unwrap();
+        self.t.add_share("g", meta.clone(), path.to_path_buf());
+        meta
+    }
+}
+
+fn run_until(nodes: &mut [&mut Node], secs: u64, mut done: impl FnMut(&[&mut Node]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done(nodes) {
+        assert!(Instant::now() < deadline, "timed out");
+        for n in nodes.iter_mut() {
+            n.turn();
+        }
+    }
+}
+
+fn write_file(path: &Path, len: usize, seed: u8) -> Vec<u8> {
+    let data: Vec<u8> = (0..len)
+        .map(|i| ((i * 31 + i / 777) as u8) ^ seed)
+        .collect();
+    std::fs::File::create(path)
+        .unwrap()
+        .write_all(&data)
+        .unwrap();
+    data
+}
+
+fn finished(n: &Node) -> bool {
+    n.t.active_downloads() == 0
+}
+
+#[test]
+fn one_to_one_all_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = wire::file_meta::PIECE_SIZE as usize;
+    for (i, len) in [0, 1, p, p + 1, 5 * p + 17].into_iter().enumerate() {
+        let mut seeder = Node::new(8, 5);
+        let mut leecher = Node::new(8, 5);
+        let src = dir.path().join(format!("src{i}"));
+        let data = write_file(&src, len, 0);
+        let meta = seeder.share(&src);
+        let out = dir.path().join(format!("out{i}"));
+        leecher
+            .t
+            .start_download(
+                leecher.poll.registry(),
+                "g",
+                meta.clone(),
+                vec![seeder.addr],
+                out.clone(),
+            )
+            .unwrap();
+        run_until(&mut [&mut seeder, &mut leecher], 20, |n| finished(n[1]));
+        assert_eq!(leecher.t.status_lines(), vec![format!("[C] [g] src{i}")]);
+        assert_eq!(std::fs::read(&out).unwrap(), data, "len {len}");
+        assert!(!storage::temp_path(&out).exists());
+        assert!(leecher.jobs.contains(&TrackerJob::AddSeeder {
+            group: "g".into(),
+            name: meta.name.clone(),
+            file_sha1: meta.file_sha1_hex()
+        }));
+        // The completed download is now a full share.
+        assert_eq!(leecher.t.shared_files().len(), 1);
+    }
+}
+
+#[test]
+fn several_seeders_and_a_liar() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = wire::file_meta::PIECE_SIZE as usize;
+    let src = dir.path().join("f");
+    let data = write_file(&src, 64 * p + 5, 1);
+    let mut s1 = Node::new(8, 5);
+    let mut s2 = Node::new(8, 5);
+    let mut liar = Node::new(8, 5);
+    let meta = s1.share(&src);
+    s2.share(&src);
+    // The liar shares different bytes under the same metadata.
+    let bad = dir.path().join("bad");
+    write_file(&bad, data.len(), 99);
+    liar.t.add_share("g", meta.clone(), bad);
+    let mut leecher = Node::new(8, 5);
+    let out = dir.path().join("out");
+    leecher
+        .t
+        .start_download(
+            leecher.poll.registry(),
+            "g",
+            meta,
+            vec![s1.addr, s2.addr, liar.addr],
+            out.clone(),
+        )
+        .unwrap();
+    run_until(&mut [&mut s1, &mut s2, &mut liar, &mut leecher], 30, |n| {
+        finished(n[3])
+    });
+    assert!(
+        leecher.t.status_lines()[0].starts_with("[C]"),
+        "{:?}",
+        leecher.t.status_lines()
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    let served = &leecher.t.served_by()[0];
+    assert!(served.get(&s1.addr).copied().unwrap_or(0) > 0, "{served:?}");
+    assert!(served.get(&s2.addr).copied().unwrap_or(0) > 0, "{served:?}");
+    assert!(leecher.t.downloads[0].peers[&liar.addr].banned);
+}
+
+#[test]
+fn partial_seeding_and_no_peers_failure_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = wire::file_meta::PIECE_SIZE as usize;
+    let src = dir.path().join("f");
+    let data = write_file(&src, 40 * p, 2);
+    let mut seeder = Node::new(8, 5);
+    let meta = seeder.share(&src);
+    let mut a = Node::new(8, 5);
+    let mut b = Node::new(8, 5);
+    a.t.start_download(
+        a.poll.registry(),
+        "g",
+        meta.clone(),
+        vec![seeder.addr],
+        dir.path().join("a"),
+    )
+    .unwrap();
+    b.t.start_download(
+        b.poll.registry(),
+        "g",
+        meta,
+        vec![seeder.addr, a.addr],
+        dir.path().join("b"),
+    )
+    .unwrap();
+    run_until(&mut [&mut seeder, &mut a, &mut b], 30, |n| {
+        finished(n[1]) && finished(n[2])
+    });
+    assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), data);
+    assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), data);
+}
+
+#[test]
+fn resume_after_restart_skips_verified_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = wire::file_meta::PIECE_SIZE as usize;
+    let src = dir.path().join("f");
+    let data = write_file(&src, 10 * p, 3);
+    let mut seeder = Node::new(8, 5);
+    let meta = seeder.share(&src);
+    // Pretend an earlier run verified pieces 0..4 (and wrote a wrong piece 4).
+    let state = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    {
+        let f = storage::open_part(&out, meta.size).unwrap();
+        storage::write_at(&f, &data[..4 * p], 0).unwrap();
+        storage::write_at(&f, &vec![0u8; p], 4 * p as u64).unwrap();
+        let mut bits = vec![0u8; 2];
+        for i in 0..5 {
+            set_bit(&mut bits, i);
+        }
+        ResumeState {
+            file_sha1: meta.file_sha1,
+            group: "g".into(),
+            name: meta.name.clone(),
+            dest: out.clone(),
+            size: meta.size,
+            bits,
+        }
+        .save(state.path())
+        .unwrap();
+    }
+    let mut leecher = Node::new(8, 5);
+    leecher.t.config.state_dir = state.path().to_path_buf();
+    assert_eq!(leecher.t.pending_resumes().len(), 1);
+    leecher
+        .t
+        .start_download(
+            leecher.poll.registry(),
+            "g",
+            meta,
+            vec![seeder.addr],
+            out.clone(),
+        )
+        .unwrap();
+    run_until(&mut [&mut seeder, &mut leecher], 20, |n| finished(n[1]));
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    let served: u64 = leecher.t.served_by()[0].values().sum();
+    assert_eq!(served, 6, "pieces 4..10 fetched, 0..4 kept");
+    assert!(leecher.t.pending_resumes().is_empty());
+}
+
+#[test]
+fn no_peers_fails_with_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("f");
+    write_file(&src, 1000, 3);
+    let meta = hasher::hash_file(&src).unwrap();
+    let mut leecher = Node::new(8, 5);
+    let dead: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    leecher
+        .t
+        .start_download(
+            leecher.poll.registry(),
+            "g",
+            meta.clone(),
+            vec![dead],
+            dir.path().join("o"),
+        )
+        .unwrap();
+    assert!(leecher
+        .t
+        .start_download(
+            leecher.poll.registry(),
+            "g",
+            meta,
+            vec![],
+            dir.path().join("o2")
+        )
+        .unwrap_err()
+        .contains("already downloading"));
+    // Fast-forward the failure bound.
+    leecher.t.downloads[0].no_peers_since =
+        Some(Instant::now() - NO_PEERS_LIMIT - Duration::from_secs(1));
+    run_until(&mut [&mut leecher], 5, |n| finished(n[0]));
+    assert!(leecher.t.status_lines()[0].starts_with("[F] [g] f: no peer"));
+    // With no usable peer, fresh peers are asked for.
+    leecher.t.downloads[0].state = DlState::Running;
+    leecher.t.downloads[0].no_peers_since = Some(Instant::now());
+    leecher.t.downloads[0].last_refresh = Instant::now() - Duration::from_secs(5);
+    leecher.jobs.clear();
+    leecher.t.last_tick = Instant::now() - Duration::from_secs(1);
+    leecher.turn();
+    assert!(leecher
+        .jobs
+        .iter()
+        .any(|j| matches!(j, TrackerJob::RefreshPeers { .. })));
+}
+
+/// A raw protocol client: unknown file and out-of-range requests get answers
+/// and the server keeps serving.
+#[test]
+fn server_rejects_bad_requests_and_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("f");
+    let data = write_file(&src, 1000, 4);
+    let mut seeder = Node::new(8, 5);
+    let meta = seeder.share(&src);
+    let addr = seeder.addr;
+    let client = std::thread::spawn(move || {
+        let read_msg = |s: &mut std::net::TcpStream, buf: &mut Vec<u8>| -> PeerMsg {
+            loop {
+                if let Some((m, used)) = peer_msg::decode(buf).unwrap() {
+                    buf.drain(..used);
+                    return m;
+                }
+                let mut tmp = [0u8; 4096];
+                let n = s.read(&mut tmp).unwrap();
+                assert!(n > 0, "closed");
+                buf.extend_from_slice(&tmp[..n]);
+            }
+        };
+        // Unknown file: an error, then the connection closes.
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(&Handshake::new([7; 20], [1; 8]).encode())
+            .unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(
+            read_msg(&mut s, &mut buf),
+            PeerMsg::Error("unknown file".into())
+        );
+        // The right file: handshake, bitfield, then answers.
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(&Handshake::new(meta.file_sha1, [1; 8]).encode())
+            .unwrap();
+        let mut hs = [0u8; peer_msg::HANDSHAKE_LEN];
+        s.read_exact(&mut hs).unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(read_msg(&mut s, &mut buf), PeerMsg::Bitfield(vec![0x80]));
+        for (piece, offset, len) in [(1, 0, 10), (0, 990, 11), (0, 0, 0)] {
+            s.write_all(&PeerMsg::Request { piece, offset, len }.encode())
+                .unwrap();
+            assert_eq!(
+                read_msg(&mut s, &mut buf),
+                PeerMsg::Reject {
+                    piece,
+                    offset,
+                    code: RejectCode::OutOfRange
+                }
+            );
+        }
+        s.write_all(
+            &PeerMsg::Request {
+                piece: 0,
+                offset: 990,
+                len: 10,
+            }
+            .encode(),
+        )
+        .unwrap();
+        assert_eq!(
+            read_msg(&mut s, &mut buf),
+            PeerMsg::Piece {
+                piece: 0,
+                offset: 990,
+                data: data[990..].to_vec()
+            }
+        );
+    });
+    run_until(&mut [&mut seeder], 10, |_| client.is_finished());
+    client.join().unwrap();
+}
+
+/// Many requests sent at once, answers read only afterwards: the serving side
+/// fills the socket, holds the rest of the requests back (back-pressure) and
+/// must pick them up again once its queue drains, with no new bytes arriving.
+#[test]
+fn server_resumes_buffered_requests_after_back_pressure() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = wire::file_meta::PIECE_SIZE as usize;
+    let pieces = 48;
+    let src = dir.path().join("f");
+    write_file(&src, pieces * p, 5);
+    let mut seeder = Node::new(8, 5);
+    let meta = seeder.share(&src);
+    let addr = seeder.addr;
+    let client = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(&Handshake::new(meta.file_sha1, [1; 8]).encode())
+            .unwrap();
+        let mut reqs = Vec::new();
+        for piece in 0..pieces as u32 {
+            PeerMsg::Request {
+                piece,
+                offset: 0,
+                len: p as u32,
+            }
+            .encode_into(&mut reqs);
+        }
+        s.write_all(&reqs).unwrap();
+        // Give the server time to fill the socket and queue up.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut hs = [0u8; peer_msg::HANDSHAKE_LEN];
+        s.read_exact(&mut hs).unwrap();
+        let mut buf = Vec::new();
+        let mut got = 0;
+        while got < pieces {
+            if let Some((m, used)) = peer_msg::decode(&buf).unwrap() {
+                buf.drain(..used);
+                if matches!(m, PeerMsg::Piece { .. }) {
+                    got += 1;
+                }
+                continue;
+            }
+            let mut tmp = vec![0u8; 1 << 20];
+            let n = s.read(&mut tmp).expect("answers stopped coming");
+            assert!(n > 0, "closed");
+            buf.extend_from_slice(&tmp[..n]);
+        }
+    });
+    run_until(&mut [&mut seeder], 30, |_| client.is_finished());
+    client.join().unwrap();
+}
