@@ -3,15 +3,13 @@
 //! without refetching verified pieces), and a peer asked for an unknown file or
 //! an out-of-range piece.
 
-mod transfer_support;
-
 use std::io::{Read, Write};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use harness::transfer::*;
 use harness::{assert_same_file, wait_until, write_random_file};
-use transfer_support::*;
 use wire::file_meta::PIECE_SIZE;
 use wire::peer_msg::{self, Handshake, PeerMsg, RejectCode};
 

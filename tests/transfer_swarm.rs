@@ -2,14 +2,12 @@
 //! file, 3 seeders → 1 (each serves some), 1 → 3 leechers at once (they serve
 //! each other), and a non-member that can neither list nor download.
 
-mod transfer_support;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use harness::transfer::*;
 use harness::{assert_same_file, write_random_file};
-use transfer_support::*;
 use wire::file_meta::PIECE_SIZE;
 
 /// `transfer stats: <name>: <addr> served <n> pieces` lines of a client's log.

@@ -4,6 +4,10 @@
 //! Every process is started by a guard ([`TrackerProc`], [`ClientProc`]) that kills
 //! exactly that process, by PID, when dropped. Ports come from the OS (a listener on
 //! port 0 that is closed just before the binary binds it); data lives in temp dirs.
+//! [`transfer`] adds what the transfer tests share: a tracker with logged-in
+//! clients in one group, and a scripted test peer (throttled or lying).
+
+pub mod transfer;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -2,7 +2,6 @@
 //! tracker with logged-in clients in one group, waiting for a download to
 //! finish, metadata of a local file, and a scripted test peer that speaks
 //! `wire::peer_msg` (honest but throttled, or lying).
-#![allow(dead_code)]
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -13,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use harness::{free_port, write_tracker_info, ClientProc, TrackerConn, TrackerProc, WAIT};
+use crate::{free_port, write_tracker_info, ClientProc, TrackerConn, TrackerProc, WAIT};
 use wire::file_meta::{FileMeta, PIECE_SIZE};
 use wire::peer_msg::{self, Handshake, PeerMsg};
 
