@@ -9,25 +9,6 @@ use std::time::{Duration, Instant};
 use harness::{free_port, write_tracker_info, ClientProc, TrackerProc, WAIT};
 use wire::tracker_msg::{Reply, Request};
 
-/// Sends a list command; returns its first line and the item lines it announced.
-fn list(c: &mut ClientProc, line: &str) -> (String, Vec<String>) {
-    let first = c.cmd(line);
-    let n: usize = first
-        .split(' ')
-        .next()
-        .and_then(|w| w.parse().ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "{line:?}: expected a count, got {first:?}\nstderr: {}",
-                c.stderr.text()
-            )
-        });
-    let items = (0..n)
-        .map(|_| c.stdout.next_line(WAIT).expect("announced item line"))
-        .collect();
-    (first, items)
-}
-
 fn notes(c: &ClientProc) -> Vec<String> {
     c.stderr.seen.lock().unwrap().clone()
 }
@@ -48,7 +29,7 @@ fn kill9_of_the_tracker_in_use_is_invisible() {
     assert_eq!(other.cmd("create_user bob pw"), "user bob created");
     assert_eq!(other.cmd("login bob pw"), "logged in as bob");
     // The client talks to tracker 1 (first in the list) and has an open connection.
-    assert_eq!(list(&mut c, "list_groups").0, "1 group");
+    assert_eq!(c.list("list_groups").0, "1 group");
 
     t1.kill9();
 
@@ -58,10 +39,10 @@ fn kill9_of_the_tracker_in_use_is_invisible() {
     for i in 0..20 {
         let out = match i % 5 {
             0 => c.cmd(&format!("create_group \"g {i}\"")),
-            1 => list(&mut c, "list_groups").0,
-            2 => list(&mut c, "list_files base").0,
-            3 => list(&mut c, "list_requests base").0,
-            _ => list(&mut c, &format!("list_files \"g {}\"", i - 4)).0,
+            1 => c.list("list_groups").0,
+            2 => c.list("list_files base").0,
+            3 => c.list("list_requests base").0,
+            _ => c.list(&format!("list_files \"g {}\"", i - 4)).0,
         };
         outputs.push(out);
     }
@@ -79,7 +60,7 @@ fn kill9_of_the_tracker_in_use_is_invisible() {
         took < Duration::from_secs(15),
         "failover too slow: {took:?}"
     );
-    let (first, _) = list(&mut c, "list_groups");
+    let (first, _) = c.list("list_groups");
     assert_eq!(first, "5 groups");
     // Exactly one informational line, naming both trackers.
     let err = notes(&c);
@@ -89,9 +70,9 @@ fn kill9_of_the_tracker_in_use_is_invisible() {
         format!("note: tracker {} unreachable, using {}", t1.addr, t2.addr)
     );
     // The other client (idle connection to the dead tracker) fails over too.
-    assert_eq!(list(&mut other, "list_groups").0, "5 groups");
+    assert_eq!(other.list("list_groups").0, "5 groups");
     assert_eq!(other.cmd("join_group base"), "join request sent to base");
-    assert_eq!(list(&mut c, "list_requests base").1, ["  bob"]);
+    assert_eq!(c.list("list_requests base").1, ["  bob"]);
 }
 
 #[test]
@@ -127,7 +108,7 @@ fn all_trackers_down_then_back() {
 
     // Tracker 2 comes back: the session is still valid (shared log), no login typed.
     t2.restart();
-    let (first, items) = list(&mut c, "list_groups");
+    let (first, items) = c.list("list_groups");
     assert_eq!(first, "1 group");
     assert_eq!(items, ["  g  owner=alice  members=1  [owner]"]);
     assert_eq!(c.cmd("create_group h"), "group h created");
@@ -135,7 +116,7 @@ fn all_trackers_down_then_back() {
     // And back to tracker 1 when 2 dies again.
     t1.restart();
     t2.kill9();
-    assert_eq!(list(&mut c, "list_groups").0, "2 groups");
+    assert_eq!(c.list("list_groups").0, "2 groups");
     assert_eq!(c.cmd("logout"), "logged out");
     c.close_stdin();
     assert_eq!(c.wait_exit(WAIT), Some(0));
@@ -163,7 +144,7 @@ fn refused_session_is_renewed_with_cached_credentials() {
     drop(t);
     assert_eq!(c.cmd("create_group g"), "group g created");
     assert_eq!(
-        list(&mut c, "list_groups").1,
+        c.list("list_groups").1,
         ["  g  owner=alice  members=1  [owner]"]
     );
 }
@@ -244,7 +225,7 @@ fn tracker_dying_mid_reply_or_silent_is_skipped() {
         );
         assert_eq!(c.cmd("login alice pw"), "logged in as alice");
         assert_eq!(c.cmd("create_group g"), "group g created");
-        assert_eq!(list(&mut c, "list_groups").0, "1 group");
+        assert_eq!(c.list("list_groups").0, "1 group");
         assert_eq!(
             notes(&c),
             [format!(

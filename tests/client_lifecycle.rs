@@ -4,22 +4,8 @@
 
 use harness::{free_port, write_tracker_info, ClientProc, TrackerProc, WAIT};
 
-/// Sends a list command; returns its first line and the item lines it announced.
-fn list(c: &mut ClientProc, line: &str) -> (String, Vec<String>) {
-    let first = c.cmd(line);
-    let n: usize = first
-        .split(' ')
-        .next()
-        .and_then(|w| w.parse().ok())
-        .unwrap_or_else(|| panic!("{line:?}: expected a count, got {first:?}"));
-    let items = (0..n)
-        .map(|_| c.stdout.next_line(WAIT).expect("announced item line"))
-        .collect();
-    (first, items)
-}
-
 fn items(c: &mut ClientProc, line: &str) -> Vec<String> {
-    list(c, line).1
+    c.list(line).1
 }
 
 fn expect_err(c: &mut ClientProc, line: &str) -> String {
@@ -55,7 +41,7 @@ fn group_lifecycle() {
         );
     }
     expect_err(&mut carol, "create_user alice other");
-    let (first, _) = list(&mut alice, "list_groups");
+    let (first, _) = alice.list("list_groups");
     assert_eq!(first, "0 groups");
 
     assert_eq!(
@@ -84,7 +70,7 @@ fn group_lifecycle() {
     expect_err(&mut bob, "list_requests \"team one\"");
     expect_err(&mut carol, "accept_request \"team one\" carol");
 
-    let (first, mut reqs) = list(&mut alice, "list_requests \"team one\"");
+    let (first, mut reqs) = alice.list("list_requests \"team one\"");
     reqs.sort();
     assert_eq!(first, "2 pending requests for team one");
     assert_eq!(reqs, ["  bob", "  carol"]);
@@ -97,7 +83,7 @@ fn group_lifecycle() {
         "request of carol to join team one rejected"
     );
     assert_eq!(
-        list(&mut alice, "list_requests \"team one\"").0,
+        alice.list("list_requests \"team one\"").0,
         "0 pending requests for team one"
     );
 
@@ -110,10 +96,7 @@ fn group_lifecycle() {
         ["  team one  owner=alice  members=2  [-]"]
     );
     // Only members list a group's files.
-    assert_eq!(
-        list(&mut bob, "list_files \"team one\"").0,
-        "0 files in team one"
-    );
+    assert_eq!(bob.list("list_files \"team one\"").0, "0 files in team one");
     expect_err(&mut carol, "list_files \"team one\"");
 
     // The owner leaves: bob owns the group now.
@@ -127,7 +110,7 @@ fn group_lifecycle() {
         ["  team one  owner=bob  members=1  [-]"]
     );
     assert_eq!(
-        list(&mut bob, "list_requests \"team one\"").0,
+        bob.list("list_requests \"team one\"").0,
         "0 pending requests for team one"
     );
     assert_eq!(
@@ -177,7 +160,7 @@ fn group_lifecycle() {
         ["  team one  owner=carol  members=1  [-]"]
     );
     assert_eq!(carol.cmd("leave_group \"team one\""), "left group team one");
-    assert_eq!(list(&mut alice, "list_groups").0, "0 groups");
+    assert_eq!(alice.list("list_groups").0, "0 groups");
 
     for c in [&mut alice, &mut bob, &mut carol] {
         assert_eq!(c.cmd("logout"), "logged out");

@@ -8,25 +8,6 @@ use harness::{
     TrackerProc, WAIT,
 };
 
-/// Sends a list command; returns its first line and the item lines it announced.
-fn list(c: &mut ClientProc, line: &str) -> (String, Vec<String>) {
-    let first = c.cmd(line);
-    let n: usize = first
-        .split(' ')
-        .next()
-        .and_then(|w| w.parse().ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "{line:?}: expected a count, got {first:?}\nstderr: {}",
-                c.stderr.text()
-            )
-        });
-    let items = (0..n)
-        .map(|_| c.stdout.next_line(WAIT).expect("announced item line"))
-        .collect();
-    (first, items)
-}
-
 #[test]
 fn upload_share_download() {
     let dir = tempfile::tempdir().unwrap();
@@ -78,7 +59,7 @@ fn upload_share_download() {
         "  small.txt  5 bytes  1 seeder".to_string(),
         "  two words.bin  1500000 bytes  1 seeder".to_string(),
     ];
-    let (first, mut files) = list(&mut bob, "list_files g");
+    let (first, mut files) = bob.list("list_files g");
     files.sort();
     assert_eq!(first, "2 files in g");
     assert_eq!(files, both);
@@ -93,12 +74,10 @@ fn upload_share_download() {
         v.sort();
         v
     };
-    assert!(wait_until(WAIT, || sorted(
-        list(&mut bob, "list_files g").1
-    ) == none));
+    assert!(wait_until(WAIT, || sorted(bob.list("list_files g").1) == none));
     assert_eq!(alice.cmd("login alice pw"), "logged in as alice");
     assert!(
-        wait_until(WAIT, || sorted(list(&mut bob, "list_files g").1) == both),
+        wait_until(WAIT, || sorted(bob.list("list_files g").1) == both),
         "not re-announced; alice stderr: {}",
         alice.stderr.text()
     );
@@ -144,7 +123,7 @@ fn upload_share_download() {
         )),
         format!("downloading small.txt from g to {}", renamed.display())
     );
-    let (first, lines) = list(&mut bob, "show_downloads");
+    let (first, lines) = bob.list("show_downloads");
     assert_eq!(first, "2 downloads");
     assert!(
         lines

@@ -5,26 +5,12 @@
 use std::io::Write;
 use std::time::Duration;
 
-use harness::{bin_path, free_port, write_tracker_info, ClientProc, TrackerProc, WAIT};
+use harness::{bin_path, free_port, lone_tracker, ClientProc, TrackerProc, WAIT};
 
-/// Sends a list command; returns its first line and the item lines it announced.
-fn list(c: &mut ClientProc, line: &str) -> (String, Vec<String>) {
-    let first = c.cmd(line);
-    let n: usize = first
-        .split(' ')
-        .next()
-        .and_then(|w| w.parse().ok())
-        .unwrap_or_else(|| panic!("{line:?}: expected a count, got {first:?}"));
-    let items = (0..n)
-        .map(|_| c.stdout.next_line(WAIT).expect("announced item line"))
-        .collect();
-    (first, items)
-}
-
+/// A lone tracker, its temp dir and its tracker_info.txt.
 fn one_tracker() -> (tempfile::TempDir, std::path::PathBuf, TrackerProc) {
-    let dir = tempfile::tempdir().unwrap();
-    let info = write_tracker_info(dir.path(), &[free_port()]);
-    let t = TrackerProc::start(&info, 1, &dir.path().join("data"));
+    let (dir, t) = lone_tracker(&[]);
+    let info = t.info.clone();
     (dir, info, t)
 }
 
@@ -98,16 +84,16 @@ fn malformed_input_is_refused_and_the_shell_continues() {
         c.cmd("create_group \"a \\\"quoted\\\" name\""),
         "group a \"quoted\" name created"
     );
-    let (first, items) = list(&mut c, "list_groups");
+    let (first, items) = c.list("list_groups");
     assert_eq!(first, "1 group");
     assert_eq!(
         items,
         ["  a \"quoted\" name  owner=alice  members=1  [owner]"]
     );
-    let (first, items) = list(&mut c, "help");
+    let (first, items) = c.list("help");
     assert_eq!(first, "17 commands");
     assert!(items.contains(&"  accept_request <group_id> <user_id>".to_string()));
-    let (first, _) = list(&mut c, "show_downloads");
+    let (first, _) = c.list("show_downloads");
     assert_eq!(first, "0 downloads");
     // A tracker error is printed verbatim after `error: `.
     let e = c.cmd("join_group nosuchgroup");
@@ -143,22 +129,22 @@ fn assignment_form_and_commands() {
     assert_eq!(b.cmd("login u2 p2"), "logged in as u2");
     assert_eq!(b.cmd("join_group g1"), "join request sent to g1");
     assert_eq!(
-        list(&mut a, "list_requests g1"),
+        a.list("list_requests g1"),
         (
             "1 pending request for g1".to_string(),
             vec!["  u2".to_string()]
         )
     );
     assert_eq!(a.cmd("accept_request g1 u2"), "u2 accepted into g1");
-    let (first, items) = list(&mut b, "list_groups");
+    let (first, items) = b.list("list_groups");
     assert_eq!(first, "1 group");
     assert_eq!(items, ["  g1  owner=u1  members=2  [member]"]);
     assert_eq!(
-        list(&mut b, "list_files g1"),
+        b.list("list_files g1"),
         ("0 files in g1".to_string(), vec![])
     );
     assert_eq!(b.cmd("leave_group g1"), "left group g1");
-    let (_, items) = list(&mut a, "list_groups");
+    let (_, items) = a.list("list_groups");
     assert_eq!(items, ["  g1  owner=u1  members=1  [owner]"]);
     assert_eq!(b.cmd("logout"), "logged out");
     assert_eq!(a.cmd("logout"), "logged out");

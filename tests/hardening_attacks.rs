@@ -9,49 +9,10 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use harness::{free_port, write_tracker_info, TrackerConn, TrackerProc};
+use harness::{lone_tracker, row, rss_kib, TrackerConn};
 use wire::tracker_msg::{Reply, ERR_SESSION};
 
 const SHA_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-
-fn start() -> (tempfile::TempDir, TrackerProc) {
-    let dir = tempfile::tempdir().unwrap();
-    let info = write_tracker_info(dir.path(), &[free_port()]);
-    let t = TrackerProc::start(&info, 1, &dir.path().join("data"));
-    (dir, t)
-}
-
-/// Resident memory of a process in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-/// A well-behaved client gets its answer within 2 s.
-fn assert_served(c: &mut TrackerConn, tok: &str) {
-    let start = Instant::now();
-    let r = c.request(Some(tok), "list_groups", &[]);
-    assert!(matches!(r, Reply::Ok { .. }), "{r:?}");
-    let took = start.elapsed();
-    assert!(
-        took < Duration::from_secs(2),
-        "a good client waited {took:?}"
-    );
-}
-
-fn assert_alive(t: &mut TrackerProc) {
-    assert!(
-        t.child.try_wait().unwrap().is_none(),
-        "tracker died; stderr:\n{}",
-        t.stderr.text()
-    );
-    assert!(
-        !t.stderr.text().contains("panicked"),
-        "tracker panicked:\n{}",
-        t.stderr.text()
-    );
-}
 
 fn refused(c: &mut TrackerConn, tok: Option<&str>, cmd: &str, args: &[&str], starts: &str) {
     let e = c.err(tok, cmd, args);
@@ -59,10 +20,6 @@ fn refused(c: &mut TrackerConn, tok: Option<&str>, cmd: &str, args: &[&str], sta
         e.starts_with(starts),
         "{cmd} {args:?}: expected a refusal starting {starts:?}, got {e:?}"
     );
-}
-
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
 }
 
 /// A group `g` owned by `owner` with member `member`, pending `pending`, one file
@@ -94,7 +51,7 @@ fn group_with_a_file(c: &mut TrackerConn) -> [String; 4] {
 
 #[test]
 fn non_members_cannot_list_or_fetch_a_groups_files() {
-    let (_dir, mut t) = start();
+    let (_dir, mut t) = lone_tracker(&[]);
     let mut c = t.connect();
     let [owner, member, pending, outsider] = group_with_a_file(&mut c);
 
@@ -148,10 +105,10 @@ fn non_members_cannot_list_or_fetch_a_groups_files() {
     // Nothing a refused request tried is visible; members still see the file.
     for tok in [&owner, &member] {
         let (_, rows) = c.ok(Some(tok), "list_files", &["g"]);
-        assert_eq!(rows, vec![strings(&["secret.txt", "10", "1"])]);
+        assert_eq!(rows, vec![row(&["secret.txt", "10", "1"])]);
         let (head, seeders) = c.ok(Some(tok), "file_info", &["g", "secret.txt"]);
         assert_eq!(head[0], "secret.txt");
-        assert_eq!(seeders, vec![strings(&["127.0.0.1:5000"])]);
+        assert_eq!(seeders, vec![row(&["127.0.0.1:5000"])]);
     }
     // A member who leaves loses access at once.
     c.ok(Some(&member), "leave_group", &["g"]);
@@ -163,12 +120,12 @@ fn non_members_cannot_list_or_fetch_a_groups_files() {
         &["g", "secret.txt"],
         "not a member",
     );
-    assert_alive(&mut t);
+    t.assert_alive();
 }
 
 #[test]
 fn only_the_owner_lists_accepts_and_rejects_requests() {
-    let (_dir, mut t) = start();
+    let (_dir, mut t) = lone_tracker(&[]);
     let mut c = t.connect();
     let [owner, member, pending, outsider] = group_with_a_file(&mut c);
 
@@ -222,20 +179,20 @@ fn only_the_owner_lists_accepts_and_rejects_requests() {
     // Nothing changed: the request is still pending, the membership the same.
     assert_eq!(
         c.ok(Some(&owner), "list_requests", &["g"]).1,
-        vec![strings(&["pending"])]
+        vec![row(&["pending"])]
     );
     let groups = c.ok(Some(&outsider), "list_groups", &[]).1;
-    assert_eq!(groups, vec![strings(&["g", "owner", "2", "-"])]);
+    assert_eq!(groups, vec![row(&["g", "owner", "2", "-"])]);
     refused(&mut c, Some(&pending), "list_files", &["g"], "not a member");
     // The owner can.
     c.ok(Some(&owner), "reject_request", &["g", "pending"]);
     assert!(c.ok(Some(&owner), "list_requests", &["g"]).1.is_empty());
-    assert_alive(&mut t);
+    t.assert_alive();
 }
 
 #[test]
 fn dead_forged_and_truncated_tokens_are_refused() {
-    let (_dir, mut t) = start();
+    let (_dir, mut t) = lone_tracker(&[]);
     let mut c = t.connect();
     let [owner, member, _pending, _outsider] = group_with_a_file(&mut c);
     assert!(owner.len() >= 32, "token {owner:?} shorter than 128 bits");
@@ -295,10 +252,10 @@ fn dead_forged_and_truncated_tokens_are_refused() {
     }
     // None of it changed anything; the live tokens still work.
     let groups = c.ok(Some(&member), "list_groups", &[]).1;
-    assert_eq!(groups, vec![strings(&["g", "owner", "2", "member"])]);
+    assert_eq!(groups, vec![row(&["g", "owner", "2", "member"])]);
     assert_eq!(
         c.ok(Some(&owner), "list_requests", &["g"]).1,
-        vec![strings(&["pending"])]
+        vec![row(&["pending"])]
     );
     assert_eq!(c.ok(Some(&owner), "whoami", &[]).0, vec!["owner"]);
     // The logged-out session stays dead after a restart too.
@@ -306,12 +263,12 @@ fn dead_forged_and_truncated_tokens_are_refused() {
     let mut c = t.connect();
     assert!(c.err(Some(&old), "whoami", &[]).starts_with(ERR_SESSION));
     assert_eq!(c.ok(Some(&member), "whoami", &[]).0, vec!["member"]);
-    assert_alive(&mut t);
+    t.assert_alive();
 }
 
 #[test]
 fn five_hundred_silent_connections_stall_no_one() {
-    let (_dir, mut t) = start();
+    let (_dir, mut t) = lone_tracker(&[]);
     let mut good = t.connect();
     let tok = good.user("good", "pw");
     let before = rss_kib(t.pid());
@@ -319,18 +276,18 @@ fn five_hundred_silent_connections_stall_no_one() {
     for i in 0..500 {
         silent.push(TcpStream::connect(&t.addr).unwrap());
         if i % 100 == 99 {
-            assert_served(&mut good, &tok);
+            good.assert_served(&tok, "list_groups");
         }
     }
     // Every one of them is accepted (the tracker holds them) and none is answered.
     for i in 0..10 {
-        assert_served(&mut good, &tok);
+        good.assert_served(&tok, "list_groups");
         good.ok(Some(&tok), "create_group", &[&format!("g{i}")]);
     }
     // New connections are still accepted and served while the 500 sit there.
     let mut late = t.connect();
     let tok2 = late.user("late", "pw");
-    assert_served(&mut late, &tok2);
+    late.assert_served(&tok2, "list_groups");
     let during = rss_kib(t.pid());
     assert!(
         during < before + 32 * 1024,
@@ -354,14 +311,14 @@ fn five_hundred_silent_connections_stall_no_one() {
     }
     drop(silent);
     thread::sleep(Duration::from_millis(200));
-    assert_served(&mut good, &tok);
+    good.assert_served(&tok, "list_groups");
     assert_eq!(good.ok(Some(&tok), "list_groups", &[]).1.len(), 10);
-    assert_alive(&mut t);
+    t.assert_alive();
 }
 
 #[test]
 fn a_100_mib_line_is_refused_and_memory_stays_bounded() {
-    let (_dir, mut t) = start();
+    let (_dir, mut t) = lone_tracker(&[]);
     let mut good = t.connect();
     let tok = good.user("good", "pw");
     let pid = t.pid();
@@ -387,7 +344,7 @@ fn a_100_mib_line_is_refused_and_memory_stays_bounded() {
     let mut peak = before;
     let mut served = 0;
     while !sender.is_finished() {
-        assert_served(&mut good, &tok);
+        good.assert_served(&tok, "list_groups");
         served += 1;
         peak = peak.max(rss_kib(pid));
         thread::sleep(Duration::from_millis(50));
@@ -411,5 +368,5 @@ fn a_100_mib_line_is_refused_and_memory_stays_bounded() {
     let r = attacker.request(Some(&tok), "whoami", &[]);
     assert!(matches!(r, Reply::Ok { .. }), "{r:?}");
     assert!(good.ok(Some(&tok), "list_groups", &[]).1.is_empty());
-    assert_alive(&mut t);
+    t.assert_alive();
 }

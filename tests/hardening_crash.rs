@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use harness::tracker_state::{table_rows, STATE_TABLES};
 use harness::{free_port, wait_until, write_tracker_info, TrackerConn, TrackerProc};
 use wire::tracker_msg::{Reply, Request};
 
@@ -209,41 +210,12 @@ fn worker(
     out
 }
 
-/// Every row of the tables that make up the state, as text, table by table.
+/// Every row of the tables that make up the state, and `applied_log`, as text,
+/// table by table.
 fn dump(db: &Path) -> BTreeMap<String, Vec<String>> {
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap_or_else(|e| panic!("open {}: {e}", db.display()));
-    let mut out = BTreeMap::new();
-    for table in [
-        "users",
-        "sessions",
-        "groups",
-        "group_members",
-        "join_requests",
-        "files",
-        "file_seeders",
-        "applied_log",
-    ] {
-        let mut stmt = conn
-            .prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2, 3"))
-            .unwrap();
-        let n = stmt.column_count();
-        let rows: Vec<String> = stmt
-            .query_map([], |r| {
-                let mut cols = Vec::with_capacity(n);
-                for c in 0..n {
-                    let v: rusqlite::types::Value = r.get(c)?;
-                    cols.push(format!("{v:?}"));
-                }
-                Ok(cols.join("|"))
-            })
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        out.insert(table.to_string(), rows);
-    }
-    out
+    let mut tables = STATE_TABLES.to_vec();
+    tables.push("applied_log");
+    table_rows(db, &tables)
 }
 
 /// The state of every worker group as tracker `conn` reports it.

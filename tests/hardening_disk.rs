@@ -29,7 +29,7 @@ use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
-use harness::{free_port, write_tracker_info, TrackerConn, TrackerProc};
+use harness::{free_port, set_file_size_limit, write_tracker_info, TrackerConn, TrackerProc};
 use wire::tracker_msg::Reply;
 
 /// A mount on `dir`, unmounted (retrying, then lazily) when dropped.
@@ -124,47 +124,13 @@ fn logged_groups(log: &Path) -> BTreeSet<String> {
 }
 
 fn assert_clean(t: &mut TrackerProc, data: &Path) {
-    assert!(
-        t.child.try_wait().unwrap().is_none(),
-        "tracker died; stderr:\n{}",
-        t.stderr.text()
-    );
-    assert!(!t.stderr.text().contains("panicked"), "{}", t.stderr.text());
+    t.assert_alive();
     let corrupt: Vec<_> = std::fs::read_dir(data)
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
         .collect();
     assert!(corrupt.is_empty(), "a torn tail had to be cut: {corrupt:?}");
-}
-
-/// Sets the soft RLIMIT_FSIZE of a process this test started (by PID).
-fn set_file_size_limit(pid: u32, bytes: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit on our own child with valid pointers.
-    let rc = unsafe {
-        libc::prlimit(
-            pid as libc::pid_t,
-            libc::RLIMIT_FSIZE,
-            std::ptr::null(),
-            &mut lim,
-        )
-    };
-    assert_eq!(rc, 0);
-    lim.rlim_cur = bytes.min(lim.rlim_max);
-    // SAFETY: as above.
-    let rc = unsafe {
-        libc::prlimit(
-            pid as libc::pid_t,
-            libc::RLIMIT_FSIZE,
-            &lim,
-            std::ptr::null_mut(),
-        )
-    };
-    assert_eq!(rc, 0);
 }
 
 /// Fills the file system holding `path` until a write fails with ENOSPC.

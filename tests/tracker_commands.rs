@@ -4,22 +4,11 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use harness::{free_port, wait_until, write_tracker_info, TrackerConn, TrackerProc};
+use harness::{lone_tracker, row, wait_until, TrackerConn};
 use wire::tracker_msg::{Reply, ERR_SESSION};
-
-fn start(extra: &[&str]) -> (tempfile::TempDir, TrackerProc) {
-    let dir = tempfile::tempdir().unwrap();
-    let info = write_tracker_info(dir.path(), &[free_port()]);
-    let t = TrackerProc::start_with(&info, 1, &dir.path().join("data"), extra);
-    (dir, t)
-}
 
 fn rows(c: &mut TrackerConn, tok: &str, cmd: &str, args: &[&str]) -> Vec<Vec<String>> {
     c.ok(Some(tok), cmd, args).1
-}
-
-fn row(fields: &[&str]) -> Vec<String> {
-    fields.iter().map(|s| s.to_string()).collect()
 }
 
 const SHA_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -38,7 +27,7 @@ fn upload_args<'a>(
 
 #[test]
 fn users_sessions_and_framing() {
-    let (_dir, t) = start(&[]);
+    let (_dir, t) = lone_tracker(&[]);
     let mut c = t.connect();
 
     // create_user
@@ -134,7 +123,7 @@ fn users_sessions_and_framing() {
 #[test]
 fn groups_requests_and_ownership() {
     // One fsync per line here; the other tests use the default group commit.
-    let (_dir, t) = start(&["--fsync", "always"]);
+    let (_dir, t) = lone_tracker(&["--fsync", "always"]);
     let mut c = t.connect();
     let owner = c.user("owner", "pw");
     let bob = c.user("bob", "pw");
@@ -251,7 +240,7 @@ fn groups_requests_and_ownership() {
 
 #[test]
 fn files_and_seeders() {
-    let (_dir, t) = start(&["--seeder-timeout-secs", "2"]);
+    let (_dir, t) = lone_tracker(&["--seeder-timeout-secs", "2"]);
     let mut c = t.connect();
     let a = c.user("a", "pw");
     let b = c.user("b", "pw");

@@ -7,104 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use harness::tracker_state::{check_log, dump, open_read_only};
 use harness::{free_port, write_tracker_info, TrackerConn, TrackerProc, WAIT};
 use wire::tracker_msg::{Reply, Request};
 
-/// Asks the tracker to stop with `quit` on stdin and waits (bounded) for it to exit.
-fn quit(t: &mut TrackerProc) {
-    use std::io::Write;
-    let stdin = t.stdin.as_mut().expect("tracker stdin");
-    stdin.write_all(b"quit\n").unwrap();
-    stdin.flush().unwrap();
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = t.child.try_wait() {
-            assert!(status.success(), "tracker exited with {status}");
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("tracker did not stop on quit");
-}
-
-/// CRC-32 (IEEE, reflected), as the sync log uses.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-/// Checks the version line and every entry's checksum; returns the entry lines.
-fn check_log(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap();
-    assert!(text.ends_with('\n'), "log ends mid-line");
-    let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("swarmshare-sync-log v1"));
-    let entries: Vec<String> = lines.map(str::to_string).collect();
-    for (i, line) in entries.iter().enumerate() {
-        let (crc, body) = line
-            .split_once(' ')
-            .unwrap_or_else(|| panic!("line {i}: {line:?}"));
-        assert_eq!(
-            u32::from_str_radix(crc, 16).ok(),
-            Some(crc32(body.as_bytes())),
-            "bad checksum on entry {i}: {line:?}"
-        );
-    }
-    entries
-}
-
-/// Every state table of a tracker cache, as sorted text.
-fn dump(db: &Path) -> String {
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    let mut out = String::new();
-    for table in [
-        "users",
-        "sessions",
-        "groups",
-        "group_members",
-        "join_requests",
-        "files",
-        "file_seeders",
-    ] {
-        let mut stmt = conn.prepare(&format!("SELECT * FROM {table}")).unwrap();
-        let n = stmt.column_count();
-        let mut rows: Vec<String> = stmt
-            .query_map([], |r| {
-                let mut s = table.to_string();
-                for i in 0..n {
-                    let v: rusqlite::types::Value = r.get(i)?;
-                    s.push_str(&format!(" {v:?}"));
-                }
-                Ok(s)
-            })
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        rows.sort();
-        for r in rows {
-            out.push_str(&r);
-            out.push('\n');
-        }
-    }
-    out
-}
-
 fn column(db: &Path, sql: &str) -> Vec<String> {
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
+    let conn = open_read_only(db);
     let mut stmt = conn.prepare(sql).unwrap();
     let v = stmt
         .query_map([], |r| r.get(0))
@@ -207,7 +115,7 @@ fn kill9_under_concurrent_load_loses_no_acknowledged_change() {
         assert!(listed.contains(g), "acknowledged group {g:?} lost");
     }
     c.login(users.last().unwrap(), "pw");
-    quit(&mut t);
+    t.quit_ok();
 
     // ...and in the cache.
     let db = data.join("tracker1.db");
@@ -226,7 +134,7 @@ fn kill9_under_concurrent_load_loses_no_acknowledged_change() {
     let mut t2 = TrackerProc::start(&info2, 1, &data2);
     let (k, _, had) = replayed(&t2);
     assert_eq!((k, had), (lines.len() as u64, 0));
-    quit(&mut t2);
+    t2.quit_ok();
     assert_eq!(dump(&db), dump(&data2.join("tracker1.db")));
 }
 
@@ -241,13 +149,13 @@ fn restart_replays_only_the_tail_and_a_deleted_cache_is_rebuilt() {
     let mut c = t1.connect();
     let tok = c.user("alice", "pw"); // 2 lines
     c.ok(Some(&tok), "create_group", &["g"]); // 1 line
-    quit(&mut t1);
+    t1.quit_ok();
 
     let mut t1 = TrackerProc::start(&info, 1, &data);
     let (k, offset, had) = replayed(&t1);
     assert_eq!((k, had), (0, 3), "a clean restart replays nothing");
     assert!(offset > 23);
-    quit(&mut t1);
+    t1.quit_ok();
 
     // Tracker 2 shares the log and appends two lines while tracker 1 is down.
     let mut t2 = TrackerProc::start(&info, 2, &data);
@@ -255,13 +163,13 @@ fn restart_replays_only_the_tail_and_a_deleted_cache_is_rebuilt() {
     let mut c = t2.connect();
     c.ok(Some(&tok), "create_group", &["h"]);
     c.ok(None, "create_user", &["bob", "pw"]);
-    quit(&mut t2);
+    t2.quit_ok();
 
     let mut t1 = TrackerProc::start(&info, 1, &data);
     assert_eq!(replayed(&t1), (2, offset, 3), "only the tail is replayed");
     let mut c = t1.connect();
     assert_eq!(c.ok(Some(&tok), "list_groups", &[]).1.len(), 2);
-    quit(&mut t1);
+    t1.quit_ok();
     let before = dump(&data.join("tracker1.db"));
 
     std::fs::remove_file(data.join("tracker1.db")).unwrap();
@@ -273,7 +181,7 @@ fn restart_replays_only_the_tail_and_a_deleted_cache_is_rebuilt() {
     );
     let mut c = t1.connect();
     assert_eq!(c.ok(Some(&tok), "whoami", &[]).0, vec!["alice".to_string()]);
-    quit(&mut t1);
+    t1.quit_ok();
     assert_eq!(dump(&data.join("tracker1.db")), before);
 }
 
@@ -286,7 +194,7 @@ fn three_users(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     for u in ["a", "b", "c"] {
         c.ok(None, "create_user", &[u, "pw"]);
     }
-    quit(&mut t);
+    t.quit_ok();
     assert_eq!(check_log(&data.join("sync_log.txt")).len(), 3);
     (info, data)
 }
@@ -327,7 +235,7 @@ fn torn_last_line_is_reported_and_cut() {
     // It keeps working, and the log is whole again.
     c.ok(None, "create_user", &["c", "pw2"]);
     c.login("c", "pw2");
-    quit(&mut t);
+    t.quit_ok();
     // a, b, their logins, c again and its login.
     assert_eq!(check_log(&log).len(), 6);
     assert_eq!(corrupt_files(&data), 1);
@@ -364,7 +272,7 @@ fn corrupted_byte_is_reported_and_the_valid_prefix_served() {
         .err(None, "login", &["c", "pw"])
         .starts_with("no such user"));
     c.ok(None, "create_user", &["b", "pw"]);
-    quit(&mut t);
+    t.quit_ok();
     // a, a's login, b again.
     assert_eq!(check_log(&log).len(), 3);
     assert_eq!(corrupt_files(&data), 1);

@@ -5,55 +5,14 @@
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use harness::{free_port, write_tracker_info, TrackerConn, TrackerProc};
+use harness::{lone_tracker, rss_kib, set_file_size_limit, TrackerConn};
 use wire::tracker_msg::{Reply, Request, MAX_REQUEST_LINE};
-
-fn start() -> (tempfile::TempDir, TrackerProc) {
-    let dir = tempfile::tempdir().unwrap();
-    let info = write_tracker_info(dir.path(), &[free_port()]);
-    let t = TrackerProc::start(&info, 1, &dir.path().join("data"));
-    (dir, t)
-}
-
-/// Resident memory of a process in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-/// A well-behaved client is answered quickly while others misbehave.
-fn assert_served(c: &mut TrackerConn, tok: &str) {
-    let start = Instant::now();
-    assert!(matches!(
-        c.request(Some(tok), "whoami", &[]),
-        Reply::Ok { .. }
-    ));
-    let took = start.elapsed();
-    assert!(
-        took < Duration::from_secs(2),
-        "a good client waited {took:?}"
-    );
-}
-
-fn assert_alive(t: &mut TrackerProc) {
-    assert!(
-        t.child.try_wait().unwrap().is_none(),
-        "tracker died; stderr:\n{}",
-        t.stderr.text()
-    );
-    assert!(
-        !t.stderr.text().contains("panicked"),
-        "tracker panicked:\n{}",
-        t.stderr.text()
-    );
-}
 
 #[test]
 fn garbage_binary_and_oversize_lines_get_errors_and_the_connection_survives() {
-    let (_dir, mut t) = start();
+    let (_dir, mut t) = lone_tracker(&[]);
     let mut good = t.connect();
     let tok = good.user("good", "pw");
 
@@ -67,13 +26,13 @@ fn garbage_binary_and_oversize_lines_get_errors_and_the_connection_survives() {
     for _ in 0..4 {
         assert!(matches!(bad.read_reply().unwrap(), Reply::Err(_)));
     }
-    assert_served(&mut good, &tok);
+    good.assert_served(&tok, "whoami");
 
     // 5 MiB without a newline: refused without buffering it, then the line's end.
     let chunk = vec![b'x'; 1 << 20];
     for _ in 0..5 {
         bad.send_raw(&chunk).unwrap();
-        assert_served(&mut good, &tok);
+        good.assert_served(&tok, "whoami");
     }
     bad.send_raw(b"tail of the long line\n").unwrap();
     match bad.read_reply().unwrap() {
@@ -101,13 +60,13 @@ fn garbage_binary_and_oversize_lines_get_errors_and_the_connection_survives() {
         after < before + 16 * 1024,
         "memory grew from {before} KiB to {after} KiB"
     );
-    assert_served(&mut good, &tok);
-    assert_alive(&mut t);
+    good.assert_served(&tok, "whoami");
+    t.assert_alive();
 }
 
 #[test]
 fn silent_half_written_and_disconnecting_clients_change_nothing() {
-    let (_dir, mut t) = start();
+    let (_dir, mut t) = lone_tracker(&[]);
     let mut good = t.connect();
     let tok = good.user("good", "pw");
 
@@ -120,7 +79,7 @@ fn silent_half_written_and_disconnecting_clients_change_nothing() {
         }
         silent.push(s);
     }
-    assert_served(&mut good, &tok);
+    good.assert_served(&tok, "whoami");
 
     // Abrupt disconnects in the middle of a request change nothing.
     for i in 0..50 {
@@ -155,13 +114,13 @@ fn silent_half_written_and_disconnecting_clients_change_nothing() {
         .err(None, "login", &["half", "pw"])
         .starts_with("no such user"));
     drop(silent);
-    assert_served(&mut good, &tok);
-    assert_alive(&mut t);
+    good.assert_served(&tok, "whoami");
+    t.assert_alive();
 }
 
 #[test]
 fn a_client_that_never_reads_replies_is_throttled_not_buffered() {
-    let (_dir, mut t) = start();
+    let (_dir, mut t) = lone_tracker(&[]);
     let mut good = t.connect();
     let tok = good.user("good", "pw");
     // Make list_groups replies big (~20 KiB each).
@@ -186,7 +145,7 @@ fn a_client_that_never_reads_replies_is_throttled_not_buffered() {
         s
     });
     for _ in 0..10 {
-        assert_served(&mut good, &tok);
+        good.assert_served(&tok, "whoami");
         thread::sleep(Duration::from_millis(100));
     }
     let flooder = flood.join().unwrap();
@@ -196,13 +155,13 @@ fn a_client_that_never_reads_replies_is_throttled_not_buffered() {
         "memory grew from {before} KiB to {after} KiB"
     );
     drop(flooder);
-    assert_served(&mut good, &tok);
-    assert_alive(&mut t);
+    good.assert_served(&tok, "whoami");
+    t.assert_alive();
 }
 
 #[test]
 fn many_connections_come_and_go() {
-    let (_dir, mut t) = start();
+    let (_dir, mut t) = lone_tracker(&[]);
     let mut good = t.connect();
     let tok = good.user("good", "pw");
     let mut threads = Vec::new();
@@ -226,45 +185,13 @@ fn many_connections_come_and_go() {
     for th in threads {
         th.join().unwrap();
     }
-    assert_served(&mut good, &tok);
-    assert_alive(&mut t);
-}
-
-/// Sets the soft RLIMIT_FSIZE of a process we started (by PID).
-fn set_file_size_limit(pid: u32, bytes: u64) {
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit on our own child; both pointers point to valid rlimits.
-    let rc = unsafe {
-        libc::prlimit(
-            pid as libc::pid_t,
-            libc::RLIMIT_FSIZE,
-            std::ptr::null(),
-            &mut old,
-        )
-    };
-    assert_eq!(rc, 0, "read rlimit");
-    let new = libc::rlimit {
-        rlim_cur: bytes.min(old.rlim_max),
-        rlim_max: old.rlim_max,
-    };
-    // SAFETY: as above.
-    let rc = unsafe {
-        libc::prlimit(
-            pid as libc::pid_t,
-            libc::RLIMIT_FSIZE,
-            &new,
-            std::ptr::null_mut(),
-        )
-    };
-    assert_eq!(rc, 0, "set rlimit");
+    good.assert_served(&tok, "whoami");
+    t.assert_alive();
 }
 
 #[test]
 fn a_failed_log_write_is_an_error_reply_and_changes_nothing() {
-    let (dir, mut t) = start();
+    let (dir, mut t) = lone_tracker(&[]);
     let log = dir.path().join("data").join("sync_log.txt");
     let mut c = t.connect();
     let tok = c.user("a", "pw");
@@ -282,7 +209,7 @@ fn a_failed_log_write_is_an_error_reply_and_changes_nothing() {
     );
     let groups = c.ok(Some(&tok), "list_groups", &[]).1;
     assert_eq!(groups.len(), 1, "{groups:?}");
-    assert_alive(&mut t);
+    t.assert_alive();
 
     // Once the disk "has room" again, it carries on.
     set_file_size_limit(t.pid(), u64::MAX);
@@ -294,5 +221,5 @@ fn a_failed_log_write_is_an_error_reply_and_changes_nothing() {
         text.lines().filter(|l| l.contains("create_group")).count(),
         2
     );
-    assert_alive(&mut t);
+    t.assert_alive();
 }

@@ -8,98 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use harness::{free_port, wait_until, write_tracker_info, TrackerConn, TrackerProc, WAIT};
+use harness::tracker_state::{check_entry_headers, check_log, dump};
+use harness::{free_port, wait_until, write_tracker_info, TrackerConn, TrackerProc};
 use wire::tracker_msg::{Reply, ERR_SESSION};
-
-fn quit(t: &mut TrackerProc) {
-    use std::io::Write;
-    let stdin = t.stdin.as_mut().expect("tracker stdin");
-    stdin.write_all(b"quit\n").unwrap();
-    stdin.flush().unwrap();
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = t.child.try_wait() {
-            assert!(status.success(), "tracker exited with {status}");
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("tracker did not stop on quit");
-}
-
-/// CRC-32 (IEEE, reflected), as the sync log uses.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-/// Checks the version line and every entry's checksum; returns the entry lines.
-fn check_log(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap();
-    assert!(text.ends_with('\n'), "log ends mid-line");
-    let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("swarmshare-sync-log v1"));
-    let entries: Vec<String> = lines.map(str::to_string).collect();
-    for (i, line) in entries.iter().enumerate() {
-        let (crc, body) = line
-            .split_once(' ')
-            .unwrap_or_else(|| panic!("line {i}: {line:?}"));
-        assert_eq!(
-            u32::from_str_radix(crc, 16).ok(),
-            Some(crc32(body.as_bytes())),
-            "bad checksum on entry {i}: {line:?}"
-        );
-        let fields: Vec<&str> = body.split(' ').collect();
-        assert!(fields.len() >= 3, "entry {i} lacks its header: {line:?}");
-        fields[0].parse::<u64>().unwrap();
-        fields[1].parse::<u32>().unwrap();
-    }
-    entries
-}
-
-fn dump(db: &Path) -> String {
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    let mut out = String::new();
-    for table in [
-        "users",
-        "sessions",
-        "groups",
-        "group_members",
-        "join_requests",
-        "files",
-        "file_seeders",
-    ] {
-        let mut stmt = conn.prepare(&format!("SELECT * FROM {table}")).unwrap();
-        let n = stmt.column_count();
-        let mut rows: Vec<String> = stmt
-            .query_map([], |r| {
-                let mut s = table.to_string();
-                for i in 0..n {
-                    let v: rusqlite::types::Value = r.get(i)?;
-                    s.push_str(&format!(" {v:?}"));
-                }
-                Ok(s)
-            })
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        rows.sort();
-        out.extend(rows.into_iter().map(|r| r + "\n"));
-    }
-    out
-}
 
 fn two_trackers(dir: &Path) -> (TrackerProc, TrackerProc) {
     let data = dir.join("data");
@@ -191,14 +102,14 @@ fn writes_through_each_tracker_are_visible_through_the_other() {
         || matches!(c1.request(Some(&bob), "whoami", &[]), Reply::Err(e) if e.starts_with(ERR_SESSION)),
     );
 
-    quit(&mut t1);
-    quit(&mut t2);
+    t1.quit_ok();
+    t2.quit_ok();
     let data = dir.path().join("data");
     assert_eq!(
         dump(&data.join("tracker1.db")),
         dump(&data.join("tracker2.db"))
     );
-    check_log(&data.join("sync_log.txt"));
+    check_entry_headers(&check_log(&data.join("sync_log.txt")));
 }
 
 #[test]
@@ -250,11 +161,12 @@ fn concurrent_writes_to_both_trackers_leave_a_valid_log() {
         c1.ok(Some(&tok), "list_groups", &[]).1.len() == total
             && c2.ok(Some(&tok), "list_groups", &[]).1.len() == total
     });
-    quit(&mut t1);
-    quit(&mut t2);
+    t1.quit_ok();
+    t2.quit_ok();
 
     let data = dir.path().join("data");
     let lines = check_log(&data.join("sync_log.txt"));
+    check_entry_headers(&lines);
     // users + their logins + groups + the last login
     assert_eq!(lines.len(), THREADS * 2 + total + 1);
     let by = |no: &str| {

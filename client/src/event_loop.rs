@@ -595,14 +595,8 @@ impl Client {
         if dest.exists() {
             return self.fail(format!("{} already exists", dest.display()));
         }
-        match self
-            .transfers
-            .start_download(self.poll.registry(), &group, meta, peers, dest.clone())
-        {
+        match self.launch_download(&group, &name, meta, peers, &dest) {
             Ok(()) => {
-                if !self.downloads.contains(&(group.clone(), name.clone())) {
-                    self.downloads.push((group.clone(), name.clone()));
-                }
                 self.done(&[format!(
                     "downloading {name} from {group} to {}",
                     dest.display()
@@ -610,6 +604,30 @@ impl Client {
             }
             Err(e) => self.fail(e),
         }
+    }
+
+    /// Starts the download of `name` from `group` to `dest` and, once started,
+    /// remembers it in `downloads` (once) for the peer refreshes.
+    fn launch_download(
+        &mut self,
+        group: &str,
+        name: &str,
+        meta: FileMeta,
+        peers: Vec<SocketAddr>,
+        dest: &Path,
+    ) -> Result<(), String> {
+        self.transfers.start_download(
+            self.poll.registry(),
+            group,
+            meta,
+            peers,
+            dest.to_path_buf(),
+        )?;
+        let key = (group.to_string(), name.to_string());
+        if !self.downloads.contains(&key) {
+            self.downloads.push(key);
+        }
+        Ok(())
     }
 
     /// `file_info`'s answer as metadata and seeder addresses (our own left out).
@@ -805,14 +823,8 @@ impl Client {
             );
             return;
         }
-        match self
-            .transfers
-            .start_download(self.poll.registry(), &group, meta, peers, dest.clone())
-        {
+        match self.launch_download(&group, &name, meta, peers, &dest) {
             Ok(()) => {
-                if !self.downloads.contains(&(group.clone(), name.clone())) {
-                    self.downloads.push((group.clone(), name.clone()));
-                }
                 eprintln!(
                     "note: resuming the download of {name} from {group} to {}",
                     dest.display()
@@ -953,12 +965,7 @@ fn read_piped(tx: SyncSender<Input>, waker: Arc<Waker>) {
                 Input::Eof
             }
         };
-        let eof = matches!(item, Input::Eof);
-        if tx.send(item).is_err() {
-            return;
-        }
-        let _ = waker.wake();
-        if eof {
+        if !deliver(&tx, &waker, item) {
             return;
         }
     }
@@ -999,15 +1006,22 @@ fn read_interactive(tx: SyncSender<Input>, waker: Arc<Waker>, ack: Receiver<()>,
                 Input::Eof
             }
         };
-        let eof = matches!(item, Input::Eof);
-        if tx.send(item).is_err() {
-            break;
-        }
-        let _ = waker.wake();
-        if eof || ack.recv().is_err() {
+        if !deliver(&tx, &waker, item) || ack.recv().is_err() {
             break;
         }
     }
+}
+
+/// Hands one input item from a stdin thread to the event loop and wakes it.
+/// Returns whether the thread should read on: not after `Eof`, nor once the
+/// loop has gone (the channel is closed).
+fn deliver(tx: &SyncSender<Input>, waker: &Waker, item: Input) -> bool {
+    let eof = matches!(item, Input::Eof);
+    if tx.send(item).is_err() {
+        return false;
+    }
+    let _ = waker.wake();
+    !eof
 }
 
 #[cfg(test)]

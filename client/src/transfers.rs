@@ -494,29 +494,21 @@ impl Transfers {
         };
         let mut drop_list = Vec::new();
         for (e, c) in reg.check() {
-            match c {
+            let what = match c {
                 Check::Unchanged(meta) => {
-                    out.unchanged.push((e.group.clone(), meta, e.path.clone()))
+                    out.unchanged.push((e.group.clone(), meta, e.path.clone()));
+                    continue;
                 }
-                Check::Changed => {
-                    out.reports.push(format!(
-                        "{} changed since it was shared; no longer sharing {} in {}",
-                        e.path.display(),
-                        e.name,
-                        e.group
-                    ));
-                    drop_list.push((e.group, e.name));
-                }
-                Check::Vanished => {
-                    out.reports.push(format!(
-                        "{} is gone; no longer sharing {} in {}",
-                        e.path.display(),
-                        e.name,
-                        e.group
-                    ));
-                    drop_list.push((e.group, e.name));
-                }
-            }
+                Check::Changed => "changed since it was shared",
+                Check::Vanished => "is gone",
+            };
+            out.reports.push(format!(
+                "{} {what}; no longer sharing {} in {}",
+                e.path.display(),
+                e.name,
+                e.group
+            ));
+            drop_list.push((e.group, e.name));
         }
         for (g, n) in drop_list {
             self.remove_share(&g, &n);

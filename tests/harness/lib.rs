@@ -6,7 +6,15 @@
 //! port 0 that is closed just before the binary binds it); data lives in temp dirs.
 //! [`transfer`] adds what the transfer tests share: a tracker with logged-in
 //! clients in one group, and a scripted test peer (throttled or lying).
+//! [`tracker_state`] reads what a tracker left on disk: its SQLite cache as
+//! comparable text, and `sync_log.txt` with every line's checksum checked.
+//!
+//! Besides the process guards this module holds what several tests share: a
+//! [`lone_tracker`] in its own temp dir, [`ClientProc::list`] for the shell's
+//! counted list replies, and the tracker checks [`TrackerProc::assert_alive`],
+//! [`TrackerConn::assert_served`], [`rss_kib`] and [`set_file_size_limit`].
 
+pub mod tracker_state;
 pub mod transfer;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -117,6 +125,61 @@ impl LineTap {
     }
 }
 
+/// Starts a single tracker (tracker 1 of a one-line tracker_info.txt, on a free
+/// port, with `extra` arguments) whose data lives in a new temp dir; the dir is
+/// returned with the guard and must outlive it.
+pub fn lone_tracker(extra: &[&str]) -> (tempfile::TempDir, TrackerProc) {
+    let dir = tempfile::tempdir().unwrap();
+    let info = write_tracker_info(dir.path(), &[free_port()]);
+    let t = TrackerProc::start_with(&info, 1, &dir.path().join("data"), extra);
+    (dir, t)
+}
+
+/// A row of a reply (or any list of strings), from string slices.
+pub fn row(fields: &[&str]) -> Vec<String> {
+    fields.iter().map(|s| s.to_string()).collect()
+}
+
+/// Resident memory of a process in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Sets the soft RLIMIT_FSIZE of a process the test started (by PID), capped at
+/// its hard limit: a write past `bytes` then fails with EFBIG, as on a full disk.
+pub fn set_file_size_limit(pid: u32, bytes: u64) {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit on our own child; both pointers point to valid rlimits.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    assert_eq!(rc, 0, "read rlimit");
+    let new = libc::rlimit {
+        rlim_cur: bytes.min(old.rlim_max),
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            &new,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "set rlimit");
+}
+
 /// A running `tracker` process, killed (by PID) when dropped.
 pub struct TrackerProc {
     pub child: Child,
@@ -194,6 +257,27 @@ impl TrackerProc {
             let _ = stdin.write_all(b"quit\n");
             let _ = stdin.flush();
         }
+        self.wait_exit_after_quit()
+    }
+
+    /// Like [`TrackerProc::quit`], but stricter: the tracker must still take the
+    /// `quit` (its stdin open and writable) and must exit with status 0.
+    pub fn quit_ok(&mut self) {
+        let stdin = self.stdin.as_mut().expect("tracker stdin");
+        stdin.write_all(b"quit\n").unwrap();
+        stdin.flush().unwrap();
+        let code = self.wait_exit_after_quit();
+        assert_eq!(
+            code,
+            0,
+            "tracker exited with code {code}; stderr:\n{}",
+            self.stderr.text()
+        );
+    }
+
+    /// Waits up to [`WAIT`] for the tracker to exit after `quit`; returns its exit
+    /// code (-1 if a signal ended it).
+    fn wait_exit_after_quit(&mut self) -> i32 {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -223,6 +307,20 @@ impl TrackerProc {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Asserts the tracker is still running and has not logged a panic.
+    pub fn assert_alive(&mut self) {
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "tracker died; stderr:\n{}",
+            self.stderr.text()
+        );
+        assert!(
+            !self.stderr.text().contains("panicked"),
+            "tracker panicked:\n{}",
+            self.stderr.text()
+        );
     }
 }
 
@@ -316,6 +414,20 @@ impl TrackerConn {
         let (head, _) = self.ok(None, "login", &[user, password]);
         head.into_iter().next().expect("login returns a token")
     }
+
+    /// Asserts that `command` (no arguments) with session `token` gets an `OK`
+    /// reply within 2 s: a well-behaved client is served promptly while others
+    /// misbehave.
+    pub fn assert_served(&mut self, token: &str, command: &str) {
+        let start = Instant::now();
+        let r = self.request(Some(token), command, &[]);
+        assert!(matches!(r, Reply::Ok { .. }), "{r:?}");
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "a good client waited {took:?}"
+        );
+    }
 }
 
 /// A running `client` process with its shell on a pipe, killed (by PID) when dropped.
@@ -372,12 +484,32 @@ impl ClientProc {
     }
 
     /// Sends a command and returns the next output line (every command prints one
-    /// outcome line first; list commands may print more, see [`ClientProc::lines`]).
+    /// outcome line first; list commands may print more, see [`ClientProc::list`]).
     pub fn cmd(&mut self, line: &str) -> String {
         self.send(line);
         self.stdout
             .next_line(WAIT)
             .unwrap_or_else(|| panic!("no reply to {line:?}; stderr:\n{}", self.stderr.text()))
+    }
+
+    /// Sends a list command; returns its first line and the item lines it
+    /// announced (the first line starts with their count).
+    pub fn list(&mut self, line: &str) -> (String, Vec<String>) {
+        let first = self.cmd(line);
+        let n: usize = first
+            .split(' ')
+            .next()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{line:?}: expected a count, got {first:?}\nstderr: {}",
+                    self.stderr.text()
+                )
+            });
+        let items = (0..n)
+            .map(|_| self.stdout.next_line(WAIT).expect("announced item line"))
+            .collect();
+        (first, items)
     }
 
     /// Waits for a stdout line matching `pred`.

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::{free_port, write_tracker_info, ClientProc, TrackerConn, TrackerProc, WAIT};
+use crate::{free_port, write_tracker_info, ClientProc, TrackerConn, TrackerProc};
 use wire::file_meta::{FileMeta, PIECE_SIZE};
 use wire::peer_msg::{self, Handshake, PeerMsg};
 
@@ -115,15 +115,7 @@ pub fn download(c: &mut ClientProc, name: &str, dest: &Path) {
 
 /// `show_downloads`: the status lines.
 pub fn show_downloads(c: &mut ClientProc) -> Vec<String> {
-    let first = c.cmd("show_downloads");
-    let n: usize = first
-        .split(' ')
-        .next()
-        .and_then(|w| w.parse().ok())
-        .unwrap_or_else(|| panic!("show_downloads: {first:?}"));
-    (0..n)
-        .map(|_| c.stdout.next_line(WAIT).expect("status line"))
-        .collect()
+    c.list("show_downloads").1
 }
 
 /// Polls `show_downloads` until the download of `name` is complete (`[C]`);
