@@ -147,14 +147,14 @@ fn run(args: &Args) -> Result<(), TrackerError> {
     })?;
 
     let _instance = lock_instance(dir, args.tracker_no)?;
-    let (log, recovery) = SyncLog::open(dir, args.fsync)?;
+    let mut store = open_store(&dir.join(format!("tracker{}.db", args.tracker_no)))?;
+    let (log, recovery) = SyncLog::open(dir, args.fsync, store.applied()?.offset)?;
     if let Some((offset, reason, saved)) = &recovery.cut {
         log::warn!(
             "sync log: ignored an invalid tail at offset {offset} ({reason}); saved to {}",
             saved.display()
         );
     }
-    let mut store = open_store(&dir.join(format!("tracker{}.db", args.tracker_no)))?;
     replay(&log, &mut store, recovery.valid_len)?;
 
     let listener = std::net::TcpListener::bind(&addr).map_err(|source| TrackerError::Bind {

@@ -58,6 +58,8 @@ impl Store {
         // The log is the durable truth; the cache may lose its last commits.
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
+        // Every query and apply statement stays prepared (there are about 40).
+        conn.set_prepared_statement_cache_capacity(64);
         let mut store = Store { conn };
         store.migrate()?;
         Ok(store)
@@ -90,10 +92,11 @@ impl Store {
             tx.commit()?;
             log::info!("database migrated to schema version {}", i + 1);
         }
-        self.conn.execute(
-            "INSERT OR IGNORE INTO applied_log (id, offset, lines) VALUES (1, 0, 0)",
-            [],
-        )?;
+        self.conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO applied_log (id, offset, lines) VALUES (1, 0, 0)",
+            )?
+            .execute([])?;
         Ok(())
     }
 
@@ -150,24 +153,19 @@ impl Store {
 
 /// How much of the log is applied, read inside a transaction or not.
 pub fn applied(db: &Connection) -> rusqlite::Result<Applied> {
-    db.query_row(
-        "SELECT offset, lines FROM applied_log WHERE id = 1",
-        [],
-        |r| {
+    db.prepare_cached("SELECT offset, lines FROM applied_log WHERE id = 1")?
+        .query_row([], |r| {
             Ok(Applied {
                 offset: r.get::<_, i64>(0)? as u64,
                 lines: r.get::<_, i64>(1)? as u64,
             })
-        },
-    )
+        })
 }
 
 /// Records the applied offset; call in the transaction that applied the lines.
 pub fn set_applied(db: &Connection, a: Applied) -> rusqlite::Result<()> {
-    db.execute(
-        "UPDATE applied_log SET offset = ?1, lines = ?2 WHERE id = 1",
-        params![a.offset as i64, a.lines as i64],
-    )?;
+    db.prepare_cached("UPDATE applied_log SET offset = ?1, lines = ?2 WHERE id = 1")?
+        .execute(params![a.offset as i64, a.lines as i64])?;
     Ok(())
 }
 
@@ -181,78 +179,56 @@ pub fn apply(db: &Connection, offset: u64, entry: &LogEntry) -> rusqlite::Result
             user,
             password_hash,
         } => {
-            db.execute(
-                "INSERT OR IGNORE INTO users (user_id, password_hash, created_ms) VALUES (?1, ?2, ?3)",
-                params![user, password_hash, ms],
+            db.prepare_cached("INSERT OR IGNORE INTO users (user_id, password_hash, created_ms) VALUES (?1, ?2, ?3)")?.execute(params![user, password_hash, ms],
             )?;
         }
         Op::Login { token_hash, user } => {
-            db.execute(
-                "INSERT OR IGNORE INTO sessions (token_hash, user_id, created_ms) VALUES (?1, ?2, ?3)",
-                params![token_hash, user, ms],
+            db.prepare_cached("INSERT OR IGNORE INTO sessions (token_hash, user_id, created_ms) VALUES (?1, ?2, ?3)")?.execute(params![token_hash, user, ms],
             )?;
         }
         Op::Logout { token_hash } => {
-            db.execute(
-                "DELETE FROM sessions WHERE token_hash = ?1",
-                params![token_hash],
-            )?;
-            db.execute(
-                "DELETE FROM file_seeders WHERE token_hash = ?1",
-                params![token_hash],
-            )?;
+            db.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
+                .execute(params![token_hash])?;
+            db.prepare_cached("DELETE FROM file_seeders WHERE token_hash = ?1")?
+                .execute(params![token_hash])?;
         }
         Op::CreateGroup { group, owner } => {
-            let created = db.execute(
-                "INSERT OR IGNORE INTO groups (group_id, owner, created_ms) VALUES (?1, ?2, ?3)",
-                params![group, owner, ms],
+            let created = db.prepare_cached("INSERT OR IGNORE INTO groups (group_id, owner, created_ms) VALUES (?1, ?2, ?3)")?.execute(params![group, owner, ms],
             )?;
             if created == 1 {
-                db.execute(
-                    "INSERT OR IGNORE INTO group_members (group_id, user_id, joined_seq) VALUES (?1, ?2, ?3)",
-                    params![group, owner, offset as i64],
+                db.prepare_cached("INSERT OR IGNORE INTO group_members (group_id, user_id, joined_seq) VALUES (?1, ?2, ?3)")?.execute(params![group, owner, offset as i64],
                 )?;
             }
         }
         Op::RequestJoin { group, user } => {
-            db.execute(
-                "INSERT OR IGNORE INTO join_requests (group_id, user_id, requested_ms)
+            db.prepare_cached("INSERT OR IGNORE INTO join_requests (group_id, user_id, requested_ms)
                  SELECT ?1, ?2, ?3
                  WHERE EXISTS (SELECT 1 FROM groups WHERE group_id = ?1)
-                   AND NOT EXISTS (SELECT 1 FROM group_members WHERE group_id = ?1 AND user_id = ?2)",
-                params![group, user, ms],
+                   AND NOT EXISTS (SELECT 1 FROM group_members WHERE group_id = ?1 AND user_id = ?2)")?.execute(params![group, user, ms],
             )?;
         }
         Op::AcceptRequest { group, user } => {
-            let had = db.execute(
-                "DELETE FROM join_requests WHERE group_id = ?1 AND user_id = ?2",
-                params![group, user],
-            )?;
+            let had = db
+                .prepare_cached("DELETE FROM join_requests WHERE group_id = ?1 AND user_id = ?2")?
+                .execute(params![group, user])?;
             if had > 0 {
-                db.execute(
-                    "INSERT OR IGNORE INTO group_members (group_id, user_id, joined_seq) VALUES (?1, ?2, ?3)",
-                    params![group, user, offset as i64],
+                db.prepare_cached("INSERT OR IGNORE INTO group_members (group_id, user_id, joined_seq) VALUES (?1, ?2, ?3)")?.execute(params![group, user, offset as i64],
                 )?;
             }
         }
         Op::RejectRequest { group, user } => {
-            db.execute(
-                "DELETE FROM join_requests WHERE group_id = ?1 AND user_id = ?2",
-                params![group, user],
-            )?;
+            db.prepare_cached("DELETE FROM join_requests WHERE group_id = ?1 AND user_id = ?2")?
+                .execute(params![group, user])?;
         }
         Op::LeaveGroup { group, user } => {
-            let was_member = db.execute(
-                "DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2",
-                params![group, user],
-            )?;
+            let was_member = db
+                .prepare_cached("DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2")?
+                .execute(params![group, user])?;
             if was_member == 0 {
                 return Ok(());
             }
-            db.execute(
-                "DELETE FROM file_seeders WHERE group_id = ?1 AND user_id = ?2",
-                params![group, user],
-            )?;
+            db.prepare_cached("DELETE FROM file_seeders WHERE group_id = ?1 AND user_id = ?2")?
+                .execute(params![group, user])?;
             if group_owner(db, group)?.as_deref() != Some(user.as_str()) {
                 return Ok(());
             }
@@ -266,10 +242,8 @@ pub fn apply(db: &Connection, offset: u64, entry: &LogEntry) -> rusqlite::Result
                 .optional()?;
             match heir {
                 Some(heir) => {
-                    db.execute(
-                        "UPDATE groups SET owner = ?2 WHERE group_id = ?1",
-                        params![group, heir],
-                    )?;
+                    db.prepare_cached("UPDATE groups SET owner = ?2 WHERE group_id = ?1")?
+                        .execute(params![group, heir])?;
                 }
                 None => {
                     for table in ["groups", "join_requests", "files", "file_seeders"] {
@@ -292,22 +266,22 @@ pub fn apply(db: &Connection, offset: u64, entry: &LogEntry) -> rusqlite::Result
             user,
             peer_addr,
         } => {
-            db.execute(
+            db.prepare_cached(
                 "INSERT OR IGNORE INTO files
                    (group_id, name, size, piece_size, file_sha1, piece_hashes, uploader, created_ms)
                  SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
                  WHERE EXISTS (SELECT 1 FROM group_members WHERE group_id = ?1 AND user_id = ?7)",
-                params![
-                    group,
-                    name,
-                    *size as i64,
-                    *piece_size as i64,
-                    file_sha1,
-                    piece_hashes,
-                    user,
-                    ms
-                ],
-            )?;
+            )?
+            .execute(params![
+                group,
+                name,
+                *size as i64,
+                *piece_size as i64,
+                file_sha1,
+                piece_hashes,
+                user,
+                ms
+            ])?;
             upsert_seeder(db, group, name, file_sha1, token_hash, user, peer_addr, ms)?;
         }
         Op::AddSeeder {
@@ -333,20 +307,20 @@ pub fn apply(db: &Connection, offset: u64, entry: &LogEntry) -> rusqlite::Result
             name,
             token_hash,
         } => {
-            db.execute(
+            db.prepare_cached(
                 "DELETE FROM file_seeders WHERE group_id = ?1 AND name = ?2 AND token_hash = ?3",
-                params![group, name, token_hash],
-            )?;
+            )?
+            .execute(params![group, name, token_hash])?;
         }
         Op::Heartbeat {
             token_hash,
             peer_addr,
         } => {
-            db.execute(
+            db.prepare_cached(
                 "UPDATE file_seeders SET last_seen_ms = max(last_seen_ms, ?2), peer_addr = ?3
                  WHERE token_hash = ?1",
-                params![token_hash, ms, peer_addr],
-            )?;
+            )?
+            .execute(params![token_hash, ms, peer_addr])?;
         }
     }
     Ok(())
@@ -365,7 +339,7 @@ fn upsert_seeder(
     peer_addr: &str,
     ms: i64,
 ) -> rusqlite::Result<()> {
-    db.execute(
+    db.prepare_cached(
         "INSERT INTO file_seeders (group_id, name, token_hash, user_id, peer_addr, last_seen_ms)
          SELECT ?1, ?2, ?4, ?5, ?6, ?7
          WHERE EXISTS (SELECT 1 FROM files WHERE group_id = ?1 AND name = ?2 AND file_sha1 = ?3)
@@ -374,8 +348,10 @@ fn upsert_seeder(
          ON CONFLICT (group_id, name, token_hash) DO UPDATE
            SET peer_addr = excluded.peer_addr,
                last_seen_ms = max(last_seen_ms, excluded.last_seen_ms)",
-        params![group, name, file_sha1, token_hash, user, peer_addr, ms],
-    )?;
+    )?
+    .execute(params![
+        group, name, file_sha1, token_hash, user, peer_addr, ms
+    ])?;
     Ok(())
 }
 
@@ -392,51 +368,40 @@ pub struct FileRow {
 }
 
 pub fn user_password_hash(db: &Connection, user: &str) -> rusqlite::Result<Option<String>> {
-    db.query_row(
-        "SELECT password_hash FROM users WHERE user_id = ?1",
-        params![user],
-        |r| r.get(0),
-    )
-    .optional()
+    db.prepare_cached("SELECT password_hash FROM users WHERE user_id = ?1")?
+        .query_row(params![user], |r| r.get(0))
+        .optional()
 }
 
 pub fn session_user(db: &Connection, token_hash: &str) -> rusqlite::Result<Option<String>> {
-    db.query_row(
-        "SELECT user_id FROM sessions WHERE token_hash = ?1",
-        params![token_hash],
-        |r| r.get(0),
-    )
-    .optional()
+    db.prepare_cached("SELECT user_id FROM sessions WHERE token_hash = ?1")?
+        .query_row(params![token_hash], |r| r.get(0))
+        .optional()
 }
 
 pub fn group_owner(db: &Connection, group: &str) -> rusqlite::Result<Option<String>> {
-    db.query_row(
-        "SELECT owner FROM groups WHERE group_id = ?1",
-        params![group],
-        |r| r.get(0),
-    )
-    .optional()
+    db.prepare_cached("SELECT owner FROM groups WHERE group_id = ?1")?
+        .query_row(params![group], |r| r.get(0))
+        .optional()
 }
 
 pub fn is_member(db: &Connection, group: &str, user: &str) -> rusqlite::Result<bool> {
-    db.query_row(
+    db.prepare_cached(
         "SELECT EXISTS (SELECT 1 FROM group_members WHERE group_id = ?1 AND user_id = ?2)",
-        params![group, user],
-        |r| r.get(0),
-    )
+    )?
+    .query_row(params![group, user], |r| r.get(0))
 }
 
 pub fn has_request(db: &Connection, group: &str, user: &str) -> rusqlite::Result<bool> {
-    db.query_row(
+    db.prepare_cached(
         "SELECT EXISTS (SELECT 1 FROM join_requests WHERE group_id = ?1 AND user_id = ?2)",
-        params![group, user],
-        |r| r.get(0),
-    )
+    )?
+    .query_row(params![group, user], |r| r.get(0))
 }
 
 /// Every group as `group owner members status` for `asker`.
 pub fn list_groups(db: &Connection, asker: &str) -> rusqlite::Result<Vec<Vec<String>>> {
-    let mut stmt = db.prepare(
+    let mut stmt = db.prepare_cached(
         "SELECT g.group_id, g.owner,
                 (SELECT count(*) FROM group_members m WHERE m.group_id = g.group_id),
                 CASE WHEN g.owner = ?1 THEN 'owner'
@@ -459,7 +424,7 @@ pub fn list_groups(db: &Connection, asker: &str) -> rusqlite::Result<Vec<Vec<Str
 }
 
 pub fn list_requests(db: &Connection, group: &str) -> rusqlite::Result<Vec<Vec<String>>> {
-    let mut stmt = db.prepare(
+    let mut stmt = db.prepare_cached(
         "SELECT user_id FROM join_requests WHERE group_id = ?1 ORDER BY requested_ms, user_id",
     )?;
     let rows = stmt.query_map(params![group], |r| Ok(vec![r.get::<_, String>(0)?]))?;
@@ -472,7 +437,7 @@ pub fn list_files(
     group: &str,
     online_since_ms: u64,
 ) -> rusqlite::Result<Vec<Vec<String>>> {
-    let mut stmt = db.prepare(
+    let mut stmt = db.prepare_cached(
         "SELECT f.name, f.size,
                 (SELECT count(*) FROM file_seeders s
                  WHERE s.group_id = f.group_id AND s.name = f.name AND s.last_seen_ms >= ?2)
@@ -489,20 +454,19 @@ pub fn list_files(
 }
 
 pub fn file(db: &Connection, group: &str, name: &str) -> rusqlite::Result<Option<FileRow>> {
-    db.query_row(
+    db.prepare_cached(
         "SELECT name, size, piece_size, file_sha1, piece_hashes FROM files
          WHERE group_id = ?1 AND name = ?2",
-        params![group, name],
-        |r| {
-            Ok(FileRow {
-                name: r.get(0)?,
-                size: r.get::<_, i64>(1)? as u64,
-                piece_size: r.get::<_, i64>(2)? as u64,
-                file_sha1: r.get(3)?,
-                piece_hashes: r.get(4)?,
-            })
-        },
-    )
+    )?
+    .query_row(params![group, name], |r| {
+        Ok(FileRow {
+            name: r.get(0)?,
+            size: r.get::<_, i64>(1)? as u64,
+            piece_size: r.get::<_, i64>(2)? as u64,
+            file_sha1: r.get(3)?,
+            piece_hashes: r.get(4)?,
+        })
+    })
     .optional()
 }
 
@@ -513,7 +477,7 @@ pub fn online_seeders(
     name: &str,
     online_since_ms: u64,
 ) -> rusqlite::Result<Vec<String>> {
-    let mut stmt = db.prepare(
+    let mut stmt = db.prepare_cached(
         "SELECT DISTINCT peer_addr FROM file_seeders
          WHERE group_id = ?1 AND name = ?2 AND last_seen_ms >= ?3 ORDER BY peer_addr",
     )?;
@@ -527,12 +491,11 @@ pub fn is_seeder(
     name: &str,
     token_hash: &str,
 ) -> rusqlite::Result<bool> {
-    db.query_row(
+    db.prepare_cached(
         "SELECT EXISTS (SELECT 1 FROM file_seeders
                         WHERE group_id = ?1 AND name = ?2 AND token_hash = ?3)",
-        params![group, name, token_hash],
-        |r| r.get(0),
-    )
+    )?
+    .query_row(params![group, name, token_hash], |r| r.get(0))
 }
 
 /// For `heartbeat`: (number of the session's seeder rows, how many of them were
@@ -543,12 +506,13 @@ pub fn session_seeding(
     since_ms: u64,
     peer_addr: &str,
 ) -> rusqlite::Result<(u64, u64)> {
-    db.query_row(
+    db.prepare_cached(
         "SELECT count(*), coalesce(sum(last_seen_ms >= ?2 AND peer_addr = ?3), 0)
          FROM file_seeders WHERE token_hash = ?1",
-        params![token_hash, since_ms as i64, peer_addr],
-        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-    )
+    )?
+    .query_row(params![token_hash, since_ms as i64, peer_addr], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+    })
 }
 
 /// A canonical text dump of every state table (tests compare caches with it).

@@ -382,6 +382,19 @@ impl LogEntry {
     }
 }
 
+/// Whether a line (without its newline) starts with the 8-hex-digit CRC-32 of
+/// the rest after one space. [`LogEntry::decode`] checks this and the fields.
+fn checksum_matches(line: &[u8]) -> bool {
+    let (Some(crc), Some(body)) = (line.get(..8), line.get(9..)) else {
+        return false;
+    };
+    line[8] == b' '
+        && std::str::from_utf8(crc)
+            .ok()
+            .and_then(|c| u32::from_str_radix(c, 16).ok())
+            == Some(crc32fast::hash(body))
+}
+
 /// Where reading stopped before the end of the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop {
@@ -438,7 +451,16 @@ impl SyncLog {
     /// Opens (creating if needed) `<dir>/sync_log.txt`, writes the version line into
     /// an empty file, and cuts off an invalid tail (saved beside it as
     /// `sync_log.txt.corrupt-<unix_ms>`), all under the exclusive lock.
-    pub fn open(dir: &Path, mode: FsyncMode) -> Result<(SyncLog, Recovery), LogError> {
+    ///
+    /// `applied` is how far the cache has applied the log. Lines before it were
+    /// parsed when they were applied, so they only get the cheap checksum check
+    /// ([`SyncLog::first_bad_checksum`]); only the tail after it is parsed here.
+    /// That keeps a restart with a warm cache fast however long the log is.
+    pub fn open(
+        dir: &Path,
+        mode: FsyncMode,
+        applied: u64,
+    ) -> Result<(SyncLog, Recovery), LogError> {
         let path = dir.join(LOG_FILE);
         let io_err = |source| LogError::Io {
             path: path.clone(),
@@ -454,7 +476,13 @@ impl SyncLog {
         let recovery = {
             let _lock = log.lock_exclusive()?;
             log.check_version()?;
-            log.recover_tail(FIRST_ENTRY)?
+            let from = match log.checked_boundary(applied)? {
+                Some(applied) => log
+                    .first_bad_checksum(FIRST_ENTRY, applied)?
+                    .unwrap_or(applied),
+                None => FIRST_ENTRY,
+            };
+            log.recover_tail(from)?
         };
         Ok((log, recovery))
     }
@@ -559,6 +587,54 @@ impl SyncLog {
                 cut: Some((bad_at, reason, saved)),
             });
         }
+    }
+
+    /// `offset` if it can be a line boundary of this file (just after a newline,
+    /// within the file), else `None`: a cache offset that does not fit this log.
+    fn checked_boundary(&self, offset: u64) -> Result<Option<u64>, LogError> {
+        if offset <= FIRST_ENTRY || offset > self.len()? {
+            return Ok(None);
+        }
+        let mut last = [0u8; 1];
+        self.file
+            .read_exact_at(&mut last, offset - 1)
+            .map_err(|e| self.io_err(e))?;
+        Ok((last[0] == b'\n').then_some(offset))
+    }
+
+    /// The offset of the first line in `from..to` (both line boundaries) whose
+    /// checksum does not match, or `None`. Only the checksum is checked, not the
+    /// fields: this is the fast integrity pass over lines that were applied before.
+    pub fn first_bad_checksum(&self, from: u64, to: u64) -> Result<Option<u64>, LogError> {
+        let mut chunk = vec![0u8; 4 << 20];
+        let mut pos = from; // file offset of chunk[0]
+        let mut filled = 0;
+        while pos < to {
+            let want = (chunk.len() - filled).min((to - pos) as usize - filled);
+            let n = self
+                .file
+                .read_at(&mut chunk[filled..filled + want], pos + filled as u64)
+                .map_err(|e| self.io_err(e))?;
+            if n == 0 {
+                return Ok(Some(pos));
+            }
+            filled += n;
+            let mut start = 0;
+            while let Some(i) = chunk[start..filled].iter().position(|&b| b == b'\n') {
+                if !checksum_matches(&chunk[start..start + i]) {
+                    return Ok(Some(pos + start as u64));
+                }
+                start += i + 1;
+            }
+            if start == 0 && filled == chunk.len() {
+                // A line longer than the buffer: let the full parser judge it.
+                return Ok(Some(pos));
+            }
+            chunk.copy_within(start..filled, 0);
+            filled -= start;
+            pos += start as u64;
+        }
+        Ok(None)
     }
 
     fn cut_tail(&self, at: u64) -> Result<PathBuf, LogError> {
@@ -740,6 +816,35 @@ mod tests {
     }
 
     #[test]
+    fn checksum_pass_finds_the_first_corrupt_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = SyncLog::open(dir.path(), FsyncMode::Batch, 0).unwrap();
+        let lines: Vec<String> = sample().iter().map(LogEntry::encode).collect();
+        log.append(&lines).unwrap();
+        let end = log.len().unwrap();
+        assert_eq!(log.first_bad_checksum(FIRST_ENTRY, end).unwrap(), None);
+        for line in &lines {
+            assert!(checksum_matches(line.trim_end().as_bytes()));
+        }
+        // Flip a byte inside the third line.
+        let third = FIRST_ENTRY + (lines[0].len() + lines[1].len()) as u64;
+        let mut bytes = std::fs::read(&log.path).unwrap();
+        bytes[third as usize + 12] ^= 0x02;
+        std::fs::write(&log.path, &bytes).unwrap();
+        assert_eq!(
+            log.first_bad_checksum(FIRST_ENTRY, end).unwrap(),
+            Some(third)
+        );
+        drop(log);
+        // Reopening with a cache that applied everything still finds and cuts it.
+        let (log, rec) = SyncLog::open(dir.path(), FsyncMode::Batch, end).unwrap();
+        assert_eq!(rec.valid_len, third);
+        assert_eq!(log.len().unwrap(), third);
+        assert!(!checksum_matches(b"0000000"));
+        assert!(!checksum_matches(b"00000000x1 2"));
+    }
+
+    #[test]
     fn corrupt_lines_are_rejected() {
         let line = sample()[0].encode();
         let mut bytes = line.clone().into_bytes();
@@ -762,7 +867,7 @@ mod tests {
     #[test]
     fn append_read_and_recover_torn_and_corrupt_tails() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, rec) = SyncLog::open(dir.path(), FsyncMode::Batch).unwrap();
+        let (log, rec) = SyncLog::open(dir.path(), FsyncMode::Batch, 0).unwrap();
         assert_eq!(rec.valid_len, FIRST_ENTRY);
         let lines: Vec<String> = sample().iter().map(LogEntry::encode).collect();
         {
@@ -782,7 +887,7 @@ mod tests {
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(full_len - 5).unwrap();
         drop(f);
-        let (log, rec) = SyncLog::open(dir.path(), FsyncMode::Batch).unwrap();
+        let (log, rec) = SyncLog::open(dir.path(), FsyncMode::Batch, 0).unwrap();
         let third_end = full_len - lines[3].len() as u64;
         assert_eq!(rec.valid_len, third_end);
         assert!(rec.cut.is_some());
@@ -801,7 +906,7 @@ mod tests {
         let at = (FIRST_ENTRY as usize) + lines[0].len() + 20;
         bytes[at] = if bytes[at] == b'x' { b'y' } else { b'x' };
         std::fs::write(&path, &bytes).unwrap();
-        let (log, rec) = SyncLog::open(dir.path(), FsyncMode::Always).unwrap();
+        let (log, rec) = SyncLog::open(dir.path(), FsyncMode::Always, 0).unwrap();
         assert_eq!(rec.valid_len, FIRST_ENTRY + lines[0].len() as u64);
         let (_, _, saved) = rec.cut.unwrap();
         assert!(saved.exists());
@@ -819,12 +924,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(LOG_FILE), "hello world\n").unwrap();
         assert!(matches!(
-            SyncLog::open(dir.path(), FsyncMode::Batch),
+            SyncLog::open(dir.path(), FsyncMode::Batch, 0),
             Err(LogError::Version { .. })
         ));
         // A torn version line is repaired.
         std::fs::write(dir.path().join(LOG_FILE), "swarmsh").unwrap();
-        let (log, _) = SyncLog::open(dir.path(), FsyncMode::Batch).unwrap();
+        let (log, _) = SyncLog::open(dir.path(), FsyncMode::Batch, 0).unwrap();
         assert_eq!(log.len().unwrap(), FIRST_ENTRY);
     }
 
