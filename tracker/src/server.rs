@@ -350,15 +350,24 @@ impl Server {
                 })
                 .collect()
         } else {
-            work.iter()
-                .map(|(_, item)| match item {
-                    Err(msg) => Reply::err(msg),
-                    Ok(req) => match commands::handle(self.store.conn(), req, &ctx) {
-                        Outcome::Reply(r) => r,
-                        Outcome::Mutate { .. } => Reply::err("internal error: unexpected change"),
-                    },
-                })
-                .collect()
+            match self.store.read_transaction() {
+                Ok(snapshot) => work
+                    .iter()
+                    .map(|(_, item)| match item {
+                        Err(msg) => Reply::err(msg),
+                        Ok(req) => match commands::handle(&snapshot, req, &ctx) {
+                            Outcome::Reply(r) => r,
+                            Outcome::Mutate { .. } => {
+                                Reply::err("internal error: unexpected change")
+                            }
+                        },
+                    })
+                    .collect(),
+                Err(e) => {
+                    let reply = Reply::err(format!("internal error, nothing read: {e}"));
+                    work.iter().map(|_| reply.clone()).collect()
+                }
+            }
         };
         for ((key, _), reply) in work.iter().zip(replies) {
             if let Some(c) = self.conns.get_mut(*key) {

@@ -101,6 +101,7 @@ impl Store {
     }
 
     /// The connection, for queries.
+    #[cfg(test)]
     pub fn conn(&self) -> &Connection {
         &self.conn
     }
@@ -110,6 +111,14 @@ impl Store {
         Ok(self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?)
+    }
+
+    /// Starts a read transaction: one consistent snapshot for all the reads of a
+    /// loop turn, instead of one implicit transaction per statement.
+    pub fn read_transaction(&mut self) -> Result<Transaction<'_>, StoreError> {
+        Ok(self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?)
     }
 
     /// How much of the log is applied.
