@@ -35,7 +35,7 @@ fn on_a_terminal(info: &std::path::Path, state: &std::path::Path, lines: &[&str]
         }
     });
     let mut seen = String::new();
-    let mut wait_prompts = |seen: &mut String, count: usize| {
+    let wait_prompts = |seen: &mut String, count: usize| {
         let deadline = Instant::now() + WAIT;
         while seen.matches("swarmshare> ").count() < count {
             let left = deadline.saturating_duration_since(Instant::now());
