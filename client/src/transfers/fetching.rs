@@ -200,6 +200,15 @@ impl Transfers {
                     self.conns[key].closed = true;
                     return;
                 }
+                // A repeated bitfield replaces the earlier one in the counts.
+                if let Role::Fetch {
+                    bits: old,
+                    got_bitfield: true,
+                    ..
+                } = &self.conns[key].role
+                {
+                    d.picker.remove_bitfield(old);
+                }
                 d.picker.add_bitfield(&bits);
                 d.no_peers_since = None;
                 if let Some(kp) = d.peers.get_mut(&addr) {
@@ -420,12 +429,12 @@ impl Transfers {
             self.bufs.recycle(data);
         }
         self.broadcast_have(&sha1, p);
-        self.advance_whole(dl);
+        self.advance_whole(registry, dl);
     }
 
     /// Starts a whole-file hash job over the next run of verified pieces, or
     /// completes the download when every piece is hashed.
-    pub(super) fn advance_whole(&mut self, dl: usize) {
+    pub(super) fn advance_whole(&mut self, registry: &Registry, dl: usize) {
         let d = &mut self.downloads[dl];
         if d.state != DlState::Running {
             return;
@@ -443,8 +452,12 @@ impl Transfers {
             );
             let digest = whole.finalize();
             if digest != d.meta.file_sha1 {
-                ResumeState::remove(&self.config.state_dir, &d.meta.file_sha1);
-                d.state = DlState::Failed("whole-file SHA-1 does not match".into());
+                // No piece can be trusted for a resume: drop the state and the
+                // temporary file, and close the connections like any failure.
+                let (sha1, part) = (d.meta.file_sha1, storage::temp_path(&d.dest));
+                self.fail(registry, dl, "whole-file SHA-1 does not match".into());
+                ResumeState::remove(&self.config.state_dir, &sha1);
+                let _ = std::fs::remove_file(part);
                 return;
             }
             d.state = DlState::Finishing;
@@ -539,7 +552,7 @@ impl Transfers {
         }
         d.whole_next = whole.next;
         d.whole = Some(whole);
-        self.advance_whole(dl);
+        self.advance_whole(registry, dl);
     }
 
     pub(super) fn on_finished(
@@ -744,7 +757,12 @@ impl Transfers {
         dest: PathBuf,
     ) -> Result<(), String> {
         let dest = if dest.is_dir() {
-            dest.join(&meta.name)
+            // The name comes from the tracker: it must stay a plain file name.
+            let n = meta.name.as_str();
+            if n.is_empty() || n == "." || n == ".." || n.contains('/') {
+                return Err(format!("cannot use file name {n:?} in a directory"));
+            }
+            dest.join(n)
         } else {
             dest
         };
@@ -805,7 +823,7 @@ impl Transfers {
         self.downloads.push(d);
         if self.downloads[dl].state == DlState::Running {
             self.connect_peers(registry, dl);
-            self.advance_whole(dl);
+            self.advance_whole(registry, dl);
         }
         Ok(())
     }
@@ -836,7 +854,7 @@ impl Transfers {
             });
         }
         self.connect_peers(registry, dl);
-        self.advance_whole(dl);
+        self.advance_whole(registry, dl);
     }
 }
 

@@ -438,3 +438,139 @@ fn server_resumes_buffered_requests_after_back_pressure() {
     run_until(&mut [&mut seeder], 30, |_| client.is_finished());
     client.join().unwrap();
 }
+
+/// Metadata whose piece hashes are right but whose whole-file SHA-1 is not: the
+/// download fails, and neither its temporary file (no resume state points at it
+/// any more) nor its connections are left behind.
+#[test]
+fn whole_file_mismatch_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = wire::file_meta::PIECE_SIZE as usize;
+    let src = dir.path().join("f");
+    write_file(&src, 3 * p + 9, 6);
+    let mut meta = hasher::hash_file(&src).unwrap();
+    meta.file_sha1 = [0x5a; 20];
+    let mut seeder = Node::new(8, 5);
+    seeder.t.add_share("g", meta.clone(), src.clone());
+    let mut leecher = Node::new(8, 5);
+    let out = dir.path().join("out");
+    leecher
+        .t
+        .start_download(
+            leecher.poll.registry(),
+            "g",
+            meta,
+            vec![seeder.addr],
+            out.clone(),
+        )
+        .unwrap();
+    run_until(&mut [&mut seeder, &mut leecher], 20, |n| finished(n[1]));
+    assert_eq!(
+        leecher.t.status_lines(),
+        vec!["[F] [g] f: whole-file SHA-1 does not match".to_string()]
+    );
+    assert!(!out.exists());
+    assert!(
+        !storage::temp_path(&out).exists(),
+        "temporary file left behind"
+    );
+    for _ in 0..20 {
+        leecher.turn();
+        seeder.turn();
+    }
+    let fetch_conns = leecher
+        .t
+        .conns
+        .iter()
+        .filter(|(_, c)| matches!(c.role, Role::Fetch { .. }))
+        .count();
+    assert_eq!(fetch_conns, 0, "connections of a failed download stay open");
+}
+
+/// A destination directory takes the file's name from the metadata (which comes
+/// from the tracker): a name that is a path must not place the file elsewhere.
+#[test]
+fn metadata_name_cannot_leave_the_destination_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = dir.path().join("inner");
+    std::fs::create_dir(&inner).unwrap();
+    let src = dir.path().join("f");
+    write_file(&src, 1000, 7);
+    let mut meta = hasher::hash_file(&src).unwrap();
+    let mut leecher = Node::new(8, 5);
+    for bad in ["../escaped", "..", "a/b", ""] {
+        meta.name = bad.to_string();
+        assert!(
+            leecher
+                .t
+                .start_download(
+                    leecher.poll.registry(),
+                    "g",
+                    meta.clone(),
+                    vec![],
+                    inner.clone()
+                )
+                .is_err(),
+            "name {bad:?} accepted"
+        );
+    }
+    assert!(!dir.path().join("escaped.swarmshare-part").exists());
+    assert!(!dir.path().join("inner.swarmshare-part").exists());
+    assert_eq!(leecher.t.active_downloads(), 0);
+}
+
+/// A peer that sends its bitfield twice counts once in the availability, and
+/// leaves no count behind when it goes.
+#[test]
+fn repeated_bitfield_does_not_inflate_availability() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = wire::file_meta::PIECE_SIZE as usize;
+    let src = dir.path().join("f");
+    write_file(&src, 4 * p, 8);
+    let meta = hasher::hash_file(&src).unwrap();
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap();
+    let sha1 = meta.file_sha1;
+    let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = server.accept().unwrap();
+        let mut hs = [0u8; peer_msg::HANDSHAKE_LEN];
+        s.read_exact(&mut hs).unwrap();
+        let mut out = Handshake::new(sha1, [3; 8]).encode().to_vec();
+        PeerMsg::Bitfield(vec![0xf0]).encode_into(&mut out);
+        PeerMsg::Bitfield(vec![0xf0]).encode_into(&mut out);
+        s.write_all(&out).unwrap();
+        // Hold the connection (answering nothing) until told to go.
+        let _ = close_rx.recv();
+    });
+    let mut leecher = Node::new(8, 5);
+    leecher
+        .t
+        .start_download(
+            leecher.poll.registry(),
+            "g",
+            meta,
+            vec![addr],
+            dir.path().join("out"),
+        )
+        .unwrap();
+    run_until(&mut [&mut leecher], 10, |n| {
+        n[0].t.conns.iter().any(|(_, c)| {
+            matches!(
+                c.role,
+                Role::Fetch {
+                    got_bitfield: true,
+                    ..
+                }
+            )
+        })
+    });
+    for _ in 0..20 {
+        leecher.turn();
+    }
+    assert_eq!(leecher.t.downloads[0].picker.availability(0), 1);
+    close_tx.send(()).unwrap();
+    peer.join().unwrap();
+    run_until(&mut [&mut leecher], 10, |n| n[0].t.conns.is_empty());
+    assert_eq!(leecher.t.downloads[0].picker.availability(0), 0);
+}
