@@ -26,6 +26,9 @@ use wire::peer_msg::{self, DecodeError, Handshake, PeerMsg, HANDSHAKE_LEN, PIECE
 const READ_CHUNK: usize = 64 * 1024;
 /// A peer that buffers more unparsed request bytes than this is dropped.
 const MAX_RBUF: usize = 2 * 1024 * 1024;
+/// Bytes one [`PeerConn::on_ready`] call reads before it yields, so a peer that
+/// sends faster than we parse cannot keep the loop (and every other peer) waiting.
+pub const READ_BUDGET: usize = 4 * 1024 * 1024;
 
 /// What a connection is for.
 #[derive(Debug)]
@@ -100,6 +103,10 @@ pub struct PeerConn {
     pub piece_bytes: u64,
     /// Buffers fully written, for the owner to reuse.
     pub written: Vec<Vec<u8>>,
+    /// The last read stopped at [`READ_BUDGET`] with bytes possibly left in the
+    /// socket: mio is edge-triggered, so the owner must call `on_ready` again
+    /// (next loop turn) without waiting for an event.
+    pub more_to_read: bool,
 }
 
 impl PeerConn {
@@ -128,6 +135,7 @@ impl PeerConn {
             closed: false,
             piece_bytes: 0,
             written: Vec::new(),
+            more_to_read: false,
         }
     }
 
@@ -235,7 +243,7 @@ impl PeerConn {
                 return;
             }
         }
-        if readable || self.incoming.is_some() || !self.rbuf.is_empty() {
+        if readable || self.more_to_read || self.incoming.is_some() || !self.rbuf.is_empty() {
             self.read_all(max_requests, take_buf, events);
         }
         if self.closed && !matches!(events.last(), Some(ConnEvent::Closed(_))) {
@@ -250,6 +258,8 @@ impl PeerConn {
         events: &mut Vec<ConnEvent>,
     ) {
         let mut budget = max_requests;
+        let mut taken = 0;
+        self.more_to_read = false;
         // Parse what is already buffered first.
         if let Err(e) = self.parse_inner(&mut budget, take_buf, events) {
             self.closed = true;
@@ -297,6 +307,11 @@ impl PeerConn {
                     } else if let Err(e) = self.parse_inner(&mut budget, take_buf, events) {
                         self.closed = true;
                         events.push(ConnEvent::Closed(format!("protocol error: {e}")));
+                        return;
+                    }
+                    taken += n;
+                    if taken >= READ_BUDGET {
+                        self.more_to_read = true;
                         return;
                     }
                 }
@@ -418,5 +433,58 @@ impl PeerConn {
         };
         self.rbuf.drain(..at);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that floods us with messages: one `on_ready` call reads at most
+    /// about [`READ_BUDGET`] and says there is more, instead of reading for as
+    /// long as the peer keeps sending.
+    #[test]
+    fn a_flooding_peer_gets_a_bounded_read_per_call() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut sender = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, addr) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let total = 6 * READ_BUDGET;
+        let writer = std::thread::spawn(move || {
+            let mut chunk = Vec::new();
+            while chunk.len() < 64 * 1024 {
+                PeerMsg::KeepAlive.encode_into(&mut chunk);
+            }
+            let mut sent = 0;
+            while sent < total {
+                if sender.write_all(&chunk).is_err() {
+                    break;
+                }
+                sent += chunk.len();
+            }
+        });
+        let role = Role::Fetch {
+            dl: 0,
+            bits: Vec::new(),
+            got_bitfield: false,
+            inflight: Vec::new(),
+        };
+        let mut conn = PeerConn::new(TcpStream::from_std(ours), addr, 1, role, false);
+        conn.handshake_done = true;
+        let mut yielded = false;
+        for _ in 0..10_000 {
+            let mut events = Vec::new();
+            conn.on_ready(true, false, 0, &mut |n| vec![0; n], &mut events);
+            assert!(!conn.closed, "{events:?}");
+            if conn.more_to_read {
+                yielded = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(yielded, "a read never stopped at the budget");
+        // Stop the writer: drop our end so its writes fail, then join it.
+        drop(conn);
+        writer.join().unwrap();
     }
 }

@@ -271,6 +271,10 @@ impl Transfers {
         };
         let readable = event.is_readable() || event.is_read_closed() || event.is_error();
         self.conn_ready(registry, key, readable, event.is_writable());
+        if self.conns.get(key).is_some_and(|c| c.more_to_read) {
+            // Read on next turn (`tick`) without sleeping in poll first.
+            let _ = self.waker.wake();
+        }
     }
 
     fn conn_ready(&mut self, registry: &Registry, key: usize, readable: bool, writable: bool) {
@@ -300,6 +304,24 @@ impl Transfers {
                 .is_some_and(|c| matches!(c.role, Role::Serve { .. }))
         {
             self.reparse(registry, key);
+        }
+    }
+
+    /// Continues reading the connections that stopped at their per-call read
+    /// budget, and wakes the loop again while any still has more, so a flooding
+    /// peer gets its share of turns and no more.
+    fn read_more(&mut self, registry: &Registry) {
+        let pending: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.more_to_read && !c.closed)
+            .map(|(k, _)| k)
+            .collect();
+        for key in pending {
+            self.conn_ready(registry, key, true, false);
+        }
+        if self.conns.iter().any(|(_, c)| c.more_to_read && !c.closed) {
+            let _ = self.waker.wake();
         }
     }
 
@@ -399,6 +421,7 @@ impl Transfers {
 
     /// Called every loop turn (at least every 100 ms): timeouts, retries, endgame.
     pub fn tick(&mut self, registry: &Registry) {
+        self.read_more(registry);
         let now = Instant::now();
         // The loop may call this far more often than needed; the work is periodic.
         if now.duration_since(self.last_tick) < TICK_EVERY {
