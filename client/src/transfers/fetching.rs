@@ -103,7 +103,9 @@ impl Transfers {
                     log::warn!("cannot save resume state: {e}");
                 }
             }
-            if d.state != DlState::Running {
+            // Every piece verified: only the whole-file hash is left, which needs
+            // no peer and may take long on a slow disk; never fail it for that.
+            if d.state != DlState::Running || d.picker.is_complete() {
                 continue;
             }
             let live = d
