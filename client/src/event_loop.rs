@@ -177,6 +177,7 @@ impl Client {
                 threads: config.threads,
                 retries: config.retries,
                 state_dir: config.state_dir.clone(),
+                max_serving: crate::transfers::MAX_SERVING_CONNS,
             },
             waker.clone(),
         )?;

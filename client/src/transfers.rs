@@ -80,7 +80,13 @@ pub struct TransferConfig {
     pub retries: u32,
     /// `--state-dir`: resume state and `.uploads_registry` live here.
     pub state_dir: PathBuf,
+    /// Accepted (serving) connections kept at once; a peer connecting beyond this
+    /// is closed at once, so no one can exhaust this client's file descriptors.
+    pub max_serving: usize,
 }
+
+/// The default of [`TransferConfig::max_serving`].
+pub const MAX_SERVING_CONNS: usize = 1024;
 
 /// Identifies one hashing job started by [`Transfers::start_hash`].
 pub type HashJobId = u64;
@@ -252,6 +258,16 @@ impl Transfers {
 
     /// A connection accepted by the peer server.
     pub fn accept(&mut self, registry: &Registry, stream: TcpStream, from: SocketAddr) {
+        let serving = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.role, Role::Serve { .. }))
+            .count();
+        if serving >= self.config.max_serving {
+            log::warn!("peer {from} refused: already serving {serving} connections");
+            drop(stream);
+            return;
+        }
         let role = Role::Serve {
             file_sha1: None,
             pending_reads: 0,

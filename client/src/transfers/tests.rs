@@ -38,6 +38,7 @@ impl Node {
                 threads,
                 retries,
                 state_dir: state.path().to_path_buf(),
+                max_serving: 8,
             },
             waker,
         )
@@ -573,4 +574,38 @@ fn repeated_bitfield_does_not_inflate_availability() {
     peer.join().unwrap();
     run_until(&mut [&mut leecher], 10, |n| n[0].t.conns.is_empty());
     assert_eq!(leecher.t.downloads[0].picker.availability(0), 0);
+}
+
+/// Beyond `max_serving` accepted connections a new peer is closed at once;
+/// when one leaves, a new one is served again.
+#[test]
+fn serving_connections_are_capped() {
+    let mut node = Node::new(2, 1);
+    let mut peers: Vec<std::net::TcpStream> = (0..12)
+        .map(|_| std::net::TcpStream::connect(node.addr).unwrap())
+        .collect();
+    let serving = |n: &Node| {
+        n.t.conns
+            .iter()
+            .filter(|(_, c)| matches!(c.role, Role::Serve { .. }))
+            .count()
+    };
+    run_until(&mut [&mut node], 10, |n| serving(n[0]) == 8);
+    // The four refused peers see their connection closed.
+    let mut closed = 0;
+    for p in &mut peers {
+        p.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        if matches!(p.read(&mut b), Ok(0)) {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 4);
+    assert_eq!(serving(&node), 8);
+    // One served peer leaves; a newcomer is served.
+    peers.truncate(7);
+    run_until(&mut [&mut node], 10, |n| serving(n[0]) < 8);
+    let _newcomer = std::net::TcpStream::connect(node.addr).unwrap();
+    run_until(&mut [&mut node], 10, |n| serving(n[0]) == 8);
 }
