@@ -75,6 +75,13 @@ impl Node {
         self.jobs.extend(self.t.take_tracker_jobs());
     }
 
+    /// Starts a download that must be accepted.
+    fn download(&mut self, group: &str, meta: FileMeta, peers: Vec<SocketAddr>, out: PathBuf) {
+        self.t
+            .start_download(self.poll.registry(), group, meta, peers, out)
+            .unwrap();
+    }
+
     fn share(&mut self, path: &Path) -> FileMeta {
         let meta = hasher::hash_file(path).unwrap();
         self.t.add_share("g", meta.clone(), path.to_path_buf());
@@ -118,16 +125,7 @@ fn one_to_one_all_sizes() {
         let data = write_file(&src, len, 0);
         let meta = seeder.share(&src);
         let out = dir.path().join(format!("out{i}"));
-        leecher
-            .t
-            .start_download(
-                leecher.poll.registry(),
-                "g",
-                meta.clone(),
-                vec![seeder.addr],
-                out.clone(),
-            )
-            .unwrap();
+        leecher.download("g", meta.clone(), vec![seeder.addr], out.clone());
         run_until(&mut [&mut seeder, &mut leecher], 20, |n| finished(n[1]));
         assert_eq!(leecher.t.status_lines(), vec![format!("[C] [g] src{i}")]);
         assert_eq!(std::fs::read(&out).unwrap(), data, "len {len}");
@@ -194,14 +192,7 @@ fn partial_seeding_and_no_peers_failure_reason() {
     let meta = seeder.share(&src);
     let mut a = Node::new(8, 5);
     let mut b = Node::new(8, 5);
-    a.t.start_download(
-        a.poll.registry(),
-        "g",
-        meta.clone(),
-        vec![seeder.addr],
-        dir.path().join("a"),
-    )
-    .unwrap();
+    a.download("g", meta.clone(), vec![seeder.addr], dir.path().join("a"));
     b.t.start_download(
         b.poll.registry(),
         "g",
@@ -250,16 +241,7 @@ fn resume_after_restart_skips_verified_pieces() {
     let mut leecher = Node::new(8, 5);
     leecher.t.config.state_dir = state.path().to_path_buf();
     assert_eq!(leecher.t.pending_resumes().len(), 1);
-    leecher
-        .t
-        .start_download(
-            leecher.poll.registry(),
-            "g",
-            meta,
-            vec![seeder.addr],
-            out.clone(),
-        )
-        .unwrap();
+    leecher.download("g", meta, vec![seeder.addr], out.clone());
     run_until(&mut [&mut seeder, &mut leecher], 20, |n| finished(n[1]));
     assert_eq!(std::fs::read(&out).unwrap(), data);
     let served: u64 = leecher.t.served_by()[0].values().sum();
@@ -275,16 +257,7 @@ fn no_peers_fails_with_reason() {
     let meta = hasher::hash_file(&src).unwrap();
     let mut leecher = Node::new(8, 5);
     let dead: SocketAddr = "127.0.0.1:1".parse().unwrap();
-    leecher
-        .t
-        .start_download(
-            leecher.poll.registry(),
-            "g",
-            meta.clone(),
-            vec![dead],
-            dir.path().join("o"),
-        )
-        .unwrap();
+    leecher.download("g", meta.clone(), vec![dead], dir.path().join("o"));
     assert!(leecher
         .t
         .start_download(
@@ -455,16 +428,7 @@ fn whole_file_mismatch_fails_cleanly() {
     seeder.t.add_share("g", meta.clone(), src.clone());
     let mut leecher = Node::new(8, 5);
     let out = dir.path().join("out");
-    leecher
-        .t
-        .start_download(
-            leecher.poll.registry(),
-            "g",
-            meta,
-            vec![seeder.addr],
-            out.clone(),
-        )
-        .unwrap();
+    leecher.download("g", meta, vec![seeder.addr], out.clone());
     run_until(&mut [&mut seeder, &mut leecher], 20, |n| finished(n[1]));
     assert_eq!(
         leecher.t.status_lines(),
@@ -545,16 +509,7 @@ fn repeated_bitfield_does_not_inflate_availability() {
         let _ = close_rx.recv();
     });
     let mut leecher = Node::new(8, 5);
-    leecher
-        .t
-        .start_download(
-            leecher.poll.registry(),
-            "g",
-            meta,
-            vec![addr],
-            dir.path().join("out"),
-        )
-        .unwrap();
+    leecher.download("g", meta, vec![addr], dir.path().join("out"));
     run_until(&mut [&mut leecher], 10, |n| {
         n[0].t.conns.iter().any(|(_, c)| {
             matches!(
