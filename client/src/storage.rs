@@ -114,10 +114,29 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
-/// fsyncs the temporary file and renames it to `dest` (then fsyncs the directory).
+/// fsyncs the temporary file and moves it to `dest` (then fsyncs the directory).
+/// A file that appeared at `dest` while the download ran is never replaced: the
+/// move is a hard link (which fails if `dest` exists) plus unlinking the temporary
+/// name, or a rename where the file system has no hard links.
 pub fn finish(file: &File, dest: &Path) -> io::Result<()> {
     file.sync_all()?;
-    fs::rename(temp_path(dest), dest)?;
+    let temp = temp_path(dest);
+    let exists = || {
+        io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} already exists; the download stays in {}",
+                dest.display(),
+                temp.display()
+            ),
+        )
+    };
+    match fs::hard_link(&temp, dest) {
+        Ok(()) => fs::remove_file(&temp)?,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(exists()),
+        Err(_) if dest.symlink_metadata().is_ok() => return Err(exists()),
+        Err(_) => fs::rename(&temp, dest)?,
+    }
     if let Some(dir) = dest.parent() {
         let dir = if dir.as_os_str().is_empty() {
             Path::new(".")
@@ -290,6 +309,24 @@ impl ResumeState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finish_never_replaces_a_file_that_appeared_at_the_destination() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out");
+        std::fs::write(temp_path(&dest), b"downloaded").unwrap();
+        std::fs::write(&dest, b"someone else's").unwrap();
+        let part = File::open(temp_path(&dest)).unwrap();
+        let err = finish(&part, &dest).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert!(err.to_string().contains("already exists"), "{err}");
+        assert_eq!(std::fs::read(&dest).unwrap(), b"someone else's");
+        assert_eq!(std::fs::read(temp_path(&dest)).unwrap(), b"downloaded");
+        std::fs::remove_file(&dest).unwrap();
+        finish(&part, &dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"downloaded");
+        assert!(!temp_path(&dest).exists());
+    }
 
     #[test]
     fn write_read_finish() {
