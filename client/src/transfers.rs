@@ -148,7 +148,7 @@ pub struct Reannounce {
 /// The peer-to-peer side of the client.
 pub struct Transfers {
     config: TransferConfig,
-    #[allow(dead_code)]
+    /// Wakes the loop when a connection has more to read than one turn's budget.
     waker: Arc<Waker>,
     pool: Pool,
     /// Whole-file hash jobs: sequential by nature, so they get their own thread
