@@ -425,6 +425,32 @@ def run_name(ctx, r):
     return f"warm-up run {r + 1}" if r < ctx.warm else f"run {r - ctx.warm + 1}"
 
 
+class DownloadRuns:
+    """The figures of one download series, a value per run: time, seeder upload
+    (multiples of the file size), the largest leecher peak RSS, time to first
+    payload. Warm-up runs are dropped when they end."""
+
+    def __init__(self):
+        self.times, self.ups, self.rsss, self.ttfb = [], [], [], []
+
+    def end_run(self, ctx, r, tool, label, secs, leecher_pids, paths):
+        """Records run `r` (its upload and ttfb figures already added): its time and
+        the leechers' peak RSS; checks the downloaded files and logs the run."""
+        self.times.append(secs)
+        self.rsss.append(max(proc_status(pid, "VmHWM") or 0 for pid in leecher_pids))
+        for i, path in enumerate(paths):
+            check_download(ctx, path, full=(r == ctx.warm and i == 0))
+        log(f"{tool} {label} {run_name(ctx, r)}: {fmt_rate(ctx.size, secs)}"
+            + (f", seeder uploaded {self.ups[-1]:.2f}x file size" if self.ups else ""))
+        if r < ctx.warm:
+            for lst in (self.times, self.ups, self.rsss, self.ttfb):
+                lst.clear()
+
+    def summary(self):
+        return {"secs": median(self.times), "upload_x": median(self.ups) if self.ups else None,
+                "rss": median(self.rsss), "ttfb": median(self.ttfb)}
+
+
 def check_download(ctx, path, full):
     if not path.exists():
         raise BenchError(f"download reported complete but {path} does not exist")
@@ -442,7 +468,7 @@ def bench_ss_download(ctx, label, n_seed, n_leech):
     tr.start()
     seeders, g = [], f"dl{n_seed}x{n_leech}"
     name = ctx.file.name
-    times, ups, rsss, ttfb = [], [], [], []
+    runs = DownloadRuns()
     try:
         for i in range(n_seed):
             c = Client(ctx, tr, f"{g}-seed{i}")
@@ -495,24 +521,17 @@ def bench_ss_download(ctx, label, n_seed, n_leech):
                                 raise BenchError(f"{label}: leecher {i} failed: {row}")
                     time.sleep(ctx.args.poll_ms / 1000)
                 secs = max(done.values()) - t_start
-                times.append(secs)
                 if r == ctx.warm:
                     for role, c in [("leecher 1", leechers[0]), ("seeder 1", seeders[0])]:
                         ctx.res.detail(f"swarmshare {label} {role} (run 1 after warm-up): "
                                        f"{fmt_cpu(cpu_diff(cpu_by_thread(c.pid), cpu0[c.pid]))} in {secs:.2f} s")
                 if meters:
-                    ups.append(sum(m.stop() for m in meters) / ctx.size)
+                    runs.ups.append(sum(m.stop() for m in meters) / ctx.size)
                     firsts = [m.t_first for m in meters if m.t_first is not None]
                     if firsts and n_leech == 1:
-                        ttfb.append(min(firsts) - t_start)
-                rsss.append(max(proc_status(c.pid, "VmHWM") or 0 for c in leechers))
-                for i, d in enumerate(dests):
-                    check_download(ctx, d / name, full=(r == ctx.warm and i == 0))
-                log(f"swarmshare {label} {run_name(ctx, r)}: {fmt_rate(ctx.size, secs)}"
-                    + (f", seeder uploaded {ups[-1]:.2f}x file size" if ups else ""))
-                if r < ctx.warm:
-                    for lst in (times, ups, rsss, ttfb):
-                        lst.clear()
+                        runs.ttfb.append(min(firsts) - t_start)
+                runs.end_run(ctx, r, "swarmshare", label, secs, [c.pid for c in leechers],
+                             [d / name for d in dests])
             finally:
                 for c in leechers:
                     c.quit()
@@ -521,8 +540,7 @@ def bench_ss_download(ctx, label, n_seed, n_leech):
         for c in seeders:
             c.quit()
         tr.stop()
-    return {"secs": median(times), "upload_x": median(ups) if ups else None, "rss": median(rsss),
-            "ttfb": median(ttfb)}
+    return runs.summary()
 
 
 # ---------------------------------------------------------------- aria2c / opentracker / rqbit
@@ -641,7 +659,7 @@ class BtWorld:
 
 def bench_aria_download(ctx, world, label, n_seed, n_leech):
     seeders = world.seeders(n_seed)
-    times, ups, rsss, ttfb = [], [], [], []
+    runs = DownloadRuns()
     try:
         for r in range(ctx.warm + ctx.runs):
             leechers = []
@@ -673,7 +691,6 @@ def bench_aria_download(ctx, world, label, n_seed, n_leech):
                             done[i] = time.perf_counter()
                     time.sleep(ctx.args.poll_ms / 1000)
                 secs = max(done.values()) - t_start
-                times.append(secs)
                 if r == ctx.warm:
                     for role, a in [("leecher 1", leechers[0]), ("seeder 1", seeders[0])]:
                         ctx.res.detail(f"aria2c {label} {role} (run 1 after warm-up): "
@@ -681,17 +698,11 @@ def bench_aria_download(ctx, world, label, n_seed, n_leech):
                 if meter:
                     meter.stop()
                     if meter.t_first is not None:
-                        ttfb.append(meter.t_first - t_start)
+                        runs.ttfb.append(meter.t_first - t_start)
                 if up0 is not None:
-                    ups.append((int(seeders[0].status(seeders[0].gid)["uploadLength"]) - up0) / ctx.size)
-                rsss.append(max(proc_status(a.pid, "VmHWM") or 0 for a in leechers))
-                for i, a in enumerate(leechers):
-                    check_download(ctx, a.dest, full=(r == ctx.warm and i == 0))
-                log(f"aria2c {label} {run_name(ctx, r)}: {fmt_rate(ctx.size, secs)}"
-                    + (f", seeder uploaded {ups[-1]:.2f}x file size" if ups else ""))
-                if r < ctx.warm:
-                    for lst in (times, ups, rsss, ttfb):
-                        lst.clear()
+                    runs.ups.append((int(seeders[0].status(seeders[0].gid)["uploadLength"]) - up0) / ctx.size)
+                runs.end_run(ctx, r, "aria2c", label, secs, [a.pid for a in leechers],
+                             [a.dest for a in leechers])
             finally:
                 for a in leechers:
                     a.stop()
@@ -699,8 +710,7 @@ def bench_aria_download(ctx, world, label, n_seed, n_leech):
     finally:
         for a in seeders:
             a.stop()
-    return {"secs": median(times), "upload_x": median(ups) if ups else None, "rss": median(rsss),
-            "ttfb": median(ttfb)}
+    return runs.summary()
 
 
 def bench_rqbit_download(ctx, world, label, n_seed, n_leech):
