@@ -15,6 +15,7 @@
 //!   `transfers::serving` (the peer-server side) and `transfers::fetching` (the
 //!   download side) hold the work.
 //! - [`buffers`]: `PieceBuffers`, the free list that recycles piece buffers.
+//! - [`xorshift`]: `XorShift`, the non-cryptographic random numbers for tie-breaks.
 
 pub mod buffers;
 pub mod downloads;
@@ -27,3 +28,4 @@ pub mod shell;
 pub mod storage;
 pub mod tracker_link;
 pub mod transfers;
+pub mod xorshift;

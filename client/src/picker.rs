@@ -17,6 +17,8 @@
 //! peer (at most [`ENDGAME_DUPLICATES`] requests per piece), so one slow peer
 //! cannot hold up the end.
 
+use crate::xorshift::XorShift;
+
 /// Ties among the rarest pieces are broken at random among this many lowest-index candidates.
 pub const TIE_WINDOW: usize = 64;
 /// The most outstanding requests a piece may have at once in endgame.
@@ -38,7 +40,7 @@ pub struct PiecePicker {
     state: Vec<PieceState>,
     outstanding: Vec<u8>,
     have: usize,
-    rng: u64,
+    rng: XorShift,
 }
 
 fn has(bits: &[u8], i: usize) -> bool {
@@ -53,17 +55,8 @@ impl PiecePicker {
             state: vec![PieceState::Missing; count],
             outstanding: vec![0; count],
             have: 0,
-            rng: seed | 1,
+            rng: XorShift::new(seed),
         }
-    }
-
-    fn next_rand(&mut self) -> u64 {
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        x
     }
 
     pub fn piece_count(&self) -> usize {
@@ -153,7 +146,7 @@ impl PiecePicker {
             }
         }
         if n > 0 {
-            let i = cands[(self.next_rand() % n as u64) as usize];
+            let i = cands[(self.rng.next_u64() % n as u64) as usize];
             self.state[i] = PieceState::Requested;
             self.outstanding[i] = 1;
             return Some(i);

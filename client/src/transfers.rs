@@ -58,6 +58,7 @@ use crate::hasher::{self, Completion, Pool};
 use crate::peer_conn::{ConnEvent, PeerConn, Role};
 use crate::registry::{Check, UploadRegistry};
 use crate::storage::{ResumeState, WholeHash};
+use crate::xorshift::XorShift;
 
 use fetching::Verified;
 use serving::Share;
@@ -166,22 +167,9 @@ pub struct Transfers {
     tracker_jobs: Vec<TrackerJob>,
     registry: Option<UploadRegistry>,
     bufs: PieceBuffers,
-    rng: u64,
+    rng: XorShift,
     /// When `tick` last did its periodic work.
     last_tick: Instant,
-}
-
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.write_u32(std::process::id());
-    h.finish() | 1
 }
 
 impl Transfers {
@@ -195,7 +183,7 @@ impl Transfers {
             }
         };
         let (done, results) = Completion::new(Some(waker.clone()));
-        let seed = random_seed();
+        let mut rng = XorShift::from_entropy();
         Ok(Transfers {
             config,
             waker,
@@ -203,7 +191,7 @@ impl Transfers {
             whole_pool: Pool::sequential("whole-hash"),
             done,
             results,
-            peer_id: seed.to_le_bytes(),
+            peer_id: rng.next_u64().to_le_bytes(),
             next_conn_id: 1,
             conns: Slab::new(),
             shares: HashMap::new(),
@@ -213,18 +201,9 @@ impl Transfers {
             tracker_jobs: Vec::new(),
             registry,
             bufs: PieceBuffers::new(),
-            rng: seed,
+            rng,
             last_tick: Instant::now() - TICK_EVERY,
         })
-    }
-
-    fn next_rand(&mut self) -> u64 {
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        x
     }
 
     // ------------------------------------------------------------------

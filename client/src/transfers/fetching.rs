@@ -793,7 +793,7 @@ impl Transfers {
         let file = Arc::new(file);
         let resume = ResumeState::load(&self.config.state_dir, &meta.file_sha1)
             .filter(|r| r.dest == dest && r.size == meta.size && r.bits.iter().any(|b| *b != 0));
-        let seed = self.next_rand();
+        let seed = self.rng.next_u64();
         let mut d = Download::new(group, meta, dest, seed);
         d.file = Some(file.clone());
         d.add_peers(&peers);
