@@ -214,6 +214,11 @@ impl PeerLink {
         (self.state == State::Open).then_some(self.peer)
     }
 
+    /// Bytes of the peer's input held back (a partial line or frame).
+    pub fn buffered(&self) -> usize {
+        self.inbuf.len()
+    }
+
     pub fn is_open(&self) -> bool {
         self.state == State::Open
     }
