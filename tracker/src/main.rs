@@ -18,6 +18,7 @@
 //!
 //! ```text
 //! tracker <tracker_info.txt> <tracker_no> [--data-dir DIR] [--log-level LEVEL] [--fsync always|batch]
+//!         [--http ADDR [--http-show-peer-addrs]]
 //! ```
 //!
 //! After start-up it prints `tracker <N> listening on <addr>` on stdout; it stops on
@@ -25,7 +26,12 @@
 
 mod auth;
 mod commands;
+mod http;
+mod metrics;
+mod operator_view;
 mod server;
+mod status;
+mod status_html;
 mod store;
 mod sync_log;
 
@@ -62,6 +68,13 @@ struct Args {
     /// Seeders not heard from for this many seconds are not listed as online.
     #[arg(long, default_value_t = 45, hide = true)]
     seeder_timeout_secs: u64,
+    /// Serve the read-only operator view (/status, /status.json, /metrics) on
+    /// this address, e.g. 127.0.0.1:9101. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Show seeders' IP addresses on the operator view (hidden by default).
+    #[arg(long, requires = "http")]
+    http_show_peer_addrs: bool,
 }
 
 /// Everything that stops the tracker, as one line of text.
@@ -83,6 +96,12 @@ pub enum TrackerError {
     },
     #[error("tracker {no} is already running with data dir {dir}")]
     AlreadyRunning { no: usize, dir: String },
+    #[error("cannot serve the operator view on {addr}: {source}")]
+    Http {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -183,6 +202,30 @@ fn run(args: &Args) -> Result<(), TrackerError> {
     let (mut server, waker) =
         server::Server::new(listener, log, store, cfg, Arc::clone(&shutdown))?;
     watch_stdin(Arc::clone(&shutdown), waker);
+    if let Some(http) = &args.http {
+        let status = status::StatusConfig {
+            tracker_no: args.tracker_no as u32,
+            trackers: trackers.clone(),
+            data_dir: dir.clone(),
+            seeder_timeout_ms: cfg.seeder_timeout_ms,
+            show_peer_addrs: args.http_show_peer_addrs,
+        };
+        let metrics = Arc::new(metrics::Metrics::new(&[]));
+        let bound = operator_view::start(http, status, metrics, Arc::clone(&shutdown)).map_err(
+            |source| TrackerError::Http {
+                addr: http.clone(),
+                source,
+            },
+        )?;
+        log::info!(
+            "tracker {} operator view on http://{bound}/status",
+            args.tracker_no
+        );
+        println!(
+            "tracker {} operator view on http://{bound}/status",
+            args.tracker_no
+        );
+    }
 
     log::info!("tracker {} listening on {local}", args.tracker_no);
     let mut out = std::io::stdout().lock();
