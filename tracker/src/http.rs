@@ -8,8 +8,8 @@
 //! `HEAD` and one response, then the connection is closed
 //! (`Connection: close`). Bounds: the request head is at most
 //! [`HttpLimits::max_request_bytes`] (else `431`), at most
-//! [`HttpLimits::max_connections`] are open (more are answered `503` and
-//! closed), and a connection is closed [`HttpLimits::timeout`] after it was
+//! [`HttpLimits::max_connections`] are being served (more are answered `503`
+//! and closed), and a connection is closed [`HttpLimits::timeout`] after it was
 //! accepted, whatever it is doing.
 
 use std::io::{self, Read, Write};
@@ -181,6 +181,15 @@ enum Phase {
     Done,
 }
 
+impl Phase {
+    fn draining() -> Phase {
+        Phase::Draining {
+            until: Instant::now() + DRAIN_TIME,
+            left: DRAIN_BYTES,
+        }
+    }
+}
+
 struct HttpConn {
     stream: TcpStream,
     buf: Vec<u8>,
@@ -191,6 +200,22 @@ struct HttpConn {
 }
 
 impl HttpConn {
+    fn new(stream: TcpStream, timeout: Duration) -> HttpConn {
+        HttpConn {
+            stream,
+            buf: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            deadline: Instant::now() + timeout,
+            phase: Phase::Reading,
+        }
+    }
+
+    /// Counts against the connection cap (not yet answered).
+    fn is_busy(&self) -> bool {
+        matches!(self.phase, Phase::Reading | Phase::Writing)
+    }
+
     /// Reads what the socket has (up to the request limit) and parses it.
     fn read(&mut self, limits: &HttpLimits, routes: &mut impl Routes) {
         let mut chunk = [0u8; 4096];
@@ -239,10 +264,7 @@ impl HttpConn {
                     if self.out_pos == self.out.len() {
                         let _ = self.stream.shutdown(Shutdown::Write);
                         self.out = Vec::new();
-                        self.phase = Phase::Draining {
-                            until: Instant::now() + DRAIN_TIME,
-                            left: DRAIN_BYTES,
-                        };
+                        self.phase = Phase::draining();
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -352,14 +374,9 @@ impl<R: Routes> HttpServer<R> {
                     return;
                 }
             };
-            if self.conns.len() >= self.limits.max_connections {
-                // Best effort: the socket's buffer takes this short answer at once.
-                let busy = Response::text(503, "too many connections, try again");
-                let _ = stream.write(&encode_response(&busy, false));
-                log::debug!(
-                    "http: refused {peer}: {} connections open",
-                    self.conns.len()
-                );
+            let busy = self.conns.iter().filter(|(_, c)| c.is_busy()).count();
+            if busy >= self.limits.max_connections {
+                self.refuse(stream, peer);
                 continue;
             }
             let entry = self.conns.vacant_entry();
@@ -369,15 +386,35 @@ impl<R: Routes> HttpServer<R> {
                 log::warn!("http: cannot register {peer}: {e}");
                 continue;
             }
-            entry.insert(HttpConn {
-                stream,
-                buf: Vec::new(),
-                out: Vec::new(),
-                out_pos: 0,
-                deadline: Instant::now() + self.limits.timeout,
-                phase: Phase::Reading,
-            });
+            entry.insert(HttpConn::new(stream, self.limits.timeout));
             // Edge-triggered: bytes that arrived with the connection are read now.
+            self.serve(token.0);
+        }
+    }
+
+    /// Over the connection cap: a short `503`, then the connection only
+    /// drains (so the answer is not lost to a reset) among at most as many
+    /// draining connections again; beyond that it is closed at once.
+    fn refuse(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
+        log::debug!("http: refused {peer}: connection cap reached");
+        let busy = Response::text(503, "too many connections, try again");
+        // The socket's empty send buffer takes this short answer at once.
+        let _ = stream.write(&encode_response(&busy, false));
+        let _ = stream.shutdown(Shutdown::Write);
+        if self.conns.len() >= 2 * self.limits.max_connections {
+            return;
+        }
+        let entry = self.conns.vacant_entry();
+        let token = Token(entry.key());
+        if self
+            .poll
+            .registry()
+            .register(&mut stream, token, Interest::READABLE)
+            .is_ok()
+        {
+            let mut conn = HttpConn::new(stream, DRAIN_TIME);
+            conn.phase = Phase::draining();
+            entry.insert(conn);
             self.serve(token.0);
         }
     }
