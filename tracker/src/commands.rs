@@ -81,6 +81,11 @@ const USAGE: &[(&str, &str, bool)] = &[
     ("heartbeat", "<peer_addr>", true),
 ];
 
+/// Every command's name (the operator view counts requests by these).
+pub fn names() -> Vec<&'static str> {
+    USAGE.iter().map(|(name, _, _)| *name).collect()
+}
+
 /// Whether a command may change state (and so goes through the log path).
 pub fn may_mutate(command: &str) -> bool {
     USAGE

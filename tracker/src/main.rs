@@ -210,13 +210,11 @@ fn run(args: &Args) -> Result<(), TrackerError> {
             seeder_timeout_ms: cfg.seeder_timeout_ms,
             show_peer_addrs: args.http_show_peer_addrs,
         };
-        let metrics = Arc::new(metrics::Metrics::new(&[]));
-        let bound = operator_view::start(http, status, metrics, Arc::clone(&shutdown)).map_err(
-            |source| TrackerError::Http {
+        let bound = operator_view::start(http, status, server.metrics(), Arc::clone(&shutdown))
+            .map_err(|source| TrackerError::Http {
                 addr: http.clone(),
                 source,
-            },
-        )?;
+            })?;
         log::info!(
             "tracker {} operator view on http://{bound}/status",
             args.tracker_no

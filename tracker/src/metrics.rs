@@ -11,10 +11,6 @@
 //! (role, term, commit and applied index, each peer's match index, leader
 //! changes): they are added with the features that give them a value.
 
-// The event loop's updates are wired in with the library split; until then
-// only the tests and the HTTP thread use some of these.
-#![allow(dead_code)]
-
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
