@@ -83,8 +83,11 @@ fn which(names: &[&str]) -> Option<PathBuf> {
     })
 }
 
+/// Says loudly which check could not run. Written to the process's stderr
+/// directly (not `eprintln!`, which the test harness captures for passing tests).
 fn skipped(what: &str, tool: &str, package: &str) {
-    eprintln!(
+    let _ = writeln!(
+        std::io::stderr(),
         "SKIPPED: {what}: {tool} is not installed (Debian package `{package}`; .ci/run installs it)"
     );
 }
