@@ -3,7 +3,13 @@
 //!
 //! ```text
 //! tracker <tracker_info.txt> <tracker_no> [--data-dir DIR] [--log-level LEVEL] [--fsync always|batch]
+//! tracker <tracker_info.txt> <tracker_no> [--data-dir DIR] --verify-log
+//! tracker <tracker_info.txt> <tracker_no> [--data-dir DIR] --salvage-log
 //! ```
+//!
+//! `--verify-log` checks every line of `sync_log.txt` and exits 1 if any is bad;
+//! `--salvage-log` writes a new log without the unreadable lines (see
+//! [`tracker::log_repair`]). Both print their findings and exit.
 //!
 //! After start-up it prints `tracker <N> listening on <addr>` on stdout; it stops on
 //! SIGINT, SIGTERM or `quit` on stdin (end of stdin does not stop it).
@@ -36,6 +42,14 @@ struct Args {
     /// Seeders not heard from for this many seconds are not listed as online.
     #[arg(long, default_value_t = 45, hide = true)]
     seeder_timeout_secs: u64,
+    /// Check every line of sync_log.txt (safe beside running trackers), print
+    /// every bad one, exit 1 if there is any.
+    #[arg(long, conflicts_with = "salvage_log")]
+    verify_log: bool,
+    /// With no tracker running on the data dir: write a new sync_log.txt without
+    /// its unreadable lines, keep the original beside it, report what was dropped.
+    #[arg(long)]
+    salvage_log: bool,
 }
 
 fn main() -> ExitCode {
@@ -47,14 +61,18 @@ fn main() -> ExitCode {
             .build(),
         std::io::stderr(),
     );
-    let opts = tracker::Options {
-        tracker_info: args.tracker_info,
-        tracker_no: args.tracker_no,
-        data_dir: args.data_dir,
-        fsync: args.fsync,
-        seeder_timeout_secs: args.seeder_timeout_secs,
+    let result = if args.verify_log {
+        match tracker::verify_log(&args.data_dir) {
+            Ok(true) => return ExitCode::SUCCESS,
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        }
+    } else if args.salvage_log {
+        tracker::salvage_log(&args.data_dir, args.tracker_no)
+    } else {
+        serve(args)
     };
-    match tracker::run(&opts) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
@@ -62,4 +80,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn serve(args: Args) -> Result<(), tracker::TrackerError> {
+    let opts = tracker::Options {
+        tracker_info: args.tracker_info,
+        tracker_no: args.tracker_no,
+        data_dir: args.data_dir,
+        fsync: args.fsync,
+        seeder_timeout_secs: args.seeder_timeout_secs,
+    };
+    tracker::run(&opts)
 }
