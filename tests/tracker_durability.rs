@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use harness::tracker_state::{
-    check_log, dump, files_starting_with, open_read_only, run_tracker_to_exit,
+    check_log, dump, entry_line_starts, files_starting_with, open_read_only, run_tracker_to_exit,
 };
 use harness::{free_port, write_tracker_info, TrackerConn, TrackerProc, WAIT};
 use tracker::sync_log::{Generation, FIRST_ENTRY, LOG_FILE, V1_LINE};
@@ -209,19 +209,6 @@ fn corrupt_files(data: &Path) -> usize {
     files_starting_with(data, "sync_log.txt.corrupt-").len()
 }
 
-/// Offsets where each entry line of the log at `path` starts.
-fn line_starts(path: &Path) -> Vec<usize> {
-    let bytes = std::fs::read(path).unwrap();
-    let mut starts: Vec<usize> = bytes
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| **b == b'\n')
-        .map(|(i, _)| i + 1)
-        .collect();
-    starts.pop(); // the end of the file
-    starts
-}
-
 /// Line 4 of [`three_users`]' log, as a tracker would append it: user `d`.
 fn fourth_line() -> String {
     let entry = tracker::sync_log::LogEntry {
@@ -321,7 +308,7 @@ fn a_corrupted_byte_mid_log_refuses_start_cuts_nothing_and_can_be_salvaged() {
     let log = data.join(LOG_FILE);
     let mut bytes = std::fs::read(&log).unwrap();
     // Flip one byte inside the second entry (user b's line, line 3 of the file).
-    let second = line_starts(&log)[1];
+    let second = entry_line_starts(&log)[1];
     bytes[second + 30] ^= 0x04;
     std::fs::write(&log, &bytes).unwrap();
 
@@ -410,7 +397,7 @@ fn a_deleted_middle_line_and_a_swapped_pair_are_detected() {
         let (info, data) = three_users(dir.path());
         let log = data.join(LOG_FILE);
         reorder_lines(&log, &order);
-        let second = line_starts(&log)[1];
+        let second = entry_line_starts(&log)[1];
         start_is_refused(&info, &data, 3, second, what);
         // Without the cache too: the full parse finds it.
         std::fs::remove_file(data.join("tracker1.db")).unwrap();

@@ -135,3 +135,17 @@ pub fn files_starting_with(dir: &Path, prefix: &str) -> Vec<std::path::PathBuf> 
     v.sort();
     v
 }
+
+/// Byte offsets where the entry lines of the log at `path` start (after the
+/// version line), for tests that damage a chosen line.
+pub fn entry_line_starts(path: &Path) -> Vec<usize> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut starts: Vec<usize> = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .map(|(i, _)| i + 1)
+        .collect();
+    starts.pop(); // the end of the file
+    starts
+}

@@ -157,7 +157,7 @@ pub enum LogError {
         #[source]
         source: io::Error,
     },
-    #[error("sync log {path} starts with {found:?}, not a swarmshare sync log version this tracker reads (v1 or v2)")]
+    #[error("sync log {path} starts with {found:?}: unsupported format (this tracker reads swarmshare sync logs v1 and v2)")]
     Version { path: PathBuf, found: String },
     #[error("sync log {path} is in the old format v1: it is upgraded at start when no other tracker runs on the data dir")]
     NeedsUpgrade { path: PathBuf },
