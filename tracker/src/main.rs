@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use log::LevelFilter;
 use tracker::sync_log::FsyncMode;
+use wire::command::CommandKind;
 
 /// Command line of the tracker.
 #[derive(Debug, Parser)]
@@ -36,6 +37,14 @@ struct Args {
     /// Seeders not heard from for this many seconds are not listed as online.
     #[arg(long, default_value_t = 45, hide = true)]
     seeder_timeout_secs: u64,
+    /// Fault injection for the end-to-end tests only: exit (status 86) right after
+    /// a change of this command was appended and applied, before its reply is sent.
+    #[arg(long, hide = true, value_name = "COMMAND", value_parser = parse_command_kind)]
+    test_exit_after_apply: Option<CommandKind>,
+}
+
+fn parse_command_kind(name: &str) -> Result<CommandKind, String> {
+    CommandKind::from_name(name).ok_or_else(|| format!("unknown tracker command {name:?}"))
 }
 
 fn main() -> ExitCode {
@@ -53,6 +62,7 @@ fn main() -> ExitCode {
         data_dir: args.data_dir,
         fsync: args.fsync,
         seeder_timeout_secs: args.seeder_timeout_secs,
+        test_exit_after_apply: args.test_exit_after_apply,
     };
     match tracker::run(&opts) {
         Ok(()) => ExitCode::SUCCESS,
