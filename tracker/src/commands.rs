@@ -58,6 +58,11 @@ fn refuse<T>(msg: impl Into<String>) -> Result<T, CommandError> {
     Err(CommandError::Refused(msg.into()))
 }
 
+/// Every command's name (the operator view counts requests by these).
+pub fn names() -> Vec<&'static str> {
+    wire::command::COMMANDS.iter().map(|c| c.name).collect()
+}
+
 /// Whether a command may change state (and so goes through the log path): the
 /// `mutates` column of [`wire::command::COMMANDS`].
 pub fn may_mutate(command: &str) -> bool {

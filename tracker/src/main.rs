@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! tracker <tracker_info.txt> <tracker_no> [--data-dir DIR] [--log-level LEVEL] [--fsync always|batch]
+//!         [--http ADDR [--http-show-peer-addrs]]
 //! ```
 //!
 //! After start-up it prints `tracker <N> listening on <addr>` on stdout; it stops on
@@ -41,6 +42,13 @@ struct Args {
     /// a change of this command was appended and applied, before its reply is sent.
     #[arg(long, hide = true, value_name = "COMMAND", value_parser = parse_command_kind)]
     test_exit_after_apply: Option<CommandKind>,
+    /// Serve the read-only operator view (/status, /status.json, /metrics) on
+    /// this address, e.g. 127.0.0.1:9101. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Show seeders' IP addresses on the operator view (hidden by default).
+    #[arg(long, requires = "http")]
+    http_show_peer_addrs: bool,
 }
 
 fn parse_command_kind(name: &str) -> Result<CommandKind, String> {
@@ -63,6 +71,8 @@ fn main() -> ExitCode {
         fsync: args.fsync,
         seeder_timeout_secs: args.seeder_timeout_secs,
         test_exit_after_apply: args.test_exit_after_apply,
+        http: args.http,
+        http_show_peer_addrs: args.http_show_peer_addrs,
     };
     match tracker::run(&opts) {
         Ok(()) => ExitCode::SUCCESS,
