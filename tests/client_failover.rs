@@ -288,7 +288,10 @@ fn heartbeats_and_seed_mode() {
     assert_eq!(c.wait_exit(WAIT), Some(0));
 
     let reqs = log.lock().unwrap().clone();
-    assert_eq!(reqs[0], Request::new(None, "login", &["alice", "pw"]));
+    // A change carries a request id (exactly once across failover), a read none.
+    let mut login = reqs[0].clone();
+    assert!(login.request_id.take().is_some(), "{login:?}");
+    assert_eq!(login, Request::new(None, "login", &["alice", "pw"]));
     let beats: Vec<&Request> = reqs.iter().filter(|r| r.command == "heartbeat").collect();
     assert!(beats.len() >= 3, "{reqs:?}");
     for b in &beats {

@@ -57,6 +57,8 @@ pub struct Options {
     pub fsync: FsyncMode,
     /// Seeders not heard from for this many seconds are not listed as online.
     pub seeder_timeout_secs: u64,
+    /// Tests only: exit right after applying a change of this command, unanswered.
+    pub test_exit_after_apply: Option<wire::command::CommandKind>,
     /// Serve the operator view on this address.
     pub http: Option<String>,
     /// Show seeders' IP addresses on the operator view.
@@ -174,6 +176,7 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
     let cfg = server::Config {
         tracker_no: opts.tracker_no as u32,
         seeder_timeout_ms: opts.seeder_timeout_secs.saturating_mul(1000),
+        test_exit_after_apply: opts.test_exit_after_apply,
     };
     let (mut server, waker) =
         server::Server::new(listener, log, store, cfg, Arc::clone(&shutdown))?;
