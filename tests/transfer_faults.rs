@@ -3,15 +3,16 @@
 //! without refetching verified pieces), and a peer asked for an unknown file or
 //! an out-of-range piece.
 
-use std::io::{Read, Write};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use harness::peer_client::{Got, PeerClient};
 use harness::transfer::*;
 use harness::{assert_same_file, wait_until, write_random_file};
 use wire::file_meta::PIECE_SIZE;
-use wire::peer_msg::{self, Handshake, PeerMsg, RejectCode};
+use wire::peer_msg::{Handshake, PeerMsg, RejectCode};
 
 #[test]
 fn seeder_killed_mid_download_completes_from_others() {
@@ -106,20 +107,15 @@ fn killed_downloader_resumes_without_refetching() {
         .served
         .load(Ordering::SeqCst)
         == 15));
-    // Let the verified pieces reach the resume state, then kill the client.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let lines = show_downloads(&mut leecher);
-        if lines
-            .iter()
-            .any(|l| l.contains(" 37% ") || l.contains(" 38% "))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{lines:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(600));
+    // Once the 15 verified pieces are in the resume state, kill the client.
+    let state = leecher.state_dir.clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            resumable_pieces(&state, &meta.file_sha1) == Some(15)
+        }),
+        "the resume state never recorded the 15 verified pieces: {:?}",
+        resumable_pieces(&state, &meta.file_sha1)
+    );
     leecher.kill9();
     let served_before: Vec<u32> = {
         let all = seed.requested();
@@ -155,18 +151,11 @@ fn killed_downloader_resumes_without_refetching() {
     );
 }
 
-/// Reads one message from a blocking stream.
-fn read_msg(s: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> PeerMsg {
-    loop {
-        if let Some((m, used)) = peer_msg::decode(buf).expect("well-formed message") {
-            buf.drain(..used);
-            return m;
-        }
-        let mut tmp = [0u8; 65536];
-        let n = s.read(&mut tmp).expect("read from peer");
-        assert!(n > 0, "peer closed the connection");
-        buf.extend_from_slice(&tmp[..n]);
-    }
+/// How many pieces a client's resume state for `file_sha1` records as verified
+/// (read with the client's own decoder), or `None` if it has none yet.
+fn resumable_pieces(state_dir: &Path, file_sha1: &[u8; 20]) -> Option<u32> {
+    let r = client::storage::ResumeState::load(state_dir, file_sha1)?;
+    Some(r.bits.iter().map(|b| b.count_ones()).sum())
 }
 
 #[test]
@@ -182,26 +171,13 @@ fn peer_answers_bad_requests_with_errors_and_keeps_serving() {
     let addr = seeders(&mut s.owner, &token, "f.bin")[0].clone();
 
     // Unknown file: an error message, then the connection ends.
-    let mut c = std::net::TcpStream::connect(&addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.write_all(&Handshake::new([0xee; 20], [1; 8]).encode())
-        .unwrap();
-    let mut buf = Vec::new();
-    assert!(matches!(read_msg(&mut c, &mut buf), PeerMsg::Error(t) if t.contains("unknown file")));
+    let mut c = PeerClient::connect(&addr);
+    c.send(&Handshake::new([0xee; 20], [1; 8]).encode());
+    assert!(matches!(c.next_msg(), Got::Msg(PeerMsg::Error(t)) if t.contains("unknown file")));
 
     // The right file: handshake + bitfield, then rejects for bad requests.
-    let mut c = std::net::TcpStream::connect(&addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.write_all(&Handshake::new(meta.file_sha1, [1; 8]).encode())
-        .unwrap();
-    let mut hs = [0u8; peer_msg::HANDSHAKE_LEN];
-    c.read_exact(&mut hs).unwrap();
-    assert_eq!(
-        Handshake::decode(&hs).unwrap().unwrap().file_sha1,
-        meta.file_sha1
-    );
-    let mut buf = Vec::new();
-    assert_eq!(read_msg(&mut c, &mut buf), PeerMsg::Bitfield(vec![0xf0]));
+    let (mut c, bits) = PeerClient::open(&addr, meta.file_sha1);
+    assert_eq!(bits, vec![0xf0]);
     let bad = [
         (4, 0, 10),                    // no such piece
         (3, 0, 6),                     // past the end of the last piece
@@ -210,34 +186,23 @@ fn peer_answers_bad_requests_with_errors_and_keeps_serving() {
         (0, 0, 0),                     // empty
     ];
     for (piece, offset, len) in bad {
-        c.write_all(&PeerMsg::Request { piece, offset, len }.encode())
-            .unwrap();
         assert_eq!(
-            read_msg(&mut c, &mut buf),
-            PeerMsg::Reject {
+            c.request(piece, offset, len),
+            Got::Msg(PeerMsg::Reject {
                 piece,
                 offset,
                 code: RejectCode::OutOfRange
-            }
+            })
         );
     }
     // Still serving this connection...
-    c.write_all(
-        &PeerMsg::Request {
-            piece: 3,
-            offset: 0,
-            len: 5,
-        }
-        .encode(),
-    )
-    .unwrap();
     assert_eq!(
-        read_msg(&mut c, &mut buf),
-        PeerMsg::Piece {
+        c.request(3, 0, 5),
+        Got::Msg(PeerMsg::Piece {
             piece: 3,
             offset: 0,
             data: data[3 * PIECE_SIZE as usize..].to_vec()
-        }
+        })
     );
     // ...and others.
     let mut leecher = s.member("leecher", &[]);
@@ -246,26 +211,15 @@ fn peer_answers_bad_requests_with_errors_and_keeps_serving() {
     wait_complete(&mut leecher, "f.bin", Duration::from_secs(30));
     assert_same_file(&src, &dest);
     // Garbage instead of a handshake closes only that connection.
-    let mut g = std::net::TcpStream::connect(&addr).unwrap();
-    g.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    g.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-    let mut tmp = [0u8; 16];
-    assert_eq!(g.read(&mut tmp).unwrap_or(0), 0);
-    c.write_all(
-        &PeerMsg::Request {
-            piece: 3,
-            offset: 1,
-            len: 4,
-        }
-        .encode(),
-    )
-    .unwrap();
+    let mut g = PeerClient::connect(&addr);
+    g.send(b"GET / HTTP/1.0\r\n\r\n");
+    assert_eq!(g.next_msg(), Got::Closed);
     assert!(matches!(
-        read_msg(&mut c, &mut buf),
-        PeerMsg::Piece {
+        c.request(3, 1, 4),
+        Got::Msg(PeerMsg::Piece {
             piece: 3,
             offset: 1,
             ..
-        }
+        })
     ));
 }

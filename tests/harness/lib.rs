@@ -6,7 +6,8 @@
 //! port 0 that is closed just before the binary binds it); data lives in temp dirs.
 //! [`transfer`] adds what the transfer tests share: a tracker with logged-in
 //! clients in one group, and a scripted test peer (throttled or lying).
-//! [`tracker_state`] reads what a tracker left on disk: its SQLite cache as
+//! [`peer_client`] is a blocking downloader-side peer connection for probing a
+//! client's peer server. [`tracker_state`] reads what a tracker left on disk: its SQLite cache as
 //! comparable text, and `sync_log.txt` with every line's checksum checked.
 //!
 //! Besides the process guards this module holds what several tests share: a
@@ -14,6 +15,7 @@
 //! counted list replies, and the tracker checks [`TrackerProc::assert_alive`],
 //! [`TrackerConn::assert_served`], [`rss_kib`] and [`set_file_size_limit`].
 
+pub mod peer_client;
 pub mod tracker_state;
 pub mod transfer;
 
@@ -618,7 +620,7 @@ pub fn write_random_file(path: &Path, len: u64, seed: u64) -> String {
         left -= n as u64;
     }
     f.flush().expect("flush file");
-    hex(&h.finalize())
+    wire::file_meta::to_hex(&h.finalize())
 }
 
 /// SHA-1 of a file as hex, streamed.
@@ -634,12 +636,7 @@ pub fn sha1_file(path: &Path) -> String {
         }
         h.update(&buf[..n]);
     }
-    hex(&h.finalize())
-}
-
-/// Lowercase hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    wire::file_meta::to_hex(&h.finalize())
 }
 
 /// Compares two files byte for byte, streamed; panics with the first differing offset.
