@@ -5,78 +5,48 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use harness::peer_client::{Got, PeerClient};
 use harness::transfer::*;
-use harness::{assert_same_file, wait_until, write_random_file};
+use harness::{assert_same_file, wait_until};
 use wire::file_meta::PIECE_SIZE;
 use wire::peer_msg::{Handshake, PeerMsg, RejectCode};
 
 #[test]
 fn seeder_killed_mid_download_completes_from_others() {
     let mut s = Swarm::new();
-    let src = s.path("f.bin");
-    write_random_file(&src, 64 * PIECE_SIZE + 7, 5);
-    let meta = meta_of(&src);
-    let data = Arc::new(std::fs::read(&src).unwrap());
+    let (src, _) = s.random_file("f.bin", 64 * PIECE_SIZE + 7, 5);
     // A real client seeder (killed mid-download) and a slower scripted one.
     let mut real = s.member("real", &[]);
     upload(&mut real, &src);
-    let slow = TestPeer::start(
-        data,
-        meta.clone(),
-        Behaviour::Honest,
-        Duration::from_millis(5),
-    );
-    let (mut conn, token) = s.protocol_member("slow");
-    announce(&mut conn, &token, &meta, slow.addr);
+    let slow = s.scripted_seeder("slow", &src, Behaviour::Honest, Duration::from_millis(5));
     // Hold back the scripted seeder so the download is still running when the
     // real seeder dies.
-    slow.budget.store(3, Ordering::SeqCst);
+    slow.hold_after(3);
     let mut leecher = s.member("leecher", &[]);
     let dest = s.path("got.bin");
     download(&mut leecher, "f.bin", &dest);
-    assert!(wait_until(Duration::from_secs(20), || slow
-        .log
-        .served
-        .load(Ordering::SeqCst)
-        >= 3));
+    slow.wait_served(3);
     real.kill9();
-    slow.budget.store(usize::MAX, Ordering::SeqCst);
+    slow.release();
     wait_complete(&mut leecher, "f.bin", Duration::from_secs(60));
     assert_same_file(&src, &dest);
-    assert!(slow.log.served.load(Ordering::SeqCst) > 3);
+    assert!(slow.served() > 3);
 }
 
 #[test]
 fn lying_peer_is_dropped_and_download_is_correct() {
     let mut s = Swarm::new();
-    let src = s.path("f.bin");
-    write_random_file(&src, 40 * PIECE_SIZE, 6);
-    let meta = meta_of(&src);
-    let data = Arc::new(std::fs::read(&src).unwrap());
-    let liar = TestPeer::start(data.clone(), meta.clone(), Behaviour::Liar, Duration::ZERO);
-    let honest = TestPeer::start(
-        data,
-        meta.clone(),
-        Behaviour::Honest,
-        Duration::from_millis(2),
-    );
-    let (mut conn, token) = s.protocol_member("liar");
-    announce(&mut conn, &token, &meta, liar.addr);
-    let (mut conn2, token2) = s.protocol_member("honest");
-    announce(&mut conn2, &token2, &meta, honest.addr);
+    let (src, _) = s.random_file("f.bin", 40 * PIECE_SIZE, 6);
+    let liar = s.scripted_seeder("liar", &src, Behaviour::Liar, Duration::ZERO);
+    let _honest = s.scripted_seeder("honest", &src, Behaviour::Honest, Duration::from_millis(2));
     let mut leecher = s.member("leecher", &[]);
     let dest = s.path("got.bin");
     download(&mut leecher, "f.bin", &dest);
     wait_complete(&mut leecher, "f.bin", Duration::from_secs(60));
     assert_same_file(&src, &dest);
-    assert!(
-        liar.log.served.load(Ordering::SeqCst) >= 1,
-        "the liar was never asked"
-    );
+    assert!(liar.served() >= 1, "the liar was never asked");
     // Dropped: its connection was closed and never opened again.
     assert!(wait_until(Duration::from_secs(5), || liar
         .log
@@ -89,24 +59,15 @@ fn lying_peer_is_dropped_and_download_is_correct() {
 #[test]
 fn killed_downloader_resumes_without_refetching() {
     let mut s = Swarm::new();
-    let src = s.path("f.bin");
     let pieces = 40u32;
-    write_random_file(&src, pieces as u64 * PIECE_SIZE - 11, 8);
-    let meta = meta_of(&src);
-    let data = Arc::new(std::fs::read(&src).unwrap());
-    let seed = TestPeer::start(data, meta.clone(), Behaviour::Honest, Duration::ZERO);
-    let (mut conn, token) = s.protocol_member("origin");
-    announce(&mut conn, &token, &meta, seed.addr);
+    let (src, meta) = s.random_file("f.bin", pieces as u64 * PIECE_SIZE - 11, 8);
+    let seed = s.scripted_seeder("origin", &src, Behaviour::Honest, Duration::ZERO);
     // Serve 15 pieces, then stall.
-    seed.budget.store(15, Ordering::SeqCst);
+    seed.hold_after(15);
     let mut leecher = s.member("leecher", &[]);
     let dest = s.path("got.bin");
     download(&mut leecher, "f.bin", &dest);
-    assert!(wait_until(Duration::from_secs(20), || seed
-        .log
-        .served
-        .load(Ordering::SeqCst)
-        == 15));
+    seed.wait_served(15);
     // Once the 15 verified pieces are in the resume state, kill the client.
     let state = leecher.state_dir.clone();
     assert!(
@@ -123,7 +84,7 @@ fn killed_downloader_resumes_without_refetching() {
         all[..15].to_vec()
     };
     seed.log.requests.lock().unwrap().clear();
-    seed.budget.store(usize::MAX, Ordering::SeqCst);
+    seed.release();
 
     // Restart and log in only: the interrupted download resumes by itself.
     let mut again = s.client("leecher", &[]);
@@ -161,9 +122,7 @@ fn resumable_pieces(state_dir: &Path, file_sha1: &[u8; 20]) -> Option<u32> {
 #[test]
 fn peer_answers_bad_requests_with_errors_and_keeps_serving() {
     let mut s = Swarm::new();
-    let src = s.path("f.bin");
-    write_random_file(&src, 3 * PIECE_SIZE + 5, 11);
-    let meta = meta_of(&src);
+    let (src, meta) = s.random_file("f.bin", 3 * PIECE_SIZE + 5, 11);
     let data = std::fs::read(&src).unwrap();
     let mut seeder = s.member("seeder", &[]);
     upload(&mut seeder, &src);

@@ -5,8 +5,6 @@
 //! reason, and a non-member that can neither list nor download.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use harness::peer_client::{Got, PeerClient};
@@ -105,20 +103,10 @@ fn three_seeders_to_one_each_serves() {
 #[test]
 fn one_seeder_three_leechers_share_among_themselves() {
     let mut s = Swarm::new();
-    let src = s.path("movie.bin");
-    write_random_file(&src, 96 * PIECE_SIZE, 9);
-    let meta = meta_of(&src);
-    let data = Arc::new(std::fs::read(&src).unwrap());
+    let (src, meta) = s.random_file("movie.bin", 96 * PIECE_SIZE, 9);
     // The original seeder is throttled (20 ms a piece) so the leechers overlap
     // long enough to find each other as partial seeders.
-    let seed = TestPeer::start(
-        data,
-        meta.clone(),
-        Behaviour::Honest,
-        Duration::from_millis(20),
-    );
-    let (mut conn, token) = s.protocol_member("origin");
-    announce(&mut conn, &token, &meta, seed.addr);
+    let seed = s.scripted_seeder("origin", &src, Behaviour::Honest, Duration::from_millis(20));
     let mut leechers: Vec<_> = (0..3)
         .map(|i| s.member(&format!("l{i}"), &["--log-level", "info"]))
         .collect();
@@ -146,7 +134,7 @@ fn one_seeder_three_leechers_share_among_themselves() {
     }
     assert!(from_leechers > 0, "leechers served nothing to each other");
     // The origin sent fewer pieces than three full copies.
-    assert!(seed.log.served.load(std::sync::atomic::Ordering::SeqCst) < 3 * meta.piece_count());
+    assert!(seed.served() < 3 * meta.piece_count());
 }
 
 #[test]
@@ -179,19 +167,11 @@ fn non_member_cannot_list_or_download() {
 #[test]
 fn a_leecher_serves_its_verified_pieces_before_completing() {
     let mut s = Swarm::new();
-    let src = s.path("part.bin");
-    write_random_file(&src, 12 * PIECE_SIZE + 5, 21);
-    let meta = meta_of(&src);
+    let (src, meta) = s.random_file("part.bin", 12 * PIECE_SIZE + 5, 21);
     let data = std::fs::read(&src).unwrap();
-    let origin = TestPeer::start(
-        Arc::new(data.clone()),
-        meta.clone(),
-        Behaviour::Honest,
-        Duration::ZERO,
-    );
-    origin.budget.store(4, Ordering::SeqCst);
-    let (mut conn, token) = s.protocol_member("origin");
-    announce(&mut conn, &token, &meta, origin.addr);
+    let origin = s.scripted_seeder("origin", &src, Behaviour::Honest, Duration::ZERO);
+    origin.hold_after(4);
+    let token = s.owner_token.clone();
     let mut leecher = s.member("leecher", &[]);
     download(&mut leecher, "part.bin", &s.path("got.bin"));
 
@@ -200,7 +180,7 @@ fn a_leecher_serves_its_verified_pieces_before_completing() {
     let mut leecher_addr = None;
     assert!(
         wait_until(Duration::from_secs(20), || {
-            leecher_addr = seeders(&mut conn, &token, "part.bin")
+            leecher_addr = seeders(&mut s.owner, &token, "part.bin")
                 .into_iter()
                 .find(|a| *a != origin_addr);
             leecher_addr.is_some()
@@ -251,7 +231,7 @@ fn a_leecher_serves_its_verified_pieces_before_completing() {
         status.len() == 1 && status[0].starts_with("[D] [g] part.bin"),
         "{status:?}"
     );
-    origin.budget.store(usize::MAX, Ordering::SeqCst);
+    origin.release();
     wait_complete(&mut leecher, "part.bin", Duration::from_secs(60));
     assert_same_file(&src, &s.path("got.bin"));
 }
@@ -260,9 +240,7 @@ fn a_leecher_serves_its_verified_pieces_before_completing() {
 #[test]
 fn a_download_with_no_reachable_peer_fails_with_the_reason() {
     let mut s = Swarm::new();
-    let src = s.path("gone.bin");
-    write_random_file(&src, 3 * PIECE_SIZE, 22);
-    let meta = meta_of(&src);
+    let (_, meta) = s.random_file("gone.bin", 3 * PIECE_SIZE, 22);
     // A seeder that announces, then disappears (its port refuses connections).
     let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let (mut conn, token) = s.protocol_member("ghost");

@@ -213,6 +213,20 @@ pub fn set_file_size_limit(pid: u32, bytes: u64) {
     assert_eq!(rc, 0, "set rlimit");
 }
 
+/// Spawns `cmd` with its stdin on a pipe and its stdout and stderr tapped.
+fn spawn_tapped(mut cmd: Command, what: &str) -> (Child, Option<ChildStdin>, LineTap, LineTap) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let stdout = LineTap::new(child.stdout.take().unwrap());
+    let stderr = LineTap::new(child.stderr.take().unwrap());
+    let stdin = child.stdin.take();
+    (child, stdin, stdout, stderr)
+}
+
 /// A running `tracker` process, killed (by PID) when dropped.
 pub struct TrackerProc {
     pub child: Child,
@@ -232,20 +246,13 @@ impl TrackerProc {
     }
 
     pub fn start_with(info: &Path, no: usize, data_dir: &Path, extra: &[&str]) -> TrackerProc {
-        let mut child = Command::new(bin_path("tracker"))
-            .arg(info)
+        let mut cmd = Command::new(bin_path("tracker"));
+        cmd.arg(info)
             .arg(no.to_string())
             .arg("--data-dir")
             .arg(data_dir)
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tracker");
-        let stdout = LineTap::new(child.stdout.take().unwrap());
-        let stderr = LineTap::new(child.stderr.take().unwrap());
-        let stdin = child.stdin.take();
+            .args(extra);
+        let (child, stdin, stdout, stderr) = spawn_tapped(cmd, "tracker");
         let mut t = TrackerProc {
             child,
             addr: String::new(),
@@ -488,17 +495,9 @@ impl ClientProc {
 
     /// Starts `client` with exactly these arguments (e.g. the assignment's `IP:PORT info` form).
     pub fn start_args(args: &[String], state_dir: &Path) -> ClientProc {
-        let mut child = Command::new(bin_path("client"))
-            .args(args)
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn client");
-        let stdout = LineTap::new(child.stdout.take().unwrap());
-        let stderr = LineTap::new(child.stderr.take().unwrap());
-        let stdin = child.stdin.take();
+        let mut cmd = Command::new(bin_path("client"));
+        cmd.args(args).env("RUST_BACKTRACE", "1");
+        let (child, stdin, stdout, stderr) = spawn_tapped(cmd, "client");
         ClientProc {
             child,
             stdin,
