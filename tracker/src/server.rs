@@ -13,7 +13,7 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -21,6 +21,7 @@ use slab::Slab;
 use wire::tracker_msg::{LineFramer, Reply, Request, MAX_REQUEST_LINE};
 
 use crate::commands::{self, Ctx, Outcome};
+use crate::metrics::{self, Metrics};
 use crate::store::{self, Applied, Store};
 use crate::sync_log::{LogEntry, Stop, SyncLog, FIRST_ENTRY};
 use crate::TrackerError;
@@ -60,8 +61,9 @@ struct Conn {
     stream: TcpStream,
     peer: Option<SocketAddr>,
     framer: LineFramer,
-    /// Requests (or framing errors to report) in arrival order.
-    inbox: VecDeque<Result<Request, String>>,
+    /// Requests (or framing errors to report) in arrival order, each with
+    /// when its line was complete.
+    inbox: VecDeque<(Instant, Result<Request, String>)>,
     out: Vec<u8>,
     out_pos: usize,
     /// The socket may hold unread bytes (edge-triggered: read until WouldBlock).
@@ -103,11 +105,12 @@ impl Conn {
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
                     self.framer.push(&buf[..n]);
+                    let now = Instant::now();
                     while let Some(line) = self.framer.next_line() {
                         let item = line
                             .and_then(|l| Request::decode(&l))
                             .map_err(|e| e.to_string());
-                        self.inbox.push_back(item);
+                        self.inbox.push_back((now, item));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -169,6 +172,8 @@ pub struct Server {
     /// between the two): reads are refused, not answered stale, and the watcher
     /// retries the catch-up every turn until it succeeds.
     cache_behind: bool,
+    /// Counters the operator view reads ([`crate::operator_view`]).
+    metrics: Arc<Metrics>,
 }
 
 impl Server {
@@ -199,9 +204,15 @@ impl Server {
                 watched_len: 0,
                 reported_bad: None,
                 cache_behind: false,
+                metrics: Arc::new(Metrics::new(&commands::names())),
             },
             waker,
         ))
+    }
+
+    /// The loop's counters, for the operator view.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Runs until the shutdown flag is set.
@@ -267,6 +278,7 @@ impl Server {
                         continue;
                     }
                     log::debug!("connection from {peer}");
+                    self.metrics.connections_accepted.inc();
                     entry.insert(Conn {
                         stream,
                         peer: Some(peer),
@@ -279,15 +291,16 @@ impl Server {
                         dead: false,
                     });
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // E.g. out of file descriptors: keep serving the others.
                     log::warn!("accept: {e}");
-                    return;
+                    break;
                 }
             }
         }
+        self.metrics.open_connections.set(self.conns.len() as u64);
     }
 
     fn flush_and_reap(&mut self) {
@@ -305,11 +318,13 @@ impl Server {
             let _ = self.poll.registry().deregister(&mut c.stream);
             log::debug!("connection from {:?} closed", c.peer);
         }
+        self.metrics.open_connections.set(self.conns.len() as u64);
     }
 
     /// Answers every request that arrived this turn, in order per connection.
     fn answer(&mut self) {
         let mut work: Vec<(usize, Result<Request, String>)> = Vec::new();
+        let mut arrived: Vec<Instant> = Vec::new();
         for (key, c) in self.conns.iter_mut() {
             if c.dead {
                 c.inbox.clear();
@@ -319,7 +334,10 @@ impl Server {
                 continue; // backpressure: answer more once the replies drain
             }
             let n = c.inbox.len().min(MAX_ANSWERS_PER_TURN);
-            work.extend(c.inbox.drain(..n).map(|item| (key, item)));
+            work.extend(c.inbox.drain(..n).map(|(at, item)| {
+                arrived.push(at);
+                (key, item)
+            }));
         }
         if work.is_empty() {
             return;
@@ -369,11 +387,30 @@ impl Server {
                 }
             }
         };
-        for ((key, _), reply) in work.iter().zip(replies) {
+        let now = Instant::now();
+        for (((key, item), reply), at) in work.iter().zip(replies).zip(arrived) {
+            self.count_request(item, &reply, now.saturating_duration_since(at));
             if let Some(c) = self.conns.get_mut(*key) {
                 c.out.extend_from_slice(&reply.encode());
             }
         }
+    }
+
+    /// Requests by command and outcome, their latency, failed logins.
+    fn count_request(&self, item: &Result<Request, String>, reply: &Reply, took: Duration) {
+        let command = match item {
+            Ok(req) => req.command.as_str(),
+            Err(_) => metrics::INVALID_COMMAND,
+        };
+        let outcome = match reply {
+            Reply::Err(_) => metrics::Outcome::Error,
+            _ => metrics::Outcome::Ok,
+        };
+        if command == "login" && outcome == metrics::Outcome::Error {
+            self.metrics.failed_logins.inc();
+        }
+        self.metrics.requests.record(command, outcome);
+        self.metrics.request_seconds.observe(took);
     }
 
     /// The mutation path: one lock, one transaction, one write + fsync for the
@@ -387,83 +424,42 @@ impl Server {
         catch_up(&self.log, &mut self.store, true)?;
         let before = self.store.applied()?;
         let base = before.offset.max(FIRST_ENTRY);
-        let len = self.log.len()?;
+        let len = self.log.file_len()?;
         if len != base {
             return Err(TrackerError::Behind { applied: base, len });
         }
         let tx = self.store.transaction()?;
-        let mut offset = base;
-        let mut lines = Vec::new();
-        let mut replies = Vec::with_capacity(work.len());
-        for (_, item) in work {
-            let req = match item {
-                Ok(req) => req,
-                Err(msg) => {
-                    replies.push(Reply::err(msg));
-                    continue;
-                }
-            };
-            match commands::handle(&tx, req, ctx) {
-                Outcome::Reply(r) => replies.push(r),
-                Outcome::Mutate { op, reply } => {
-                    let entry = LogEntry {
-                        ms: ctx.now_ms,
-                        tracker: self.cfg.tracker_no,
-                        op,
-                    };
-                    let line = entry.encode();
-                    // Applied at once so later requests of the batch see it.
-                    store::apply(&tx, offset, &entry).map_err(crate::store::StoreError::from)?;
-                    offset += line.len() as u64;
-                    lines.push(line);
-                    replies.push(reply);
-                }
-            }
+        let staged = stage(&tx, work, ctx, self.cfg.tracker_no, base)?;
+        if staged.lines.is_empty() {
+            return Ok(staged.replies);
         }
-        if lines.is_empty() {
-            drop(tx);
-            return Ok(replies);
-        }
-        // Refuse while the cache could not follow: a line the log holds but the
-        // cache cannot commit would be acknowledged yet invisible to reads.
-        let free = self.log.free_bytes().unwrap_or(u64::MAX);
-        if free < MIN_FREE_BYTES {
+        let fsync = &self.metrics.log_fsync_seconds;
+        if let Err(refusal) = append_durably(&self.log, &staged.lines, base, fsync) {
             drop(tx); // rolls back
-            log::error!("data dir nearly full ({free} bytes free): changes refused");
-            let reply = Reply::err(format!(
-                "change not made, the data dir is full ({free} bytes free)"
-            ));
-            return Ok(work.iter().map(|_| reply.clone()).collect());
+            return Ok(work.iter().map(|_| refusal.clone()).collect());
         }
-        if let Err(e) = self.log.append(&lines) {
-            drop(tx); // rolls back
-            if let Err(e2) = self.log.truncate(base) {
-                log::error!("could not cut the failed append back off the log: {e2}");
-            }
-            log::error!("sync log append failed: {e}");
-            let reply = Reply::err(format!("change not made, the log write failed: {e}"));
-            return Ok(work.iter().map(|_| reply.clone()).collect());
-        }
-        log::debug!("appended {} log lines, made durable together", lines.len());
+        log::debug!(
+            "appended {} log lines, made durable together",
+            staged.lines.len()
+        );
+        self.metrics.changes_appended.add(staged.lines.len() as u64);
         let after = Applied {
-            offset,
-            lines: before.lines + lines.len() as u64,
+            offset: staged.end,
+            lines: before.lines + staged.lines.len() as u64,
         };
         let committed = store::set_applied(&tx, after).and_then(|()| tx.commit());
-        if let Err(e) = committed {
+        if let Err(e) = &committed {
             // The lines are durable in the log; the watcher's catch-up applies them.
             log::error!("cache commit failed (the log has the change): {e}");
-            self.cache_behind = true;
-        } else {
-            self.cache_behind = false;
         }
-        self.watched_len = offset;
-        Ok(replies)
+        self.cache_behind = committed.is_err();
+        self.watched_len = staged.end;
+        Ok(staged.replies)
     }
 
     /// The watcher: applies lines other trackers appended since the last look.
     fn watch(&mut self) {
-        let len = match self.log.len() {
+        let len = match self.log.file_len() {
             Ok(len) => len,
             Err(e) => {
                 log::error!("{e}");
@@ -490,6 +486,9 @@ impl Server {
             .lock_shared()
             .map_err(TrackerError::from)
             .and_then(|_lock| catch_up(&self.log, &mut self.store, false));
+        if let Ok(done) = &result {
+            self.metrics.changes_applied_from_others.add(done.lines);
+        }
         match result {
             Ok(CatchUp {
                 stop: Some(Stop::Bad { offset, reason }),
@@ -517,6 +516,89 @@ impl Server {
             self.cache_behind = false;
         }
     }
+}
+
+/// A turn's requests handled inside the write transaction, before the append.
+struct Staged {
+    /// One reply per work item.
+    replies: Vec<Reply>,
+    /// The encoded log lines of the changes, in order.
+    lines: Vec<String>,
+    /// The log offset just after the last line, once appended.
+    end: u64,
+}
+
+/// Handles each request of a batch in `tx`; a change is applied at once (so later
+/// requests of the batch see it) and its line queued for the append at `base`.
+fn stage(
+    tx: &rusqlite::Transaction<'_>,
+    work: &[(usize, Result<Request, String>)],
+    ctx: &Ctx,
+    tracker_no: u32,
+    base: u64,
+) -> Result<Staged, TrackerError> {
+    let mut staged = Staged {
+        replies: Vec::with_capacity(work.len()),
+        lines: Vec::new(),
+        end: base,
+    };
+    for (_, item) in work {
+        let req = match item {
+            Ok(req) => req,
+            Err(msg) => {
+                staged.replies.push(Reply::err(msg));
+                continue;
+            }
+        };
+        match commands::handle(tx, req, ctx) {
+            Outcome::Reply(r) => staged.replies.push(r),
+            Outcome::Mutate { op, reply } => {
+                let entry = LogEntry {
+                    ms: ctx.now_ms,
+                    tracker: tracker_no,
+                    op,
+                };
+                let line = entry.encode();
+                store::apply(tx, staged.end, &entry).map_err(store::StoreError::from)?;
+                staged.end += line.len() as u64;
+                staged.lines.push(line);
+                staged.replies.push(reply);
+            }
+        }
+    }
+    Ok(staged)
+}
+
+/// Appends `lines` at `base` and makes them durable, or says why not as the
+/// reply every request of the batch gets (nothing changed). Refuses while the
+/// data dir is nearly full: a line the log holds but the cache cannot commit
+/// would be acknowledged yet invisible to reads. Needs the exclusive lock.
+fn append_durably(
+    log: &SyncLog,
+    lines: &[String],
+    base: u64,
+    fsync: &metrics::Histogram,
+) -> Result<(), Reply> {
+    let free = log.free_bytes().unwrap_or(u64::MAX);
+    if free < MIN_FREE_BYTES {
+        log::error!("data dir nearly full ({free} bytes free): changes refused");
+        return Err(Reply::err(format!(
+            "change not made, the data dir is full ({free} bytes free)"
+        )));
+    }
+    let started = Instant::now();
+    let appended = log.append(lines);
+    fsync.observe(started.elapsed());
+    if let Err(e) = appended {
+        if let Err(e2) = log.truncate(base) {
+            log::error!("could not cut the failed append back off the log: {e2}");
+        }
+        log::error!("sync log append failed: {e}");
+        return Err(Reply::err(format!(
+            "change not made, the log write failed: {e}"
+        )));
+    }
+    Ok(())
 }
 
 /// What a catch-up did.
