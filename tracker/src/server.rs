@@ -387,83 +387,40 @@ impl Server {
         catch_up(&self.log, &mut self.store, true)?;
         let before = self.store.applied()?;
         let base = before.offset.max(FIRST_ENTRY);
-        let len = self.log.len()?;
+        let len = self.log.file_len()?;
         if len != base {
             return Err(TrackerError::Behind { applied: base, len });
         }
         let tx = self.store.transaction()?;
-        let mut offset = base;
-        let mut lines = Vec::new();
-        let mut replies = Vec::with_capacity(work.len());
-        for (_, item) in work {
-            let req = match item {
-                Ok(req) => req,
-                Err(msg) => {
-                    replies.push(Reply::err(msg));
-                    continue;
-                }
-            };
-            match commands::handle(&tx, req, ctx) {
-                Outcome::Reply(r) => replies.push(r),
-                Outcome::Mutate { op, reply } => {
-                    let entry = LogEntry {
-                        ms: ctx.now_ms,
-                        tracker: self.cfg.tracker_no,
-                        op,
-                    };
-                    let line = entry.encode();
-                    // Applied at once so later requests of the batch see it.
-                    store::apply(&tx, offset, &entry).map_err(crate::store::StoreError::from)?;
-                    offset += line.len() as u64;
-                    lines.push(line);
-                    replies.push(reply);
-                }
-            }
+        let staged = stage(&tx, work, ctx, self.cfg.tracker_no, base)?;
+        if staged.lines.is_empty() {
+            return Ok(staged.replies);
         }
-        if lines.is_empty() {
-            drop(tx);
-            return Ok(replies);
-        }
-        // Refuse while the cache could not follow: a line the log holds but the
-        // cache cannot commit would be acknowledged yet invisible to reads.
-        let free = self.log.free_bytes().unwrap_or(u64::MAX);
-        if free < MIN_FREE_BYTES {
+        if let Err(refusal) = append_durably(&self.log, &staged.lines, base) {
             drop(tx); // rolls back
-            log::error!("data dir nearly full ({free} bytes free): changes refused");
-            let reply = Reply::err(format!(
-                "change not made, the data dir is full ({free} bytes free)"
-            ));
-            return Ok(work.iter().map(|_| reply.clone()).collect());
+            return Ok(work.iter().map(|_| refusal.clone()).collect());
         }
-        if let Err(e) = self.log.append(&lines) {
-            drop(tx); // rolls back
-            if let Err(e2) = self.log.truncate(base) {
-                log::error!("could not cut the failed append back off the log: {e2}");
-            }
-            log::error!("sync log append failed: {e}");
-            let reply = Reply::err(format!("change not made, the log write failed: {e}"));
-            return Ok(work.iter().map(|_| reply.clone()).collect());
-        }
-        log::debug!("appended {} log lines, made durable together", lines.len());
+        log::debug!(
+            "appended {} log lines, made durable together",
+            staged.lines.len()
+        );
         let after = Applied {
-            offset,
-            lines: before.lines + lines.len() as u64,
+            offset: staged.end,
+            lines: before.lines + staged.lines.len() as u64,
         };
         let committed = store::set_applied(&tx, after).and_then(|()| tx.commit());
-        if let Err(e) = committed {
+        if let Err(e) = &committed {
             // The lines are durable in the log; the watcher's catch-up applies them.
             log::error!("cache commit failed (the log has the change): {e}");
-            self.cache_behind = true;
-        } else {
-            self.cache_behind = false;
         }
-        self.watched_len = offset;
-        Ok(replies)
+        self.cache_behind = committed.is_err();
+        self.watched_len = staged.end;
+        Ok(staged.replies)
     }
 
     /// The watcher: applies lines other trackers appended since the last look.
     fn watch(&mut self) {
-        let len = match self.log.len() {
+        let len = match self.log.file_len() {
             Ok(len) => len,
             Err(e) => {
                 log::error!("{e}");
@@ -517,6 +474,81 @@ impl Server {
             self.cache_behind = false;
         }
     }
+}
+
+/// A turn's requests handled inside the write transaction, before the append.
+struct Staged {
+    /// One reply per work item.
+    replies: Vec<Reply>,
+    /// The encoded log lines of the changes, in order.
+    lines: Vec<String>,
+    /// The log offset just after the last line, once appended.
+    end: u64,
+}
+
+/// Handles each request of a batch in `tx`; a change is applied at once (so later
+/// requests of the batch see it) and its line queued for the append at `base`.
+fn stage(
+    tx: &rusqlite::Transaction<'_>,
+    work: &[(usize, Result<Request, String>)],
+    ctx: &Ctx,
+    tracker_no: u32,
+    base: u64,
+) -> Result<Staged, TrackerError> {
+    let mut staged = Staged {
+        replies: Vec::with_capacity(work.len()),
+        lines: Vec::new(),
+        end: base,
+    };
+    for (_, item) in work {
+        let req = match item {
+            Ok(req) => req,
+            Err(msg) => {
+                staged.replies.push(Reply::err(msg));
+                continue;
+            }
+        };
+        match commands::handle(tx, req, ctx) {
+            Outcome::Reply(r) => staged.replies.push(r),
+            Outcome::Mutate { op, reply } => {
+                let entry = LogEntry {
+                    ms: ctx.now_ms,
+                    tracker: tracker_no,
+                    op,
+                };
+                let line = entry.encode();
+                store::apply(tx, staged.end, &entry).map_err(store::StoreError::from)?;
+                staged.end += line.len() as u64;
+                staged.lines.push(line);
+                staged.replies.push(reply);
+            }
+        }
+    }
+    Ok(staged)
+}
+
+/// Appends `lines` at `base` and makes them durable, or says why not as the
+/// reply every request of the batch gets (nothing changed). Refuses while the
+/// data dir is nearly full: a line the log holds but the cache cannot commit
+/// would be acknowledged yet invisible to reads. Needs the exclusive lock.
+fn append_durably(log: &SyncLog, lines: &[String], base: u64) -> Result<(), Reply> {
+    let free = log.free_bytes().unwrap_or(u64::MAX);
+    if free < MIN_FREE_BYTES {
+        log::error!("data dir nearly full ({free} bytes free): changes refused");
+        return Err(Reply::err(format!(
+            "change not made, the data dir is full ({free} bytes free)"
+        )));
+    }
+    if let Err(e) = log.append(lines) {
+        if let Err(e2) = log.truncate(base) {
+            log::error!("could not cut the failed append back off the log: {e2}");
+        }
+        log::error!("sync log append failed: {e}");
+        return Err(Reply::err(format!(
+            "change not made, the log write failed: {e}"
+        )));
+    }
+    Ok(())
 }
 
 /// What a catch-up did.

@@ -66,7 +66,6 @@ impl Store {
     }
 
     /// An in-memory store (tests).
-    #[cfg(test)]
     pub fn open_in_memory() -> Result<Store, StoreError> {
         let mut store = Store {
             conn: Connection::open_in_memory()?,
@@ -101,7 +100,6 @@ impl Store {
     }
 
     /// The connection, for queries.
-    #[cfg(test)]
     pub fn conn(&self) -> &Connection {
         &self.conn
     }
@@ -184,16 +182,38 @@ pub fn set_applied(db: &Connection, a: Applied) -> rusqlite::Result<()> {
 pub fn apply(db: &Connection, offset: u64, entry: &LogEntry) -> rusqlite::Result<()> {
     let ms = entry.ms as i64;
     match &entry.op {
+        Op::CreateUser { .. } | Op::Login { .. } | Op::Logout { .. } => {
+            apply_account(db, &entry.op, ms)
+        }
+        Op::CreateGroup { .. }
+        | Op::RequestJoin { .. }
+        | Op::AcceptRequest { .. }
+        | Op::RejectRequest { .. } => apply_membership(db, &entry.op, offset, ms),
+        Op::LeaveGroup { group, user } => apply_leave(db, group, user),
+        Op::UploadFile { .. }
+        | Op::AddSeeder { .. }
+        | Op::StopShare { .. }
+        | Op::Heartbeat { .. } => apply_sharing(db, &entry.op, ms),
+    }
+}
+
+/// Users and sessions.
+fn apply_account(db: &Connection, op: &Op, ms: i64) -> rusqlite::Result<()> {
+    match op {
         Op::CreateUser {
             user,
             password_hash,
         } => {
-            db.prepare_cached("INSERT OR IGNORE INTO users (user_id, password_hash, created_ms) VALUES (?1, ?2, ?3)")?.execute(params![user, password_hash, ms],
-            )?;
+            db.prepare_cached(
+                "INSERT OR IGNORE INTO users (user_id, password_hash, created_ms) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![user, password_hash, ms])?;
         }
         Op::Login { token_hash, user } => {
-            db.prepare_cached("INSERT OR IGNORE INTO sessions (token_hash, user_id, created_ms) VALUES (?1, ?2, ?3)")?.execute(params![token_hash, user, ms],
-            )?;
+            db.prepare_cached(
+                "INSERT OR IGNORE INTO sessions (token_hash, user_id, created_ms) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![token_hash, user, ms])?;
         }
         Op::Logout { token_hash } => {
             db.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
@@ -201,69 +221,101 @@ pub fn apply(db: &Connection, offset: u64, entry: &LogEntry) -> rusqlite::Result
             db.prepare_cached("DELETE FROM file_seeders WHERE token_hash = ?1")?
                 .execute(params![token_hash])?;
         }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Groups, join requests and joining (leaving is [`apply_leave`]). A member's
+/// `joined_seq` is the offset of the line that made them one.
+fn apply_membership(db: &Connection, op: &Op, offset: u64, ms: i64) -> rusqlite::Result<()> {
+    let add_member = |group: &str, user: &str| -> rusqlite::Result<()> {
+        db.prepare_cached(
+            "INSERT OR IGNORE INTO group_members (group_id, user_id, joined_seq) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![group, user, offset as i64])?;
+        Ok(())
+    };
+    let drop_request = |group: &str, user: &str| -> rusqlite::Result<usize> {
+        db.prepare_cached("DELETE FROM join_requests WHERE group_id = ?1 AND user_id = ?2")?
+            .execute(params![group, user])
+    };
+    match op {
         Op::CreateGroup { group, owner } => {
-            let created = db.prepare_cached("INSERT OR IGNORE INTO groups (group_id, owner, created_ms) VALUES (?1, ?2, ?3)")?.execute(params![group, owner, ms],
-            )?;
+            let created = db
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO groups (group_id, owner, created_ms) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![group, owner, ms])?;
             if created == 1 {
-                db.prepare_cached("INSERT OR IGNORE INTO group_members (group_id, user_id, joined_seq) VALUES (?1, ?2, ?3)")?.execute(params![group, owner, offset as i64],
-                )?;
+                add_member(group, owner)?;
             }
         }
         Op::RequestJoin { group, user } => {
-            db.prepare_cached("INSERT OR IGNORE INTO join_requests (group_id, user_id, requested_ms)
+            db.prepare_cached(
+                "INSERT OR IGNORE INTO join_requests (group_id, user_id, requested_ms)
                  SELECT ?1, ?2, ?3
                  WHERE EXISTS (SELECT 1 FROM groups WHERE group_id = ?1)
-                   AND NOT EXISTS (SELECT 1 FROM group_members WHERE group_id = ?1 AND user_id = ?2)")?.execute(params![group, user, ms],
-            )?;
+                   AND NOT EXISTS (SELECT 1 FROM group_members WHERE group_id = ?1 AND user_id = ?2)",
+            )?
+            .execute(params![group, user, ms])?;
         }
         Op::AcceptRequest { group, user } => {
-            let had = db
-                .prepare_cached("DELETE FROM join_requests WHERE group_id = ?1 AND user_id = ?2")?
-                .execute(params![group, user])?;
-            if had > 0 {
-                db.prepare_cached("INSERT OR IGNORE INTO group_members (group_id, user_id, joined_seq) VALUES (?1, ?2, ?3)")?.execute(params![group, user, offset as i64],
-                )?;
+            let had_request = drop_request(group, user)? > 0;
+            if had_request {
+                add_member(group, user)?;
             }
         }
         Op::RejectRequest { group, user } => {
-            db.prepare_cached("DELETE FROM join_requests WHERE group_id = ?1 AND user_id = ?2")?
-                .execute(params![group, user])?;
+            drop_request(group, user)?;
         }
-        Op::LeaveGroup { group, user } => {
-            let was_member = db
-                .prepare_cached("DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2")?
-                .execute(params![group, user])?;
-            if was_member == 0 {
-                return Ok(());
-            }
-            db.prepare_cached("DELETE FROM file_seeders WHERE group_id = ?1 AND user_id = ?2")?
-                .execute(params![group, user])?;
-            if group_owner(db, group)?.as_deref() != Some(user.as_str()) {
-                return Ok(());
-            }
-            let heir: Option<String> = db
-                .query_row(
-                    "SELECT user_id FROM group_members WHERE group_id = ?1
-                     ORDER BY joined_seq, user_id LIMIT 1",
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A member leaves: their seeding ends; an owner's group passes to the longest
+/// member, or disappears with everything in it when nobody is left.
+fn apply_leave(db: &Connection, group: &str, user: &str) -> rusqlite::Result<()> {
+    let was_member = db
+        .prepare_cached("DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2")?
+        .execute(params![group, user])?;
+    if was_member == 0 {
+        return Ok(());
+    }
+    db.prepare_cached("DELETE FROM file_seeders WHERE group_id = ?1 AND user_id = ?2")?
+        .execute(params![group, user])?;
+    if group_owner(db, group)?.as_deref() != Some(user) {
+        return Ok(());
+    }
+    let heir: Option<String> = db
+        .query_row(
+            "SELECT user_id FROM group_members WHERE group_id = ?1
+             ORDER BY joined_seq, user_id LIMIT 1",
+            params![group],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match heir {
+        Some(heir) => {
+            db.prepare_cached("UPDATE groups SET owner = ?2 WHERE group_id = ?1")?
+                .execute(params![group, heir])?;
+        }
+        None => {
+            for table in ["groups", "join_requests", "files", "file_seeders"] {
+                db.execute(
+                    &format!("DELETE FROM {table} WHERE group_id = ?1"),
                     params![group],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            match heir {
-                Some(heir) => {
-                    db.prepare_cached("UPDATE groups SET owner = ?2 WHERE group_id = ?1")?
-                        .execute(params![group, heir])?;
-                }
-                None => {
-                    for table in ["groups", "join_requests", "files", "file_seeders"] {
-                        db.execute(
-                            &format!("DELETE FROM {table} WHERE group_id = ?1"),
-                            params![group],
-                        )?;
-                    }
-                }
+                )?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Files and their seeders.
+fn apply_sharing(db: &Connection, op: &Op, ms: i64) -> rusqlite::Result<()> {
+    match op {
         Op::UploadFile {
             group,
             name,
@@ -331,6 +383,7 @@ pub fn apply(db: &Connection, offset: u64, entry: &LogEntry) -> rusqlite::Result
             )?
             .execute(params![token_hash, ms, peer_addr])?;
         }
+        _ => {}
     }
     Ok(())
 }
@@ -524,28 +577,50 @@ pub fn session_seeding(
     })
 }
 
-/// A canonical text dump of every state table (tests compare caches with it).
-#[cfg(test)]
+/// The tables that hold the tracker's state. `applied_log` (how much of the log
+/// the cache holds) is bookkeeping and not among them.
+pub const STATE_TABLES: [&str; 7] = [
+    "users",
+    "sessions",
+    "groups",
+    "group_members",
+    "join_requests",
+    "files",
+    "file_seeders",
+];
+
+/// Every row of `table` as text, each row its values' `Debug` forms joined by
+/// spaces, the rows sorted: two tables hold the same rows exactly when these are
+/// equal. `table` must be one of [`STATE_TABLES`] or `applied_log`.
+pub fn table_rows(db: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
+    if !STATE_TABLES.contains(&table) && table != "applied_log" {
+        return Err(rusqlite::Error::InvalidParameterName(table.to_string()));
+    }
+    let mut stmt = db.prepare(&format!("SELECT * FROM {table}"))?;
+    let n = stmt.column_count();
+    let mut rows = stmt
+        .query_map([], |r| {
+            let mut cols = Vec::with_capacity(n);
+            for c in 0..n {
+                let v: rusqlite::types::Value = r.get(c)?;
+                cols.push(format!("{v:?}"));
+            }
+            Ok(cols.join(" "))
+        })?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    rows.sort();
+    Ok(rows)
+}
+
+/// A canonical text dump of every state table, a line `table v1 v2 ...` per row,
+/// table by table: equal dumps, equal state. Tests compare caches with it.
 pub fn dump(db: &Connection) -> rusqlite::Result<String> {
     let mut out = String::new();
-    for (table, order) in [
-        ("users", "user_id"),
-        ("sessions", "token_hash"),
-        ("groups", "group_id"),
-        ("group_members", "group_id, user_id"),
-        ("join_requests", "group_id, user_id"),
-        ("files", "group_id, name"),
-        ("file_seeders", "group_id, name, token_hash"),
-    ] {
-        let mut stmt = db.prepare(&format!("SELECT * FROM {table} ORDER BY {order}"))?;
-        let n = stmt.column_count();
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
+    for table in STATE_TABLES {
+        for row in table_rows(db, table)? {
             out.push_str(table);
-            for i in 0..n {
-                let v: rusqlite::types::Value = r.get(i)?;
-                out.push_str(&format!(" {v:?}"));
-            }
+            out.push(' ');
+            out.push_str(&row);
             out.push('\n');
         }
     }
@@ -668,14 +743,25 @@ mod tests {
         twice.apply_entries(&doubled, 5000).unwrap();
         assert_eq!(dump(twice.conn()).unwrap(), d1);
 
-        // Every prefix applied again on top of the full state.
-        for k in 0..entries.len() {
+        // Every prefix applied again (as a restart from an older cache offset
+        // does) before the rest: the same state as applying the log once.
+        for k in 0..=entries.len() {
             let mut st = Store::open_in_memory().unwrap();
             st.apply_entries(&entries[..k], 1).unwrap();
             st.apply_entries(&entries[..k], 1).unwrap();
             st.apply_entries(&entries[k..], 2).unwrap();
-            let _ = dump(st.conn()).unwrap();
+            assert_eq!(
+                dump(st.conn()).unwrap(),
+                d1,
+                "prefix of {k} entries reapplied"
+            );
         }
+        // The comparison can fail: a state missing one entry differs.
+        let mut short = Store::open_in_memory().unwrap();
+        short
+            .apply_entries(&entries[..entries.len() - 1], 1)
+            .unwrap();
+        assert_ne!(dump(short.conn()).unwrap(), d1);
         assert_eq!(once.applied().unwrap().lines, entries.len() as u64);
         assert_eq!(once.applied().unwrap().offset, 5000);
     }

@@ -8,9 +8,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::FlockOperation;
 use wire::tracker_msg::{decode_fields, encode_fields};
 
 /// File name of the log inside the data dir.
@@ -191,120 +191,104 @@ impl Op {
         }
     }
 
+    /// Builds an operation from its name and fields as read from the log.
     fn from_fields(op: &str, f: Vec<String>) -> Result<Op, LineError> {
-        let want = |n: usize| -> Result<(), LineError> {
-            if f.len() == n {
-                Ok(())
-            } else {
-                Err(LineError::Malformed(format!(
-                    "{op} takes {n} fields, found {}",
-                    f.len()
-                )))
+        let want = OP_FIELDS
+            .iter()
+            .find(|(name, _)| *name == op)
+            .map(|(_, n)| *n)
+            .ok_or_else(|| LineError::UnknownOp(op.to_string()))?;
+        if f.len() != want {
+            return Err(LineError::Malformed(format!(
+                "{op} takes {want} fields, found {}",
+                f.len()
+            )));
+        }
+        let mut it = f.into_iter();
+        let mut n = || it.next().unwrap_or_default();
+        use Op::*;
+        Ok(match op {
+            "create_user" => CreateUser {
+                user: n(),
+                password_hash: n(),
+            },
+            "login" => Login {
+                token_hash: n(),
+                user: n(),
+            },
+            "logout" => Logout { token_hash: n() },
+            "create_group" => CreateGroup {
+                group: n(),
+                owner: n(),
+            },
+            "request_join" | "accept_request" | "reject_request" | "leave_group" => {
+                let (group, user) = (n(), n());
+                match op {
+                    "request_join" => RequestJoin { group, user },
+                    "accept_request" => AcceptRequest { group, user },
+                    "reject_request" => RejectRequest { group, user },
+                    _ => LeaveGroup { group, user },
+                }
             }
-        };
-        let num = |s: &str| -> Result<u64, LineError> {
+            _ => Op::sharing_from_fields(op, n)?,
+        })
+    }
+
+    /// [`Op::from_fields`] for the file and seeder operations.
+    fn sharing_from_fields(op: &str, mut n: impl FnMut() -> String) -> Result<Op, LineError> {
+        let num = |s: String| -> Result<u64, LineError> {
             s.parse()
                 .map_err(|_| LineError::Malformed(format!("{s:?} is not a number")))
         };
-        let mut it = f.iter().cloned();
-        let mut n = || it.next().unwrap_or_default();
+        use Op::*;
         Ok(match op {
-            "create_user" => {
-                want(2)?;
-                Op::CreateUser {
-                    user: n(),
-                    password_hash: n(),
-                }
-            }
-            "login" => {
-                want(2)?;
-                Op::Login {
-                    token_hash: n(),
-                    user: n(),
-                }
-            }
-            "logout" => {
-                want(1)?;
-                Op::Logout { token_hash: n() }
-            }
-            "create_group" => {
-                want(2)?;
-                Op::CreateGroup {
-                    group: n(),
-                    owner: n(),
-                }
-            }
-            "request_join" => {
-                want(2)?;
-                Op::RequestJoin {
-                    group: n(),
-                    user: n(),
-                }
-            }
-            "accept_request" => {
-                want(2)?;
-                Op::AcceptRequest {
-                    group: n(),
-                    user: n(),
-                }
-            }
-            "reject_request" => {
-                want(2)?;
-                Op::RejectRequest {
-                    group: n(),
-                    user: n(),
-                }
-            }
-            "leave_group" => {
-                want(2)?;
-                Op::LeaveGroup {
-                    group: n(),
-                    user: n(),
-                }
-            }
-            "upload_file" => {
-                want(9)?;
-                Op::UploadFile {
-                    group: n(),
-                    name: n(),
-                    size: num(&n())?,
-                    piece_size: num(&n())?,
-                    file_sha1: n(),
-                    piece_hashes: n(),
-                    token_hash: n(),
-                    user: n(),
-                    peer_addr: n(),
-                }
-            }
-            "add_seeder" => {
-                want(5)?;
-                Op::AddSeeder {
-                    group: n(),
-                    name: n(),
-                    token_hash: n(),
-                    user: n(),
-                    peer_addr: n(),
-                }
-            }
-            "stop_share" => {
-                want(3)?;
-                Op::StopShare {
-                    group: n(),
-                    name: n(),
-                    token_hash: n(),
-                }
-            }
-            "heartbeat" => {
-                want(2)?;
-                Op::Heartbeat {
-                    token_hash: n(),
-                    peer_addr: n(),
-                }
-            }
+            "upload_file" => UploadFile {
+                group: n(),
+                name: n(),
+                size: num(n())?,
+                piece_size: num(n())?,
+                file_sha1: n(),
+                piece_hashes: n(),
+                token_hash: n(),
+                user: n(),
+                peer_addr: n(),
+            },
+            "add_seeder" => AddSeeder {
+                group: n(),
+                name: n(),
+                token_hash: n(),
+                user: n(),
+                peer_addr: n(),
+            },
+            "stop_share" => StopShare {
+                group: n(),
+                name: n(),
+                token_hash: n(),
+            },
+            "heartbeat" => Heartbeat {
+                token_hash: n(),
+                peer_addr: n(),
+            },
             other => return Err(LineError::UnknownOp(other.to_string())),
         })
     }
 }
+
+/// Every operation's name in the log and how many fields follow it.
+const OP_FIELDS: [(&str, usize); 12] = [
+    ("create_user", 2),
+    ("login", 2),
+    ("logout", 1),
+    ("create_group", 2),
+    ("request_join", 2),
+    ("accept_request", 2),
+    ("reject_request", 2),
+    ("leave_group", 2),
+    ("upload_file", 9),
+    ("add_seeder", 5),
+    ("stop_share", 3),
+    ("heartbeat", 2),
+];
 
 /// One line of the log: when, by which tracker, what.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -440,10 +424,8 @@ pub struct LockGuard<'a> {
 
 impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
-        // SAFETY: flock on a file descriptor we own; unlocking cannot corrupt memory.
-        unsafe {
-            libc::flock(self.log.file.as_raw_fd(), libc::LOCK_UN);
-        }
+        // Closing the file would release it too; an unlock error leaves nothing to do.
+        let _ = rustix::fs::flock(&self.log.file, FlockOperation::Unlock);
     }
 }
 
@@ -494,32 +476,28 @@ impl SyncLog {
         }
     }
 
-    fn flock(&self, how: libc::c_int) -> Result<LockGuard<'_>, LogError> {
+    fn flock(&self, how: FlockOperation) -> Result<LockGuard<'_>, LogError> {
         loop {
-            // SAFETY: flock on a file descriptor we own.
-            let rc = unsafe { libc::flock(self.file.as_raw_fd(), how) };
-            if rc == 0 {
-                return Ok(LockGuard { log: self });
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(self.io_err(err));
+            match rustix::fs::flock(&self.file, how) {
+                Ok(()) => return Ok(LockGuard { log: self }),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(self.io_err(e.into())),
             }
         }
     }
 
     /// Takes the exclusive lock (for appending or repairing).
     pub fn lock_exclusive(&self) -> Result<LockGuard<'_>, LogError> {
-        self.flock(libc::LOCK_EX)
+        self.flock(FlockOperation::LockExclusive)
     }
 
     /// Takes the shared lock (for reading).
     pub fn lock_shared(&self) -> Result<LockGuard<'_>, LogError> {
-        self.flock(libc::LOCK_SH)
+        self.flock(FlockOperation::LockShared)
     }
 
     /// Current length of the file in bytes.
-    pub fn len(&self) -> Result<u64, LogError> {
+    pub fn file_len(&self) -> Result<u64, LogError> {
         self.file
             .metadata()
             .map(|m| m.len())
@@ -529,7 +507,7 @@ impl SyncLog {
     /// Writes the version line into an empty file (or one holding only a torn
     /// version line); refuses a file of another format. Needs the exclusive lock.
     fn check_version(&self) -> Result<(), LogError> {
-        let len = self.len()?;
+        let len = self.file_len()?;
         let mut head = vec![0u8; (FIRST_ENTRY as usize).min(len as usize)];
         self.file
             .read_exact_at(&mut head, 0)
@@ -592,7 +570,7 @@ impl SyncLog {
     /// `offset` if it can be a line boundary of this file (just after a newline,
     /// within the file), else `None`: a cache offset that does not fit this log.
     fn checked_boundary(&self, offset: u64) -> Result<Option<u64>, LogError> {
-        if offset <= FIRST_ENTRY || offset > self.len()? {
+        if offset <= FIRST_ENTRY || offset > self.file_len()? {
             return Ok(None);
         }
         let mut last = [0u8; 1];
@@ -660,14 +638,8 @@ impl SyncLog {
 
     /// Bytes an unprivileged writer may still use on the log's file system.
     pub fn free_bytes(&self) -> Result<u64, LogError> {
-        // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: fstatvfs on a descriptor we own, filling a struct we own.
-        let rc = unsafe { libc::fstatvfs(self.file.as_raw_fd(), &mut st) };
-        if rc != 0 {
-            return Err(self.io_err(io::Error::last_os_error()));
-        }
-        Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+        let st = rustix::fs::fstatvfs(&self.file).map_err(|e| self.io_err(e.into()))?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
     /// Cuts the file back to `len` after a failed append. Needs the exclusive lock.
@@ -680,7 +652,7 @@ impl SyncLog {
     /// after about `max_bytes`, at the end of the file, or at the first incomplete or
     /// invalid line. Needs a lock to give a consistent view.
     pub fn read_from(&self, offset: u64, max_bytes: usize) -> Result<ReadBatch, LogError> {
-        let len = self.len()?;
+        let len = self.file_len()?;
         let mut batch = ReadBatch {
             end: offset,
             ..ReadBatch::default()
@@ -821,7 +793,7 @@ mod tests {
         let (log, _) = SyncLog::open(dir.path(), FsyncMode::Batch, 0).unwrap();
         let lines: Vec<String> = sample().iter().map(LogEntry::encode).collect();
         log.append(&lines).unwrap();
-        let end = log.len().unwrap();
+        let end = log.file_len().unwrap();
         assert_eq!(log.first_bad_checksum(FIRST_ENTRY, end).unwrap(), None);
         for line in &lines {
             assert!(checksum_matches(line.trim_end().as_bytes()));
@@ -839,7 +811,7 @@ mod tests {
         // Reopening with a cache that applied everything still finds and cuts it.
         let (log, rec) = SyncLog::open(dir.path(), FsyncMode::Batch, end).unwrap();
         assert_eq!(rec.valid_len, third);
-        assert_eq!(log.len().unwrap(), third);
+        assert_eq!(log.file_len().unwrap(), third);
         assert!(!checksum_matches(b"0000000"));
         assert!(!checksum_matches(b"00000000x1 2"));
     }
@@ -877,7 +849,7 @@ mod tests {
         let all = log.read_from(FIRST_ENTRY, usize::MAX).unwrap();
         assert_eq!(all.entries.len(), 4);
         assert!(all.stop.is_none());
-        let full_len = log.len().unwrap();
+        let full_len = log.file_len().unwrap();
         assert_eq!(all.end, full_len);
         assert_eq!(all.entries[1].0, FIRST_ENTRY + lines[0].len() as u64);
         drop(log);
@@ -891,7 +863,7 @@ mod tests {
         let third_end = full_len - lines[3].len() as u64;
         assert_eq!(rec.valid_len, third_end);
         assert!(rec.cut.is_some());
-        assert_eq!(log.len().unwrap(), third_end);
+        assert_eq!(log.file_len().unwrap(), third_end);
         assert_eq!(
             log.read_from(FIRST_ENTRY, usize::MAX)
                 .unwrap()
@@ -930,7 +902,7 @@ mod tests {
         // A torn version line is repaired.
         std::fs::write(dir.path().join(LOG_FILE), "swarmsh").unwrap();
         let (log, _) = SyncLog::open(dir.path(), FsyncMode::Batch, 0).unwrap();
-        assert_eq!(log.len().unwrap(), FIRST_ENTRY);
+        assert_eq!(log.file_len().unwrap(), FIRST_ENTRY);
     }
 
     proptest::proptest! {

@@ -5,25 +5,13 @@
 //! same entry), unless the CRC-32 of the changed body collides — which the test
 //! reports as such.
 //!
-//! The tracker is a binary crate, so the module is compiled in here from its source.
+//! The format under test is the tracker library's own [`tracker::sync_log`].
 //!
 //! Case count: `SWARMSHARE_FUZZ_CASES` (default 2000 so the suite stays quick);
 //! a long run: `SWARMSHARE_FUZZ_CASES=1000000 cargo test --release -p tracker --test fuzz_sync_log`.
 
-#[allow(dead_code)]
-#[path = "../src/sync_log.rs"]
-mod sync_log;
-
 use proptest::prelude::*;
-use sync_log::{LogEntry, Op};
-
-/// `sync_log.rs` names the clock as `crate::unix_ms`.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use tracker::sync_log::{LogEntry, Op};
 
 fn config() -> ProptestConfig {
     let cases = std::env::var("SWARMSHARE_FUZZ_CASES")

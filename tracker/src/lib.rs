@@ -1,0 +1,268 @@
+//! `tracker`: the swarmshare tracker service, as a library (the `tracker` binary
+//! in `main.rs` only parses the command line, sets up logging and calls [`run`]).
+//!
+//! It keeps who is who (users, sessions), groups with their members and join
+//! requests, and which files each group shares and who seeds them. Clients talk
+//! to it over TCP with the line protocol of [`wire::tracker_msg`].
+//!
+//! Durability and replication go through one file, `<data-dir>/sync_log.txt`
+//! ([`sync_log`]): every change is appended there (fsync, group commit) before it
+//! is applied and before the client hears of it. The SQLite database
+//! `<data-dir>/tracker<N>.db` ([`store`]) is a cache of the log that records how
+//! much of the log it holds; on restart only the tail is replayed, and deleting it
+//! rebuilds it. Trackers sharing a data dir share the log: appends are serialised
+//! by `flock`, and each tracker's watcher applies the others' lines within 100 ms.
+//!
+//! Modules: [`auth`] hashes passwords and makes tokens, [`commands`] authorizes
+//! and validates requests, [`server`] runs the single mio event loop. The tracker
+//! list is read by `wire::tracker_info`, the same parser the client uses.
+//!
+//! Tests, fuzz targets and the end-to-end harness use these modules directly:
+//! the log format and the cache dump have one home each.
+
+pub mod auth;
+pub mod commands;
+pub mod server;
+pub mod store;
+pub mod sync_log;
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use store::Store;
+use sync_log::{FsyncMode, SyncLog, FIRST_ENTRY};
+
+/// What a tracker is started with (the binary fills it from its command line).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The tracker list: one HOST:PORT (or HOST PORT) a line.
+    pub tracker_info: PathBuf,
+    /// Which line of the list this tracker is (1-based); it listens there.
+    pub tracker_no: usize,
+    /// Directory of sync_log.txt (shared by trackers) and tracker<N>.db.
+    pub data_dir: PathBuf,
+    /// How an append is made durable.
+    pub fsync: FsyncMode,
+    /// Seeders not heard from for this many seconds are not listed as online.
+    pub seeder_timeout_secs: u64,
+}
+
+/// Everything that stops the tracker, as one line of text.
+#[derive(Debug, thiserror::Error)]
+pub enum TrackerError {
+    #[error(transparent)]
+    Info(#[from] wire::tracker_info::InfoError),
+    #[error("tracker number {no} is not in {path}: it lists {count} tracker(s), numbered from 1")]
+    NoSuchTracker {
+        no: usize,
+        path: String,
+        count: usize,
+    },
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("tracker {no} is already running with data dir {dir}")]
+    AlreadyRunning { no: usize, dir: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Log(#[from] sync_log::LogError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("event loop: {0}")]
+    Poll(#[source] std::io::Error),
+    #[error("signal handler: {0}")]
+    Signal(#[source] std::io::Error),
+    #[error("the cache has applied {applied} bytes of the log but the log is {len} bytes long")]
+    Behind { applied: u64, len: u64 },
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs a tracker until SIGINT, SIGTERM or `quit` on stdin: takes the instance
+/// lock, opens the log and the cache, replays the log's tail, binds, prints
+/// `tracker <N> listening on <addr>` on stdout and serves.
+pub fn run(opts: &Options) -> Result<(), TrackerError> {
+    let trackers = wire::tracker_info::load(&opts.tracker_info)?;
+    let addr = match opts.tracker_no.checked_sub(1).and_then(|i| trackers.get(i)) {
+        Some(addr) => addr.to_string(),
+        None => {
+            return Err(TrackerError::NoSuchTracker {
+                no: opts.tracker_no,
+                path: opts.tracker_info.display().to_string(),
+                count: trackers.len(),
+            })
+        }
+    };
+    let dir = &opts.data_dir;
+    std::fs::create_dir_all(dir).map_err(|source| TrackerError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    })?;
+
+    let _instance = lock_instance(dir, opts.tracker_no)?;
+    let mut store = open_store(&dir.join(format!("tracker{}.db", opts.tracker_no)))?;
+    let (log, recovery) = SyncLog::open(dir, opts.fsync, store.applied()?.offset)?;
+    if let Some((offset, reason, saved)) = &recovery.cut {
+        log::warn!(
+            "sync log: ignored an invalid tail at offset {offset} ({reason}); saved to {}",
+            saved.display()
+        );
+    }
+    replay(&log, &mut store, recovery.valid_len)?;
+
+    let listener = std::net::TcpListener::bind(&addr).map_err(|source| TrackerError::Bind {
+        addr: addr.clone(),
+        source,
+    })?;
+    let local = listener.local_addr().map_err(|source| TrackerError::Bind {
+        addr: addr.clone(),
+        source,
+    })?;
+    let shutdown = install_signals()?;
+    let cfg = server::Config {
+        tracker_no: opts.tracker_no as u32,
+        seeder_timeout_ms: opts.seeder_timeout_secs.saturating_mul(1000),
+    };
+    let (mut server, waker) =
+        server::Server::new(listener, log, store, cfg, Arc::clone(&shutdown))?;
+    watch_stdin(Arc::clone(&shutdown), waker);
+
+    log::info!("tracker {} listening on {local}", opts.tracker_no);
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "tracker {} listening on {local}", opts.tracker_no);
+    let _ = out.flush();
+    drop(out);
+    server.run()
+}
+
+/// SIGINT and SIGTERM set the returned shutdown flag. SIGXFSZ gets a handler too,
+/// so a write past a file-size limit fails with EFBIG (and is answered with an
+/// error) instead of killing the tracker.
+fn install_signals() -> Result<Arc<AtomicBool>, TrackerError> {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGXFSZ};
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&shutdown)).map_err(TrackerError::Signal)?;
+    }
+    let file_too_big = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(SIGXFSZ, file_too_big).map_err(TrackerError::Signal)?;
+    Ok(shutdown)
+}
+
+/// Holds `<dir>/tracker<N>.lock` (an `flock`) so that one tracker number runs
+/// once per data dir; released when the process ends, however it ends.
+fn lock_instance(dir: &Path, no: usize) -> Result<std::fs::File, TrackerError> {
+    use rustix::fs::{flock, FlockOperation};
+    let path = dir.join(format!("tracker{no}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| TrackerError::DataDir {
+            path: path.display().to_string(),
+            source,
+        })?;
+    if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+        return Err(TrackerError::AlreadyRunning {
+            no,
+            dir: dir.display().to_string(),
+        });
+    }
+    Ok(file)
+}
+
+/// Opens the cache; a database that cannot be opened is moved aside and rebuilt
+/// from the log. Stale WAL files of a deleted database are removed first.
+fn open_store(path: &Path) -> Result<Store, TrackerError> {
+    let side = |suffix: &str| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    if !path.exists() {
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(side(suffix));
+        }
+    }
+    match Store::open(path) {
+        Ok(store) => Ok(store),
+        Err(e @ store::StoreError::TooNew { .. }) => Err(e.into()),
+        Err(e) => {
+            let aside = side(&format!(".broken-{}", unix_ms()));
+            log::warn!(
+                "{e}; moving it to {} and rebuilding from the log",
+                aside.display()
+            );
+            if std::fs::rename(path, &aside).is_ok() {
+                for suffix in ["-wal", "-shm"] {
+                    let _ = std::fs::remove_file(side(suffix));
+                }
+            }
+            Ok(Store::open(path)?)
+        }
+    }
+}
+
+/// Brings the cache up to the log: replays only the tail after the cache's
+/// applied offset, or everything if the cache is ahead of the (cut) log.
+fn replay(log: &SyncLog, store: &mut Store, valid_len: u64) -> Result<(), TrackerError> {
+    let mut before = store.applied()?;
+    if before.offset > valid_len {
+        log::warn!(
+            "cache has applied {} bytes but the valid log is {valid_len} bytes: rebuilding the cache from the log",
+            before.offset
+        );
+        store.reset()?;
+        before = store.applied()?;
+    }
+    let done = {
+        let _lock = log.lock_shared()?;
+        server::catch_up(log, store, false)?
+    };
+    log::info!(
+        "replayed {} log lines from offset {} (cache had {} lines)",
+        done.lines,
+        before.offset.max(FIRST_ENTRY),
+        before.lines
+    );
+    Ok(())
+}
+
+/// Reads stdin in a small thread: `quit` stops the tracker; end of input does not.
+fn watch_stdin(shutdown: Arc<AtomicBool>, waker: Arc<mio::Waker>) {
+    let spawned = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                match line {
+                    Ok(l) if l.trim() == "quit" => {
+                        shutdown.store(true, Ordering::SeqCst);
+                        let _ = waker.wake();
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot watch stdin for quit: {e}");
+    }
+}
