@@ -9,7 +9,7 @@ use std::sync::Arc;
 use mio::Waker;
 
 use crate::controller::Input;
-use crate::shell::{ShellError, MAX_LINE};
+use crate::shell::{self, ShellError, MAX_LINE};
 
 /// Reads one line of at most `max` bytes (newline and a trailing `\r` excluded).
 /// `Ok(None)` at end of input; `Ok(Some(Err(())))` for a longer line, which is
@@ -106,8 +106,7 @@ pub fn read_interactive(
         let item = match editor.readline("swarmshare> ") {
             Ok(line) => {
                 // Lines with a password stay out of the history (and its file).
-                let first = line.split_whitespace().next().unwrap_or("");
-                if !first.is_empty() && first != "login" && first != "create_user" {
+                if !line.trim().is_empty() && !shell::carries_password(&line) {
                     let _ = editor.add_history_entry(line.as_str());
                     // Saved at once: the process may exit before this thread ends.
                     let _ = editor.save_history(&history);

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! tracker <tracker_info.txt> <tracker_no> [--data-dir DIR] [--log-level LEVEL] [--fsync always|batch]
+//!         [--http ADDR [--http-show-peer-addrs]]
 //! ```
 //!
 //! After start-up it prints `tracker <N> listening on <addr>` on stdout; it stops on
@@ -36,6 +37,13 @@ struct Args {
     /// Seeders not heard from for this many seconds are not listed as online.
     #[arg(long, default_value_t = 45, hide = true)]
     seeder_timeout_secs: u64,
+    /// Serve the read-only operator view (/status, /status.json, /metrics) on
+    /// this address, e.g. 127.0.0.1:9101. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Show seeders' IP addresses on the operator view (hidden by default).
+    #[arg(long, requires = "http")]
+    http_show_peer_addrs: bool,
 }
 
 fn main() -> ExitCode {
@@ -53,6 +61,8 @@ fn main() -> ExitCode {
         data_dir: args.data_dir,
         fsync: args.fsync,
         seeder_timeout_secs: args.seeder_timeout_secs,
+        http: args.http,
+        http_show_peer_addrs: args.http_show_peer_addrs,
     };
     match tracker::run(&opts) {
         Ok(()) => ExitCode::SUCCESS,

@@ -38,6 +38,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use wire::command::TrackerCommand;
 use wire::file_meta::FileMeta;
 
 use crate::shell::{self, Command, ShellError};
@@ -168,7 +169,7 @@ pub enum Action {
 #[derive(Debug)]
 enum Running {
     /// A plain tracker request; the command decides how its answer is printed.
-    Tracker { id: ReqId, cmd: Command },
+    Tracker { id: ReqId, cmd: TrackerCommand },
     /// `upload_file`, hashing on the pool.
     Hashing { path: PathBuf, group: String },
     /// `upload_file`, the tracker request.
@@ -331,23 +332,20 @@ impl Controller {
     }
 
     fn start_command(&mut self, cmd: Command) {
-        let request = match &cmd {
-            Command::Quit => return self.exit(0),
-            Command::Help => return self.done(shell::help_lines()),
+        match cmd {
+            Command::Quit => self.exit(0),
+            Command::Help => self.done(shell::help_lines()),
             Command::ShowDownloads => {
                 self.running = Some(Running::Reporting);
-                return self.out.push(Action::ReportDownloads);
+                self.out.push(Action::ReportDownloads);
             }
-            Command::UploadFile { path, group } => {
-                return self.start_upload(path.clone(), group.clone())
+            Command::UploadFile { path, group } => self.start_upload(path, group),
+            Command::DownloadFile { group, name, dest } => self.start_download(group, name, dest),
+            Command::Tracker(cmd) => {
+                let id = self.send(LinkRequest::new(cmd.clone()));
+                self.running = Some(Running::Tracker { id, cmd });
             }
-            Command::DownloadFile { group, name, dest } => {
-                return self.start_download(group.clone(), name.clone(), dest.clone())
-            }
-            other => output::request_for(other),
-        };
-        let id = self.send(request);
-        self.running = Some(Running::Tracker { id, cmd });
+        }
     }
 
     fn on_download_lines(&mut self, lines: Vec<String>) {
@@ -406,22 +404,28 @@ impl Controller {
     }
 
     /// The lines a successful tracker command prints, after its local effects.
-    fn on_success(&mut self, cmd: Command, rows: Vec<Vec<String>>, now: Instant) -> Vec<String> {
+    fn on_success(
+        &mut self,
+        cmd: TrackerCommand,
+        rows: Vec<Vec<String>>,
+        now: Instant,
+    ) -> Vec<String> {
+        use TrackerCommand as C;
         match &cmd {
-            Command::Login { user, .. } => self.logged_in(user.clone(), now),
-            Command::Logout => {
+            C::Login { user, .. } => self.logged_in(user.clone(), now),
+            C::Logout => {
                 // The tracker ended our seeding with the session. The files stay
                 // in `.uploads_registry` (remove_share would drop them), so the
                 // next login puts them back into sharing.
                 self.user = None;
             }
-            Command::LeaveGroup { group } => {
+            C::LeaveGroup { group } => {
                 // The tracker ended our seeding in the group; stop serving there too.
                 self.out.push(Action::RemoveGroupShares {
                     group: group.clone(),
                 });
             }
-            Command::StopShare { group, name } => self.out.push(Action::RemoveShare {
+            C::StopShare { group, name } => self.out.push(Action::RemoveShare {
                 group: group.clone(),
                 name: name.clone(),
             }),

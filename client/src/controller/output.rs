@@ -6,7 +6,9 @@ use std::path::Path;
 
 use wire::file_meta::FileMeta;
 
-use crate::shell::{count, Command};
+use wire::command::{TrackerCommand, Upload};
+
+use crate::shell::count;
 use crate::tracker_link::LinkRequest;
 
 /// `error: <reason>`.
@@ -14,83 +16,62 @@ pub fn error(reason: impl Display) -> String {
     format!("error: {reason}")
 }
 
-/// The request of a command that is one plain tracker request.
-pub fn request_for(cmd: &Command) -> LinkRequest {
-    match cmd {
-        Command::CreateUser { user, password } => {
-            LinkRequest::new("create_user", &[user, password])
-        }
-        Command::Login { user, password } => LinkRequest::new("login", &[user, password]),
-        Command::Logout => LinkRequest::new("logout", &[]),
-        Command::CreateGroup { group } => LinkRequest::new("create_group", &[group]),
-        Command::JoinGroup { group } => LinkRequest::new("join_group", &[group]),
-        Command::LeaveGroup { group } => LinkRequest::new("leave_group", &[group]),
-        Command::ListGroups => LinkRequest::new("list_groups", &[]),
-        Command::ListRequests { group } => LinkRequest::new("list_requests", &[group]),
-        Command::AcceptRequest { group, user } => {
-            LinkRequest::new("accept_request", &[group, user])
-        }
-        Command::RejectRequest { group, user } => {
-            LinkRequest::new("reject_request", &[group, user])
-        }
-        Command::ListFiles { group } => LinkRequest::new("list_files", &[group]),
-        Command::StopShare { group, name } => LinkRequest::new("stop_share", &[group, name]),
-        Command::UploadFile { .. }
-        | Command::DownloadFile { .. }
-        | Command::ShowDownloads
-        | Command::Help
-        | Command::Quit => unreachable!("{cmd:?} is not one plain tracker request"),
-    }
-}
-
-/// `heartbeat <peer_addr>`.
+/// `heartbeat <peer_addr>` (the link fills in the peer address).
 pub fn heartbeat_request() -> LinkRequest {
-    LinkRequest::new("heartbeat", &[]).with_peer_addr()
+    LinkRequest::new(TrackerCommand::Heartbeat {
+        peer_addr: String::new(),
+    })
 }
 
 /// `add_seeder <group> <name> <file_sha1> <peer_addr>`.
 pub fn add_seeder_request(group: &str, name: &str, file_sha1: &str) -> LinkRequest {
-    LinkRequest::new("add_seeder", &[group, name, file_sha1]).with_peer_addr()
+    LinkRequest::new(TrackerCommand::AddSeeder {
+        group: group.to_string(),
+        name: name.to_string(),
+        file_sha1: file_sha1.to_string(),
+        peer_addr: String::new(),
+    })
 }
 
 /// `file_info <group> <name>`.
 pub fn file_info_request(group: &str, name: &str) -> LinkRequest {
-    LinkRequest::new("file_info", &[group, name])
+    LinkRequest::new(TrackerCommand::FileInfo {
+        group: group.to_string(),
+        name: name.to_string(),
+    })
 }
 
-/// `upload_file <group> <name> <size> <piece_size> <sha1> <piece_hashes> <peer_addr>`.
+/// `upload_file` with the file's metadata (the link fills in the peer address).
 pub fn upload_request(group: &str, meta: &FileMeta) -> LinkRequest {
-    LinkRequest::new(
-        "upload_file",
-        &[
-            group,
-            &meta.name,
-            &meta.size.to_string(),
-            &meta.piece_size.to_string(),
-            &meta.file_sha1_hex(),
-            &meta.piece_hashes_hex(),
-        ],
-    )
-    .with_peer_addr()
+    LinkRequest::new(TrackerCommand::UploadFile(Upload {
+        group: group.to_string(),
+        name: meta.name.clone(),
+        size: meta.size,
+        piece_size: meta.piece_size,
+        file_sha1: meta.file_sha1_hex(),
+        piece_hashes: meta.piece_hashes_hex(),
+        peer_addr: String::new(),
+    }))
 }
 
 /// The lines a successful tracker command prints; `rows` are the reply's rows.
-pub fn success(cmd: Command, rows: &[Vec<String>]) -> Vec<String> {
+pub fn success(cmd: TrackerCommand, rows: &[Vec<String>]) -> Vec<String> {
+    use TrackerCommand as C;
     match cmd {
-        Command::CreateUser { user, .. } => vec![format!("user {user} created")],
-        Command::Login { user, .. } => vec![format!("logged in as {user}")],
-        Command::Logout => vec!["logged out".into()],
-        Command::CreateGroup { group } => vec![format!("group {group} created")],
-        Command::JoinGroup { group } => vec![format!("join request sent to {group}")],
-        Command::LeaveGroup { group } => vec![format!("left group {group}")],
-        Command::AcceptRequest { group, user } => vec![format!("{user} accepted into {group}")],
-        Command::RejectRequest { group, user } => {
+        C::CreateUser { user, .. } => vec![format!("user {user} created")],
+        C::Login { user, .. } => vec![format!("logged in as {user}")],
+        C::Logout => vec!["logged out".into()],
+        C::CreateGroup { group } => vec![format!("group {group} created")],
+        C::JoinGroup { group } => vec![format!("join request sent to {group}")],
+        C::LeaveGroup { group } => vec![format!("left group {group}")],
+        C::AcceptRequest { group, user } => vec![format!("{user} accepted into {group}")],
+        C::RejectRequest { group, user } => {
             vec![format!("request of {user} to join {group} rejected")]
         }
-        Command::StopShare { group, name } => vec![format!("stopped sharing {name} in {group}")],
-        Command::ListGroups => list_groups(rows),
-        Command::ListRequests { group } => list_requests(&group, rows),
-        Command::ListFiles { group } => list_files(&group, rows),
+        C::StopShare { group, name } => vec![format!("stopped sharing {name} in {group}")],
+        C::ListGroups => list_groups(rows),
+        C::ListRequests { group } => list_requests(&group, rows),
+        C::ListFiles { group } => list_files(&group, rows),
         other => {
             log::warn!("no output defined for {other:?}");
             vec!["ok".into()]

@@ -127,7 +127,7 @@ impl World {
         let i = self
             .sent
             .iter()
-            .position(|(_, r)| r.command == command)
+            .position(|(_, r)| r.command.name() == command)
             .unwrap_or_else(|| panic!("no {command} request sent; sent: {:?}", self.sent));
         let (id, request) = self.sent.remove(i);
         self.feed(Event::Answer { id, outcome });
@@ -160,7 +160,7 @@ impl World {
     fn count_sent(&self, command: &str) -> usize {
         self.sent
             .iter()
-            .filter(|(_, r)| r.command == command)
+            .filter(|(_, r)| r.command.name() == command)
             .count()
     }
 }
@@ -225,11 +225,11 @@ fn command_flow_login_create_group_and_lists() {
     w.line("login alice pw");
     assert!(!w.c.wants_input(), "the next line waits for the answer");
     let req = w.ok("login", &["token"], &[]);
-    assert_eq!(req.args, ["alice", "pw"]);
+    assert_eq!(req.command.args(), ["alice", "pw"]);
     assert!(!req.internal);
     assert_eq!(w.c.user(), Some("alice"));
     w.line("create_group g");
-    assert_eq!(w.ok("create_group", &[], &[]).args, ["g"]);
+    assert_eq!(w.ok("create_group", &[], &[]).command.args(), ["g"]);
     w.line("list_groups");
     w.ok("list_groups", &[], &[&["g", "alice", "1", "owner"]]);
     w.line("list_files g");
@@ -322,7 +322,7 @@ fn login_shares_the_registry_again() {
     let req = w.ok("upload_file", &[], &[]);
     assert!(req.internal, "re-announcing is not a user command");
     assert_eq!(
-        req.args[..6],
+        req.command.args()[..6],
         [
             "g",
             "f.bin",
@@ -332,7 +332,11 @@ fn login_shares_the_registry_again() {
             &f.piece_hashes_hex()
         ]
     );
-    assert_eq!(req.peer_addr_arg, Some(6));
+    assert_eq!(
+        req.command.args()[6],
+        "",
+        "the link fills in the peer address"
+    );
     assert_eq!(
         w.effects,
         [Action::AddShare {
@@ -451,7 +455,7 @@ fn download_file_starts_a_download() {
     let m = meta("f.bin", 100);
     w.line("download_file g f.bin /dl");
     let req = w.sent[0].1.clone();
-    assert_eq!((req.command.as_str(), req.internal), ("file_info", false));
+    assert_eq!((req.command.name(), req.internal), ("file_info", false));
     file_info(&mut w, &m, &["127.0.0.1:5000", "not an address"]);
     assert_eq!(
         w.stdout.pop().as_deref(),
@@ -514,7 +518,10 @@ fn upload_hashes_then_announces_then_shares() {
     let mut hashed = meta("", 600_000);
     w.feed(Event::Hashed(Ok(hashed.clone())));
     let req = w.ok("upload_file", &[], &[]);
-    assert_eq!((req.args[1].as_str(), req.internal), ("f.bin", false));
+    assert_eq!(
+        (req.command.args()[1].as_str(), req.internal),
+        ("f.bin", false)
+    );
     hashed.name = "f.bin".into();
     assert_eq!(
         w.effects[1],
@@ -572,7 +579,7 @@ fn add_seeder_only_while_logged_in() {
     w.feed(Event::Transfer(job));
     let req = w.answer("add_seeder", Err(LinkError::Tracker("gone".into())));
     assert!(req.internal);
-    assert_eq!(req.args[..3], ["g", "f", &"ab".repeat(20)]);
+    assert_eq!(req.command.args()[..3], ["g", "f", &"ab".repeat(20)]);
     assert!(
         w.notes.is_empty() && w.stdout.is_empty(),
         "failures are logged only"
@@ -594,7 +601,11 @@ fn heartbeats_follow_the_injected_clock() {
     w.now = t0 + ANNOUNCE;
     w.tick(&[]);
     assert_eq!(w.count_sent("heartbeat"), 1);
-    assert_eq!(w.sent[0].1.peer_addr_arg, Some(0));
+    assert_eq!(
+        w.sent[0].1.command.args(),
+        [""],
+        "the link fills in the peer address"
+    );
     // One at a time: a slow answer delays the next.
     w.now = t0 + ANNOUNCE * 3;
     w.tick(&[]);
@@ -628,7 +639,7 @@ fn peer_refresh_is_keyed_by_download_and_timed_by_the_clock() {
     w.now = t0 + FIRST_REFRESH;
     w.tick(&dls);
     assert_eq!(w.count_sent("file_info"), 1);
-    assert_eq!(w.sent[0].1.args, ["g", "ab"]);
+    assert_eq!(w.sent[0].1.command.args(), ["g", "ab"]);
     assert!(w.sent[0].1.internal);
     // At most one refresh in flight per download.
     w.now = t0 + FIRST_REFRESH + REFRESH_EVERY * 2;
