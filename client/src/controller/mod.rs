@@ -22,6 +22,9 @@
 //! | [`Action::ReportDownloads`] | [`Event::DownloadLines`] |
 //! | [`Action::StartHash`] | [`Event::Hashed`] (later, from the pool) |
 //!
+//! A successful login is handled in one place (`logged_in`): it starts the
+//! heartbeats, re-shares `.uploads_registry` and resumes unfinished downloads.
+//!
 //! Submodules: [`paths`] (local path policy), [`output`] (the texts),
 //! `sharing` (upload, re-announce, `add_seeder`), `downloading` (download start,
 //! resume, peer refresh).
