@@ -59,7 +59,7 @@ pub type ReqId = u64;
 
 /// A request for the tracker; the link adds the session token and, for the
 /// commands that carry one, this client's peer address.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkRequest {
     pub command: TrackerCommand,
     /// Internal (heartbeat, add_seeder, ...): one round of failover, not two.
@@ -139,7 +139,6 @@ pub struct TrackerLink {
     conn: Option<Conn>,
     listen: SocketAddr,
     session: Option<Session>,
-    next_id: ReqId,
     queue: VecDeque<(ReqId, LinkRequest)>,
     inflight: Option<Inflight>,
     finished: Vec<(ReqId, Outcome)>,
@@ -163,7 +162,6 @@ impl TrackerLink {
             conn: None,
             listen,
             session: None,
-            next_id: 1,
             queue: VecDeque::new(),
             inflight: None,
             finished: Vec::new(),
@@ -173,29 +171,6 @@ impl TrackerLink {
             failed: Vec::new(),
             backoff_until: None,
         }
-    }
-
-    /// The logged-in user, if any.
-    pub fn user(&self) -> Option<&str> {
-        self.session.as_ref().map(|s| s.user.as_str())
-    }
-
-    /// Forgets the cached session (e.g. after the user logged out).
-    pub fn forget_session(&mut self) {
-        self.session = None;
-    }
-
-    /// No request queued or in flight.
-    pub fn is_idle(&self) -> bool {
-        self.inflight.is_none() && self.queue.is_empty()
-    }
-
-    /// Whether a request with this command is queued or in flight.
-    pub fn has_pending(&self, command: CommandKind) -> bool {
-        self.inflight
-            .as_ref()
-            .is_some_and(|i| i.req.command.kind() == command)
-            || self.queue.iter().any(|(_, r)| r.command.kind() == command)
     }
 
     /// The peer address peers can reach: the listener's IP, or, when it listens on
@@ -208,13 +183,11 @@ impl TrackerLink {
         Some(SocketAddr::new(ip, self.listen.port()))
     }
 
-    /// Queues a request; its outcome comes from [`TrackerLink::take_finished`].
-    pub fn submit(&mut self, registry: &Registry, req: LinkRequest) -> ReqId {
-        let id = self.next_id;
-        self.next_id += 1;
+    /// Queues a request under `id` (chosen by the caller, unique per request);
+    /// its outcome comes from [`TrackerLink::take_finished`].
+    pub fn submit(&mut self, registry: &Registry, id: ReqId, req: LinkRequest) {
         self.queue.push_back((id, req));
         self.drive(registry);
-        id
     }
 
     /// Outcomes of requests finished since the last call, in completion order.
