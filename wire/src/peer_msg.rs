@@ -407,23 +407,6 @@ pub fn write_piece_header(out: &mut [u8], piece: u32, offset: u32, data_len: usi
     out[9..13].copy_from_slice(&offset.to_be_bytes());
 }
 
-/// Bitfield bytes for `count` pieces: one bit per piece, MSB first.
-pub fn bitfield_len(count: usize) -> usize {
-    count.div_ceil(8)
-}
-
-/// Whether bit `i` is set in a bitfield (false when out of range).
-pub fn bit(bits: &[u8], i: usize) -> bool {
-    bits.get(i / 8).is_some_and(|b| b & (0x80 >> (i % 8)) != 0)
-}
-
-/// Sets bit `i` (ignored when out of range).
-pub fn set_bit(bits: &mut [u8], i: usize) {
-    if let Some(b) = bits.get_mut(i / 8) {
-        *b |= 0x80 >> (i % 8);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,17 +510,6 @@ mod tests {
         let e = h.encode();
         assert_eq!(Handshake::decode(&e).unwrap(), Some(h));
         assert_eq!(Handshake::decode(&e[..10]).unwrap(), None);
-    }
-
-    #[test]
-    fn bits() {
-        let mut b = vec![0u8; bitfield_len(10)];
-        assert_eq!(b.len(), 2);
-        set_bit(&mut b, 0);
-        set_bit(&mut b, 9);
-        set_bit(&mut b, 100);
-        assert_eq!(b, vec![0x80, 0x40]);
-        assert!(bit(&b, 9) && !bit(&b, 8) && !bit(&b, 1000));
     }
 
     proptest! {
