@@ -42,7 +42,6 @@ mod tests;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,7 +53,7 @@ use wire::file_meta::FileMeta;
 
 use crate::buffers::PieceBuffers;
 use crate::downloads::Download;
-use crate::hasher::{self, Completion, Pool};
+use crate::hasher::{self, Completion, Pool, Results};
 use crate::peer_conn::{ConnEvent, PeerConn, Role, ServeState};
 use crate::registry::{Check, UploadRegistry};
 use crate::storage::{ResumeState, WholeHash};
@@ -156,7 +155,7 @@ pub struct Transfers {
     /// and never queue behind piece checks.
     whole_pool: Pool,
     done: Completion<PoolMsg>,
-    results: Receiver<PoolMsg>,
+    results: Results<PoolMsg>,
     peer_id: [u8; 8],
     next_conn_id: u64,
     conns: Slab<PeerConn>,
