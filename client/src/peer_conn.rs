@@ -385,88 +385,122 @@ impl PeerConn {
         events: &mut Vec<ConnEvent>,
     ) -> Result<(), DecodeError> {
         let mut at = 0;
+        // Taken out while parsing so the steps may change the rest of `self`.
+        let rbuf = std::mem::take(&mut self.rbuf);
         let result = loop {
-            let buf = &self.rbuf[at..];
-            if buf.is_empty() || self.incoming.is_some() {
+            let buf = &rbuf[at..];
+            if buf.is_empty() || self.incoming.is_some() || self.is_closed() {
                 break Ok(());
             }
-            if self.phase == Phase::Handshake {
-                match Handshake::decode(buf) {
-                    Ok(Some(h)) => {
-                        self.phase = Phase::Open;
-                        at += HANDSHAKE_LEN;
-                        events.push(ConnEvent::Handshake(h));
-                        continue;
+            let step = if self.phase == Phase::Handshake {
+                self.parse_handshake(buf, events)
+            } else {
+                match peer_msg::decode_header(buf) {
+                    Ok(Some(h)) if h.is_piece() => {
+                        Self::start_piece(buf, take_buf, events).map(|r| {
+                            r.map(|(used, inc)| {
+                                self.incoming = inc;
+                                used
+                            })
+                        })
                     }
-                    Ok(None) => break Ok(()),
-                    Err(e) => {
-                        // A server may answer a handshake with an Error message.
-                        if let Ok(Some((PeerMsg::Error(text), _))) = peer_msg::decode(buf) {
-                            events.push(ConnEvent::Msg(PeerMsg::Error(text)));
-                            self.phase = Phase::Closed;
-                            break Ok(());
-                        }
-                        break Err(e);
-                    }
+                    // A request, but the server is saturated: leave it buffered.
+                    Ok(Some(h)) if h.is_request() && *budget == 0 => Ok(None),
+                    Ok(Some(_)) => self.parse_msg(buf, budget, events),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e),
                 }
-            }
-            let header = match peer_msg::decode_header(buf) {
-                Ok(Some(h)) => h,
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
             };
-            if header.is_piece() {
-                let (piece, offset, len) = match peer_msg::decode_piece_header(buf) {
-                    Ok(Some(x)) => x,
-                    Ok(None) => break Ok(()),
-                    Err(e) => break Err(e),
-                };
-                if len > peer_msg::MAX_REQUEST_LEN as usize {
-                    break Err(DecodeError::TooLong(len as u32));
-                }
-                let mut data = take_buf(len);
-                let avail = (buf.len() - PIECE_HEADER_LEN).min(len);
-                data[..avail].copy_from_slice(&buf[PIECE_HEADER_LEN..PIECE_HEADER_LEN + avail]);
-                at += PIECE_HEADER_LEN + avail;
-                if avail == len {
-                    events.push(ConnEvent::Piece {
-                        piece,
-                        offset,
-                        data,
-                    });
-                } else {
-                    self.incoming = Some(Incoming {
-                        piece,
-                        offset,
-                        buf: data,
-                        filled: avail,
-                    });
-                }
-                continue;
-            }
-            if header.is_request() && *budget == 0 {
-                // A request, but the server is saturated: leave it buffered.
-                break Ok(());
-            }
-            match peer_msg::decode(buf) {
-                Ok(Some((msg, used))) => {
-                    at += used;
-                    if matches!(msg, PeerMsg::Request { .. }) {
-                        *budget -= 1;
-                    }
-                    let is_error = matches!(msg, PeerMsg::Error(_));
-                    events.push(ConnEvent::Msg(msg));
-                    if is_error {
-                        self.phase = Phase::Closed;
-                        break Ok(());
-                    }
-                }
+            match step {
+                Ok(Some(used)) => at += used,
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
             }
         };
+        self.rbuf = rbuf;
         self.rbuf.drain(..at);
         result
+    }
+
+    /// The other side's handshake at the start of `buf`: `Ok(Some(used))`, or
+    /// `Ok(None)` when more bytes are needed (or a refusal closed the connection).
+    fn parse_handshake(
+        &mut self,
+        buf: &[u8],
+        events: &mut Vec<ConnEvent>,
+    ) -> Result<Option<usize>, DecodeError> {
+        match Handshake::decode(buf) {
+            Ok(Some(h)) => {
+                self.phase = Phase::Open;
+                events.push(ConnEvent::Handshake(h));
+                Ok(Some(HANDSHAKE_LEN))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                // A server may answer a handshake with an Error message.
+                if let Ok(Some((PeerMsg::Error(text), _))) = peer_msg::decode(buf) {
+                    events.push(ConnEvent::Msg(PeerMsg::Error(text)));
+                    self.phase = Phase::Closed;
+                    return Ok(None);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A `Piece` message at the start of `buf`: its data goes into a piece buffer,
+    /// whole (an event) or in part (the rest is read into it, `Incoming`).
+    /// Returns the bytes used and the incomplete piece, if any.
+    fn start_piece(
+        buf: &[u8],
+        take_buf: &mut dyn FnMut(usize) -> Vec<u8>,
+        events: &mut Vec<ConnEvent>,
+    ) -> Result<Option<(usize, Option<Incoming>)>, DecodeError> {
+        let Some((piece, offset, len)) = peer_msg::decode_piece_header(buf)? else {
+            return Ok(None);
+        };
+        if len > peer_msg::MAX_REQUEST_LEN as usize {
+            return Err(DecodeError::TooLong(len as u32));
+        }
+        let mut data = take_buf(len);
+        let avail = (buf.len() - PIECE_HEADER_LEN).min(len);
+        data[..avail].copy_from_slice(&buf[PIECE_HEADER_LEN..PIECE_HEADER_LEN + avail]);
+        let used = PIECE_HEADER_LEN + avail;
+        if avail == len {
+            events.push(ConnEvent::Piece {
+                piece,
+                offset,
+                data,
+            });
+            return Ok(Some((used, None)));
+        }
+        let inc = Incoming {
+            piece,
+            offset,
+            buf: data,
+            filled: avail,
+        };
+        Ok(Some((used, Some(inc))))
+    }
+
+    /// Any other whole message at the start of `buf`; an `Error` closes.
+    fn parse_msg(
+        &mut self,
+        buf: &[u8],
+        budget: &mut usize,
+        events: &mut Vec<ConnEvent>,
+    ) -> Result<Option<usize>, DecodeError> {
+        let Some((msg, used)) = peer_msg::decode(buf)? else {
+            return Ok(None);
+        };
+        if matches!(msg, PeerMsg::Request { .. }) {
+            *budget -= 1;
+        }
+        if matches!(msg, PeerMsg::Error(_)) {
+            self.phase = Phase::Closed;
+        }
+        events.push(ConnEvent::Msg(msg));
+        Ok(Some(used))
     }
 }
 
