@@ -16,6 +16,7 @@
 //!   peer-to-peer work (facade, connection slab, dispatch); its submodules
 //!   `transfers::serving` (the peer-server side) and `transfers::fetching` (the
 //!   download side) hold the work.
+//! - [`limits`]: `RATE` parsing and the token bucket of the bandwidth limits; pure.
 //! - [`buffers`]: `PieceBuffers`, the free list that recycles piece buffers.
 //! - [`xorshift`]: `XorShift`, the non-cryptographic random numbers for tie-breaks.
 
@@ -24,6 +25,7 @@ pub mod downloads;
 pub mod event_loop;
 pub mod fetch_peer;
 pub mod hasher;
+pub mod limits;
 pub mod peer_conn;
 pub mod picker;
 pub mod registry;
