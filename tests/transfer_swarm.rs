@@ -11,7 +11,7 @@ use harness::peer_client::{Got, PeerClient};
 use harness::transfer::*;
 use harness::{assert_same_file, wait_until, write_random_file};
 use wire::file_meta::PIECE_SIZE;
-use wire::peer_msg::{self, PeerMsg};
+use wire::peer_msg::PeerMsg;
 
 /// `transfer stats: <name>: <addr> served <n> pieces` lines of a client's log.
 fn served_by(stderr: &str, name: &str) -> HashMap<String, u64> {
@@ -266,8 +266,6 @@ fn a_download_with_no_reachable_peer_fails_with_the_reason() {
 
 /// The pieces a bitfield marks, among `count`.
 fn held(bits: &[u8], count: usize) -> HashSet<u32> {
-    (0..count)
-        .filter(|&i| peer_msg::bit(bits, i))
-        .map(|i| i as u32)
-        .collect()
+    let bits = wire::pieces::Bitfield::from_bytes(bits.to_vec(), count).expect("a valid bitfield");
+    bits.ones().map(|i| i.raw()).collect()
 }

@@ -14,11 +14,14 @@
 //! - [`hasher`]: the small thread pool for SHA-1 and disk work.
 //! - [`registry`]: `.uploads_registry`, what this client shares.
 //! - [`downloads`]: one download's state and its `show_downloads` line.
-//! - [`peer_conn`]: one peer connection's state machine.
+//! - [`peer_conn`]: one peer connection: I/O, framing, its phase and role.
+//! - [`fetch_peer`]: `FetchPeer`, the download side of one connection as a state
+//!   machine without I/O (handshake -> bitfield -> active; validated piece indices).
 //! - [`transfers`]: `Transfers`, the narrow interface between the event loop and all
 //!   peer-to-peer work (facade, connection slab, dispatch); its submodules
 //!   `transfers::serving` (the peer-server side) and `transfers::fetching` (the
 //!   download side) hold the work.
+//! - [`limits`]: `RATE` parsing and the token bucket of the bandwidth limits; pure.
 //! - [`buffers`]: `PieceBuffers`, the free list that recycles piece buffers.
 //! - [`xorshift`]: `XorShift`, the non-cryptographic random numbers for tie-breaks.
 
@@ -26,7 +29,9 @@ pub mod buffers;
 pub mod controller;
 pub mod downloads;
 pub mod event_loop;
+pub mod fetch_peer;
 pub mod hasher;
+pub mod limits;
 pub mod peer_conn;
 pub mod picker;
 pub mod registry;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::{free_port, write_tracker_info, ClientProc, TrackerConn, TrackerProc};
 use wire::file_meta::{FileMeta, PIECE_SIZE};
 use wire::peer_msg::{self, Handshake, PeerMsg};
+use wire::pieces::Bitfield;
 
 /// A tracker and a temp dir.
 pub struct Swarm {
@@ -339,10 +340,7 @@ fn serve(
                     return;
                 }
                 let mut out = Handshake::new(meta.file_sha1, [0x5a; 8]).encode().to_vec();
-                let mut bits = vec![0u8; peer_msg::bitfield_len(meta.piece_count())];
-                for i in 0..meta.piece_count() {
-                    peer_msg::set_bit(&mut bits, i);
-                }
+                let bits = Bitfield::full(meta.piece_count()).into_bytes();
                 PeerMsg::Bitfield(bits).encode_into(&mut out);
                 if s.write_all(&out).is_err() {
                     return;

@@ -8,7 +8,8 @@ use mio::net::TcpListener;
 use mio::{Events, Poll};
 use std::io::{Read, Write};
 use std::path::Path;
-use wire::peer_msg::{self, set_bit, Handshake, PeerMsg, RejectCode};
+use wire::peer_msg::{self, Handshake, PeerMsg, RejectCode};
+use wire::pieces::{Bitfield, PieceIndex};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -222,10 +223,11 @@ fn resume_after_restart_skips_verified_pieces() {
         let f = storage::open_part(&out, meta.size).unwrap();
         storage::write_at(&f, &data[..4 * p], 0).unwrap();
         storage::write_at(&f, &vec![0u8; p], 4 * p as u64).unwrap();
-        let mut bits = vec![0u8; 2];
-        for i in 0..5 {
-            set_bit(&mut bits, i);
+        let mut bits = Bitfield::new(meta.piece_count());
+        for i in PieceIndex::all(5) {
+            bits.insert(i);
         }
+        let bits = bits.into_bytes();
         ResumeState {
             file_sha1: meta.file_sha1,
             group: "g".into(),
@@ -508,24 +510,20 @@ fn repeated_bitfield_does_not_inflate_availability() {
     let mut leecher = Node::new(8, 5);
     leecher.download("g", meta, vec![addr], dir.path().join("out"));
     run_until(&mut [&mut leecher], 10, |n| {
-        n[0].t.conns.iter().any(|(_, c)| {
-            matches!(
-                c.role,
-                Role::Fetch {
-                    got_bitfield: true,
-                    ..
-                }
-            )
-        })
+        n[0].t
+            .conns
+            .iter()
+            .any(|(_, c)| matches!(&c.role, Role::Fetch(f) if f.is_active()))
     });
     for _ in 0..20 {
         leecher.turn();
     }
-    assert_eq!(leecher.t.downloads[0].picker.availability(0), 1);
+    let first = PieceIndex::new(0, 4).unwrap();
+    assert_eq!(leecher.t.downloads[0].picker.availability(first), 1);
     close_tx.send(()).unwrap();
     peer.join().unwrap();
     run_until(&mut [&mut leecher], 10, |n| n[0].t.conns.is_empty());
-    assert_eq!(leecher.t.downloads[0].picker.availability(0), 0);
+    assert_eq!(leecher.t.downloads[0].picker.availability(first), 0);
 }
 
 /// Beyond `max_serving` accepted connections a new peer is closed at once;
