@@ -10,9 +10,12 @@
 //!   piece, reject, error), length-prefixed framing with bounds.
 //! - [`tracker_info`]: the `tracker_info.txt` list of trackers.
 //! - [`file_meta`]: `FileMeta`, the piece geometry and hashes of a shared file.
+//! - [`pieces`]: `PieceIndex` (an index checked against the piece count) and
+//!   `Bitfield` (a set of pieces in its wire form).
 
 pub mod command;
 pub mod file_meta;
 pub mod peer_msg;
+pub mod pieces;
 pub mod tracker_info;
 pub mod tracker_msg;
