@@ -8,6 +8,8 @@ Starts real trackers and clients on 127.0.0.1 and measures, each the median of
   - bytes the seeder uploaded in 1->4, as a multiple of the file size
   - tracker reads/s and p50/p99 with 100 connections, durable mutations/s
   - tracker restart time with a long log, with and without the SQLite cache
+  - the operator view's cost: tracker reads/s under the 100-connection load with
+    and without /status and /metrics being fetched (`--only operator`)
   - peak RSS of the downloading client and of the tracker
 """
 
@@ -300,10 +302,10 @@ class Tracker:
         self.proc = None
         self.n = 0
 
-    def start(self, timeout=30):
+    def start(self, timeout=30, more_args=()):
         """Starts the tracker; returns seconds from spawn to its `listening on` line."""
         self.n += 1
-        extra = self.ctx.args.tracker_arg or []
+        extra = [*(self.ctx.args.tracker_arg or []), *more_args]
         self.proc = LineProc([self.ctx.tracker_bin, self.info, "1", "--data-dir", self.data_dir, *extra],
                              f"{self.name}-{self.n}", self.ctx.logs, stdin=False)
         t, _ = self.proc.expect(lambda l: "listening on" in l, timeout, "`tracker 1 listening on ADDR`")
@@ -932,6 +934,96 @@ def bench_tracker(ctx):
         shutil.rmtree(tr.data_dir, ignore_errors=True)
 
 
+def http_get(addr, path, timeout=10):
+    """One GET (the operator view closes after each response); returns (status, body bytes)."""
+    host, port = addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ")[1]) if head.count(b" ") >= 1 else 0
+    return status, body
+
+
+def _fetch_pages(addr, interval, stop, out):
+    """Fetches /status and /metrics alternately until `stop`; `interval` s apart (0: back to back)."""
+    n = bad = 0
+    paths = ["/status", "/metrics"]
+    while not stop.is_set():
+        try:
+            status, _ = http_get(addr, paths[n % 2])
+            bad += status != 200
+        except OSError:
+            bad += 1
+        n += 1
+        if interval:
+            stop.wait(interval)
+    out.send((n, bad))
+
+
+def bench_operator(ctx):
+    """Reads/s under the 100-connection list_groups load, alternating: no page
+    fetched; /status and /metrics fetched once a second each (a browser on the
+    page plus a scraper is far less); fetched back to back, one at a time."""
+    a = ctx.args
+    http_addr = f"127.0.0.1:{free_port()}"
+    tr = Tracker(ctx, ctx.tmp / "ss-operator" / "data", name="optracker")
+    tr.start(more_args=["--http", http_addr])
+    try:
+        token = loadgen.login(tr.addr, "benchuser", "benchpass")
+        c = loadgen.Conn(tr.addr)
+        for i in range(10):
+            c.call(token, "create_group", f"bench-g{i}")
+        for i in range(20):
+            fake = hashlib.sha1(f"file{i}".encode()).hexdigest()
+            c.call(token, "upload_file", "bench-g0", f"file {i}.bin", str(PIECE * 2), str(PIECE),
+                   fake, fake + fake, "127.0.0.1:9")
+        c.close()
+        if http_get(http_addr, "/status")[0] != 200:
+            raise BenchError(f"GET http://{http_addr}/status did not answer 200")
+        mp = __import__("multiprocessing").get_context("fork")
+        modes = [("no page", None), ("page + metrics each second", 0.5), ("pages back to back", 0.0)]
+        rps = {m: [] for m, _ in modes}
+        pages = {m: 0.0 for m, _ in modes}
+        secs, warmup = a.load_seconds, 1.0
+        for _ in range(max(ctx.runs, 3)):
+            for mode, interval in modes:
+                fetcher = None
+                if interval is not None:
+                    stop = mp.Event()
+                    rd, wr = mp.Pipe(duplex=False)
+                    fetcher = mp.Process(target=_fetch_pages, args=(http_addr, interval, stop, wr), daemon=True)
+                    fetcher.start()
+                r = loadgen.run_load(tr.addr, "list_groups", [token], "bench-g0", a.conns, secs, warmup,
+                                     a.load_procs)
+                check_load(ctx, r, f"list_groups ({mode})")
+                rps[mode].append(r["rps"])
+                if fetcher:
+                    stop.set()
+                    n, bad = rd.recv() if rd.poll(30) else (0, 0)
+                    fetcher.join(5)
+                    pages[mode] += n / (secs + warmup)
+                    if bad:
+                        ctx.res.note(f"operator view ({mode}): {bad} of {n} fetches failed")
+        runs = max(ctx.runs, 3)
+        base = median(rps["no page"])
+        ctx.res.add(f"tracker reads (list_groups), {a.conns} connections, operator view on, no page fetched",
+                    f"{base:,.0f} req/s")
+        for mode, _ in modes[1:]:
+            m = median(rps[mode])
+            cost = (base - m) / base * 100 if base else float("nan")
+            ctx.res.add(f"... while {mode} ({pages[mode] / runs:,.1f} pages/s)",
+                        f"{m:,.0f} req/s ({cost:+.1f}% cost)".replace("+-", "-").replace("(+", "(").replace("(-", "(gain "),
+                        "", "", "", "cost < 5% of reads/s")
+    finally:
+        tr.stop()
+
+
 def check_load(ctx, r, op):
     log(f"{op}: {r['rps']:,.0f} req/s over {r['n']:,} requests; load generator used {r['gen_cpu_cores']:.2f} cores")
     if r["errors"]:
@@ -990,7 +1082,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smoke test: 64 MiB, 1 run, short tracker load, 50k-line log")
     ap.add_argument("--write", action="store_true", help="write the results into BENCHMARKS.md")
     ap.add_argument("--only", nargs="*", default=None,
-                    help="subset of: hash 1to1 4to1 1to4 downloads tracker (default all)")
+                    help="subset of: hash 1to1 4to1 1to4 downloads tracker operator (default all)")
     ap.add_argument("--conns", type=int, default=100, help="tracker load connections")
     ap.add_argument("--load-seconds", type=float, default=None, help="seconds per tracker load phase (default 5)")
     ap.add_argument("--load-procs", type=int, default=1, help="load generator processes")
@@ -1011,8 +1103,8 @@ def main():
         exp = []
         for o in a.only:
             o = o.replace("→", "->").replace("to", "->")
-            if o not in ("hash", "1->1", "4->1", "1->4", "downloads", "tracker"):
-                ap.error(f"--only: unknown part {o!r} (hash, 1to1, 4to1, 1to4, downloads, tracker)")
+            if o not in ("hash", "1->1", "4->1", "1->4", "downloads", "tracker", "operator"):
+                ap.error(f"--only: unknown part {o!r} (hash, 1to1, 4to1, 1to4, downloads, tracker, operator)")
             exp += ["1->1", "4->1", "1->4"] if o == "downloads" else [o]
         a.only = exp
     sel = (lambda k: not a.only or k in a.only)
@@ -1043,6 +1135,12 @@ def main():
                     bench_tracker(ctx)
                 except (BenchError, OSError, RuntimeError) as e:
                     ctx.res.note(f"tracker benchmark FAILED: {e}")
+        if sel("operator"):
+            if ctx.have_ss:
+                try:
+                    bench_operator(ctx)
+                except (BenchError, OSError, RuntimeError) as e:
+                    ctx.res.note(f"operator view benchmark FAILED: {e}")
         text = report(ctx, info, started)
         print("\n" + text)
         if a.write:

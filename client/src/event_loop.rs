@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
+use wire::command::{CommandKind, TrackerCommand, Upload};
 use wire::file_meta::FileMeta;
 
 use crate::shell::{self, Command, ShellError, MAX_LINE};
@@ -324,13 +325,14 @@ impl Client {
         let now = Instant::now();
         if self.link.user().is_some()
             && now >= self.next_heartbeat
-            && !self.link.has_pending("heartbeat")
+            && !self.link.has_pending(CommandKind::Heartbeat)
         {
             self.next_heartbeat = now + self.config.announce;
             let id = self.submit(
-                LinkRequest::new("heartbeat", &[])
-                    .with_peer_addr()
-                    .internal(),
+                LinkRequest::new(TrackerCommand::Heartbeat {
+                    peer_addr: String::new(),
+                })
+                .internal(),
             );
             self.internal.insert(id, Internal::Heartbeat);
         }
@@ -411,24 +413,7 @@ impl Client {
             Command::DownloadFile { group, name, dest } => {
                 return self.start_download(group.clone(), name.clone(), dest.clone())
             }
-            Command::CreateUser { user, password } => {
-                LinkRequest::new("create_user", &[user, password])
-            }
-            Command::Login { user, password } => LinkRequest::new("login", &[user, password]),
-            Command::Logout => LinkRequest::new("logout", &[]),
-            Command::CreateGroup { group } => LinkRequest::new("create_group", &[group]),
-            Command::JoinGroup { group } => LinkRequest::new("join_group", &[group]),
-            Command::LeaveGroup { group } => LinkRequest::new("leave_group", &[group]),
-            Command::ListGroups => LinkRequest::new("list_groups", &[]),
-            Command::ListRequests { group } => LinkRequest::new("list_requests", &[group]),
-            Command::AcceptRequest { group, user } => {
-                LinkRequest::new("accept_request", &[group, user])
-            }
-            Command::RejectRequest { group, user } => {
-                LinkRequest::new("reject_request", &[group, user])
-            }
-            Command::ListFiles { group } => LinkRequest::new("list_files", &[group]),
-            Command::StopShare { group, name } => LinkRequest::new("stop_share", &[group, name]),
+            Command::Tracker(req) => LinkRequest::new(req.clone()),
         };
         let id = self.submit(req);
         self.running = Some(Running::Tracker { id, cmd });
@@ -489,7 +474,10 @@ impl Client {
             Ok(d) => d,
             Err(e) => return self.fail(e),
         };
-        let id = self.submit(LinkRequest::new("file_info", &[&group, &name]));
+        let id = self.submit(LinkRequest::new(TrackerCommand::FileInfo {
+            group: group.clone(),
+            name: name.clone(),
+        }));
         self.running = Some(Running::FileInfo {
             id,
             group,
@@ -510,9 +498,13 @@ impl Client {
                     return;
                 }
                 let id = self.submit(
-                    LinkRequest::new("add_seeder", &[&group, &name, &file_sha1])
-                        .with_peer_addr()
-                        .internal(),
+                    LinkRequest::new(TrackerCommand::AddSeeder {
+                        group,
+                        name,
+                        file_sha1,
+                        peer_addr: String::new(),
+                    })
+                    .internal(),
                 );
                 self.internal.insert(id, Internal::AddSeeder);
             }
@@ -529,7 +521,13 @@ impl Client {
         if pending || self.link.user().is_none() {
             return;
         }
-        let id = self.submit(LinkRequest::new("file_info", &[&group, &name]).internal());
+        let id = self.submit(
+            LinkRequest::new(TrackerCommand::FileInfo {
+                group: group.clone(),
+                name: name.clone(),
+            })
+            .internal(),
+        );
         self.internal
             .insert(id, Internal::PeerRefresh { group, name });
     }
@@ -685,25 +683,28 @@ impl Client {
 
     /// The lines a successful tracker command prints (plus its local effects).
     fn on_success(&mut self, cmd: Command, answer: Answer) -> Vec<String> {
+        use TrackerCommand as C;
         let rows = answer.rows;
         match cmd {
-            Command::CreateUser { user, .. } => vec![format!("user {user} created")],
-            Command::Login { user, .. } => {
+            Command::Tracker(C::CreateUser { user, .. }) => vec![format!("user {user} created")],
+            Command::Tracker(C::Login { user, .. }) => {
                 self.next_heartbeat = Instant::now() + self.config.announce;
                 self.reannounce_registry();
                 self.resume_downloads();
                 vec![format!("logged in as {user}")]
             }
-            Command::Logout => {
+            Command::Tracker(C::Logout) => {
                 // The tracker ended our seeding with the session. The files stay
                 // in `.uploads_registry` (remove_share would drop them), so the
                 // next login puts them back into sharing.
                 self.link.forget_session();
                 vec!["logged out".into()]
             }
-            Command::CreateGroup { group } => vec![format!("group {group} created")],
-            Command::JoinGroup { group } => vec![format!("join request sent to {group}")],
-            Command::LeaveGroup { group } => {
+            Command::Tracker(C::CreateGroup { group }) => vec![format!("group {group} created")],
+            Command::Tracker(C::JoinGroup { group }) => {
+                vec![format!("join request sent to {group}")]
+            }
+            Command::Tracker(C::LeaveGroup { group }) => {
                 // The tracker ended our seeding in the group; stop serving there too.
                 for (g, name, _) in self.transfers.shared_files() {
                     if g == group {
@@ -712,15 +713,17 @@ impl Client {
                 }
                 vec![format!("left group {group}")]
             }
-            Command::AcceptRequest { group, user } => vec![format!("{user} accepted into {group}")],
-            Command::RejectRequest { group, user } => {
+            Command::Tracker(C::AcceptRequest { group, user }) => {
+                vec![format!("{user} accepted into {group}")]
+            }
+            Command::Tracker(C::RejectRequest { group, user }) => {
                 vec![format!("request of {user} to join {group} rejected")]
             }
-            Command::StopShare { group, name } => {
+            Command::Tracker(C::StopShare { group, name }) => {
                 self.transfers.remove_share(&group, &name);
                 vec![format!("stopped sharing {name} in {group}")]
             }
-            Command::ListGroups => {
+            Command::Tracker(C::ListGroups) => {
                 let mut lines = vec![shell::count(rows.len(), "group", "groups")];
                 lines.extend(rows.iter().map(|r| {
                     format!(
@@ -733,7 +736,7 @@ impl Client {
                 }));
                 lines
             }
-            Command::ListRequests { group } => {
+            Command::Tracker(C::ListRequests { group }) => {
                 let mut lines = vec![format!(
                     "{} for {group}",
                     shell::count(rows.len(), "pending request", "pending requests")
@@ -741,7 +744,7 @@ impl Client {
                 lines.extend(rows.iter().map(|r| format!("  {}", field(r, 0))));
                 lines
             }
-            Command::ListFiles { group } => {
+            Command::Tracker(C::ListFiles { group }) => {
                 let mut lines = vec![format!(
                     "{} in {group}",
                     shell::count(rows.len(), "file", "files")
@@ -793,7 +796,13 @@ impl Client {
             if pending {
                 continue;
             }
-            let id = self.submit(LinkRequest::new("file_info", &[&r.group, &r.name]).internal());
+            let id = self.submit(
+                LinkRequest::new(TrackerCommand::FileInfo {
+                    group: r.group.clone(),
+                    name: r.name.clone(),
+                })
+                .internal(),
+            );
             self.internal.insert(
                 id,
                 Internal::Resume {
@@ -838,20 +847,17 @@ impl Client {
     }
 }
 
-/// `upload_file <group> <name> <size> <piece_size> <sha1> <piece_hashes> <peer_addr>`.
+/// `upload_file` with the file's metadata (the link fills in the peer address).
 fn upload_request(group: &str, meta: &FileMeta) -> LinkRequest {
-    LinkRequest::new(
-        "upload_file",
-        &[
-            group,
-            &meta.name,
-            &meta.size.to_string(),
-            &meta.piece_size.to_string(),
-            &meta.file_sha1_hex(),
-            &meta.piece_hashes_hex(),
-        ],
-    )
-    .with_peer_addr()
+    LinkRequest::new(TrackerCommand::UploadFile(Upload {
+        group: group.to_string(),
+        name: meta.name.clone(),
+        size: meta.size,
+        piece_size: meta.piece_size,
+        file_sha1: meta.file_sha1_hex(),
+        piece_hashes: meta.piece_hashes_hex(),
+        peer_addr: String::new(),
+    }))
 }
 
 /// Field `i` of a row, or empty.
@@ -988,8 +994,7 @@ fn read_interactive(tx: SyncSender<Input>, waker: Arc<Waker>, ack: Receiver<()>,
         let item = match editor.readline("swarmshare> ") {
             Ok(line) => {
                 // Lines with a password stay out of the history (and its file).
-                let first = line.split_whitespace().next().unwrap_or("");
-                if !first.is_empty() && first != "login" && first != "create_user" {
+                if !line.trim().is_empty() && !shell::carries_password(&line) {
                     let _ = editor.add_history_entry(line.as_str());
                     // Saved at once: the process may exit before this thread ends.
                     let _ = editor.save_history(&history);

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+use wire::command::{CommandKind, TrackerCommand};
 pub use wire::tracker_info::TrackerAddr;
 use wire::tracker_msg::{Reply, ReplyReader, Request, ERR_SESSION};
 
@@ -50,32 +51,21 @@ pub const ROUND_BACKOFF: Duration = Duration::from_millis(300);
 /// Identifies one submitted request.
 pub type ReqId = u64;
 
-/// A request for the tracker; the link adds the session token.
+/// A request for the tracker; the link adds the session token and, for the
+/// commands that carry one, this client's peer address.
 #[derive(Debug, Clone)]
 pub struct LinkRequest {
-    pub command: String,
-    pub args: Vec<String>,
-    /// The argument to replace with this client's peer address when sent.
-    pub peer_addr_arg: Option<usize>,
+    pub command: TrackerCommand,
     /// Internal (heartbeat, add_seeder, ...): one round of failover, not two.
     pub internal: bool,
 }
 
 impl LinkRequest {
-    pub fn new(command: &str, args: &[&str]) -> LinkRequest {
+    pub fn new(command: TrackerCommand) -> LinkRequest {
         LinkRequest {
-            command: command.to_string(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            peer_addr_arg: None,
+            command,
             internal: false,
         }
-    }
-
-    /// Appends an argument that is filled with the peer address at send time.
-    pub fn with_peer_addr(mut self) -> LinkRequest {
-        self.peer_addr_arg = Some(self.args.len());
-        self.args.push(String::new());
-        self
     }
 
     pub fn internal(mut self) -> LinkRequest {
@@ -185,11 +175,11 @@ impl TrackerLink {
     }
 
     /// Whether a request with this command is queued or in flight.
-    pub fn has_pending(&self, command: &str) -> bool {
+    pub fn has_pending(&self, command: CommandKind) -> bool {
         self.inflight
             .as_ref()
-            .is_some_and(|i| i.req.command == command)
-            || self.queue.iter().any(|(_, r)| r.command == command)
+            .is_some_and(|i| i.req.command.kind() == command)
+            || self.queue.iter().any(|(_, r)| r.command.kind() == command)
     }
 
     /// The peer address peers can reach: the listener's IP, or, when it listens on
@@ -358,10 +348,10 @@ impl TrackerLink {
             }
             return true;
         }
-        let cmd = inf.req.command.as_str();
+        let kind = inf.req.command.kind();
         if let Reply::Err(reason) = &reply {
             let session_refused = reason.starts_with(ERR_SESSION);
-            if session_refused && cmd == "logout" {
+            if session_refused && kind == CommandKind::Logout {
                 // The session is gone either way.
                 self.session = None;
                 let inf = self.inflight.take().expect("inflight");
@@ -371,8 +361,7 @@ impl TrackerLink {
             if session_refused
                 && self.session.is_some()
                 && !inf.relogged
-                && cmd != "login"
-                && cmd != "create_user"
+                && kind.spec().needs_session
             {
                 inf.relogging = true;
                 inf.sent = false;
@@ -382,15 +371,15 @@ impl TrackerLink {
         let inf = self.inflight.take().expect("inflight");
         let outcome = match reply {
             Reply::Ok { head, rows } => {
-                match inf.req.command.as_str() {
-                    "login" => {
+                match inf.req.command {
+                    TrackerCommand::Login { user, password } => {
                         self.session = Some(Session {
-                            user: inf.req.args[0].clone(),
-                            password: inf.req.args[1].clone(),
+                            user,
+                            password,
                             token: head.first().cloned().unwrap_or_default(),
                         })
                     }
-                    "logout" => self.session = None,
+                    TrackerCommand::Logout => self.session = None,
                     _ => {}
                 }
                 Ok(Answer { head, rows })
@@ -458,29 +447,24 @@ impl TrackerLink {
             let token = self.session.as_ref().map(|s| s.token.as_str());
             let line = if inf.relogging {
                 let s = self.session.as_ref().expect("relogin needs a session");
-                Request::new(None, "login", &[&s.user, &s.password]).encode()
+                let login = TrackerCommand::Login {
+                    user: s.user.clone(),
+                    password: s.password.clone(),
+                };
+                Request::command(None, &login).encode()
             } else {
-                let mut args = inf.req.args.clone();
-                if let Some(i) = inf.req.peer_addr_arg {
+                let mut cmd = inf.req.command.clone();
+                if let Some(addr) = cmd.peer_addr_mut() {
                     let ip = conn.local_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
-                    let addr = if self.listen.ip().is_unspecified() {
+                    *addr = if self.listen.ip().is_unspecified() {
                         SocketAddr::new(ip, self.listen.port())
                     } else {
                         self.listen
-                    };
-                    args[i] = addr.to_string();
+                    }
+                    .to_string();
                 }
-                let token = if inf.req.command == "login" {
-                    None
-                } else {
-                    token
-                };
-                Request {
-                    token: token.map(str::to_string),
-                    command: inf.req.command.clone(),
-                    args,
-                }
-                .encode()
+                let token = token.filter(|_| cmd.kind().spec().needs_session);
+                Request::command(token, &cmd).encode()
             };
             conn.out.extend_from_slice(&line);
             inf.sent = true;

@@ -55,13 +55,16 @@ fn main() {
     for i in 0..n {
         let s = black_box(i + 1).to_string();
         black_box(s.parse::<u64>().ok());
-        black_box(crc32fast::hash(black_box(&s.as_bytes()[..])));
+        black_box(crc32fast::hash(black_box(s.as_bytes())));
     }
     let seq_part = per_line_ns(n, t);
     let bytes: usize = lines.iter().map(String::len).sum();
     let extra: usize = (1..=n).map(|s| s.to_string().len() + 1 + 2).sum();
 
-    println!("{n} create_group lines, {:.1} bytes/line on average", bytes as f64 / n as f64);
+    println!(
+        "{n} create_group lines, {:.1} bytes/line on average",
+        bytes as f64 / n as f64
+    );
     println!(
         "sequence number + request id fields: {:.1} bytes/line ({:.1}% of the line)",
         extra as f64 / n as f64,

@@ -18,14 +18,21 @@
 //! [`log_repair`] holds the operator's whole-log passes ([`verify_log`],
 //! [`salvage_log`]) and the v1 upgrade. The tracker list is read by
 //! `wire::tracker_info`, the same parser the client uses.
+//! [`operator_view`] (`--http`) serves `/metrics` ([`metrics`]) and `/status`
+//! ([`status`], [`status_html`]) read-only from a thread of its own ([`http`]).
 //!
 //! Tests, fuzz targets and the end-to-end harness use these modules directly:
 //! the log format and the cache dump have one home each.
 
 pub mod auth;
 pub mod commands;
+pub mod http;
 pub mod log_repair;
+pub mod metrics;
+pub mod operator_view;
 pub mod server;
+pub mod status;
+pub mod status_html;
 pub mod store;
 pub mod sync_log;
 
@@ -50,6 +57,10 @@ pub struct Options {
     pub fsync: FsyncMode,
     /// Seeders not heard from for this many seconds are not listed as online.
     pub seeder_timeout_secs: u64,
+    /// Serve the operator view on this address.
+    pub http: Option<String>,
+    /// Show seeders' IP addresses on the operator view.
+    pub http_show_peer_addrs: bool,
 }
 
 /// Everything that stops the tracker, as one line of text.
@@ -71,6 +82,12 @@ pub enum TrackerError {
     },
     #[error("tracker {no} is already running with data dir {dir}")]
     AlreadyRunning { no: usize, dir: String },
+    #[error("cannot serve the operator view on {addr}: {source}")]
+    Http {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -161,6 +178,9 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
     let (mut server, waker) =
         server::Server::new(listener, log, store, cfg, Arc::clone(&shutdown))?;
     watch_stdin(Arc::clone(&shutdown), waker);
+    if let Some(http) = &opts.http {
+        start_operator_view(opts, http, trackers, &server, &shutdown)?;
+    }
 
     log::info!("tracker {} listening on {local}", opts.tracker_no);
     let mut out = std::io::stdout().lock();
@@ -168,6 +188,39 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
     let _ = out.flush();
     drop(out);
     server.run()
+}
+
+/// Starts `--http`, printing `tracker <N> operator view on http://<addr>/status`
+/// on stdout (before the `listening on` line).
+fn start_operator_view(
+    opts: &Options,
+    http: &str,
+    trackers: Vec<wire::tracker_info::TrackerAddr>,
+    server: &server::Server,
+    shutdown: &Arc<AtomicBool>,
+) -> Result<(), TrackerError> {
+    let cfg = status::StatusConfig {
+        tracker_no: opts.tracker_no as u32,
+        trackers,
+        data_dir: opts.data_dir.clone(),
+        seeder_timeout_ms: opts.seeder_timeout_secs.saturating_mul(1000),
+        show_peer_addrs: opts.http_show_peer_addrs,
+    };
+    let bound = operator_view::start(http, cfg, server.metrics(), Arc::clone(shutdown)).map_err(
+        |source| TrackerError::Http {
+            addr: http.to_string(),
+            source,
+        },
+    )?;
+    log::info!(
+        "tracker {} operator view on http://{bound}/status",
+        opts.tracker_no
+    );
+    println!(
+        "tracker {} operator view on http://{bound}/status",
+        opts.tracker_no
+    );
+    Ok(())
 }
 
 /// SIGINT and SIGTERM set the returned shutdown flag. SIGXFSZ gets a handler too,

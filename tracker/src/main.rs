@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! tracker <tracker_info.txt> <tracker_no> [--data-dir DIR] [--log-level LEVEL] [--fsync always|batch]
+//!         [--http ADDR [--http-show-peer-addrs]]
 //! tracker <tracker_info.txt> <tracker_no> [--data-dir DIR] --verify-log
 //! tracker <tracker_info.txt> <tracker_no> [--data-dir DIR] --salvage-log
 //! ```
@@ -50,6 +51,13 @@ struct Args {
     /// its unreadable lines, keep the original beside it, report what was dropped.
     #[arg(long)]
     salvage_log: bool,
+    /// Serve the read-only operator view (/status, /status.json, /metrics) on
+    /// this address, e.g. 127.0.0.1:9101. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Show seeders' IP addresses on the operator view (hidden by default).
+    #[arg(long, requires = "http")]
+    http_show_peer_addrs: bool,
 }
 
 fn main() -> ExitCode {
@@ -89,6 +97,8 @@ fn serve(args: Args) -> Result<(), tracker::TrackerError> {
         data_dir: args.data_dir,
         fsync: args.fsync,
         seeder_timeout_secs: args.seeder_timeout_secs,
+        http: args.http,
+        http_show_peer_addrs: args.http_show_peer_addrs,
     };
     tracker::run(&opts)
 }

@@ -13,7 +13,7 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -21,6 +21,7 @@ use slab::Slab;
 use wire::tracker_msg::{LineFramer, Reply, Request, MAX_REQUEST_LINE};
 
 use crate::commands::{self, Ctx, Outcome};
+use crate::metrics::{self, Metrics};
 use crate::store::{self, Applied, Store};
 use crate::sync_log::{LogEntry, LogError, Stop, SyncLog, FIRST_ENTRY};
 use crate::TrackerError;
@@ -60,8 +61,9 @@ struct Conn {
     stream: TcpStream,
     peer: Option<SocketAddr>,
     framer: LineFramer,
-    /// Requests (or framing errors to report) in arrival order.
-    inbox: VecDeque<Result<Request, String>>,
+    /// Requests (or framing errors to report) in arrival order, each with
+    /// when its line was complete.
+    inbox: VecDeque<(Instant, Result<Request, String>)>,
     out: Vec<u8>,
     out_pos: usize,
     /// The socket may hold unread bytes (edge-triggered: read until WouldBlock).
@@ -103,11 +105,12 @@ impl Conn {
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
                     self.framer.push(&buf[..n]);
+                    let now = Instant::now();
                     while let Some(line) = self.framer.next_line() {
                         let item = line
                             .and_then(|l| Request::decode(&l))
                             .map_err(|e| e.to_string());
-                        self.inbox.push_back(item);
+                        self.inbox.push_back((now, item));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -172,6 +175,8 @@ pub struct Server {
     /// between the two): reads are refused, not answered stale, and the watcher
     /// retries the catch-up every turn until it succeeds.
     cache_behind: bool,
+    /// Counters the operator view reads ([`crate::operator_view`]).
+    metrics: Arc<Metrics>,
 }
 
 impl Server {
@@ -203,9 +208,15 @@ impl Server {
                 reported_torn: None,
                 log_fault: None,
                 cache_behind: false,
+                metrics: Arc::new(Metrics::new(&commands::names())),
             },
             waker,
         ))
+    }
+
+    /// The loop's counters, for the operator view.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Runs until the shutdown flag is set.
@@ -271,6 +282,7 @@ impl Server {
                         continue;
                     }
                     log::debug!("connection from {peer}");
+                    self.metrics.connections_accepted.inc();
                     entry.insert(Conn {
                         stream,
                         peer: Some(peer),
@@ -283,15 +295,16 @@ impl Server {
                         dead: false,
                     });
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // E.g. out of file descriptors: keep serving the others.
                     log::warn!("accept: {e}");
-                    return;
+                    break;
                 }
             }
         }
+        self.metrics.open_connections.set(self.conns.len() as u64);
     }
 
     fn flush_and_reap(&mut self) {
@@ -309,11 +322,13 @@ impl Server {
             let _ = self.poll.registry().deregister(&mut c.stream);
             log::debug!("connection from {:?} closed", c.peer);
         }
+        self.metrics.open_connections.set(self.conns.len() as u64);
     }
 
     /// Answers every request that arrived this turn, in order per connection.
     fn answer(&mut self) {
         let mut work: Vec<(usize, Result<Request, String>)> = Vec::new();
+        let mut arrived: Vec<Instant> = Vec::new();
         for (key, c) in self.conns.iter_mut() {
             if c.dead {
                 c.inbox.clear();
@@ -323,7 +338,10 @@ impl Server {
                 continue; // backpressure: answer more once the replies drain
             }
             let n = c.inbox.len().min(MAX_ANSWERS_PER_TURN);
-            work.extend(c.inbox.drain(..n).map(|item| (key, item)));
+            work.extend(c.inbox.drain(..n).map(|(at, item)| {
+                arrived.push(at);
+                (key, item)
+            }));
         }
         if work.is_empty() {
             return;
@@ -377,11 +395,30 @@ impl Server {
                 }
             }
         };
-        for ((key, _), reply) in work.iter().zip(replies) {
+        let now = Instant::now();
+        for (((key, item), reply), at) in work.iter().zip(replies).zip(arrived) {
+            self.count_request(item, &reply, now.saturating_duration_since(at));
             if let Some(c) = self.conns.get_mut(*key) {
                 c.out.extend_from_slice(&reply.encode());
             }
         }
+    }
+
+    /// Requests by command and outcome, their latency, failed logins.
+    fn count_request(&self, item: &Result<Request, String>, reply: &Reply, took: Duration) {
+        let command = match item {
+            Ok(req) => req.command.as_str(),
+            Err(_) => metrics::INVALID_COMMAND,
+        };
+        let outcome = match reply {
+            Reply::Err(_) => metrics::Outcome::Error,
+            _ => metrics::Outcome::Ok,
+        };
+        if command == "login" && outcome == metrics::Outcome::Error {
+            self.metrics.failed_logins.inc();
+        }
+        self.metrics.requests.record(command, outcome);
+        self.metrics.request_seconds.observe(took);
     }
 
     /// The mutation path: one lock, one transaction, one write + fsync for the
@@ -415,7 +452,8 @@ impl Server {
         if staged.lines.is_empty() {
             return Ok(staged.replies);
         }
-        if let Err(refusal) = append_durably(&self.log, &staged.lines, base) {
+        let fsync = &self.metrics.log_fsync_seconds;
+        if let Err(refusal) = append_durably(&self.log, &staged.lines, base, fsync) {
             drop(tx); // rolls back
             return Ok(work.iter().map(|_| refusal.clone()).collect());
         }
@@ -423,6 +461,7 @@ impl Server {
             "appended {} log lines, made durable together",
             staged.lines.len()
         );
+        self.metrics.changes_appended.add(staged.lines.len() as u64);
         let after = Applied {
             offset: staged.end,
             lines: before.lines + staged.lines.len() as u64,
@@ -476,6 +515,9 @@ impl Server {
                     None => Ok((caught.lines, None)),
                 }
             });
+        if let Ok((lines, _)) = &result {
+            self.metrics.changes_applied_from_others.add(*lines);
+        }
         match result {
             Ok((_, Some(torn_at))) => {
                 if self.reported_torn != Some(torn_at) {
@@ -584,7 +626,12 @@ fn stage(
 /// reply every request of the batch gets (nothing changed). Refuses while the
 /// data dir is nearly full: a line the log holds but the cache cannot commit
 /// would be acknowledged yet invisible to reads. Needs the exclusive lock.
-fn append_durably(log: &SyncLog, lines: &[String], base: u64) -> Result<(), Reply> {
+fn append_durably(
+    log: &SyncLog,
+    lines: &[String],
+    base: u64,
+    fsync: &metrics::Histogram,
+) -> Result<(), Reply> {
     let free = log.free_bytes().unwrap_or(u64::MAX);
     if free < MIN_FREE_BYTES {
         log::error!("data dir nearly full ({free} bytes free): changes refused");
@@ -592,7 +639,10 @@ fn append_durably(log: &SyncLog, lines: &[String], base: u64) -> Result<(), Repl
             "change not made, the data dir is full ({free} bytes free)"
         )));
     }
-    if let Err(e) = log.append(lines) {
+    let started = Instant::now();
+    let appended = log.append(lines);
+    fsync.observe(started.elapsed());
+    if let Err(e) = appended {
         if let Err(e2) = log.truncate(base) {
             log::error!("could not cut the failed append back off the log: {e2}");
         }

@@ -37,25 +37,20 @@
 //!
 //! # Commands
 //!
-//! | command          | args                                                                 | OK head                                   | rows                         |
-//! |------------------|----------------------------------------------------------------------|-------------------------------------------|------------------------------|
-//! | `create_user`    | user password                                                        |                                           |                              |
-//! | `login`          | user password                                                        | token                                     |                              |
-//! | `whoami`         |                                                                      | user                                      |                              |
-//! | `logout`         |                                                                      |                                           |                              |
-//! | `create_group`   | group                                                                |                                           |                              |
-//! | `join_group`     | group                                                                |                                           |                              |
-//! | `leave_group`    | group                                                                |                                           |                              |
-//! | `list_groups`    |                                                                      |                                           | group owner members status   |
-//! | `list_requests`  | group                                                                |                                           | user                         |
-//! | `accept_request` | group user                                                           |                                           |                              |
-//! | `reject_request` | group user                                                           |                                           |                              |
-//! | `list_files`     | group                                                                |                                           | name size seeders_online     |
-//! | `upload_file`    | group name size piece_size file_sha1 piece_hashes peer_addr          |                                           |                              |
-//! | `file_info`      | group name                                                           | name size piece_size file_sha1 piece_hashes | peer_addr (online seeders)  |
-//! | `add_seeder`     | group name file_sha1 peer_addr                                       |                                           |                              |
-//! | `stop_share`     | group name                                                           |                                           |                              |
-//! | `heartbeat`      | peer_addr                                                            |                                           |                              |
+//! The commands, their arguments (in wire order), whether they change state and
+//! whether they carry a password are the table in [`crate::command`]; a request's
+//! command and arguments are parsed into a [`TrackerCommand`] there. Their replies:
+//!
+//! | command          | OK head                                     | rows                         |
+//! |------------------|---------------------------------------------|------------------------------|
+//! | `login`          | token                                       |                              |
+//! | `whoami`         | user                                        |                              |
+//! | `list_groups`    |                                             | group owner members status   |
+//! | `list_requests`  |                                             | user                         |
+//! | `list_files`     |                                             | name size seeders_online     |
+//! | `file_info`      | name size piece_size file_sha1 piece_hashes | peer_addr (online seeders)   |
+//!
+//! Every other command answers a bare `OK`.
 //!
 //! - `status` in `list_groups` is `owner`, `member`, `pending` or `-` for the asker.
 //! - `file_sha1` is 40 hex characters; `piece_hashes` is the concatenation of the
@@ -70,6 +65,8 @@
 //!   whose reason starts with [`ERR_SESSION`]; the client re-logs in on it.
 
 use std::fmt;
+
+use crate::command::{CommandError, TrackerCommand};
 
 /// The longest request line accepted, newline included (4 MiB: room for the piece
 /// hashes of a ~50 GiB file).
@@ -183,6 +180,20 @@ impl Request {
             command: command.to_string(),
             args: args.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    /// The request that carries `command`.
+    pub fn command(token: Option<&str>, command: &TrackerCommand) -> Request {
+        Request {
+            token: token.map(str::to_string),
+            command: command.name().to_string(),
+            args: command.args(),
+        }
+    }
+
+    /// The typed command of this request (see [`crate::command`]).
+    pub fn parse_command(&self) -> Result<TrackerCommand, CommandError> {
+        TrackerCommand::parse(&self.command, self.args.clone())
     }
 
     /// The request as one line, newline included.
