@@ -127,11 +127,8 @@ pub struct Download {
     /// Bytes of verified pieces.
     pub bytes_done: u64,
     pub rate: RateMeter,
-    /// Since when no peer is connected (for the refresh and the failure bound).
+    /// Since when no peer is connected (for the failure bound).
     pub no_peers_since: Option<Instant>,
-    pub last_refresh: Instant,
-    /// Peer refreshes asked for so far.
-    pub refreshes: u32,
     /// `AddSeeder` queued for this download.
     pub announced: bool,
     pub resume_dirty: bool,
@@ -170,8 +167,6 @@ impl Download {
             bytes_done: 0,
             rate: RateMeter::default(),
             no_peers_since: Some(now),
-            last_refresh: now,
-            refreshes: 0,
             announced: false,
             resume_dirty: false,
             last_resume_save: now,

@@ -3,7 +3,12 @@
 //!
 //! - [`shell`]: line parsing (double quotes), the command table, local validation.
 //! - [`tracker_link`]: tracker list, connect/failover, cached session, re-login.
-//! - [`event_loop`]: the one mio poll loop (stdin lines, tracker link, peer server, peers).
+//! - [`controller`]: the client's behaviour as a sans-IO core: events in, actions
+//!   out (the running command, internal tracker requests, sharing, download
+//!   start/resume/peer refresh, output texts, timers with an injected clock).
+//! - [`event_loop`]: the thin mio poll loop around the controller (tracker link,
+//!   peer server, peers, signals): readiness in as events, actions carried out.
+//! - [`stdin`]: the stdin thread (bounded lines, rustyline on a terminal).
 //! - [`picker`]: `PiecePicker`, rarest first with endgame; pure.
 //! - [`storage`]: piece reads/writes at offsets, temp file + rename, resume state.
 //! - [`hasher`]: the small thread pool for SHA-1 and disk work.
@@ -18,6 +23,7 @@
 //! - [`xorshift`]: `XorShift`, the non-cryptographic random numbers for tie-breaks.
 
 pub mod buffers;
+pub mod controller;
 pub mod downloads;
 pub mod event_loop;
 pub mod hasher;
@@ -25,6 +31,7 @@ pub mod peer_conn;
 pub mod picker;
 pub mod registry;
 pub mod shell;
+pub mod stdin;
 pub mod storage;
 pub mod tracker_link;
 pub mod transfers;

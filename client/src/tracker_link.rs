@@ -20,9 +20,15 @@
 //! user sees one informational note (on stderr) when the link switched
 //! trackers, and no failed command because of it.
 //!
-//! A request that the dying tracker had already applied (its reply lost) is sent
-//! again to the next tracker; for a mutation the second tracker may then answer
-//! with an error such as "already exists".
+//! # Exactly once
+//!
+//! Every request that changes state (the `mutates` column of
+//! [`wire::command::COMMANDS`]) carries a request id `<client>:<seq>`: `client`
+//! is random, chosen when the link is made, and `seq` counts this link's
+//! requests. A request keeps its id on every resend, so a change that a dying
+//! tracker applied (its reply lost) is answered by the next tracker with the
+//! original outcome instead of being made again (or refused as "already
+//! exists"). A re-login gets an id of its own.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -53,7 +59,7 @@ pub type ReqId = u64;
 
 /// A request for the tracker; the link adds the session token and, for the
 /// commands that carry one, this client's peer address.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkRequest {
     pub command: TrackerCommand,
     /// Internal (heartbeat, add_seeder, ...): one round of failover, not two.
@@ -113,6 +119,10 @@ struct Conn {
 struct Inflight {
     id: ReqId,
     req: LinkRequest,
+    /// The exactly-once id, the same on every resend (mutations only).
+    request_id: Option<String>,
+    /// The exactly-once id of the re-login, once one was needed.
+    relogin_id: Option<String>,
     /// The request (or the re-login) was written to the current connection.
     sent: bool,
     /// The re-login is in flight instead of the request.
@@ -129,11 +139,14 @@ pub struct TrackerLink {
     conn: Option<Conn>,
     listen: SocketAddr,
     session: Option<Session>,
-    next_id: ReqId,
     queue: VecDeque<(ReqId, LinkRequest)>,
     inflight: Option<Inflight>,
     finished: Vec<(ReqId, Outcome)>,
     notes: Vec<String>,
+    /// This link's random client id (16 hex characters) for request ids.
+    client_id: String,
+    /// The sequence number of the next request id.
+    next_seq: u64,
     /// Trackers that failed since the last successful connect (for the note).
     failed: Vec<usize>,
     backoff_until: Option<Instant>,
@@ -149,37 +162,15 @@ impl TrackerLink {
             conn: None,
             listen,
             session: None,
-            next_id: 1,
             queue: VecDeque::new(),
             inflight: None,
             finished: Vec::new(),
             notes: Vec::new(),
+            client_id: random_client_id(),
+            next_seq: 1,
             failed: Vec::new(),
             backoff_until: None,
         }
-    }
-
-    /// The logged-in user, if any.
-    pub fn user(&self) -> Option<&str> {
-        self.session.as_ref().map(|s| s.user.as_str())
-    }
-
-    /// Forgets the cached session (e.g. after the user logged out).
-    pub fn forget_session(&mut self) {
-        self.session = None;
-    }
-
-    /// No request queued or in flight.
-    pub fn is_idle(&self) -> bool {
-        self.inflight.is_none() && self.queue.is_empty()
-    }
-
-    /// Whether a request with this command is queued or in flight.
-    pub fn has_pending(&self, command: CommandKind) -> bool {
-        self.inflight
-            .as_ref()
-            .is_some_and(|i| i.req.command.kind() == command)
-            || self.queue.iter().any(|(_, r)| r.command.kind() == command)
     }
 
     /// The peer address peers can reach: the listener's IP, or, when it listens on
@@ -192,13 +183,11 @@ impl TrackerLink {
         Some(SocketAddr::new(ip, self.listen.port()))
     }
 
-    /// Queues a request; its outcome comes from [`TrackerLink::take_finished`].
-    pub fn submit(&mut self, registry: &Registry, req: LinkRequest) -> ReqId {
-        let id = self.next_id;
-        self.next_id += 1;
+    /// Queues a request under `id` (chosen by the caller, unique per request);
+    /// its outcome comes from [`TrackerLink::take_finished`].
+    pub fn submit(&mut self, registry: &Registry, id: ReqId, req: LinkRequest) {
         self.queue.push_back((id, req));
         self.drive(registry);
-        id
     }
 
     /// Outcomes of requests finished since the last call, in completion order.
@@ -416,9 +405,17 @@ impl TrackerLink {
                 let Some((id, req)) = self.queue.pop_front() else {
                     return;
                 };
+                let request_id = req
+                    .command
+                    .kind()
+                    .spec()
+                    .mutates
+                    .then(|| self.new_request_id());
                 self.inflight = Some(Inflight {
                     id,
                     req,
+                    request_id,
+                    relogin_id: None,
                     sent: false,
                     relogging: false,
                     relogged: false,
@@ -451,7 +448,13 @@ impl TrackerLink {
                     user: s.user.clone(),
                     password: s.password.clone(),
                 };
-                Request::command(None, &login).encode()
+                if inf.relogin_id.is_none() {
+                    inf.relogin_id = Some(format!("{}:{}", self.client_id, self.next_seq));
+                    self.next_seq += 1;
+                }
+                let mut req = Request::command(None, &login);
+                req.request_id = inf.relogin_id.clone();
+                req.encode()
             } else {
                 let mut cmd = inf.req.command.clone();
                 if let Some(addr) = cmd.peer_addr_mut() {
@@ -464,7 +467,9 @@ impl TrackerLink {
                     .to_string();
                 }
                 let token = token.filter(|_| cmd.kind().spec().needs_session);
-                Request::command(token, &cmd).encode()
+                let mut req = Request::command(token, &cmd);
+                req.request_id = inf.request_id.clone();
+                req.encode()
             };
             conn.out.extend_from_slice(&line);
             inf.sent = true;
@@ -475,6 +480,13 @@ impl TrackerLink {
             }
             return;
         }
+    }
+
+    /// The next request id of this link.
+    fn new_request_id(&mut self) -> String {
+        let id = format!("{}:{}", self.client_id, self.next_seq);
+        self.next_seq += 1;
+        id
     }
 
     /// Opens a nonblocking connection to the current tracker.
@@ -534,9 +546,29 @@ impl TrackerLink {
     }
 }
 
+/// 64 random bits as 16 hex characters: unique among the clients of a tracker
+/// cluster, so request ids of two clients never collide.
+fn random_client_id() -> String {
+    let mut b = [0u8; 8];
+    if getrandom::getrandom(&mut b).is_err() {
+        b = crate::xorshift::XorShift::from_entropy()
+            .next_u64()
+            .to_be_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_ids_are_random_hex() {
+        let (a, b) = (random_client_id(), random_client_id());
+        assert_eq!(a.len(), 16);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn errors_display() {

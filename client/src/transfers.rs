@@ -92,7 +92,9 @@ pub const MAX_SERVING_CONNS: usize = 1024;
 /// Identifies one hashing job started by [`Transfers::start_hash`].
 pub type HashJobId = u64;
 
-/// A request Transfers wants sent to the tracker (the loop adds the session token).
+/// A request Transfers wants sent to the tracker (the controller decides; the
+/// link adds the session token). Peer refreshes are the controller's to decide:
+/// see [`Transfers::running_downloads`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TrackerJob {
     /// Tell the tracker this client now holds (part of) the file and serves it:
@@ -102,9 +104,16 @@ pub enum TrackerJob {
         name: String,
         file_sha1: String,
     },
-    /// A download has no usable peer: ask `file_info group name` and pass the
-    /// seeder addresses of the reply to [`Transfers::update_peers`].
-    RefreshPeers { group: String, name: String },
+}
+
+/// A download Transfers is still working on (checking, running or finishing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningDownload {
+    pub group: String,
+    pub name: String,
+    /// Still missing pieces: fresh seeders from the tracker help it
+    /// ([`Transfers::update_peers`]).
+    pub needs_peers: bool,
 }
 
 /// Results of pool jobs.
@@ -414,10 +423,10 @@ impl Transfers {
         }
     }
 
-    /// Called every loop turn (at least every 100 ms): timeouts, retries, endgame.
-    pub fn tick(&mut self, registry: &Registry) {
+    /// Called every loop turn (at least every 100 ms) with the current time:
+    /// timeouts, retries, endgame.
+    pub fn tick(&mut self, registry: &Registry, now: Instant) {
         self.read_more(registry);
-        let now = Instant::now();
         // The loop may call this far more often than needed; the work is periodic.
         if now.duration_since(self.last_tick) < TICK_EVERY {
             return;
@@ -610,6 +619,21 @@ impl Transfers {
     /// Downloads still running (end of input waits for them).
     pub fn active_downloads(&self) -> usize {
         self.downloads.iter().filter(|d| d.is_active()).count()
+    }
+
+    /// The downloads still running (end of input waits for them), for the
+    /// controller's peer refresh.
+    pub fn running_downloads(&self) -> Vec<RunningDownload> {
+        self.downloads
+            .iter()
+            .filter(|d| d.is_active())
+            .map(|d| RunningDownload {
+                group: d.group.clone(),
+                name: d.meta.name.clone(),
+                needs_peers: d.state == crate::downloads::DlState::Running
+                    && !d.picker.is_complete(),
+            })
+            .collect()
     }
 
     /// Pieces each peer address served, per download (for logs and tests).

@@ -79,6 +79,32 @@ impl Swarm {
         c
     }
 
+    /// Writes `name` in the swarm's dir: `len` bytes of content drawn from `seed`.
+    /// Returns its path and its metadata as an uploader computes it.
+    pub fn random_file(&self, name: &str, len: u64, seed: u64) -> (PathBuf, FileMeta) {
+        let path = self.path(name);
+        crate::write_random_file(&path, len, seed);
+        let meta = meta_of(&path);
+        (path, meta)
+    }
+
+    /// Starts a scripted peer serving the file at `path` and announces it at the
+    /// tracker as a seeder, through a new protocol-level member `user` of `g`.
+    pub fn scripted_seeder(
+        &mut self,
+        user: &str,
+        path: &Path,
+        behaviour: Behaviour,
+        delay: Duration,
+    ) -> TestPeer {
+        let meta = meta_of(path);
+        let data = Arc::new(std::fs::read(path).unwrap());
+        let peer = TestPeer::start(data, meta.clone(), behaviour, delay);
+        let (mut conn, token) = self.protocol_member(user);
+        announce(&mut conn, &token, &meta, peer.addr);
+        peer
+    }
+
     /// A protocol-level member of `g` (for scripted test peers): returns its token.
     pub fn protocol_member(&mut self, user: &str) -> (TrackerConn, String) {
         let mut conn = self.tracker.connect();
@@ -251,6 +277,30 @@ impl TestPeer {
 
     pub fn requested(&self) -> Vec<u32> {
         self.log.requests.lock().unwrap().clone()
+    }
+
+    /// Pieces sent so far.
+    pub fn served(&self) -> usize {
+        self.log.served.load(Ordering::SeqCst)
+    }
+
+    /// From now on sends at most `pieces` more, then stalls (until [`TestPeer::release`]).
+    pub fn hold_after(&self, pieces: usize) {
+        self.budget.store(pieces, Ordering::SeqCst);
+    }
+
+    /// Sends without limit again.
+    pub fn release(&self) {
+        self.budget.store(usize::MAX, Ordering::SeqCst);
+    }
+
+    /// Waits up to 20 s until it has sent `pieces` pieces; panics saying how many it sent.
+    pub fn wait_served(&self, pieces: usize) {
+        assert!(
+            crate::wait_until(Duration::from_secs(20), || self.served() >= pieces),
+            "the scripted peer sent {} pieces, not {pieces}",
+            self.served()
+        );
     }
 }
 

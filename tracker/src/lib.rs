@@ -30,6 +30,9 @@ pub mod http;
 pub mod log_repair;
 pub mod metrics;
 pub mod operator_view;
+// Raft replication (issue 13): built and unit-tested; the server drives it in a later step.
+#[allow(dead_code)]
+pub mod replication;
 pub mod server;
 pub mod status;
 pub mod status_html;
@@ -57,6 +60,8 @@ pub struct Options {
     pub fsync: FsyncMode,
     /// Seeders not heard from for this many seconds are not listed as online.
     pub seeder_timeout_secs: u64,
+    /// Tests only: exit right after applying a change of this command, unanswered.
+    pub test_exit_after_apply: Option<wire::command::CommandKind>,
     /// Serve the operator view on this address.
     pub http: Option<String>,
     /// Show seeders' IP addresses on the operator view.
@@ -174,6 +179,7 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
     let cfg = server::Config {
         tracker_no: opts.tracker_no as u32,
         seeder_timeout_ms: opts.seeder_timeout_secs.saturating_mul(1000),
+        test_exit_after_apply: opts.test_exit_after_apply,
     };
     let (mut server, waker) =
         server::Server::new(listener, log, store, cfg, Arc::clone(&shutdown))?;

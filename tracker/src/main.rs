@@ -21,6 +21,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use log::LevelFilter;
 use tracker::sync_log::FsyncMode;
+use wire::command::CommandKind;
 
 /// Command line of the tracker.
 #[derive(Debug, Parser)]
@@ -43,6 +44,17 @@ struct Args {
     /// Seeders not heard from for this many seconds are not listed as online.
     #[arg(long, default_value_t = 45, hide = true)]
     seeder_timeout_secs: u64,
+    /// Fault injection for the end-to-end tests only: exit (status 86) right after
+    /// a change of this command was appended and applied, before its reply is sent.
+    #[arg(long, hide = true, value_name = "COMMAND", value_parser = parse_command_kind)]
+    test_exit_after_apply: Option<CommandKind>,
+    /// Serve the read-only operator view (/status, /status.json, /metrics) on
+    /// this address, e.g. 127.0.0.1:9101. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Show seeders' IP addresses on the operator view (hidden by default).
+    #[arg(long, requires = "http")]
+    http_show_peer_addrs: bool,
     /// Check every line of sync_log.txt (safe beside running trackers), print
     /// every bad one, exit 1 if there is any.
     #[arg(long, conflicts_with = "salvage_log")]
@@ -51,13 +63,10 @@ struct Args {
     /// its unreadable lines, keep the original beside it, report what was dropped.
     #[arg(long)]
     salvage_log: bool,
-    /// Serve the read-only operator view (/status, /status.json, /metrics) on
-    /// this address, e.g. 127.0.0.1:9101. Off by default.
-    #[arg(long, value_name = "ADDR")]
-    http: Option<String>,
-    /// Show seeders' IP addresses on the operator view (hidden by default).
-    #[arg(long, requires = "http")]
-    http_show_peer_addrs: bool,
+}
+
+fn parse_command_kind(name: &str) -> Result<CommandKind, String> {
+    CommandKind::from_name(name).ok_or_else(|| format!("unknown tracker command {name:?}"))
 }
 
 fn main() -> ExitCode {
@@ -97,6 +106,7 @@ fn serve(args: Args) -> Result<(), tracker::TrackerError> {
         data_dir: args.data_dir,
         fsync: args.fsync,
         seeder_timeout_secs: args.seeder_timeout_secs,
+        test_exit_after_apply: args.test_exit_after_apply,
         http: args.http,
         http_show_peer_addrs: args.http_show_peer_addrs,
     };

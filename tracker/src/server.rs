@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
+use wire::command::CommandKind;
 use wire::tracker_msg::{LineFramer, Reply, Request, MAX_REQUEST_LINE};
 
 use crate::commands::{self, Ctx, Outcome};
@@ -49,11 +50,29 @@ const CATCH_UP_CHUNK: usize = 16 * 1024 * 1024;
 /// that the SQLite cache (same dir) can still commit what the log acknowledges.
 const MIN_FREE_BYTES: u64 = 1024 * 1024;
 
+/// Fault injection (`--test-exit-after-apply`): the process ends when this turn
+/// applied a change of `kind`, after the log append and before any reply is sent.
+fn exit_if_applied(
+    kind: CommandKind,
+    work: &[(usize, Result<Request, String>)],
+    replies: &[Reply],
+) {
+    let applied = work.iter().zip(replies).any(|((_, item), reply)| {
+        matches!(item, Ok(r) if r.command == kind.name()) && matches!(reply, Reply::Ok { .. })
+    });
+    if applied {
+        log::warn!("test fault injection: exiting after applying {kind}, before replying");
+        std::process::exit(86);
+    }
+}
+
 /// Settings of the loop.
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
     pub tracker_no: u32,
     pub seeder_timeout_ms: u64,
+    /// Tests only: exit right after applying a change of this command, unanswered.
+    pub test_exit_after_apply: Option<CommandKind>,
 }
 
 /// One client connection's state.
@@ -395,6 +414,9 @@ impl Server {
                 }
             }
         };
+        if let Some(kind) = self.cfg.test_exit_after_apply {
+            exit_if_applied(kind, &work, &replies);
+        }
         let now = Instant::now();
         for (((key, item), reply), at) in work.iter().zip(replies).zip(arrived) {
             self.count_request(item, &reply, now.saturating_duration_since(at));
@@ -515,9 +537,6 @@ impl Server {
                     None => Ok((caught.lines, None)),
                 }
             });
-        if let Ok((lines, _)) = &result {
-            self.metrics.changes_applied_from_others.add(*lines);
-        }
         match result {
             Ok((_, Some(torn_at))) => {
                 if self.reported_torn != Some(torn_at) {
@@ -529,6 +548,7 @@ impl Server {
                 }
             }
             Ok((lines, None)) if lines > 0 => {
+                self.metrics.changes_applied_from_others.add(lines);
                 log::debug!("applied {lines} lines from other trackers")
             }
             Ok(_) => {}

@@ -22,8 +22,8 @@ table{border-collapse:collapse;width:100%}
 th,td{text-align:left;padding:5px 10px;border-bottom:1px solid #e6e8ec;vertical-align:top}
 th{font-size:12px;color:#667085;font-weight:600;text-transform:uppercase}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
-.cards{display:flex;flex-wrap:wrap;gap:12px}
-.card{flex:1 1 120px;background:#f7f8fa;border-radius:6px;padding:10px 14px}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(110px,1fr));gap:12px}
+.card{background:#f7f8fa;border-radius:6px;padding:10px 14px}
 .card b{display:block;font-size:24px}
 .card span{font-size:12px;color:#667085;text-transform:uppercase}
 .up{color:#0a7a3b;font-weight:600}.down{color:#c0262d;font-weight:600}.warn{color:#b25e00}
@@ -175,12 +175,15 @@ fn progress_cells(p: &Progress, reachable: bool) -> String {
             behind_bytes: Some(b),
             ..
         } => {
-            let behind = if !reachable {
-                format!(
-                    "<span class=\"muted\">{} when it stopped</span>",
+            if !reachable {
+                return format!(
+                    "<td class=\"n muted\" title=\"where its cache stopped\">{}</td>\
+                     <td class=\"n muted\" title=\"{} behind now\">&ndash; (down)</td>",
+                    human_bytes(*a),
                     human_bytes(*b)
-                )
-            } else if *b == 0 {
+                );
+            }
+            let behind = if *b == 0 {
                 "<span class=\"up\">in step</span>".to_string()
             } else {
                 format!("<span class=\"warn\">{}</span>", human_bytes(*b))

@@ -23,13 +23,7 @@ use crate::storage::{self, ResumeState, WholeHash};
 
 /// Connections per download.
 const MAX_PEERS_PER_DOWNLOAD: usize = 16;
-/// With no usable peer, ask the tracker for fresh ones this often...
-const REFRESH_EVERY: Duration = Duration::from_secs(1);
-/// While peers are connected, the first refresh (to find partial seeders) comes
-/// this soon after the start, later ones this often.
-const FIRST_REFRESH: Duration = Duration::from_millis(150);
-const REFRESH_WHILE_RUNNING: Duration = Duration::from_secs(1);
-/// ...and fail the download after this long.
+/// With no usable peer, fail the download after this long.
 pub(super) const NO_PEERS_LIMIT: Duration = Duration::from_secs(20);
 /// A download that makes no progress for this long fails.
 const STALL_LIMIT: Duration = Duration::from_secs(120);
@@ -112,22 +106,9 @@ impl Transfers {
                 .conns
                 .iter()
                 .any(|k| self.conns.get(*k).is_some_and(|c| c.handshake_done));
+            // Fresh peers come from the controller's peer refresh (`update_peers`).
             if live {
                 d.no_peers_since = None;
-                // Learn about other leechers (partial seeders) now and then.
-                let every = if d.refreshes == 0 {
-                    FIRST_REFRESH
-                } else {
-                    REFRESH_WHILE_RUNNING
-                };
-                if now.duration_since(d.last_refresh) >= every {
-                    d.last_refresh = now;
-                    d.refreshes += 1;
-                    self.tracker_jobs.push(TrackerJob::RefreshPeers {
-                        group: d.group.clone(),
-                        name: d.meta.name.clone(),
-                    });
-                }
             } else {
                 let since = *d.no_peers_since.get_or_insert(now);
                 if now.duration_since(since) > NO_PEERS_LIMIT {
@@ -137,13 +118,6 @@ impl Transfers {
                         "no peer could serve the file (all seeders gone)".into(),
                     );
                     continue;
-                }
-                if now.duration_since(d.last_refresh) >= REFRESH_EVERY {
-                    d.last_refresh = now;
-                    self.tracker_jobs.push(TrackerJob::RefreshPeers {
-                        group: d.group.clone(),
-                        name: d.meta.name.clone(),
-                    });
                 }
             }
             let d = &self.downloads[dl];

@@ -3,7 +3,6 @@
 
 use super::fetching::NO_PEERS_LIMIT;
 use super::*;
-use crate::downloads::DlState;
 use crate::storage;
 use mio::net::TcpListener;
 use mio::{Events, Poll};
@@ -71,7 +70,7 @@ impl Node {
             }
         }
         self.t.poll_pool(self.poll.registry());
-        self.t.tick(self.poll.registry());
+        self.t.tick(self.poll.registry(), Instant::now());
         self.jobs.extend(self.t.take_tracker_jobs());
     }
 
@@ -269,22 +268,20 @@ fn no_peers_fails_with_reason() {
         )
         .unwrap_err()
         .contains("already downloading"));
-    // Fast-forward the failure bound.
-    leecher.t.downloads[0].no_peers_since =
-        Some(Instant::now() - NO_PEERS_LIMIT - Duration::from_secs(1));
-    run_until(&mut [&mut leecher], 5, |n| finished(n[0]));
-    assert!(leecher.t.status_lines()[0].starts_with("[F] [g] f: no peer"));
-    // With no usable peer, fresh peers are asked for.
-    leecher.t.downloads[0].state = DlState::Running;
-    leecher.t.downloads[0].no_peers_since = Some(Instant::now());
-    leecher.t.downloads[0].last_refresh = Instant::now() - Duration::from_secs(5);
-    leecher.jobs.clear();
-    leecher.t.last_tick = Instant::now() - Duration::from_secs(1);
+    // Just inside the failure bound the download keeps waiting for peers...
+    let start = Instant::now();
     leecher.turn();
-    assert!(leecher
-        .jobs
-        .iter()
-        .any(|j| matches!(j, TrackerJob::RefreshPeers { .. })));
+    leecher.t.tick(
+        leecher.poll.registry(),
+        start + NO_PEERS_LIMIT - Duration::from_secs(1),
+    );
+    assert_eq!(leecher.t.active_downloads(), 1);
+    assert!(leecher.t.running_downloads()[0].needs_peers);
+    // ...and past it, with the clock injected, it fails with the reason.
+    let late = start + NO_PEERS_LIMIT + Duration::from_secs(1);
+    leecher.t.tick(leecher.poll.registry(), late);
+    assert_eq!(leecher.t.active_downloads(), 0);
+    assert!(leecher.t.status_lines()[0].starts_with("[F] [g] f: no peer"));
 }
 
 /// A raw protocol client: unknown file and out-of-range requests get answers
