@@ -113,12 +113,13 @@ fn group_names(c: &mut TrackerConn, tok: &str) -> BTreeSet<String> {
 
 /// Names of the groups whose `create_group` line is in the log (complete lines only).
 fn logged_groups(log: &Path) -> BTreeSet<String> {
-    let text = std::fs::read_to_string(log).unwrap();
-    assert!(text.ends_with('\n'), "the log ends in a torn line");
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 4 && f[3] == "create_group").then(|| f[4].to_string())
+    // The tracker's own parser: every line must check out, the log end whole.
+    let (_, entries) = harness::tracker_state::read_log(log);
+    entries
+        .into_iter()
+        .filter_map(|e| match e.op {
+            tracker::sync_log::Op::CreateGroup { group, .. } => Some(group),
+            _ => None,
         })
         .collect()
 }

@@ -486,6 +486,7 @@ mod tests {
                 let entry = LogEntry {
                     ms: ctx.now_ms,
                     tracker: 1,
+                    request_id: None,
                     op,
                 };
                 st.apply_entries(&[(off, entry)], off).unwrap();

@@ -4,7 +4,13 @@
 //! ```text
 //! tracker <tracker_info.txt> <tracker_no> [--data-dir DIR] [--log-level LEVEL] [--fsync always|batch]
 //!         [--http ADDR [--http-show-peer-addrs]]
+//! tracker <tracker_info.txt> <tracker_no> [--data-dir DIR] --verify-log
+//! tracker <tracker_info.txt> <tracker_no> [--data-dir DIR] --salvage-log
 //! ```
+//!
+//! `--verify-log` checks every line of `sync_log.txt` and exits 1 if any is bad;
+//! `--salvage-log` writes a new log without the unreadable lines (see
+//! [`tracker::log_repair`]). Both print their findings and exit.
 //!
 //! After start-up it prints `tracker <N> listening on <addr>` on stdout; it stops on
 //! SIGINT, SIGTERM or `quit` on stdin (end of stdin does not stop it).
@@ -49,6 +55,14 @@ struct Args {
     /// Show seeders' IP addresses on the operator view (hidden by default).
     #[arg(long, requires = "http")]
     http_show_peer_addrs: bool,
+    /// Check every line of sync_log.txt (safe beside running trackers), print
+    /// every bad one, exit 1 if there is any.
+    #[arg(long, conflicts_with = "salvage_log")]
+    verify_log: bool,
+    /// With no tracker running on the data dir: write a new sync_log.txt without
+    /// its unreadable lines, keep the original beside it, report what was dropped.
+    #[arg(long)]
+    salvage_log: bool,
 }
 
 fn parse_command_kind(name: &str) -> Result<CommandKind, String> {
@@ -64,6 +78,28 @@ fn main() -> ExitCode {
             .build(),
         std::io::stderr(),
     );
+    let result = if args.verify_log {
+        match tracker::verify_log(&args.data_dir) {
+            Ok(true) => return ExitCode::SUCCESS,
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        }
+    } else if args.salvage_log {
+        tracker::salvage_log(&args.data_dir, args.tracker_no)
+    } else {
+        serve(args)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("tracker: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: Args) -> Result<(), tracker::TrackerError> {
     let opts = tracker::Options {
         tracker_info: args.tracker_info,
         tracker_no: args.tracker_no,
@@ -74,12 +110,5 @@ fn main() -> ExitCode {
         http: args.http,
         http_show_peer_addrs: args.http_show_peer_addrs,
     };
-    match tracker::run(&opts) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("{e}");
-            eprintln!("tracker: error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    tracker::run(&opts)
 }
