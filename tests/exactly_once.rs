@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use harness::tracker_state::{open_read_only, read_log};
-use harness::{free_port, write_tracker_info, ClientProc, TrackerConn, TrackerProc, WAIT};
+use harness::{
+    free_port, wait_until, write_tracker_info, ClientProc, TrackerConn, TrackerProc, WAIT,
+};
 use tracker::sync_log::Op;
 
 /// The exit status of `--test-exit-after-apply`.
@@ -84,11 +86,17 @@ impl Failover {
             "tracker 1 did not exit by the fault injection; stderr:\n{}",
             self.t1.stderr.text()
         );
-        assert!(self.t1.stderr.text().contains("exiting after applying"));
-        let notes = self.client.stderr.text();
+        // The pipes' reader threads may still be catching up: bounded waits.
+        let t1_said = wait_until(WAIT, || {
+            self.t1.stderr.text().contains("exiting after applying")
+        });
+        assert!(t1_said, "tracker 1 stderr:\n{}", self.t1.stderr.text());
+        let note = format!("note: tracker {} unreachable", self.t1.addr);
+        let failed_over = wait_until(WAIT, || self.client.stderr.text().contains(&note));
         assert!(
-            notes.contains(&format!("note: tracker {} unreachable", self.t1.addr)),
-            "the client did not fail over: {notes}"
+            failed_over,
+            "the client did not fail over: {}",
+            self.client.stderr.text()
         );
         self.t2.assert_alive();
     }
