@@ -60,5 +60,6 @@ CREATE INDEX file_seeders_by_session ON file_seeders (token_hash);
 CREATE TABLE applied_log (
     id     INTEGER PRIMARY KEY CHECK (id = 1),
     offset INTEGER NOT NULL,                -- sync_log.txt bytes applied
-    lines  INTEGER NOT NULL                 -- log lines applied
+    lines  INTEGER NOT NULL,                -- log lines applied
+    generation TEXT NOT NULL DEFAULT ''     -- sync log generation applied ('' = none yet)
 );

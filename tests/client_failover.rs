@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness::{free_port, write_tracker_info, ClientProc, TrackerProc, WAIT};
+use harness::{free_port, wait_until, write_tracker_info, ClientProc, TrackerProc, WAIT};
 use wire::tracker_msg::{Reply, Request};
 
 fn notes(c: &ClientProc) -> Vec<String> {
@@ -261,8 +261,19 @@ fn heartbeats_and_seed_mode() {
     .map(|s| s.to_string())
     .collect();
     let mut c = ClientProc::start_args(&args, &state);
+    let beats = || {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.command == "heartbeat")
+            .count()
+    };
     assert_eq!(c.cmd("login alice pw"), "logged in as alice");
-    std::thread::sleep(Duration::from_millis(2600));
+    assert!(
+        wait_until(Duration::from_secs(10), || beats() >= 2),
+        "{} heartbeats in 10 s with --announce-secs 1",
+        beats()
+    );
     assert_eq!(c.cmd("create_group g"), "group g created");
     // The announced address reaches the running peer server.
     let announced = log
@@ -274,10 +285,16 @@ fn heartbeats_and_seed_mode() {
         .expect("a heartbeat was sent");
     std::net::TcpStream::connect(&announced)
         .expect("peer server reachable at the announced address");
+    // After end of input, --seed keeps the client up: it goes on announcing.
     c.close_stdin();
-    assert_eq!(
-        c.wait_exit(Duration::from_millis(1500)),
-        None,
+    let before = beats();
+    assert!(
+        wait_until(Duration::from_secs(10), || beats() >= before + 2),
+        "no heartbeat after end of input; stderr: {:?}",
+        notes(&c)
+    );
+    assert!(
+        c.child.try_wait().unwrap().is_none(),
         "--seed exited at end of input"
     );
     assert!(c.stdout.next_line(Duration::from_millis(100)).is_none());
@@ -288,7 +305,10 @@ fn heartbeats_and_seed_mode() {
     assert_eq!(c.wait_exit(WAIT), Some(0));
 
     let reqs = log.lock().unwrap().clone();
-    assert_eq!(reqs[0], Request::new(None, "login", &["alice", "pw"]));
+    // A change carries a request id (exactly once across failover), a read none.
+    let mut login = reqs[0].clone();
+    assert!(login.request_id.take().is_some(), "{login:?}");
+    assert_eq!(login, Request::new(None, "login", &["alice", "pw"]));
     let beats: Vec<&Request> = reqs.iter().filter(|r| r.command == "heartbeat").collect();
     assert!(beats.len() >= 3, "{reqs:?}");
     for b in &beats {

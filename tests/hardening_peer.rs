@@ -9,120 +9,22 @@
 //! The client prints nothing about its peer port; the port is the one it announced
 //! to the tracker, read from `file_info` after the upload.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use harness::peer_client::{Got, PeerClient};
 use harness::{free_port, write_random_file, write_tracker_info, ClientProc, TrackerProc};
 use sha1::{Digest, Sha1};
-use wire::peer_msg::{
-    self, Handshake, PeerMsg, RejectCode, HANDSHAKE_LEN, MAX_MSG_LEN, MAX_REQUEST_LEN,
-};
+use wire::file_meta::hash_from_hex;
+use wire::peer_msg::{Handshake, PeerMsg, RejectCode, MAX_MSG_LEN, MAX_REQUEST_LEN};
 
 const PIECE: u32 = 512 * 1024;
 const FILE_LEN: u64 = 1_300_000; // 3 pieces, the last one short
 
 fn sha1_bytes(data: &[u8]) -> [u8; 20] {
     Sha1::digest(data).into()
-}
-
-fn from_hex(s: &str) -> [u8; 20] {
-    let mut out = [0u8; 20];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
-    }
-    out
-}
-
-/// A blocking peer connection for tests.
-struct Peer {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-/// What the other side did next.
-#[derive(Debug)]
-enum Got {
-    Msg(PeerMsg),
-    Closed,
-}
-
-impl Peer {
-    fn connect(addr: &str) -> Peer {
-        let s = TcpStream::connect(addr).expect("connect to the peer server");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Peer { s, buf: Vec::new() }
-    }
-
-    fn send(&mut self, bytes: &[u8]) -> bool {
-        self.s.write_all(bytes).is_ok()
-    }
-
-    fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 64 * 1024];
-        match self.s.read(&mut chunk) {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-        }
-    }
-
-    /// The server's handshake, or `None` if it refused (closed or sent an Error).
-    fn handshake(&mut self, sha: [u8; 20]) -> Option<Handshake> {
-        self.send(&Handshake::new(sha, *b"attacker").encode());
-        loop {
-            if self.buf.len() >= 4 && &self.buf[..4] != peer_msg::MAGIC {
-                // Not a handshake: an Error message (the refusal), then close.
-                match self.next() {
-                    Got::Msg(PeerMsg::Error(_)) | Got::Closed => return None,
-                    other => panic!("unexpected answer to a handshake: {other:?}"),
-                }
-            }
-            if let Some(h) = Handshake::decode(&self.buf).expect("a valid handshake") {
-                self.buf.drain(..HANDSHAKE_LEN);
-                return Some(h);
-            }
-            if !self.fill() {
-                return None;
-            }
-        }
-    }
-
-    fn next(&mut self) -> Got {
-        loop {
-            match peer_msg::decode(&self.buf) {
-                Ok(Some((msg, used))) => {
-                    self.buf.drain(..used);
-                    return Got::Msg(msg);
-                }
-                Ok(None) => {}
-                Err(e) => panic!("the server sent a malformed message: {e}"),
-            }
-            if !self.fill() {
-                return Got::Closed;
-            }
-        }
-    }
-
-    /// The next message that is not a KeepAlive or Have.
-    fn answer(&mut self) -> Got {
-        loop {
-            match self.next() {
-                Got::Msg(PeerMsg::KeepAlive) | Got::Msg(PeerMsg::Have(_)) => {}
-                other => return other,
-            }
-        }
-    }
-
-    fn request(&mut self, piece: u32, offset: u32, len: u32) -> Got {
-        if !self.send(&PeerMsg::Request { piece, offset, len }.encode()) {
-            return Got::Closed;
-        }
-        self.answer()
-    }
 }
 
 struct Setup {
@@ -157,7 +59,7 @@ fn setup() -> Setup {
         _tracker: tracker,
         client,
         peer_addr,
-        sha: from_hex(&sha_hex),
+        sha: hash_from_hex(&sha_hex).expect("the tracker's file_sha1 is hex"),
         content: std::fs::read(&src).unwrap(),
     }
 }
@@ -185,14 +87,10 @@ fn assert_serves(s: &Setup, i: u32) {
     assert!(start.elapsed() < Duration::from_secs(5), "served slowly");
 }
 
-/// The handshake is followed by a Bitfield; take it off.
-fn open(s: &Setup) -> Peer {
-    let mut p = Peer::connect(&s.peer_addr);
-    p.handshake(s.sha).expect("the shared file is served");
-    match p.answer() {
-        Got::Msg(PeerMsg::Bitfield(b)) => assert_eq!(b, vec![0xe0]),
-        other => panic!("expected a bitfield, got {other:?}"),
-    }
+/// The handshake is followed by a Bitfield (all three pieces); take it off.
+fn open(s: &Setup) -> PeerClient {
+    let (p, bits) = PeerClient::open(&s.peer_addr, s.sha);
+    assert_eq!(bits, vec![0xe0]);
     p
 }
 
@@ -222,14 +120,14 @@ fn files_it_does_not_share_are_refused_whatever_they_are_called() {
         [0xffu8; 20],
     ];
     for sha in names {
-        let mut p = Peer::connect(&s.peer_addr);
+        let mut p = PeerClient::connect(&s.peer_addr);
         assert!(
             p.handshake(sha).is_none(),
             "a handshake for {sha:02x?} was accepted"
         );
     }
     // A handshake of another protocol version, or bad magic: refused too.
-    let mut p = Peer::connect(&s.peer_addr);
+    let mut p = PeerClient::connect(&s.peer_addr);
     let mut hs = Handshake::new(s.sha, *b"attacker").encode();
     hs[4] = 200;
     p.send(&hs);
@@ -237,10 +135,10 @@ fn files_it_does_not_share_are_refused_whatever_they_are_called() {
         !matches!(p.answer(), Got::Msg(PeerMsg::Bitfield(_))),
         "version 200 accepted"
     );
-    let mut p = Peer::connect(&s.peer_addr);
+    let mut p = PeerClient::connect(&s.peer_addr);
     p.send(b"GET /../../etc/passwd HTTP/1.0\r\n\r\n");
     let mut rest = Vec::new();
-    let _ = p.s.read_to_end(&mut rest);
+    let _ = p.stream.read_to_end(&mut rest);
     assert!(
         rest.len() < 4096,
         "garbage was answered with {} bytes",

@@ -1,6 +1,9 @@
-//! Two trackers started with one data dir share sync_log.txt: writes through each
+//! Trackers started with one data dir share sync_log.txt: writes through each
 //! are visible through the other, sessions fail over, and concurrent writes to
-//! both leave a log in which every line is whole and checks out.
+//! both leave a log in which every line is whole and checks out. Damage to the
+//! shared log never costs an acknowledged line or splits the trackers: a flipped
+//! byte mid-log stops a restarting tracker instead of being cut, and a log cut
+//! short under running trackers makes them refuse changes.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use harness::tracker_state::{check_log, dump, read_log};
+use harness::tracker_state::{check_log, dump, entry_line_starts, read_log, run_tracker_to_exit};
 use harness::{free_port, wait_until, write_tracker_info, TrackerConn, TrackerProc};
 use wire::tracker_msg::{Reply, ERR_SESSION};
 
@@ -174,4 +177,128 @@ fn concurrent_writes_to_both_trackers_leave_a_valid_log() {
         dump(&data.join("tracker1.db")),
         dump(&data.join("tracker2.db"))
     );
+}
+
+/// Issue 11's scenario: three trackers share a data dir, 300 groups are made
+/// and applied everywhere, one byte is flipped in a line in the middle of the
+/// log, and tracker 3 is restarted with its cache.
+#[test]
+fn a_flipped_byte_mid_log_costs_no_acknowledged_line_and_splits_no_trackers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let info = write_tracker_info(dir.path(), &[free_port(), free_port(), free_port()]);
+    let mut ts: Vec<TrackerProc> = (1..=3)
+        .map(|n| TrackerProc::start(&info, n, &data))
+        .collect();
+    let mut cs: Vec<TrackerConn> = ts.iter().map(|t| t.connect()).collect();
+    let tok = cs[0].user("owner", "pw");
+    for i in 0..300 {
+        cs[i % 3].ok(Some(&tok), "create_group", &[&format!("group {i}")]);
+    }
+    visible_within("300 groups on every tracker", || {
+        cs.iter_mut()
+            .all(|c| c.ok(Some(&tok), "list_groups", &[]).1.len() == 300)
+    });
+    ts[2].quit_ok();
+
+    let log = data.join("sync_log.txt");
+    let mut bytes = std::fs::read(&log).unwrap();
+    let starts = entry_line_starts(&log);
+    let (n, at) = (starts.len() / 2, starts[starts.len() / 2]);
+    bytes[at + 30] ^= 0x08;
+    std::fs::write(&log, &bytes).unwrap();
+
+    // Tracker 3 refuses to start, naming the line; nothing is cut.
+    let out = run_tracker_to_exit(&info, 3, &data, &[]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let line_no = n + 2; // the version line is line 1
+    assert!(
+        out.stderr
+            .contains(&format!("line {line_no} (byte offset {at})")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read(&log).unwrap(), bytes);
+
+    // Trackers 1 and 2 go on accepting changes, and agree at once.
+    let (c1, rest) = cs.split_at_mut(1);
+    let (c1, c2) = (&mut c1[0], &mut rest[0]);
+    for i in 0..20 {
+        let g = format!("after {i}");
+        let (writer, reader) = if i % 2 == 0 {
+            (&mut *c1, &mut *c2)
+        } else {
+            (&mut *c2, &mut *c1)
+        };
+        writer.ok(Some(&tok), "create_group", &[&g]);
+        let listed = reader.ok(Some(&tok), "list_groups", &[]).1;
+        assert!(listed.iter().any(|r| r[0] == g), "{g} not seen at once");
+    }
+    // Every acknowledged line is still in the log, byte for byte where it was.
+    let now = std::fs::read(&log).unwrap();
+    assert!(now.starts_with(&bytes), "the log's history was rewritten");
+    // --verify-log (beside running trackers) finds exactly the flipped line.
+    let v = run_tracker_to_exit(&info, 1, &data, &["--verify-log"]);
+    assert_eq!(v.code, 1, "{}", v.stdout);
+    assert!(
+        v.stdout
+            .contains(&format!("line {line_no} (byte offset {at})")),
+        "{}",
+        v.stdout
+    );
+    assert!(v.stdout.contains("1 bad line(s)"), "{}", v.stdout);
+    ts[0].quit_ok();
+    ts[1].quit_ok();
+    assert_eq!(
+        dump(&data.join("tracker1.db")),
+        dump(&data.join("tracker2.db"))
+    );
+}
+
+/// A log cut short (or cut mid-line) under running trackers: each refuses
+/// changes and says why; nobody appends to it or cuts it further; reads go on.
+#[test]
+fn a_log_truncated_under_running_trackers_makes_them_refuse_changes() {
+    for mid_line in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut t1, mut t2) = two_trackers(dir.path());
+        let mut c1 = t1.connect();
+        let mut c2 = t2.connect();
+        let tok = c1.user("owner", "pw");
+        for i in 0..10 {
+            c1.ok(Some(&tok), "create_group", &[&format!("g{i}")]);
+        }
+        visible_within("10 groups on tracker 2", || {
+            c2.ok(Some(&tok), "list_groups", &[]).1.len() == 10
+        });
+        let log = dir.path().join("data").join("sync_log.txt");
+        let starts = entry_line_starts(&log);
+        let cut = starts[5] + if mid_line { 7 } else { 0 };
+        let f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+        f.set_len(cut as u64).unwrap();
+        drop(f);
+
+        // Tracker 2's watcher notices by itself...
+        t2.stderr
+            .wait_for("tracker 2's watcher", Duration::from_secs(5), |l| {
+                l.contains("no longer holds what this tracker's cache applied")
+            });
+        // ...and both trackers refuse changes (tracker 1 on the change path).
+        for c in [&mut c1, &mut c2] {
+            let err = c.err(Some(&tok), "create_group", &["after the cut"]);
+            assert!(err.starts_with("change not made"), "{err}");
+            assert!(
+                err.contains("shrank") || err.contains("inside a line"),
+                "{err}"
+            );
+            assert_eq!(c.ok(Some(&tok), "list_groups", &[]).1.len(), 10);
+        }
+        t1.stderr
+            .wait_for("tracker 1's reason", Duration::from_secs(5), |l| {
+                l.contains("refusing every change")
+            });
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), cut as u64);
+        t1.quit_ok();
+        t2.quit_ok();
+    }
 }

@@ -1,14 +1,17 @@
 //! End-to-end transfers between real clients: 1 → 1 for the edge sizes and a big
 //! file, 3 seeders → 1 (each serves some), 1 → 3 leechers at once (they serve
-//! each other), and a non-member that can neither list nor download.
+//! each other), a leecher serving its verified pieces before it completes
+//! (partial seeding), a download with no reachable peer failing with its
+//! reason, and a non-member that can neither list nor download.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use harness::peer_client::{Got, PeerClient};
 use harness::transfer::*;
-use harness::{assert_same_file, write_random_file};
+use harness::{assert_same_file, wait_until, write_random_file};
 use wire::file_meta::PIECE_SIZE;
+use wire::peer_msg::PeerMsg;
 
 /// `transfer stats: <name>: <addr> served <n> pieces` lines of a client's log.
 fn served_by(stderr: &str, name: &str) -> HashMap<String, u64> {
@@ -82,7 +85,7 @@ fn three_seeders_to_one_each_serves() {
     download(&mut leecher, "shared.bin", &dest);
     wait_complete(&mut leecher, "shared.bin", Duration::from_secs(60));
     assert_same_file(&src, &dest);
-    assert!(harness::wait_until(Duration::from_secs(5), || served_by(
+    assert!(wait_until(Duration::from_secs(5), || served_by(
         &leecher.stderr.text(),
         "shared.bin"
     )
@@ -100,20 +103,10 @@ fn three_seeders_to_one_each_serves() {
 #[test]
 fn one_seeder_three_leechers_share_among_themselves() {
     let mut s = Swarm::new();
-    let src = s.path("movie.bin");
-    write_random_file(&src, 96 * PIECE_SIZE, 9);
-    let meta = meta_of(&src);
-    let data = Arc::new(std::fs::read(&src).unwrap());
+    let (src, meta) = s.random_file("movie.bin", 96 * PIECE_SIZE, 9);
     // The original seeder is throttled (20 ms a piece) so the leechers overlap
     // long enough to find each other as partial seeders.
-    let seed = TestPeer::start(
-        data,
-        meta.clone(),
-        Behaviour::Honest,
-        Duration::from_millis(20),
-    );
-    let (mut conn, token) = s.protocol_member("origin");
-    announce(&mut conn, &token, &meta, seed.addr);
+    let seed = s.scripted_seeder("origin", &src, Behaviour::Honest, Duration::from_millis(20));
     let mut leechers: Vec<_> = (0..3)
         .map(|i| s.member(&format!("l{i}"), &["--log-level", "info"]))
         .collect();
@@ -128,7 +121,7 @@ fn one_seeder_three_leechers_share_among_themselves() {
     let origin = seed.addr.to_string();
     let mut from_leechers = 0;
     for l in &leechers {
-        assert!(harness::wait_until(Duration::from_secs(5), || !served_by(
+        assert!(wait_until(Duration::from_secs(5), || !served_by(
             &l.stderr.text(),
             "movie.bin"
         )
@@ -141,7 +134,7 @@ fn one_seeder_three_leechers_share_among_themselves() {
     }
     assert!(from_leechers > 0, "leechers served nothing to each other");
     // The origin sent fewer pieces than three full copies.
-    assert!(seed.log.served.load(std::sync::atomic::Ordering::SeqCst) < 3 * meta.piece_count());
+    assert!(seed.served() < 3 * meta.piece_count());
 }
 
 #[test]
@@ -160,6 +153,119 @@ fn non_member_cannot_list_or_download() {
         dest.display()
     ));
     assert!(reply.starts_with("error: "), "{reply}");
-    std::thread::sleep(Duration::from_millis(300));
+    // The shell answers in order: once it lists no download, none was started.
+    assert_eq!(outsider.cmd("show_downloads"), "0 downloads");
     assert!(!dest.exists());
+    assert!(!s.path("stolen.bin.swarmshare-part").exists());
+}
+
+/// A leecher serves the pieces it has verified while its own download is still
+/// running: the origin serves 4 pieces and stalls, the tracker then lists the
+/// leecher as a seeder, and a peer that connects to it gets a bitfield of
+/// exactly verified pieces, the right bytes for one of them, and a refusal for
+/// a piece it does not have yet.
+#[test]
+fn a_leecher_serves_its_verified_pieces_before_completing() {
+    let mut s = Swarm::new();
+    let (src, meta) = s.random_file("part.bin", 12 * PIECE_SIZE + 5, 21);
+    let data = std::fs::read(&src).unwrap();
+    let origin = s.scripted_seeder("origin", &src, Behaviour::Honest, Duration::ZERO);
+    origin.hold_after(4);
+    let token = s.owner_token.clone();
+    let mut leecher = s.member("leecher", &[]);
+    download(&mut leecher, "part.bin", &s.path("got.bin"));
+
+    // The tracker lists the leecher once it holds a verified piece.
+    let origin_addr = origin.addr.to_string();
+    let mut leecher_addr = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            leecher_addr = seeders(&mut s.owner, &token, "part.bin")
+                .into_iter()
+                .find(|a| *a != origin_addr);
+            leecher_addr.is_some()
+        }),
+        "the leecher never became a seeder; stderr:\n{}",
+        leecher.stderr.text()
+    );
+    let leecher_addr = leecher_addr.unwrap();
+    // Its bitfield shows the 4 pieces the origin sent, once they are verified.
+    let sent = || distinct(&origin.requested().into_iter().take(4).collect::<Vec<_>>());
+    let mut bits = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            bits = PeerClient::open(&leecher_addr, meta.file_sha1).1;
+            held(&bits, meta.piece_count()).len() == 4
+        }),
+        "bitfield {bits:?}; the origin sent {:?}",
+        sent()
+    );
+    let have = held(&bits, meta.piece_count());
+    assert_eq!(have, sent());
+
+    let (mut peer, _) = PeerClient::open(&leecher_addr, meta.file_sha1);
+    let p = *have.iter().next().unwrap();
+    let from = meta.piece_offset(p as usize) as usize;
+    let len = meta.piece_len(p as usize) as usize;
+    assert_eq!(
+        peer.request(p, 0, len as u32),
+        Got::Msg(PeerMsg::Piece {
+            piece: p,
+            offset: 0,
+            data: data[from..from + len].to_vec()
+        })
+    );
+    let missing = (0..meta.piece_count() as u32)
+        .find(|i| !have.contains(i))
+        .unwrap();
+    assert!(
+        matches!(
+            peer.request(missing, 0, 16),
+            Got::Msg(PeerMsg::Reject { piece, .. }) if piece == missing
+        ),
+        "piece {missing} is not verified yet and must be refused"
+    );
+    // ...all while its own download is still running.
+    let status = show_downloads(&mut leecher);
+    assert!(
+        status.len() == 1 && status[0].starts_with("[D] [g] part.bin"),
+        "{status:?}"
+    );
+    origin.release();
+    wait_complete(&mut leecher, "part.bin", Duration::from_secs(60));
+    assert_same_file(&src, &s.path("got.bin"));
+}
+
+/// A download whose only seeder is gone fails, and `show_downloads` says why.
+#[test]
+fn a_download_with_no_reachable_peer_fails_with_the_reason() {
+    let mut s = Swarm::new();
+    let (_, meta) = s.random_file("gone.bin", 3 * PIECE_SIZE, 22);
+    // A seeder that announces, then disappears (its port refuses connections).
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (mut conn, token) = s.protocol_member("ghost");
+    announce(&mut conn, &token, &meta, gone.local_addr().unwrap());
+    drop(gone);
+    let mut leecher = s.member("leecher", &[]);
+    let dest = s.path("got.bin");
+    download(&mut leecher, "gone.bin", &dest);
+    let mut status = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            status = show_downloads(&mut leecher);
+            status.iter().any(|l| l.starts_with("[F]"))
+        }),
+        "still not failed: {status:?}"
+    );
+    assert_eq!(
+        status,
+        ["[F] [g] gone.bin: no peer could serve the file (all seeders gone)"]
+    );
+    assert!(!dest.exists());
+}
+
+/// The pieces a bitfield marks, among `count`.
+fn held(bits: &[u8], count: usize) -> HashSet<u32> {
+    let bits = wire::pieces::Bitfield::from_bytes(bits.to_vec(), count).expect("a valid bitfield");
+    bits.ones().map(|i| i.raw()).collect()
 }

@@ -1,6 +1,8 @@
-//! `Download`: one file being fetched — its metadata, picker, known peers, retry
-//! counts, the in-order whole-file hash, progress and rate — and its
-//! `show_downloads` line. The network and pool glue lives in `transfers`.
+//! `Download`: one file being fetched — its metadata, picker, known peers (and
+//! which of them has a connection open), retry counts, the in-order whole-file
+//! hash, progress and rate — and its `show_downloads` line. The network and pool
+//! glue lives in `transfers`; each connection's own fetch state lives in it
+//! (`fetch_peer`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
@@ -10,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wire::file_meta::FileMeta;
-use wire::peer_msg::{bitfield_len, set_bit};
+use wire::pieces::{Bitfield, PieceIndex};
 
-use crate::picker::{PiecePicker, PieceState};
+use crate::picker::PiecePicker;
 use crate::storage::{ResumeState, WholeHash};
 
 /// Lifecycle of a download.
@@ -33,20 +35,19 @@ pub enum DlState {
 pub struct KnownPeer {
     /// Sent bad data, is ourselves, or refused the file: never again.
     pub banned: bool,
-    /// A connection to it is open.
-    pub connected: bool,
+    /// The slab key of the connection open to it: the one record of which
+    /// connections a download has.
+    pub conn: Option<usize>,
     /// Earliest next connection attempt.
     pub next_try: Instant,
-    pub failures: u32,
 }
 
 impl KnownPeer {
     pub fn new() -> KnownPeer {
         KnownPeer {
             banned: false,
-            connected: false,
+            conn: None,
             next_try: Instant::now(),
-            failures: 0,
         }
     }
 }
@@ -111,27 +112,23 @@ pub struct Download {
     pub write_lock: Arc<Mutex<()>>,
     pub picker: PiecePicker,
     pub state: DlState,
-    pub peers: HashMap<SocketAddr, KnownPeer>,
-    /// Slab keys of this download's connections.
-    pub conns: Vec<usize>,
+    /// Known peer addresses, in address order.
+    pub peers: BTreeMap<SocketAddr, KnownPeer>,
     /// Failed verifications per piece.
-    pub retries: HashMap<usize, u32>,
+    pub retries: HashMap<PieceIndex, u32>,
     /// The whole-file hash over the verified prefix; `None` while a pool job holds it.
     pub whole: Option<WholeHash>,
     /// Pieces fed (or being fed) to the whole-file hash.
     pub whole_next: usize,
     /// Verified pieces kept in memory for the whole-file hash (just ahead of it).
-    pub ready: BTreeMap<usize, Vec<u8>>,
+    pub ready: BTreeMap<PieceIndex, Vec<u8>>,
     /// Pieces on the pool being verified.
     pub verifying: usize,
     /// Bytes of verified pieces.
     pub bytes_done: u64,
     pub rate: RateMeter,
-    /// Since when no peer is connected (for the refresh and the failure bound).
+    /// Since when no peer is connected (for the failure bound).
     pub no_peers_since: Option<Instant>,
-    pub last_refresh: Instant,
-    /// Peer refreshes asked for so far.
-    pub refreshes: u32,
     /// `AddSeeder` queued for this download.
     pub announced: bool,
     pub resume_dirty: bool,
@@ -160,8 +157,7 @@ impl Download {
             write_lock: Arc::new(Mutex::new(())),
             picker: PiecePicker::new(count, seed),
             state: DlState::Running,
-            peers: HashMap::new(),
-            conns: Vec::new(),
+            peers: BTreeMap::new(),
             retries: HashMap::new(),
             whole: Some(WholeHash::new()),
             whole_next: 0,
@@ -170,8 +166,6 @@ impl Download {
             bytes_done: 0,
             rate: RateMeter::default(),
             no_peers_since: Some(now),
-            last_refresh: now,
-            refreshes: 0,
             announced: false,
             resume_dirty: false,
             last_resume_save: now,
@@ -196,16 +190,14 @@ impl Download {
         self.file.is_some() && matches!(self.state, DlState::Running | DlState::Finishing)
     }
 
-    /// Bitfield of verified pieces.
-    pub fn bits(&self) -> Vec<u8> {
-        let n = self.picker.piece_count();
-        let mut b = vec![0u8; bitfield_len(n)];
-        for i in 0..n {
-            if self.picker.state(i) == Some(PieceState::Have) {
-                set_bit(&mut b, i);
-            }
-        }
-        b
+    /// The verified pieces.
+    pub fn bits(&self) -> Bitfield {
+        self.picker.verified_set()
+    }
+
+    /// Slab keys of this download's open connections.
+    pub fn conn_keys(&self) -> impl Iterator<Item = usize> + '_ {
+        self.peers.values().filter_map(|p| p.conn)
     }
 
     pub fn resume_state(&self) -> ResumeState {
@@ -215,7 +207,7 @@ impl Download {
             name: self.meta.name.clone(),
             dest: self.dest.clone(),
             size: self.meta.size,
-            bits: self.bits(),
+            bits: self.bits().into_bytes(),
         }
     }
 
@@ -284,8 +276,8 @@ mod tests {
     #[test]
     fn bits_and_resume() {
         let mut d = Download::new("g", meta(10), PathBuf::from("/tmp/x"), 1);
-        d.picker.mark_have(2);
-        assert_eq!(d.bits(), vec![0x20]);
+        d.picker.mark_have(PieceIndex::new(2, 3).unwrap());
+        assert_eq!(d.bits().as_bytes(), &[0x20]);
         let r = d.resume_state();
         assert_eq!(r.bits, vec![0x20]);
         assert_eq!(r.size, 10);

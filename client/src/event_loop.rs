@@ -1,42 +1,38 @@
-//! The client's one mio poll loop.
+//! The client's one mio poll loop: the IO side around the sans-IO
+//! [`Controller`]. It turns readiness, pool results, input lines, timers and
+//! signals into controller events and carries out the actions that come back;
+//! it decides nothing itself.
 //!
 //! Sources, each with its token:
 //!
-//! - [`WAKER_TOKEN`]: the shared `mio::Waker`. The stdin thread wakes it after
-//!   queueing a line on the input channel; the transfer pool wakes it when hashing
-//!   or disk work finished (the loop then calls `Transfers::poll_pool`).
+//! - [`WAKER_TOKEN`]: the shared `mio::Waker`. The stdin thread ([`crate::stdin`])
+//!   wakes it after queueing a line on the input channel; the transfer pool wakes
+//!   it when hashing or disk work finished (the loop then calls `Transfers::poll_pool`).
 //! - [`TRACKER_TOKEN`]: the tracker connection ([`TrackerLink`]).
 //! - [`LISTENER_TOKEN`]: the peer server; accepted sockets go to `Transfers::accept`.
 //! - tokens `>= PEER_TOKEN_BASE`: peer connections, handled by `Transfers`.
 //!
-//! Shell commands run one at a time, in input order: command N+1 starts only
-//! after command N printed its outcome, so piped output is deterministic. A
-//! command that needs the tracker (or the hashing pool) is a [`Running`] state
-//! that the loop advances as results arrive; nothing blocks the loop. Internal
-//! tracker requests (heartbeat, add_seeder, peer refresh) share the link's queue.
-//!
-//! The loop turns at least every 100 ms: link and transfer timeouts, the
-//! heartbeat timer (`heartbeat <peer_addr>` every `--announce-secs` while logged
-//! in), the peer refresh of running downloads, and the SIGINT/SIGTERM flag.
+//! An input line is handed to the controller only when it wants one (the previous
+//! command printed its outcome), so piped output is deterministic. The loop turns
+//! at least every 100 ms; each turn ends with [`Event::Tick`] (the controller's
+//! timers) and then looks at the SIGINT/SIGTERM flag.
 
-use std::collections::HashMap;
-use std::io::{self, BufRead, IsTerminal, Write};
+use std::io::{self, IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use wire::file_meta::FileMeta;
 
-use crate::shell::{self, Command, ShellError, MAX_LINE};
-use crate::tracker_link::{
-    Answer, LinkRequest, Outcome, ReqId, TrackerAddr, TrackerLink, TRACKER_TOKEN,
-};
-use crate::transfers::{HashJobId, TrackerJob, TransferConfig, Transfers, PEER_TOKEN_BASE};
+use crate::controller::paths::OsFiles;
+use crate::controller::{self, Action, Controller, Event, Input};
+use crate::stdin::{read_interactive, read_piped};
+use crate::tracker_link::{TrackerAddr, TrackerLink, TRACKER_TOKEN};
+use crate::transfers::{TransferConfig, Transfers, PEER_TOKEN_BASE};
 
 /// The shared waker (stdin thread and transfer pool).
 pub const WAKER_TOKEN: Token = Token(0);
@@ -44,8 +40,6 @@ pub const WAKER_TOKEN: Token = Token(0);
 pub const LISTENER_TOKEN: Token = Token(2);
 /// The longest the loop sleeps.
 const TICK: Duration = Duration::from_millis(100);
-/// How often running downloads ask the tracker for fresh seeders.
-const PEER_REFRESH: Duration = Duration::from_secs(5);
 
 /// Everything the loop needs from the command line.
 #[derive(Debug, Clone)]
@@ -70,62 +64,6 @@ pub enum StartError {
     Io(#[from] io::Error),
 }
 
-/// One item from the stdin thread.
-#[derive(Debug)]
-enum Input {
-    Line(String),
-    Bad(ShellError),
-    Eof,
-}
-
-/// The shell command being carried out.
-enum Running {
-    /// A plain tracker request; the command decides how its answer is printed.
-    Tracker { id: ReqId, cmd: Command },
-    /// `upload_file`, hashing on the pool.
-    Hashing {
-        job: HashJobId,
-        path: PathBuf,
-        group: String,
-    },
-    /// `upload_file`, the tracker request.
-    Uploading {
-        id: ReqId,
-        meta: FileMeta,
-        path: PathBuf,
-        group: String,
-    },
-    /// `download_file`, asking the tracker for the metadata and seeders.
-    FileInfo {
-        id: ReqId,
-        group: String,
-        name: String,
-        dest: PathBuf,
-    },
-}
-
-/// Internal tracker requests whose outcome the loop handles.
-enum Internal {
-    Heartbeat,
-    AddSeeder,
-    PeerRefresh {
-        group: String,
-        name: String,
-    },
-    Reannounce {
-        group: String,
-        meta: FileMeta,
-        path: PathBuf,
-    },
-    /// `file_info` for a download an earlier run left unfinished (after login).
-    Resume {
-        group: String,
-        name: String,
-        dest: PathBuf,
-        file_sha1: [u8; 20],
-    },
-}
-
 /// Runs the client until `quit`, end of input (and downloads), or a signal.
 /// Returns the exit code.
 pub fn run(config: Config) -> Result<i32, StartError> {
@@ -135,21 +73,13 @@ pub fn run(config: Config) -> Result<i32, StartError> {
 
 struct Client {
     poll: Poll,
-    waker: Arc<Waker>,
     listener: TcpListener,
     link: TrackerLink,
     transfers: Transfers,
-    config: Config,
+    controller: Controller,
     input: Receiver<Input>,
     /// Interactive mode: tells the stdin thread a command finished (next prompt).
     ack: Option<Sender<()>>,
-    input_done: bool,
-    running: Option<Running>,
-    internal: HashMap<ReqId, Internal>,
-    /// Downloads started in this run, as (group, name), for peer refreshes.
-    downloads: Vec<(String, String)>,
-    next_heartbeat: Instant,
-    next_refresh: Instant,
     stop: Arc<AtomicBool>,
     exit: Option<i32>,
 }
@@ -185,47 +115,28 @@ impl Client {
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             signal_hook::flag::register(sig, stop.clone())?;
         }
-        // Bounded: a fast producer on stdin waits instead of filling memory.
-        let (tx, rx) = mpsc::sync_channel(64);
-        let interactive = io::stdin().is_terminal();
-        let ack = if interactive {
-            let (ack_tx, ack_rx) = mpsc::channel();
-            let history = config.state_dir.join(".shell_history");
-            let w = waker.clone();
-            std::thread::Builder::new()
-                .name("stdin".into())
-                .spawn(move || read_interactive(tx, w, ack_rx, history))?;
-            Some(ack_tx)
-        } else {
-            let w = waker.clone();
-            std::thread::Builder::new()
-                .name("stdin".into())
-                .spawn(move || read_piped(tx, w))?;
-            None
-        };
-        let now = Instant::now();
+        let (input, ack) = spawn_stdin(waker, config.state_dir.join(".shell_history"))?;
+        let controller = Controller::new(
+            controller::Config {
+                announce: config.announce,
+                seed: config.seed,
+            },
+            Box::new(OsFiles),
+        );
         Ok(Client {
             poll,
-            waker,
             listener,
             link,
             transfers,
-            config,
-            input: rx,
+            controller,
+            input,
             ack,
-            input_done: false,
-            running: None,
-            internal: HashMap::new(),
-            downloads: Vec::new(),
-            next_heartbeat: now,
-            next_refresh: now + PEER_REFRESH,
             stop,
             exit: None,
         })
     }
 
     fn run(&mut self) -> Result<i32, StartError> {
-        let _ = &self.waker;
         let mut events = Events::with_capacity(256);
         loop {
             if let Err(e) = self.poll.poll(&mut events, Some(TICK)) {
@@ -249,14 +160,12 @@ impl Client {
                 self.transfers.poll_pool(self.poll.registry());
             }
             self.step();
+            if self.exit.is_none() && self.stop.load(Ordering::Relaxed) {
+                self.feed(Event::Stop);
+            }
             if let Some(code) = self.exit {
                 let _ = io::stdout().flush();
                 return Ok(code);
-            }
-            if self.stop.load(Ordering::Relaxed) {
-                log::info!("signal received, exiting");
-                let _ = io::stdout().flush();
-                return Ok(0);
             }
         }
     }
@@ -275,810 +184,143 @@ impl Client {
         }
     }
 
-    /// Everything after the events of one turn: timers, results, next command.
+    /// Everything after the events of one turn: results to the controller, the
+    /// next input line when it wants one, then the tick.
     fn step(&mut self) {
+        let now = Instant::now();
         self.link.tick(self.poll.registry());
-        self.transfers.tick(self.poll.registry());
+        self.transfers.tick(self.poll.registry(), now);
         loop {
-            let mut progressed = false;
-            for (job, result) in self.transfers.take_finished_hashes() {
-                progressed = true;
-                self.on_hash(job, result);
+            let mut events: Vec<Event> = Vec::new();
+            for (_job, result) in self.transfers.take_finished_hashes() {
+                events.push(Event::Hashed(result));
             }
             for (id, outcome) in self.link.take_finished() {
-                progressed = true;
-                self.on_outcome(id, outcome);
+                events.push(Event::Answer { id, outcome });
             }
-            for job in self.transfers.take_tracker_jobs() {
-                progressed = true;
-                self.on_tracker_job(job);
-            }
-            for note in self.link.take_notes() {
-                eprintln!("{note}");
+            events.extend(
+                self.transfers
+                    .take_tracker_jobs()
+                    .into_iter()
+                    .map(Event::Transfer),
+            );
+            events.extend(self.link.take_notes().into_iter().map(Event::LinkNote));
+            let mut progressed = !events.is_empty();
+            for event in events {
+                self.feed(event);
             }
             if self.exit.is_some() {
                 return;
             }
-            if self.running.is_none() {
+            if self.controller.wants_input() {
                 // Lines wait in the (bounded) channel until their turn.
                 if let Ok(item) = self.input.try_recv() {
                     progressed = true;
-                    self.start_input(item);
+                    self.feed(Event::Input(item));
                 }
             }
             if !progressed {
                 break;
             }
         }
-        self.timers();
-        if self.input_done
-            && self.running.is_none()
-            && !self.config.seed
-            && self.transfers.active_downloads() == 0
-        {
-            self.exit = Some(0);
+        let downloads = self.transfers.running_downloads();
+        self.feed(Event::Tick { downloads });
+    }
+
+    /// Hands one event to the controller and carries out its actions.
+    fn feed(&mut self, event: Event) {
+        let actions = self.controller.handle(event, Instant::now());
+        for action in actions {
+            self.carry_out(action);
         }
     }
 
-    fn timers(&mut self) {
-        let now = Instant::now();
-        if self.link.user().is_some()
-            && now >= self.next_heartbeat
-            && !self.link.has_pending("heartbeat")
-        {
-            self.next_heartbeat = now + self.config.announce;
-            let id = self.submit(
-                LinkRequest::new("heartbeat", &[])
-                    .with_peer_addr()
-                    .internal(),
-            );
-            self.internal.insert(id, Internal::Heartbeat);
-        }
-        if now >= self.next_refresh {
-            // Running downloads learn of new seeders (and partial seeders).
-            self.next_refresh = now + PEER_REFRESH;
-            if self.link.user().is_some() && self.transfers.active_downloads() > 0 {
-                let running = self.transfers.status_lines();
-                for (group, name) in self.downloads.clone() {
-                    let prefix = format!("[D] [{group}] {name}");
-                    if running.iter().any(|l| l.starts_with(&prefix)) {
-                        self.refresh_peers(group, name);
-                    }
+    /// Carries out one action; an action that asks for an answer feeds it back
+    /// at once (see the controller's module doc).
+    fn carry_out(&mut self, action: Action) {
+        match action {
+            Action::Send { id, request } => self.link.submit(self.poll.registry(), id, request),
+            Action::Print(lines) => say(&lines),
+            Action::Note(line) => eprintln!("{line}"),
+            Action::Ack => {
+                if let Some(ack) = &self.ack {
+                    let _ = ack.send(());
                 }
             }
-        }
-    }
-
-    fn submit(&mut self, req: LinkRequest) -> ReqId {
-        self.link.submit(self.poll.registry(), req)
-    }
-
-    /// Prints lines on stdout (the outcome of a command).
-    fn say<S: AsRef<str>>(&self, lines: &[S]) {
-        let mut out = io::stdout().lock();
-        for l in lines {
-            let _ = writeln!(out, "{}", l.as_ref());
-        }
-        let _ = out.flush();
-    }
-
-    /// The current command printed its outcome: the next one may start.
-    fn done(&mut self, lines: &[String]) {
-        self.say(lines);
-        self.running = None;
-        if let Some(ack) = &self.ack {
-            let _ = ack.send(());
-        }
-    }
-
-    fn fail(&mut self, reason: impl std::fmt::Display) {
-        self.done(&[format!("error: {reason}")]);
-    }
-
-    fn start_input(&mut self, item: Input) {
-        let line = match item {
-            Input::Eof => {
-                self.input_done = true;
-                return;
+            Action::StartHash { path } => {
+                self.transfers.start_hash(path);
             }
-            Input::Bad(e) => return self.fail(e),
-            Input::Line(line) => line,
-        };
-        let parsed = shell::parse(&line, self.link.user(), |p| Path::new(p).is_file());
-        match parsed {
-            Ok(None) => self.done(&[]),
-            Ok(Some(cmd)) => self.start_command(cmd),
-            Err(e) => self.fail(e),
-        }
-    }
-
-    fn start_command(&mut self, cmd: Command) {
-        let req = match &cmd {
-            Command::Quit => {
-                self.exit = Some(0);
-                return;
-            }
-            Command::Help => return self.done(&shell::help_lines()),
-            Command::ShowDownloads => {
-                let status = self.transfers.status_lines();
-                let mut lines = vec![shell::count(status.len(), "download", "downloads")];
-                lines.extend(status);
-                return self.done(&lines);
-            }
-            Command::UploadFile { path, group } => {
-                return self.start_upload(path.clone(), group.clone())
-            }
-            Command::DownloadFile { group, name, dest } => {
-                return self.start_download(group.clone(), name.clone(), dest.clone())
-            }
-            Command::CreateUser { user, password } => {
-                LinkRequest::new("create_user", &[user, password])
-            }
-            Command::Login { user, password } => LinkRequest::new("login", &[user, password]),
-            Command::Logout => LinkRequest::new("logout", &[]),
-            Command::CreateGroup { group } => LinkRequest::new("create_group", &[group]),
-            Command::JoinGroup { group } => LinkRequest::new("join_group", &[group]),
-            Command::LeaveGroup { group } => LinkRequest::new("leave_group", &[group]),
-            Command::ListGroups => LinkRequest::new("list_groups", &[]),
-            Command::ListRequests { group } => LinkRequest::new("list_requests", &[group]),
-            Command::AcceptRequest { group, user } => {
-                LinkRequest::new("accept_request", &[group, user])
-            }
-            Command::RejectRequest { group, user } => {
-                LinkRequest::new("reject_request", &[group, user])
-            }
-            Command::ListFiles { group } => LinkRequest::new("list_files", &[group]),
-            Command::StopShare { group, name } => LinkRequest::new("stop_share", &[group, name]),
-        };
-        let id = self.submit(req);
-        self.running = Some(Running::Tracker { id, cmd });
-    }
-
-    fn start_upload(&mut self, path: String, group: String) {
-        let p = Path::new(&path);
-        let meta = match std::fs::metadata(p) {
-            Ok(m) => m,
-            Err(e) => return self.fail(format!("{path}: {}", io_reason(&e))),
-        };
-        if !meta.is_file() {
-            return self.fail(format!("{path}: not a regular file"));
-        }
-        let abs = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-        if abs.file_name().and_then(|n| n.to_str()).is_none() {
-            return self.fail(format!("{path}: file name is not valid UTF-8"));
-        }
-        let job = self.transfers.start_hash(abs.clone());
-        self.running = Some(Running::Hashing {
-            job,
-            path: abs,
-            group,
-        });
-    }
-
-    fn on_hash(&mut self, job: HashJobId, result: Result<FileMeta, String>) {
-        let Some(Running::Hashing { job: want, .. }) = &self.running else {
-            log::debug!("hash job {job} finished with no upload waiting");
-            return;
-        };
-        if *want != job {
-            return;
-        }
-        let Some(Running::Hashing { path, group, .. }) = self.running.take() else {
-            unreachable!("checked above")
-        };
-        let mut meta = match result {
-            Ok(m) => m,
-            Err(e) => return self.fail(e),
-        };
-        meta.name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
-        let id = self.submit(upload_request(&group, &meta));
-        self.running = Some(Running::Uploading {
-            id,
-            meta,
-            path,
-            group,
-        });
-    }
-
-    fn start_download(&mut self, group: String, name: String, dest: String) {
-        let dest = match resolve_dest(Path::new(&dest), &name) {
-            Ok(d) => d,
-            Err(e) => return self.fail(e),
-        };
-        let id = self.submit(LinkRequest::new("file_info", &[&group, &name]));
-        self.running = Some(Running::FileInfo {
-            id,
-            group,
-            name,
-            dest,
-        });
-    }
-
-    fn on_tracker_job(&mut self, job: TrackerJob) {
-        match job {
-            TrackerJob::AddSeeder {
-                group,
-                name,
-                file_sha1,
-            } => {
-                if self.link.user().is_none() {
-                    log::info!("not logged in; not announcing {name} in {group}");
-                    return;
-                }
-                let id = self.submit(
-                    LinkRequest::new("add_seeder", &[&group, &name, &file_sha1])
-                        .with_peer_addr()
-                        .internal(),
-                );
-                self.internal.insert(id, Internal::AddSeeder);
-            }
-            TrackerJob::RefreshPeers { group, name } => self.refresh_peers(group, name),
-        }
-    }
-
-    /// Asks the tracker for the current seeders of a download (internal `file_info`),
-    /// unless such a request is already on its way.
-    fn refresh_peers(&mut self, group: String, name: String) {
-        let pending = self.internal.values().any(
-            |i| matches!(i, Internal::PeerRefresh { group: g, name: n } if *g == group && *n == name),
-        );
-        if pending || self.link.user().is_none() {
-            return;
-        }
-        let id = self.submit(LinkRequest::new("file_info", &[&group, &name]).internal());
-        self.internal
-            .insert(id, Internal::PeerRefresh { group, name });
-    }
-
-    fn on_outcome(&mut self, id: ReqId, outcome: Outcome) {
-        if let Some(job) = self.internal.remove(&id) {
-            return self.on_internal(job, outcome);
-        }
-        let matches = match &self.running {
-            Some(Running::Tracker { id: r, .. })
-            | Some(Running::Uploading { id: r, .. })
-            | Some(Running::FileInfo { id: r, .. }) => *r == id,
-            _ => false,
-        };
-        if !matches {
-            log::debug!("outcome of unknown request {id}");
-            return;
-        }
-        match self.running.take().expect("checked") {
-            Running::Tracker { cmd, .. } => match outcome {
-                Ok(answer) => {
-                    let lines = self.on_success(cmd, answer);
-                    self.done(&lines);
-                }
-                Err(e) => self.fail(e),
-            },
-            Running::Uploading {
-                meta, path, group, ..
-            } => match outcome {
-                Ok(_) => {
-                    let line = format!(
-                        "uploaded {} to {} ({} bytes, {})",
-                        meta.name,
-                        group,
-                        meta.size,
-                        shell::count(meta.piece_count(), "piece", "pieces")
-                    );
-                    self.transfers.add_share(&group, meta, path);
-                    self.done(&[line]);
-                }
-                Err(e) => self.fail(e),
-            },
-            Running::FileInfo {
-                group, name, dest, ..
-            } => match outcome {
-                Ok(answer) => self.finish_download_start(group, name, dest, answer),
-                Err(e) => self.fail(e),
-            },
-            Running::Hashing { .. } => unreachable!("hashing has no request"),
-        }
-    }
-
-    fn finish_download_start(
-        &mut self,
-        group: String,
-        name: String,
-        dest: PathBuf,
-        answer: Answer,
-    ) {
-        let (meta, peers) = match self.parse_file_info(&answer) {
-            Some(x) => x,
-            None => return self.fail("the tracker sent inconsistent file metadata"),
-        };
-        if dest.exists() {
-            return self.fail(format!("{} already exists", dest.display()));
-        }
-        match self.launch_download(&group, &name, meta, peers, &dest) {
-            Ok(()) => {
-                self.done(&[format!(
-                    "downloading {name} from {group} to {}",
-                    dest.display()
-                )]);
-            }
-            Err(e) => self.fail(e),
-        }
-    }
-
-    /// Starts the download of `name` from `group` to `dest` and, once started,
-    /// remembers it in `downloads` (once) for the peer refreshes.
-    fn launch_download(
-        &mut self,
-        group: &str,
-        name: &str,
-        meta: FileMeta,
-        peers: Vec<SocketAddr>,
-        dest: &Path,
-    ) -> Result<(), String> {
-        self.transfers.start_download(
-            self.poll.registry(),
-            group,
-            meta,
-            peers,
-            dest.to_path_buf(),
-        )?;
-        let key = (group.to_string(), name.to_string());
-        if !self.downloads.contains(&key) {
-            self.downloads.push(key);
-        }
-        Ok(())
-    }
-
-    /// `file_info`'s answer as metadata and seeder addresses (our own left out).
-    fn parse_file_info(&self, answer: &Answer) -> Option<(FileMeta, Vec<SocketAddr>)> {
-        let h = &answer.head;
-        if h.len() < 5 {
-            return None;
-        }
-        let meta = FileMeta::from_wire(&h[0], &h[1], &h[2], &h[3], &h[4])?;
-        let me = self.link.peer_addr();
-        let peers = answer
-            .rows
-            .iter()
-            .filter_map(|r| r.first()?.parse::<SocketAddr>().ok())
-            .filter(|a| Some(*a) != me)
-            .collect();
-        Some((meta, peers))
-    }
-
-    fn on_internal(&mut self, job: Internal, outcome: Outcome) {
-        match (job, outcome) {
-            (Internal::PeerRefresh { group, name }, Ok(answer)) => {
-                if let Some((_, peers)) = self.parse_file_info(&answer) {
-                    self.transfers
-                        .update_peers(self.poll.registry(), &group, &name, peers);
-                }
-            }
-            (Internal::Reannounce { group, meta, path }, Ok(_)) => {
-                self.transfers.add_share(&group, meta, path);
-            }
-            (Internal::Reannounce { group, meta, .. }, Err(e)) => {
-                eprintln!("note: could not share {} in {group} again: {e}", meta.name);
-            }
-            (
-                Internal::Resume {
-                    group,
-                    name,
-                    dest,
-                    file_sha1,
-                },
-                Ok(answer),
-            ) => self.resume_download(group, name, dest, file_sha1, answer),
-            (Internal::Resume { group, name, .. }, Err(e)) => {
-                eprintln!("note: could not resume the download of {name} from {group}: {e}");
-            }
-            (Internal::Heartbeat, Err(e)) => log::info!("heartbeat failed: {e}"),
-            (Internal::AddSeeder, Err(e)) => log::info!("add_seeder failed: {e}"),
-            (Internal::PeerRefresh { name, .. }, Err(e)) => {
-                log::info!("peer refresh of {name} failed: {e}")
-            }
-            _ => {}
-        }
-    }
-
-    /// The lines a successful tracker command prints (plus its local effects).
-    fn on_success(&mut self, cmd: Command, answer: Answer) -> Vec<String> {
-        let rows = answer.rows;
-        match cmd {
-            Command::CreateUser { user, .. } => vec![format!("user {user} created")],
-            Command::Login { user, .. } => {
-                self.next_heartbeat = Instant::now() + self.config.announce;
-                self.reannounce_registry();
-                self.resume_downloads();
-                vec![format!("logged in as {user}")]
-            }
-            Command::Logout => {
-                // The tracker ended our seeding with the session. The files stay
-                // in `.uploads_registry` (remove_share would drop them), so the
-                // next login puts them back into sharing.
-                self.link.forget_session();
-                vec!["logged out".into()]
-            }
-            Command::CreateGroup { group } => vec![format!("group {group} created")],
-            Command::JoinGroup { group } => vec![format!("join request sent to {group}")],
-            Command::LeaveGroup { group } => {
-                // The tracker ended our seeding in the group; stop serving there too.
+            Action::AddShare { group, meta, path } => self.transfers.add_share(&group, meta, path),
+            Action::RemoveShare { group, name } => self.transfers.remove_share(&group, &name),
+            Action::RemoveGroupShares { group } => {
                 for (g, name, _) in self.transfers.shared_files() {
                     if g == group {
                         self.transfers.remove_share(&g, &name);
                     }
                 }
-                vec![format!("left group {group}")]
             }
-            Command::AcceptRequest { group, user } => vec![format!("{user} accepted into {group}")],
-            Command::RejectRequest { group, user } => {
-                vec![format!("request of {user} to join {group} rejected")]
+            Action::CheckRegistry => {
+                let found = self.transfers.reannounce_list();
+                self.feed(Event::RegistryChecked(found));
             }
-            Command::StopShare { group, name } => {
-                self.transfers.remove_share(&group, &name);
-                vec![format!("stopped sharing {name} in {group}")]
+            Action::FindResumes => {
+                let found = self.transfers.pending_resumes();
+                self.feed(Event::ResumesFound(found));
             }
-            Command::ListGroups => {
-                let mut lines = vec![shell::count(rows.len(), "group", "groups")];
-                lines.extend(rows.iter().map(|r| {
-                    format!(
-                        "  {}  owner={}  members={}  [{}]",
-                        field(r, 0),
-                        field(r, 1),
-                        field(r, 2),
-                        field(r, 3)
-                    )
-                }));
-                lines
+            Action::StartDownload { order, meta, peers } => {
+                let peers = self.without_me(peers);
+                let (group, dest) = (&order.key.group, order.dest.clone());
+                let result =
+                    self.transfers
+                        .start_download(self.poll.registry(), group, meta, peers, dest);
+                self.feed(Event::DownloadStarted { order, result });
             }
-            Command::ListRequests { group } => {
-                let mut lines = vec![format!(
-                    "{} for {group}",
-                    shell::count(rows.len(), "pending request", "pending requests")
-                )];
-                lines.extend(rows.iter().map(|r| format!("  {}", field(r, 0))));
-                lines
+            Action::UpdatePeers { key, peers } => {
+                let peers = self.without_me(peers);
+                self.transfers
+                    .update_peers(self.poll.registry(), &key.group, &key.name, peers);
             }
-            Command::ListFiles { group } => {
-                let mut lines = vec![format!(
-                    "{} in {group}",
-                    shell::count(rows.len(), "file", "files")
-                )];
-                lines.extend(rows.iter().map(|r| {
-                    let seeders: usize = field(r, 2).parse().unwrap_or(0);
-                    format!(
-                        "  {}  {} bytes  {}",
-                        field(r, 0),
-                        field(r, 1),
-                        shell::count(seeders, "seeder", "seeders")
-                    )
-                }));
-                lines
+            Action::ReportDownloads => {
+                let lines = self.transfers.status_lines();
+                self.feed(Event::DownloadLines(lines));
             }
-            other => {
-                log::warn!("no output defined for {other:?}");
-                vec!["ok".into()]
-            }
+            Action::Exit(code) => self.exit = Some(code),
         }
     }
 
-    /// Puts the files of `.uploads_registry` back into sharing after a login:
-    /// every file whose content is unchanged is announced again (`upload_file`
-    /// with its metadata, internal) and served once the tracker accepted it;
-    /// changed or vanished files were dropped by Transfers and are reported as
-    /// `note:` lines on stderr (stdout keeps one line per command).
-    fn reannounce_registry(&mut self) {
-        let found = self.transfers.reannounce_list();
-        for line in found.reports {
-            eprintln!("note: {line}");
-        }
-        for (group, meta, path) in found.unchanged {
-            let id = self.submit(upload_request(&group, &meta).internal());
-            self.internal
-                .insert(id, Internal::Reannounce { group, meta, path });
-        }
-    }
-
-    /// Restarts the downloads an earlier run left unfinished (after a login):
-    /// an internal `file_info` for each, then `start_download` to the saved
-    /// destination when the answer arrives. Notes go to stderr (stdout keeps one
-    /// line per command).
-    fn resume_downloads(&mut self) {
-        for r in self.transfers.pending_resumes() {
-            let pending = self.internal.values().any(
-                |i| matches!(i, Internal::Resume { file_sha1, .. } if *file_sha1 == r.file_sha1),
-            );
-            if pending {
-                continue;
-            }
-            let id = self.submit(LinkRequest::new("file_info", &[&r.group, &r.name]).internal());
-            self.internal.insert(
-                id,
-                Internal::Resume {
-                    group: r.group,
-                    name: r.name,
-                    dest: r.dest,
-                    file_sha1: r.file_sha1,
-                },
-            );
-        }
-    }
-
-    fn resume_download(
-        &mut self,
-        group: String,
-        name: String,
-        dest: PathBuf,
-        file_sha1: [u8; 20],
-        answer: Answer,
-    ) {
-        let Some((meta, peers)) = self.parse_file_info(&answer) else {
-            eprintln!("note: could not resume the download of {name} from {group}: inconsistent file metadata");
-            return;
-        };
-        if meta.file_sha1 != file_sha1 {
-            eprintln!(
-                "note: {name} in {group} is no longer the file being downloaded; not resuming it"
-            );
-            return;
-        }
-        match self.launch_download(&group, &name, meta, peers, &dest) {
-            Ok(()) => {
-                eprintln!(
-                    "note: resuming the download of {name} from {group} to {}",
-                    dest.display()
-                );
-            }
-            Err(e) => {
-                eprintln!("note: could not resume the download of {name} from {group}: {e}")
-            }
-        }
+    /// Seeder addresses without this client's own.
+    fn without_me(&self, mut peers: Vec<SocketAddr>) -> Vec<SocketAddr> {
+        let me = self.link.peer_addr();
+        peers.retain(|a| Some(*a) != me);
+        peers
     }
 }
 
-/// `upload_file <group> <name> <size> <piece_size> <sha1> <piece_hashes> <peer_addr>`.
-fn upload_request(group: &str, meta: &FileMeta) -> LinkRequest {
-    LinkRequest::new(
-        "upload_file",
-        &[
-            group,
-            &meta.name,
-            &meta.size.to_string(),
-            &meta.piece_size.to_string(),
-            &meta.file_sha1_hex(),
-            &meta.piece_hashes_hex(),
-        ],
-    )
-    .with_peer_addr()
-}
-
-/// Field `i` of a row, or empty.
-fn field(row: &[String], i: usize) -> &str {
-    row.get(i).map(String::as_str).unwrap_or("")
-}
-
-/// A short reason for an I/O error (without the "(os error N)" suffix).
-fn io_reason(e: &io::Error) -> String {
-    match e.kind() {
-        io::ErrorKind::NotFound => "no such file or directory".into(),
-        io::ErrorKind::PermissionDenied => "permission denied".into(),
-        _ => e.to_string(),
+/// Prints lines on stdout (the outcome of a command).
+fn say(lines: &[String]) {
+    let mut out = io::stdout().lock();
+    for l in lines {
+        let _ = writeln!(out, "{l}");
     }
+    let _ = out.flush();
 }
 
-/// Where `download_file` writes: an existing directory keeps the file's name;
-/// otherwise a new file path whose parent directory exists.
-pub fn resolve_dest(dest: &Path, name: &str) -> Result<PathBuf, String> {
-    if dest.as_os_str().is_empty() {
-        return Err("empty destination path".into());
-    }
-    let target = if dest.is_dir() {
-        if name.contains('/') || name == ".." || name == "." || name.is_empty() {
-            return Err(format!("cannot use file name {name:?} in a directory"));
-        }
-        dest.join(name)
+/// Starts the stdin thread: rustyline with history on a terminal, plain bounded
+/// lines otherwise. Returns the input channel and, on a terminal, the sender
+/// that lets the thread show the next prompt.
+fn spawn_stdin(
+    waker: Arc<Waker>,
+    history: PathBuf,
+) -> io::Result<(Receiver<Input>, Option<Sender<()>>)> {
+    // Bounded: a fast producer on stdin waits instead of filling memory.
+    let (tx, rx) = mpsc::sync_channel(64);
+    let thread = std::thread::Builder::new().name("stdin".into());
+    if io::stdin().is_terminal() {
+        let (ack_tx, ack_rx) = mpsc::channel();
+        thread.spawn(move || read_interactive(tx, waker, ack_rx, history))?;
+        Ok((rx, Some(ack_tx)))
     } else {
-        let parent = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        if !parent.is_dir() {
-            return Err(format!(
-                "destination directory {} does not exist",
-                parent.display()
-            ));
-        }
-        dest.to_path_buf()
-    };
-    if target.exists() {
-        return Err(format!("{} already exists", target.display()));
-    }
-    Ok(target)
-}
-
-/// Reads one line of at most `max` bytes (newline and a trailing `\r` excluded).
-/// `Ok(None)` at end of input; `Ok(Some(Err(())))` for a longer line, which is
-/// consumed without being buffered.
-pub fn read_bounded_line<R: BufRead>(
-    r: &mut R,
-    max: usize,
-) -> io::Result<Option<Result<Vec<u8>, ()>>> {
-    let mut line = Vec::new();
-    let mut too_long = false;
-    let mut any = false;
-    loop {
-        let buf = match r.fill_buf() {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if buf.is_empty() {
-            break;
-        }
-        any = true;
-        let (chunk, found) = match buf.iter().position(|&b| b == b'\n') {
-            Some(i) => (&buf[..i], Some(i + 1)),
-            None => (buf, None),
-        };
-        if !too_long {
-            // One byte of slack for a '\r' before the newline.
-            if line.len() + chunk.len() > max + 1 {
-                too_long = true;
-                line = Vec::new();
-            } else {
-                line.extend_from_slice(chunk);
-            }
-        }
-        let used = found.unwrap_or(buf.len());
-        r.consume(used);
-        if found.is_some() {
-            break;
-        }
-    }
-    if !any {
-        return Ok(None);
-    }
-    if line.last() == Some(&b'\r') {
-        line.pop();
-    }
-    if too_long || line.len() > max {
-        return Ok(Some(Err(())));
-    }
-    Ok(Some(Ok(line)))
-}
-
-/// The stdin thread when piped: bounded lines into the channel, then `Eof`.
-fn read_piped(tx: SyncSender<Input>, waker: Arc<Waker>) {
-    let stdin = io::stdin();
-    let mut r = stdin.lock();
-    loop {
-        let item = match read_bounded_line(&mut r, MAX_LINE) {
-            Ok(None) => Input::Eof,
-            Ok(Some(Ok(bytes))) => match String::from_utf8(bytes) {
-                Ok(s) => Input::Line(s),
-                Err(_) => Input::Bad(ShellError::NotUtf8),
-            },
-            Ok(Some(Err(()))) => Input::Bad(ShellError::TooLong),
-            Err(e) => {
-                log::warn!("reading stdin failed: {e}");
-                Input::Eof
-            }
-        };
-        if !deliver(&tx, &waker, item) {
-            return;
-        }
-    }
-}
-
-/// The stdin thread on a terminal: rustyline with a prompt and history; the
-/// next prompt appears only after the loop finished the previous command.
-fn read_interactive(tx: SyncSender<Input>, waker: Arc<Waker>, ack: Receiver<()>, history: PathBuf) {
-    use rustyline::error::ReadlineError;
-    let mut editor = match rustyline::DefaultEditor::new() {
-        Ok(e) => e,
-        Err(e) => {
-            log::warn!("line editing unavailable ({e}); reading plain lines");
-            return read_piped(tx, waker);
-        }
-    };
-    let _ = editor.load_history(&history);
-    loop {
-        let item = match editor.readline("swarmshare> ") {
-            Ok(line) => {
-                // Lines with a password stay out of the history (and its file).
-                let first = line.split_whitespace().next().unwrap_or("");
-                if !first.is_empty() && first != "login" && first != "create_user" {
-                    let _ = editor.add_history_entry(line.as_str());
-                    // Saved at once: the process may exit before this thread ends.
-                    let _ = editor.save_history(&history);
-                }
-                if line.len() > MAX_LINE {
-                    Input::Bad(ShellError::TooLong)
-                } else {
-                    Input::Line(line)
-                }
-            }
-            Err(ReadlineError::Interrupted) => continue,
-            Err(ReadlineError::Eof) => Input::Eof,
-            Err(e) => {
-                log::warn!("reading the terminal failed: {e}");
-                Input::Eof
-            }
-        };
-        if !deliver(&tx, &waker, item) || ack.recv().is_err() {
-            break;
-        }
-    }
-}
-
-/// Hands one input item from a stdin thread to the event loop and wakes it.
-/// Returns whether the thread should read on: not after `Eof`, nor once the
-/// loop has gone (the channel is closed).
-fn deliver(tx: &SyncSender<Input>, waker: &Waker, item: Input) -> bool {
-    let eof = matches!(item, Input::Eof);
-    if tx.send(item).is_err() {
-        return false;
-    }
-    let _ = waker.wake();
-    !eof
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn lines(input: &[u8], max: usize) -> Vec<Result<Vec<u8>, ()>> {
-        // A tiny buffer so lines span many fill_buf calls.
-        let mut r = io::BufReader::with_capacity(4, input);
-        let mut out = Vec::new();
-        while let Some(l) = read_bounded_line(&mut r, max).unwrap() {
-            out.push(l);
-        }
-        out
-    }
-
-    #[test]
-    fn bounded_lines() {
-        assert_eq!(
-            lines(b"ab\ncd\r\n\nlast", 10),
-            vec![
-                Ok(b"ab".to_vec()),
-                Ok(b"cd".to_vec()),
-                Ok(vec![]),
-                Ok(b"last".to_vec())
-            ]
-        );
-        let mut input = vec![b'x'; 100];
-        input.extend_from_slice(b"\nok\n");
-        assert_eq!(lines(&input, 10), vec![Err(()), Ok(b"ok".to_vec())]);
-        assert_eq!(
-            lines(b"0123456789\n01234567890\n", 10),
-            vec![Ok(b"0123456789".to_vec()), Err(())]
-        );
-        assert!(lines(b"", 10).is_empty());
-    }
-
-    #[test]
-    fn destinations() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        assert_eq!(resolve_dest(d, "f.bin").unwrap(), d.join("f.bin"));
-        assert_eq!(
-            resolve_dest(&d.join("new.bin"), "f.bin").unwrap(),
-            d.join("new.bin")
-        );
-        std::fs::write(d.join("f.bin"), b"x").unwrap();
-        assert!(resolve_dest(d, "f.bin")
-            .unwrap_err()
-            .contains("already exists"));
-        assert!(resolve_dest(&d.join("f.bin"), "g")
-            .unwrap_err()
-            .contains("already exists"));
-        assert!(resolve_dest(&d.join("nope/x"), "g")
-            .unwrap_err()
-            .contains("does not exist"));
-        assert!(resolve_dest(d, "../x").is_err());
+        thread.spawn(move || read_piped(tx, waker))?;
+        Ok((rx, None))
     }
 }

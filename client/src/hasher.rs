@@ -1,8 +1,9 @@
 //! The small thread pool for SHA-1 and disk work, and upload hashing.
 //!
-//! [`Pool`] runs boxed jobs on N worker threads (N = available cores, at least 2).
-//! A job sends its result through a [`Completion`]: an mpsc sender plus the event
-//! loop's mio `Waker`, so the loop wakes up and collects results without polling.
+//! [`Pool`] runs boxed jobs on N worker threads (N = available cores, at least 2),
+//! all taking from one multi-consumer `crossbeam-channel` queue. A job sends its
+//! result through a [`Completion`]: a channel sender plus the event loop's mio
+//! `Waker`, so the loop wakes up and collects results without polling.
 //!
 //! [`hash_file`] computes a file's [`FileMeta`] for an upload with both cores busy:
 //! the calling thread reads the file in large sequential chunks and streams them
@@ -12,15 +13,18 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
+use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
 use sha1::{Digest, Sha1};
 use wire::file_meta::{FileMeta, PIECE_SIZE};
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// The receiving end of a [`Completion`], read by the event loop.
+pub type Results<R> = Receiver<R>;
 
 /// A fixed set of worker threads fed through one channel.
 pub struct Pool {
@@ -40,23 +44,14 @@ impl Pool {
     }
 
     fn with_threads(n: usize, name: &str) -> Pool {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let workers = (0..n)
             .map(|i| {
                 let rx = rx.clone();
                 thread::Builder::new()
                     .name(format!("{name}-{i}"))
-                    .spawn(move || loop {
-                        let job = match rx.lock() {
-                            Ok(guard) => guard.recv(),
-                            Err(_) => return,
-                        };
-                        match job {
-                            Ok(job) => job(),
-                            Err(_) => return,
-                        }
-                    })
+                    // Ends when the pool drops its sender and the queue is empty.
+                    .spawn(move || rx.iter().for_each(|job| job()))
                     .expect("spawn pool thread")
             })
             .collect();
@@ -113,8 +108,8 @@ impl<R> Clone for Completion<R> {
 
 impl<R> Completion<R> {
     /// A completion channel; the loop reads the receiver after the waker fires.
-    pub fn new(waker: Option<Arc<Waker>>) -> (Completion<R>, Receiver<R>) {
-        let (tx, rx) = mpsc::channel();
+    pub fn new(waker: Option<Arc<Waker>>) -> (Completion<R>, Results<R>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
         (Completion { tx, waker }, rx)
     }
 
@@ -149,12 +144,14 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(got)
 }
 
+/// Chunk buffers in flight between the reader and the piece-hash thread.
+const HASH_BUFFERS: usize = 4;
+
 /// Computes the metadata of `path` for an upload (piece hashes + whole-file hash),
 /// on this thread plus one helper thread. The name is the file's base name.
 pub fn hash_file(path: &Path) -> io::Result<FileMeta> {
     let mut f = File::open(path)?;
-    let md = f.metadata()?;
-    if !md.is_file() {
+    if !f.metadata()?.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "not a regular file",
@@ -164,45 +161,16 @@ pub fn hash_file(path: &Path) -> io::Result<FileMeta> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let (to_helper, from_main) = mpsc::sync_channel::<(Arc<Vec<u8>>, usize)>(2);
-    let (back_tx, back_rx) = mpsc::channel::<Arc<Vec<u8>>>();
+    let (to_helper, chunks) = crossbeam_channel::bounded::<(Arc<Vec<u8>>, usize)>(2);
+    let (back, spare) = crossbeam_channel::unbounded::<Arc<Vec<u8>>>();
     let helper = thread::Builder::new()
         .name("piece-hash".into())
-        .spawn(move || {
-            let mut hashes = Vec::new();
-            for (chunk, len) in from_main {
-                for piece in chunk[..len].chunks(PIECE_SIZE as usize) {
-                    hashes.push(sha1(piece));
-                }
-                let _ = back_tx.send(chunk);
-            }
-            hashes
-        })?;
+        .spawn(move || hash_pieces(chunks, back))?;
     let mut whole = Sha1::new();
     let mut size = 0u64;
-    let mut buffers_made = 0;
+    let mut made = 0;
     let result = loop {
-        // Reuse a chunk buffer the helper finished with, or make one (at most 4).
-        let mut buf = loop {
-            if let Ok(b) = back_rx.try_recv() {
-                if let Ok(v) = Arc::try_unwrap(b) {
-                    break v;
-                }
-                continue;
-            }
-            if buffers_made < 4 {
-                buffers_made += 1;
-                break vec![0u8; HASH_CHUNK];
-            }
-            match back_rx.recv() {
-                Ok(b) => {
-                    if let Ok(v) = Arc::try_unwrap(b) {
-                        break v;
-                    }
-                }
-                Err(_) => break vec![0u8; HASH_CHUNK],
-            }
-        };
+        let mut buf = chunk_buffer(&spare, &mut made);
         let n = match read_full(&mut f, &mut buf) {
             Ok(n) => n,
             Err(e) => break Err(e),
@@ -233,6 +201,45 @@ pub fn hash_file(path: &Path) -> io::Result<FileMeta> {
         piece_hashes: hashes,
         file_sha1: whole.finalize().into(),
     })
+}
+
+/// The piece-hash thread of [`hash_file`]: hashes the pieces of each chunk in
+/// order and hands the chunk back for reuse.
+fn hash_pieces(
+    chunks: Receiver<(Arc<Vec<u8>>, usize)>,
+    back: Sender<Arc<Vec<u8>>>,
+) -> Vec<[u8; 20]> {
+    let mut hashes = Vec::new();
+    for (chunk, len) in chunks {
+        hashes.extend(chunk[..len].chunks(PIECE_SIZE as usize).map(sha1));
+        let _ = back.send(chunk);
+    }
+    hashes
+}
+
+/// A chunk buffer for the reader: one the piece-hash thread gave back (once it
+/// dropped its share), or a new one while fewer than [`HASH_BUFFERS`] exist.
+fn chunk_buffer(spare: &Receiver<Arc<Vec<u8>>>, made: &mut usize) -> Vec<u8> {
+    loop {
+        let back = if *made < HASH_BUFFERS {
+            match spare.try_recv() {
+                Ok(b) => b,
+                Err(_) => {
+                    *made += 1;
+                    return vec![0u8; HASH_CHUNK];
+                }
+            }
+        } else {
+            match spare.recv() {
+                Ok(b) => b,
+                // The helper is gone; the send that follows reports it.
+                Err(_) => return vec![0u8; HASH_CHUNK],
+            }
+        };
+        if let Ok(v) = Arc::try_unwrap(back) {
+            return v;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,28 +3,40 @@
 //!
 //! - [`shell`]: line parsing (double quotes), the command table, local validation.
 //! - [`tracker_link`]: tracker list, connect/failover, cached session, re-login.
-//! - [`event_loop`]: the one mio poll loop (stdin lines, tracker link, peer server, peers).
+//! - [`controller`]: the client's behaviour as a sans-IO core: events in, actions
+//!   out (the running command, internal tracker requests, sharing, download
+//!   start/resume/peer refresh, output texts, timers with an injected clock).
+//! - [`event_loop`]: the thin mio poll loop around the controller (tracker link,
+//!   peer server, peers, signals): readiness in as events, actions carried out.
+//! - [`stdin`]: the stdin thread (bounded lines, rustyline on a terminal).
 //! - [`picker`]: `PiecePicker`, rarest first with endgame; pure.
 //! - [`storage`]: piece reads/writes at offsets, temp file + rename, resume state.
 //! - [`hasher`]: the small thread pool for SHA-1 and disk work.
 //! - [`registry`]: `.uploads_registry`, what this client shares.
 //! - [`downloads`]: one download's state and its `show_downloads` line.
-//! - [`peer_conn`]: one peer connection's state machine.
+//! - [`peer_conn`]: one peer connection: I/O, framing, its phase and role.
+//! - [`fetch_peer`]: `FetchPeer`, the download side of one connection as a state
+//!   machine without I/O (handshake -> bitfield -> active; validated piece indices).
 //! - [`transfers`]: `Transfers`, the narrow interface between the event loop and all
 //!   peer-to-peer work (facade, connection slab, dispatch); its submodules
 //!   `transfers::serving` (the peer-server side) and `transfers::fetching` (the
 //!   download side) hold the work.
+//! - [`limits`]: `RATE` parsing and the token bucket of the bandwidth limits; pure.
 //! - [`buffers`]: `PieceBuffers`, the free list that recycles piece buffers.
 //! - [`xorshift`]: `XorShift`, the non-cryptographic random numbers for tie-breaks.
 
 pub mod buffers;
+pub mod controller;
 pub mod downloads;
 pub mod event_loop;
+pub mod fetch_peer;
 pub mod hasher;
+pub mod limits;
 pub mod peer_conn;
 pub mod picker;
 pub mod registry;
 pub mod shell;
+pub mod stdin;
 pub mod storage;
 pub mod tracker_link;
 pub mod transfers;

@@ -2,12 +2,15 @@
 //! queue and the framing state machine. It does I/O and parsing only and reports
 //! what happened as [`ConnEvent`]s; `transfers` decides what they mean.
 //!
-//! Two roles share this type:
-//! - [`Role::Serve`]: an accepted connection. It waits for the downloader's
-//!   handshake, then for requests; answers are queued by `transfers`.
-//! - [`Role::Fetch`]: a connection this client opened for a download. It sends the
-//!   handshake, waits for the server's handshake and bitfield, and keeps many
-//!   whole-piece requests in flight.
+//! A connection's life is one [`Phase`]: `Connecting` (outgoing only) ->
+//! `Handshake` -> `Open` -> (`Closing` while a last message drains) -> `Closed`.
+//! What it is for is its [`Role`], which owns the role's own state:
+//! - [`Role::Serve`]: an accepted connection ([`ServeState`]): it waits for the
+//!   downloader's handshake, then for requests; answers are queued by `transfers`.
+//! - [`Role::Fetch`]: a connection this client opened for a download
+//!   ([`FetchPeer`], the download side's state machine): it sends the handshake,
+//!   waits for the server's handshake and bitfield, and keeps many whole-piece
+//!   requests in flight.
 //!
 //! Piece data is read straight from the socket into the piece's own buffer (once
 //! the 13-byte piece header has arrived), and outgoing pieces are written from the
@@ -22,6 +25,8 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use wire::peer_msg::{self, DecodeError, Handshake, PeerMsg, HANDSHAKE_LEN, PIECE_HEADER_LEN};
 
+use crate::fetch_peer::FetchPeer;
+
 /// Bytes read per `read` call into the message buffer.
 const READ_CHUNK: usize = 64 * 1024;
 /// A peer that buffers more unparsed request bytes than this is dropped.
@@ -30,25 +35,41 @@ const MAX_RBUF: usize = 2 * 1024 * 1024;
 /// sends faster than we parse cannot keep the loop (and every other peer) waiting.
 pub const READ_BUDGET: usize = 4 * 1024 * 1024;
 
-/// What a connection is for.
-#[derive(Debug)]
-pub enum Role {
-    /// Accepted by the peer server.
-    Serve {
-        /// The file the downloader asked for (after the handshake).
-        file_sha1: Option<[u8; 20]>,
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// An outgoing connect has not finished yet (writes wait).
+    Connecting,
+    /// Connected; the other side's handshake is awaited.
+    Handshake,
+    /// Handshakes exchanged: messages flow.
+    Open,
+    /// Closes as soon as the write queue is empty (a last `Error` drains).
+    Closing,
+    /// Finished; the owner removes it.
+    Closed,
+}
+
+/// The serving side of an accepted connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServeState {
+    /// The downloader's handshake is awaited.
+    AwaitHandshake,
+    /// Serving the file named in the handshake.
+    Serving {
+        file_sha1: [u8; 20],
         /// Disk reads queued on the pool for this connection.
         pending_reads: usize,
     },
-    /// Opened by this client for download `dl`.
-    Fetch {
-        dl: usize,
-        /// The server's pieces.
-        bits: Vec<u8>,
-        got_bitfield: bool,
-        /// Pieces requested and not yet answered, in request order.
-        inflight: Vec<usize>,
-    },
+}
+
+/// What a connection is for, with that role's state.
+#[derive(Debug)]
+pub enum Role {
+    /// Accepted by the peer server.
+    Serve(ServeState),
+    /// Opened by this client for a download.
+    Fetch(FetchPeer),
 }
 
 /// Something that happened on a connection.
@@ -85,10 +106,7 @@ pub struct PeerConn {
     /// Unique per connection (slab keys are reused; pool results carry this).
     pub id: u64,
     pub role: Role,
-    /// Still connecting (outgoing connections).
-    pub connecting: bool,
-    /// The other side's handshake arrived.
-    pub handshake_done: bool,
+    phase: Phase,
     /// Last time bytes arrived (or the connection started).
     pub last_rx: Instant,
     pub started: Instant,
@@ -96,11 +114,6 @@ pub struct PeerConn {
     incoming: Option<Incoming>,
     wqueue: VecDeque<Vec<u8>>,
     wpos: usize,
-    /// Close once the write queue is empty.
-    pub closing: bool,
-    pub closed: bool,
-    /// Bytes of piece data received (fetch) or sent (serve).
-    pub piece_bytes: u64,
     /// Buffers fully written, for the owner to reuse.
     pub written: Vec<Vec<u8>>,
     /// The last read stopped at [`READ_BUDGET`] with bytes possibly left in the
@@ -123,20 +136,39 @@ impl PeerConn {
             addr,
             id,
             role,
-            connecting,
-            handshake_done: false,
+            phase: if connecting {
+                Phase::Connecting
+            } else {
+                Phase::Handshake
+            },
             last_rx: now,
             started: now,
             rbuf: Vec::with_capacity(READ_CHUNK),
             incoming: None,
             wqueue: VecDeque::new(),
             wpos: 0,
-            closing: false,
-            closed: false,
-            piece_bytes: 0,
             written: Vec::new(),
             more_to_read: false,
         }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Whether the connection is finished (its owner removes it).
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Whether the other side's handshake arrived (and the connection still lives).
+    pub fn handshake_done(&self) -> bool {
+        matches!(self.phase, Phase::Open | Phase::Closing)
+    }
+
+    /// Whether an outgoing connect is still in progress.
+    pub fn is_connecting(&self) -> bool {
+        self.phase == Phase::Connecting
     }
 
     /// Messages queued and not yet written.
@@ -146,11 +178,11 @@ impl PeerConn {
 
     /// Queues bytes and tries to write at once.
     pub fn send(&mut self, bytes: Vec<u8>) {
-        if self.closed || bytes.is_empty() {
+        if self.is_closed() || bytes.is_empty() {
             return;
         }
         self.wqueue.push_back(bytes);
-        if !self.connecting {
+        if !self.is_connecting() {
             if let Err(e) = self.flush() {
                 self.fail(format!("write: {e}"));
             }
@@ -165,15 +197,19 @@ impl PeerConn {
     /// Queues an error message and closes once it is written.
     pub fn send_error_and_close(&mut self, text: &str) {
         self.send_msg(&PeerMsg::Error(text.to_string()));
-        self.closing = true;
-        if self.wqueue.is_empty() {
-            self.closed = true;
+        if self.is_closed() {
+            return;
         }
+        self.phase = if self.wqueue.is_empty() {
+            Phase::Closed
+        } else {
+            Phase::Closing
+        };
     }
 
     fn fail(&mut self, why: String) {
         log::debug!("peer {}: {why}", self.addr);
-        self.closed = true;
+        self.phase = Phase::Closed;
     }
 
     /// Writes as much of the queue as the socket takes; fully written buffers go to
@@ -196,8 +232,8 @@ impl PeerConn {
                 Err(e) => return Err(e),
             }
         }
-        if self.closing && self.wqueue.is_empty() {
-            self.closed = true;
+        if self.phase == Phase::Closing && self.wqueue.is_empty() {
+            self.phase = Phase::Closed;
         }
         Ok(())
     }
@@ -214,23 +250,23 @@ impl PeerConn {
         take_buf: &mut dyn FnMut(usize) -> Vec<u8>,
         events: &mut Vec<ConnEvent>,
     ) {
-        if self.closed {
+        if self.is_closed() {
             return;
         }
-        if self.connecting && (writable || readable) {
+        if self.is_connecting() && (writable || readable) {
             match self.stream.take_error() {
                 Ok(Some(e)) | Err(e) => {
-                    self.closed = true;
+                    self.phase = Phase::Closed;
                     events.push(ConnEvent::Closed(format!("connect: {e}")));
                     return;
                 }
                 Ok(None) => {}
             }
             match self.stream.peer_addr() {
-                Ok(_) => self.connecting = false,
+                Ok(_) => self.phase = Phase::Handshake,
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
                 Err(e) => {
-                    self.closed = true;
+                    self.phase = Phase::Closed;
                     events.push(ConnEvent::Closed(format!("connect: {e}")));
                     return;
                 }
@@ -238,7 +274,7 @@ impl PeerConn {
         }
         if !self.wqueue.is_empty() {
             if let Err(e) = self.flush() {
-                self.closed = true;
+                self.phase = Phase::Closed;
                 events.push(ConnEvent::Closed(format!("write: {e}")));
                 return;
             }
@@ -246,7 +282,7 @@ impl PeerConn {
         if readable || self.more_to_read || self.incoming.is_some() || !self.rbuf.is_empty() {
             self.read_all(max_requests, take_buf, events);
         }
-        if self.closed && !matches!(events.last(), Some(ConnEvent::Closed(_))) {
+        if self.is_closed() && !matches!(events.last(), Some(ConnEvent::Closed(_))) {
             events.push(ConnEvent::Closed("closed".into()));
         }
     }
@@ -262,12 +298,12 @@ impl PeerConn {
         self.more_to_read = false;
         // Parse what is already buffered first.
         if let Err(e) = self.parse_inner(&mut budget, take_buf, events) {
-            self.closed = true;
+            self.phase = Phase::Closed;
             events.push(ConnEvent::Closed(format!("protocol error: {e}")));
             return;
         }
         loop {
-            if self.closed {
+            if self.is_closed() {
                 return;
             }
             if self.incoming.is_none() && self.rbuf.len() > MAX_RBUF {
@@ -286,7 +322,7 @@ impl PeerConn {
             };
             match res {
                 Ok(0) => {
-                    self.closed = true;
+                    self.phase = Phase::Closed;
                     events.push(ConnEvent::Closed("peer closed the connection".into()));
                     return;
                 }
@@ -294,7 +330,6 @@ impl PeerConn {
                     self.last_rx = Instant::now();
                     if let Some(inc) = self.incoming.as_mut() {
                         inc.filled += n;
-                        self.piece_bytes += n as u64;
                         if inc.filled == inc.buf.len() {
                             if let Some(inc) = self.incoming.take() {
                                 events.push(ConnEvent::Piece {
@@ -305,7 +340,7 @@ impl PeerConn {
                             }
                         }
                     } else if let Err(e) = self.parse_inner(&mut budget, take_buf, events) {
-                        self.closed = true;
+                        self.phase = Phase::Closed;
                         events.push(ConnEvent::Closed(format!("protocol error: {e}")));
                         return;
                     }
@@ -318,7 +353,7 @@ impl PeerConn {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.closed = true;
+                    self.phase = Phase::Closed;
                     events.push(ConnEvent::Closed(format!("read: {e}")));
                     return;
                 }
@@ -333,12 +368,12 @@ impl PeerConn {
         take_buf: &mut dyn FnMut(usize) -> Vec<u8>,
         events: &mut Vec<ConnEvent>,
     ) {
-        if self.closed || self.incoming.is_some() {
+        if self.is_closed() || self.incoming.is_some() {
             return;
         }
         let mut budget = max_requests;
         if let Err(e) = self.parse_inner(&mut budget, take_buf, events) {
-            self.closed = true;
+            self.phase = Phase::Closed;
             events.push(ConnEvent::Closed(format!("protocol error: {e}")));
         }
     }
@@ -350,89 +385,122 @@ impl PeerConn {
         events: &mut Vec<ConnEvent>,
     ) -> Result<(), DecodeError> {
         let mut at = 0;
+        // Taken out while parsing so the steps may change the rest of `self`.
+        let rbuf = std::mem::take(&mut self.rbuf);
         let result = loop {
-            let buf = &self.rbuf[at..];
-            if buf.is_empty() || self.incoming.is_some() {
+            let buf = &rbuf[at..];
+            if buf.is_empty() || self.incoming.is_some() || self.is_closed() {
                 break Ok(());
             }
-            if !self.handshake_done {
-                match Handshake::decode(buf) {
-                    Ok(Some(h)) => {
-                        self.handshake_done = true;
-                        at += HANDSHAKE_LEN;
-                        events.push(ConnEvent::Handshake(h));
-                        continue;
+            let step = if self.phase == Phase::Handshake {
+                self.parse_handshake(buf, events)
+            } else {
+                match peer_msg::decode_header(buf) {
+                    Ok(Some(h)) if h.is_piece() => {
+                        Self::start_piece(buf, take_buf, events).map(|r| {
+                            r.map(|(used, inc)| {
+                                self.incoming = inc;
+                                used
+                            })
+                        })
                     }
-                    Ok(None) => break Ok(()),
-                    Err(e) => {
-                        // A server may answer a handshake with an Error message.
-                        if let Ok(Some((PeerMsg::Error(text), _))) = peer_msg::decode(buf) {
-                            events.push(ConnEvent::Msg(PeerMsg::Error(text)));
-                            self.closed = true;
-                            break Ok(());
-                        }
-                        break Err(e);
-                    }
+                    // A request, but the server is saturated: leave it buffered.
+                    Ok(Some(h)) if h.is_request() && *budget == 0 => Ok(None),
+                    Ok(Some(_)) => self.parse_msg(buf, budget, events),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e),
                 }
-            }
-            let header = match peer_msg::decode_header(buf) {
-                Ok(Some(h)) => h,
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
             };
-            if header.is_piece() {
-                let (piece, offset, len) = match peer_msg::decode_piece_header(buf) {
-                    Ok(Some(x)) => x,
-                    Ok(None) => break Ok(()),
-                    Err(e) => break Err(e),
-                };
-                if len > peer_msg::MAX_REQUEST_LEN as usize {
-                    break Err(DecodeError::TooLong(len as u32));
-                }
-                let mut data = take_buf(len);
-                let avail = (buf.len() - PIECE_HEADER_LEN).min(len);
-                data[..avail].copy_from_slice(&buf[PIECE_HEADER_LEN..PIECE_HEADER_LEN + avail]);
-                at += PIECE_HEADER_LEN + avail;
-                self.piece_bytes += avail as u64;
-                if avail == len {
-                    events.push(ConnEvent::Piece {
-                        piece,
-                        offset,
-                        data,
-                    });
-                } else {
-                    self.incoming = Some(Incoming {
-                        piece,
-                        offset,
-                        buf: data,
-                        filled: avail,
-                    });
-                }
-                continue;
-            }
-            if header.is_request() && *budget == 0 {
-                // A request, but the server is saturated: leave it buffered.
-                break Ok(());
-            }
-            match peer_msg::decode(buf) {
-                Ok(Some((msg, used))) => {
-                    at += used;
-                    if matches!(msg, PeerMsg::Request { .. }) {
-                        *budget -= 1;
-                    }
-                    let is_error = matches!(msg, PeerMsg::Error(_));
-                    events.push(ConnEvent::Msg(msg));
-                    if is_error {
-                        self.closed = true;
-                        break Ok(());
-                    }
-                }
+            match step {
+                Ok(Some(used)) => at += used,
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
             }
         };
+        self.rbuf = rbuf;
         self.rbuf.drain(..at);
         result
+    }
+
+    /// The other side's handshake at the start of `buf`: `Ok(Some(used))`, or
+    /// `Ok(None)` when more bytes are needed (or a refusal closed the connection).
+    fn parse_handshake(
+        &mut self,
+        buf: &[u8],
+        events: &mut Vec<ConnEvent>,
+    ) -> Result<Option<usize>, DecodeError> {
+        match Handshake::decode(buf) {
+            Ok(Some(h)) => {
+                self.phase = Phase::Open;
+                events.push(ConnEvent::Handshake(h));
+                Ok(Some(HANDSHAKE_LEN))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                // A server may answer a handshake with an Error message.
+                if let Ok(Some((PeerMsg::Error(text), _))) = peer_msg::decode(buf) {
+                    events.push(ConnEvent::Msg(PeerMsg::Error(text)));
+                    self.phase = Phase::Closed;
+                    return Ok(None);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A `Piece` message at the start of `buf`: its data goes into a piece buffer,
+    /// whole (an event) or in part (the rest is read into it, `Incoming`).
+    /// Returns the bytes used and the incomplete piece, if any.
+    fn start_piece(
+        buf: &[u8],
+        take_buf: &mut dyn FnMut(usize) -> Vec<u8>,
+        events: &mut Vec<ConnEvent>,
+    ) -> Result<Option<(usize, Option<Incoming>)>, DecodeError> {
+        let Some((piece, offset, len)) = peer_msg::decode_piece_header(buf)? else {
+            return Ok(None);
+        };
+        if len > peer_msg::MAX_REQUEST_LEN as usize {
+            return Err(DecodeError::TooLong(len as u32));
+        }
+        let mut data = take_buf(len);
+        let avail = (buf.len() - PIECE_HEADER_LEN).min(len);
+        data[..avail].copy_from_slice(&buf[PIECE_HEADER_LEN..PIECE_HEADER_LEN + avail]);
+        let used = PIECE_HEADER_LEN + avail;
+        if avail == len {
+            events.push(ConnEvent::Piece {
+                piece,
+                offset,
+                data,
+            });
+            return Ok(Some((used, None)));
+        }
+        let inc = Incoming {
+            piece,
+            offset,
+            buf: data,
+            filled: avail,
+        };
+        Ok(Some((used, Some(inc))))
+    }
+
+    /// Any other whole message at the start of `buf`; an `Error` closes.
+    fn parse_msg(
+        &mut self,
+        buf: &[u8],
+        budget: &mut usize,
+        events: &mut Vec<ConnEvent>,
+    ) -> Result<Option<usize>, DecodeError> {
+        let Some((msg, used)) = peer_msg::decode(buf)? else {
+            return Ok(None);
+        };
+        if matches!(msg, PeerMsg::Request { .. }) {
+            *budget -= 1;
+        }
+        if matches!(msg, PeerMsg::Error(_)) {
+            self.phase = Phase::Closed;
+        }
+        events.push(ConnEvent::Msg(msg));
+        Ok(Some(used))
     }
 }
 
@@ -463,19 +531,14 @@ mod tests {
                 sent += chunk.len();
             }
         });
-        let role = Role::Fetch {
-            dl: 0,
-            bits: Vec::new(),
-            got_bitfield: false,
-            inflight: Vec::new(),
-        };
+        let role = Role::Fetch(FetchPeer::new(0));
         let mut conn = PeerConn::new(TcpStream::from_std(ours), addr, 1, role, false);
-        conn.handshake_done = true;
+        conn.phase = Phase::Open;
         let mut yielded = false;
         for _ in 0..10_000 {
             let mut events = Vec::new();
             conn.on_ready(true, false, 0, &mut |n| vec![0; n], &mut events);
-            assert!(!conn.closed, "{events:?}");
+            assert!(!conn.is_closed(), "{events:?}");
             if conn.more_to_read {
                 yielded = true;
                 break;

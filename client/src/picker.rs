@@ -17,6 +17,8 @@
 //! peer (at most [`ENDGAME_DUPLICATES`] requests per piece), so one slow peer
 //! cannot hold up the end.
 
+use wire::pieces::{Bitfield, PieceIndex};
+
 use crate::xorshift::XorShift;
 
 /// Ties among the rarest pieces are broken at random among this many lowest-index candidates.
@@ -43,10 +45,6 @@ pub struct PiecePicker {
     rng: XorShift,
 }
 
-fn has(bits: &[u8], i: usize) -> bool {
-    wire::peer_msg::bit(bits, i)
-}
-
 impl PiecePicker {
     /// A picker for `count` pieces, all missing; `seed` drives the tie-breaks.
     pub fn new(count: usize, seed: u64) -> PiecePicker {
@@ -63,16 +61,22 @@ impl PiecePicker {
         self.state.len()
     }
 
-    pub fn state(&self, i: usize) -> Option<PieceState> {
-        self.state.get(i).copied()
+    /// The state of piece `i` (`None` for an index of another file's size).
+    pub fn state(&self, i: PieceIndex) -> Option<PieceState> {
+        self.state.get(i.get()).copied()
     }
 
-    pub fn availability(&self, i: usize) -> u32 {
-        self.avail.get(i).copied().unwrap_or(0)
+    /// Whether piece `i` is verified.
+    pub fn has(&self, i: PieceIndex) -> bool {
+        self.state(i) == Some(PieceState::Have)
     }
 
-    pub fn outstanding(&self, i: usize) -> u8 {
-        self.outstanding.get(i).copied().unwrap_or(0)
+    pub fn availability(&self, i: PieceIndex) -> u32 {
+        self.avail.get(i.get()).copied().unwrap_or(0)
+    }
+
+    pub fn outstanding(&self, i: PieceIndex) -> u8 {
+        self.outstanding.get(i.get()).copied().unwrap_or(0)
     }
 
     pub fn have_count(&self) -> usize {
@@ -88,33 +92,46 @@ impl PiecePicker {
         self.state.len() - self.have
     }
 
+    /// The verified pieces.
+    pub fn verified_set(&self) -> Bitfield {
+        let mut b = Bitfield::new(self.piece_count());
+        for i in PieceIndex::all(self.piece_count()).filter(|i| self.has(*i)) {
+            b.insert(i);
+        }
+        b
+    }
+
     /// A peer joined with this bitfield.
-    pub fn add_bitfield(&mut self, bits: &[u8]) {
-        for i in 0..self.avail.len() {
-            if has(bits, i) {
-                self.avail[i] += 1;
-            }
+    pub fn add_bitfield(&mut self, bits: &Bitfield) {
+        for i in bits.ones() {
+            self.add_have(i);
         }
     }
 
     /// A peer with this bitfield left.
-    pub fn remove_bitfield(&mut self, bits: &[u8]) {
-        for i in 0..self.avail.len() {
-            if has(bits, i) {
-                self.avail[i] = self.avail[i].saturating_sub(1);
-            }
+    pub fn remove_bitfield(&mut self, bits: &Bitfield) {
+        for i in bits.ones() {
+            self.remove_have(i);
         }
     }
 
     /// A peer announced a new piece.
-    pub fn add_have(&mut self, i: usize) {
-        if let Some(a) = self.avail.get_mut(i) {
+    pub fn add_have(&mut self, i: PieceIndex) {
+        if let Some(a) = self.avail.get_mut(i.get()) {
             *a += 1;
         }
     }
 
+    /// A peer no longer offers a piece (it left, or rejected a request for it).
+    pub fn remove_have(&mut self, i: PieceIndex) {
+        if let Some(a) = self.avail.get_mut(i.get()) {
+            *a = a.saturating_sub(1);
+        }
+    }
+
     /// Marks pieces already verified (resume).
-    pub fn mark_have(&mut self, i: usize) {
+    pub fn mark_have(&mut self, i: PieceIndex) {
+        let i = i.get();
         if let Some(s) = self.state.get_mut(i) {
             if *s != PieceState::Have {
                 *s = PieceState::Have;
@@ -127,52 +144,65 @@ impl PiecePicker {
     /// The next piece to request from a peer holding `bits`, rarest first; marks it
     /// requested. `skip(i)` excludes pieces (e.g. already requested from this peer).
     /// Falls back to endgame duplicates when no missing piece fits.
-    pub fn pick(&mut self, bits: &[u8], skip: impl Fn(usize) -> bool) -> Option<usize> {
+    pub fn pick(
+        &mut self,
+        bits: &Bitfield,
+        skip: impl Fn(PieceIndex) -> bool,
+    ) -> Option<PieceIndex> {
         let mut best = u32::MAX;
-        let mut cands: [usize; TIE_WINDOW] = [0; TIE_WINDOW];
+        let mut cands: [Option<PieceIndex>; TIE_WINDOW] = [None; TIE_WINDOW];
         let mut n = 0;
-        for i in 0..self.state.len() {
-            if self.state[i] != PieceState::Missing || !has(bits, i) || skip(i) {
+        for i in PieceIndex::all(self.piece_count()) {
+            if self.state[i.get()] != PieceState::Missing || !bits.has(i) || skip(i) {
                 continue;
             }
-            let a = self.avail[i];
+            let a = self.avail[i.get()];
             if a < best {
                 best = a;
                 n = 0;
             }
             if a == best && n < TIE_WINDOW {
-                cands[n] = i;
+                cands[n] = Some(i);
                 n += 1;
             }
         }
         if n > 0 {
-            let i = cands[(self.rng.next_u64() % n as u64) as usize];
-            self.state[i] = PieceState::Requested;
-            self.outstanding[i] = 1;
+            let i = cands[(self.rng.next_u64() % n as u64) as usize]?;
+            self.state[i.get()] = PieceState::Requested;
+            self.outstanding[i.get()] = 1;
             return Some(i);
         }
-        // Endgame (no piece missing anywhere, only outstanding ones): duplicate an
-        // outstanding request, least duplicated first. Before that, a peer with
-        // nothing new to offer (a partial seeder) stays idle until it announces
-        // a piece: duplicating the requests sent to other peers would fetch the
-        // same data twice.
-        if self.state.contains(&PieceState::Missing) {
+        self.pick_endgame(bits, skip)
+    }
+
+    /// Endgame (no piece missing anywhere, only outstanding ones): duplicate an
+    /// outstanding request, least duplicated first. Before that, a peer with
+    /// nothing new to offer (a partial seeder) stays idle until it announces
+    /// a piece: duplicating the requests sent to other peers would fetch the
+    /// same data twice.
+    fn pick_endgame(
+        &mut self,
+        bits: &Bitfield,
+        skip: impl Fn(PieceIndex) -> bool,
+    ) -> Option<PieceIndex> {
+        if !self.in_endgame() {
             return None;
         }
         let mut pick = None;
         let mut fewest = ENDGAME_DUPLICATES;
-        for i in 0..self.state.len() {
-            if self.state[i] == PieceState::Requested
-                && has(bits, i)
+        for i in PieceIndex::all(self.piece_count()) {
+            let k = i.get();
+            if self.state[k] == PieceState::Requested
+                && bits.has(i)
                 && !skip(i)
-                && self.outstanding[i] < fewest
+                && self.outstanding[k] < fewest
             {
-                fewest = self.outstanding[i];
+                fewest = self.outstanding[k];
                 pick = Some(i);
             }
         }
         if let Some(i) = pick {
-            self.outstanding[i] += 1;
+            self.outstanding[i.get()] += 1;
         }
         pick
     }
@@ -184,7 +214,8 @@ impl PiecePicker {
 
     /// One outstanding request of piece `i` ended without data (peer lost, rejected,
     /// timed out): when none is left, the piece is missing again.
-    pub fn release(&mut self, i: usize) {
+    pub fn release(&mut self, i: PieceIndex) {
+        let i = i.get();
         if let Some(s) = self.state.get(i).copied() {
             self.outstanding[i] = self.outstanding[i].saturating_sub(1);
             if s == PieceState::Requested && self.outstanding[i] == 0 {
@@ -195,7 +226,8 @@ impl PiecePicker {
 
     /// Piece `i` arrived and is being verified. Returns false when it is a duplicate
     /// (already verifying or held), in which case the data should be dropped.
-    pub fn received(&mut self, i: usize) -> bool {
+    pub fn received(&mut self, i: PieceIndex) -> bool {
+        let i = i.get();
         match self.state.get(i).copied() {
             Some(PieceState::Requested) | Some(PieceState::Missing) => {
                 self.state[i] = PieceState::Verifying;
@@ -212,7 +244,8 @@ impl PiecePicker {
 
     /// Piece `i` failed verification: it is missing again (or still requested when
     /// an endgame duplicate is outstanding).
-    pub fn failed(&mut self, i: usize) {
+    pub fn failed(&mut self, i: PieceIndex) {
+        let i = i.get();
         if self.state.get(i) == Some(&PieceState::Verifying) {
             self.state[i] = if self.outstanding[i] > 0 {
                 PieceState::Requested
@@ -223,7 +256,7 @@ impl PiecePicker {
     }
 
     /// Piece `i` verified.
-    pub fn verified(&mut self, i: usize) {
+    pub fn verified(&mut self, i: PieceIndex) {
         self.mark_have(i);
     }
 }
@@ -232,16 +265,25 @@ impl PiecePicker {
 mod tests {
     use super::*;
 
-    fn all(n: usize) -> Vec<u8> {
-        vec![0xff; n.div_ceil(8)]
+    fn all(n: usize) -> Bitfield {
+        Bitfield::full(n)
     }
 
-    fn bits_of(n: usize, set: &[usize]) -> Vec<u8> {
-        let mut b = vec![0u8; n.div_ceil(8)];
+    fn bits_of(n: usize, set: &[u32]) -> Bitfield {
+        let mut b = Bitfield::new(n);
         for &i in set {
-            wire::peer_msg::set_bit(&mut b, i);
+            b.insert(PieceIndex::new(i, n).unwrap());
         }
         b
+    }
+
+    /// Index `i` checked against a generous count (the picker bounds it itself).
+    fn ix(i: u32) -> PieceIndex {
+        PieceIndex::new(i, 1000).unwrap()
+    }
+
+    fn pick(p: &mut PiecePicker, bits: &Bitfield) -> Option<u32> {
+        p.pick(bits, |_| false).map(PieceIndex::raw)
     }
 
     #[test]
@@ -250,8 +292,8 @@ mod tests {
         p.add_bitfield(&all(4));
         p.add_bitfield(&bits_of(4, &[0, 1, 3]));
         // piece 2 is held by one peer only.
-        assert_eq!(p.pick(&all(4), |_| false), Some(2));
-        assert_eq!(p.state(2), Some(PieceState::Requested));
+        assert_eq!(pick(&mut p, &all(4)), Some(2));
+        assert_eq!(p.state(ix(2)), Some(PieceState::Requested));
     }
 
     #[test]
@@ -259,22 +301,19 @@ mod tests {
         let mut p = PiecePicker::new(10, 7);
         let b = bits_of(10, &[3, 8]);
         p.add_bitfield(&b);
-        let mut got = vec![
-            p.pick(&b, |_| false).unwrap(),
-            p.pick(&b, |_| false).unwrap(),
-        ];
+        let mut got = vec![pick(&mut p, &b).unwrap(), pick(&mut p, &b).unwrap()];
         got.sort();
         assert_eq!(got, vec![3, 8]);
         // Other pieces are still missing: no endgame duplicates yet.
-        assert_eq!(p.pick(&b, |_| false), None);
+        assert_eq!(pick(&mut p, &b), None);
         // Once nothing is missing: endgame duplicates, one each, then nothing.
         let rest = bits_of(10, &[0, 1, 2, 4, 5, 6, 7, 9]);
         p.add_bitfield(&rest);
-        while p.pick(&rest, |_| false).is_some() {}
-        let x = p.pick(&b, |_| false).unwrap();
-        let y = p.pick(&b, |_| false).unwrap();
+        while pick(&mut p, &rest).is_some() {}
+        let x = pick(&mut p, &b).unwrap();
+        let y = pick(&mut p, &b).unwrap();
         assert_ne!(x, y);
-        assert_eq!(p.pick(&b, |_| false), None);
+        assert_eq!(pick(&mut p, &b), None);
     }
 
     #[test]
@@ -283,10 +322,10 @@ mod tests {
         for seed in 0..200 {
             let mut p = PiecePicker::new(100, seed);
             p.add_bitfield(&all(100));
-            seen.insert(p.pick(&all(100), |_| false).unwrap());
+            seen.insert(pick(&mut p, &all(100)).unwrap());
         }
         assert!(seen.len() > 4, "{seen:?}");
-        assert!(seen.iter().all(|&i| i < TIE_WINDOW));
+        assert!(seen.iter().all(|&i| (i as usize) < TIE_WINDOW));
     }
 
     #[test]
@@ -294,18 +333,16 @@ mod tests {
         let n = 50;
         let mut p = PiecePicker::new(n, 3);
         p.add_bitfield(&all(n));
-        let mut got: Vec<usize> = (0..n)
-            .map(|_| p.pick(&all(n), |_| false).unwrap())
-            .collect();
+        let mut got: Vec<u32> = (0..n).map(|_| pick(&mut p, &all(n)).unwrap()).collect();
         got.sort();
-        assert_eq!(got, (0..n).collect::<Vec<_>>());
+        assert_eq!(got, (0..n as u32).collect::<Vec<_>>());
         assert!(p.in_endgame());
-        let dup = p.pick(&all(n), |_| false).unwrap();
-        assert_eq!(p.outstanding(dup), 2);
+        let dup = pick(&mut p, &all(n)).unwrap();
+        assert_eq!(p.outstanding(ix(dup)), 2);
         // The first copy arrives; the duplicate is dropped.
-        assert!(p.received(dup));
-        assert!(!p.received(dup));
-        p.verified(dup);
+        assert!(p.received(ix(dup)));
+        assert!(!p.received(ix(dup)));
+        p.verified(ix(dup));
         assert_eq!(p.have_count(), 1);
     }
 
@@ -313,7 +350,7 @@ mod tests {
     fn skip_excludes() {
         let mut p = PiecePicker::new(3, 3);
         p.add_bitfield(&all(3));
-        assert_eq!(p.pick(&all(3), |i| i != 1), Some(1));
+        assert_eq!(p.pick(&all(3), |i| i.get() != 1), Some(ix(1)));
     }
 
     #[test]
@@ -321,55 +358,59 @@ mod tests {
         let mut p = PiecePicker::new(2, 5);
         let b = all(2);
         p.add_bitfield(&b);
-        let i = p.pick(&b, |_| false).unwrap();
-        p.release(i);
-        assert_eq!(p.state(i), Some(PieceState::Missing));
+        let i = pick(&mut p, &b).unwrap();
+        p.release(ix(i));
+        assert_eq!(p.state(ix(i)), Some(PieceState::Missing));
         p.remove_bitfield(&b);
-        assert_eq!(p.availability(i), 0);
+        assert_eq!(p.availability(ix(i)), 0);
         // Releasing one of two endgame requests keeps it requested.
         let mut p = PiecePicker::new(1, 5);
         p.add_bitfield(&all(1));
-        p.pick(&all(1), |_| false).unwrap();
-        p.pick(&all(1), |_| false).unwrap();
-        p.release(0);
-        assert_eq!(p.state(0), Some(PieceState::Requested));
-        p.release(0);
-        assert_eq!(p.state(0), Some(PieceState::Missing));
+        pick(&mut p, &all(1)).unwrap();
+        pick(&mut p, &all(1)).unwrap();
+        p.release(ix(0));
+        assert_eq!(p.state(ix(0)), Some(PieceState::Requested));
+        p.release(ix(0));
+        assert_eq!(p.state(ix(0)), Some(PieceState::Missing));
     }
 
     #[test]
     fn failed_verification_is_missing_again() {
         let mut p = PiecePicker::new(1, 5);
         p.add_bitfield(&all(1));
-        p.pick(&all(1), |_| false).unwrap();
-        assert!(p.received(0));
-        p.failed(0);
-        assert_eq!(p.state(0), Some(PieceState::Missing));
-        assert_eq!(p.pick(&all(1), |_| false), Some(0));
+        pick(&mut p, &all(1)).unwrap();
+        assert!(p.received(ix(0)));
+        p.failed(ix(0));
+        assert_eq!(p.state(ix(0)), Some(PieceState::Missing));
+        assert_eq!(pick(&mut p, &all(1)), Some(0));
     }
 
     #[test]
     fn have_updates_availability_and_resume() {
         let mut p = PiecePicker::new(3, 5);
-        p.add_have(1);
-        p.add_have(1);
-        p.add_have(9);
-        assert_eq!(p.availability(1), 2);
-        p.mark_have(0);
-        p.mark_have(0);
+        p.add_have(ix(1));
+        p.add_have(ix(1));
+        p.add_have(ix(9));
+        assert_eq!(p.availability(ix(1)), 2);
+        p.remove_have(ix(1));
+        p.remove_have(ix(9));
+        assert_eq!(p.availability(ix(1)), 1);
+        p.mark_have(ix(0));
+        p.mark_have(ix(0));
         assert_eq!(p.have_count(), 1);
         assert_eq!(p.remaining(), 2);
-        assert_eq!(p.pick(&all(3), |_| false), Some(2));
-        p.mark_have(1);
-        p.mark_have(2);
+        assert_eq!(pick(&mut p, &all(3)), Some(2));
+        p.mark_have(ix(2));
+        assert_eq!(p.verified_set(), bits_of(3, &[0, 2]));
+        p.mark_have(ix(1));
         assert!(p.is_complete());
-        assert_eq!(p.pick(&all(3), |_| false), None);
+        assert_eq!(pick(&mut p, &all(3)), None);
     }
 
     #[test]
     fn empty_file_is_complete() {
         let mut p = PiecePicker::new(0, 1);
         assert!(p.is_complete());
-        assert_eq!(p.pick(&[], |_| false), None);
+        assert_eq!(pick(&mut p, &Bitfield::new(0)), None);
     }
 }

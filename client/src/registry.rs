@@ -18,12 +18,12 @@
 //! recorded, sidecar readable), changed, or vanished.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use wire::file_meta::{hash_from_hex, to_hex, FileMeta};
-use wire::tracker_msg::{decode_fields, encode_fields};
+use wire::tracker_msg::{decode_fields, encode_fields, MAX_REQUEST_LINE};
 
 use crate::storage::write_atomic;
 
@@ -167,29 +167,54 @@ impl UploadRegistry {
         Ok(true)
     }
 
-    /// The metadata of an entry, from its piece-hash sidecar.
-    pub fn load_meta(&self, e: &RegEntry) -> Option<FileMeta> {
-        let data = fs::read(self.pieces_path(&e.file_sha1)).ok()?;
-        let nl = data.iter().position(|&b| b == b'\n')?;
-        let head = std::str::from_utf8(&data[..nl]).ok()?;
-        let rest = head.strip_prefix(PIECES_VERSION)?.trim();
-        let mut it = rest.split(' ');
-        let size: u64 = it.next()?.parse().ok()?;
-        let piece_size: u64 = it.next()?.parse().ok()?;
-        let raw = &data[nl + 1..];
-        let count = FileMeta::piece_count_for(size, piece_size);
-        if piece_size == 0 || raw.len() != count * 20 || size != e.size {
-            return None;
+    /// The metadata of an entry, from its piece-hash sidecar. The sidecar's
+    /// geometry is checked before its hashes are read: the piece count must fit
+    /// what a tracker accepts, and the file's length must be exactly the header
+    /// plus 20 bytes a piece, so a corrupt sidecar costs no more memory than a
+    /// valid one.
+    pub fn load_meta(&self, e: &RegEntry) -> Result<FileMeta, SidecarError> {
+        let path = self.pieces_path(&e.file_sha1);
+        let at = |reason: SidecarReason| SidecarError {
+            path: path.clone(),
+            reason,
+        };
+        let mut f = fs::File::open(&path).map_err(|e| at(SidecarReason::Read(e)))?;
+        let mut raw = Vec::new();
+        (&mut f)
+            .take(MAX_SIDECAR_HEADER)
+            .read_to_end(&mut raw)
+            .map_err(|e| at(SidecarReason::Read(e)))?;
+        let nl = raw.iter().position(|&b| b == b'\n');
+        let (size, piece_size) = nl
+            .and_then(|nl| parse_sidecar_header(&raw[..nl]))
+            .ok_or(at(SidecarReason::Header))?;
+        if size != e.size {
+            return Err(at(SidecarReason::Size {
+                recorded: size,
+                expected: e.size,
+            }));
+        }
+        let count = FileMeta::checked_piece_count(size, piece_size)
+            .ok()
+            .filter(|n| n.saturating_mul(40) <= MAX_REQUEST_LINE)
+            .ok_or(at(SidecarReason::Geometry { size, piece_size }))?;
+        let want = count * 20; // small: bounded just above
+        let mut raw = raw.split_off(nl.map_or(0, |nl| nl + 1));
+        let rest = want
+            .checked_sub(raw.len())
+            .ok_or(at(SidecarReason::Length { count, want }))?;
+        (&mut f)
+            .take(rest as u64 + 1)
+            .read_to_end(&mut raw)
+            .map_err(|e| at(SidecarReason::Read(e)))?;
+        if raw.len() != want {
+            return Err(at(SidecarReason::Length { count, want }));
         }
         let piece_hashes = raw
-            .chunks(20)
-            .map(|c| {
-                let mut h = [0u8; 20];
-                h.copy_from_slice(c);
-                h
-            })
+            .chunks_exact(20)
+            .map(|c| c.try_into().expect("chunks of 20 bytes"))
             .collect();
-        Some(FileMeta {
+        Ok(FileMeta {
             name: e.name.clone(),
             size,
             piece_size,
@@ -207,8 +232,11 @@ impl UploadRegistry {
                     Err(_) => Check::Vanished,
                     Ok((size, mtime)) if size == e.size && mtime == e.mtime_ns => {
                         match self.load_meta(e) {
-                            Some(m) => Check::Unchanged(m),
-                            None => Check::Changed,
+                            Ok(m) => Check::Unchanged(m),
+                            Err(why) => {
+                                log::warn!("{why}");
+                                Check::Changed
+                            }
                         }
                     }
                     Ok(_) => Check::Changed,
@@ -217,6 +245,44 @@ impl UploadRegistry {
             })
             .collect()
     }
+}
+
+/// Longest sidecar header line read (`swarmshare-pieces 1 <u64> <u64>` is shorter).
+const MAX_SIDECAR_HEADER: u64 = 128;
+
+/// A piece-hash sidecar that cannot be used (the entry then counts as changed).
+#[derive(Debug, thiserror::Error)]
+#[error("piece hashes {}: {reason}", path.display())]
+pub struct SidecarError {
+    pub path: PathBuf,
+    pub reason: SidecarReason,
+}
+
+/// What is wrong with a sidecar.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarReason {
+    #[error("{0}")]
+    Read(io::Error),
+    #[error("bad header line (expected `{PIECES_VERSION} <size> <piece_size>`)")]
+    Header,
+    #[error("records a file of {recorded} bytes, the registry one of {expected}")]
+    Size { recorded: u64, expected: u64 },
+    #[error("{size} bytes in pieces of {piece_size} is not a geometry a tracker accepts")]
+    Geometry { size: u64, piece_size: u64 },
+    #[error("length does not match {count} piece hashes ({want} bytes after the header)")]
+    Length { count: usize, want: usize },
+}
+
+/// `swarmshare-pieces 1 <size> <piece_size>` -> (size, piece_size).
+fn parse_sidecar_header(head: &[u8]) -> Option<(u64, u64)> {
+    let head = std::str::from_utf8(head).ok()?;
+    let rest = head.strip_prefix(PIECES_VERSION)?.strip_prefix(' ')?;
+    let (size, piece_size) = rest.split_once(' ')?;
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(size) || !digits(piece_size) {
+        return None;
+    }
+    Some((size.parse().ok()?, piece_size.parse().ok()?))
 }
 
 fn parse_entry(line: &str) -> Option<RegEntry> {
@@ -277,6 +343,54 @@ mod tests {
         assert!(reg3.remove("g2", "c").unwrap());
         assert!(!reg3.remove("g2", "c").unwrap());
         assert_eq!(UploadRegistry::load(&state).unwrap().entries.len(), 2);
+    }
+
+    /// A sidecar on disk is input too: extreme or inconsistent geometry is a
+    /// reason, never an overflow or a huge allocation.
+    #[test]
+    fn corrupt_sidecars_are_refused_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = UploadRegistry::load(dir.path()).unwrap();
+        let entry = |size: u64| RegEntry {
+            group: "g".into(),
+            name: "f".into(),
+            path: dir.path().join("f"),
+            size,
+            mtime_ns: 0,
+            file_sha1: [9; 20],
+        };
+        let write = |bytes: &[u8]| {
+            write_atomic(&reg.pieces_path(&[9; 20]), bytes).unwrap();
+        };
+        let reason = |e: &RegEntry| reg.load_meta(e).unwrap_err().reason.to_string();
+        // `count * 20` overflowed here for a file of u64::MAX bytes in 1-byte pieces.
+        for size in [u64::MAX, u64::MAX / 20 + 1, 1 << 40] {
+            write(format!("{PIECES_VERSION} {size} 1\n").as_bytes());
+            let why = reason(&entry(size));
+            assert!(why.contains("not a geometry a tracker accepts"), "{why}");
+        }
+        write(format!("{PIECES_VERSION} 10 0\n").as_bytes());
+        assert!(reason(&entry(10)).contains("not a geometry"));
+        write(format!("{PIECES_VERSION} 10 4\n{}", "x".repeat(59)).as_bytes());
+        assert_eq!(
+            reason(&entry(10)),
+            "length does not match 3 piece hashes (60 bytes after the header)"
+        );
+        write(format!("{PIECES_VERSION} 10 4\n{}", "x".repeat(61)).as_bytes());
+        assert!(reason(&entry(10)).starts_with("length does not match"));
+        write(format!("{PIECES_VERSION} 10 4\n{}", "x".repeat(60)).as_bytes());
+        assert_eq!(reg.load_meta(&entry(10)).unwrap().piece_count(), 3);
+        assert!(reason(&entry(11)).starts_with("records a file of 10 bytes"));
+        for bad in [
+            "swarmshare-pieces 1 10\n",
+            "swarmshare-pieces 1 +10 4\n",
+            "junk",
+        ] {
+            write(bad.as_bytes());
+            assert!(reason(&entry(10)).starts_with("bad header line"), "{bad}");
+        }
+        write(&vec![b'1'; 4096]);
+        assert!(reason(&entry(10)).starts_with("bad header line"));
     }
 
     #[test]

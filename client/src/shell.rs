@@ -52,121 +52,128 @@
 
 use std::fmt;
 
+use wire::command::{line_carries_password, usage_line, CommandKind, TrackerCommand};
+
+use CommandKind as K;
+
 /// The longest input line accepted, in bytes (newline excluded).
 pub const MAX_LINE: usize = 64 * 1024;
 
 /// One parsed shell command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    CreateUser {
-        user: String,
-        password: String,
-    },
-    Login {
-        user: String,
-        password: String,
-    },
-    Logout,
-    CreateGroup {
-        group: String,
-    },
-    JoinGroup {
-        group: String,
-    },
-    LeaveGroup {
-        group: String,
-    },
-    ListGroups,
-    ListRequests {
-        group: String,
-    },
-    AcceptRequest {
-        group: String,
-        user: String,
-    },
-    RejectRequest {
-        group: String,
-        user: String,
-    },
-    ListFiles {
-        group: String,
-    },
+    /// A command the tracker carries out as typed (`create_user`, `login`,
+    /// `logout`, `create_group`, `join_group`, `leave_group`, `list_groups`,
+    /// `list_requests`, `accept_request`, `reject_request`, `list_files`,
+    /// `stop_share`): the shell line is the request.
+    Tracker(TrackerCommand),
+    /// Hashes the file, then sends `upload_file` with its metadata.
     UploadFile {
         path: String,
         group: String,
     },
+    /// Asks `file_info`, then downloads in the background.
     DownloadFile {
         group: String,
         name: String,
         dest: String,
     },
     ShowDownloads,
-    StopShare {
-        group: String,
-        name: String,
-    },
     Help,
     Quit,
 }
 
-/// One entry of the command table.
+/// What a shell command does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Sends this tracker command with the typed arguments.
+    Tracker(CommandKind),
+    UploadFile,
+    DownloadFile,
+    ShowDownloads,
+    Help,
+    Quit,
+}
+
+/// One entry of the shell's command table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommandSpec {
     pub name: &'static str,
     /// Argument names, as shown in the usage line.
     pub args: &'static [&'static str],
     pub needs_login: bool,
+    pub action: Action,
 }
 
 impl CommandSpec {
     /// `name <arg> <arg>`.
     pub fn usage(&self) -> String {
-        let mut s = self.name.to_string();
-        for a in self.args {
-            s.push_str(" <");
-            s.push_str(a);
-            s.push('>');
-        }
-        s
+        usage_line(self.name, self.args)
     }
 }
 
-/// Every command the shell knows, in the order `help` lists them.
-pub const COMMANDS: &[CommandSpec] = &[
-    spec("create_user", &["user_id", "password"], false),
-    spec("login", &["user_id", "password"], false),
-    spec("logout", &[], true),
-    spec("create_group", &["group_id"], true),
-    spec("join_group", &["group_id"], true),
-    spec("leave_group", &["group_id"], true),
-    spec("list_groups", &[], true),
-    spec("list_requests", &["group_id"], true),
-    spec("accept_request", &["group_id", "user_id"], true),
-    spec("reject_request", &["group_id", "user_id"], true),
-    spec("list_files", &["group_id"], true),
-    spec("upload_file", &["file_path", "group_id"], true),
-    spec(
+/// Every command the shell knows, in the order `help` lists them. The rows that
+/// send a tracker command as typed are that command's row of
+/// [`wire::command::COMMANDS`] (name, arguments, whether it needs a session).
+pub static COMMANDS: [CommandSpec; 17] = [
+    tracker(K::CreateUser),
+    tracker(K::Login),
+    tracker(K::Logout),
+    tracker(K::CreateGroup),
+    tracker(K::JoinGroup),
+    tracker(K::LeaveGroup),
+    tracker(K::ListGroups),
+    tracker(K::ListRequests),
+    tracker(K::AcceptRequest),
+    tracker(K::RejectRequest),
+    tracker(K::ListFiles),
+    local(
+        K::UploadFile.name(),
+        &["file_path", "group_id"],
+        Action::UploadFile,
+    ),
+    local(
         "download_file",
         &["group_id", "file_name", "destination_path"],
-        true,
+        Action::DownloadFile,
     ),
-    spec("show_downloads", &[], false),
-    spec("stop_share", &["group_id", "file_name"], true),
-    spec("help", &[], false),
-    spec("quit", &[], false),
+    local("show_downloads", &[], Action::ShowDownloads),
+    tracker(K::StopShare),
+    local("help", &[], Action::Help),
+    local("quit", &[], Action::Quit),
 ];
 
-const fn spec(name: &'static str, args: &'static [&'static str], needs_login: bool) -> CommandSpec {
+const fn tracker(kind: CommandKind) -> CommandSpec {
+    let spec = kind.spec();
+    CommandSpec {
+        name: spec.name,
+        args: spec.args,
+        needs_login: spec.needs_session,
+        action: Action::Tracker(kind),
+    }
+}
+
+/// A command the client carries out itself (`upload_file` and `download_file`
+/// ask the tracker on the way).
+const fn local(name: &'static str, args: &'static [&'static str], action: Action) -> CommandSpec {
+    let needs_login = matches!(action, Action::UploadFile | Action::DownloadFile);
     CommandSpec {
         name,
         args,
         needs_login,
+        action,
     }
 }
 
 /// Looks a command up by name.
 pub fn find_spec(name: &str) -> Option<&'static CommandSpec> {
     COMMANDS.iter().find(|c| c.name == name)
+}
+
+/// Whether a typed line carries a password, so it stays out of the history
+/// (the `carries_password` column of [`wire::command::COMMANDS`]).
+pub fn carries_password(line: &str) -> bool {
+    line_carries_password(line)
 }
 
 /// Why a line was refused locally. `Display` is the text after `error: `.
@@ -266,39 +273,17 @@ pub fn parse(
     if spec.needs_login && logged_in.is_none() {
         return Err(ShellError::NotLoggedIn);
     }
-    let mut a = words.into_iter();
-    let mut next = || a.next().expect("arity checked");
-    let cmd = match spec.name {
-        "create_user" => Command::CreateUser {
-            user: next(),
-            password: next(),
-        },
-        "login" => {
-            if let Some(u) = logged_in {
+    let cmd = match spec.action {
+        Action::Tracker(kind) => {
+            if let (K::Login, Some(u)) = (kind, logged_in) {
                 return Err(ShellError::AlreadyLoggedIn(u.to_string()));
             }
-            Command::Login {
-                user: next(),
-                password: next(),
-            }
+            let cmd =
+                TrackerCommand::parse(kind.name(), words).map_err(|_| ShellError::Usage(spec))?;
+            Command::Tracker(cmd)
         }
-        "logout" => Command::Logout,
-        "create_group" => Command::CreateGroup { group: next() },
-        "join_group" => Command::JoinGroup { group: next() },
-        "leave_group" => Command::LeaveGroup { group: next() },
-        "list_groups" => Command::ListGroups,
-        "list_requests" => Command::ListRequests { group: next() },
-        "accept_request" => Command::AcceptRequest {
-            group: next(),
-            user: next(),
-        },
-        "reject_request" => Command::RejectRequest {
-            group: next(),
-            user: next(),
-        },
-        "list_files" => Command::ListFiles { group: next() },
-        "upload_file" => {
-            let (first, second) = (next(), next());
+        Action::UploadFile => {
+            let [first, second] = take(words);
             // The assignment's copies disagree on the order; accept `<group> <path>`
             // when only the second argument names an existing file.
             if !is_file(&first) && is_file(&second) {
@@ -313,21 +298,21 @@ pub fn parse(
                 }
             }
         }
-        "download_file" => Command::DownloadFile {
-            group: next(),
-            name: next(),
-            dest: next(),
-        },
-        "show_downloads" => Command::ShowDownloads,
-        "stop_share" => Command::StopShare {
-            group: next(),
-            name: next(),
-        },
-        "help" => Command::Help,
-        "quit" => Command::Quit,
-        other => unreachable!("command {other} in table but not parsed"),
+        Action::DownloadFile => {
+            let [group, name, dest] = take(words);
+            Command::DownloadFile { group, name, dest }
+        }
+        Action::ShowDownloads => Command::ShowDownloads,
+        Action::Help => Command::Help,
+        Action::Quit => Command::Quit,
     };
     Ok(Some(cmd))
+}
+
+/// The arguments as an array (the arity was checked against the table).
+fn take<const N: usize>(words: Vec<String>) -> [String; N] {
+    let mut a = words.into_iter();
+    std::array::from_fn(|_| a.next().unwrap_or_default())
 }
 
 /// `1 group`, `2 groups`.
@@ -388,17 +373,20 @@ mod tests {
         assert_eq!(p("", None), Ok(None));
         assert_eq!(
             p("create_user a b", None),
-            Ok(Some(Command::CreateUser {
+            Ok(Some(Command::Tracker(TrackerCommand::CreateUser {
                 user: "a".into(),
                 password: "b".into()
-            }))
+            })))
         );
-        assert_eq!(p("logout", u), Ok(Some(Command::Logout)));
+        assert_eq!(
+            p("logout", u),
+            Ok(Some(Command::Tracker(TrackerCommand::Logout)))
+        );
         assert_eq!(
             p(r#"join_group "g 1""#, u),
-            Ok(Some(Command::JoinGroup {
+            Ok(Some(Command::Tracker(TrackerCommand::JoinGroup {
                 group: "g 1".into()
-            }))
+            })))
         );
         assert_eq!(
             p("download_file g f /tmp", u),
@@ -416,9 +404,24 @@ mod tests {
                 .chain(spec.args.iter().map(|a| a.to_string()))
                 .collect::<Vec<_>>()
                 .join(" ");
-            let user = if spec.name == "login" { None } else { u };
-            assert!(p(&line, user).unwrap().is_some(), "{line}");
+            let login = spec.action == Action::Tracker(K::Login);
+            let user = if login { None } else { u };
+            let cmd = p(&line, user).unwrap().expect(&line);
+            if let Action::Tracker(kind) = spec.action {
+                assert!(
+                    matches!(cmd, Command::Tracker(c) if c.kind() == kind),
+                    "{line}"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn password_lines_stay_out_of_history() {
+        assert!(carries_password("login a b"));
+        assert!(carries_password("create_user a \"b c\""));
+        assert!(!carries_password("create_group login"));
+        assert!(!carries_password(""));
     }
 
     #[test]

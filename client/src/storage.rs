@@ -7,14 +7,12 @@
 //! hash is computed as the verified prefix grows ([`WholeHash`]), so completing a
 //! download never re-reads the whole file.
 //!
-//! Resume state lives in `<state-dir>/downloads/<file-sha1>.resume`, a small text
-//! file with a version line:
-//!
-//! ```text
-//! swarmshare-resume 1
-//! <group> <name> <dest> <size>        (escaped fields, as in the tracker protocol)
-//! <bitfield of verified pieces as hex>
-//! ```
+//! Resume state lives in `<state-dir>/downloads/<file-sha1>.resume`: the line
+//! `swarmshare-resume 2` and then the postcard encoding of
+//! `(file_sha1: [u8; 20], group, name, dest: path bytes, size: u64, bitfield bytes)`
+//! (postcard: small, no hand-written parser, and every field's shape declared
+//! once; the first line tells the format and its version at a glance). A file
+//! of another version, or one that does not decode to exactly that, is ignored.
 //!
 //! It is written atomically (temp + rename). On resume the pieces it lists are
 //! re-verified against their hashes before they are trusted, so a stale or
@@ -25,9 +23,9 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
-use wire::file_meta::{hash_from_hex, to_hex};
-use wire::tracker_msg::{decode_fields, encode_fields};
+use wire::file_meta::to_hex;
 
 /// The temporary name of a download in progress.
 pub fn temp_path(dest: &Path) -> PathBuf {
@@ -198,7 +196,7 @@ impl WholeHash {
     }
 }
 
-const RESUME_VERSION: &str = "swarmshare-resume 1";
+const RESUME_VERSION: &[u8] = b"swarmshare-resume 2\n";
 
 /// What a restarted client needs to continue a download.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,8 +206,20 @@ pub struct ResumeState {
     pub name: String,
     pub dest: PathBuf,
     pub size: u64,
-    /// Verified pieces, one bit each, MSB first.
+    /// Verified pieces, one bit each, MSB first (a `wire::pieces::Bitfield`'s
+    /// bytes; checked against the piece count when a download resumes).
     pub bits: Vec<u8>,
+}
+
+/// The encoded form: the destination as its raw bytes, so any path round-trips.
+#[derive(Serialize, Deserialize)]
+struct ResumeRecord {
+    file_sha1: [u8; 20],
+    group: String,
+    name: String,
+    dest: Vec<u8>,
+    size: u64,
+    bits: Vec<u8>,
 }
 
 fn resume_dir(state_dir: &Path) -> PathBuf {
@@ -234,59 +244,44 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 }
 
 impl ResumeState {
-    pub fn encode(&self) -> String {
-        let head = encode_fields(&[
-            self.group.clone(),
-            self.name.clone(),
-            self.dest.to_string_lossy().into_owned(),
-            self.size.to_string(),
-        ]);
-        format!(
-            "{RESUME_VERSION}\n{}\n{}\n{}\n",
-            to_hex(&self.file_sha1),
-            head,
-            to_hex(&self.bits)
-        )
+    pub fn encode(&self) -> Vec<u8> {
+        use std::os::unix::ffi::OsStrExt;
+        let record = ResumeRecord {
+            file_sha1: self.file_sha1,
+            group: self.group.clone(),
+            name: self.name.clone(),
+            dest: self.dest.as_os_str().as_bytes().to_vec(),
+            size: self.size,
+            bits: self.bits.clone(),
+        };
+        // Plain strings, bytes and integers into a Vec: serializing cannot fail.
+        postcard::to_extend(&record, RESUME_VERSION.to_vec()).unwrap_or_default()
     }
 
-    pub fn decode(text: &str) -> Option<ResumeState> {
-        let mut lines = text.lines();
-        if lines.next()? != RESUME_VERSION {
+    pub fn decode(bytes: &[u8]) -> Option<ResumeState> {
+        use std::os::unix::ffi::OsStrExt;
+        let body = bytes.strip_prefix(RESUME_VERSION)?;
+        let (r, rest) = postcard::take_from_bytes::<ResumeRecord>(body).ok()?;
+        if !rest.is_empty() {
             return None;
-        }
-        let file_sha1 = hash_from_hex(lines.next()?)?;
-        let f = decode_fields(lines.next()?).ok()?;
-        if f.len() != 4 {
-            return None;
-        }
-        let hex = lines.next().unwrap_or("");
-        if !hex.len().is_multiple_of(2) || !hex.is_ascii() {
-            return None;
-        }
-        let mut bits = Vec::with_capacity(hex.len() / 2);
-        for i in (0..hex.len()).step_by(2) {
-            bits.push(u8::from_str_radix(&hex[i..i + 2], 16).ok()?);
         }
         Some(ResumeState {
-            file_sha1,
-            group: f[0].clone(),
-            name: f[1].clone(),
-            dest: PathBuf::from(&f[2]),
-            size: f[3].parse().ok()?,
-            bits,
+            file_sha1: r.file_sha1,
+            group: r.group,
+            name: r.name,
+            dest: PathBuf::from(std::ffi::OsStr::from_bytes(&r.dest)),
+            size: r.size,
+            bits: r.bits,
         })
     }
 
     pub fn save(&self, state_dir: &Path) -> io::Result<()> {
-        write_atomic(
-            &resume_path(state_dir, &self.file_sha1),
-            self.encode().as_bytes(),
-        )
+        write_atomic(&resume_path(state_dir, &self.file_sha1), &self.encode())
     }
 
     pub fn load(state_dir: &Path, file_sha1: &[u8; 20]) -> Option<ResumeState> {
-        let text = fs::read_to_string(resume_path(state_dir, file_sha1)).ok()?;
-        ResumeState::decode(&text).filter(|s| s.file_sha1 == *file_sha1)
+        let bytes = fs::read(resume_path(state_dir, file_sha1)).ok()?;
+        ResumeState::decode(&bytes).filter(|s| s.file_sha1 == *file_sha1)
     }
 
     pub fn remove(state_dir: &Path, file_sha1: &[u8; 20]) {
@@ -300,8 +295,8 @@ impl ResumeState {
         };
         rd.filter_map(|e| e.ok())
             .filter(|e| e.path().extension().is_some_and(|x| x == "resume"))
-            .filter_map(|e| fs::read_to_string(e.path()).ok())
-            .filter_map(|t| ResumeState::decode(&t))
+            .filter_map(|e| fs::read(e.path()).ok())
+            .filter_map(|b| ResumeState::decode(&b))
             .collect()
     }
 }
@@ -386,10 +381,27 @@ mod tests {
         s.save(dir.path()).unwrap();
         assert_eq!(ResumeState::load(dir.path(), &[0xab; 20]), Some(s.clone()));
         assert_eq!(ResumeState::load(dir.path(), &[0xac; 20]), None);
-        assert_eq!(ResumeState::all(dir.path()), vec![s]);
+        assert_eq!(ResumeState::all(dir.path()), vec![s.clone()]);
         ResumeState::remove(dir.path(), &[0xab; 20]);
         assert_eq!(ResumeState::load(dir.path(), &[0xab; 20]), None);
-        assert_eq!(ResumeState::decode("garbage"), None);
-        assert_eq!(ResumeState::decode("swarmshare-resume 1\nzz\n"), None);
+        assert_eq!(ResumeState::decode(b"garbage"), None);
+        assert_eq!(ResumeState::decode(b"swarmshare-resume 1\nzz\n"), None);
+        // Every truncation and a trailing byte are refused, never misread.
+        let bytes = s.encode();
+        assert!(bytes.starts_with(b"swarmshare-resume 2\n"));
+        assert_eq!(ResumeState::decode(&bytes), Some(s.clone()));
+        for cut in 0..bytes.len() {
+            assert_eq!(ResumeState::decode(&bytes[..cut]), None, "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(ResumeState::decode(&longer), None);
+        // A destination that is not UTF-8 round-trips exactly.
+        use std::os::unix::ffi::OsStrExt;
+        let odd = ResumeState {
+            dest: PathBuf::from(std::ffi::OsStr::from_bytes(b"/tmp/\xff\xfe")),
+            ..s
+        };
+        assert_eq!(ResumeState::decode(&odd.encode()), Some(odd));
     }
 }

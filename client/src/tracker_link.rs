@@ -20,9 +20,15 @@
 //! user sees one informational note (on stderr) when the link switched
 //! trackers, and no failed command because of it.
 //!
-//! A request that the dying tracker had already applied (its reply lost) is sent
-//! again to the next tracker; for a mutation the second tracker may then answer
-//! with an error such as "already exists".
+//! # Exactly once
+//!
+//! Every request that changes state (the `mutates` column of
+//! [`wire::command::COMMANDS`]) carries a request id `<client>:<seq>`: `client`
+//! is random, chosen when the link is made, and `seq` counts this link's
+//! requests. A request keeps its id on every resend, so a change that a dying
+//! tracker applied (its reply lost) is answered by the next tracker with the
+//! original outcome instead of being made again (or refused as "already
+//! exists"). A re-login gets an id of its own.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -33,6 +39,7 @@ use std::time::{Duration, Instant};
 use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+use wire::command::{CommandKind, TrackerCommand};
 pub use wire::tracker_info::TrackerAddr;
 use wire::tracker_msg::{Reply, ReplyReader, Request, ERR_SESSION};
 
@@ -50,32 +57,21 @@ pub const ROUND_BACKOFF: Duration = Duration::from_millis(300);
 /// Identifies one submitted request.
 pub type ReqId = u64;
 
-/// A request for the tracker; the link adds the session token.
-#[derive(Debug, Clone)]
+/// A request for the tracker; the link adds the session token and, for the
+/// commands that carry one, this client's peer address.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkRequest {
-    pub command: String,
-    pub args: Vec<String>,
-    /// The argument to replace with this client's peer address when sent.
-    pub peer_addr_arg: Option<usize>,
+    pub command: TrackerCommand,
     /// Internal (heartbeat, add_seeder, ...): one round of failover, not two.
     pub internal: bool,
 }
 
 impl LinkRequest {
-    pub fn new(command: &str, args: &[&str]) -> LinkRequest {
+    pub fn new(command: TrackerCommand) -> LinkRequest {
         LinkRequest {
-            command: command.to_string(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            peer_addr_arg: None,
+            command,
             internal: false,
         }
-    }
-
-    /// Appends an argument that is filled with the peer address at send time.
-    pub fn with_peer_addr(mut self) -> LinkRequest {
-        self.peer_addr_arg = Some(self.args.len());
-        self.args.push(String::new());
-        self
     }
 
     pub fn internal(mut self) -> LinkRequest {
@@ -123,6 +119,10 @@ struct Conn {
 struct Inflight {
     id: ReqId,
     req: LinkRequest,
+    /// The exactly-once id, the same on every resend (mutations only).
+    request_id: Option<String>,
+    /// The exactly-once id of the re-login, once one was needed.
+    relogin_id: Option<String>,
     /// The request (or the re-login) was written to the current connection.
     sent: bool,
     /// The re-login is in flight instead of the request.
@@ -139,11 +139,14 @@ pub struct TrackerLink {
     conn: Option<Conn>,
     listen: SocketAddr,
     session: Option<Session>,
-    next_id: ReqId,
     queue: VecDeque<(ReqId, LinkRequest)>,
     inflight: Option<Inflight>,
     finished: Vec<(ReqId, Outcome)>,
     notes: Vec<String>,
+    /// This link's random client id (16 hex characters) for request ids.
+    client_id: String,
+    /// The sequence number of the next request id.
+    next_seq: u64,
     /// Trackers that failed since the last successful connect (for the note).
     failed: Vec<usize>,
     backoff_until: Option<Instant>,
@@ -159,37 +162,15 @@ impl TrackerLink {
             conn: None,
             listen,
             session: None,
-            next_id: 1,
             queue: VecDeque::new(),
             inflight: None,
             finished: Vec::new(),
             notes: Vec::new(),
+            client_id: random_client_id(),
+            next_seq: 1,
             failed: Vec::new(),
             backoff_until: None,
         }
-    }
-
-    /// The logged-in user, if any.
-    pub fn user(&self) -> Option<&str> {
-        self.session.as_ref().map(|s| s.user.as_str())
-    }
-
-    /// Forgets the cached session (e.g. after the user logged out).
-    pub fn forget_session(&mut self) {
-        self.session = None;
-    }
-
-    /// No request queued or in flight.
-    pub fn is_idle(&self) -> bool {
-        self.inflight.is_none() && self.queue.is_empty()
-    }
-
-    /// Whether a request with this command is queued or in flight.
-    pub fn has_pending(&self, command: &str) -> bool {
-        self.inflight
-            .as_ref()
-            .is_some_and(|i| i.req.command == command)
-            || self.queue.iter().any(|(_, r)| r.command == command)
     }
 
     /// The peer address peers can reach: the listener's IP, or, when it listens on
@@ -202,13 +183,11 @@ impl TrackerLink {
         Some(SocketAddr::new(ip, self.listen.port()))
     }
 
-    /// Queues a request; its outcome comes from [`TrackerLink::take_finished`].
-    pub fn submit(&mut self, registry: &Registry, req: LinkRequest) -> ReqId {
-        let id = self.next_id;
-        self.next_id += 1;
+    /// Queues a request under `id` (chosen by the caller, unique per request);
+    /// its outcome comes from [`TrackerLink::take_finished`].
+    pub fn submit(&mut self, registry: &Registry, id: ReqId, req: LinkRequest) {
         self.queue.push_back((id, req));
         self.drive(registry);
-        id
     }
 
     /// Outcomes of requests finished since the last call, in completion order.
@@ -358,10 +337,10 @@ impl TrackerLink {
             }
             return true;
         }
-        let cmd = inf.req.command.as_str();
+        let kind = inf.req.command.kind();
         if let Reply::Err(reason) = &reply {
             let session_refused = reason.starts_with(ERR_SESSION);
-            if session_refused && cmd == "logout" {
+            if session_refused && kind == CommandKind::Logout {
                 // The session is gone either way.
                 self.session = None;
                 let inf = self.inflight.take().expect("inflight");
@@ -371,8 +350,7 @@ impl TrackerLink {
             if session_refused
                 && self.session.is_some()
                 && !inf.relogged
-                && cmd != "login"
-                && cmd != "create_user"
+                && kind.spec().needs_session
             {
                 inf.relogging = true;
                 inf.sent = false;
@@ -382,15 +360,15 @@ impl TrackerLink {
         let inf = self.inflight.take().expect("inflight");
         let outcome = match reply {
             Reply::Ok { head, rows } => {
-                match inf.req.command.as_str() {
-                    "login" => {
+                match inf.req.command {
+                    TrackerCommand::Login { user, password } => {
                         self.session = Some(Session {
-                            user: inf.req.args[0].clone(),
-                            password: inf.req.args[1].clone(),
+                            user,
+                            password,
                             token: head.first().cloned().unwrap_or_default(),
                         })
                     }
-                    "logout" => self.session = None,
+                    TrackerCommand::Logout => self.session = None,
                     _ => {}
                 }
                 Ok(Answer { head, rows })
@@ -427,9 +405,17 @@ impl TrackerLink {
                 let Some((id, req)) = self.queue.pop_front() else {
                     return;
                 };
+                let request_id = req
+                    .command
+                    .kind()
+                    .spec()
+                    .mutates
+                    .then(|| self.new_request_id());
                 self.inflight = Some(Inflight {
                     id,
                     req,
+                    request_id,
+                    relogin_id: None,
                     sent: false,
                     relogging: false,
                     relogged: false,
@@ -458,29 +444,32 @@ impl TrackerLink {
             let token = self.session.as_ref().map(|s| s.token.as_str());
             let line = if inf.relogging {
                 let s = self.session.as_ref().expect("relogin needs a session");
-                Request::new(None, "login", &[&s.user, &s.password]).encode()
+                let login = TrackerCommand::Login {
+                    user: s.user.clone(),
+                    password: s.password.clone(),
+                };
+                if inf.relogin_id.is_none() {
+                    inf.relogin_id = Some(format!("{}:{}", self.client_id, self.next_seq));
+                    self.next_seq += 1;
+                }
+                let mut req = Request::command(None, &login);
+                req.request_id = inf.relogin_id.clone();
+                req.encode()
             } else {
-                let mut args = inf.req.args.clone();
-                if let Some(i) = inf.req.peer_addr_arg {
+                let mut cmd = inf.req.command.clone();
+                if let Some(addr) = cmd.peer_addr_mut() {
                     let ip = conn.local_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
-                    let addr = if self.listen.ip().is_unspecified() {
+                    *addr = if self.listen.ip().is_unspecified() {
                         SocketAddr::new(ip, self.listen.port())
                     } else {
                         self.listen
-                    };
-                    args[i] = addr.to_string();
+                    }
+                    .to_string();
                 }
-                let token = if inf.req.command == "login" {
-                    None
-                } else {
-                    token
-                };
-                Request {
-                    token: token.map(str::to_string),
-                    command: inf.req.command.clone(),
-                    args,
-                }
-                .encode()
+                let token = token.filter(|_| cmd.kind().spec().needs_session);
+                let mut req = Request::command(token, &cmd);
+                req.request_id = inf.request_id.clone();
+                req.encode()
             };
             conn.out.extend_from_slice(&line);
             inf.sent = true;
@@ -491,6 +480,13 @@ impl TrackerLink {
             }
             return;
         }
+    }
+
+    /// The next request id of this link.
+    fn new_request_id(&mut self) -> String {
+        let id = format!("{}:{}", self.client_id, self.next_seq);
+        self.next_seq += 1;
+        id
     }
 
     /// Opens a nonblocking connection to the current tracker.
@@ -550,9 +546,29 @@ impl TrackerLink {
     }
 }
 
+/// 64 random bits as 16 hex characters: unique among the clients of a tracker
+/// cluster, so request ids of two clients never collide.
+fn random_client_id() -> String {
+    let mut b = [0u8; 8];
+    if getrandom::getrandom(&mut b).is_err() {
+        b = crate::xorshift::XorShift::from_entropy()
+            .next_u64()
+            .to_be_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_ids_are_random_hex() {
+        let (a, b) = (random_client_id(), random_client_id());
+        assert_eq!(a.len(), 16);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn errors_display() {

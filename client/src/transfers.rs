@@ -42,7 +42,6 @@ mod tests;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,8 +53,8 @@ use wire::file_meta::FileMeta;
 
 use crate::buffers::PieceBuffers;
 use crate::downloads::Download;
-use crate::hasher::{self, Completion, Pool};
-use crate::peer_conn::{ConnEvent, PeerConn, Role};
+use crate::hasher::{self, Completion, Pool, Results};
+use crate::peer_conn::{ConnEvent, PeerConn, Role, ServeState};
 use crate::registry::{Check, UploadRegistry};
 use crate::storage::{ResumeState, WholeHash};
 use crate::xorshift::XorShift;
@@ -92,7 +91,9 @@ pub const MAX_SERVING_CONNS: usize = 1024;
 /// Identifies one hashing job started by [`Transfers::start_hash`].
 pub type HashJobId = u64;
 
-/// A request Transfers wants sent to the tracker (the loop adds the session token).
+/// A request Transfers wants sent to the tracker (the controller decides; the
+/// link adds the session token). Peer refreshes are the controller's to decide:
+/// see [`Transfers::running_downloads`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TrackerJob {
     /// Tell the tracker this client now holds (part of) the file and serves it:
@@ -102,9 +103,16 @@ pub enum TrackerJob {
         name: String,
         file_sha1: String,
     },
-    /// A download has no usable peer: ask `file_info group name` and pass the
-    /// seeder addresses of the reply to [`Transfers::update_peers`].
-    RefreshPeers { group: String, name: String },
+}
+
+/// A download Transfers is still working on (checking, running or finishing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningDownload {
+    pub group: String,
+    pub name: String,
+    /// Still missing pieces: fresh seeders from the tracker help it
+    /// ([`Transfers::update_peers`]).
+    pub needs_peers: bool,
 }
 
 /// Results of pool jobs.
@@ -129,7 +137,7 @@ enum PoolMsg {
     },
     ResumeChecked {
         dl: usize,
-        good: Vec<usize>,
+        good: Vec<wire::pieces::PieceIndex>,
     },
     Finished {
         dl: usize,
@@ -156,7 +164,7 @@ pub struct Transfers {
     /// and never queue behind piece checks.
     whole_pool: Pool,
     done: Completion<PoolMsg>,
-    results: Receiver<PoolMsg>,
+    results: Results<PoolMsg>,
     peer_id: [u8; 8],
     next_conn_id: u64,
     conns: Slab<PeerConn>,
@@ -240,17 +248,14 @@ impl Transfers {
         let serving = self
             .conns
             .iter()
-            .filter(|(_, c)| matches!(c.role, Role::Serve { .. }))
+            .filter(|(_, c)| matches!(c.role, Role::Serve(_)))
             .count();
         if serving >= self.config.max_serving {
             log::warn!("peer {from} refused: already serving {serving} connections");
             drop(stream);
             return;
         }
-        let role = Role::Serve {
-            file_sha1: None,
-            pending_reads: 0,
-        };
+        let role = Role::Serve(ServeState::AwaitHandshake);
         if self
             .insert_conn(registry, stream, from, role, false)
             .is_some()
@@ -296,7 +301,7 @@ impl Transfers {
             && self
                 .conns
                 .get(key)
-                .is_some_and(|c| matches!(c.role, Role::Serve { .. }))
+                .is_some_and(|c| matches!(c.role, Role::Serve(_)))
         {
             self.reparse(registry, key);
         }
@@ -309,13 +314,17 @@ impl Transfers {
         let pending: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.more_to_read && !c.closed)
+            .filter(|(_, c)| c.more_to_read && !c.is_closed())
             .map(|(k, _)| k)
             .collect();
         for key in pending {
             self.conn_ready(registry, key, true, false);
         }
-        if self.conns.iter().any(|(_, c)| c.more_to_read && !c.closed) {
+        if self
+            .conns
+            .iter()
+            .any(|(_, c)| c.more_to_read && !c.is_closed())
+        {
             let _ = self.waker.wake();
         }
     }
@@ -351,7 +360,7 @@ impl Transfers {
             self.conn_event(registry, key, ev);
         }
         self.drain_written(key);
-        let closed = self.conns.get(key).is_some_and(|c| c.closed);
+        let closed = self.conns.get(key).is_some_and(|c| c.is_closed());
         if saw_close || closed {
             self.close_conn(registry, key);
         }
@@ -371,13 +380,13 @@ impl Transfers {
         }
         let mut conn = self.conns.remove(key);
         let _ = registry.deregister(&mut conn.stream);
-        if let Role::Fetch { .. } = conn.role {
-            self.fetch_conn_closed(registry, key, conn);
+        if let Role::Fetch(fetch) = conn.role {
+            self.fetch_conn_closed(key, conn.addr, fetch);
         }
     }
 
     fn conn_event(&mut self, registry: &Registry, key: usize, ev: ConnEvent) {
-        let is_serve = matches!(self.conns[key].role, Role::Serve { .. });
+        let is_serve = matches!(self.conns[key].role, Role::Serve(_));
         if is_serve {
             self.serve_event(key, ev);
         } else {
@@ -414,10 +423,10 @@ impl Transfers {
         }
     }
 
-    /// Called every loop turn (at least every 100 ms): timeouts, retries, endgame.
-    pub fn tick(&mut self, registry: &Registry) {
+    /// Called every loop turn (at least every 100 ms) with the current time:
+    /// timeouts, retries, endgame.
+    pub fn tick(&mut self, registry: &Registry, now: Instant) {
         self.read_more(registry);
-        let now = Instant::now();
         // The loop may call this far more often than needed; the work is periodic.
         if now.duration_since(self.last_tick) < TICK_EVERY {
             return;
@@ -427,12 +436,12 @@ impl Transfers {
             .conns
             .iter()
             .filter(|(_, c)| {
-                (c.connecting && now.duration_since(c.started) > CONNECT_TIMEOUT)
-                    || matches!(&c.role, Role::Fetch { inflight, .. }
-                        if !inflight.is_empty() && now.duration_since(c.last_rx) > REQUEST_TIMEOUT)
-                    || (!c.handshake_done && now.duration_since(c.started) > REQUEST_TIMEOUT)
+                (c.is_connecting() && now.duration_since(c.started) > CONNECT_TIMEOUT)
+                    || matches!(&c.role, Role::Fetch(f)
+                        if f.inflight() > 0 && now.duration_since(c.last_rx) > REQUEST_TIMEOUT)
+                    || (!c.handshake_done() && now.duration_since(c.started) > REQUEST_TIMEOUT)
                     // Marked closed by a failed write outside of its own event.
-                    || c.closed
+                    || c.is_closed()
             })
             .map(|(k, _)| k)
             .collect();
@@ -577,7 +586,7 @@ impl Transfers {
                 d.add_peers(&peers);
                 for p in &peers {
                     if let Some(kp) = d.peers.get_mut(p) {
-                        if !kp.banned && !kp.connected {
+                        if !kp.banned && kp.conn.is_none() {
                             kp.next_try = Instant::now();
                         }
                     }
@@ -596,20 +605,35 @@ impl Transfers {
     pub fn status_lines(&self) -> Vec<String> {
         self.downloads
             .iter()
-            .map(|d| {
-                let peers = d
-                    .conns
-                    .iter()
-                    .filter(|k| self.conns.get(**k).is_some_and(|c| c.handshake_done))
-                    .count();
-                d.status_line(peers)
-            })
+            .map(|d| d.status_line(self.live_peers(d)))
             .collect()
+    }
+
+    /// Connections of a download whose server answered the handshake.
+    fn live_peers(&self, d: &Download) -> usize {
+        d.conn_keys()
+            .filter(|k| self.conns.get(*k).is_some_and(|c| c.handshake_done()))
+            .count()
     }
 
     /// Downloads still running (end of input waits for them).
     pub fn active_downloads(&self) -> usize {
         self.downloads.iter().filter(|d| d.is_active()).count()
+    }
+
+    /// The downloads still running (end of input waits for them), for the
+    /// controller's peer refresh.
+    pub fn running_downloads(&self) -> Vec<RunningDownload> {
+        self.downloads
+            .iter()
+            .filter(|d| d.is_active())
+            .map(|d| RunningDownload {
+                group: d.group.clone(),
+                name: d.meta.name.clone(),
+                needs_peers: d.state == crate::downloads::DlState::Running
+                    && !d.picker.is_complete(),
+            })
+            .collect()
     }
 
     /// Pieces each peer address served, per download (for logs and tests).

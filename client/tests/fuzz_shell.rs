@@ -8,6 +8,7 @@
 
 use client::shell::{parse, tokenize, Command, ShellError, COMMANDS, MAX_LINE};
 use proptest::prelude::*;
+use wire::command::TrackerCommand as C;
 
 fn config() -> ProptestConfig {
     let cases = std::env::var("SWARMSHARE_FUZZ_CASES")
@@ -114,21 +115,21 @@ proptest! {
         let cmd = parse(&line, user, |_| false).unwrap().expect("a command");
         let a = |i: usize| given[i].clone();
         let want = match spec.name {
-            "create_user" => Command::CreateUser { user: a(0), password: a(1) },
-            "login" => Command::Login { user: a(0), password: a(1) },
-            "logout" => Command::Logout,
-            "create_group" => Command::CreateGroup { group: a(0) },
-            "join_group" => Command::JoinGroup { group: a(0) },
-            "leave_group" => Command::LeaveGroup { group: a(0) },
-            "list_groups" => Command::ListGroups,
-            "list_requests" => Command::ListRequests { group: a(0) },
-            "accept_request" => Command::AcceptRequest { group: a(0), user: a(1) },
-            "reject_request" => Command::RejectRequest { group: a(0), user: a(1) },
-            "list_files" => Command::ListFiles { group: a(0) },
+            "create_user" => Command::Tracker(C::CreateUser { user: a(0), password: a(1) }),
+            "login" => Command::Tracker(C::Login { user: a(0), password: a(1) }),
+            "logout" => Command::Tracker(C::Logout),
+            "create_group" => Command::Tracker(C::CreateGroup { group: a(0) }),
+            "join_group" => Command::Tracker(C::JoinGroup { group: a(0) }),
+            "leave_group" => Command::Tracker(C::LeaveGroup { group: a(0) }),
+            "list_groups" => Command::Tracker(C::ListGroups),
+            "list_requests" => Command::Tracker(C::ListRequests { group: a(0) }),
+            "accept_request" => Command::Tracker(C::AcceptRequest { group: a(0), user: a(1) }),
+            "reject_request" => Command::Tracker(C::RejectRequest { group: a(0), user: a(1) }),
+            "list_files" => Command::Tracker(C::ListFiles { group: a(0) }),
             "upload_file" => Command::UploadFile { path: a(0), group: a(1) },
             "download_file" => Command::DownloadFile { group: a(0), name: a(1), dest: a(2) },
             "show_downloads" => Command::ShowDownloads,
-            "stop_share" => Command::StopShare { group: a(0), name: a(1) },
+            "stop_share" => Command::Tracker(C::StopShare { group: a(0), name: a(1) }),
             "help" => Command::Help,
             "quit" => Command::Quit,
             other => panic!("command {other} missing from this test"),

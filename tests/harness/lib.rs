@@ -6,7 +6,8 @@
 //! port 0 that is closed just before the binary binds it); data lives in temp dirs.
 //! [`transfer`] adds what the transfer tests share: a tracker with logged-in
 //! clients in one group, and a scripted test peer (throttled or lying).
-//! [`tracker_state`] reads what a tracker left on disk: its SQLite cache as
+//! [`peer_client`] is a blocking downloader-side peer connection for probing a
+//! client's peer server. [`tracker_state`] reads what a tracker left on disk: its SQLite cache as
 //! comparable text, and `sync_log.txt` with every line's checksum checked.
 //!
 //! Besides the process guards this module holds what several tests share: a
@@ -14,6 +15,7 @@
 //! counted list replies, and the tracker checks [`TrackerProc::assert_alive`],
 //! [`TrackerConn::assert_served`], [`rss_kib`] and [`set_file_size_limit`].
 
+pub mod peer_client;
 pub mod tracker_state;
 pub mod transfer;
 
@@ -211,6 +213,20 @@ pub fn set_file_size_limit(pid: u32, bytes: u64) {
     assert_eq!(rc, 0, "set rlimit");
 }
 
+/// Spawns `cmd` with its stdin on a pipe and its stdout and stderr tapped.
+fn spawn_tapped(mut cmd: Command, what: &str) -> (Child, Option<ChildStdin>, LineTap, LineTap) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let stdout = LineTap::new(child.stdout.take().unwrap());
+    let stderr = LineTap::new(child.stderr.take().unwrap());
+    let stdin = child.stdin.take();
+    (child, stdin, stdout, stderr)
+}
+
 /// A running `tracker` process, killed (by PID) when dropped.
 pub struct TrackerProc {
     pub child: Child,
@@ -230,20 +246,13 @@ impl TrackerProc {
     }
 
     pub fn start_with(info: &Path, no: usize, data_dir: &Path, extra: &[&str]) -> TrackerProc {
-        let mut child = Command::new(bin_path("tracker"))
-            .arg(info)
+        let mut cmd = Command::new(bin_path("tracker"));
+        cmd.arg(info)
             .arg(no.to_string())
             .arg("--data-dir")
             .arg(data_dir)
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tracker");
-        let stdout = LineTap::new(child.stdout.take().unwrap());
-        let stderr = LineTap::new(child.stderr.take().unwrap());
-        let stdin = child.stdin.take();
+            .args(extra);
+        let (child, stdin, stdout, stderr) = spawn_tapped(cmd, "tracker");
         let mut t = TrackerProc {
             child,
             addr: String::new(),
@@ -486,17 +495,9 @@ impl ClientProc {
 
     /// Starts `client` with exactly these arguments (e.g. the assignment's `IP:PORT info` form).
     pub fn start_args(args: &[String], state_dir: &Path) -> ClientProc {
-        let mut child = Command::new(bin_path("client"))
-            .args(args)
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn client");
-        let stdout = LineTap::new(child.stdout.take().unwrap());
-        let stderr = LineTap::new(child.stderr.take().unwrap());
-        let stdin = child.stdin.take();
+        let mut cmd = Command::new(bin_path("client"));
+        cmd.args(args).env("RUST_BACKTRACE", "1");
+        let (child, stdin, stdout, stderr) = spawn_tapped(cmd, "client");
         ClientProc {
             child,
             stdin,
@@ -618,7 +619,7 @@ pub fn write_random_file(path: &Path, len: u64, seed: u64) -> String {
         left -= n as u64;
     }
     f.flush().expect("flush file");
-    hex(&h.finalize())
+    wire::file_meta::to_hex(&h.finalize())
 }
 
 /// SHA-1 of a file as hex, streamed.
@@ -634,12 +635,7 @@ pub fn sha1_file(path: &Path) -> String {
         }
         h.update(&buf[..n]);
     }
-    hex(&h.finalize())
-}
-
-/// Lowercase hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    wire::file_meta::to_hex(&h.finalize())
 }
 
 /// Compares two files byte for byte, streamed; panics with the first differing offset.

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use tracker::store::STATE_TABLES;
-pub use tracker::sync_log::LogEntry;
+pub use tracker::sync_log::{Header, LogEntry};
 
 /// Opens a tracker cache read-only.
 pub fn open_read_only(db: &Path) -> rusqlite::Connection {
@@ -42,9 +42,10 @@ pub fn dump(db: &Path) -> String {
         .unwrap_or_else(|e| panic!("dump {}: {e}", db.display()))
 }
 
-/// Checks the log at `path` with the tracker's own parser: it starts with the
-/// version line, ends with a whole line, and every entry decodes (checksum and
-/// fields). Returns the entry lines as text, without their newlines.
+/// Checks the log at `path` with the tracker's own parser: it starts with a v2
+/// version line, ends with a whole line, every entry decodes (checksum and
+/// fields) and the entries are numbered 1, 2, 3, ... Returns the entry lines as
+/// text, without their newlines.
 pub fn check_log(path: &Path) -> Vec<String> {
     let (lines, _) = read_log(path);
     lines
@@ -56,14 +57,95 @@ pub fn read_log(path: &Path) -> (Vec<String>, Vec<LogEntry>) {
         std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     assert!(text.ends_with('\n'), "log ends mid-line");
     let mut lines = text.lines();
-    assert_eq!(lines.next(), Some(tracker::sync_log::VERSION_LINE));
+    let head = lines.next().unwrap_or_default();
+    assert!(
+        matches!(Header::parse(head.as_bytes()), Some(Header::V2(_))),
+        "version line {head:?}"
+    );
     let mut texts = Vec::new();
     let mut entries = Vec::new();
     for (i, line) in lines.enumerate() {
-        let entry = LogEntry::decode(line.as_bytes())
+        let (seq, entry) = LogEntry::decode(line.as_bytes())
             .unwrap_or_else(|e| panic!("entry {i} does not check out ({e}): {line:?}"));
+        assert_eq!(seq, i as u64 + 1, "entry {i} out of sequence: {line:?}");
         texts.push(line.to_string());
         entries.push(entry);
     }
     (texts, entries)
+}
+
+/// How a tracker run that ends by itself ended: exit code, stdout, stderr.
+#[derive(Debug)]
+pub struct Exited {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs tracker `no` of `info` on `data_dir` with `extra` arguments until it
+/// exits by itself (a start that must fail, `--verify-log`, `--salvage-log`);
+/// panics if it has not exited within [`crate::WAIT`] (it is killed by PID first).
+pub fn run_tracker_to_exit(info: &Path, no: usize, data_dir: &Path, extra: &[&str]) -> Exited {
+    use std::process::{Command, Stdio};
+    let child = Command::new(crate::bin_path("tracker"))
+        .arg(info)
+        .arg(no.to_string())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tracker");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(crate::WAIT) {
+        Ok(Ok(out)) => Exited {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        },
+        other => {
+            // SAFETY: kill(2) on the PID of the child this function started.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+            panic!(
+                "tracker {extra:?} did not exit within {:?}: {other:?}",
+                crate::WAIT
+            )
+        }
+    }
+}
+
+/// The names of the files in `dir` that start with `prefix`, sorted.
+pub fn files_starting_with(dir: &Path, prefix: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Byte offsets where the entry lines of the log at `path` start (after the
+/// version line), for tests that damage a chosen line.
+pub fn entry_line_starts(path: &Path) -> Vec<usize> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut starts: Vec<usize> = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .map(|(i, _)| i + 1)
+        .collect();
+    starts.pop(); // the end of the file
+    starts
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::{free_port, write_tracker_info, ClientProc, TrackerConn, TrackerProc};
 use wire::file_meta::{FileMeta, PIECE_SIZE};
 use wire::peer_msg::{self, Handshake, PeerMsg};
+use wire::pieces::Bitfield;
 
 /// A tracker and a temp dir.
 pub struct Swarm {
@@ -77,6 +78,32 @@ impl Swarm {
             format!("logged in as {user}")
         );
         c
+    }
+
+    /// Writes `name` in the swarm's dir: `len` bytes of content drawn from `seed`.
+    /// Returns its path and its metadata as an uploader computes it.
+    pub fn random_file(&self, name: &str, len: u64, seed: u64) -> (PathBuf, FileMeta) {
+        let path = self.path(name);
+        crate::write_random_file(&path, len, seed);
+        let meta = meta_of(&path);
+        (path, meta)
+    }
+
+    /// Starts a scripted peer serving the file at `path` and announces it at the
+    /// tracker as a seeder, through a new protocol-level member `user` of `g`.
+    pub fn scripted_seeder(
+        &mut self,
+        user: &str,
+        path: &Path,
+        behaviour: Behaviour,
+        delay: Duration,
+    ) -> TestPeer {
+        let meta = meta_of(path);
+        let data = Arc::new(std::fs::read(path).unwrap());
+        let peer = TestPeer::start(data, meta.clone(), behaviour, delay);
+        let (mut conn, token) = self.protocol_member(user);
+        announce(&mut conn, &token, &meta, peer.addr);
+        peer
     }
 
     /// A protocol-level member of `g` (for scripted test peers): returns its token.
@@ -252,6 +279,30 @@ impl TestPeer {
     pub fn requested(&self) -> Vec<u32> {
         self.log.requests.lock().unwrap().clone()
     }
+
+    /// Pieces sent so far.
+    pub fn served(&self) -> usize {
+        self.log.served.load(Ordering::SeqCst)
+    }
+
+    /// From now on sends at most `pieces` more, then stalls (until [`TestPeer::release`]).
+    pub fn hold_after(&self, pieces: usize) {
+        self.budget.store(pieces, Ordering::SeqCst);
+    }
+
+    /// Sends without limit again.
+    pub fn release(&self) {
+        self.budget.store(usize::MAX, Ordering::SeqCst);
+    }
+
+    /// Waits up to 20 s until it has sent `pieces` pieces; panics saying how many it sent.
+    pub fn wait_served(&self, pieces: usize) {
+        assert!(
+            crate::wait_until(Duration::from_secs(20), || self.served() >= pieces),
+            "the scripted peer sent {} pieces, not {pieces}",
+            self.served()
+        );
+    }
 }
 
 impl Drop for TestPeer {
@@ -289,10 +340,7 @@ fn serve(
                     return;
                 }
                 let mut out = Handshake::new(meta.file_sha1, [0x5a; 8]).encode().to_vec();
-                let mut bits = vec![0u8; peer_msg::bitfield_len(meta.piece_count())];
-                for i in 0..meta.piece_count() {
-                    peer_msg::set_bit(&mut bits, i);
-                }
+                let bits = Bitfield::full(meta.piece_count()).into_bytes();
                 PeerMsg::Bitfield(bits).encode_into(&mut out);
                 if s.write_all(&out).is_err() {
                     return;

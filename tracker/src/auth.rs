@@ -52,16 +52,12 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
 
 /// A new session token: 128 random bits as 32 lowercase hex characters.
 pub fn new_token() -> Result<String, AuthError> {
-    Ok(hex(&random_bytes::<16>()?))
+    Ok(hex::encode(random_bytes::<16>()?))
 }
 
 /// The SHA-256 (hex) of a token: the only form in which tokens are stored.
 pub fn token_hash(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 #[cfg(test)]

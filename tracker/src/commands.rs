@@ -1,11 +1,14 @@
 //! Requests -> (authorize, validate against the store) -> a reply to send, or a
 //! log entry to append (and then apply) before its reply is sent.
 //!
-//! The command table and reply rows are those of [`wire::tracker_msg`].
+//! The command table is [`wire::command`]: a request is parsed into a typed
+//! [`TrackerCommand`] once, then each command has its own short handler.
+//! The reply rows are those of [`wire::tracker_msg`].
 
 use std::net::SocketAddr;
 
 use rusqlite::Connection;
+use wire::command::{CommandKind, TrackerCommand, Upload};
 use wire::tracker_msg::{Reply, Request, ERR_SESSION};
 
 use crate::auth;
@@ -55,42 +58,15 @@ fn refuse<T>(msg: impl Into<String>) -> Result<T, CommandError> {
     Err(CommandError::Refused(msg.into()))
 }
 
-/// Usage of every command (arguments after the token and command name).
-const USAGE: &[(&str, &str, bool)] = &[
-    // (command, args, mutates)
-    ("create_user", "<user> <password>", true),
-    ("login", "<user> <password>", true),
-    ("whoami", "", false),
-    ("logout", "", true),
-    ("create_group", "<group>", true),
-    ("join_group", "<group>", true),
-    ("leave_group", "<group>", true),
-    ("list_groups", "", false),
-    ("list_requests", "<group>", false),
-    ("accept_request", "<group> <user>", true),
-    ("reject_request", "<group> <user>", true),
-    ("list_files", "<group>", false),
-    (
-        "upload_file",
-        "<group> <name> <size> <piece_size> <file_sha1> <piece_hashes> <peer_addr>",
-        true,
-    ),
-    ("file_info", "<group> <name>", false),
-    ("add_seeder", "<group> <name> <file_sha1> <peer_addr>", true),
-    ("stop_share", "<group> <name>", true),
-    ("heartbeat", "<peer_addr>", true),
-];
-
 /// Every command's name (the operator view counts requests by these).
 pub fn names() -> Vec<&'static str> {
-    USAGE.iter().map(|(name, _, _)| *name).collect()
+    wire::command::COMMANDS.iter().map(|c| c.name).collect()
 }
 
-/// Whether a command may change state (and so goes through the log path).
+/// Whether a command may change state (and so goes through the log path): the
+/// `mutates` column of [`wire::command::COMMANDS`].
 pub fn may_mutate(command: &str) -> bool {
-    USAGE
-        .iter()
-        .any(|(name, _, mutates)| *name == command && *mutates)
+    CommandKind::from_name(command).is_some_and(|k| k.spec().mutates)
 }
 
 /// Handles one request against the current state (inside the write transaction
@@ -128,54 +104,48 @@ fn mutate(op: Op) -> Result<Outcome, CommandError> {
     })
 }
 
+fn answer(reply: Reply) -> Result<Outcome, CommandError> {
+    Ok(Outcome::Reply(reply))
+}
+
 fn dispatch(db: &Connection, req: &Request, ctx: &Ctx) -> Result<Outcome, CommandError> {
-    let Some((_, usage, _)) = USAGE.iter().find(|(n, _, _)| *n == req.command) else {
-        return refuse(format!("unknown command {:?}", req.command));
+    let cmd = req
+        .parse_command()
+        .map_err(|e| CommandError::Refused(e.to_string()))?;
+    match cmd {
+        TrackerCommand::CreateUser { user, password } => create_user(db, &user, &password),
+        TrackerCommand::Login { user, password } => login(db, &user, &password),
+        cmd => dispatch_logged_in(db, ctx, &session(db, req)?, cmd),
+    }
+}
+
+fn create_user(db: &Connection, user: &str, password: &str) -> Result<Outcome, CommandError> {
+    check_name("user", user, MAX_NAME)?;
+    check_password(password)?;
+    if store::user_password_hash(db, user)?.is_some() {
+        return refuse(format!("user already exists: {user}"));
+    }
+    mutate(Op::CreateUser {
+        user: user.to_string(),
+        password_hash: auth::hash_password(password)?,
+    })
+}
+
+fn login(db: &Connection, user: &str, password: &str) -> Result<Outcome, CommandError> {
+    let Some(phc) = store::user_password_hash(db, user)? else {
+        return refuse(format!("no such user: {user}"));
     };
-    let want = usage.split_whitespace().count();
-    if req.args.len() != want {
-        return refuse(
-            format!("usage: {} {usage}", req.command)
-                .trim_end()
-                .to_string(),
-        );
+    if !auth::verify_password(password, &phc) {
+        return refuse("wrong password");
     }
-    let a = |i: usize| req.args[i].as_str();
-    match req.command.as_str() {
-        "create_user" => {
-            let (user, password) = (a(0), a(1));
-            check_name("user", user, MAX_NAME)?;
-            check_password(password)?;
-            if store::user_password_hash(db, user)?.is_some() {
-                return refuse(format!("user already exists: {user}"));
-            }
-            mutate(Op::CreateUser {
-                user: user.to_string(),
-                password_hash: auth::hash_password(password)?,
-            })
-        }
-        "login" => {
-            let (user, password) = (a(0), a(1));
-            let Some(phc) = store::user_password_hash(db, user)? else {
-                return refuse(format!("no such user: {user}"));
-            };
-            if !auth::verify_password(password, &phc) {
-                return refuse("wrong password");
-            }
-            let token = auth::new_token()?;
-            Ok(Outcome::Mutate {
-                op: Op::Login {
-                    token_hash: auth::token_hash(&token),
-                    user: user.to_string(),
-                },
-                reply: ok_head(vec![token]),
-            })
-        }
-        _ => {
-            let session = session(db, req)?;
-            dispatch_logged_in(db, req, ctx, &session)
-        }
-    }
+    let token = auth::new_token()?;
+    Ok(Outcome::Mutate {
+        op: Op::Login {
+            token_hash: auth::token_hash(&token),
+            user: user.to_string(),
+        },
+        reply: ok_head(vec![token]),
+    })
 }
 
 /// A live session: the token's hash and its user.
@@ -195,193 +165,230 @@ fn session(db: &Connection, req: &Request) -> Result<Session, CommandError> {
     }
 }
 
+/// The commands that need a session (`needs_session` in the table).
 fn dispatch_logged_in(
     db: &Connection,
-    req: &Request,
     ctx: &Ctx,
     s: &Session,
+    cmd: TrackerCommand,
 ) -> Result<Outcome, CommandError> {
-    let a = |i: usize| req.args[i].as_str();
+    use TrackerCommand as C;
     let me = s.user.as_str();
-    match req.command.as_str() {
-        "whoami" => Ok(Outcome::Reply(ok_head(vec![me.to_string()]))),
-        "logout" => mutate(Op::Logout {
+    match cmd {
+        C::CreateUser { .. } | C::Login { .. } => refuse("internal error: no session needed"),
+        C::Whoami => answer(ok_head(vec![me.to_string()])),
+        C::Logout => mutate(Op::Logout {
             token_hash: s.token_hash.clone(),
         }),
-        "create_group" => {
-            let group = a(0);
-            check_name("group", group, MAX_NAME)?;
-            if store::group_owner(db, group)?.is_some() {
-                return refuse(format!("group already exists: {group}"));
-            }
-            mutate(Op::CreateGroup {
-                group: group.to_string(),
-                owner: me.to_string(),
-            })
-        }
-        "join_group" => {
-            let group = a(0);
-            existing_group(db, group)?;
-            if store::is_member(db, group, me)? {
-                return refuse(format!("already a member of group {group}"));
-            }
-            if store::has_request(db, group, me)? {
-                return refuse(format!("already asked to join group {group}"));
-            }
-            mutate(Op::RequestJoin {
-                group: group.to_string(),
-                user: me.to_string(),
-            })
-        }
-        "leave_group" => {
-            let group = a(0);
-            member_of(db, group, me)?;
+        C::CreateGroup { group } => create_group(db, me, group),
+        C::JoinGroup { group } => join_group(db, me, group),
+        C::LeaveGroup { group } => {
+            member_of(db, &group, me)?;
             mutate(Op::LeaveGroup {
-                group: group.to_string(),
-                user: me.to_string(),
-            })
-        }
-        "list_groups" => Ok(Outcome::Reply(ok_rows(store::list_groups(db, me)?))),
-        "list_requests" => {
-            let group = a(0);
-            owner_of(db, group, me, "list requests")?;
-            Ok(Outcome::Reply(ok_rows(store::list_requests(db, group)?)))
-        }
-        "accept_request" | "reject_request" => {
-            let (group, user) = (a(0), a(1));
-            let verb = if req.command == "accept_request" {
-                "accept requests"
-            } else {
-                "reject requests"
-            };
-            owner_of(db, group, me, verb)?;
-            if !store::has_request(db, group, user)? {
-                return refuse(format!("no pending request from {user} to join {group}"));
-            }
-            let (group, user) = (group.to_string(), user.to_string());
-            mutate(if req.command == "accept_request" {
-                Op::AcceptRequest { group, user }
-            } else {
-                Op::RejectRequest { group, user }
-            })
-        }
-        "list_files" => {
-            let group = a(0);
-            member_of(db, group, me)?;
-            Ok(Outcome::Reply(ok_rows(store::list_files(
-                db,
                 group,
-                ctx.online_since(),
-            )?)))
-        }
-        "upload_file" => {
-            let (group, name) = (a(0), a(1));
-            member_of(db, group, me)?;
-            check_name("file", name, MAX_FILE_NAME)?;
-            let size = parse_u64("size", a(2))?;
-            let piece_size = parse_u64("piece_size", a(3))?;
-            if piece_size == 0 {
-                return refuse("piece_size must be greater than 0");
-            }
-            let file_sha1 = check_hex("file_sha1", a(4), 40)?;
-            let pieces = size.div_ceil(piece_size);
-            let want = pieces
-                .checked_mul(40)
-                .filter(|n| *n <= wire::tracker_msg::MAX_REQUEST_LINE as u64);
-            let Some(want) = want else {
-                return refuse(format!("file of {size} bytes has too many pieces"));
-            };
-            let piece_hashes = check_hex("piece_hashes", a(5), want as usize)?;
-            let peer_addr = check_addr(a(6))?;
-            if let Some(existing) = store::file(db, group, name)? {
-                if existing.size != size || existing.file_sha1 != file_sha1 {
-                    return refuse(format!(
-                        "a different file named {name} already exists in group {group}"
-                    ));
-                }
-            }
-            mutate(Op::UploadFile {
-                group: group.to_string(),
-                name: name.to_string(),
-                size,
-                piece_size,
-                file_sha1,
-                piece_hashes,
-                token_hash: s.token_hash.clone(),
                 user: me.to_string(),
-                peer_addr,
             })
         }
-        "file_info" => {
-            let (group, name) = (a(0), a(1));
-            member_of(db, group, me)?;
-            let Some(f) = store::file(db, group, name)? else {
-                return refuse(format!("no such file {name} in group {group}"));
-            };
-            let rows = store::online_seeders(db, group, name, ctx.online_since())?
-                .into_iter()
-                .map(|addr| vec![addr])
-                .collect();
-            Ok(Outcome::Reply(Reply::Ok {
-                head: vec![
-                    f.name,
-                    f.size.to_string(),
-                    f.piece_size.to_string(),
-                    f.file_sha1,
-                    f.piece_hashes,
-                ],
-                rows,
-            }))
+        C::ListGroups => answer(ok_rows(store::list_groups(db, me)?)),
+        C::ListRequests { group } => {
+            owner_of(db, &group, me, "list requests")?;
+            answer(ok_rows(store::list_requests(db, &group)?))
         }
-        "add_seeder" => {
-            let (group, name) = (a(0), a(1));
-            member_of(db, group, me)?;
-            let file_sha1 = check_hex("file_sha1", a(2), 40)?;
-            let peer_addr = check_addr(a(3))?;
-            let Some(f) = store::file(db, group, name)? else {
-                return refuse(format!("no such file {name} in group {group}"));
-            };
-            if f.file_sha1 != file_sha1 {
-                return refuse(format!(
-                    "file {name} in group {group} has different content (SHA-1 differs)"
-                ));
-            }
-            mutate(Op::AddSeeder {
-                group: group.to_string(),
-                name: name.to_string(),
-                token_hash: s.token_hash.clone(),
-                user: me.to_string(),
-                peer_addr,
-            })
+        C::AcceptRequest { group, user } => {
+            pending_request(db, me, &group, &user, "accept requests")?;
+            mutate(Op::AcceptRequest { group, user })
         }
-        "stop_share" => {
-            let (group, name) = (a(0), a(1));
-            existing_group(db, group)?;
-            if !store::is_seeder(db, group, name, &s.token_hash)? {
-                return refuse(format!("not sharing {name} in group {group}"));
-            }
-            mutate(Op::StopShare {
-                group: group.to_string(),
-                name: name.to_string(),
-                token_hash: s.token_hash.clone(),
-            })
+        C::RejectRequest { group, user } => {
+            pending_request(db, me, &group, &user, "reject requests")?;
+            mutate(Op::RejectRequest { group, user })
         }
-        "heartbeat" => {
-            let peer_addr = check_addr(a(0))?;
-            // Log only when it changes what peers see: a seeder close to timing out
-            // or a new address. Otherwise the heartbeat is acknowledged at once.
-            let fresh_since = ctx.now_ms.saturating_sub(ctx.seeder_timeout_ms / 3);
-            let (rows, fresh) = store::session_seeding(db, &s.token_hash, fresh_since, &peer_addr)?;
-            if rows == fresh {
-                return Ok(Outcome::Reply(Reply::ok()));
-            }
-            mutate(Op::Heartbeat {
-                token_hash: s.token_hash.clone(),
-                peer_addr,
-            })
+        C::ListFiles { group } => {
+            member_of(db, &group, me)?;
+            let since = ctx.online_since();
+            answer(ok_rows(store::list_files(db, &group, since)?))
         }
-        other => refuse(format!("unknown command {other:?}")),
+        C::UploadFile(upload) => upload_file(db, s, upload),
+        C::FileInfo { group, name } => file_info(db, ctx, me, &group, &name),
+        C::AddSeeder {
+            group,
+            name,
+            file_sha1,
+            peer_addr,
+        } => add_seeder(db, s, group, name, &file_sha1, &peer_addr),
+        C::StopShare { group, name } => stop_share(db, s, group, name),
+        C::Heartbeat { peer_addr } => heartbeat(db, ctx, s, &peer_addr),
     }
+}
+
+fn create_group(db: &Connection, me: &str, group: String) -> Result<Outcome, CommandError> {
+    check_name("group", &group, MAX_NAME)?;
+    if store::group_owner(db, &group)?.is_some() {
+        return refuse(format!("group already exists: {group}"));
+    }
+    mutate(Op::CreateGroup {
+        group,
+        owner: me.to_string(),
+    })
+}
+
+fn join_group(db: &Connection, me: &str, group: String) -> Result<Outcome, CommandError> {
+    existing_group(db, &group)?;
+    if store::is_member(db, &group, me)? {
+        return refuse(format!("already a member of group {group}"));
+    }
+    if store::has_request(db, &group, me)? {
+        return refuse(format!("already asked to join group {group}"));
+    }
+    mutate(Op::RequestJoin {
+        group,
+        user: me.to_string(),
+    })
+}
+
+/// `me` owns `group` and `user` asked to join it.
+fn pending_request(
+    db: &Connection,
+    me: &str,
+    group: &str,
+    user: &str,
+    what: &str,
+) -> Result<(), CommandError> {
+    owner_of(db, group, me, what)?;
+    if !store::has_request(db, group, user)? {
+        return refuse(format!("no pending request from {user} to join {group}"));
+    }
+    Ok(())
+}
+
+fn upload_file(db: &Connection, s: &Session, u: Upload) -> Result<Outcome, CommandError> {
+    let (group, name) = (u.group, u.name);
+    member_of(db, &group, &s.user)?;
+    check_name("file", &name, MAX_FILE_NAME)?;
+    let size = check_i64("size", u.size)?;
+    let piece_size = check_i64("piece_size", u.piece_size)?;
+    if piece_size == 0 {
+        return refuse("piece_size must be greater than 0");
+    }
+    let file_sha1 = check_hex("file_sha1", &u.file_sha1, 40)?;
+    let pieces = size.div_ceil(piece_size);
+    let want = pieces
+        .checked_mul(40)
+        .filter(|n| *n <= wire::tracker_msg::MAX_REQUEST_LINE as u64);
+    let Some(want) = want else {
+        return refuse(format!("file of {size} bytes has too many pieces"));
+    };
+    let piece_hashes = check_hex("piece_hashes", &u.piece_hashes, want as usize)?;
+    let peer_addr = check_addr(&u.peer_addr)?;
+    if let Some(existing) = store::file(db, &group, &name)? {
+        if existing.size != size || existing.file_sha1 != file_sha1 {
+            return refuse(format!(
+                "a different file named {name} already exists in group {group}"
+            ));
+        }
+    }
+    mutate(Op::UploadFile {
+        group,
+        name,
+        size,
+        piece_size,
+        file_sha1,
+        piece_hashes,
+        token_hash: s.token_hash.clone(),
+        user: s.user.clone(),
+        peer_addr,
+    })
+}
+
+fn file_info(
+    db: &Connection,
+    ctx: &Ctx,
+    me: &str,
+    group: &str,
+    name: &str,
+) -> Result<Outcome, CommandError> {
+    member_of(db, group, me)?;
+    let Some(f) = store::file(db, group, name)? else {
+        return refuse(format!("no such file {name} in group {group}"));
+    };
+    let rows = store::online_seeders(db, group, name, ctx.online_since())?
+        .into_iter()
+        .map(|addr| vec![addr])
+        .collect();
+    answer(Reply::Ok {
+        head: vec![
+            f.name,
+            f.size.to_string(),
+            f.piece_size.to_string(),
+            f.file_sha1,
+            f.piece_hashes,
+        ],
+        rows,
+    })
+}
+
+fn add_seeder(
+    db: &Connection,
+    s: &Session,
+    group: String,
+    name: String,
+    file_sha1: &str,
+    peer_addr: &str,
+) -> Result<Outcome, CommandError> {
+    member_of(db, &group, &s.user)?;
+    let file_sha1 = check_hex("file_sha1", file_sha1, 40)?;
+    let peer_addr = check_addr(peer_addr)?;
+    let Some(f) = store::file(db, &group, &name)? else {
+        return refuse(format!("no such file {name} in group {group}"));
+    };
+    if f.file_sha1 != file_sha1 {
+        return refuse(format!(
+            "file {name} in group {group} has different content (SHA-1 differs)"
+        ));
+    }
+    mutate(Op::AddSeeder {
+        group,
+        name,
+        token_hash: s.token_hash.clone(),
+        user: s.user.clone(),
+        peer_addr,
+    })
+}
+
+fn stop_share(
+    db: &Connection,
+    s: &Session,
+    group: String,
+    name: String,
+) -> Result<Outcome, CommandError> {
+    existing_group(db, &group)?;
+    if !store::is_seeder(db, &group, &name, &s.token_hash)? {
+        return refuse(format!("not sharing {name} in group {group}"));
+    }
+    mutate(Op::StopShare {
+        group,
+        name,
+        token_hash: s.token_hash.clone(),
+    })
+}
+
+/// Logged only when it changes what peers see: a seeder close to timing out or
+/// a new address. Otherwise the heartbeat is acknowledged at once.
+fn heartbeat(
+    db: &Connection,
+    ctx: &Ctx,
+    s: &Session,
+    peer_addr: &str,
+) -> Result<Outcome, CommandError> {
+    let peer_addr = check_addr(peer_addr)?;
+    let fresh_since = ctx.now_ms.saturating_sub(ctx.seeder_timeout_ms / 3);
+    let (rows, fresh) = store::session_seeding(db, &s.token_hash, fresh_since, &peer_addr)?;
+    if rows == fresh {
+        return answer(Reply::ok());
+    }
+    mutate(Op::Heartbeat {
+        token_hash: s.token_hash.clone(),
+        peer_addr,
+    })
 }
 
 fn existing_group(db: &Connection, group: &str) -> Result<String, CommandError> {
@@ -430,11 +437,12 @@ fn check_password(p: &str) -> Result<(), CommandError> {
     Ok(())
 }
 
-fn parse_u64(what: &str, s: &str) -> Result<u64, CommandError> {
-    match s.parse::<u64>() {
-        Ok(n) if n <= i64::MAX as u64 => Ok(n),
-        _ => refuse(format!("{what} must be a non-negative integer, got {s:?}")),
+/// Sizes are stored as SQLite integers: at most `i64::MAX`.
+fn check_i64(what: &str, n: u64) -> Result<u64, CommandError> {
+    if n > i64::MAX as u64 {
+        return refuse(format!("{what} must be a non-negative integer, got {n:?}"));
     }
+    Ok(n)
 }
 
 /// Checks that `s` is `len` hex digits; returns it in lowercase.
@@ -478,6 +486,7 @@ mod tests {
                 let entry = LogEntry {
                     ms: ctx.now_ms,
                     tracker: 1,
+                    request_id: None,
                     op,
                 };
                 st.apply_entries(&[(off, entry)], off).unwrap();
@@ -553,7 +562,7 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
         #[test]
         fn any_request_gets_a_reply_without_panicking(
-            cmd in proptest::sample::select(USAGE.iter().map(|u| u.0).chain(["", "x"]).collect::<Vec<_>>()),
+            cmd in proptest::sample::select(wire::command::COMMANDS.iter().map(|c| c.name).chain(["", "x"]).collect::<Vec<_>>()),
             args in proptest::collection::vec(".{0,12}", 0..8),
             logged_in in proptest::prelude::any::<bool>(),
         ) {

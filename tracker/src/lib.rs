@@ -14,8 +14,10 @@
 //! by `flock`, and each tracker's watcher applies the others' lines within 100 ms.
 //!
 //! Modules: [`auth`] hashes passwords and makes tokens, [`commands`] authorizes
-//! and validates requests, [`server`] runs the single mio event loop. The tracker
-//! list is read by `wire::tracker_info`, the same parser the client uses.
+//! and validates requests, [`server`] runs the single mio event loop,
+//! [`log_repair`] holds the operator's whole-log passes ([`verify_log`],
+//! [`salvage_log`]) and the v1 upgrade. The tracker list is read by
+//! `wire::tracker_info`, the same parser the client uses.
 //! [`operator_view`] (`--http`) serves `/metrics` ([`metrics`]) and `/status`
 //! ([`status`], [`status_html`]) read-only from a thread of its own ([`http`]).
 //!
@@ -25,8 +27,12 @@
 pub mod auth;
 pub mod commands;
 pub mod http;
+pub mod log_repair;
 pub mod metrics;
 pub mod operator_view;
+// Raft replication (issue 13): built and unit-tested; the server drives it in a later step.
+#[allow(dead_code)]
+pub mod replication;
 pub mod server;
 pub mod status;
 pub mod status_html;
@@ -39,7 +45,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use store::Store;
-use sync_log::{FsyncMode, SyncLog, FIRST_ENTRY};
+use sync_log::{FsyncMode, LogError, SyncLog, FIRST_ENTRY};
 
 /// What a tracker is started with (the binary fills it from its command line).
 #[derive(Debug, Clone)]
@@ -54,6 +60,8 @@ pub struct Options {
     pub fsync: FsyncMode,
     /// Seeders not heard from for this many seconds are not listed as online.
     pub seeder_timeout_secs: u64,
+    /// Tests only: exit right after applying a change of this command, unanswered.
+    pub test_exit_after_apply: Option<wire::command::CommandKind>,
     /// Serve the operator view on this address.
     pub http: Option<String>,
     /// Show seeders' IP addresses on the operator view.
@@ -101,6 +109,12 @@ pub enum TrackerError {
     Signal(#[source] std::io::Error),
     #[error("the cache has applied {applied} bytes of the log but the log is {len} bytes long")]
     Behind { applied: u64, len: u64 },
+    #[error("cannot {what} while tracker {other} runs on data dir {dir}: stop every tracker using it first")]
+    Busy {
+        what: &'static str,
+        other: usize,
+        dir: String,
+    },
 }
 
 /// Milliseconds since the Unix epoch.
@@ -134,14 +148,24 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
 
     let _instance = lock_instance(dir, opts.tracker_no)?;
     let mut store = open_store(&dir.join(format!("tracker{}.db", opts.tracker_no)))?;
-    let (log, recovery) = SyncLog::open(dir, opts.fsync, store.applied()?.offset)?;
-    if let Some((offset, reason, saved)) = &recovery.cut {
+    let log = open_log(dir, opts.fsync, opts.tracker_no)?;
+    let cache = store.cache_pos()?;
+    let recovery = log.recover(cache)?;
+    if recovery.rebuild_cache {
         log::warn!(
-            "sync log: ignored an invalid tail at offset {offset} ({reason}); saved to {}",
-            saved.display()
+            "the cache holds {} of the log, the log is generation {} (upgraded, salvaged or \
+             replaced): rebuilding the cache from the log",
+            cache
+                .generation
+                .map_or("an unknown generation".to_string(), |g| format!(
+                    "generation {g}"
+                )),
+            log.generation()
         );
+        store.reset()?;
     }
-    replay(&log, &mut store, recovery.valid_len)?;
+    store.set_generation(log.generation())?;
+    replay(&log, &mut store)?;
 
     let listener = std::net::TcpListener::bind(&addr).map_err(|source| TrackerError::Bind {
         addr: addr.clone(),
@@ -155,6 +179,7 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
     let cfg = server::Config {
         tracker_no: opts.tracker_no as u32,
         seeder_timeout_ms: opts.seeder_timeout_secs.saturating_mul(1000),
+        test_exit_after_apply: opts.test_exit_after_apply,
     };
     let (mut server, waker) =
         server::Server::new(listener, log, store, cfg, Arc::clone(&shutdown))?;
@@ -273,27 +298,142 @@ fn open_store(path: &Path) -> Result<Store, TrackerError> {
     }
 }
 
-/// Brings the cache up to the log: replays only the tail after the cache's
-/// applied offset, or everything if the cache is ahead of the (cut) log.
-fn replay(log: &SyncLog, store: &mut Store, valid_len: u64) -> Result<(), TrackerError> {
-    let mut before = store.applied()?;
-    if before.offset > valid_len {
-        log::warn!(
-            "cache has applied {} bytes but the valid log is {valid_len} bytes: rebuilding the cache from the log",
-            before.offset
-        );
-        store.reset()?;
-        before = store.applied()?;
+/// Opens the log in `dir`; a v1 log is upgraded to v2 first, if no other
+/// tracker runs on the data dir ([`log_repair::upgrade_v1`]).
+fn open_log(dir: &Path, mode: FsyncMode, no: usize) -> Result<SyncLog, TrackerError> {
+    match SyncLog::open(dir, mode) {
+        Err(LogError::NeedsUpgrade { .. }) => {}
+        other => return Ok(other?),
     }
+    refuse_if_others_run(dir, no, "upgrade sync_log.txt from format v1 to v2")?;
+    let up = log_repair::upgrade_v1(dir)?;
+    log::warn!(
+        "sync log upgraded from format v1 to v2: {} entries, generation {}; the v1 file is kept as {}",
+        up.entries,
+        up.generation,
+        up.original.display()
+    );
+    if let Some(at) = up.torn_tail {
+        log::warn!(
+            "the v1 log's torn tail at byte offset {at} was left out (it stays in the v1 file)"
+        );
+    }
+    Ok(SyncLog::open(dir, mode)?)
+}
+
+/// Fails with [`TrackerError::Busy`] if a tracker other than `no` holds its
+/// instance lock in `dir`.
+fn refuse_if_others_run(dir: &Path, no: usize, what: &'static str) -> Result<(), TrackerError> {
+    use rustix::fs::{flock, FlockOperation};
+    let entries = std::fs::read_dir(dir).map_err(|source| TrackerError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let other = name.to_str().and_then(|n| {
+            n.strip_prefix("tracker")?
+                .strip_suffix(".lock")?
+                .parse()
+                .ok()
+        });
+        let Some(other) = other.filter(|&o: &usize| o != no) else {
+            continue;
+        };
+        let Ok(file) = std::fs::File::open(entry.path()) else {
+            continue;
+        };
+        if flock(&file, FlockOperation::NonBlockingLockShared).is_err() {
+            return Err(TrackerError::Busy {
+                what,
+                other,
+                dir: dir.display().to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Brings the cache up to the log: replays the tail after the cache's applied
+/// offset (everything, for a new or rebuilt cache). A torn tail another tracker
+/// left meanwhile is not applied (the next change cuts it); damage is an error.
+fn replay(log: &SyncLog, store: &mut Store) -> Result<(), TrackerError> {
+    let before = store.applied()?;
     let done = {
         let _lock = log.lock_shared()?;
-        server::catch_up(log, store, false)?
+        let done = server::catch_up(log, store)?;
+        if let Some(stop) = &done.stop {
+            log.judge_stop(stop)?;
+        }
+        done
     };
     log::info!(
         "replayed {} log lines from offset {} (cache had {} lines)",
         done.lines,
         before.offset.max(FIRST_ENTRY),
         before.lines
+    );
+    Ok(())
+}
+
+/// `--verify-log`: checks every line of the data dir's log (it may be in use)
+/// and prints what it found on stdout. Returns whether every line checks out.
+pub fn verify_log(data_dir: &Path) -> Result<bool, TrackerError> {
+    let v = log_repair::verify(data_dir)?;
+    let mut out = std::io::stdout().lock();
+    let format = match v.header {
+        sync_log::Header::V1 => "v1".to_string(),
+        sync_log::Header::V2(g) => format!("v2, generation {g}"),
+    };
+    let path = data_dir.join(sync_log::LOG_FILE);
+    let _ = writeln!(
+        out,
+        "{}: format {format}, {} bytes",
+        path.display(),
+        v.bytes
+    );
+    for f in &v.findings {
+        let _ = writeln!(out, "{f}");
+    }
+    let _ = if v.findings.is_empty() {
+        writeln!(out, "all {} entries check out", v.good)
+    } else {
+        writeln!(
+            out,
+            "{} bad line(s), {} entries check out; see --salvage-log to write a log without the unreadable lines",
+            v.findings.len(),
+            v.good
+        )
+    };
+    Ok(v.findings.is_empty())
+}
+
+/// `--salvage-log`: with no tracker running on the data dir, writes a new log
+/// generation without the unreadable lines ([`log_repair::salvage`]), keeps the
+/// original beside it and reports every dropped line (stdout, the log and a
+/// report file). Caches are rebuilt from the new log at their next start.
+pub fn salvage_log(data_dir: &Path, no: usize) -> Result<(), TrackerError> {
+    let _instance = lock_instance(data_dir, no)?;
+    refuse_if_others_run(data_dir, no, "salvage sync_log.txt")?;
+    let s = log_repair::salvage(data_dir)?;
+    let mut out = std::io::stdout().lock();
+    for f in &s.dropped {
+        log::warn!("salvage dropped {f}");
+        let _ = writeln!(out, "dropped {f}");
+    }
+    for n in &s.notes {
+        log::warn!("salvage: {n}");
+        let _ = writeln!(out, "{n}");
+    }
+    let _ = writeln!(
+        out,
+        "salvaged: {} entries kept, {} dropped; new log generation {}; the original is kept as {}; \
+         the report is {}; every cache is rebuilt from the new log at its tracker's next start",
+        s.kept,
+        s.dropped.len(),
+        s.generation,
+        s.original.display(),
+        s.report.display()
     );
     Ok(())
 }

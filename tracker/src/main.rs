@@ -4,7 +4,13 @@
 //! ```text
 //! tracker <tracker_info.txt> <tracker_no> [--data-dir DIR] [--log-level LEVEL] [--fsync always|batch]
 //!         [--http ADDR [--http-show-peer-addrs]]
+//! tracker <tracker_info.txt> <tracker_no> [--data-dir DIR] --verify-log
+//! tracker <tracker_info.txt> <tracker_no> [--data-dir DIR] --salvage-log
 //! ```
+//!
+//! `--verify-log` checks every line of `sync_log.txt` and exits 1 if any is bad;
+//! `--salvage-log` writes a new log without the unreadable lines (see
+//! [`tracker::log_repair`]). Both print their findings and exit.
 //!
 //! After start-up it prints `tracker <N> listening on <addr>` on stdout; it stops on
 //! SIGINT, SIGTERM or `quit` on stdin (end of stdin does not stop it).
@@ -15,6 +21,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use log::LevelFilter;
 use tracker::sync_log::FsyncMode;
+use wire::command::CommandKind;
 
 /// Command line of the tracker.
 #[derive(Debug, Parser)]
@@ -37,6 +44,10 @@ struct Args {
     /// Seeders not heard from for this many seconds are not listed as online.
     #[arg(long, default_value_t = 45, hide = true)]
     seeder_timeout_secs: u64,
+    /// Fault injection for the end-to-end tests only: exit (status 86) right after
+    /// a change of this command was appended and applied, before its reply is sent.
+    #[arg(long, hide = true, value_name = "COMMAND", value_parser = parse_command_kind)]
+    test_exit_after_apply: Option<CommandKind>,
     /// Serve the read-only operator view (/status, /status.json, /metrics) on
     /// this address, e.g. 127.0.0.1:9101. Off by default.
     #[arg(long, value_name = "ADDR")]
@@ -44,6 +55,18 @@ struct Args {
     /// Show seeders' IP addresses on the operator view (hidden by default).
     #[arg(long, requires = "http")]
     http_show_peer_addrs: bool,
+    /// Check every line of sync_log.txt (safe beside running trackers), print
+    /// every bad one, exit 1 if there is any.
+    #[arg(long, conflicts_with = "salvage_log")]
+    verify_log: bool,
+    /// With no tracker running on the data dir: write a new sync_log.txt without
+    /// its unreadable lines, keep the original beside it, report what was dropped.
+    #[arg(long)]
+    salvage_log: bool,
+}
+
+fn parse_command_kind(name: &str) -> Result<CommandKind, String> {
+    CommandKind::from_name(name).ok_or_else(|| format!("unknown tracker command {name:?}"))
 }
 
 fn main() -> ExitCode {
@@ -55,16 +78,18 @@ fn main() -> ExitCode {
             .build(),
         std::io::stderr(),
     );
-    let opts = tracker::Options {
-        tracker_info: args.tracker_info,
-        tracker_no: args.tracker_no,
-        data_dir: args.data_dir,
-        fsync: args.fsync,
-        seeder_timeout_secs: args.seeder_timeout_secs,
-        http: args.http,
-        http_show_peer_addrs: args.http_show_peer_addrs,
+    let result = if args.verify_log {
+        match tracker::verify_log(&args.data_dir) {
+            Ok(true) => return ExitCode::SUCCESS,
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        }
+    } else if args.salvage_log {
+        tracker::salvage_log(&args.data_dir, args.tracker_no)
+    } else {
+        serve(args)
     };
-    match tracker::run(&opts) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
@@ -72,4 +97,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn serve(args: Args) -> Result<(), tracker::TrackerError> {
+    let opts = tracker::Options {
+        tracker_info: args.tracker_info,
+        tracker_no: args.tracker_no,
+        data_dir: args.data_dir,
+        fsync: args.fsync,
+        seeder_timeout_secs: args.seeder_timeout_secs,
+        test_exit_after_apply: args.test_exit_after_apply,
+        http: args.http,
+        http_show_peer_addrs: args.http_show_peer_addrs,
+    };
+    tracker::run(&opts)
 }

@@ -18,12 +18,13 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
+use wire::command::CommandKind;
 use wire::tracker_msg::{LineFramer, Reply, Request, MAX_REQUEST_LINE};
 
 use crate::commands::{self, Ctx, Outcome};
 use crate::metrics::{self, Metrics};
 use crate::store::{self, Applied, Store};
-use crate::sync_log::{LogEntry, Stop, SyncLog, FIRST_ENTRY};
+use crate::sync_log::{LogEntry, LogError, Stop, SyncLog, FIRST_ENTRY};
 use crate::TrackerError;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -49,11 +50,29 @@ const CATCH_UP_CHUNK: usize = 16 * 1024 * 1024;
 /// that the SQLite cache (same dir) can still commit what the log acknowledges.
 const MIN_FREE_BYTES: u64 = 1024 * 1024;
 
+/// Fault injection (`--test-exit-after-apply`): the process ends when this turn
+/// applied a change of `kind`, after the log append and before any reply is sent.
+fn exit_if_applied(
+    kind: CommandKind,
+    work: &[(usize, Result<Request, String>)],
+    replies: &[Reply],
+) {
+    let applied = work.iter().zip(replies).any(|((_, item), reply)| {
+        matches!(item, Ok(r) if r.command == kind.name()) && matches!(reply, Reply::Ok { .. })
+    });
+    if applied {
+        log::warn!("test fault injection: exiting after applying {kind}, before replying");
+        std::process::exit(86);
+    }
+}
+
 /// Settings of the loop.
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
     pub tracker_no: u32,
     pub seeder_timeout_ms: u64,
+    /// Tests only: exit right after applying a change of this command, unanswered.
+    pub test_exit_after_apply: Option<CommandKind>,
 }
 
 /// One client connection's state.
@@ -166,8 +185,11 @@ pub struct Server {
     shutdown: Arc<AtomicBool>,
     /// Log length at the watcher's last look.
     watched_len: u64,
-    /// Offset of an invalid line already reported by the watcher.
-    reported_bad: Option<u64>,
+    /// Offset of a torn tail already reported by the watcher.
+    reported_torn: Option<u64>,
+    /// The log is damaged or changed under this tracker (why, as one line):
+    /// every change is refused until an operator repairs it and restarts.
+    log_fault: Option<String>,
     /// The cache failed to commit lines the log holds (e.g. the disk filled up
     /// between the two): reads are refused, not answered stale, and the watcher
     /// retries the catch-up every turn until it succeeds.
@@ -202,7 +224,8 @@ impl Server {
                 cfg,
                 shutdown,
                 watched_len: 0,
-                reported_bad: None,
+                reported_torn: None,
+                log_fault: None,
                 cache_behind: false,
                 metrics: Arc::new(Metrics::new(&commands::names())),
             },
@@ -352,6 +375,10 @@ impl Server {
         let replies = if mutates {
             match self.commit_batch(&work, &ctx) {
                 Ok(replies) => replies,
+                Err(e) if self.note_log_fault(&e) => {
+                    let reply = Reply::err(format!("change not made: {e}"));
+                    work.iter().map(|_| reply.clone()).collect()
+                }
                 Err(e) => {
                     log::error!("batch of {} requests failed: {e}", work.len());
                     let reply = Reply::err(format!("internal error, nothing changed: {e}"));
@@ -387,6 +414,9 @@ impl Server {
                 }
             }
         };
+        if let Some(kind) = self.cfg.test_exit_after_apply {
+            exit_if_applied(kind, &work, &replies);
+        }
         let now = Instant::now();
         for (((key, item), reply), at) in work.iter().zip(replies).zip(arrived) {
             self.count_request(item, &reply, now.saturating_duration_since(at));
@@ -420,8 +450,18 @@ impl Server {
         work: &[(usize, Result<Request, String>)],
         ctx: &Ctx,
     ) -> Result<Vec<Reply>, TrackerError> {
+        if let Some(why) = &self.log_fault {
+            let reply = Reply::err(format!("change not made: {why}"));
+            return Ok(work.iter().map(|_| reply.clone()).collect());
+        }
         let _lock = self.log.lock_exclusive()?;
-        catch_up(&self.log, &mut self.store, true)?;
+        let caught = catch_up(&self.log, &mut self.store)?;
+        if let Some(stop) = caught.stop {
+            // Only a torn tail is cut; damage is an error (and a fault).
+            let at = self.log.judge_stop(&stop)?;
+            self.log
+                .cut_torn_tail(at, "a line left by an append that did not finish")?;
+        }
         let before = self.store.applied()?;
         let base = before.offset.max(FIRST_ENTRY);
         let len = self.log.file_len()?;
@@ -429,7 +469,8 @@ impl Server {
             return Err(TrackerError::Behind { applied: base, len });
         }
         let tx = self.store.transaction()?;
-        let staged = stage(&tx, work, ctx, self.cfg.tracker_no, base)?;
+        let first_seq = before.lines + 1;
+        let staged = stage(&tx, work, ctx, self.cfg.tracker_no, (base, first_seq))?;
         if staged.lines.is_empty() {
             return Ok(staged.replies);
         }
@@ -457,8 +498,12 @@ impl Server {
         Ok(staged.replies)
     }
 
-    /// The watcher: applies lines other trackers appended since the last look.
+    /// The watcher: applies lines other trackers appended since the last look,
+    /// and notices a log that shrank, changed or is damaged under this tracker.
     fn watch(&mut self) {
+        if self.log_fault.is_some() {
+            return; // changes are refused; reads go on from the cache as it is
+        }
         let len = match self.log.file_len() {
             Ok(len) => len,
             Err(e) => {
@@ -477,7 +522,7 @@ impl Server {
                 return;
             }
         };
-        if len <= applied {
+        if len == applied {
             self.cache_behind = false;
             return;
         }
@@ -485,24 +530,29 @@ impl Server {
             .log
             .lock_shared()
             .map_err(TrackerError::from)
-            .and_then(|_lock| catch_up(&self.log, &mut self.store, false));
-        if let Ok(done) = &result {
-            self.metrics.changes_applied_from_others.add(done.lines);
-        }
+            .and_then(|_lock| {
+                let caught = catch_up(&self.log, &mut self.store)?;
+                match &caught.stop {
+                    Some(stop) => Ok((caught.lines, Some(self.log.judge_stop(stop)?))),
+                    None => Ok((caught.lines, None)),
+                }
+            });
         match result {
-            Ok(CatchUp {
-                stop: Some(Stop::Bad { offset, reason }),
-                ..
-            }) => {
-                if self.reported_bad != Some(offset) {
-                    log::error!(
-                        "sync log line at offset {offset} is invalid ({reason}); not applied"
+            Ok((_, Some(torn_at))) => {
+                if self.reported_torn != Some(torn_at) {
+                    log::warn!(
+                        "sync log: a torn tail at byte offset {torn_at} (an append that did not \
+                         finish); not applied, cut by the next change"
                     );
-                    self.reported_bad = Some(offset);
+                    self.reported_torn = Some(torn_at);
                 }
             }
-            Ok(c) if c.lines > 0 => log::debug!("applied {} lines from other trackers", c.lines),
+            Ok((lines, None)) if lines > 0 => {
+                self.metrics.changes_applied_from_others.add(lines);
+                log::debug!("applied {lines} lines from other trackers")
+            }
             Ok(_) => {}
+            Err(e) if self.note_log_fault(&e) => return,
             Err(e) => {
                 if !self.cache_behind {
                     log::error!("applying new log lines: {e}");
@@ -515,6 +565,26 @@ impl Server {
             log::info!("the cache caught up with the log again");
             self.cache_behind = false;
         }
+    }
+
+    /// If `e` says the log is damaged or changed under this tracker, records it
+    /// (changes are refused from now on), logs it once and returns true.
+    fn note_log_fault(&mut self, e: &TrackerError) -> bool {
+        if !matches!(
+            e,
+            TrackerError::Log(LogError::Damaged { .. } | LogError::Changed { .. })
+        ) {
+            return false;
+        }
+        if self.log_fault.is_none() {
+            log::error!("{e}");
+            log::error!(
+                "tracker {}: refusing every change from now on",
+                self.cfg.tracker_no
+            );
+            self.log_fault = Some(e.to_string());
+        }
+        true
     }
 }
 
@@ -529,13 +599,14 @@ struct Staged {
 }
 
 /// Handles each request of a batch in `tx`; a change is applied at once (so later
-/// requests of the batch see it) and its line queued for the append at `base`.
+/// requests of the batch see it) and its line queued for the append at `base`,
+/// numbered from `seq` on.
 fn stage(
     tx: &rusqlite::Transaction<'_>,
     work: &[(usize, Result<Request, String>)],
     ctx: &Ctx,
     tracker_no: u32,
-    base: u64,
+    (base, mut seq): (u64, u64),
 ) -> Result<Staged, TrackerError> {
     let mut staged = Staged {
         replies: Vec::with_capacity(work.len()),
@@ -556,9 +627,11 @@ fn stage(
                 let entry = LogEntry {
                     ms: ctx.now_ms,
                     tracker: tracker_no,
+                    request_id: None,
                     op,
                 };
-                let line = entry.encode();
+                let line = entry.encode(seq);
+                seq += 1;
                 store::apply(tx, staged.end, &entry).map_err(store::StoreError::from)?;
                 staged.end += line.len() as u64;
                 staged.lines.push(line);
@@ -608,25 +681,28 @@ pub struct CatchUp {
     pub stop: Option<Stop>,
 }
 
-/// Applies every complete, valid line after the store's applied offset. With
-/// `repair` (exclusive lock held) an incomplete or invalid tail is cut off.
-pub fn catch_up(log: &SyncLog, store: &mut Store, repair: bool) -> Result<CatchUp, TrackerError> {
+/// Applies every complete, valid line after the store's applied offset, which
+/// must still be a line start of the same log ([`SyncLog::check_position`]); the
+/// first line read must carry the number after the cache's line count. Stops at
+/// the end or at the first line that does not check out (`stop`): the caller
+/// judges it ([`SyncLog::judge_stop`]). Needs a lock on the log.
+pub fn catch_up(log: &SyncLog, store: &mut Store) -> Result<CatchUp, TrackerError> {
     let mut done = CatchUp::default();
-    let mut from = store.applied()?.offset.max(FIRST_ENTRY);
+    let applied = store.applied()?;
+    let mut from = applied.offset.max(FIRST_ENTRY);
+    let mut seq = applied.lines + 1;
+    log.check_position(from)?;
     loop {
-        let batch = log.read_from(from, CATCH_UP_CHUNK)?;
+        let batch = log.read_from(from, seq, CATCH_UP_CHUNK)?;
         if !batch.entries.is_empty() {
             store.apply_entries(&batch.entries, batch.end)?;
             done.lines += batch.entries.len() as u64;
         }
-        from = batch.end;
+        (from, seq) = (batch.end, batch.next_seq);
         match batch.stop {
             None if batch.entries.is_empty() => return Ok(done),
             None => {}
             Some(stop) => {
-                if repair {
-                    log.recover_tail(from)?;
-                }
                 done.stop = Some(stop);
                 return Ok(done);
             }

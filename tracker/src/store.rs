@@ -8,10 +8,13 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use crate::sync_log::{LogEntry, Op};
+use crate::sync_log::{CachePos, Generation, LogEntry, Op};
 
 /// Migrations, applied in order; `PRAGMA user_version` is the number applied.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_init.sql"),
+    include_str!("../../migrations/0002_log_generation.sql"),
+];
 
 /// Errors of the cache.
 #[derive(Debug, thiserror::Error)]
@@ -151,9 +154,31 @@ impl Store {
         tx.execute_batch(
             "DELETE FROM users; DELETE FROM sessions; DELETE FROM groups;
              DELETE FROM group_members; DELETE FROM join_requests; DELETE FROM files;
-             DELETE FROM file_seeders; UPDATE applied_log SET offset = 0, lines = 0;",
+             DELETE FROM file_seeders; UPDATE applied_log SET offset = 0, lines = 0, generation = '';",
         )?;
         tx.commit()?;
+        Ok(())
+    }
+
+    /// How far the cache applied which log generation, for [`crate::sync_log::SyncLog::recover`].
+    pub fn cache_pos(&self) -> Result<CachePos, StoreError> {
+        let a = self.applied()?;
+        let generation: String = self
+            .conn
+            .prepare_cached("SELECT generation FROM applied_log WHERE id = 1")?
+            .query_row([], |r| r.get(0))?;
+        Ok(CachePos {
+            generation: Generation::parse(&generation),
+            offset: a.offset,
+            lines: a.lines,
+        })
+    }
+
+    /// Records the log generation the cache applies (after a reset, or on a new cache).
+    pub fn set_generation(&mut self, generation: Generation) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE applied_log SET generation = ?1 WHERE id = 1")?
+            .execute(params![generation.to_string()])?;
         Ok(())
     }
 }
@@ -635,6 +660,7 @@ mod tests {
         LogEntry {
             ms: 1000,
             tracker: 1,
+            request_id: None,
             op,
         }
     }

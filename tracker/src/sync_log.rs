@@ -4,26 +4,81 @@
 //! SQLite cache and before the client hears about it. Several trackers started
 //! with the same data dir share the file: appends take an exclusive `flock`,
 //! readers a shared one, so lines never interleave.
+//!
+//! # Format v2
+//!
+//! ```text
+//! swarmshare-sync-log v2 <generation: 16 hex digits>
+//! <crc32> <seq> <unix_ms> <tracker_no> <request_id> <op> <field> ...
+//! ```
+//!
+//! - `crc32`: 8 lowercase hex digits, the CRC-32 (IEEE) of every byte after the
+//!   space that follows it, up to but excluding the newline. It makes each line
+//!   self-checking: a flipped byte costs exactly that line.
+//! - `seq`: the entry's sequence number, 1 for the first entry and one more for
+//!   each next one. It is what protects the *order* of the lines: a deleted,
+//!   duplicated or swapped complete line (each with a valid CRC) breaks the run
+//!   `1, 2, 3, ...` and is detected. The cache stores how many lines it applied,
+//!   so the next line a tracker reads must carry exactly that number plus one;
+//!   a log that changed under a running tracker fails that check. Sequence
+//!   numbers were chosen over a hash chain because a chain ties each line's
+//!   check to its predecessor's: one damaged checksum field then invalidates two
+//!   lines, and salvage could no longer tell which lines are intact. With a CRC
+//!   per line plus a sequence number, verification names exactly the damaged
+//!   lines, salvage keeps every intact one (and can restore their order), and
+//!   `seq` is the same number a replicated log's index is. What a chain detects
+//!   beyond this (an intact line from another log spliced in with the right
+//!   number) is not a kind of accidental damage; a whole log replaced by another
+//!   is detected by the generation.
+//! - `generation`: random, chosen when a log is created, upgraded or salvaged.
+//!   The cache records the generation it applied; a cache of another generation
+//!   is rebuilt from the log, never read against it.
+//! - `request_id`: the client's id for an exactly-once command, or `-` (none).
+//! - The other fields are escaped like tracker request fields
+//!   ([`wire::tracker_msg::escape_field`]): a field never holds a space or
+//!   newline, any UTF-8 is carried losslessly. `op` and its fields: [`Op`].
+//!
+//! Version 1 (`swarmshare-sync-log v1`, lines `<crc32> <unix_ms> <tracker_no> <op>
+//! <field> ...`) is read only to upgrade it ([`crate::log_repair::upgrade_v1`]).
+//!
+//! # Damage
+//!
+//! Only a torn tail is ever cut: an incomplete last line, or complete lines at the
+//! end of the file none of which checks out (what an append that crashed leaves),
+//! and never a line the cache has applied. The cut bytes are saved beside the log
+//! (`sync_log.txt.corrupt-<unix_ms>`). A bad line with a good line after it, a
+//! break in the sequence, or a log shorter than what the cache applied is damage:
+//! nothing is cut, and the tracker refuses to start (or, if it is running, to make
+//! changes) with an error naming the line and its byte offset.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::FlockOperation;
-use wire::tracker_msg::{decode_fields, encode_fields};
+use wire::tracker_msg::{decode_fields, encode_fields, escape_field};
 
 /// File name of the log inside the data dir.
 pub const LOG_FILE: &str = "sync_log.txt";
 
-/// First line of every log file: the format and its version.
-pub const VERSION_LINE: &str = "swarmshare-sync-log v1";
+/// What every log's first line starts with.
+pub const MAGIC: &str = "swarmshare-sync-log";
+
+/// The first line of a version 1 log (read only to upgrade it).
+pub const V1_LINE: &str = "swarmshare-sync-log v1";
+
+/// The first line of a version 2 log, before its generation.
+pub const V2_PREFIX: &str = "swarmshare-sync-log v2 ";
 
 /// Offset of the first entry (just after the version line and its newline).
-pub const FIRST_ENTRY: u64 = VERSION_LINE.len() as u64 + 1;
+pub const FIRST_ENTRY: u64 = V2_PREFIX.len() as u64 + 16 + 1;
+
+/// The `request_id` field of an entry without one.
+pub const NO_REQUEST_ID: &str = "-";
 
 /// Longest log line accepted when reading (a request line plus the header fields).
-const MAX_LINE: usize = wire::tracker_msg::MAX_REQUEST_LINE + 4096;
+pub const MAX_LINE: usize = wire::tracker_msg::MAX_REQUEST_LINE + 4096;
 
 /// How durable an append is before it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -32,6 +87,65 @@ pub enum FsyncMode {
     Always,
     /// Group commit: all lines of one loop turn in one write and one fsync.
     Batch,
+}
+
+/// Which history a log file holds: chosen at random when a log is created,
+/// upgraded or salvaged. Written as 16 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Generation(pub u64);
+
+impl Generation {
+    /// A fresh random generation.
+    pub fn new() -> Generation {
+        let mut b = [0u8; 8];
+        if getrandom::getrandom(&mut b).is_err() {
+            // No randomness: the clock still tells generations apart.
+            b = crate::unix_ms().to_be_bytes();
+        }
+        Generation(u64::from_be_bytes(b))
+    }
+
+    /// Parses 16 hex digits.
+    pub fn parse(s: &str) -> Option<Generation> {
+        let ok = s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        ok.then(|| u64::from_str_radix(s, 16).ok().map(Generation))
+            .flatten()
+    }
+
+    /// The version line of a v2 log of this generation, newline included.
+    pub fn header_line(self) -> String {
+        format!("{V2_PREFIX}{self}\n")
+    }
+}
+
+impl Default for Generation {
+    fn default() -> Self {
+        Generation::new()
+    }
+}
+
+impl std::fmt::Display for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// What the first line of a log file says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Header {
+    V1,
+    V2(Generation),
+}
+
+impl Header {
+    /// Parses a first line (without its newline).
+    pub fn parse(line: &[u8]) -> Option<Header> {
+        let line = std::str::from_utf8(line).ok()?;
+        if line == V1_LINE {
+            return Some(Header::V1);
+        }
+        Generation::parse(line.strip_prefix(V2_PREFIX)?).map(Header::V2)
+    }
 }
 
 /// Errors of the log file.
@@ -43,10 +157,31 @@ pub enum LogError {
         #[source]
         source: io::Error,
     },
-    #[error(
-        "sync log {path} starts with {found:?}, expected {VERSION_LINE:?} (unsupported format)"
-    )]
+    #[error("sync log {path} starts with {found:?}: unsupported format (this tracker reads swarmshare sync logs v1 and v2)")]
     Version { path: PathBuf, found: String },
+    #[error("sync log {path} is in the old format v1: it is upgraded at start when no other tracker runs on the data dir")]
+    NeedsUpgrade { path: PathBuf },
+    #[error(
+        "sync log {path} is damaged at line {line} (byte offset {offset}): {reason}. \
+         {context} Nothing was cut and no change is accepted. \
+         See every bad line with `tracker <tracker_info> <n> --data-dir <dir> --verify-log`; \
+         `--salvage-log` writes a new log without the unreadable lines, keeps the original \
+         beside it and lists what it dropped"
+    )]
+    Damaged {
+        path: PathBuf,
+        line: u64,
+        offset: u64,
+        reason: String,
+        context: &'static str,
+    },
+    #[error(
+        "sync log {path} no longer holds what this tracker's cache applied: {why}. \
+         Acknowledged lines may be missing; no change is accepted. Restore the log, or check it \
+         with `--verify-log`; to accept the log as it is now, stop this tracker and delete its \
+         tracker<N>.db (it is rebuilt from the log)"
+    )]
+    Changed { path: PathBuf, why: String },
 }
 
 /// Why one line of the log was rejected.
@@ -64,6 +199,11 @@ pub enum LineError {
     UnknownOp(String),
     #[error("line longer than {MAX_LINE} bytes")]
     TooLong,
+    #[error(
+        "sequence number {found} where {expected} belongs: a line before it is missing, \
+         duplicated or out of order"
+    )]
+    Sequence { found: u64, expected: u64 },
 }
 
 /// One state change. Its fields are what [`crate::store::apply`] needs to apply it
@@ -290,93 +430,127 @@ const OP_FIELDS: [(&str, usize); 12] = [
     ("heartbeat", 2),
 ];
 
-/// One line of the log: when, by which tracker, what.
+/// One log entry: when, by which tracker, at whose request, what. Its position
+/// in the log (`seq`) is not part of it: [`LogEntry::encode`] is given it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntry {
     /// Unix time in milliseconds when the tracker accepted the change.
     pub ms: u64,
     /// The tracker (1-based number) that appended the line.
     pub tracker: u32,
+    /// The client's request id of an exactly-once command (opaque text), if any.
+    /// An id of `-` cannot be told from none (as with session tokens on the wire).
+    pub request_id: Option<String>,
     pub op: Op,
 }
 
 impl LogEntry {
-    /// Encodes the entry as one log line, newline included.
-    ///
-    /// The format (version 1, announced by the file's first line):
-    ///
-    /// ```text
-    /// <crc32> <unix_ms> <tracker_no> <op> <field> ...\n
-    /// ```
-    ///
-    /// - `crc32` is 8 lowercase hex digits: CRC-32 (IEEE) of every byte after the
-    ///   space that follows it, up to but excluding the newline.
-    /// - `unix_ms`, `tracker_no`, `op` and the fields are escaped exactly like tracker
-    ///   request fields ([`wire::tracker_msg::escape_field`]), so a field never holds
-    ///   a space or newline and any UTF-8 is carried losslessly.
-    /// - `op` and its fields are listed in [`Op`]; the op names are `create_user`,
-    ///   `login`, `logout`, `create_group`, `request_join`, `accept_request`,
-    ///   `reject_request`, `leave_group`, `upload_file`, `add_seeder`, `stop_share`,
-    ///   `heartbeat`. Passwords never appear: `create_user` carries the argon2 PHC
-    ///   string, sessions appear only as the SHA-256 of their token.
-    ///
-    /// A line without its newline (torn write) or whose checksum or fields do not
-    /// check out ends the valid part of the log.
-    pub fn encode(&self) -> String {
+    /// Encodes the entry as log line number `seq` (v2, see the module doc),
+    /// newline included.
+    pub fn encode(&self, seq: u64) -> String {
         let (name, fields) = self.op.to_fields();
-        let mut all = vec![
-            self.ms.to_string(),
-            self.tracker.to_string(),
-            name.to_string(),
-        ];
-        all.extend(fields);
-        let body = encode_fields(&all);
+        let request_id = match self.request_id.as_deref() {
+            Some(id) => escape_field(id),
+            None => NO_REQUEST_ID.to_string(),
+        };
+        let mut body = format!(
+            "{seq} {} {} {request_id} {} ",
+            self.ms,
+            self.tracker,
+            escape_field(name)
+        );
+        body.push_str(&encode_fields(&fields));
+        if fields.is_empty() {
+            body.pop();
+        }
         let crc = crc32fast::hash(body.as_bytes());
         format!("{crc:08x} {body}\n")
     }
 
-    /// Parses one line (its trailing newline, if any, ignored). Never panics.
-    pub fn decode(line: &[u8]) -> Result<LogEntry, LineError> {
-        let line = line.strip_suffix(b"\n").unwrap_or(line);
-        let text = std::str::from_utf8(line).map_err(|_| LineError::NotUtf8)?;
-        let (crc, body) = text.split_once(' ').ok_or(LineError::NoChecksum)?;
-        let computed = crc32fast::hash(body.as_bytes());
-        if crc.len() != 8 || u32::from_str_radix(crc, 16).ok() != Some(computed) {
-            return Err(LineError::Checksum {
-                stored: crc.chars().take(16).collect(),
-                computed,
-            });
+    /// Parses one v2 line (its trailing newline, if any, ignored) into its
+    /// sequence number and entry. Never panics.
+    pub fn decode(line: &[u8]) -> Result<(u64, LogEntry), LineError> {
+        let fields = checked_fields(line)?;
+        if fields.len() < 5 {
+            return Err(LineError::Malformed("fewer than 5 header fields".into()));
         }
-        let fields = decode_fields(body).map_err(|e| LineError::Malformed(e.to_string()))?;
+        let mut it = fields.into_iter();
+        let mut next = || it.next().unwrap_or_default();
+        let seq = number("sequence number", &next())?;
+        let ms = number("time", &next())?;
+        let tracker = next();
+        let tracker = tracker
+            .parse()
+            .map_err(|_| LineError::Malformed(format!("bad tracker number {tracker:?}")))?;
+        let request_id = Some(next()).filter(|id| id != NO_REQUEST_ID);
+        let op = next();
+        let op = Op::from_fields(&op, it.collect())?;
+        let entry = LogEntry {
+            ms,
+            tracker,
+            request_id,
+            op,
+        };
+        Ok((seq, entry))
+    }
+
+    /// Parses one version 1 line (`<crc32> <unix_ms> <tracker_no> <op> ...`).
+    pub fn decode_v1(line: &[u8]) -> Result<LogEntry, LineError> {
+        let fields = checked_fields(line)?;
         if fields.len() < 3 {
             return Err(LineError::Malformed("fewer than 3 header fields".into()));
         }
         let mut it = fields.into_iter();
-        let ms = it.next().unwrap_or_default();
-        let tracker = it.next().unwrap_or_default();
-        let op = it.next().unwrap_or_default();
-        let ms = ms
-            .parse()
-            .map_err(|_| LineError::Malformed(format!("bad time {ms:?}")))?;
+        let mut next = || it.next().unwrap_or_default();
+        let ms = number("time", &next())?;
+        let tracker = next();
         let tracker = tracker
             .parse()
             .map_err(|_| LineError::Malformed(format!("bad tracker number {tracker:?}")))?;
+        let op = next();
         let op = Op::from_fields(&op, it.collect())?;
-        Ok(LogEntry { ms, tracker, op })
+        Ok(LogEntry {
+            ms,
+            tracker,
+            request_id: None,
+            op,
+        })
     }
 }
 
-/// Whether a line (without its newline) starts with the 8-hex-digit CRC-32 of
-/// the rest after one space. [`LogEntry::decode`] checks this and the fields.
-fn checksum_matches(line: &[u8]) -> bool {
-    let (Some(crc), Some(body)) = (line.get(..8), line.get(9..)) else {
-        return false;
-    };
-    line[8] == b' '
-        && std::str::from_utf8(crc)
-            .ok()
-            .and_then(|c| u32::from_str_radix(c, 16).ok())
-            == Some(crc32fast::hash(body))
+fn number(what: &str, s: &str) -> Result<u64, LineError> {
+    s.parse()
+        .map_err(|_| LineError::Malformed(format!("bad {what} {s:?}")))
+}
+
+/// The unescaped fields of a line whose checksum matches (the same in v1 and v2).
+fn checked_fields(line: &[u8]) -> Result<Vec<String>, LineError> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    if line.len() > MAX_LINE {
+        return Err(LineError::TooLong);
+    }
+    let text = std::str::from_utf8(line).map_err(|_| LineError::NotUtf8)?;
+    let (crc, body) = text.split_once(' ').ok_or(LineError::NoChecksum)?;
+    let computed = crc32fast::hash(body.as_bytes());
+    if crc.len() != 8 || u32::from_str_radix(crc, 16).ok() != Some(computed) {
+        return Err(LineError::Checksum {
+            stored: crc.chars().take(16).collect(),
+            computed,
+        });
+    }
+    decode_fields(body).map_err(|e| LineError::Malformed(e.to_string()))
+}
+
+/// The sequence number of a line (without its newline) whose checksum matches,
+/// without parsing the rest: the fast pass over lines applied before.
+pub fn checked_seq(line: &[u8]) -> Option<u64> {
+    let (crc, body) = (line.get(..8)?, line.get(9..)?);
+    let crc = u32::from_str_radix(std::str::from_utf8(crc).ok()?, 16).ok()?;
+    if line[8] != b' ' || crc != crc32fast::hash(body) {
+        return None;
+    }
+    let end = body.iter().position(|&b| b == b' ')?;
+    std::str::from_utf8(&body[..end]).ok()?.parse().ok()
 }
 
 /// Where reading stopped before the end of the file.
@@ -384,8 +558,17 @@ fn checksum_matches(line: &[u8]) -> bool {
 pub enum Stop {
     /// The bytes from `offset` to the end hold no newline (a torn or in-progress write).
     Incomplete { offset: u64 },
-    /// The line at `offset` is complete but invalid.
+    /// The line at `offset` is complete but invalid, or out of sequence.
     Bad { offset: u64, reason: LineError },
+}
+
+impl Stop {
+    /// Where the line that stopped reading starts.
+    pub fn offset(&self) -> u64 {
+        match self {
+            Stop::Incomplete { offset } | Stop::Bad { offset, .. } => *offset,
+        }
+    }
 }
 
 /// The result of reading the log from some offset.
@@ -395,17 +578,33 @@ pub struct ReadBatch {
     pub entries: Vec<(u64, LogEntry)>,
     /// Offset just after the last valid line read.
     pub end: u64,
-    /// Set when reading stopped at an incomplete or invalid line.
+    /// The sequence number the next line must carry.
+    pub next_seq: u64,
+    /// Set when reading stopped at an incomplete, invalid or out-of-sequence line.
     pub stop: Option<Stop>,
+}
+
+/// How far a cache has applied the log; [`SyncLog::recover`] checks the log against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CachePos {
+    /// The log generation the cache applied, `None` for a new cache.
+    pub generation: Option<Generation>,
+    /// Bytes of the log applied (0 = nothing).
+    pub offset: u64,
+    /// Entries applied.
+    pub lines: u64,
 }
 
 /// What start-up recovery found.
 #[derive(Debug, Default)]
 pub struct Recovery {
-    /// Length of the valid prefix after recovery.
+    /// Length of the valid log after recovery.
     pub valid_len: u64,
-    /// Set when an invalid tail was cut off: the offset, the reason, where it was saved.
+    /// Set when a torn tail was cut off: its offset, why, and where it was saved.
     pub cut: Option<(u64, String, PathBuf)>,
+    /// The cache holds another generation of the log (or one that no longer
+    /// exists) and must be rebuilt from the log.
+    pub rebuild_cache: bool,
 }
 
 /// The open log file.
@@ -414,6 +613,9 @@ pub struct SyncLog {
     file: File,
     path: PathBuf,
     mode: FsyncMode,
+    generation: Generation,
+    /// Device and inode of the file opened, to notice it being replaced.
+    identity: (u64, u64),
 }
 
 /// Holds an `flock` on the log until dropped.
@@ -429,20 +631,81 @@ impl Drop for LockGuard<'_> {
     }
 }
 
+/// Calls `each(offset, line)` for every complete line (without its newline)
+/// of `file` starting in `from..to`, until it returns false; returns the offset
+/// just after the last complete line passed (what follows it up to the end of
+/// the file, if `to` is past it, has no newline). A line longer than [`MAX_LINE`]
+/// is passed cut to `MAX_LINE + 1` bytes. Memory stays bounded.
+pub fn scan_file_lines(
+    file: &File,
+    from: u64,
+    to: u64,
+    mut each: impl FnMut(u64, &[u8]) -> bool,
+) -> io::Result<u64> {
+    let mut chunk = vec![0u8; (4 << 20).max(2 * MAX_LINE)];
+    let mut pos = from; // file offset of chunk[0]
+    let mut filled = 0;
+    let mut skipping = false; // inside an over-long line already passed on
+    while pos < to {
+        let n = file.read_at(&mut chunk[filled..], pos + filled as u64)?;
+        filled += n;
+        let mut start = 0;
+        while let Some(i) = chunk[start..filled].iter().position(|&b| b == b'\n') {
+            let at = pos + start as u64;
+            if at >= to {
+                return Ok(at);
+            }
+            let passed_on = std::mem::take(&mut skipping);
+            start += i + 1;
+            if !passed_on && !each(at, &chunk[start - i - 1..start - 1]) {
+                return Ok(pos + start as u64);
+            }
+        }
+        if n == 0 {
+            return Ok(pos + start as u64); // the rest has no newline
+        }
+        if start == 0 && filled > MAX_LINE {
+            // An over-long line: pass its first bytes on, skip the rest.
+            if !skipping && !each(pos, &chunk[..MAX_LINE + 1]) {
+                return Ok(pos);
+            }
+            skipping = true;
+            start = filled;
+        }
+        chunk.copy_within(start..filled, 0);
+        filled -= start;
+        pos += start as u64;
+    }
+    Ok(pos)
+}
+
+/// Reads a file's first line (at most `FIRST_ENTRY` bytes), without its newline,
+/// and whether a newline ended it.
+fn first_line(file: &File) -> io::Result<(Vec<u8>, bool)> {
+    let mut head = vec![0u8; FIRST_ENTRY as usize];
+    let mut n = 0;
+    while n < head.len() {
+        match file.read_at(&mut head[n..], n as u64)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    head.truncate(n);
+    match head.iter().position(|&b| b == b'\n') {
+        Some(i) => {
+            head.truncate(i);
+            Ok((head, true))
+        }
+        None => Ok((head, false)),
+    }
+}
+
 impl SyncLog {
-    /// Opens (creating if needed) `<dir>/sync_log.txt`, writes the version line into
-    /// an empty file, and cuts off an invalid tail (saved beside it as
-    /// `sync_log.txt.corrupt-<unix_ms>`), all under the exclusive lock.
-    ///
-    /// `applied` is how far the cache has applied the log. Lines before it were
-    /// parsed when they were applied, so they only get the cheap checksum check
-    /// ([`SyncLog::first_bad_checksum`]); only the tail after it is parsed here.
-    /// That keeps a restart with a warm cache fast however long the log is.
-    pub fn open(
-        dir: &Path,
-        mode: FsyncMode,
-        applied: u64,
-    ) -> Result<(SyncLog, Recovery), LogError> {
+    /// Opens (creating if needed) `<dir>/sync_log.txt`. An empty file, or one
+    /// holding only a torn version line, gets a new v2 version line. A v1 log is
+    /// refused with [`LogError::NeedsUpgrade`], a foreign file with
+    /// [`LogError::Version`]. Takes the exclusive lock while it looks.
+    pub fn open(dir: &Path, mode: FsyncMode) -> Result<SyncLog, LogError> {
         let path = dir.join(LOG_FILE);
         let io_err = |source| LogError::Io {
             path: path.clone(),
@@ -454,19 +717,65 @@ impl SyncLog {
             .create(true)
             .open(&path)
             .map_err(io_err)?;
-        let log = SyncLog { file, path, mode };
-        let recovery = {
-            let _lock = log.lock_exclusive()?;
-            log.check_version()?;
-            let from = match log.checked_boundary(applied)? {
-                Some(applied) => log
-                    .first_bad_checksum(FIRST_ENTRY, applied)?
-                    .unwrap_or(applied),
-                None => FIRST_ENTRY,
-            };
-            log.recover_tail(from)?
+        let meta = file.metadata().map_err(io_err)?;
+        let mut log = SyncLog {
+            file,
+            path: path.clone(),
+            mode,
+            generation: Generation(0),
+            identity: (meta.dev(), meta.ino()),
         };
-        Ok((log, recovery))
+        let _lock = log.lock_exclusive()?;
+        let generation = log.read_or_write_header()?;
+        drop(_lock);
+        log.generation = generation;
+        Ok(log)
+    }
+
+    /// The generation named in the version line; writes a new v2 line into an
+    /// empty file or over a torn version line. Needs the exclusive lock.
+    fn read_or_write_header(&self) -> Result<Generation, LogError> {
+        let (head, whole) = first_line(&self.file).map_err(|e| self.io_err(e))?;
+        match Header::parse(&head) {
+            Some(Header::V2(g)) if whole => return Ok(g),
+            Some(Header::V1) if whole => {
+                return Err(LogError::NeedsUpgrade {
+                    path: self.path.clone(),
+                })
+            }
+            _ => {}
+        }
+        let len = self.file_len()?;
+        let torn = !whole
+            && len < FIRST_ENTRY
+            && (V2_PREFIX.as_bytes().starts_with(&head) || head.starts_with(V2_PREFIX.as_bytes()));
+        if len > 0 && !torn {
+            let found = String::from_utf8_lossy(&head).chars().take(80).collect();
+            return Err(LogError::Version {
+                path: self.path.clone(),
+                found,
+            });
+        }
+        if len > 0 {
+            log::warn!("{}: torn version line, rewriting it", self.path.display());
+        }
+        let generation = Generation::new();
+        self.file.set_len(0).map_err(|e| self.io_err(e))?;
+        (&self.file)
+            .write_all(generation.header_line().as_bytes())
+            .map_err(|e| self.io_err(e))?;
+        self.file.sync_all().map_err(|e| self.io_err(e))?;
+        Ok(generation)
+    }
+
+    /// The path of the log file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The generation named in the log's version line.
+    pub fn generation(&self) -> Generation {
+        self.generation
     }
 
     fn io_err(&self, source: io::Error) -> LogError {
@@ -486,7 +795,7 @@ impl SyncLog {
         }
     }
 
-    /// Takes the exclusive lock (for appending or repairing).
+    /// Takes the exclusive lock (for appending or cutting a torn tail).
     pub fn lock_exclusive(&self) -> Result<LockGuard<'_>, LogError> {
         self.flock(FlockOperation::LockExclusive)
     }
@@ -504,118 +813,227 @@ impl SyncLog {
             .map_err(|e| self.io_err(e))
     }
 
-    /// Writes the version line into an empty file (or one holding only a torn
-    /// version line); refuses a file of another format. Needs the exclusive lock.
-    fn check_version(&self) -> Result<(), LogError> {
-        let len = self.file_len()?;
-        let mut head = vec![0u8; (FIRST_ENTRY as usize).min(len as usize)];
-        self.file
-            .read_exact_at(&mut head, 0)
-            .map_err(|e| self.io_err(e))?;
-        let want = format!("{VERSION_LINE}\n");
-        if head == want.as_bytes() {
-            return Ok(());
+    /// Checks the log against the cache at start-up and cuts a torn tail. With a
+    /// cache of this generation, the applied prefix must still be there, intact
+    /// and numbered `1..=lines` (a fast pass: checksum and number only); only the
+    /// tail after it is parsed. Damage anywhere is an error; nothing but a torn
+    /// tail after everything applied is ever cut. Takes the exclusive lock.
+    pub fn recover(&self, cache: CachePos) -> Result<Recovery, LogError> {
+        let _lock = self.lock_exclusive()?;
+        let same = cache.generation == Some(self.generation) && cache.offset > 0;
+        let (mut from, mut seq) = (FIRST_ENTRY, 1);
+        if same {
+            // Damage inside the applied part first: it names the line.
+            self.verify_applied(cache.offset, cache.lines)?;
+            (from, seq) = (cache.offset, cache.lines + 1);
         }
-        let torn_header = len < FIRST_ENTRY && want.as_bytes().starts_with(&head);
-        if !torn_header {
-            let found = String::from_utf8_lossy(&head);
-            return Err(LogError::Version {
-                path: self.path.clone(),
-                found: found.lines().next().unwrap_or_default().to_string(),
-            });
-        }
-        if len > 0 {
-            log::warn!("{}: torn version line, rewriting it", self.path.display());
-        }
-        self.file.set_len(0).map_err(|e| self.io_err(e))?;
-        (&self.file)
-            .write_all(want.as_bytes())
-            .map_err(|e| self.io_err(e))?;
-        self.file.sync_all().map_err(|e| self.io_err(e))
-    }
-
-    /// Scans from `from` (a line boundary known to be valid) and cuts off
-    /// everything from the first incomplete or invalid line on, saving it to
-    /// `sync_log.txt.corrupt-<unix_ms>`. Needs the exclusive lock.
-    pub fn recover_tail(&self, from: u64) -> Result<Recovery, LogError> {
-        let mut offset = from;
+        let rebuild_cache = !same && (cache.offset > 0 || cache.lines > 0);
         loop {
-            let batch = self.read_from(offset, 16 << 20)?;
-            offset = batch.end;
-            let (bad_at, reason) = match batch.stop {
+            let batch = self.read_from(from, seq, 16 << 20)?;
+            (from, seq) = (batch.end, batch.next_seq);
+            let stop = match batch.stop {
                 None if batch.entries.is_empty() => {
                     return Ok(Recovery {
-                        valid_len: offset,
+                        valid_len: from,
                         cut: None,
+                        rebuild_cache,
                     })
                 }
                 None => continue,
-                Some(Stop::Incomplete { offset }) => (offset, "incomplete last line".to_string()),
-                Some(Stop::Bad { offset, reason }) => (offset, reason.to_string()),
+                Some(stop) => stop,
             };
-            let saved = self.cut_tail(bad_at)?;
-            log::warn!(
-                "{}: invalid line at offset {bad_at} ({reason}); cut the log to {bad_at} bytes, \
-                 the invalid tail is saved in {}",
-                self.path.display(),
-                saved.display()
-            );
+            let at = self.judge_stop(&stop)?;
+            let reason = match stop {
+                Stop::Incomplete { .. } => "incomplete last line".to_string(),
+                Stop::Bad { reason, .. } => reason.to_string(),
+            };
+            let saved = self.cut_torn_tail(at, &reason)?;
             return Ok(Recovery {
-                valid_len: bad_at,
-                cut: Some((bad_at, reason, saved)),
+                valid_len: at,
+                cut: Some((at, reason, saved)),
+                rebuild_cache,
             });
         }
     }
 
-    /// `offset` if it can be a line boundary of this file (just after a newline,
-    /// within the file), else `None`: a cache offset that does not fit this log.
-    fn checked_boundary(&self, offset: u64) -> Result<Option<u64>, LogError> {
-        if offset <= FIRST_ENTRY || offset > self.file_len()? {
-            return Ok(None);
+    /// The fast pass over the `lines` entries before `to` that the cache applied:
+    /// each line's checksum and its number, not its fields (they were parsed when
+    /// they were applied).
+    fn verify_applied(&self, to: u64, lines: u64) -> Result<(), LogError> {
+        let mut seq = 0;
+        let mut failure = None;
+        self.scan_lines(FIRST_ENTRY, to, |offset, line| {
+            let reason = match checked_seq(line) {
+                Some(s) if s == seq + 1 => {
+                    seq = s;
+                    return true;
+                }
+                Some(found) => LineError::Sequence {
+                    found,
+                    expected: seq + 1,
+                },
+                None => LogEntry::decode(line)
+                    .err()
+                    .unwrap_or(LineError::NoChecksum),
+            };
+            failure = Some((offset, reason));
+            false
+        })?;
+        if let Some((offset, reason)) = failure {
+            return Err(self.damaged(
+                offset,
+                reason.to_string(),
+                "The cache had applied this line, so it is not a torn append.",
+            ));
         }
-        let mut last = [0u8; 1];
-        self.file
-            .read_exact_at(&mut last, offset - 1)
-            .map_err(|e| self.io_err(e))?;
-        Ok((last[0] == b'\n').then_some(offset))
+        self.check_position(to)?;
+        if seq != lines {
+            return Err(LogError::Changed {
+                path: self.path.clone(),
+                why: format!(
+                    "the cache applied {lines} entries up to byte {to}, the log has {seq} there"
+                ),
+            });
+        }
+        Ok(())
     }
 
-    /// The offset of the first line in `from..to` (both line boundaries) whose
-    /// checksum does not match, or `None`. Only the checksum is checked, not the
-    /// fields: this is the fast integrity pass over lines that were applied before.
-    pub fn first_bad_checksum(&self, from: u64, to: u64) -> Result<Option<u64>, LogError> {
-        let mut chunk = vec![0u8; 4 << 20];
-        let mut pos = from; // file offset of chunk[0]
-        let mut filled = 0;
-        while pos < to {
-            let want = (chunk.len() - filled).min((to - pos) as usize - filled);
+    /// [`scan_file_lines`] over this log.
+    pub fn scan_lines(
+        &self,
+        from: u64,
+        to: u64,
+        each: impl FnMut(u64, &[u8]) -> bool,
+    ) -> Result<u64, LogError> {
+        scan_file_lines(&self.file, from, to, each).map_err(|e| self.io_err(e))
+    }
+
+    /// A [`LogError::Damaged`] for the line at `offset`.
+    pub fn damaged(&self, offset: u64, reason: String, context: &'static str) -> LogError {
+        match self.line_number(offset) {
+            Ok(line) => LogError::Damaged {
+                path: self.path.clone(),
+                line,
+                offset,
+                reason,
+                context,
+            },
+            Err(e) => e,
+        }
+    }
+
+    /// The 1-based line number (the version line is line 1) of the line at `offset`.
+    pub fn line_number(&self, offset: u64) -> Result<u64, LogError> {
+        let mut newlines = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut pos = 0;
+        while pos < offset {
+            let want = buf.len().min((offset - pos) as usize);
             let n = self
                 .file
-                .read_at(&mut chunk[filled..filled + want], pos + filled as u64)
+                .read_at(&mut buf[..want], pos)
                 .map_err(|e| self.io_err(e))?;
             if n == 0 {
-                return Ok(Some(pos));
+                break;
             }
-            filled += n;
-            let mut start = 0;
-            while let Some(i) = chunk[start..filled].iter().position(|&b| b == b'\n') {
-                if !checksum_matches(&chunk[start..start + i]) {
-                    return Ok(Some(pos + start as u64));
-                }
-                start += i + 1;
-            }
-            if start == 0 && filled == chunk.len() {
-                // A line longer than the buffer: let the full parser judge it.
-                return Ok(Some(pos));
-            }
-            chunk.copy_within(start..filled, 0);
-            filled -= start;
-            pos += start as u64;
+            newlines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+            pos += n as u64;
         }
-        Ok(None)
+        Ok(newlines + 1)
     }
 
-    fn cut_tail(&self, at: u64) -> Result<PathBuf, LogError> {
+    /// For a running tracker and at start: `offset` (how far the cache applied
+    /// this log) must still be a line start within the file, and the file at the
+    /// log's path must be the one opened, of the same generation. Otherwise the
+    /// log shrank or changed under the cache: [`LogError::Changed`].
+    pub fn check_position(&self, offset: u64) -> Result<(), LogError> {
+        let changed = |why: String| {
+            Err(LogError::Changed {
+                path: self.path.clone(),
+                why,
+            })
+        };
+        match std::fs::metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.identity => {}
+            Ok(_) => return changed("the file was replaced by another one".into()),
+            Err(e) => return changed(format!("the file is gone ({e})")),
+        }
+        let (head, whole) = first_line(&self.file).map_err(|e| self.io_err(e))?;
+        if !whole || Header::parse(&head) != Some(Header::V2(self.generation)) {
+            let found = String::from_utf8_lossy(&head)
+                .chars()
+                .take(80)
+                .collect::<String>();
+            return changed(format!(
+                "its first line is now {found:?}, not generation {}",
+                self.generation
+            ));
+        }
+        let len = self.file_len()?;
+        if offset > len {
+            return changed(format!(
+                "the cache applied {offset} bytes but the file has only {len} (it shrank)"
+            ));
+        }
+        if offset > FIRST_ENTRY {
+            let mut last = [0u8; 1];
+            self.file
+                .read_exact_at(&mut last, offset - 1)
+                .map_err(|e| self.io_err(e))?;
+            if last[0] != b'\n' {
+                return changed(format!(
+                    "byte offset {offset}, where the next line should start, is inside a line"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides what a stop in reading is. A torn tail (an incomplete last line,
+    /// or bad lines none of which is followed by a line that checks out) gives
+    /// the offset to cut at; anything else is damage, an error naming the line.
+    pub fn judge_stop(&self, stop: &Stop) -> Result<u64, LogError> {
+        match stop {
+            Stop::Incomplete { offset } => Ok(*offset),
+            Stop::Bad {
+                offset,
+                reason: reason @ LineError::Sequence { .. },
+            } => Err(self.damaged(
+                *offset,
+                reason.to_string(),
+                "The line itself checks out: lines were deleted, duplicated or reordered.",
+            )),
+            Stop::Bad { offset, reason } => {
+                if self.good_line_after(*offset)? {
+                    Err(self.damaged(
+                        *offset,
+                        reason.to_string(),
+                        "Good lines follow it, so it is not a torn append.",
+                    ))
+                } else {
+                    Ok(*offset)
+                }
+            }
+        }
+    }
+
+    /// Whether a complete line that checks out follows the line at `offset`.
+    fn good_line_after(&self, offset: u64) -> Result<bool, LogError> {
+        let mut found = false;
+        let mut first = true;
+        self.scan_lines(offset, u64::MAX, |_, line| {
+            if std::mem::take(&mut first) {
+                return true; // the bad line itself
+            }
+            found = checked_seq(line).is_some();
+            !found
+        })?;
+        Ok(found)
+    }
+
+    /// Cuts the file at `at`, saving what is cut to `sync_log.txt.corrupt-<unix_ms>`.
+    /// Only for a torn tail ([`SyncLog::judge_stop`]). Needs the exclusive lock.
+    pub fn cut_torn_tail(&self, at: u64, why: &str) -> Result<PathBuf, LogError> {
         let mut saved = self.path.as_os_str().to_owned();
         saved.push(format!(".corrupt-{}", crate::unix_ms()));
         let saved = PathBuf::from(saved);
@@ -633,6 +1051,11 @@ impl SyncLog {
         })?;
         self.file.set_len(at).map_err(|e| self.io_err(e))?;
         self.file.sync_all().map_err(|e| self.io_err(e))?;
+        log::warn!(
+            "{}: cut a torn tail at byte offset {at} ({why}); the cut bytes are saved in {}",
+            self.path.display(),
+            saved.display()
+        );
         Ok(saved)
     }
 
@@ -642,19 +1065,27 @@ impl SyncLog {
         Ok(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
-    /// Cuts the file back to `len` after a failed append. Needs the exclusive lock.
+    /// Cuts the file back to `len` after a failed append of this tracker's own
+    /// lines. Needs the exclusive lock.
     pub fn truncate(&self, len: u64) -> Result<(), LogError> {
         self.file.set_len(len).map_err(|e| self.io_err(e))?;
         self.file.sync_all().map_err(|e| self.io_err(e))
     }
 
-    /// Reads complete, valid lines starting at `offset` (a line boundary), stopping
-    /// after about `max_bytes`, at the end of the file, or at the first incomplete or
-    /// invalid line. Needs a lock to give a consistent view.
-    pub fn read_from(&self, offset: u64, max_bytes: usize) -> Result<ReadBatch, LogError> {
+    /// Reads complete, valid lines starting at `offset` (a line start), the first
+    /// of which must carry number `seq`, stopping after about `max_bytes`, at the
+    /// end of the file, or at the first incomplete, invalid or out-of-sequence
+    /// line. Needs a lock to give a consistent view.
+    pub fn read_from(
+        &self,
+        offset: u64,
+        seq: u64,
+        max_bytes: usize,
+    ) -> Result<ReadBatch, LogError> {
         let len = self.file_len()?;
         let mut batch = ReadBatch {
             end: offset,
+            next_seq: seq,
             ..ReadBatch::default()
         };
         let mut buf: Vec<u8> = Vec::new();
@@ -665,9 +1096,18 @@ impl SyncLog {
             // Take every complete line out of the buffer.
             let mut start = 0;
             while let Some(i) = buf[start..].iter().position(|&b| b == b'\n') {
-                let line = &buf[start..start + i + 1];
                 let at = pos + start as u64;
-                match LogEntry::decode(line) {
+                let decoded =
+                    LogEntry::decode(&buf[start..start + i + 1]).and_then(|(s, e)| {
+                        match s == batch.next_seq {
+                            true => Ok(e),
+                            false => Err(LineError::Sequence {
+                                found: s,
+                                expected: batch.next_seq,
+                            }),
+                        }
+                    });
+                match decoded {
                     Ok(entry) => batch.entries.push((at, entry)),
                     Err(reason) => {
                         batch.stop = Some(Stop::Bad { offset: at, reason });
@@ -676,6 +1116,7 @@ impl SyncLog {
                 }
                 start += i + 1;
                 batch.end = pos + start as u64;
+                batch.next_seq += 1;
             }
             buf.drain(..start);
             pos += start as u64;
@@ -689,19 +1130,16 @@ impl SyncLog {
             if (batch.end - offset) as usize >= max_bytes {
                 return Ok(batch);
             }
-            if read_to >= len {
-                if !buf.is_empty() {
-                    batch.stop = Some(Stop::Incomplete { offset: pos });
-                }
-                return Ok(batch);
-            }
-            let want = chunk.len().min((len - read_to) as usize);
-            let n = self
-                .file
-                .read_at(&mut chunk[..want], read_to)
-                .map_err(|e| self.io_err(e))?;
+            let n = if read_to >= len {
+                0
+            } else {
+                let want = chunk.len().min((len - read_to) as usize);
+                self.file
+                    .read_at(&mut chunk[..want], read_to)
+                    .map_err(|e| self.io_err(e))?
+            };
             if n == 0 {
-                // The file shrank under us; report what we have.
+                // The end (or the file shrank under us): report what we have.
                 if !buf.is_empty() {
                     batch.stop = Some(Stop::Incomplete { offset: pos });
                 }
@@ -736,7 +1174,6 @@ impl SyncLog {
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -745,6 +1182,7 @@ mod tests {
         LogEntry {
             ms: 1_700_000_000_123,
             tracker: 2,
+            request_id: None,
             op,
         }
     }
@@ -755,10 +1193,13 @@ mod tests {
                 user: "ünï user 🦀".into(),
                 password_hash: "$argon2id$v=19$m=8192,t=1,p=1$abc$def".into(),
             }),
-            entry(Op::CreateGroup {
-                group: "".into(),
-                owner: "a\\b\nc".into(),
-            }),
+            LogEntry {
+                request_id: Some("c1 r 7".into()),
+                ..entry(Op::CreateGroup {
+                    group: "".into(),
+                    owner: "a\\b\nc".into(),
+                })
+            },
             entry(Op::UploadFile {
                 group: "g".into(),
                 name: "my file.txt".into(),
@@ -770,65 +1211,90 @@ mod tests {
                 user: "u".into(),
                 peer_addr: "127.0.0.1:9".into(),
             }),
-            entry(Op::Heartbeat {
-                token_hash: "ab".into(),
-                peer_addr: "[::1]:80".into(),
-            }),
+            LogEntry {
+                request_id: Some(String::new()),
+                ..entry(Op::Heartbeat {
+                    token_hash: "ab".into(),
+                    peer_addr: "[::1]:80".into(),
+                })
+            },
         ]
+    }
+
+    fn lines() -> Vec<String> {
+        sample()
+            .iter()
+            .enumerate()
+            .map(|(i, e)| e.encode(i as u64 + 1))
+            .collect()
+    }
+
+    /// A log in a temp dir holding the sample lines; returns it with the offset
+    /// of each line and the path.
+    fn sample_log() -> (tempfile::TempDir, SyncLog, Vec<u64>, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SyncLog::open(dir.path(), FsyncMode::Batch).unwrap();
+        log.append(&lines()).unwrap();
+        let mut at = FIRST_ENTRY;
+        let offsets = lines()
+            .iter()
+            .map(|l| {
+                at += l.len() as u64;
+                at - l.len() as u64
+            })
+            .collect();
+        let path = dir.path().join(LOG_FILE);
+        (dir, log, offsets, path)
+    }
+
+    fn cache(log: &SyncLog, offset: u64, lines: u64) -> CachePos {
+        CachePos {
+            generation: Some(log.generation()),
+            offset,
+            lines,
+        }
     }
 
     #[test]
     fn encode_decode_round_trip() {
-        for e in sample() {
-            let line = e.encode();
+        for (i, e) in sample().into_iter().enumerate() {
+            let line = e.encode(i as u64 + 7);
             assert!(line.ends_with('\n'));
             assert_eq!(line.matches('\n').count(), 1);
-            assert_eq!(LogEntry::decode(line.as_bytes()).unwrap(), e);
+            assert_eq!(
+                LogEntry::decode(line.as_bytes()).unwrap(),
+                (i as u64 + 7, e)
+            );
+            assert_eq!(checked_seq(line.trim_end().as_bytes()), Some(i as u64 + 7));
         }
+        let line = sample()[0].encode(1);
+        assert!(line.split(' ').nth(4) == Some(NO_REQUEST_ID), "{line}");
     }
 
     #[test]
-    fn checksum_pass_finds_the_first_corrupt_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let (log, _) = SyncLog::open(dir.path(), FsyncMode::Batch, 0).unwrap();
-        let lines: Vec<String> = sample().iter().map(LogEntry::encode).collect();
-        log.append(&lines).unwrap();
-        let end = log.file_len().unwrap();
-        assert_eq!(log.first_bad_checksum(FIRST_ENTRY, end).unwrap(), None);
-        for line in &lines {
-            assert!(checksum_matches(line.trim_end().as_bytes()));
-        }
-        // Flip a byte inside the third line.
-        let third = FIRST_ENTRY + (lines[0].len() + lines[1].len()) as u64;
-        let mut bytes = std::fs::read(&log.path).unwrap();
-        bytes[third as usize + 12] ^= 0x02;
-        std::fs::write(&log.path, &bytes).unwrap();
-        assert_eq!(
-            log.first_bad_checksum(FIRST_ENTRY, end).unwrap(),
-            Some(third)
-        );
-        drop(log);
-        // Reopening with a cache that applied everything still finds and cuts it.
-        let (log, rec) = SyncLog::open(dir.path(), FsyncMode::Batch, end).unwrap();
-        assert_eq!(rec.valid_len, third);
-        assert_eq!(log.file_len().unwrap(), third);
-        assert!(!checksum_matches(b"0000000"));
-        assert!(!checksum_matches(b"00000000x1 2"));
+    fn version_1_lines_still_decode() {
+        let body = "1700000000123 2 create_group g o";
+        let line = format!("{:08x} {body}\n", crc32fast::hash(body.as_bytes()));
+        let e = LogEntry::decode_v1(line.as_bytes()).unwrap();
+        assert_eq!(e.tracker, 2);
+        assert_eq!(e.request_id, None);
+        assert!(LogEntry::decode(line.as_bytes()).is_err(), "v1 is not v2");
     }
 
     #[test]
     fn corrupt_lines_are_rejected() {
-        let line = sample()[0].encode();
+        let line = sample()[0].encode(1);
         let mut bytes = line.clone().into_bytes();
         bytes[12] ^= 0x01;
         assert!(matches!(
             LogEntry::decode(&bytes),
             Err(LineError::Checksum { .. } | LineError::NotUtf8)
         ));
+        assert_eq!(checked_seq(&bytes[..bytes.len() - 1]), None);
         assert!(LogEntry::decode(b"").is_err());
         assert!(LogEntry::decode(b"\xff\xff").is_err());
         assert!(LogEntry::decode(b"zzzzzzzz 1 2 login").is_err());
-        let body = "1 1 nosuchop x";
+        let body = "1 1 1 - nosuchop x";
         let forged = format!("{:08x} {body}\n", crc32fast::hash(body.as_bytes()));
         assert_eq!(
             LogEntry::decode(forged.as_bytes()),
@@ -837,78 +1303,194 @@ mod tests {
     }
 
     #[test]
-    fn append_read_and_recover_torn_and_corrupt_tails() {
-        let dir = tempfile::tempdir().unwrap();
-        let (log, rec) = SyncLog::open(dir.path(), FsyncMode::Batch, 0).unwrap();
-        assert_eq!(rec.valid_len, FIRST_ENTRY);
-        let lines: Vec<String> = sample().iter().map(LogEntry::encode).collect();
-        {
-            let _l = log.lock_exclusive().unwrap();
-            log.append(&lines).unwrap();
-        }
-        let all = log.read_from(FIRST_ENTRY, usize::MAX).unwrap();
+    fn reading_checks_the_sequence() {
+        let (_dir, log, offsets, _) = sample_log();
+        let all = log.read_from(FIRST_ENTRY, 1, usize::MAX).unwrap();
         assert_eq!(all.entries.len(), 4);
+        assert_eq!(all.next_seq, 5);
         assert!(all.stop.is_none());
-        let full_len = log.file_len().unwrap();
-        assert_eq!(all.end, full_len);
-        assert_eq!(all.entries[1].0, FIRST_ENTRY + lines[0].len() as u64);
-        drop(log);
-
-        // Torn last line.
-        let path = dir.path().join(LOG_FILE);
-        let f = OpenOptions::new().write(true).open(&path).unwrap();
-        f.set_len(full_len - 5).unwrap();
-        drop(f);
-        let (log, rec) = SyncLog::open(dir.path(), FsyncMode::Batch, 0).unwrap();
-        let third_end = full_len - lines[3].len() as u64;
-        assert_eq!(rec.valid_len, third_end);
-        assert!(rec.cut.is_some());
-        assert_eq!(log.file_len().unwrap(), third_end);
+        assert_eq!(all.entries[1].0, offsets[1]);
+        // Read from the second line expecting the wrong number.
+        let wrong = log.read_from(offsets[1], 3, usize::MAX).unwrap();
+        assert!(wrong.entries.is_empty());
         assert_eq!(
-            log.read_from(FIRST_ENTRY, usize::MAX)
-                .unwrap()
-                .entries
-                .len(),
-            3
-        );
-        drop(log);
-
-        // A corrupted byte inside the second line.
-        let mut bytes = std::fs::read(&path).unwrap();
-        let at = (FIRST_ENTRY as usize) + lines[0].len() + 20;
-        bytes[at] = if bytes[at] == b'x' { b'y' } else { b'x' };
-        std::fs::write(&path, &bytes).unwrap();
-        let (log, rec) = SyncLog::open(dir.path(), FsyncMode::Always, 0).unwrap();
-        assert_eq!(rec.valid_len, FIRST_ENTRY + lines[0].len() as u64);
-        let (_, _, saved) = rec.cut.unwrap();
-        assert!(saved.exists());
-        assert_eq!(
-            log.read_from(FIRST_ENTRY, usize::MAX)
-                .unwrap()
-                .entries
-                .len(),
-            1
+            wrong.stop,
+            Some(Stop::Bad {
+                offset: offsets[1],
+                reason: LineError::Sequence {
+                    found: 2,
+                    expected: 3
+                }
+            })
         );
     }
 
     #[test]
-    fn foreign_file_is_refused() {
+    fn a_torn_tail_is_cut_and_saved() {
+        let (dir, log, offsets, path) = sample_log();
+        let full = log.file_len().unwrap();
+        drop(log);
+        // An incomplete last line.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(full - 5).unwrap();
+        drop(f);
+        let log = SyncLog::open(dir.path(), FsyncMode::Batch).unwrap();
+        let rec = log.recover(cache(&log, offsets[1], 1)).unwrap();
+        assert_eq!(rec.valid_len, offsets[3]);
+        let (at, reason, saved) = rec.cut.unwrap();
+        assert_eq!((at, reason.as_str()), (offsets[3], "incomplete last line"));
+        assert_eq!(
+            std::fs::read(saved).unwrap().len() as u64,
+            full - 5 - offsets[3]
+        );
+        assert_eq!(log.file_len().unwrap(), offsets[3]);
+        // A complete but bad last line (nothing good after it) is torn as well.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[offsets[2] as usize + 20] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let rec = log.recover(cache(&log, offsets[1], 1)).unwrap();
+        assert_eq!(rec.valid_len, offsets[2]);
+        assert!(!rec.rebuild_cache);
+    }
+
+    #[test]
+    fn a_bad_line_with_good_lines_after_it_is_damage_and_nothing_is_cut() {
+        let (dir, log, offsets, path) = sample_log();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[offsets[1] as usize + 20] ^= 0x02;
+        std::fs::write(&path, &bytes).unwrap();
+        for applied in [(0, 0), (offsets[1], 1), (offsets[3], 3)] {
+            let err = log.recover(cache(&log, applied.0, applied.1)).unwrap_err();
+            match &err {
+                LogError::Damaged { line, offset, .. } => {
+                    assert_eq!((*line, *offset), (3, offsets[1]), "{err}")
+                }
+                other => panic!("{other}"),
+            }
+            assert!(err.to_string().contains("--verify-log"), "{err}");
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                bytes,
+                "the file is untouched"
+            );
+        }
+        drop(log);
+        let _ = dir;
+    }
+
+    #[test]
+    fn a_bad_last_line_the_cache_applied_is_damage() {
+        let (_dir, log, offsets, path) = sample_log();
+        let full = log.file_len().unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[offsets[3] as usize + 20] ^= 0x02;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = log.recover(cache(&log, full, 4)).unwrap_err();
+        assert!(matches!(err, LogError::Damaged { line: 5, .. }), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    /// Rewrites the log's entry lines in the given order (indexes into lines()).
+    fn rewrite(path: &Path, order: &[usize]) -> Vec<u8> {
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut all: Vec<&str> = text.split_inclusive('\n').collect();
+        let head = all.remove(0);
+        let mut out = head.to_string();
+        for &i in order {
+            out.push_str(all[i]);
+        }
+        std::fs::write(path, &out).unwrap();
+        out.into_bytes()
+    }
+
+    #[test]
+    fn deleted_duplicated_and_swapped_lines_are_detected() {
+        for (order, line, found, expected) in [
+            (vec![0, 2, 3], 3, 3, 2),       // the second line deleted
+            (vec![0, 1, 1, 2, 3], 4, 2, 3), // the second line twice
+            (vec![0, 2, 1, 3], 3, 3, 2),    // the second and third swapped
+        ] {
+            let (dir, log, _, path) = sample_log();
+            let bytes = rewrite(&path, &order);
+            let err = log.recover(cache(&log, 0, 0)).unwrap_err();
+            match &err {
+                LogError::Damaged {
+                    line: l, reason, ..
+                } => {
+                    assert_eq!(*l, line, "{err}");
+                    let want = LineError::Sequence { found, expected }.to_string();
+                    assert_eq!(reason, &want);
+                }
+                other => panic!("{order:?}: {other}"),
+            }
+            assert_eq!(std::fs::read(&path).unwrap(), bytes);
+            drop((dir, log));
+        }
+    }
+
+    #[test]
+    fn a_log_that_shrank_or_changed_under_the_cache_is_refused() {
+        let (dir, log, offsets, path) = sample_log();
+        let full = log.file_len().unwrap();
+        // Cut at a line start, before what the cache applied.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(offsets[2]).unwrap();
+        let err = log.check_position(full).unwrap_err();
+        assert!(err.to_string().contains("it shrank"), "{err}");
+        assert!(matches!(
+            log.recover(cache(&log, full, 4)),
+            Err(LogError::Changed { .. })
+        ));
+        // The cache's offset inside a line.
+        assert!(log.check_position(offsets[1] + 3).is_err());
+        assert!(log.check_position(offsets[1]).is_ok());
+        // The right offset but a wrong line count: a line before it vanished.
+        assert!(matches!(
+            log.recover(cache(&log, offsets[2], 3)),
+            Err(LogError::Changed { .. })
+        ));
+        // Another generation of the log: the cache is rebuilt, not checked.
+        let other = CachePos {
+            generation: Some(Generation(7)),
+            offset: full,
+            lines: 4,
+        };
+        assert!(log.recover(other).unwrap().rebuild_cache);
+        // The file replaced by another one.
+        std::fs::rename(&path, dir.path().join("old")).unwrap();
+        let fresh = SyncLog::open(dir.path(), FsyncMode::Batch).unwrap();
+        assert_ne!(fresh.generation(), log.generation());
+        let err = log.check_position(offsets[1]).unwrap_err();
+        assert!(err.to_string().contains("replaced"), "{err}");
+    }
+
+    #[test]
+    fn foreign_and_old_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(LOG_FILE), "hello world\n").unwrap();
         assert!(matches!(
-            SyncLog::open(dir.path(), FsyncMode::Batch, 0),
+            SyncLog::open(dir.path(), FsyncMode::Batch),
             Err(LogError::Version { .. })
         ));
-        // A torn version line is repaired.
+        std::fs::write(dir.path().join(LOG_FILE), format!("{V1_LINE}\n")).unwrap();
+        assert!(matches!(
+            SyncLog::open(dir.path(), FsyncMode::Batch),
+            Err(LogError::NeedsUpgrade { .. })
+        ));
+        // A torn version line is rewritten.
         std::fs::write(dir.path().join(LOG_FILE), "swarmsh").unwrap();
-        let (log, _) = SyncLog::open(dir.path(), FsyncMode::Batch, 0).unwrap();
+        let log = SyncLog::open(dir.path(), FsyncMode::Batch).unwrap();
         assert_eq!(log.file_len().unwrap(), FIRST_ENTRY);
+        let again = SyncLog::open(dir.path(), FsyncMode::Batch).unwrap();
+        assert_eq!(again.generation(), log.generation());
     }
 
     proptest::proptest! {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
             let _ = LogEntry::decode(&bytes);
+            let _ = LogEntry::decode_v1(&bytes);
+            let _ = checked_seq(&bytes);
         }
     }
 }

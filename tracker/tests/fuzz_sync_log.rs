@@ -1,9 +1,11 @@
 //! Property/fuzz tests of the `sync_log.txt` line format: decoding any bytes never
-//! panics, every entry encodes and decodes to itself, and a valid line with bytes
-//! flipped, inserted or deleted is never accepted as a *different* entry (it is
-//! refused, or, for changes that leave the checksummed body intact, decodes to the
-//! same entry), unless the CRC-32 of the changed body collides — which the test
-//! reports as such.
+//! panics, every entry (with its sequence number and request id) encodes and
+//! decodes to itself, and a valid line with bytes flipped, inserted or deleted is
+//! never accepted as a *different* entry (it is refused, or, for changes that
+//! leave the checksummed body intact, decodes to the same entry), unless the
+//! CRC-32 of the changed body collides — which the test reports as such. At the
+//! file level, a log whose lines were deleted, duplicated, swapped or damaged
+//! anywhere is refused by start-up recovery and left byte for byte as it was.
 //!
 //! The format under test is the tracker library's own [`tracker::sync_log`].
 //!
@@ -11,7 +13,7 @@
 //! a long run: `SWARMSHARE_FUZZ_CASES=1000000 cargo test --release -p tracker --test fuzz_sync_log`.
 
 use proptest::prelude::*;
-use tracker::sync_log::{LogEntry, Op};
+use tracker::sync_log::{CachePos, FsyncMode, LogEntry, LogError, Op, SyncLog, LOG_FILE};
 
 fn config() -> ProptestConfig {
     let cases = std::env::var("SWARMSHARE_FUZZ_CASES")
@@ -84,12 +86,20 @@ fn any_op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// A request id: none, or any text but `-` (which means none in the log).
+fn any_request_id() -> impl Strategy<Value = Option<String>> {
+    proptest::option::of(field().prop_filter("- means no id", |s| s != "-"))
+}
+
 fn any_entry() -> impl Strategy<Value = LogEntry> {
-    (any::<u64>(), any::<u32>(), any_op()).prop_map(|(ms, tracker, op)| LogEntry {
-        ms,
-        tracker,
-        op,
-    })
+    (any::<u64>(), any::<u32>(), any_request_id(), any_op()).prop_map(
+        |(ms, tracker, request_id, op)| LogEntry {
+            ms,
+            tracker,
+            request_id,
+            op,
+        },
+    )
 }
 
 /// One edit of a byte string.
@@ -167,22 +177,23 @@ proptest! {
     }
 
     #[test]
-    fn entries_round_trip(entry in any_entry()) {
-        let line = entry.encode();
+    fn entries_round_trip(entry in any_entry(), seq in any::<u64>()) {
+        let line = entry.encode(seq);
         prop_assert!(line.ends_with('\n'));
         prop_assert_eq!(line.matches('\n').count(), 1);
-        prop_assert_eq!(LogEntry::decode(line.as_bytes()), Ok(entry.clone()));
-        prop_assert_eq!(LogEntry::decode(line.trim_end_matches('\n').as_bytes()), Ok(entry));
+        prop_assert_eq!(LogEntry::decode(line.as_bytes()), Ok((seq, entry.clone())));
+        prop_assert_eq!(LogEntry::decode(line.trim_end_matches('\n').as_bytes()), Ok((seq, entry)));
     }
 
     #[test]
-    fn mutated_lines_are_refused_or_unchanged(entry in any_entry(),
+    fn mutated_lines_are_refused_or_unchanged(entry in any_entry(), seq in any::<u64>(),
                                               edits in proptest::collection::vec(any_edit(), 1..4)) {
-        let line = entry.encode().into_bytes();
+        let line = entry.encode(seq).into_bytes();
         let mut bad = line.clone();
         for e in &edits {
             apply(&mut bad, e);
         }
+        let entry = (seq, entry);
         if let Ok(got) = LogEntry::decode(&bad) {
             if got != entry {
                 // Accepted as another entry: only possible if the CRC-32 of a changed
@@ -208,12 +219,14 @@ fn regression_edits_outside_the_body() {
     let entry = LogEntry {
         ms: 1,
         tracker: 1,
+        request_id: None,
         op: Op::CreateGroup {
             group: "g".into(),
             owner: "o".into(),
         },
     };
-    let line = entry.encode();
+    let line = entry.encode(1);
+    let entry = (1, entry);
     let (crc, rest) = line.split_once(' ').unwrap();
     // The newline is optional when decoding one line.
     assert_eq!(
@@ -223,6 +236,15 @@ fn regression_edits_outside_the_body() {
     // Upper-case hex is the same number: the same entry, never a different one.
     let upper = format!("{} {rest}", crc.to_uppercase());
     assert!(LogEntry::decode(upper.as_bytes()).map_or(true, |e| e == entry));
+    // A request id of `-` is no id at all.
+    let dash = LogEntry {
+        request_id: Some("-".into()),
+        ..entry.1.clone()
+    };
+    assert_eq!(
+        LogEntry::decode(dash.encode(1).as_bytes()),
+        Ok(entry.clone())
+    );
     // A short or long checksum field is refused.
     assert!(LogEntry::decode(format!("{} {rest}", &crc[1..]).as_bytes()).is_err());
     assert!(LogEntry::decode(format!("0{crc} {rest}").as_bytes()).is_err());
@@ -231,4 +253,77 @@ fn regression_edits_outside_the_body() {
     // A second line glued on is part of the body and breaks the checksum.
     let two = format!("{}{}", line.trim_end(), line);
     assert!(LogEntry::decode(two.as_bytes()).is_err());
+}
+
+/// One edit of a log's lines (indexes are taken modulo the line count).
+#[derive(Debug, Clone)]
+enum LineEdit {
+    Delete(prop::sample::Index),
+    Duplicate(prop::sample::Index),
+    Swap(prop::sample::Index, prop::sample::Index),
+    FlipByte(prop::sample::Index, prop::sample::Index, u8),
+}
+
+fn any_line_edit() -> impl Strategy<Value = LineEdit> {
+    let i = any::<prop::sample::Index>;
+    prop_oneof![
+        i().prop_map(LineEdit::Delete),
+        i().prop_map(LineEdit::Duplicate),
+        (i(), i()).prop_map(|(a, b)| LineEdit::Swap(a, b)),
+        (i(), i(), 1u8..=255).prop_map(|(a, b, m)| LineEdit::FlipByte(a, b, m)),
+    ]
+}
+
+/// File-level cases write and fsync a log each: a tenth of the line cases, at
+/// most 5,000 (a long line-level run stays minutes, not hours).
+fn file_config() -> ProptestConfig {
+    ProptestConfig {
+        cases: (config().cases / 10).clamp(50, 5_000),
+        ..config()
+    }
+}
+
+proptest! {
+    #![proptest_config(file_config())]
+
+    /// A cache that applied the whole log restarts against an edited log: every
+    /// edit is refused (damaged or changed), and nothing is cut.
+    #[test]
+    fn edited_logs_are_refused_and_left_as_they_are(
+        entries in proptest::collection::vec(any_entry(), 2..8),
+        edit in any_line_edit(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SyncLog::open(dir.path(), FsyncMode::Batch).unwrap();
+        let lines: Vec<String> = entries.iter().enumerate().map(|(i, e)| e.encode(i as u64 + 1)).collect();
+        log.append(&lines).unwrap();
+        let full = CachePos { generation: Some(log.generation()), offset: log.file_len().unwrap(), lines: lines.len() as u64 };
+        let mut edited = lines.clone();
+        let n = lines.len();
+        match &edit {
+            LineEdit::Delete(i) => { edited.remove(i.index(n)); }
+            LineEdit::Duplicate(i) => { let l = edited[i.index(n)].clone(); edited.insert(i.index(n), l); }
+            LineEdit::Swap(a, b) => {
+                let (a, b) = (a.index(n), b.index(n));
+                prop_assume!(a != b);
+                edited.swap(a, b);
+            }
+            LineEdit::FlipByte(i, at, mask) => {
+                let line = &mut edited[i.index(n)];
+                let mut bytes = std::mem::take(line).into_bytes();
+                let k = at.index(bytes.len());
+                bytes[k] ^= mask;
+                *line = String::from_utf8_lossy(&bytes).into_owned();
+            }
+        }
+        let path = dir.path().join(LOG_FILE);
+        let mut text = log.generation().header_line();
+        text.push_str(&edited.concat());
+        std::fs::write(&path, &text).unwrap();
+        match log.recover(full) {
+            Err(LogError::Damaged { .. } | LogError::Changed { .. }) => {}
+            other => prop_assert!(false, "{:?} not refused: {:?}", edit, other),
+        }
+        prop_assert_eq!(std::fs::read(&path).unwrap(), text.into_bytes());
+    }
 }

@@ -5,9 +5,19 @@
 //! One request is one line:
 //!
 //! ```text
-//! <token> <command> [<arg> ...]\n
+//! [@<request_id>] <token> <command> [<arg> ...]\n
 //! ```
 //!
+//! - `request_id` (optional, with an `@` before it) names one command of one
+//!   client for exactly-once delivery: `<client>:<seq>`, where `client` is a
+//!   random id the client picks at start (16 lowercase hex characters) and `seq`
+//!   counts its requests. The client sends one with every command that changes
+//!   state (the `mutates` column of [`crate::command`]) and the same one again when
+//!   it resends that command to another tracker after a failover. A tracker that
+//!   already applied a change with this id answers with that change's original
+//!   outcome instead of making it again (see the tracker's `dedup` module). At
+//!   most [`MAX_REQUEST_ID`] bytes, no control characters. A request without the
+//!   field (the original form) works as before, only without that guarantee.
 //! - `token` is the session token (32 lowercase hex characters) or `-` before login.
 //! - Fields are separated by exactly one space. Every field (token, command and
 //!   arguments) is escaped with [`escape_field`]: `\\` is a backslash, `\s` a space,
@@ -37,25 +47,20 @@
 //!
 //! # Commands
 //!
-//! | command          | args                                                                 | OK head                                   | rows                         |
-//! |------------------|----------------------------------------------------------------------|-------------------------------------------|------------------------------|
-//! | `create_user`    | user password                                                        |                                           |                              |
-//! | `login`          | user password                                                        | token                                     |                              |
-//! | `whoami`         |                                                                      | user                                      |                              |
-//! | `logout`         |                                                                      |                                           |                              |
-//! | `create_group`   | group                                                                |                                           |                              |
-//! | `join_group`     | group                                                                |                                           |                              |
-//! | `leave_group`    | group                                                                |                                           |                              |
-//! | `list_groups`    |                                                                      |                                           | group owner members status   |
-//! | `list_requests`  | group                                                                |                                           | user                         |
-//! | `accept_request` | group user                                                           |                                           |                              |
-//! | `reject_request` | group user                                                           |                                           |                              |
-//! | `list_files`     | group                                                                |                                           | name size seeders_online     |
-//! | `upload_file`    | group name size piece_size file_sha1 piece_hashes peer_addr          |                                           |                              |
-//! | `file_info`      | group name                                                           | name size piece_size file_sha1 piece_hashes | peer_addr (online seeders)  |
-//! | `add_seeder`     | group name file_sha1 peer_addr                                       |                                           |                              |
-//! | `stop_share`     | group name                                                           |                                           |                              |
-//! | `heartbeat`      | peer_addr                                                            |                                           |                              |
+//! The commands, their arguments (in wire order), whether they change state and
+//! whether they carry a password are the table in [`crate::command`]; a request's
+//! command and arguments are parsed into a [`TrackerCommand`] there. Their replies:
+//!
+//! | command          | OK head                                     | rows                         |
+//! |------------------|---------------------------------------------|------------------------------|
+//! | `login`          | token                                       |                              |
+//! | `whoami`         | user                                        |                              |
+//! | `list_groups`    |                                             | group owner members status   |
+//! | `list_requests`  |                                             | user                         |
+//! | `list_files`     |                                             | name size seeders_online     |
+//! | `file_info`      | name size piece_size file_sha1 piece_hashes | peer_addr (online seeders)   |
+//!
+//! Every other command answers a bare `OK`.
 //!
 //! - `status` in `list_groups` is `owner`, `member`, `pending` or `-` for the asker.
 //! - `file_sha1` is 40 hex characters; `piece_hashes` is the concatenation of the
@@ -71,6 +76,8 @@
 
 use std::fmt;
 
+use crate::command::{CommandError, TrackerCommand};
+
 /// The longest request line accepted, newline included (4 MiB: room for the piece
 /// hashes of a ~50 GiB file).
 pub const MAX_REQUEST_LINE: usize = 4 * 1024 * 1024;
@@ -83,6 +90,12 @@ pub const END_OF_REPLY: &str = "END_OF_REPLY";
 
 /// Token field sent before login.
 pub const NO_TOKEN: &str = "-";
+
+/// The longest request id accepted, in bytes.
+pub const MAX_REQUEST_ID: usize = 64;
+
+/// What starts the optional request id field.
+const REQUEST_ID_MARK: char = '@';
 
 /// Every error about a missing, ended or unknown session starts with this text.
 pub const ERR_SESSION: &str = "not logged in";
@@ -100,6 +113,8 @@ pub enum WireError {
     BadEscape(String),
     #[error("request is not valid UTF-8")]
     NotUtf8,
+    #[error("bad request id {0:?}: at most {MAX_REQUEST_ID} bytes, no control characters")]
+    BadRequestId(String),
     #[error("malformed reply line: {0:?}")]
     BadReply(String),
 }
@@ -170,6 +185,8 @@ pub fn decode_fields(line: &str) -> Result<Vec<String>, WireError> {
 /// One request from a client to the tracker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
+    /// The client's id for this command (exactly-once), if it sent one.
+    pub request_id: Option<String>,
     /// The session token, `None` before login.
     pub token: Option<String>,
     pub command: String,
@@ -179,10 +196,26 @@ pub struct Request {
 impl Request {
     pub fn new(token: Option<&str>, command: &str, args: &[&str]) -> Request {
         Request {
+            request_id: None,
             token: token.map(str::to_string),
             command: command.to_string(),
             args: args.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    /// The request that carries `command`.
+    pub fn command(token: Option<&str>, command: &TrackerCommand) -> Request {
+        Request {
+            request_id: None,
+            token: token.map(str::to_string),
+            command: command.name().to_string(),
+            args: command.args(),
+        }
+    }
+
+    /// The typed command of this request (see [`crate::command`]).
+    pub fn parse_command(&self) -> Result<TrackerCommand, CommandError> {
+        TrackerCommand::parse(&self.command, self.args.clone())
     }
 
     /// The request as one line, newline included.
@@ -191,7 +224,14 @@ impl Request {
         fields.push(self.token.as_deref().unwrap_or(NO_TOKEN));
         fields.push(&self.command);
         fields.extend(self.args.iter().map(String::as_str));
-        let mut line = encode_fields(&fields).into_bytes();
+        let mut line = String::new();
+        if let Some(id) = &self.request_id {
+            line.push(REQUEST_ID_MARK);
+            line.push_str(&escape_field(id));
+            line.push(' ');
+        }
+        line.push_str(&encode_fields(&fields));
+        let mut line = line.into_bytes();
         line.push(b'\n');
         line
     }
@@ -208,19 +248,34 @@ impl Request {
         if text.trim().is_empty() {
             return Err(WireError::Empty);
         }
+        let (request_id, text) = match text.strip_prefix(REQUEST_ID_MARK) {
+            Some(rest) => {
+                let (id, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+                (Some(check_request_id(unescape_field(id)?)?), rest)
+            }
+            None => (None, text),
+        };
         let mut fields = decode_fields(text)?.into_iter();
-        let token = fields.next().ok_or(WireError::Empty)?;
+        let token = fields.next().ok_or(WireError::NoCommand)?;
         let command = fields.next().ok_or(WireError::NoCommand)?;
         if command.is_empty() {
             return Err(WireError::NoCommand);
         }
         let token = if token == NO_TOKEN { None } else { Some(token) };
         Ok(Request {
+            request_id,
             token,
             command,
             args: fields.collect(),
         })
     }
+}
+
+fn check_request_id(id: String) -> Result<String, WireError> {
+    if id.is_empty() || id.len() > MAX_REQUEST_ID || id.chars().any(char::is_control) {
+        return Err(WireError::BadRequestId(id));
+    }
+    Ok(id)
 }
 
 fn strip_newline(line: &[u8]) -> &[u8] {
@@ -483,6 +538,31 @@ mod tests {
         let enc = r.encode();
         assert!(enc.starts_with(b"- login "));
         assert_eq!(Request::decode(&enc).unwrap(), r);
+    }
+
+    #[test]
+    fn request_ids_are_optional_and_round_trip() {
+        let mut r = Request::new(Some("abc"), "create_group", &["g"]);
+        assert!(!String::from_utf8(r.encode()).unwrap().contains('@'));
+        r.request_id = Some("0123456789abcdef:7".into());
+        let enc = r.encode();
+        assert!(enc.starts_with(b"@0123456789abcdef:7 abc create_group g"));
+        assert_eq!(Request::decode(&enc).unwrap(), r);
+        // A token or command may still start with '@' when the id is present.
+        r.request_id = Some("x y".into());
+        r.token = None;
+        r.command = "@odd".into();
+        assert_eq!(Request::decode(&r.encode()).unwrap(), r);
+        assert!(matches!(
+            Request::decode(b"@ - whoami\n"),
+            Err(WireError::BadRequestId(_))
+        ));
+        let long = format!("@{} - whoami\n", "x".repeat(MAX_REQUEST_ID + 1));
+        assert!(matches!(
+            Request::decode(long.as_bytes()),
+            Err(WireError::BadRequestId(_))
+        ));
+        assert_eq!(Request::decode(b"@id\n"), Err(WireError::NoCommand));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Property/fuzz tests of the binary peer protocol (`wire::peer_msg`), through its
 //! public API only: no byte string makes a decoder panic or claim more bytes than
-//! it was given, any chunking of a valid stream decodes to the same messages, and
-//! every message encodes and decodes to itself.
+//! it was given, any chunking of a valid stream decodes to the same messages,
+//! every message encodes and decodes to itself, and a control message's postcard
+//! payload is rejected when the frame carries a byte more than it uses.
 //!
 //! Case count: `SWARMSHARE_FUZZ_CASES` (default 2000 so the suite stays quick);
 //! a long run: `SWARMSHARE_FUZZ_CASES=1000000 cargo test --release -p wire --test fuzz_peer_msg`.
@@ -167,6 +168,20 @@ proptest! {
         let (got, _) = stream_decode(&bytes, &cuts);
         prop_assert!(got.len() >= msgs.len(), "valid prefix of {valid_len} bytes lost");
         prop_assert_eq!(&got[..msgs.len()], &msgs[..]);
+    }
+
+    #[test]
+    fn control_payloads_are_used_exactly(msg in any_msg(), extra in any::<u8>()) {
+        // Piece data runs to the end of the frame by definition.
+        prop_assume!(!matches!(msg, PeerMsg::Piece { .. }));
+        let mut enc = msg.encode();
+        let len = u32::from_be_bytes([enc[0], enc[1], enc[2], enc[3]]) + 1;
+        enc[..4].copy_from_slice(&len.to_be_bytes());
+        enc.push(extra);
+        prop_assert!(
+            matches!(decode(&enc), Err(DecodeError::BadPayload(_))),
+            "{:?} with a trailing byte decoded as {:?}", msg, decode(&enc)
+        );
     }
 
     #[test]

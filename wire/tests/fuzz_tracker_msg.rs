@@ -30,10 +30,11 @@ proptest! {
     }
 
     #[test]
-    fn request_round_trips(token in proptest::option::of("[0-9a-f]{32}"),
+    fn request_round_trips(request_id in proptest::option::of("[^\\p{Cc}]{1,20}"),
+                           token in proptest::option::of("[0-9a-f]{32}"),
                            command in "\\PC{1,20}",
                            args in proptest::collection::vec(".*", 0..6)) {
-        let req = Request { token, command, args };
+        let req = Request { request_id, token, command, args };
         let enc = req.encode();
         prop_assert_eq!(enc.iter().filter(|&&b| b == b'\n').count(), 1);
         prop_assert_eq!(Request::decode(&enc).unwrap(), req);

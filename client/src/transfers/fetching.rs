@@ -4,6 +4,7 @@
 //! in-order whole-file hash (`advance_whole`), finishing and failing a download,
 //! resume checks, and the periodic per-download work of `tick`.
 
+use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,24 +13,19 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::Registry;
 use wire::file_meta::FileMeta;
-use wire::peer_msg::{self, bitfield_len, set_bit, Handshake, PeerMsg};
+use wire::peer_msg::{self, Handshake, PeerMsg};
+use wire::pieces::{Bitfield, PieceIndex};
 
 use super::{PoolMsg, TrackerJob, Transfers};
 use crate::downloads::{DlState, Download};
+use crate::fetch_peer::{Disconnect, FetchPeer};
 use crate::hasher;
-use crate::peer_conn::{ConnEvent, PeerConn, Role};
-use crate::picker::PieceState;
+use crate::peer_conn::{ConnEvent, Role};
 use crate::storage::{self, ResumeState, WholeHash};
 
 /// Connections per download.
 const MAX_PEERS_PER_DOWNLOAD: usize = 16;
-/// With no usable peer, ask the tracker for fresh ones this often...
-const REFRESH_EVERY: Duration = Duration::from_secs(1);
-/// While peers are connected, the first refresh (to find partial seeders) comes
-/// this soon after the start, later ones this often.
-const FIRST_REFRESH: Duration = Duration::from_millis(150);
-const REFRESH_WHILE_RUNNING: Duration = Duration::from_secs(1);
-/// ...and fail the download after this long.
+/// With no usable peer, fail the download after this long.
 pub(super) const NO_PEERS_LIMIT: Duration = Duration::from_secs(20);
 /// A download that makes no progress for this long fails.
 const STALL_LIMIT: Duration = Duration::from_secs(120);
@@ -43,7 +39,7 @@ const RESUME_SAVE_EVERY: Duration = Duration::from_millis(200);
 /// A piece checked (and, when good, written) on the pool.
 pub(super) struct Verified {
     dl: usize,
-    piece: usize,
+    piece: PieceIndex,
     ok: bool,
     data: Vec<u8>,
     /// The peer that sent it.
@@ -52,99 +48,44 @@ pub(super) struct Verified {
 }
 
 impl Transfers {
-    /// Cleans up after a download connection closed: its requests go back to
-    /// the picker, its pieces leave the availability counts.
-    pub(super) fn fetch_conn_closed(&mut self, registry: &Registry, key: usize, conn: PeerConn) {
-        if let Role::Fetch {
-            dl,
-            bits,
-            got_bitfield,
-            inflight,
-        } = conn.role
-        {
-            let Some(d) = self.downloads.get_mut(dl) else {
-                return;
-            };
-            d.conns.retain(|k| *k != key);
-            for p in inflight {
-                d.picker.release(p);
-            }
-            if got_bitfield {
-                d.picker.remove_bitfield(&bits);
-            }
-            if let Some(kp) = d.peers.get_mut(&conn.addr) {
-                kp.connected = false;
-                kp.next_try = Instant::now() + Duration::from_millis(500);
-            }
-            if !d
-                .conns
-                .iter()
-                .any(|k| self.conns.get(*k).is_some_and(|c| c.handshake_done))
-            {
-                d.no_peers_since.get_or_insert_with(Instant::now);
-            }
-            self.refill(registry, dl);
+    /// Cleans up after a download connection closed: the fetch state gives its
+    /// requests back to the picker and takes its pieces out of the availability
+    /// counts, and the peer may be tried again a little later.
+    pub(super) fn fetch_conn_closed(&mut self, key: usize, addr: SocketAddr, fetch: FetchPeer) {
+        let dl = fetch.dl;
+        let Some(d) = self.downloads.get_mut(dl) else {
+            return;
+        };
+        fetch.close(&mut d.picker);
+        if let Some(kp) = d.peers.get_mut(&addr).filter(|kp| kp.conn == Some(key)) {
+            kp.conn = None;
+            kp.next_try = Instant::now() + Duration::from_millis(500);
         }
+        if self.live_peers(&self.downloads[dl]) == 0 {
+            self.downloads[dl]
+                .no_peers_since
+                .get_or_insert_with(Instant::now);
+        }
+        self.refill(dl);
     }
 
     /// The periodic per-download work: rate samples, resume saves, peer
     /// refreshes, failure bounds, new connections and requests.
     pub(super) fn tick_downloads(&mut self, registry: &Registry, now: Instant) {
         for dl in 0..self.downloads.len() {
-            let d = &mut self.downloads[dl];
-            if !d.is_active() {
+            if !self.downloads[dl].is_active() {
                 continue;
             }
-            d.rate.sample(d.bytes_done);
-            if d.resume_dirty && now.duration_since(d.last_resume_save) >= RESUME_SAVE_EVERY {
-                d.resume_dirty = false;
-                d.last_resume_save = now;
-                if let Err(e) = d.resume_state().save(&self.config.state_dir) {
-                    log::warn!("cannot save resume state: {e}");
-                }
-            }
+            self.save_resume_if_due(dl, now);
+            let d = &self.downloads[dl];
             // Every piece verified: only the whole-file hash is left, which needs
             // no peer and may take long on a slow disk; never fail it for that.
             if d.state != DlState::Running || d.picker.is_complete() {
                 continue;
             }
-            let live = d
-                .conns
-                .iter()
-                .any(|k| self.conns.get(*k).is_some_and(|c| c.handshake_done));
-            if live {
-                d.no_peers_since = None;
-                // Learn about other leechers (partial seeders) now and then.
-                let every = if d.refreshes == 0 {
-                    FIRST_REFRESH
-                } else {
-                    REFRESH_WHILE_RUNNING
-                };
-                if now.duration_since(d.last_refresh) >= every {
-                    d.last_refresh = now;
-                    d.refreshes += 1;
-                    self.tracker_jobs.push(TrackerJob::RefreshPeers {
-                        group: d.group.clone(),
-                        name: d.meta.name.clone(),
-                    });
-                }
-            } else {
-                let since = *d.no_peers_since.get_or_insert(now);
-                if now.duration_since(since) > NO_PEERS_LIMIT {
-                    self.fail(
-                        registry,
-                        dl,
-                        "no peer could serve the file (all seeders gone)".into(),
-                    );
-                    continue;
-                }
-                if now.duration_since(d.last_refresh) >= REFRESH_EVERY {
-                    d.last_refresh = now;
-                    self.tracker_jobs.push(TrackerJob::RefreshPeers {
-                        group: d.group.clone(),
-                        name: d.meta.name.clone(),
-                    });
-                }
+            if let Err(reason) = self.check_live_peers(dl, now) {
+                self.fail(registry, dl, reason);
+                continue;
             }
             let d = &self.downloads[dl];
             if now.duration_since(d.last_progress) > STALL_LIMIT && d.verifying == 0 {
@@ -152,184 +93,181 @@ impl Transfers {
                 continue;
             }
             self.connect_peers(registry, dl);
-            self.refill(registry, dl);
+            self.refill(dl);
         }
     }
 
+    fn save_resume_if_due(&mut self, dl: usize, now: Instant) {
+        let d = &mut self.downloads[dl];
+        d.rate.sample(d.bytes_done);
+        if d.resume_dirty && now.duration_since(d.last_resume_save) >= RESUME_SAVE_EVERY {
+            d.resume_dirty = false;
+            d.last_resume_save = now;
+            if let Err(e) = d.resume_state().save(&self.config.state_dir) {
+                log::warn!("cannot save resume state: {e}");
+            }
+        }
+    }
+
+    /// Asks the tracker for fresh peers when due: now and then while peers are
+    /// connected (to find partial seeders), often while none is. `Err`: no peer
+    /// for too long, the download fails with that reason.
+    /// Fails a download that has had no live peer for [`NO_PEERS_LIMIT`]. Fresh
+    /// peers come from the controller's peer refresh (`update_peers`).
+    fn check_live_peers(&mut self, dl: usize, now: Instant) -> Result<(), String> {
+        let live = self.live_peers(&self.downloads[dl]) > 0;
+        let d = &mut self.downloads[dl];
+        if live {
+            d.no_peers_since = None;
+            return Ok(());
+        }
+        let since = *d.no_peers_since.get_or_insert(now);
+        if now.duration_since(since) > NO_PEERS_LIMIT {
+            return Err("no peer could serve the file (all seeders gone)".into());
+        }
+        Ok(())
+    }
+
     pub(super) fn close_peer_of(&mut self, registry: &Registry, dl: usize, addr: SocketAddr) {
-        let keys: Vec<usize> = self
+        let key = self
             .downloads
             .get(dl)
-            .map(|d| d.conns.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|k| self.conns.get(*k).is_some_and(|c| c.addr == addr))
-            .collect();
-        for k in keys {
+            .and_then(|d| d.peers.get(&addr))
+            .and_then(|kp| kp.conn);
+        if let Some(k) = key {
             self.close_conn(registry, k);
         }
     }
 
+    /// An event of a download connection: its fetch state handles it, and a
+    /// [`Disconnect`] it answers with closes the connection (and may ban the peer).
     pub(super) fn fetch_event(&mut self, registry: &Registry, key: usize, ev: ConnEvent) {
-        let Role::Fetch { dl, .. } = self.conns[key].role else {
+        let Role::Fetch(FetchPeer { dl, .. }) = self.conns[key].role else {
             return;
         };
+        let addr = self.conns[key].addr;
         if self.downloads[dl].state != DlState::Running {
             if let ConnEvent::Piece { data, .. } = ev {
                 self.bufs.recycle(data);
             }
-            self.conns[key].closed = true;
+            self.close_conn(registry, key);
             return;
         }
-        let addr = self.conns[key].addr;
-        match ev {
+        let verdict = match ev {
             ConnEvent::Handshake(h) => {
-                let d = &mut self.downloads[dl];
-                if h.peer_id == self.peer_id {
-                    log::debug!("{addr} is this client; not downloading from it");
-                    if let Some(kp) = d.peers.get_mut(&addr) {
-                        kp.banned = true;
-                    }
-                    self.conns[key].closed = true;
-                } else if h.file_sha1 != d.meta.file_sha1 || h.version != peer_msg::VERSION {
-                    self.conns[key].closed = true;
+                let want = self.downloads[dl].meta.file_sha1;
+                match &mut self.conns[key].role {
+                    Role::Fetch(f) => f.on_handshake(&h, &want, &self.peer_id),
+                    Role::Serve(_) => Ok(()),
                 }
             }
-            ConnEvent::Msg(PeerMsg::Bitfield(bits)) => {
-                let d = &mut self.downloads[dl];
-                let n = d.meta.piece_count();
-                if bits.len() != bitfield_len(n) {
-                    self.conns[key].closed = true;
-                    return;
-                }
-                // A repeated bitfield replaces the earlier one in the counts.
-                if let Role::Fetch {
-                    bits: old,
-                    got_bitfield: true,
-                    ..
-                } = &self.conns[key].role
-                {
-                    d.picker.remove_bitfield(old);
-                }
-                d.picker.add_bitfield(&bits);
-                d.no_peers_since = None;
-                if let Some(kp) = d.peers.get_mut(&addr) {
-                    kp.failures = 0;
-                }
-                if let Role::Fetch {
-                    bits: b,
-                    got_bitfield,
-                    ..
-                } = &mut self.conns[key].role
-                {
-                    *b = bits;
-                    *got_bitfield = true;
-                }
-                self.refill(registry, dl);
-            }
-            ConnEvent::Msg(PeerMsg::Have(i)) => {
-                let i = i as usize;
-                let d = &mut self.downloads[dl];
-                if i >= d.meta.piece_count() {
-                    return;
-                }
-                if let Role::Fetch {
-                    bits, got_bitfield, ..
-                } = &mut self.conns[key].role
-                {
-                    if *got_bitfield && !peer_msg::bit(bits, i) {
-                        set_bit(bits, i);
-                        d.picker.add_have(i);
-                    }
-                }
-                self.refill_conn(key);
-            }
-            ConnEvent::Msg(PeerMsg::Reject { piece, code, .. }) => {
-                let p = piece as usize;
-                let d = &mut self.downloads[dl];
-                if let Role::Fetch { bits, inflight, .. } = &mut self.conns[key].role {
-                    if let Some(pos) = inflight.iter().position(|x| *x == p) {
-                        inflight.remove(pos);
-                        d.picker.release(p);
-                        // Do not ask this peer for it again.
-                        if let Some(b) = bits.get_mut(p / 8) {
-                            if *b & (0x80 >> (p % 8)) != 0 {
-                                *b &= !(0x80 >> (p % 8));
-                                d.picker
-                                    .remove_bitfield(&single_bit(d.meta.piece_count(), p));
-                            }
-                        }
-                    }
-                }
-                log::debug!("{addr} rejected piece {piece}: {code:?}");
-                self.refill(registry, dl);
-            }
-            ConnEvent::Msg(PeerMsg::Error(text)) => {
-                log::info!("peer {addr}: {text}");
-                if let Some(kp) = self.downloads[dl].peers.get_mut(&addr) {
-                    kp.failures += 1;
-                }
-                self.conns[key].closed = true;
-            }
-            ConnEvent::Msg(PeerMsg::KeepAlive) => {}
-            ConnEvent::Msg(other) => {
-                log::debug!("{addr}: unexpected {other:?}");
-                self.conns[key].closed = true;
-            }
+            ConnEvent::Msg(msg) => self.fetch_msg(key, dl, msg),
             ConnEvent::Piece {
                 piece,
                 offset,
                 data,
-            } => self.on_piece(registry, key, dl, piece as usize, offset, data),
-            ConnEvent::Closed(_) => {}
+            } => self.on_piece(key, dl, piece, offset, data),
+            ConnEvent::Closed(_) => Ok(()),
+        };
+        if let Err(e) = verdict {
+            self.disconnect(registry, key, dl, addr, e);
         }
     }
 
-    pub(super) fn on_piece(
+    fn fetch_msg(&mut self, key: usize, dl: usize, msg: PeerMsg) -> Result<(), Disconnect> {
+        let addr = self.conns[key].addr;
+        let d = &mut self.downloads[dl];
+        let Role::Fetch(f) = &mut self.conns[key].role else {
+            return Ok(());
+        };
+        match msg {
+            PeerMsg::Bitfield(bits) => {
+                f.on_bitfield(bits, &mut d.picker)?;
+                d.no_peers_since = None;
+                self.refill(dl);
+            }
+            PeerMsg::Have(i) => {
+                f.on_have(i, &mut d.picker);
+                self.refill_conn(key);
+            }
+            PeerMsg::Reject { piece, code, .. } => {
+                f.on_reject(piece, &mut d.picker);
+                log::debug!("{addr} rejected piece {piece}: {code:?}");
+                self.refill(dl);
+            }
+            PeerMsg::Error(text) => {
+                log::info!("peer {addr}: {text}");
+                return Err(Disconnect::close("sent an error"));
+            }
+            PeerMsg::KeepAlive => {}
+            other => return Err(Disconnect::close(format!("unexpected {other:?}"))),
+        }
+        Ok(())
+    }
+
+    /// Ends a download connection for `why`, banning the address when it asks to.
+    fn disconnect(
         &mut self,
         registry: &Registry,
         key: usize,
         dl: usize,
-        p: usize,
-        offset: u32,
-        data: Vec<u8>,
+        addr: SocketAddr,
+        why: Disconnect,
     ) {
-        let addr = self.conns[key].addr;
-        let d = &mut self.downloads[dl];
-        let expected_len = d.meta.piece_len(p) as usize;
-        let Role::Fetch { inflight, .. } = &mut self.conns[key].role else {
-            return;
-        };
-        let Some(pos) = inflight.iter().position(|x| *x == p) else {
-            // Data we did not ask for: a broken or hostile peer.
-            self.bufs.recycle(data);
-            log::warn!("{addr} sent piece {p} that was not requested; dropping it");
-            self.conns[key].closed = true;
-            return;
-        };
-        inflight.remove(pos);
-        if offset != 0 || data.len() != expected_len {
-            self.bufs.recycle(data);
-            d.picker.release(p);
-            log::warn!("{addr} sent a malformed piece {p}; dropping it");
-            if let Some(kp) = d.peers.get_mut(&addr) {
+        if why.ban {
+            log::warn!("{addr}: {}; not using that peer again", why.reason);
+            if let Some(kp) = self.downloads[dl].peers.get_mut(&addr) {
                 kp.banned = true;
             }
-            self.conns[key].closed = true;
-            return;
+        } else {
+            log::debug!("{addr}: {}; closing", why.reason);
         }
+        self.close_conn(registry, key);
+    }
+
+    /// A whole piece arrived: checked against our requests by the fetch state,
+    /// then verified and written on the pool.
+    fn on_piece(
+        &mut self,
+        key: usize,
+        dl: usize,
+        piece: u32,
+        offset: u32,
+        data: Vec<u8>,
+    ) -> Result<(), Disconnect> {
+        let addr = self.conns[key].addr;
+        let d = &mut self.downloads[dl];
+        let checked = match &mut self.conns[key].role {
+            Role::Fetch(f) => f.on_piece(piece, offset, data.len(), &d.meta, &mut d.picker),
+            Role::Serve(_) => Err(Disconnect::close("piece data on a serving connection")),
+        };
+        let p = match checked {
+            Ok(p) => p,
+            Err(e) => {
+                self.bufs.recycle(data);
+                return Err(e);
+            }
+        };
         *d.served_by.entry(addr).or_default() += 1;
         if !d.picker.received(p) {
             self.bufs.recycle(data);
             self.refill_conn(key);
-            return;
+            return Ok(());
         }
         d.verifying += 1;
+        self.spawn_verify(dl, p, addr, data);
+        self.refill(dl);
+        Ok(())
+    }
+
+    /// Checks piece `p`'s SHA-1 on the pool and, when good, writes it at its offset.
+    fn spawn_verify(&mut self, dl: usize, p: PieceIndex, from: SocketAddr, data: Vec<u8>) {
+        let d = &self.downloads[dl];
         let Some(file) = d.file.clone() else {
             return;
         };
-        let expected = d.meta.piece_hashes[p];
-        let at = d.meta.piece_offset(p);
+        let expected = d.meta.piece_hashes[p.get()];
+        let at = d.meta.piece_offset(p.get());
         let lock = d.write_lock.clone();
         let done = self.done.clone();
         self.pool.spawn(move || {
@@ -347,11 +285,10 @@ impl Transfers {
                 piece: p,
                 ok,
                 data,
-                from: addr,
+                from,
                 write_err,
             }));
         });
-        self.refill(registry, dl);
     }
 
     pub(super) fn on_verified(&mut self, registry: &Registry, v: Verified) {
@@ -380,29 +317,42 @@ impl Transfers {
         }
         if !ok {
             self.bufs.recycle(data);
-            d.picker.failed(p);
-            let n = d.retries.entry(p).or_insert(0);
-            *n += 1;
-            let n = *n;
-            log::warn!(
-                "piece {p} of {} from {from} failed verification; dropping that peer",
-                d.meta.name
-            );
-            if let Some(kp) = d.peers.get_mut(&from) {
-                kp.banned = true;
-            }
-            if n >= self.config.retries.max(1) {
-                self.fail(
-                    registry,
-                    dl,
-                    format!("piece {p} failed verification {n} times"),
-                );
-                return;
-            }
-            self.close_peer_of(registry, dl, from);
-            self.refill(registry, dl);
+            self.piece_failed(registry, dl, p, from);
             return;
         }
+        self.piece_verified(dl, p, data);
+        self.advance_whole(registry, dl);
+    }
+
+    /// Piece `p` from `from` did not match its hash: that peer is banned, and the
+    /// download fails once the piece failed `--retries` times.
+    fn piece_failed(&mut self, registry: &Registry, dl: usize, p: PieceIndex, from: SocketAddr) {
+        let d = &mut self.downloads[dl];
+        d.picker.failed(p);
+        let n = d.retries.entry(p).or_insert(0);
+        *n += 1;
+        let n = *n;
+        log::warn!(
+            "piece {p} of {} from {from} failed verification; dropping that peer",
+            d.meta.name
+        );
+        if let Some(kp) = d.peers.get_mut(&from) {
+            kp.banned = true;
+        }
+        if n >= self.config.retries.max(1) {
+            let reason = format!("piece {p} failed verification {n} times");
+            self.fail(registry, dl, reason);
+            return;
+        }
+        self.close_peer_of(registry, dl, from);
+        self.refill(dl);
+    }
+
+    /// Piece `p` is verified and on disk: progress, resume state, partial
+    /// seeding (`AddSeeder` once, `Have` to our downloaders), and its buffer kept
+    /// for the whole-file hash when that is about to reach it.
+    fn piece_verified(&mut self, dl: usize, p: PieceIndex, data: Vec<u8>) {
+        let d = &mut self.downloads[dl];
         d.picker.verified(p);
         if d.picker.is_complete() {
             log::info!(
@@ -425,13 +375,12 @@ impl Transfers {
                 file_sha1: d.meta.file_sha1_hex(),
             });
         }
-        if p >= d.whole_next && p < d.whole_next + READY_WINDOW {
+        if p.get() >= d.whole_next && p.get() < d.whole_next + READY_WINDOW {
             d.ready.insert(p, data);
         } else {
             self.bufs.recycle(data);
         }
         self.broadcast_have(&sha1, p);
-        self.advance_whole(registry, dl);
     }
 
     /// Starts a whole-file hash job over the next run of verified pieces, or
@@ -447,54 +396,67 @@ impl Transfers {
         let n = d.meta.piece_count();
         let a = whole.next;
         if a == n {
-            log::info!(
-                "{}: whole-file hash done after {:.3} s",
-                d.meta.name,
-                d.started.elapsed().as_secs_f64()
-            );
-            let digest = whole.finalize();
-            if digest != d.meta.file_sha1 {
-                // No piece can be trusted for a resume: drop the state and the
-                // temporary file, and close the connections like any failure.
-                let (sha1, part) = (d.meta.file_sha1, storage::temp_path(&d.dest));
-                self.fail(registry, dl, "whole-file SHA-1 does not match".into());
-                ResumeState::remove(&self.config.state_dir, &sha1);
-                let _ = std::fs::remove_file(part);
-                return;
-            }
-            d.state = DlState::Finishing;
-            let (Some(file), dest) = (d.file.clone(), d.dest.clone()) else {
-                return;
-            };
-            let done = self.done.clone();
-            self.pool.spawn(move || {
-                let result = storage::finish(&file, &dest)
-                    .map_err(|e| format!("cannot rename into place: {e}"));
-                done.send(PoolMsg::Finished { dl, result });
-            });
+            self.whole_done(registry, dl, whole);
             return;
         }
+        let verified = |i: usize| PieceIndex::from_usize(i, n).is_some_and(|p| d.picker.has(p));
         let mut b = a;
-        while b < n && b - a < WHOLE_RUN && d.picker.state(b) == Some(PieceState::Have) {
+        while b < n && b - a < WHOLE_RUN && verified(b) {
             b += 1;
         }
         if b == a {
             d.whole = Some(whole);
             return;
         }
-        let run_start = d.meta.piece_offset(a);
-        let run_len = d.meta.piece_offset(b - 1) + d.meta.piece_len(b - 1) - run_start;
-        let pieces: Vec<(u64, u64, Option<Vec<u8>>)> = (a..b)
+        self.spawn_whole_run(dl, whole, a..b);
+    }
+
+    /// Every piece went through the whole-file hash: a match moves the file into
+    /// place (on the pool), a mismatch fails the download and drops its state.
+    fn whole_done(&mut self, registry: &Registry, dl: usize, whole: WholeHash) {
+        let d = &mut self.downloads[dl];
+        log::info!(
+            "{}: whole-file hash done after {:.3} s",
+            d.meta.name,
+            d.started.elapsed().as_secs_f64()
+        );
+        if whole.finalize() != d.meta.file_sha1 {
+            // No piece can be trusted for a resume: drop the state and the
+            // temporary file, and close the connections like any failure.
+            let (sha1, part) = (d.meta.file_sha1, storage::temp_path(&d.dest));
+            self.fail(registry, dl, "whole-file SHA-1 does not match".into());
+            ResumeState::remove(&self.config.state_dir, &sha1);
+            let _ = std::fs::remove_file(part);
+            return;
+        }
+        d.state = DlState::Finishing;
+        let (Some(file), dest) = (d.file.clone(), d.dest.clone()) else {
+            return;
+        };
+        let done = self.done.clone();
+        self.pool.spawn(move || {
+            let result =
+                storage::finish(&file, &dest).map_err(|e| format!("cannot rename into place: {e}"));
+            done.send(PoolMsg::Finished { dl, result });
+        });
+    }
+
+    /// Feeds the verified pieces `run` to the whole-file hash on its own thread:
+    /// from memory where their buffers were kept, else read back from the file.
+    fn spawn_whole_run(&mut self, dl: usize, whole: WholeHash, run: std::ops::Range<usize>) {
+        let d = &mut self.downloads[dl];
+        let n = d.meta.piece_count();
+        let run_start = d.meta.piece_offset(run.start);
+        let run_len = d.meta.piece_offset(run.end - 1) + d.meta.piece_len(run.end - 1) - run_start;
+        let pieces: Vec<(u64, u64, Option<Vec<u8>>)> = run
+            .clone()
             .map(|i| {
-                (
-                    d.meta.piece_offset(i),
-                    d.meta.piece_len(i),
-                    d.ready.remove(&i),
-                )
+                let kept = PieceIndex::from_usize(i, n).and_then(|p| d.ready.remove(&p));
+                (d.meta.piece_offset(i), d.meta.piece_len(i), kept)
             })
             .collect();
         d.reread += pieces.iter().filter(|p| p.2.is_none()).count() as u64;
-        d.whole_next = b;
+        d.whole_next = run.end;
         let Some(file) = d.file.clone() else {
             return;
         };
@@ -506,27 +468,7 @@ impl Transfers {
             .spawn(move || storage::start_writeback(&wb_file, run_start, run_len));
         let done = self.done.clone();
         self.whole_pool.spawn(move || {
-            let mut whole = whole;
-            let mut bufs = Vec::new();
-            let mut scratch = Vec::new();
-            let mut err = None;
-            for (off, len, buf) in pieces {
-                match buf {
-                    Some(b) => {
-                        whole.feed(&b);
-                        bufs.push(b);
-                    }
-                    None => {
-                        if let Err(e) = whole.feed_from_file(&file, off, len, &mut scratch) {
-                            err = Some(e.to_string());
-                            break;
-                        }
-                    }
-                }
-            }
-            if scratch.capacity() > 0 {
-                bufs.push(scratch);
-            }
+            let (whole, bufs, err) = feed_whole(whole, &file, pieces);
             done.send(PoolMsg::Whole {
                 dl,
                 whole,
@@ -581,7 +523,7 @@ impl Transfers {
             });
         }
         ResumeState::remove(&self.config.state_dir, &meta.file_sha1);
-        let keys = d.conns.clone();
+        let keys: Vec<usize> = d.conn_keys().collect();
         for k in keys {
             self.close_conn(registry, k);
         }
@@ -613,91 +555,74 @@ impl Transfers {
         for b in bufs {
             self.bufs.recycle(b);
         }
-        let keys = self.downloads[dl].conns.clone();
+        let keys: Vec<usize> = self.downloads[dl].conn_keys().collect();
         for k in keys {
             self.close_conn(registry, k);
         }
     }
 
     /// Keeps requests flowing on every connection of a download.
-    pub(super) fn refill(&mut self, _registry: &Registry, dl: usize) {
-        let keys = self.downloads[dl].conns.clone();
+    pub(super) fn refill(&mut self, dl: usize) {
+        let keys: Vec<usize> = self.downloads[dl].conn_keys().collect();
         for k in keys {
             self.refill_conn(k);
         }
     }
 
+    /// Tops up the requests of one download connection. Each of the --threads
+    /// fetch slots keeps two whole-piece requests in flight over all peers (so
+    /// the next piece is already on the wire when one arrives), shared out
+    /// evenly between the active peers.
     pub(super) fn refill_conn(&mut self, key: usize) {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
-        let Role::Fetch {
-            dl, got_bitfield, ..
-        } = conn.role
-        else {
+        let Role::Fetch(f) = &conn.role else {
             return;
         };
-        if !got_bitfield || conn.closed {
+        if !f.is_active() || conn.is_closed() {
             return;
         }
-        // Each of the --threads fetch slots keeps two whole-piece requests in
-        // flight, so the next piece is already on the wire when one arrives.
-        let threads = self.config.threads.max(1) * 2;
+        let dl = f.dl;
+        let cap = self.config.threads.max(1) * 2;
         let d = &self.downloads[dl];
-        if d.state != DlState::Running {
-            return;
-        }
-        let mut total = 0;
-        let mut active = 0;
-        for k in &d.conns {
-            if let Some(Role::Fetch {
-                inflight,
-                got_bitfield,
-                ..
-            }) = self.conns.get(*k).map(|c| &c.role)
-            {
-                total += inflight.len();
-                if *got_bitfield {
-                    active += 1;
-                }
-            }
-        }
-        let per_peer = threads.div_ceil(active.max(1)).max(2);
         // Requests in flight are bounded by --threads; pieces waiting for the pool
         // are bounded separately (memory), so hashing never starves the network.
-        if d.verifying >= threads {
+        if d.state != DlState::Running || d.verifying >= cap {
             return;
         }
-        let cap = threads;
+        let (mut total, mut active) = (0, 0);
+        for k in d.conn_keys() {
+            if let Some(Role::Fetch(f)) = self.conns.get(k).map(|c| &c.role) {
+                total += f.inflight();
+                active += usize::from(f.is_active());
+            }
+        }
+        let per_peer = cap.div_ceil(active.max(1)).max(2);
         let d = &mut self.downloads[dl];
         let conn = &mut self.conns[key];
-        let Role::Fetch { bits, inflight, .. } = &mut conn.role else {
+        let Role::Fetch(f) = &mut conn.role else {
             return;
         };
         let mut out = Vec::new();
-        while inflight.len() < per_peer && total < cap {
-            let Some(p) = d.picker.pick(bits, |i| inflight.contains(&i)) else {
-                break;
-            };
-            inflight.push(p);
-            total += 1;
-            PeerMsg::Request {
-                piece: p as u32,
-                offset: 0,
-                len: d.meta.piece_len(p) as u32,
-            }
-            .encode_into(&mut out);
+        f.fill(
+            &mut d.picker,
+            &d.meta,
+            per_peer,
+            cap.saturating_sub(total),
+            &mut out,
+        );
+        if out.is_empty() {
+            return;
         }
-        if !out.is_empty() {
-            conn.send(out);
-            if !d.requested {
-                d.requested = true;
-                log::info!(
-                    "{}: first request {:.1} ms after the download started",
-                    d.meta.name,
-                    d.started.elapsed().as_secs_f64() * 1e3
-                );
-            }
+        conn.send(out);
+        if !d.requested {
+            d.requested = true;
+            log::info!(
+                "{}: first request {:.1} ms after the download started",
+                d.meta.name,
+                d.started.elapsed().as_secs_f64() * 1e3
+            );
         }
     }
 
@@ -709,37 +634,29 @@ impl Transfers {
         let mut candidates: Vec<SocketAddr> = self.downloads[dl]
             .peers
             .iter()
-            .filter(|(_, kp)| !kp.banned && !kp.connected && kp.next_try <= now)
+            .filter(|(_, kp)| !kp.banned && kp.conn.is_none() && kp.next_try <= now)
             .map(|(a, _)| *a)
             .collect();
         candidates.sort();
         for addr in candidates {
-            if self.downloads[dl].conns.len() >= MAX_PEERS_PER_DOWNLOAD {
+            if self.downloads[dl].conn_keys().count() >= MAX_PEERS_PER_DOWNLOAD {
                 break;
             }
             let sha1 = self.downloads[dl].meta.file_sha1;
             match TcpStream::connect(addr) {
                 Ok(stream) => {
-                    let role = Role::Fetch {
-                        dl,
-                        bits: Vec::new(),
-                        got_bitfield: false,
-                        inflight: Vec::new(),
-                    };
+                    let role = Role::Fetch(FetchPeer::new(dl));
                     let Some(key) = self.insert_conn(registry, stream, addr, role, true) else {
                         continue;
                     };
                     self.conns[key].send(Handshake::new(sha1, self.peer_id).encode().to_vec());
-                    let d = &mut self.downloads[dl];
-                    d.conns.push(key);
-                    if let Some(kp) = d.peers.get_mut(&addr) {
-                        kp.connected = true;
+                    if let Some(kp) = self.downloads[dl].peers.get_mut(&addr) {
+                        kp.conn = Some(key);
                     }
                 }
                 Err(e) => {
                     log::debug!("connect {addr}: {e}");
                     if let Some(kp) = self.downloads[dl].peers.get_mut(&addr) {
-                        kp.failures += 1;
                         kp.next_try = now + Duration::from_secs(1);
                     }
                 }
@@ -792,31 +709,20 @@ impl Transfers {
             .map_err(|e| format!("cannot create {}: {e}", storage::temp_path(&dest).display()))?;
         let file = Arc::new(file);
         let resume = ResumeState::load(&self.config.state_dir, &meta.file_sha1)
-            .filter(|r| r.dest == dest && r.size == meta.size && r.bits.iter().any(|b| *b != 0));
+            .filter(|r| r.dest == dest && r.size == meta.size)
+            .and_then(|r| Bitfield::from_bytes(r.bits, meta.piece_count()).ok())
+            .filter(|bits| !bits.is_empty());
         let seed = self.rng.next_u64();
         let mut d = Download::new(group, meta, dest, seed);
         d.file = Some(file.clone());
         d.add_peers(&peers);
         let dl = self.downloads.len();
-        if let Some(r) = resume {
+        if let Some(bits) = resume {
             d.state = DlState::Checking;
             let meta = d.meta.clone();
             let done = self.done.clone();
             self.pool.spawn(move || {
-                let mut good = Vec::new();
-                let mut buf = Vec::new();
-                for i in 0..meta.piece_count() {
-                    if !peer_msg::bit(&r.bits, i) {
-                        continue;
-                    }
-                    let len = meta.piece_len(i) as usize;
-                    buf.resize(len, 0);
-                    if storage::read_at(&file, &mut buf, meta.piece_offset(i)).is_ok()
-                        && hasher::sha1(&buf) == meta.piece_hashes[i]
-                    {
-                        good.push(i);
-                    }
-                }
+                let good = recheck(&file, &meta, &bits);
                 done.send(PoolMsg::ResumeChecked { dl, good });
             });
         } else if let Err(e) = d.resume_state().save(&self.config.state_dir) {
@@ -830,14 +736,19 @@ impl Transfers {
         Ok(())
     }
 
-    pub(super) fn on_resume_checked(&mut self, registry: &Registry, dl: usize, good: Vec<usize>) {
+    pub(super) fn on_resume_checked(
+        &mut self,
+        registry: &Registry,
+        dl: usize,
+        good: Vec<PieceIndex>,
+    ) {
         let d = &mut self.downloads[dl];
         if d.state != DlState::Checking {
             return;
         }
         for &i in &good {
             d.picker.mark_have(i);
-            d.bytes_done += d.meta.piece_len(i);
+            d.bytes_done += d.meta.piece_len(i.get());
         }
         log::info!(
             "resuming {}: {} of {} pieces already verified",
@@ -860,8 +771,45 @@ impl Transfers {
     }
 }
 
-fn single_bit(n: usize, i: usize) -> Vec<u8> {
-    let mut b = vec![0u8; bitfield_len(n)];
-    set_bit(&mut b, i);
-    b
+/// Feeds pieces `(offset, len, kept buffer)` in order to the whole-file hash;
+/// returns it with the buffers to recycle and the first read error.
+fn feed_whole(
+    mut whole: WholeHash,
+    file: &File,
+    pieces: Vec<(u64, u64, Option<Vec<u8>>)>,
+) -> (WholeHash, Vec<Vec<u8>>, Option<String>) {
+    let mut bufs = Vec::new();
+    let mut scratch = Vec::new();
+    let mut err = None;
+    for (off, len, buf) in pieces {
+        match buf {
+            Some(b) => {
+                whole.feed(&b);
+                bufs.push(b);
+            }
+            None => {
+                if let Err(e) = whole.feed_from_file(file, off, len, &mut scratch) {
+                    err = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+    }
+    if scratch.capacity() > 0 {
+        bufs.push(scratch);
+    }
+    (whole, bufs, err)
+}
+
+/// The pieces of `bits` whose data in `file` still matches its hash (resume).
+fn recheck(file: &File, meta: &FileMeta, bits: &Bitfield) -> Vec<PieceIndex> {
+    let mut buf = Vec::new();
+    bits.ones()
+        .filter(|i| {
+            let len = meta.piece_len(i.get()) as usize;
+            buf.resize(len, 0);
+            storage::read_at(file, &mut buf, meta.piece_offset(i.get())).is_ok()
+                && hasher::sha1(&buf) == meta.piece_hashes[i.get()]
+        })
+        .collect()
 }

@@ -9,13 +9,11 @@ use std::sync::Arc;
 
 use mio::Registry;
 use wire::file_meta::FileMeta;
-use wire::peer_msg::{
-    self, bitfield_len, set_bit, Handshake, PeerMsg, RejectCode, PIECE_HEADER_LEN,
-};
+use wire::peer_msg::{self, Handshake, PeerMsg, RejectCode, PIECE_HEADER_LEN};
+use wire::pieces::{Bitfield, PieceIndex};
 
 use super::{PoolMsg, Transfers};
-use crate::peer_conn::{ConnEvent, Role};
-use crate::picker::PieceState;
+use crate::peer_conn::{ConnEvent, Role, ServeState};
 use crate::storage;
 
 /// Disk reads plus queued answers per serving connection before its requests wait.
@@ -30,22 +28,17 @@ pub(super) struct Share {
     pub(super) names: Vec<(String, String)>,
 }
 
-fn full_bits(n: usize) -> Vec<u8> {
-    let mut b = vec![0u8; bitfield_len(n)];
-    for i in 0..n {
-        set_bit(&mut b, i);
-    }
-    b
-}
-
 impl Transfers {
     pub(super) fn serve_budget(&self, key: usize) -> usize {
         match self.conns.get(key) {
-            Some(c) => match c.role {
-                Role::Serve { pending_reads, .. } => {
+            Some(c) => match &c.role {
+                Role::Serve(ServeState::Serving { pending_reads, .. }) => {
                     MAX_SERVE_INFLIGHT.saturating_sub(pending_reads + c.queued())
                 }
-                Role::Fetch { .. } => usize::MAX,
+                Role::Serve(ServeState::AwaitHandshake) => {
+                    MAX_SERVE_INFLIGHT.saturating_sub(c.queued())
+                }
+                Role::Fetch(_) => usize::MAX,
             },
             None => 0,
         }
@@ -84,16 +77,17 @@ impl Transfers {
                         self.conns[key].send_error_and_close("unknown file");
                         return;
                     }
-                    Some((_, meta, None)) => full_bits(meta.piece_count()),
+                    Some((_, meta, None)) => Bitfield::full(meta.piece_count()),
                     Some((_, _, Some(dl))) => self.downloads[dl].bits(),
                 };
                 let hs = Handshake::new(h.file_sha1, self.peer_id).encode().to_vec();
                 let conn = &mut self.conns[key];
-                if let Role::Serve { file_sha1, .. } = &mut conn.role {
-                    *file_sha1 = Some(h.file_sha1);
-                }
+                conn.role = Role::Serve(ServeState::Serving {
+                    file_sha1: h.file_sha1,
+                    pending_reads: 0,
+                });
                 let mut out = hs;
-                PeerMsg::Bitfield(bits).encode_into(&mut out);
+                PeerMsg::Bitfield(bits.into_bytes()).encode_into(&mut out);
                 conn.send(out);
             }
             ConnEvent::Msg(PeerMsg::Request { piece, offset, len }) => {
@@ -115,10 +109,9 @@ impl Transfers {
     }
 
     pub(super) fn serve_request(&mut self, key: usize, piece: u32, offset: u32, len: u32) {
-        let Role::Serve {
-            file_sha1: Some(sha1),
-            ..
-        } = self.conns[key].role
+        let Role::Serve(ServeState::Serving {
+            file_sha1: sha1, ..
+        }) = self.conns[key].role
         else {
             self.conns[key].send_error_and_close("request before handshake");
             return;
@@ -134,26 +127,25 @@ impl Transfers {
             reject(self, RejectCode::NotHave);
             return;
         };
-        let p = piece as usize;
-        if p >= meta.piece_count()
-            || len == 0
-            || len > peer_msg::MAX_REQUEST_LEN
-            || offset as u64 + len as u64 > meta.piece_len(p)
-        {
+        let Some(p) = PieceIndex::new(piece, meta.piece_count()).filter(|p| {
+            len != 0
+                && len <= peer_msg::MAX_REQUEST_LEN
+                && offset as u64 + len as u64 <= meta.piece_len(p.get())
+        }) else {
             reject(self, RejectCode::OutOfRange);
             return;
-        }
+        };
         if let Some(dl) = partial {
-            if self.downloads[dl].picker.state(p) != Some(PieceState::Have) {
+            if !self.downloads[dl].picker.has(p) {
                 reject(self, RejectCode::NotHave);
                 return;
             }
         }
         let mut buf = self.bufs.take(PIECE_HEADER_LEN + len as usize);
         peer_msg::write_piece_header(&mut buf, piece, offset, len as usize);
-        let at = meta.piece_offset(p) + offset as u64;
+        let at = meta.piece_offset(p.get()) + offset as u64;
         let conn = &mut self.conns[key];
-        if let Role::Serve { pending_reads, .. } = &mut conn.role {
+        if let Role::Serve(ServeState::Serving { pending_reads, .. }) = &mut conn.role {
             *pending_reads += 1;
         }
         let id = conn.id;
@@ -190,14 +182,11 @@ impl Transfers {
             self.bufs.recycle(b);
             return;
         };
-        if let Role::Serve { pending_reads, .. } = &mut conn.role {
+        if let Role::Serve(ServeState::Serving { pending_reads, .. }) = &mut conn.role {
             *pending_reads = pending_reads.saturating_sub(1);
         }
         match result {
-            Ok(buf) => {
-                conn.piece_bytes += (buf.len() - PIECE_HEADER_LEN) as u64;
-                conn.send(buf);
-            }
+            Ok(buf) => conn.send(buf),
             Err(buf) => {
                 self.bufs.recycle(buf);
                 conn.send_msg(&PeerMsg::Reject {
@@ -209,24 +198,22 @@ impl Transfers {
         }
         self.reparse(registry, key);
         self.drain_written(key);
-        if self.conns.get(key).is_some_and(|c| c.closed) {
+        if self.conns.get(key).is_some_and(|c| c.is_closed()) {
             self.close_conn(registry, key);
         }
     }
 
-    pub(super) fn broadcast_have(&mut self, sha1: &[u8; 20], piece: usize) {
-        let msg = PeerMsg::Have(piece as u32).encode();
+    pub(super) fn broadcast_have(&mut self, sha1: &[u8; 20], piece: PieceIndex) {
+        let msg = PeerMsg::Have(piece.raw()).encode();
         for (_, c) in self.conns.iter_mut() {
-            if let Role::Serve {
-                file_sha1: Some(s), ..
-            } = &c.role
-            {
-                if s == sha1 && !c.closed {
+            if let Role::Serve(ServeState::Serving { file_sha1: s, .. }) = &c.role {
+                if s == sha1 && !c.is_closed() {
                     c.send(msg.clone());
                 }
             }
         }
     }
+
     pub(super) fn add_share_with(
         &mut self,
         group: &str,

@@ -3,13 +3,13 @@
 
 use super::fetching::NO_PEERS_LIMIT;
 use super::*;
-use crate::downloads::DlState;
 use crate::storage;
 use mio::net::TcpListener;
 use mio::{Events, Poll};
 use std::io::{Read, Write};
 use std::path::Path;
-use wire::peer_msg::{self, set_bit, Handshake, PeerMsg, RejectCode};
+use wire::peer_msg::{self, Handshake, PeerMsg, RejectCode};
+use wire::pieces::{Bitfield, PieceIndex};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -71,7 +71,7 @@ impl Node {
             }
         }
         self.t.poll_pool(self.poll.registry());
-        self.t.tick(self.poll.registry());
+        self.t.tick(self.poll.registry(), Instant::now());
         self.jobs.extend(self.t.take_tracker_jobs());
     }
 
@@ -223,10 +223,11 @@ fn resume_after_restart_skips_verified_pieces() {
         let f = storage::open_part(&out, meta.size).unwrap();
         storage::write_at(&f, &data[..4 * p], 0).unwrap();
         storage::write_at(&f, &vec![0u8; p], 4 * p as u64).unwrap();
-        let mut bits = vec![0u8; 2];
-        for i in 0..5 {
-            set_bit(&mut bits, i);
+        let mut bits = Bitfield::new(meta.piece_count());
+        for i in PieceIndex::all(5) {
+            bits.insert(i);
         }
+        let bits = bits.into_bytes();
         ResumeState {
             file_sha1: meta.file_sha1,
             group: "g".into(),
@@ -269,22 +270,20 @@ fn no_peers_fails_with_reason() {
         )
         .unwrap_err()
         .contains("already downloading"));
-    // Fast-forward the failure bound.
-    leecher.t.downloads[0].no_peers_since =
-        Some(Instant::now() - NO_PEERS_LIMIT - Duration::from_secs(1));
-    run_until(&mut [&mut leecher], 5, |n| finished(n[0]));
-    assert!(leecher.t.status_lines()[0].starts_with("[F] [g] f: no peer"));
-    // With no usable peer, fresh peers are asked for.
-    leecher.t.downloads[0].state = DlState::Running;
-    leecher.t.downloads[0].no_peers_since = Some(Instant::now());
-    leecher.t.downloads[0].last_refresh = Instant::now() - Duration::from_secs(5);
-    leecher.jobs.clear();
-    leecher.t.last_tick = Instant::now() - Duration::from_secs(1);
+    // Just inside the failure bound the download keeps waiting for peers...
+    let start = Instant::now();
     leecher.turn();
-    assert!(leecher
-        .jobs
-        .iter()
-        .any(|j| matches!(j, TrackerJob::RefreshPeers { .. })));
+    leecher.t.tick(
+        leecher.poll.registry(),
+        start + NO_PEERS_LIMIT - Duration::from_secs(1),
+    );
+    assert_eq!(leecher.t.active_downloads(), 1);
+    assert!(leecher.t.running_downloads()[0].needs_peers);
+    // ...and past it, with the clock injected, it fails with the reason.
+    let late = start + NO_PEERS_LIMIT + Duration::from_secs(1);
+    leecher.t.tick(leecher.poll.registry(), late);
+    assert_eq!(leecher.t.active_downloads(), 0);
+    assert!(leecher.t.status_lines()[0].starts_with("[F] [g] f: no peer"));
 }
 
 /// A raw protocol client: unknown file and out-of-range requests get answers
@@ -511,24 +510,20 @@ fn repeated_bitfield_does_not_inflate_availability() {
     let mut leecher = Node::new(8, 5);
     leecher.download("g", meta, vec![addr], dir.path().join("out"));
     run_until(&mut [&mut leecher], 10, |n| {
-        n[0].t.conns.iter().any(|(_, c)| {
-            matches!(
-                c.role,
-                Role::Fetch {
-                    got_bitfield: true,
-                    ..
-                }
-            )
-        })
+        n[0].t
+            .conns
+            .iter()
+            .any(|(_, c)| matches!(&c.role, Role::Fetch(f) if f.is_active()))
     });
     for _ in 0..20 {
         leecher.turn();
     }
-    assert_eq!(leecher.t.downloads[0].picker.availability(0), 1);
+    let first = PieceIndex::new(0, 4).unwrap();
+    assert_eq!(leecher.t.downloads[0].picker.availability(first), 1);
     close_tx.send(()).unwrap();
     peer.join().unwrap();
     run_until(&mut [&mut leecher], 10, |n| n[0].t.conns.is_empty());
-    assert_eq!(leecher.t.downloads[0].picker.availability(0), 0);
+    assert_eq!(leecher.t.downloads[0].picker.availability(first), 0);
 }
 
 /// Beyond `max_serving` accepted connections a new peer is closed at once;

@@ -1,0 +1,471 @@
+//! The client's behaviour as a sans-IO core: [`Controller::handle`] takes one
+//! [`Event`] and the current time and returns the [`Action`]s to carry out.
+//!
+//! The controller owns what the client *decides*: the shell command being
+//! carried out (one at a time, in input order), the internal tracker requests
+//! and what their answers mean (heartbeat, `add_seeder`, peer refresh,
+//! re-announcing `.uploads_registry`, resuming downloads), the output texts, the
+//! login state as the user sees it, and the timers. It opens no socket, starts no
+//! thread and never reads the clock: `now` comes with every event. The only
+//! outside facts it looks at itself are local path lookups (is this a file, a
+//! directory), through the [`paths::LocalFiles`] it was given.
+//!
+//! The IO side ([`crate::event_loop`]) turns readiness into events and carries
+//! out actions in order. Some actions ask for an answer, which the IO side feeds
+//! back at once as an event, before it carries out the next action:
+//!
+//! | action | answer |
+//! |--------|--------|
+//! | [`Action::CheckRegistry`] | [`Event::RegistryChecked`] |
+//! | [`Action::FindResumes`] | [`Event::ResumesFound`] |
+//! | [`Action::StartDownload`] | [`Event::DownloadStarted`] |
+//! | [`Action::ReportDownloads`] | [`Event::DownloadLines`] |
+//! | [`Action::StartHash`] | [`Event::Hashed`] (later, from the pool) |
+//!
+//! A successful login is handled in one place (`logged_in`): it starts the
+//! heartbeats, re-shares `.uploads_registry` and resumes unfinished downloads.
+//!
+//! Submodules: [`paths`] (local path policy), [`output`] (the texts),
+//! `sharing` (upload, re-announce, `add_seeder`), `downloading` (download start,
+//! resume, peer refresh).
+
+mod downloading;
+pub mod output;
+pub mod paths;
+mod sharing;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use wire::command::TrackerCommand;
+use wire::file_meta::FileMeta;
+
+use crate::shell::{self, Command, ShellError};
+use crate::storage::ResumeState;
+use crate::tracker_link::{LinkRequest, Outcome, ReqId};
+use crate::transfers::{Reannounce, RunningDownload, TrackerJob};
+use paths::LocalFiles;
+
+/// What the controller needs from the command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `--announce-secs`: time between heartbeats while logged in.
+    pub announce: Duration,
+    /// `--seed`: at end of input keep serving instead of exiting.
+    pub seed: bool,
+}
+
+/// One item from the input (stdin).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Line(String),
+    /// A line refused before parsing (too long, not UTF-8).
+    Bad(ShellError),
+    Eof,
+}
+
+/// A download, named as the tracker names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DownloadKey {
+    pub group: String,
+    pub name: String,
+}
+
+/// Why a download is started: echoed back in [`Event::DownloadStarted`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartOrder {
+    pub key: DownloadKey,
+    pub dest: PathBuf,
+    /// Resuming a download an earlier run left unfinished (not a shell command).
+    pub resume: bool,
+}
+
+/// Something that happened, for [`Controller::handle`].
+#[derive(Debug)]
+pub enum Event {
+    Input(Input),
+    /// The outcome of a request the controller submitted.
+    Answer {
+        id: ReqId,
+        outcome: Outcome,
+    },
+    /// An informational line from the tracker link (e.g. a failover).
+    LinkNote(String),
+    /// The upload hash finished.
+    Hashed(Result<FileMeta, String>),
+    /// A tracker request Transfers asked for.
+    Transfer(TrackerJob),
+    /// Answer to [`Action::CheckRegistry`].
+    RegistryChecked(Reannounce),
+    /// Answer to [`Action::FindResumes`].
+    ResumesFound(Vec<ResumeState>),
+    /// Answer to [`Action::StartDownload`].
+    DownloadStarted {
+        order: StartOrder,
+        result: Result<(), String>,
+    },
+    /// Answer to [`Action::ReportDownloads`]: one status line per download.
+    DownloadLines(Vec<String>),
+    /// A loop turn ended; `downloads` are the ones Transfers is still working on.
+    Tick {
+        downloads: Vec<RunningDownload>,
+    },
+    /// SIGINT or SIGTERM.
+    Stop,
+}
+
+/// Something to carry out, in the order given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Queue a request on the tracker link under this id.
+    Send {
+        id: ReqId,
+        request: LinkRequest,
+    },
+    /// Lines on stdout (the outcome of a command).
+    Print(Vec<String>),
+    /// One line on stderr.
+    Note(String),
+    /// The command finished: an interactive prompt may show the next one.
+    Ack,
+    StartHash {
+        path: PathBuf,
+    },
+    AddShare {
+        group: String,
+        meta: FileMeta,
+        path: PathBuf,
+    },
+    RemoveShare {
+        group: String,
+        name: String,
+    },
+    /// Stop serving every file of a group.
+    RemoveGroupShares {
+        group: String,
+    },
+    /// Check `.uploads_registry` against the disk.
+    CheckRegistry,
+    /// Look for downloads an earlier run left unfinished.
+    FindResumes,
+    /// Start a download (the seeders may include this client; leave it out).
+    StartDownload {
+        order: StartOrder,
+        meta: FileMeta,
+        peers: Vec<SocketAddr>,
+    },
+    /// Fresh seeders for a running download (this client left out, as above).
+    UpdatePeers {
+        key: DownloadKey,
+        peers: Vec<SocketAddr>,
+    },
+    /// Report the status line of every download.
+    ReportDownloads,
+    Exit(i32),
+}
+
+/// The shell command being carried out.
+#[derive(Debug)]
+enum Running {
+    /// A plain tracker request; the command decides how its answer is printed.
+    Tracker { id: ReqId, cmd: TrackerCommand },
+    /// `upload_file`, hashing on the pool.
+    Hashing { path: PathBuf, group: String },
+    /// `upload_file`, the tracker request.
+    Uploading {
+        id: ReqId,
+        meta: FileMeta,
+        path: PathBuf,
+        group: String,
+    },
+    /// `download_file`, asking the tracker for the metadata and seeders.
+    FileInfo {
+        id: ReqId,
+        key: DownloadKey,
+        dest: PathBuf,
+    },
+    /// `download_file`, waiting for [`Event::DownloadStarted`].
+    Starting,
+    /// `show_downloads`, waiting for [`Event::DownloadLines`].
+    Reporting,
+}
+
+/// Internal tracker requests whose outcome the controller handles.
+#[derive(Debug)]
+enum Internal {
+    Heartbeat,
+    AddSeeder,
+    PeerRefresh(DownloadKey),
+    Reannounce {
+        group: String,
+        meta: FileMeta,
+        path: PathBuf,
+    },
+    /// `file_info` for a download an earlier run left unfinished (after login).
+    Resume {
+        state: ResumeState,
+    },
+}
+
+/// The client's decisions. See the module doc.
+pub struct Controller {
+    config: Config,
+    files: Box<dyn LocalFiles>,
+    /// The logged-in user (the tracker link keeps the session token).
+    user: Option<String>,
+    running: Option<Running>,
+    internal: HashMap<ReqId, Internal>,
+    next_id: ReqId,
+    input_done: bool,
+    /// When the next heartbeat is due (set at login).
+    next_heartbeat: Option<Instant>,
+    /// When each running download next asks the tracker for fresh seeders.
+    next_refresh: HashMap<DownloadKey, Instant>,
+    exited: bool,
+    /// Actions of the event being handled.
+    out: Vec<Action>,
+}
+
+impl Controller {
+    pub fn new(config: Config, files: Box<dyn LocalFiles>) -> Controller {
+        Controller {
+            config,
+            files,
+            user: None,
+            running: None,
+            internal: HashMap::new(),
+            next_id: 1,
+            input_done: false,
+            next_heartbeat: None,
+            next_refresh: HashMap::new(),
+            exited: false,
+            out: Vec::new(),
+        }
+    }
+
+    /// Handles one event; returns what to carry out, in order. After
+    /// [`Action::Exit`] every event is ignored.
+    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        if self.exited {
+            return Vec::new();
+        }
+        match event {
+            Event::Input(item) => self.on_input(item),
+            Event::Answer { id, outcome } => self.on_answer(id, outcome, now),
+            Event::LinkNote(line) => self.out.push(Action::Note(line)),
+            Event::Hashed(result) => self.on_hashed(result),
+            Event::Transfer(job) => self.on_transfer_job(job),
+            Event::RegistryChecked(found) => self.on_registry_checked(found),
+            Event::ResumesFound(found) => self.on_resumes_found(found),
+            Event::DownloadStarted { order, result } => self.on_download_started(order, result),
+            Event::DownloadLines(lines) => self.on_download_lines(lines),
+            Event::Tick { downloads } => self.on_tick(&downloads, now),
+            Event::Stop => {
+                log::info!("signal received, exiting");
+                self.exit(0);
+            }
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// Whether the next input item may be handed in (no command is running).
+    pub fn wants_input(&self) -> bool {
+        self.running.is_none() && !self.input_done && !self.exited
+    }
+
+    /// The logged-in user, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    fn exit(&mut self, code: i32) {
+        self.exited = true;
+        self.out.push(Action::Exit(code));
+    }
+
+    /// Queues a tracker request; returns its id.
+    fn send(&mut self, request: LinkRequest) -> ReqId {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.out.push(Action::Send { id, request });
+        id
+    }
+
+    /// Queues an internal request whose answer `job` handles.
+    fn send_internal(&mut self, request: LinkRequest, job: Internal) {
+        let id = self.send(request.internal());
+        self.internal.insert(id, job);
+    }
+
+    /// The current command printed its outcome: the next one may start.
+    fn done(&mut self, lines: Vec<String>) {
+        self.out.push(Action::Print(lines));
+        self.out.push(Action::Ack);
+        self.running = None;
+    }
+
+    fn fail(&mut self, reason: impl std::fmt::Display) {
+        self.done(vec![output::error(reason)]);
+    }
+
+    fn note(&mut self, line: String) {
+        self.out.push(Action::Note(line));
+    }
+
+    fn on_input(&mut self, item: Input) {
+        let line = match item {
+            Input::Eof => {
+                self.input_done = true;
+                return;
+            }
+            Input::Bad(e) => return self.fail(e),
+            Input::Line(line) => line,
+        };
+        let files = &self.files;
+        let parsed = shell::parse(&line, self.user.as_deref(), |p| files.is_file(p.as_ref()));
+        match parsed {
+            Ok(None) => self.done(Vec::new()),
+            Ok(Some(cmd)) => self.start_command(cmd),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn start_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Quit => self.exit(0),
+            Command::Help => self.done(shell::help_lines()),
+            Command::ShowDownloads => {
+                self.running = Some(Running::Reporting);
+                self.out.push(Action::ReportDownloads);
+            }
+            Command::UploadFile { path, group } => self.start_upload(path, group),
+            Command::DownloadFile { group, name, dest } => self.start_download(group, name, dest),
+            Command::Tracker(cmd) => {
+                let id = self.send(LinkRequest::new(cmd.clone()));
+                self.running = Some(Running::Tracker { id, cmd });
+            }
+        }
+    }
+
+    fn on_download_lines(&mut self, lines: Vec<String>) {
+        if !matches!(self.running, Some(Running::Reporting)) {
+            return;
+        }
+        self.done(output::downloads(lines));
+    }
+
+    fn on_answer(&mut self, id: ReqId, outcome: Outcome, now: Instant) {
+        if let Some(job) = self.internal.remove(&id) {
+            return self.on_internal(job, outcome);
+        }
+        let matches = match &self.running {
+            Some(Running::Tracker { id: r, .. })
+            | Some(Running::Uploading { id: r, .. })
+            | Some(Running::FileInfo { id: r, .. }) => *r == id,
+            _ => false,
+        };
+        if !matches {
+            log::debug!("outcome of unknown request {id}");
+            return;
+        }
+        let running = self.running.take().expect("checked");
+        let answer = match outcome {
+            Ok(answer) => answer,
+            Err(e) => return self.fail(e),
+        };
+        match running {
+            Running::Tracker { cmd, .. } => {
+                let lines = self.on_success(cmd, answer.rows, now);
+                self.done(lines);
+            }
+            Running::Uploading {
+                meta, path, group, ..
+            } => self.on_uploaded(group, meta, path),
+            Running::FileInfo { key, dest, .. } => self.on_file_info(key, dest, &answer),
+            other => unreachable!("{other:?} has no request"),
+        }
+    }
+
+    fn on_internal(&mut self, job: Internal, outcome: Outcome) {
+        match (job, outcome) {
+            (Internal::PeerRefresh(key), Ok(answer)) => self.on_refreshed(key, &answer),
+            (Internal::Reannounce { group, meta, path }, outcome) => {
+                self.on_reannounced(group, meta, path, outcome)
+            }
+            (Internal::Resume { state }, outcome) => self.on_resume_info(state, outcome),
+            (Internal::Heartbeat, Err(e)) => log::info!("heartbeat failed: {e}"),
+            (Internal::AddSeeder, Err(e)) => log::info!("add_seeder failed: {e}"),
+            (Internal::PeerRefresh(key), Err(e)) => {
+                log::info!("peer refresh of {} failed: {e}", key.name)
+            }
+            (Internal::Heartbeat | Internal::AddSeeder, Ok(_)) => {}
+        }
+    }
+
+    /// The lines a successful tracker command prints, after its local effects.
+    fn on_success(
+        &mut self,
+        cmd: TrackerCommand,
+        rows: Vec<Vec<String>>,
+        now: Instant,
+    ) -> Vec<String> {
+        use TrackerCommand as C;
+        match &cmd {
+            C::Login { user, .. } => self.logged_in(user.clone(), now),
+            C::Logout => {
+                // The tracker ended our seeding with the session. The files stay
+                // in `.uploads_registry` (remove_share would drop them), so the
+                // next login puts them back into sharing.
+                self.user = None;
+            }
+            C::LeaveGroup { group } => {
+                // The tracker ended our seeding in the group; stop serving there too.
+                self.out.push(Action::RemoveGroupShares {
+                    group: group.clone(),
+                });
+            }
+            C::StopShare { group, name } => self.out.push(Action::RemoveShare {
+                group: group.clone(),
+                name: name.clone(),
+            }),
+            _ => {}
+        }
+        output::success(cmd, &rows)
+    }
+
+    /// A login succeeded: the one place that starts a session's work. Heartbeats
+    /// start, the registry's files are shared again and unfinished downloads resume.
+    fn logged_in(&mut self, user: String, now: Instant) {
+        self.user = Some(user);
+        self.next_heartbeat = Some(now + self.config.announce);
+        self.out.push(Action::CheckRegistry);
+        self.out.push(Action::FindResumes);
+    }
+
+    /// Timers, then whether end of input lets the client exit.
+    fn on_tick(&mut self, downloads: &[RunningDownload], now: Instant) {
+        self.heartbeat(now);
+        self.refresh_peers(downloads, now);
+        if self.input_done && self.running.is_none() && !self.config.seed && downloads.is_empty() {
+            self.exit(0);
+        }
+    }
+
+    /// `heartbeat <peer_addr>` every `--announce-secs` while logged in, one at a time.
+    fn heartbeat(&mut self, now: Instant) {
+        let due = self.next_heartbeat.is_some_and(|t| now >= t);
+        let pending = self
+            .internal
+            .values()
+            .any(|i| matches!(i, Internal::Heartbeat));
+        if self.user.is_none() || !due || pending {
+            return;
+        }
+        self.next_heartbeat = Some(now + self.config.announce);
+        self.send_internal(output::heartbeat_request(), Internal::Heartbeat);
+    }
+}

@@ -1,0 +1,372 @@
+//! `FetchPeer`: the download side of one peer connection, as a state machine
+//! without I/O. The connection owns it (`peer_conn::Role::Fetch`); `transfers`
+//! feeds it what the peer said together with the download's picker, and it
+//! answers with the change of state, the requests to send, or a [`Disconnect`] that
+//! ends the connection.
+//!
+//! ```text
+//! Handshake --(their handshake: same file, same version, not us)--> AwaitBitfield
+//! AwaitBitfield --(a valid bitfield)--> Active { has, inflight }
+//! Active --(bitfield again: replaces `has` in the counts)--> Active
+//! any --(close)--> inflight released, `has` leaves the availability counts
+//! ```
+//!
+//! Every piece index a peer sends is checked here ([`PieceIndex::new`]) before
+//! the picker sees it.
+
+use wire::file_meta::FileMeta;
+use wire::peer_msg::{self, Handshake, PeerMsg};
+use wire::pieces::{Bitfield, PieceIndex};
+
+use crate::picker::PiecePicker;
+
+/// Why a fetch connection ends: one line for the log, and whether the address
+/// is never tried again for this download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disconnect {
+    pub reason: String,
+    pub ban: bool,
+}
+
+impl Disconnect {
+    pub fn close(reason: impl Into<String>) -> Disconnect {
+        Disconnect {
+            reason: reason.into(),
+            ban: false,
+        }
+    }
+
+    pub fn ban(reason: impl Into<String>) -> Disconnect {
+        Disconnect {
+            reason: reason.into(),
+            ban: true,
+        }
+    }
+}
+
+/// Where a fetch connection is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchState {
+    /// Our handshake is sent; the server's is awaited.
+    Handshake,
+    /// The server's handshake was right; its bitfield is awaited.
+    AwaitBitfield,
+    /// The server's pieces are known; requests flow.
+    Active {
+        /// The pieces the server has.
+        has: Bitfield,
+        /// Pieces requested and not yet answered, in request order.
+        inflight: Vec<PieceIndex>,
+    },
+}
+
+/// The download side of one connection: which download, and its state.
+#[derive(Debug, Clone)]
+pub struct FetchPeer {
+    /// Index of the download in `Transfers`.
+    pub dl: usize,
+    pub state: FetchState,
+}
+
+impl FetchPeer {
+    pub fn new(dl: usize) -> FetchPeer {
+        FetchPeer {
+            dl,
+            state: FetchState::Handshake,
+        }
+    }
+
+    /// Whether the server's pieces are known (requests may be sent).
+    pub fn is_active(&self) -> bool {
+        matches!(self.state, FetchState::Active { .. })
+    }
+
+    /// Requests outstanding on this connection.
+    pub fn inflight(&self) -> usize {
+        match &self.state {
+            FetchState::Active { inflight, .. } => inflight.len(),
+            _ => 0,
+        }
+    }
+
+    /// The server's handshake, for a download of `want` by a client whose id is `ours`.
+    pub fn on_handshake(
+        &mut self,
+        h: &Handshake,
+        want: &[u8; 20],
+        ours: &[u8; 8],
+    ) -> Result<(), Disconnect> {
+        if h.peer_id == *ours {
+            return Err(Disconnect::ban(
+                "this is this client; not downloading from it",
+            ));
+        }
+        if h.file_sha1 != *want {
+            return Err(Disconnect::close("answered for another file"));
+        }
+        if h.version != peer_msg::VERSION {
+            return Err(Disconnect::close(format!(
+                "speaks protocol version {}",
+                h.version
+            )));
+        }
+        if self.state == FetchState::Handshake {
+            self.state = FetchState::AwaitBitfield;
+        }
+        Ok(())
+    }
+
+    /// The server's bitfield: its pieces join the availability counts (a repeated
+    /// bitfield replaces the earlier one there).
+    pub fn on_bitfield(
+        &mut self,
+        bytes: Vec<u8>,
+        picker: &mut PiecePicker,
+    ) -> Result<(), Disconnect> {
+        if self.state == FetchState::Handshake {
+            return Err(Disconnect::close("bitfield before the handshake"));
+        }
+        let has = Bitfield::from_bytes(bytes, picker.piece_count())
+            .map_err(|e| Disconnect::close(e.to_string()))?;
+        picker.add_bitfield(&has);
+        if let FetchState::Active { has: old, .. } = &mut self.state {
+            picker.remove_bitfield(old);
+            *old = has;
+        } else {
+            self.state = FetchState::Active {
+                has,
+                inflight: Vec::new(),
+            };
+        }
+        Ok(())
+    }
+
+    /// The server verified a new piece. An index past the end is ignored, as is a
+    /// `Have` before the bitfield (the bitfield will carry it).
+    pub fn on_have(&mut self, raw: u32, picker: &mut PiecePicker) {
+        let Some(i) = PieceIndex::new(raw, picker.piece_count()) else {
+            log::debug!("have of piece {raw}, past the end; ignored");
+            return;
+        };
+        if let FetchState::Active { has, .. } = &mut self.state {
+            if has.insert(i) {
+                picker.add_have(i);
+            }
+        }
+    }
+
+    /// The server refused a request: the piece goes back to the picker and is not
+    /// asked of this server again.
+    pub fn on_reject(&mut self, raw: u32, picker: &mut PiecePicker) {
+        let Some(i) = PieceIndex::new(raw, picker.piece_count()) else {
+            return;
+        };
+        let FetchState::Active { has, inflight } = &mut self.state else {
+            return;
+        };
+        if let Some(pos) = inflight.iter().position(|x| *x == i) {
+            inflight.remove(pos);
+            picker.release(i);
+            if has.remove(i) {
+                picker.remove_have(i);
+            }
+        }
+    }
+
+    /// A whole `Piece` message arrived: the piece it answers, once it is checked to
+    /// be an outstanding request of ours with the right geometry.
+    pub fn on_piece(
+        &mut self,
+        raw: u32,
+        offset: u32,
+        len: usize,
+        meta: &FileMeta,
+        picker: &mut PiecePicker,
+    ) -> Result<PieceIndex, Disconnect> {
+        let unasked = || Disconnect::close(format!("sent piece {raw} that was not requested"));
+        let i = PieceIndex::new(raw, meta.piece_count()).ok_or_else(unasked)?;
+        let FetchState::Active { inflight, .. } = &mut self.state else {
+            return Err(unasked());
+        };
+        let pos = inflight.iter().position(|x| *x == i).ok_or_else(unasked)?;
+        inflight.remove(pos);
+        if offset != 0 || len as u64 != meta.piece_len(i.get()) {
+            picker.release(i);
+            return Err(Disconnect::ban(format!("sent a malformed piece {i}")));
+        }
+        Ok(i)
+    }
+
+    /// Picks up to `want` more pieces (at most `per_peer` outstanding here) and
+    /// appends their whole-piece `Request`s to `out`; returns how many.
+    pub fn fill(
+        &mut self,
+        picker: &mut PiecePicker,
+        meta: &FileMeta,
+        per_peer: usize,
+        want: usize,
+        out: &mut Vec<u8>,
+    ) -> usize {
+        let FetchState::Active { has, inflight } = &mut self.state else {
+            return 0;
+        };
+        let mut added = 0;
+        while inflight.len() < per_peer && added < want {
+            let Some(p) = picker.pick(has, |i| inflight.contains(&i)) else {
+                break;
+            };
+            inflight.push(p);
+            added += 1;
+            PeerMsg::Request {
+                piece: p.raw(),
+                offset: 0,
+                len: meta.piece_len(p.get()) as u32,
+            }
+            .encode_into(out);
+        }
+        added
+    }
+
+    /// The connection ended: its requests go back to the picker and its pieces
+    /// leave the availability counts.
+    pub fn close(self, picker: &mut PiecePicker) {
+        if let FetchState::Active { has, inflight } = self.state {
+            for p in inflight {
+                picker.release(p);
+            }
+            picker.remove_bitfield(&has);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PIECE: u64 = 4;
+
+    fn meta(pieces: usize) -> FileMeta {
+        FileMeta {
+            name: "f".into(),
+            size: pieces as u64 * PIECE - 1,
+            piece_size: PIECE,
+            piece_hashes: vec![[0; 20]; pieces],
+            file_sha1: [7; 20],
+        }
+    }
+
+    fn active(pieces: usize, picker: &mut PiecePicker) -> FetchPeer {
+        let mut f = FetchPeer::new(0);
+        f.on_handshake(&Handshake::new([7; 20], [2; 8]), &[7; 20], &[1; 8])
+            .unwrap();
+        assert_eq!(f.state, FetchState::AwaitBitfield);
+        f.on_bitfield(Bitfield::full(pieces).into_bytes(), picker)
+            .unwrap();
+        assert!(f.is_active());
+        f
+    }
+
+    fn requests(out: &[u8]) -> Vec<u32> {
+        let mut at = 0;
+        let mut v = Vec::new();
+        while let Some((m, used)) = peer_msg::decode(&out[at..]).unwrap() {
+            at += used;
+            if let PeerMsg::Request { piece, .. } = m {
+                v.push(piece);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn handshakes_that_end_the_connection() {
+        let mut f = FetchPeer::new(0);
+        let ours = [1; 8];
+        let us = Handshake::new([7; 20], ours);
+        assert!(f.on_handshake(&us, &[7; 20], &ours).unwrap_err().ban);
+        let other_file = Handshake::new([8; 20], [2; 8]);
+        assert!(
+            !f.on_handshake(&other_file, &[7; 20], &ours)
+                .unwrap_err()
+                .ban
+        );
+        let mut old = Handshake::new([7; 20], [2; 8]);
+        old.version = peer_msg::VERSION + 1;
+        assert!(f.on_handshake(&old, &[7; 20], &ours).is_err());
+        assert_eq!(f.state, FetchState::Handshake);
+    }
+
+    #[test]
+    fn bitfields_are_validated_and_replace_each_other() {
+        let mut picker = PiecePicker::new(10, 1);
+        let mut f = FetchPeer::new(0);
+        assert!(
+            f.on_bitfield(vec![0xff, 0xc0], &mut picker).is_err(),
+            "before handshake"
+        );
+        let mut f = active(10, &mut picker);
+        let first = PieceIndex::new(0, 10).unwrap();
+        assert_eq!(picker.availability(first), 1);
+        // Wrong length and spare bits set: dropped, counts untouched.
+        assert!(f.on_bitfield(vec![0xff], &mut picker).is_err());
+        assert!(f.on_bitfield(vec![0xff, 0xff], &mut picker).is_err());
+        assert_eq!(picker.availability(first), 1);
+        // A repeated bitfield replaces the first one in the counts.
+        f.on_bitfield(vec![0x7f, 0xc0], &mut picker).unwrap();
+        assert_eq!(picker.availability(first), 0);
+        f.on_have(0, &mut picker);
+        f.on_have(0, &mut picker);
+        f.on_have(10, &mut picker);
+        f.on_have(u32::MAX, &mut picker);
+        assert_eq!(picker.availability(first), 1, "one have, counted once");
+        f.close(&mut picker);
+        assert!(PieceIndex::all(10).all(|i| picker.availability(i) == 0));
+    }
+
+    #[test]
+    fn requests_pieces_rejects_and_close() {
+        let m = meta(6);
+        let mut picker = PiecePicker::new(6, 1);
+        let mut f = active(6, &mut picker);
+        let mut out = Vec::new();
+        assert_eq!(f.fill(&mut picker, &m, 4, 10, &mut out), 4);
+        assert_eq!(
+            f.fill(&mut picker, &m, 4, 10, &mut out),
+            0,
+            "per-peer bound"
+        );
+        let asked = requests(&out);
+        assert_eq!(asked.len(), 4);
+        // A piece we did not ask for, and one past the end: the connection ends, no ban.
+        let never = (0..6).find(|p| !asked.contains(p)).unwrap();
+        let e = f
+            .on_piece(never, 0, PIECE as usize, &m, &mut picker)
+            .unwrap_err();
+        assert!(!e.ban, "{e:?}");
+        assert!(f.on_piece(99, 0, 4, &m, &mut picker).is_err());
+        // The right piece with the wrong length: a ban, and the piece is free again.
+        let e = f.on_piece(asked[0], 0, 2, &m, &mut picker).unwrap_err();
+        assert!(e.ban);
+        let a0 = PieceIndex::new(asked[0], 6).unwrap();
+        assert_eq!(picker.outstanding(a0), 0);
+        // A good piece.
+        let len = m.piece_len(asked[1] as usize) as usize;
+        let got = f.on_piece(asked[1], 0, len, &m, &mut picker).unwrap();
+        assert_eq!(got.raw(), asked[1]);
+        // A reject: released and never asked of this peer again.
+        f.on_reject(asked[2], &mut picker);
+        let a2 = PieceIndex::new(asked[2], 6).unwrap();
+        assert_eq!(picker.availability(a2), 0);
+        assert_eq!(f.inflight(), 1);
+        let mut out = Vec::new();
+        f.fill(&mut picker, &m, 10, 10, &mut out);
+        assert!(!requests(&out).contains(&asked[2]));
+        // Close: everything outstanding is released.
+        let held: Vec<PieceIndex> = match &f.state {
+            FetchState::Active { inflight, .. } => inflight.clone(),
+            _ => unreachable!(),
+        };
+        f.close(&mut picker);
+        assert!(held.iter().all(|p| picker.outstanding(*p) == 0));
+    }
+}

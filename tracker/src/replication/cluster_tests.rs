@@ -1,0 +1,480 @@
+//! In-memory cluster tests of `RaftNode`: 3 and 5 nodes over real `RaftStorage` files
+//! in a temp dir, messages passed through queues the test controls (so crashes and
+//! partitions are just dropped messages), and an injected clock of 100 ms per tick.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
+
+use super::*;
+use crate::replication::peer_frame::{LinkEvent, PeerLink};
+
+const TICK: Duration = Duration::from_millis(100);
+
+/// A list of byte strings, snapshotted as length-prefixed records.
+#[derive(Default)]
+struct Machine {
+    applied: u64,
+    entries: Vec<Vec<u8>>,
+    restores: usize,
+}
+
+impl StateMachine for Machine {
+    fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    fn apply(&mut self, index: u64, data: &[u8]) -> Result<(), MachineError> {
+        assert!(
+            index > self.applied,
+            "applied {index} after {}",
+            self.applied
+        );
+        self.applied = index;
+        self.entries.push(data.to_vec());
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Result<(u64, Vec<u8>), MachineError> {
+        let mut out = Vec::new();
+        for e in &self.entries {
+            out.extend_from_slice(&(e.len() as u32).to_le_bytes());
+            out.extend_from_slice(e);
+        }
+        Ok((self.applied, out))
+    }
+
+    fn restore(&mut self, index: u64, mut data: &[u8]) -> Result<(), MachineError> {
+        self.entries.clear();
+        while data.len() >= 4 {
+            let len = u32::from_le_bytes(data[..4].try_into()?) as usize;
+            self.entries.push(data[4..4 + len].to_vec());
+            data = &data[4 + len..];
+        }
+        self.applied = index;
+        self.restores += 1;
+        Ok(())
+    }
+}
+
+struct Member {
+    node: Option<RaftNode>,
+    sm: Machine,
+    inbox: VecDeque<Message>,
+    done: Vec<ProposalId>,
+    failed: Vec<(ProposalId, Instant)>,
+    proposed: Vec<(ProposalId, Instant, Vec<u8>)>,
+    roles: Vec<RoleChange>,
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    template: NodeConfig,
+    members: Vec<Member>,
+    now: Instant,
+    cut: HashSet<(u64, u64)>,
+    boots: u64,
+}
+
+impl Cluster {
+    fn new(n: u64, tweak: impl Fn(&mut NodeConfig)) -> Self {
+        let mut template = NodeConfig::new(0, (1..=n).collect());
+        tweak(&mut template);
+        let mut c = Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            template,
+            members: Vec::new(),
+            now: Instant::now(),
+            cut: HashSet::new(),
+            boots: 0,
+        };
+        for _ in 1..=n {
+            c.members.push(Member {
+                node: None,
+                sm: Machine::default(),
+                inbox: VecDeque::new(),
+                done: Vec::new(),
+                failed: Vec::new(),
+                proposed: Vec::new(),
+                roles: Vec::new(),
+            });
+        }
+        for id in 1..=n {
+            c.start(id);
+        }
+        c
+    }
+
+    fn db(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("raft{id}.db"))
+    }
+
+    fn m(&mut self, id: u64) -> &mut Member {
+        &mut self.members[id as usize - 1]
+    }
+
+    fn node(&mut self, id: u64) -> &mut RaftNode {
+        self.m(id).node.as_mut().expect("node is running")
+    }
+
+    fn start(&mut self, id: u64) {
+        let mut config = self.template.clone();
+        config.id = id;
+        let storage = RaftStorage::open(&self.db(id), &config.voters).unwrap();
+        self.boots += 1;
+        let boot = self.boots;
+        let m = self.m(id);
+        m.node = Some(RaftNode::open(config, storage, &mut m.sm, boot).unwrap());
+    }
+
+    /// Stops stepping the node and drops what was on its way to it; its storage and
+    /// its (durable) state machine stay.
+    fn crash(&mut self, id: u64) {
+        let m = self.m(id);
+        m.node = None;
+        m.inbox.clear();
+    }
+
+    /// Crashes the node and deletes its whole data dir: Raft storage and state.
+    fn wipe(&mut self, id: u64) {
+        self.crash(id);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.db(id).display()));
+        }
+        self.m(id).sm = Machine::default();
+    }
+
+    fn partition(&mut self, side: &[u64]) {
+        let n = self.members.len() as u64;
+        for a in side {
+            for b in (1..=n).filter(|b| !side.contains(b)) {
+                self.cut.insert((*a, b));
+                self.cut.insert((b, *a));
+            }
+        }
+    }
+
+    fn running(&self, id: u64) -> bool {
+        self.members[id as usize - 1].node.is_some()
+    }
+
+    fn tick(&mut self) {
+        self.now += TICK;
+        for m in &mut self.members {
+            if let Some(n) = m.node.as_mut() {
+                n.tick();
+            }
+        }
+        self.settle();
+    }
+
+    /// Runs every node's loop turn until no message is in flight.
+    fn settle(&mut self) {
+        for _ in 0..500 {
+            let mut progress = false;
+            for id in 1..=self.members.len() as u64 {
+                progress |= self.turn(id);
+            }
+            if !progress {
+                return;
+            }
+        }
+        panic!("the cluster did not settle");
+    }
+
+    /// One loop turn of one node, in the order the module doc prescribes.
+    fn turn(&mut self, id: u64) -> bool {
+        let now = self.now;
+        let Some(mut node) = self.m(id).node.take() else {
+            return false;
+        };
+        let inbox = std::mem::take(&mut self.m(id).inbox);
+        let mut progress = !inbox.is_empty();
+        for msg in inbox {
+            let _ = node.step(msg);
+        }
+        let mut actions = node.handle_ready(now).unwrap();
+        for msg in std::mem::take(&mut actions.messages) {
+            let (to, snap) = (msg.to, msg.get_msg_type() == MessageType::MsgSnapshot);
+            let delivered = self.running(to) && !self.cut.contains(&(id, to));
+            if delivered {
+                self.m(to).inbox.push_back(msg);
+                progress = true;
+            } else {
+                node.report_unreachable(to);
+            }
+            if snap {
+                node.report_snapshot(to, delivered);
+            }
+        }
+        let m = self.m(id);
+        node.apply(&mut m.sm, actions.snapshot.take(), &actions.committed)
+            .unwrap();
+        m.done
+            .extend(actions.committed.iter().filter_map(|c| c.proposal));
+        m.failed.extend(actions.failed.iter().map(|&p| (p, now)));
+        m.roles.extend(actions.role);
+        progress |= !actions.committed.is_empty() || node.has_ready();
+        m.node = Some(node);
+        progress
+    }
+
+    fn propose(&mut self, id: u64, data: &str) -> ProposalId {
+        let now = self.now;
+        let p = self
+            .node(id)
+            .propose(data.as_bytes().to_vec(), now)
+            .unwrap();
+        self.m(id).proposed.push((p, now, data.as_bytes().to_vec()));
+        p
+    }
+
+    /// Ticks until one of `among` leads with every other of them following it.
+    fn wait_leader(&mut self, among: &[u64]) -> u64 {
+        for _ in 0..300 {
+            self.tick();
+            let leader = among.iter().copied().find(|&i| self.node(i).is_leader());
+            if let Some(l) = leader {
+                if among.iter().all(|&i| self.node(i).leader() == Some(l)) {
+                    return l;
+                }
+            }
+        }
+        panic!("no leader among {among:?}");
+    }
+
+    /// Ticks until `id` saw `p` committed and applied.
+    fn wait_done(&mut self, id: u64, p: ProposalId) {
+        for _ in 0..100 {
+            if self.m(id).done.contains(&p) {
+                return;
+            }
+            self.tick();
+        }
+        panic!("proposal {p:?} at tracker {id} never completed");
+    }
+
+    fn entries(&self, id: u64) -> Vec<String> {
+        let m = &self.members[id as usize - 1];
+        m.sm.entries
+            .iter()
+            .map(|e| String::from_utf8_lossy(e).into_owned())
+            .collect()
+    }
+
+    fn ticks(&mut self, n: usize) {
+        for _ in 0..n {
+            self.tick();
+        }
+    }
+}
+
+fn elect_and_commit_in_order(n: u64) {
+    let mut c = Cluster::new(n, |_| {});
+    let leader = c.wait_leader(&(1..=n).collect::<Vec<_>>());
+    let role = *c.m(leader).roles.last().unwrap();
+    assert_eq!(role.role, StateRole::Leader);
+    assert_eq!(role.term, c.node(leader).term());
+    // Thirty changes through every tracker in one loop turn: many per Ready, the
+    // followers' ones forwarded to the leader.
+    let mut proposals = Vec::new();
+    for i in 0..30 {
+        let id = i % n + 1;
+        proposals.push((id, c.propose(id, &format!("change {i}"))));
+    }
+    for (id, p) in proposals {
+        c.wait_done(id, p);
+    }
+    c.ticks(3);
+    let reference = c.entries(leader);
+    assert_eq!(reference.len(), 30);
+    let mut sorted = reference.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 30, "each change once");
+    for id in 1..=n {
+        assert_eq!(
+            c.entries(id),
+            reference,
+            "tracker {id} applied another order"
+        );
+        assert!(c.m(id).failed.is_empty());
+    }
+}
+
+#[test]
+fn three_nodes_elect_a_leader_and_commit_in_the_same_order() {
+    elect_and_commit_in_order(3);
+}
+
+#[test]
+fn five_nodes_elect_a_leader_and_commit_in_the_same_order() {
+    elect_and_commit_in_order(5);
+}
+
+#[test]
+fn after_the_leader_crashes_a_new_one_is_elected_and_the_old_one_rejoins() {
+    let mut c = Cluster::new(3, |_| {});
+    let old = c.wait_leader(&[1, 2, 3]);
+    for i in 0..5 {
+        let p = c.propose(old, &format!("before {i}"));
+        c.wait_done(old, p);
+    }
+    c.crash(old);
+    let survivors: Vec<u64> = (1..=3).filter(|&i| i != old).collect();
+    let new = c.wait_leader(&survivors);
+    assert_ne!(new, old);
+    for (i, &id) in survivors.iter().cycle().take(6).enumerate() {
+        let p = c.propose(id, &format!("after {i}"));
+        c.wait_done(id, p);
+    }
+    assert_eq!(c.entries(survivors[0]).len(), 5 + 6);
+    assert_eq!(c.entries(survivors[0]), c.entries(survivors[1]));
+    // Restarted from its persisted storage (and its durable state machine), the old
+    // leader catches up with what was committed without it.
+    c.start(old);
+    c.ticks(20);
+    assert_eq!(c.entries(old), c.entries(new));
+    assert_eq!(c.entries(old).len(), 11);
+}
+
+#[test]
+fn a_partitioned_minority_fails_its_proposals_in_time_while_the_majority_goes_on() {
+    let mut c = Cluster::new(5, |_| {});
+    let leader = c.wait_leader(&[1, 2, 3, 4, 5]);
+    let buddy = (1..=5).find(|&i| i != leader).unwrap();
+    let majority: Vec<u64> = (1..=5).filter(|&i| i != leader && i != buddy).collect();
+    c.partition(&[leader, buddy]);
+    let lost_at_leader = c.propose(leader, "lost at old leader");
+    let lost_forwarded = c.propose(buddy, "lost forwarded");
+    // A change forwarded to the old leader just before the cut would be lost with
+    // that message (and fail at its deadline); once the majority has a leader of its
+    // own, changes through it commit.
+    let new = c.wait_leader(&majority);
+    assert!(majority.contains(&new));
+    let kept = c.propose(majority[0], "kept by majority");
+    c.wait_done(majority[0], kept);
+    c.ticks(55);
+    for (id, p) in [(leader, lost_at_leader), (buddy, lost_forwarded)] {
+        let failed_at = c.m(id).failed.iter().find(|f| f.0 == p).map(|f| f.1);
+        let proposed_at = c.m(id).proposed.iter().find(|q| q.0 == p).unwrap().1;
+        let failed_at = failed_at.unwrap_or_else(|| panic!("{p:?} at {id} not failed"));
+        assert!(failed_at - proposed_at <= Duration::from_secs(5) + TICK);
+    }
+    assert!(
+        !c.node(leader).is_leader(),
+        "check_quorum stepped the old leader down"
+    );
+    // Heal: the minority catches up; the failed changes were never committed.
+    c.cut.clear();
+    let new = c.wait_leader(&[1, 2, 3, 4, 5]);
+    let p = c.propose(leader, "after heal");
+    c.wait_done(leader, p);
+    c.ticks(5);
+    let reference = c.entries(new);
+    assert_eq!(reference, ["kept by majority", "after heal"]);
+    for id in 1..=5 {
+        assert_eq!(c.entries(id), reference, "tracker {id}");
+    }
+}
+
+#[test]
+fn a_restart_with_an_empty_state_machine_replays_the_log() {
+    let mut c = Cluster::new(3, |_| {});
+    let leader = c.wait_leader(&[1, 2, 3]);
+    for i in 0..10 {
+        let p = c.propose(leader, &format!("e{i}"));
+        c.wait_done(leader, p);
+    }
+    c.ticks(3);
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    c.crash(follower);
+    c.m(follower).sm = Machine::default();
+    c.start(follower);
+    c.ticks(5);
+    assert_eq!(c.entries(follower), c.entries(leader));
+    assert_eq!(c.m(follower).sm.restores, 0, "no snapshot was needed");
+}
+
+#[test]
+fn a_wiped_node_catches_up_by_snapshot_and_log_tail() {
+    let mut c = Cluster::new(3, |cfg| {
+        cfg.snapshot_every = 10;
+        cfg.keep_entries = 2;
+    });
+    let leader = c.wait_leader(&[1, 2, 3]);
+    for i in 0..35 {
+        let p = c.propose(leader, &format!("e{i}"));
+        if i % 5 == 4 {
+            c.wait_done(leader, p);
+        }
+    }
+    c.ticks(3);
+    assert!(c.node(leader).storage().snapshot_index() >= 30);
+    assert!(
+        raft::Storage::first_index(c.node(leader).storage()).unwrap() > 1,
+        "compacted"
+    );
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    c.wipe(follower);
+    c.start(follower);
+    c.ticks(10);
+    assert!(c.m(follower).sm.restores >= 1, "caught up by snapshot");
+    assert_eq!(c.entries(follower).len(), 35);
+    assert_eq!(c.entries(follower), c.entries(leader));
+    // And it keeps up with new changes after the snapshot.
+    let p = c.propose(follower, "tail");
+    c.wait_done(follower, p);
+    c.ticks(2);
+    assert_eq!(c.entries(follower), c.entries(leader));
+}
+
+/// A vote at term 100, as a frame a peer would send: stepping it would bump the term.
+fn forged_vote() -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgRequestVote);
+    m.from = 1;
+    m.to = 2;
+    m.term = 100;
+    m.log_term = 100;
+    m.index = 100;
+    m
+}
+
+fn step_events(node: &mut RaftNode, events: Vec<LinkEvent>) {
+    for e in events {
+        if let LinkEvent::Message(m) = e {
+            node.step(*m).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_forged_vote_from_an_unauthenticated_peer_changes_nothing() {
+    let key = [5; 32];
+    let mut c = Cluster::new(3, |_| {});
+    let term = c.node(2).term();
+    // Raw frame bytes, then a greeting with a wrong key followed by frames.
+    let mut outsider = PeerLink::connect([6; 32], 1, 2, [1; 32], 1 << 16);
+    let payload = protobuf::Message::write_to_bytes(&forged_vote()).unwrap();
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&payload);
+    frame.extend_from_slice(&[0; 32]);
+    let mut link = PeerLink::accept(key, 2, vec![1, 2, 3], [2; 32], 1 << 16);
+    let events = link.receive(&frame).unwrap_or_default();
+    step_events(c.node(2), events);
+    let mut link = PeerLink::accept(key, 2, vec![1, 2, 3], [2; 32], 1 << 16);
+    let mut events = link.receive(&outsider.take_output()).unwrap();
+    events.extend(link.receive(&frame).unwrap_or_default());
+    step_events(c.node(2), events);
+    c.settle();
+    assert_eq!(c.node(2).term(), term, "nothing reached the node");
+    // Control: the same vote over an authenticated link does reach it.
+    let mut insider = PeerLink::connect(key, 1, 2, [1; 32], 1 << 16);
+    let mut link = PeerLink::accept(key, 2, vec![1, 2, 3], [2; 32], 1 << 16);
+    link.receive(&insider.take_output()).unwrap();
+    insider.receive(&link.take_output()).unwrap();
+    insider.send(&forged_vote()).unwrap();
+    let events = link.receive(&insider.take_output()).unwrap();
+    step_events(c.node(2), events);
+    assert_eq!(c.node(2).term(), 100);
+}

@@ -1,0 +1,24 @@
+//! Replication across hosts (`--replication raft`, issue 13): the parts that need no
+//! socket, ready for the tracker's mio loop to drive.
+//!
+//! - [`node`]: `RaftNode`, one tracker's replica (raft-rs `RawNode`), sans-IO: tick,
+//!   step, propose, `handle_ready` -> `Actions` (persist, send, apply, advance); the
+//!   `StateMachine` trait the store plugs into; proposal deadlines (no quorum).
+//! - [`storage`]: `RaftStorage`, raft-rs's `Storage` durable in `raft<N>.db`.
+//! - [`peer_frame`]: the tracker-to-tracker link on the client port: a distinct first
+//!   line, an HMAC-SHA256 challenge-response over the cluster key, then MACed,
+//!   length-prefixed frames each holding one protobuf Raft message.
+//! - [`cluster_key`]: the 32-byte cluster key file (0600) in the data dir.
+//! - [`raft_log`]: raft-rs's slog output into the `log` crate.
+//!
+//! Single-host `shared-log` replication stays in `sync_log` / `server` for now.
+
+// raft-rs's protobuf structs carry hidden fields; setting fields after `default()`
+// is how they are built (as in raft-rs's own examples).
+#![allow(clippy::field_reassign_with_default)]
+
+pub mod cluster_key;
+pub mod node;
+pub mod peer_frame;
+pub mod raft_log;
+pub mod storage;

@@ -1,0 +1,522 @@
+//! `RaftNode`: one tracker's Raft replica, sans-IO (in the style of quinn-proto).
+//!
+//! The node wraps raft-rs's `RawNode` over [`RaftStorage`]. It never touches a socket
+//! or a clock: the owner feeds it ticks, received messages, proposals and the current
+//! time, and carries out the [`Actions`] it returns. The one I/O it does itself is its
+//! own storage (the fsync of a `Ready`), because raft-rs reads that storage back.
+//!
+//! # Driving it (the tracker's mio loop)
+//! ```text
+//! every tick interval:   node.tick()
+//! per received message:  node.step(msg)        (only from an authenticated peer link)
+//! per client change:     id = node.propose(data, now)?   (remember id -> client)
+//! once per loop turn:    let mut a = node.handle_ready(now)?;   // persisted + fsynced
+//!                        send every a.messages[i] to tracker a.messages[i].to
+//!                        node.apply(&mut state_machine, a.snapshot.take(), &a.committed)?
+//!                        reply OK to the client of each a.committed[i].proposal
+//!                        reply `ERR no quorum: the change was not made` to each a.failed
+//!                        log/act on a.role
+//! poll timeout:          min(next tick, node.next_deadline()), 0 if node.has_ready()
+//! ```
+//! This is raft-rs's order: persist, send, apply, advance (the node advances raft-rs
+//! inside `handle_ready`; the caller must apply `committed` before the next call).
+//! Many proposals may be made between two `handle_ready` calls: they share one fsync.
+//!
+//! # Proposals through any tracker
+//! Each proposal's entry carries a 24-byte context: proposer tracker, boot nonce (random
+//! per process start) and sequence number. A follower's `propose` is forwarded to the
+//! leader by raft-rs (`MsgPropose`); while no leader is known proposals wait in a
+//! bounded queue. When an entry commits, the tracker that proposed it recognises its own
+//! context and reports the proposal done (`Committed::proposal`) as it applies it, so
+//! it replies only after applying locally. A proposal not committed within
+//! `proposal_deadline` (SPEC: 5 s) is reported in `Actions::failed`. Caveat: "failed"
+//! means "not committed as far as this tracker knew at the deadline"; an entry already
+//! handed to a leader may still commit later if a quorum returns before it is
+//! overwritten, so changes must stay safe to retry (the exactly-once request ids).
+//!
+//! # Snapshots
+//! [`StateMachine::snapshot`] is taken every `snapshot_every` applied entries and
+//! stored with the log before it compacted; a lagging or empty tracker receives it
+//! from the leader and [`StateMachine::restore`]s it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use raft::prelude::*;
+use raft::{SnapshotStatus, StateRole, Storage, INVALID_ID};
+
+use super::raft_log;
+use super::storage::{RaftStorage, StorageError};
+
+/// The error a state machine reports; it stops the node's loop.
+pub type MachineError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the replicated log drives: the tracker's store plugs in here.
+pub trait StateMachine {
+    /// The index of the last entry applied (0: none); durable with the state.
+    fn applied_index(&self) -> u64;
+    /// Applies one committed entry's data; `index` only grows.
+    fn apply(&mut self, index: u64, data: &[u8]) -> Result<(), MachineError>;
+    /// A consistent copy of the whole state and the index it covers.
+    fn snapshot(&self) -> Result<(u64, Vec<u8>), MachineError>;
+    /// Replaces the whole state by a snapshot covering `index`.
+    fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), MachineError>;
+}
+
+/// Tuning of a node; [`NodeConfig::new`] gives the defaults.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This tracker's number (1-based line of tracker_info.txt), its Raft id.
+    pub id: u64,
+    /// Every tracker's number, this one included.
+    pub voters: Vec<u64>,
+    /// Ticks without a leader before an election (randomised up to twice this).
+    pub election_tick: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_tick: usize,
+    /// A proposal not committed within this is reported failed (SPEC: 5 s).
+    pub proposal_deadline: Duration,
+    /// Take a state machine snapshot (and compact) every this many applied entries.
+    pub snapshot_every: u64,
+    /// Entries kept before a snapshot, so a slightly lagging follower needs none.
+    pub keep_entries: u64,
+    /// Proposals waiting at once, beyond which `propose` refuses.
+    pub max_pending: usize,
+    /// Largest append message (bytes of entries), and in-flight appends per follower.
+    pub max_size_per_msg: u64,
+    pub max_inflight_msgs: usize,
+}
+
+impl NodeConfig {
+    /// Defaults for a tick of 100 ms: election after 1-2 s, heartbeat every 200 ms.
+    pub fn new(id: u64, voters: Vec<u64>) -> Self {
+        NodeConfig {
+            id,
+            voters,
+            election_tick: 10,
+            heartbeat_tick: 2,
+            proposal_deadline: Duration::from_secs(5),
+            snapshot_every: 10_000,
+            keep_entries: 1_000,
+            max_pending: 100_000,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+        }
+    }
+}
+
+/// Names one proposal made through this node, unique for the process's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProposalId(pub u64);
+
+/// A committed entry to apply, in log order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub index: u64,
+    pub term: u64,
+    pub data: Vec<u8>,
+    /// Set when this node proposed it and still waits for it: reply once applied.
+    pub proposal: Option<ProposalId>,
+}
+
+/// A snapshot received from the leader, to restore before applying `committed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedSnapshot {
+    pub index: u64,
+    pub data: Vec<u8>,
+}
+
+/// This node's role after a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoleChange {
+    pub role: StateRole,
+    pub leader: Option<u64>,
+    pub term: u64,
+}
+
+/// What one `handle_ready` asks of the owner; storage is already persisted.
+#[derive(Debug, Default)]
+pub struct Actions {
+    /// To send, each to tracker `msg.to`.
+    pub messages: Vec<Message>,
+    pub snapshot: Option<ReceivedSnapshot>,
+    pub committed: Vec<Committed>,
+    pub role: Option<RoleChange>,
+    /// Proposals that missed their deadline: `ERR no quorum: the change was not made`.
+    pub failed: Vec<ProposalId>,
+}
+
+/// Why the node stopped: its storage or state machine failed, or raft-rs refused.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("state machine: {0}")]
+    Machine(MachineError),
+    #[error("the state machine has applied up to {applied} but the Raft log ends at {last}: its data dir is inconsistent (remove the cache db to rebuild it)")]
+    MachineAhead { applied: u64, last: u64 },
+}
+
+/// Why a message from a peer was not stepped (the link may log and go on).
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("message for tracker {to} reached tracker {me}")]
+    NotForMe { to: u64, me: u64 },
+    #[error("raft refused the message: {0}")]
+    Refused(raft::Error),
+}
+
+/// Why a proposal was refused at once (nothing was proposed).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProposeError {
+    #[error("busy: {0} changes are waiting for the cluster")]
+    TooManyPending(usize),
+}
+
+const CONTEXT_LEN: usize = 24;
+
+/// One tracker's Raft replica.
+pub struct RaftNode {
+    raw: RawNode<RaftStorage>,
+    config: NodeConfig,
+    boot: u64,
+    next_seq: u64,
+    /// Handed to raft-rs, waiting to commit: seq -> deadline (both ascending).
+    pending: BTreeMap<u64, Instant>,
+    /// Waiting for a leader to be known: (seq, data, deadline).
+    queued: VecDeque<(u64, Vec<u8>, Instant)>,
+    /// (is leader, leader) last logged at info level.
+    logged_role: (bool, u64),
+    /// Messages of the node's own making, sent with the next `handle_ready`.
+    outbox: Vec<Message>,
+}
+
+impl RaftNode {
+    /// Opens the node over its storage; a state machine behind the stored snapshot
+    /// is first restored from it. `boot` must differ on every process start.
+    pub fn open(
+        config: NodeConfig,
+        mut storage: RaftStorage,
+        sm: &mut dyn StateMachine,
+        boot: u64,
+    ) -> Result<Self, NodeError> {
+        if sm.applied_index() < storage.snapshot_index() {
+            if let Some(snap) = storage.load_snapshot()? {
+                sm.restore(snap.get_metadata().index, &snap.data)
+                    .map_err(NodeError::Machine)?;
+            }
+        }
+        let applied = sm.applied_index();
+        let last = storage.last_index()?;
+        if applied > last {
+            return Err(NodeError::MachineAhead { applied, last });
+        }
+        storage.raise_commit(applied)?;
+        let raft_config = Config {
+            id: config.id,
+            election_tick: config.election_tick,
+            heartbeat_tick: config.heartbeat_tick,
+            applied,
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: config.max_size_per_msg,
+            max_inflight_msgs: config.max_inflight_msgs,
+            ..Config::default()
+        };
+        let raw = RawNode::new(&raft_config, storage, &raft_log::logger(config.id))?;
+        Ok(RaftNode {
+            raw,
+            config,
+            boot,
+            next_seq: 1,
+            pending: BTreeMap::new(),
+            queued: VecDeque::new(),
+            logged_role: (false, INVALID_ID),
+            outbox: Vec::new(),
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.config.id
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<u64> {
+        Some(self.raw.raft.leader_id).filter(|&l| l != INVALID_ID)
+    }
+
+    /// Advances Raft's logical clock by one tick.
+    pub fn tick(&mut self) {
+        self.raw.tick();
+    }
+
+    /// Steps a message received from an authenticated peer.
+    pub fn step(&mut self, msg: Message) -> Result<(), StepError> {
+        if msg.to != self.config.id {
+            return Err(StepError::NotForMe {
+                to: msg.to,
+                me: self.config.id,
+            });
+        }
+        let msg = self.guard_lost_log(msg);
+        self.raw.step(msg).map_err(StepError::Refused)
+    }
+
+    /// Copes with a tracker whose data dir was wiped (it rejoins with an empty log
+    /// while the leader remembers it as caught up), which raft-rs would otherwise
+    /// panic on (a heartbeat committing past its log) or stall on (its rejections
+    /// look stale). As follower: such a heartbeat commits nothing. As leader: a
+    /// follower reporting a log shorter than it had acknowledged is probed afresh,
+    /// from where it really is, which ends in a snapshot.
+    fn guard_lost_log(&mut self, mut msg: Message) -> Message {
+        let id = self.config.id;
+        let log = &self.raw.raft.raft_log;
+        if msg.get_msg_type() == MessageType::MsgHeartbeat && msg.commit > log.last_index() {
+            log::warn!(
+                "tracker {id}: the leader counts on entries up to {} but this log ends at {}: it was lost; catching up",
+                msg.commit,
+                log.last_index()
+            );
+            // Tell the leader where this log really ends (a rejection it can act on).
+            let mut reply = Message::default();
+            reply.set_msg_type(MessageType::MsgAppendResponse);
+            (reply.to, reply.from, reply.term) = (msg.from, id, msg.term);
+            (reply.reject, reply.index, reply.reject_hint) = (true, msg.commit, log.last_index());
+            self.outbox.push(reply);
+            msg.commit = log.committed;
+        }
+        let lost =
+            msg.get_msg_type() == MessageType::MsgAppendResponse && msg.reject && self.is_leader();
+        if let Some(pr) = self.raw.raft.mut_prs().get_mut(msg.from).filter(|_| lost) {
+            if msg.reject_hint < pr.matched {
+                log::warn!(
+                    "tracker {id}: tracker {} lost its log (had {}, has {}); sending it a snapshot",
+                    msg.from,
+                    pr.matched,
+                    msg.reject_hint
+                );
+                pr.matched = msg.reject_hint;
+                pr.become_probe();
+            }
+        }
+        msg
+    }
+
+    /// The transport could not reach `peer` (raft-rs slows down replication to it).
+    pub fn report_unreachable(&mut self, peer: u64) {
+        self.raw.report_unreachable(peer);
+    }
+
+    /// A snapshot message to `peer` was delivered (`true`) or lost.
+    pub fn report_snapshot(&mut self, peer: u64, delivered: bool) {
+        let status = if delivered {
+            SnapshotStatus::Finish
+        } else {
+            SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(peer, status);
+    }
+
+    /// Proposes `data` for the replicated log. The outcome comes from a later
+    /// `handle_ready`: `Committed::proposal` or `Actions::failed`.
+    pub fn propose(&mut self, data: Vec<u8>, now: Instant) -> Result<ProposalId, ProposeError> {
+        let waiting = self.pending.len() + self.queued.len();
+        if waiting >= self.config.max_pending {
+            return Err(ProposeError::TooManyPending(waiting));
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let deadline = now + self.config.proposal_deadline;
+        if self.queued.is_empty() && self.try_submit(seq, &data) {
+            self.pending.insert(seq, deadline);
+        } else {
+            self.queued.push_back((seq, data, deadline));
+        }
+        Ok(ProposalId(seq))
+    }
+
+    /// Hands a proposal to raft-rs if a leader is known; false if it must wait.
+    fn try_submit(&mut self, seq: u64, data: &[u8]) -> bool {
+        if self.leader().is_none() {
+            return false;
+        }
+        let mut context = Vec::with_capacity(CONTEXT_LEN);
+        context.extend_from_slice(&self.config.id.to_le_bytes());
+        context.extend_from_slice(&self.boot.to_le_bytes());
+        context.extend_from_slice(&seq.to_le_bytes());
+        self.raw.propose(context, data.to_vec()).is_ok()
+    }
+
+    fn submit_queued(&mut self) {
+        while let Some((seq, data, deadline)) = self.queued.pop_front() {
+            if !self.try_submit(seq, &data) {
+                self.queued.push_front((seq, data, deadline));
+                return;
+            }
+            self.pending.insert(seq, deadline);
+        }
+    }
+
+    fn expire(&mut self, now: Instant, failed: &mut Vec<ProposalId>) {
+        while let Some((&seq, &deadline)) = self.pending.first_key_value() {
+            if deadline > now {
+                break;
+            }
+            self.pending.remove(&seq);
+            failed.push(ProposalId(seq));
+        }
+        while self.queued.front().is_some_and(|q| q.2 <= now) {
+            let (seq, ..) = self.queued.pop_front().expect("front checked");
+            failed.push(ProposalId(seq));
+        }
+        failed.sort_unstable();
+    }
+
+    /// Whether `handle_ready` has work now (then the loop should not block).
+    pub fn has_ready(&self) -> bool {
+        self.raw.has_ready()
+            || !self.outbox.is_empty()
+            || (!self.queued.is_empty() && self.leader().is_some())
+    }
+
+    /// The earliest proposal deadline, for the loop's poll timeout.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let pending = self.pending.first_key_value().map(|(_, &d)| d);
+        let queued = self.queued.front().map(|q| q.2);
+        pending.into_iter().chain(queued).min()
+    }
+
+    /// Persists what Raft needs (one fsync), then returns what to send, apply and
+    /// report. See the module doc for the order the caller follows.
+    pub fn handle_ready(&mut self, now: Instant) -> Result<Actions, NodeError> {
+        let mut actions = Actions::default();
+        self.submit_queued();
+        self.expire(now, &mut actions.failed);
+        actions.messages.append(&mut self.outbox);
+        if !self.raw.has_ready() {
+            return Ok(actions);
+        }
+        let mut rd = self.raw.ready();
+        if let Some(ss) = rd.ss() {
+            actions.role = self.note_role(ss.raft_state, ss.leader_id);
+        }
+        actions.messages.extend(rd.take_messages());
+        let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
+        let committed = rd.take_committed_entries();
+        self.raw
+            .mut_store()
+            .persist(snapshot.as_ref(), rd.entries(), rd.hs())?;
+        actions.messages.extend(rd.take_persisted_messages());
+        actions.snapshot = snapshot.map(|s| ReceivedSnapshot {
+            index: s.get_metadata().index,
+            data: s.data.to_vec(),
+        });
+        self.collect(committed, &mut actions.committed);
+        let mut light = self.raw.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit);
+        }
+        actions.messages.extend(light.take_messages());
+        self.collect(light.take_committed_entries(), &mut actions.committed);
+        self.raw.advance_apply();
+        Ok(actions)
+    }
+
+    /// Turns raft entries into `Committed`, matching this node's own proposals.
+    fn collect(&mut self, entries: Vec<Entry>, out: &mut Vec<Committed>) {
+        for e in entries {
+            if e.get_entry_type() != EntryType::EntryNormal || e.context.len() != CONTEXT_LEN {
+                continue; // a new leader's empty entry (membership is static)
+            }
+            let word = |i: usize| u64::from_le_bytes(e.context[i..i + 8].try_into().expect("8"));
+            let mine = word(0) == self.config.id && word(8) == self.boot;
+            let proposal = mine
+                .then(|| word(16))
+                .filter(|seq| self.pending.remove(seq).is_some())
+                .map(ProposalId);
+            out.push(Committed {
+                index: e.index,
+                term: e.term,
+                data: e.data.to_vec(),
+                proposal,
+            });
+        }
+    }
+
+    /// Logs a change of role at info level, once per (leader?, leader id) change.
+    fn note_role(&mut self, role: StateRole, leader: u64) -> Option<RoleChange> {
+        let (id, term) = (self.config.id, self.term());
+        let key = (role == StateRole::Leader, leader);
+        if key != self.logged_role {
+            match (role, leader) {
+                (StateRole::Leader, _) => log::info!("tracker {id} is leader (term {term})"),
+                (_, INVALID_ID) => log::info!("tracker {id} has no leader (term {term})"),
+                (_, l) => log::info!("tracker {id} follows tracker {l} (term {term})"),
+            }
+            self.logged_role = key;
+        } else {
+            log::debug!("tracker {id} is {role:?} (term {term})");
+        }
+        Some(RoleChange {
+            role,
+            leader: Some(leader).filter(|&l| l != INVALID_ID),
+            term,
+        })
+    }
+
+    /// Applies what `handle_ready` returned to the state machine, in order (a
+    /// snapshot first), skipping what it already holds, then snapshots and compacts
+    /// if due.
+    pub fn apply(
+        &mut self,
+        sm: &mut dyn StateMachine,
+        snapshot: Option<ReceivedSnapshot>,
+        committed: &[Committed],
+    ) -> Result<(), NodeError> {
+        if let Some(snap) = snapshot {
+            sm.restore(snap.index, &snap.data)
+                .map_err(NodeError::Machine)?;
+        }
+        for c in committed {
+            if c.index > sm.applied_index() {
+                sm.apply(c.index, &c.data).map_err(NodeError::Machine)?;
+            }
+        }
+        self.maybe_snapshot(sm)
+    }
+
+    /// Takes a snapshot and compacts the log once `snapshot_every` entries were applied.
+    pub fn maybe_snapshot(&mut self, sm: &dyn StateMachine) -> Result<(), NodeError> {
+        let store = self.raw.store();
+        if sm.applied_index() < store.snapshot_index() + self.config.snapshot_every {
+            return Ok(());
+        }
+        let (index, data) = sm.snapshot().map_err(NodeError::Machine)?;
+        let keep = self.config.keep_entries;
+        self.raw.mut_store().store_snapshot(index, &data, keep)?;
+        log::debug!(
+            "tracker {}: snapshot at {index}, log compacted",
+            self.config.id
+        );
+        Ok(())
+    }
+
+    /// The storage, read-only (for status pages and tests).
+    pub fn storage(&self) -> &RaftStorage {
+        self.raw.store()
+    }
+}
+
+#[cfg(test)]
+#[path = "cluster_tests.rs"]
+mod cluster_tests;

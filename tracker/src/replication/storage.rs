@@ -1,0 +1,561 @@
+//! `RaftStorage`: raft-rs's [`Storage`] kept durably in `raft<N>.db`, a SQLite file of
+//! its own in the tracker's data dir (never the cache db: deleting the cache must not
+//! touch Raft's promises).
+//!
+//! # On-disk format, version 1 (`PRAGMA user_version = 1`)
+//!
+//! ```sql
+//! -- one row: Raft's hard state and the (static) membership
+//! CREATE TABLE raft_state (id INTEGER PRIMARY KEY CHECK (id = 1),
+//!     term INTEGER NOT NULL, vote INTEGER NOT NULL, commit_index INTEGER NOT NULL,
+//!     voters TEXT NOT NULL);                 -- tracker numbers, e.g. '1,2,3'
+//! -- the log entries this tracker holds, contiguous, idx ascending
+//! CREATE TABLE raft_entries (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL,
+//!     kind INTEGER NOT NULL,                 -- eraftpb.EntryType: 0 normal, 1 conf change
+//!     data BLOB NOT NULL, context BLOB NOT NULL);
+//! -- at most one row: the newest snapshot (state machine bytes + what it covers)
+//! CREATE TABLE raft_snapshot (id INTEGER PRIMARY KEY CHECK (id = 1),
+//!     idx INTEGER NOT NULL, term INTEGER NOT NULL, voters TEXT NOT NULL, data BLOB NOT NULL);
+//! ```
+//!
+//! The file runs in WAL mode with `synchronous = FULL`: every [`RaftStorage::persist`]
+//! is one transaction whose commit fsyncs the WAL before it returns, so one `Ready`
+//! costs one fsync however many entries it carries. Entries before a snapshot may be
+//! dropped ([`RaftStorage::store_snapshot`] keeps a configurable tail for slow
+//! followers); the entry at the snapshot index keeps its term in `raft_snapshot`.
+//!
+//! The commit index learned from a `LightReady` is kept in memory and written with the
+//! next persist (not fsynced on its own): after a crash it may lag, which Raft tolerates;
+//! [`RaftStorage::raise_commit`] lifts it to what the state machine had applied.
+
+use std::path::Path;
+
+use raft::prelude::*;
+use raft::{GetEntriesContext, RaftState, Storage};
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// The format version this code reads and writes.
+pub const FORMAT_VERSION: i64 = 1;
+
+/// Why the Raft storage cannot be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("raft storage: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error(
+        "raft storage {path}: unknown format version {found} (this tracker reads {FORMAT_VERSION})"
+    )]
+    Version { path: String, found: i64 },
+    #[error("raft storage: the cluster was {stored:?} but tracker_info.txt now lists {given:?}; membership changes are not supported")]
+    Membership { stored: Vec<u64>, given: Vec<u64> },
+    #[error("raft storage: {0}")]
+    Corrupt(String),
+}
+
+impl From<StorageError> for raft::Error {
+    fn from(e: StorageError) -> Self {
+        raft::Error::Store(raft::StorageError::Other(Box::new(e)))
+    }
+}
+
+/// Raft's durable state: hard state, membership, log entries and the newest snapshot.
+pub struct RaftStorage {
+    conn: Connection,
+    hard_state: HardState,
+    conf_state: ConfState,
+    snapshot_index: u64,
+    snapshot_term: u64,
+    first_index: u64,
+    last_index: u64,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE raft_state (id INTEGER PRIMARY KEY CHECK (id = 1),
+    term INTEGER NOT NULL, vote INTEGER NOT NULL, commit_index INTEGER NOT NULL,
+    voters TEXT NOT NULL);
+CREATE TABLE raft_entries (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL,
+    kind INTEGER NOT NULL, data BLOB NOT NULL, context BLOB NOT NULL);
+CREATE TABLE raft_snapshot (id INTEGER PRIMARY KEY CHECK (id = 1),
+    idx INTEGER NOT NULL, term INTEGER NOT NULL, voters TEXT NOT NULL, data BLOB NOT NULL);
+";
+
+fn voters_text(voters: &[u64]) -> String {
+    let v: Vec<String> = voters.iter().map(u64::to_string).collect();
+    v.join(",")
+}
+
+fn parse_voters(text: &str) -> Result<Vec<u64>, StorageError> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|_| StorageError::Corrupt(format!("bad voter list {text:?}")))
+        })
+        .collect()
+}
+
+impl RaftStorage {
+    /// Opens (or creates, with `voters` as the membership) the storage at `path`.
+    pub fn open(path: &Path, voters: &[u64]) -> Result<Self, StorageError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        match version {
+            0 => create(&conn, voters)?,
+            FORMAT_VERSION => {}
+            found => {
+                return Err(StorageError::Version {
+                    path: path.display().to_string(),
+                    found,
+                })
+            }
+        }
+        let mut storage = RaftStorage {
+            conn,
+            hard_state: HardState::default(),
+            conf_state: ConfState::default(),
+            snapshot_index: 0,
+            snapshot_term: 0,
+            first_index: 1,
+            last_index: 0,
+        };
+        storage.load()?;
+        let mut given = voters.to_vec();
+        given.sort_unstable();
+        if storage.conf_state.voters != given {
+            return Err(StorageError::Membership {
+                stored: storage.conf_state.voters.clone(),
+                given,
+            });
+        }
+        Ok(storage)
+    }
+
+    /// Reads the state row, the snapshot's coverage and the entry range into memory.
+    fn load(&mut self) -> Result<(), StorageError> {
+        let (term, vote, commit, voters): (u64, u64, u64, String) = self.conn.query_row(
+            "SELECT term, vote, commit_index, voters FROM raft_state WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
+        self.hard_state.term = term;
+        self.hard_state.vote = vote;
+        self.hard_state.commit = commit;
+        self.conf_state.voters = parse_voters(&voters)?;
+        let snap: Option<(u64, u64)> = self
+            .conn
+            .query_row(
+                "SELECT idx, term FROM raft_snapshot WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        (self.snapshot_index, self.snapshot_term) = snap.unwrap_or((0, 0));
+        let (min, max): (Option<u64>, Option<u64>) =
+            self.conn
+                .query_row("SELECT MIN(idx), MAX(idx) FROM raft_entries", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+        self.first_index = min.unwrap_or(self.snapshot_index + 1);
+        self.last_index = max.unwrap_or(self.snapshot_index);
+        Ok(())
+    }
+
+    /// Persists what a `Ready` asks for, in one fsynced transaction: a received
+    /// snapshot (which replaces the whole log), new entries (which replace any
+    /// conflicting suffix) and the hard state.
+    pub fn persist(
+        &mut self,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StorageError> {
+        let tx = self.conn.transaction()?;
+        if let Some(snap) = snapshot {
+            let meta = snap.get_metadata();
+            write_snapshot(
+                &tx,
+                meta.index,
+                meta.term,
+                &meta.get_conf_state().voters,
+                &snap.data,
+            )?;
+            tx.execute("DELETE FROM raft_entries", [])?;
+        }
+        if let Some(first) = entries.first() {
+            tx.execute("DELETE FROM raft_entries WHERE idx >= ?1", [first.index])?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO raft_entries (idx, term, kind, data, context) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for e in entries {
+                let kind = e.get_entry_type() as i64;
+                insert.execute(params![e.index, e.term, kind, &e.data[..], &e.context[..]])?;
+            }
+        }
+        let mut hs = hard_state
+            .cloned()
+            .unwrap_or_else(|| self.hard_state.clone());
+        if let Some(snap) = snapshot {
+            let meta = snap.get_metadata();
+            hs.term = hs.term.max(meta.term);
+            hs.commit = hs.commit.max(meta.index);
+        }
+        hs.commit = hs.commit.max(self.hard_state.commit);
+        tx.execute(
+            "UPDATE raft_state SET term = ?1, vote = ?2, commit_index = ?3 WHERE id = 1",
+            params![hs.term, hs.vote, hs.commit],
+        )?;
+        tx.commit()?;
+        self.apply_in_memory(snapshot, entries, hs);
+        Ok(())
+    }
+
+    fn apply_in_memory(&mut self, snapshot: Option<&Snapshot>, entries: &[Entry], hs: HardState) {
+        if let Some(snap) = snapshot {
+            let meta = snap.get_metadata();
+            self.snapshot_index = meta.index;
+            self.snapshot_term = meta.term;
+            self.first_index = meta.index + 1;
+            self.last_index = meta.index;
+            self.conf_state = meta.get_conf_state().clone();
+        }
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            if self.last_index < self.first_index {
+                self.first_index = first.index;
+            }
+            self.last_index = last.index;
+        }
+        self.hard_state = hs;
+    }
+
+    /// Notes a newer commit index (from a `LightReady`); written with the next persist.
+    pub fn set_commit(&mut self, commit: u64) {
+        self.hard_state.commit = self.hard_state.commit.max(commit);
+    }
+
+    /// Lifts the commit index to `applied` (at restart: what the state machine had
+    /// applied was committed, even if the commit index on disk lagged behind it).
+    pub fn raise_commit(&mut self, applied: u64) -> Result<(), StorageError> {
+        let applied = applied.min(self.last_index);
+        if applied > self.hard_state.commit {
+            self.hard_state.commit = applied;
+            self.conn.execute(
+                "UPDATE raft_state SET commit_index = ?1 WHERE id = 1",
+                [applied],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the state machine's snapshot taken at `index` (which must be applied,
+    /// so committed and in the log) and drops the entries before it, but for the last
+    /// `keep_entries` ones (so a slightly lagging follower needs no snapshot).
+    pub fn store_snapshot(
+        &mut self,
+        index: u64,
+        data: &[u8],
+        keep_entries: u64,
+    ) -> Result<(), StorageError> {
+        if index <= self.snapshot_index {
+            return Ok(());
+        }
+        let term = self.term(index).map_err(|e| {
+            StorageError::Corrupt(format!("snapshot at {index}: no term for it ({e})"))
+        })?;
+        let compact_to = (index + 1)
+            .saturating_sub(keep_entries)
+            .max(self.first_index);
+        let tx = self.conn.transaction()?;
+        write_snapshot(&tx, index, term, &self.conf_state.voters, data)?;
+        tx.execute("DELETE FROM raft_entries WHERE idx < ?1", [compact_to])?;
+        tx.commit()?;
+        self.snapshot_index = index;
+        self.snapshot_term = term;
+        if compact_to > self.first_index {
+            self.first_index = compact_to;
+        }
+        Ok(())
+    }
+
+    /// The index the newest snapshot covers (0: none yet).
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot_index
+    }
+
+    /// The newest snapshot, with its state machine bytes, if there is one.
+    pub fn load_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
+        let row: Option<(u64, u64, String, Vec<u8>)> = self
+            .conn
+            .query_row(
+                "SELECT idx, term, voters, data FROM raft_snapshot WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((index, term, voters, data)) = row else {
+            return Ok(None);
+        };
+        let mut snap = Snapshot::default();
+        snap.data = data.into();
+        let meta = snap.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.mut_conf_state().voters = parse_voters(&voters)?;
+        Ok(Some(snap))
+    }
+
+    /// The hard state as last persisted (or noted, for the commit index).
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    fn read_entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: Option<u64>,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT idx, term, kind, data, context FROM raft_entries WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+        )?;
+        let mut rows = stmt.query([low, high])?;
+        let (mut out, mut size) = (Vec::new(), 0u64);
+        while let Some(r) = rows.next()? {
+            let mut e = Entry::default();
+            e.index = r.get(0)?;
+            e.term = r.get(1)?;
+            let kind: i32 = r.get(2)?;
+            e.set_entry_type(match kind {
+                0 => EntryType::EntryNormal,
+                1 => EntryType::EntryConfChange,
+                2 => EntryType::EntryConfChangeV2,
+                k => {
+                    return Err(StorageError::Corrupt(format!(
+                        "entry {}: kind {k}",
+                        e.index
+                    )))
+                }
+            });
+            e.data = r.get::<_, Vec<u8>>(3)?.into();
+            e.context = r.get::<_, Vec<u8>>(4)?.into();
+            if e.index != low + out.len() as u64 {
+                return Err(StorageError::Corrupt(format!(
+                    "gap in the log before {}",
+                    e.index
+                )));
+            }
+            size += u64::from(protobuf::Message::compute_size(&e));
+            if !out.is_empty() && max_size.is_some_and(|max| size > max) {
+                break;
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+}
+
+fn create(conn: &Connection, voters: &[u64]) -> Result<(), StorageError> {
+    let mut voters = voters.to_vec();
+    voters.sort_unstable();
+    conn.execute_batch(&format!("BEGIN; {SCHEMA}"))?;
+    conn.execute(
+        "INSERT INTO raft_state (id, term, vote, commit_index, voters) VALUES (1, 0, 0, 0, ?1)",
+        [voters_text(&voters)],
+    )?;
+    conn.pragma_update(None, "user_version", FORMAT_VERSION)?;
+    conn.execute_batch("COMMIT")?;
+    Ok(())
+}
+
+fn write_snapshot(
+    tx: &rusqlite::Transaction<'_>,
+    index: u64,
+    term: u64,
+    voters: &[u64],
+    data: &[u8],
+) -> Result<(), StorageError> {
+    tx.execute(
+        "INSERT OR REPLACE INTO raft_snapshot (id, idx, term, voters, data) VALUES (1, ?1, ?2, ?3, ?4)",
+        params![index, term, voters_text(voters), data],
+    )?;
+    Ok(())
+}
+
+impl Storage for RaftStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < self.first_index {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if high > self.last_index + 1 || low > high {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        Ok(self.read_entries(low, high, max_size.into())?)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.snapshot_index {
+            return Ok(self.snapshot_term);
+        }
+        if idx < self.first_index {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if idx > self.last_index {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        let term = self
+            .conn
+            .prepare_cached("SELECT term FROM raft_entries WHERE idx = ?1")
+            .and_then(|mut s| s.query_row([idx], |r| r.get(0)))
+            .map_err(StorageError::from)?;
+        Ok(term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first_index)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        match self.load_snapshot()? {
+            Some(snap) if snap.get_metadata().index >= request_index => Ok(snap),
+            _ => Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = data.to_vec().into();
+        e.context = b"ctx".to_vec().into();
+        e
+    }
+
+    fn ctx() -> GetEntriesContext {
+        GetEntriesContext::empty(false)
+    }
+
+    #[test]
+    fn entries_hard_state_and_snapshot_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft1.db");
+        {
+            let mut s = RaftStorage::open(&path, &[3, 1, 2]).unwrap();
+            let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1, &[i as u8])).collect();
+            let mut hs = HardState::default();
+            hs.term = 1;
+            hs.vote = 2;
+            hs.commit = 4;
+            s.persist(None, &ents, Some(&hs)).unwrap();
+            // A conflicting suffix from a newer leader replaces 8..=10.
+            s.persist(None, &[entry(8, 2, b"x")], None).unwrap();
+            s.set_commit(8);
+            s.store_snapshot(6, b"state at 6", 2).unwrap();
+        }
+        let s = RaftStorage::open(&path, &[1, 2, 3]).unwrap();
+        assert_eq!(s.hard_state().vote, 2);
+        assert_eq!(
+            s.hard_state().commit,
+            4,
+            "set_commit alone is not persisted"
+        );
+        assert_eq!(s.first_index().unwrap(), 5, "kept 2 entries before index 7");
+        assert_eq!(s.last_index().unwrap(), 8);
+        assert_eq!(s.term(8).unwrap(), 2);
+        assert_eq!(s.term(6).unwrap(), 1);
+        assert!(s.term(3).is_err());
+        let got = s.entries(5, 9, None, ctx()).unwrap();
+        assert_eq!(
+            got.iter().map(|e| e.index).collect::<Vec<_>>(),
+            [5, 6, 7, 8]
+        );
+        assert_eq!(&got[3].data[..], b"x");
+        assert_eq!(&got[0].context[..], b"ctx");
+        let snap = s.snapshot(0, 2).unwrap();
+        assert_eq!(
+            (snap.get_metadata().index, &snap.data[..]),
+            (6, &b"state at 6"[..])
+        );
+        assert_eq!(snap.get_metadata().get_conf_state().voters, [1, 2, 3]);
+        assert!(
+            s.snapshot(7, 2).is_err(),
+            "a newer snapshot than stored is not faked"
+        );
+        assert!(s.entries(4, 6, None, ctx()).is_err(), "compacted");
+    }
+
+    #[test]
+    fn a_received_snapshot_replaces_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft2.db");
+        let mut s = RaftStorage::open(&path, &[1, 2, 3]).unwrap();
+        s.persist(None, &[entry(1, 1, b"a"), entry(2, 1, b"b")], None)
+            .unwrap();
+        let mut snap = Snapshot::default();
+        snap.data = b"remote".to_vec().into();
+        snap.mut_metadata().index = 50;
+        snap.mut_metadata().term = 3;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        s.persist(Some(&snap), &[], None).unwrap();
+        drop(s);
+        let s = RaftStorage::open(&path, &[1, 2, 3]).unwrap();
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index().unwrap()),
+            (51, 50)
+        );
+        assert_eq!(s.term(50).unwrap(), 3);
+        assert_eq!(s.hard_state().commit, 50);
+        assert_eq!(s.hard_state().term, 3);
+        assert_eq!(&s.load_snapshot().unwrap().unwrap().data[..], b"remote");
+    }
+
+    #[test]
+    fn max_size_limits_but_returns_at_least_one_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = RaftStorage::open(&dir.path().join("r.db"), &[1]).unwrap();
+        let ents: Vec<Entry> = (1..=5).map(|i| entry(i, 1, &[0; 100])).collect();
+        s.persist(None, &ents, None).unwrap();
+        assert_eq!(s.entries(1, 6, Some(0), ctx()).unwrap().len(), 1);
+        assert_eq!(s.entries(1, 6, Some(250), ctx()).unwrap().len(), 2);
+        assert_eq!(s.entries(1, 6, None, ctx()).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn other_membership_or_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        drop(RaftStorage::open(&path, &[1, 2, 3]).unwrap());
+        let err = RaftStorage::open(&path, &[1, 2]).err().unwrap();
+        assert!(err.to_string().contains("membership"), "{err}");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 7)
+            .unwrap();
+        let err = RaftStorage::open(&path, &[1, 2, 3]).err().unwrap();
+        assert!(err.to_string().contains("version 7"), "{err}");
+    }
+}
