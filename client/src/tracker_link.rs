@@ -398,6 +398,42 @@ impl TrackerLink {
         Ok(())
     }
 
+    /// The encoded line for the request in flight: a silent re-login when the
+    /// session was refused, else the request itself (with our peer address and,
+    /// for a change, its request id).
+    fn request_line(&mut self, local_ip: Option<IpAddr>) -> Vec<u8> {
+        let inf = self.inflight.as_mut().expect("inflight");
+        if inf.relogging {
+            let s = self.session.as_ref().expect("relogin needs a session");
+            let login = TrackerCommand::Login {
+                user: s.user.clone(),
+                password: s.password.clone(),
+            };
+            if inf.relogin_id.is_none() {
+                inf.relogin_id = Some(format!("{}:{}", self.client_id, self.next_seq));
+                self.next_seq += 1;
+            }
+            let mut req = Request::command(None, &login);
+            req.request_id = inf.relogin_id.clone();
+            return req.encode();
+        }
+        let mut cmd = inf.req.command.clone();
+        if let Some(addr) = cmd.peer_addr_mut() {
+            let ip = local_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+            *addr = if self.listen.ip().is_unspecified() {
+                SocketAddr::new(ip, self.listen.port())
+            } else {
+                self.listen
+            }
+            .to_string();
+        }
+        let token = self.session.as_ref().map(|s| s.token.as_str());
+        let token = token.filter(|_| cmd.kind().spec().needs_session);
+        let mut req = Request::command(token, &cmd);
+        req.request_id = inf.request_id.clone();
+        req.encode()
+    }
+
     /// Starts the next request, opening a connection as needed.
     fn drive(&mut self, registry: &Registry) {
         loop {
@@ -441,36 +477,10 @@ impl TrackerLink {
             if inf.sent {
                 return;
             }
-            let token = self.session.as_ref().map(|s| s.token.as_str());
-            let line = if inf.relogging {
-                let s = self.session.as_ref().expect("relogin needs a session");
-                let login = TrackerCommand::Login {
-                    user: s.user.clone(),
-                    password: s.password.clone(),
-                };
-                if inf.relogin_id.is_none() {
-                    inf.relogin_id = Some(format!("{}:{}", self.client_id, self.next_seq));
-                    self.next_seq += 1;
-                }
-                let mut req = Request::command(None, &login);
-                req.request_id = inf.relogin_id.clone();
-                req.encode()
-            } else {
-                let mut cmd = inf.req.command.clone();
-                if let Some(addr) = cmd.peer_addr_mut() {
-                    let ip = conn.local_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
-                    *addr = if self.listen.ip().is_unspecified() {
-                        SocketAddr::new(ip, self.listen.port())
-                    } else {
-                        self.listen
-                    }
-                    .to_string();
-                }
-                let token = token.filter(|_| cmd.kind().spec().needs_session);
-                let mut req = Request::command(token, &cmd);
-                req.request_id = inf.request_id.clone();
-                req.encode()
-            };
+            let local_ip = conn.local_ip;
+            let line = self.request_line(local_ip);
+            let conn = self.conn.as_mut().expect("opened");
+            let inf = self.inflight.as_mut().expect("inflight");
             conn.out.extend_from_slice(&line);
             inf.sent = true;
             inf.sent_at = Instant::now();
