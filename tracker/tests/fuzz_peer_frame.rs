@@ -16,12 +16,8 @@ const KEY: [u8; 32] = [3; 32];
 const MAX_FRAME: usize = 4096;
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("SWARMSHARE_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
     ProptestConfig {
-        cases,
+        cases: wire::fuzz_cases(),
         failure_persistence: None,
         ..ProptestConfig::default()
     }

@@ -16,12 +16,8 @@ use proptest::prelude::*;
 use tracker::sync_log::{CachePos, FsyncMode, LogEntry, LogError, Op, SyncLog, LOG_FILE};
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("SWARMSHARE_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
     ProptestConfig {
-        cases,
+        cases: wire::fuzz_cases(),
         failure_persistence: None,
         ..ProptestConfig::default()
     }

@@ -19,3 +19,13 @@ pub mod peer_msg;
 pub mod pieces;
 pub mod tracker_info;
 pub mod tracker_msg;
+
+/// How many cases each proptest fuzz target of the workspace runs: the
+/// `SWARMSHARE_FUZZ_CASES` environment variable, 2000 when unset or unreadable.
+/// (One home for the knob the README's fuzzing commands set.)
+pub fn fuzz_cases() -> u32 {
+    std::env::var("SWARMSHARE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}

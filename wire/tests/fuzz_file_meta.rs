@@ -12,12 +12,8 @@ use proptest::prelude::*;
 use wire::file_meta::{FileMeta, MetaError, PIECE_SIZE};
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("SWARMSHARE_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
     ProptestConfig {
-        cases,
+        cases: wire::fuzz_cases(),
         failure_persistence: None,
         ..ProptestConfig::default()
     }

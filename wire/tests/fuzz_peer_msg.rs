@@ -14,12 +14,8 @@ use wire::peer_msg::{
 };
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("SWARMSHARE_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
     ProptestConfig {
-        cases,
+        cases: wire::fuzz_cases(),
         failure_persistence: None,
         ..ProptestConfig::default()
     }
