@@ -12,6 +12,7 @@ use wire::command::{CommandKind, TrackerCommand, Upload};
 use wire::tracker_msg::{Reply, Request, ERR_SESSION};
 
 use crate::auth;
+use crate::dedup;
 use crate::store;
 use crate::sync_log::Op;
 
@@ -119,6 +120,14 @@ fn dispatch(db: &Connection, req: &Request, ctx: &Ctx) -> Result<Outcome, Comman
     let cmd = req
         .parse_command()
         .map_err(|e| CommandError::Refused(e.to_string()))?;
+    if let (Some(id), true) = (&req.request_id, cmd.kind().spec().mutates) {
+        // Before any validation: a change applied already is not judged again.
+        match dedup::replay(db, id, &cmd)? {
+            Ok(Some(original)) => return answer(original),
+            Ok(None) => {}
+            Err(reason) => return refuse(reason),
+        }
+    }
     match cmd {
         TrackerCommand::CreateUser { user, password } => create_user(db, &user, &password),
         TrackerCommand::Login { user, password } => login(db, &user, &password),
@@ -145,25 +154,38 @@ pub fn check_new_user(db: &Connection, user: &str, password: &str) -> Result<(),
 /// Handles a `login` or `create_user` whose argon2 part the pool did:
 /// `verified` for a login, the new PHC string for a user.
 pub fn finish(db: &Connection, req: &Request, argon2: &crate::login_pool::Done) -> Outcome {
+    finish_checked(db, req, argon2).unwrap_or_else(|e| Outcome::Reply(Reply::err(e)))
+}
+
+fn finish_checked(
+    db: &Connection,
+    req: &Request,
+    argon2: &crate::login_pool::Done,
+) -> Result<Outcome, CommandError> {
     use crate::login_pool::Done;
-    let result = match (req.parse_command(), argon2) {
-        (Ok(TrackerCommand::Login { user, .. }), Done::Verified(ok)) => {
-            finish_login(db, &user, *ok)
+    let cmd = req
+        .parse_command()
+        .map_err(|e| CommandError::Refused(e.to_string()))?;
+    if let Some(id) = &req.request_id {
+        match dedup::replay(db, id, &cmd)? {
+            Ok(Some(original)) => return answer(original),
+            Ok(None) => {}
+            Err(reason) => return refuse(reason),
         }
-        (Ok(TrackerCommand::CreateUser { user, password }), Done::Hashed(Ok(phc))) => {
+    }
+    match (cmd, argon2) {
+        (TrackerCommand::Login { user, .. }, Done::Verified(ok)) => finish_login(db, &user, *ok),
+        (TrackerCommand::CreateUser { user, password }, Done::Hashed(Ok(phc))) => {
             check_new_user(db, &user, &password)
-                .map_err(|r| CommandError::Refused(reply_reason(r)))
-                .and_then(|()| {
-                    mutate(Op::CreateUser {
-                        user,
-                        password_hash: phc.clone(),
-                    })
-                })
+                .map_err(|r| CommandError::Refused(reply_reason(r)))?;
+            mutate(Op::CreateUser {
+                user,
+                password_hash: phc.clone(),
+            })
         }
         (_, Done::Hashed(Err(e))) => Err(CommandError::Auth(auth::AuthError::Hash(e.clone()))),
         _ => refuse("internal error: argon2 result does not fit the request"),
-    };
-    result.unwrap_or_else(|e| Outcome::Reply(Reply::err(e)))
+    }
 }
 
 fn reply_reason(r: Reply) -> String {

@@ -832,7 +832,11 @@ fn to_pool(
             Ok(Job::Verify { password, phc })
         }
         TrackerCommand::CreateUser { user, password } => {
-            commands::check_new_user(db, &user, &password)?;
+            if req.request_id.is_none() {
+                // (A retried change with an id is judged after hashing: it
+                // may be one applied already, answered with its reply.)
+                commands::check_new_user(db, &user, &password)?;
+            }
             Ok(Job::Hash { password })
         }
         _ => Err(Reply::err("internal error: not a login")),
@@ -888,7 +892,7 @@ fn stage(
                 let entry = LogEntry {
                     ms: ctx.now_ms,
                     tracker: tracker_no,
-                    request_id: None,
+                    request_id: w.item.as_ref().ok().and_then(|r| r.request_id.clone()),
                     op,
                 };
                 let line = entry.encode(seq);
