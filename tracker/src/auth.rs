@@ -16,10 +16,16 @@ pub enum AuthError {
     Hash(String),
 }
 
-/// Argon2id with modest parameters (8 MiB, 1 pass): fast enough for tests and a
-/// busy tracker, still far from clear text.
+/// Memory of a new hash in KiB (19 MiB) and its passes: OWASP's argon2id minimum.
+/// Hashes made with other parameters still verify: a PHC string carries its own.
+pub const ARGON2_M_KIB: u32 = 19 * 1024;
+pub const ARGON2_T: u32 = 2;
+
+/// Argon2id at [`ARGON2_M_KIB`], [`ARGON2_T`], one lane. Runs on the login
+/// pool's threads ([`crate::login_pool`]), never on the event loop.
 fn hasher() -> Result<Argon2<'static>, AuthError> {
-    let params = Params::new(8192, 1, 1, None).map_err(|e| AuthError::Hash(e.to_string()))?;
+    let params =
+        Params::new(ARGON2_M_KIB, ARGON2_T, 1, None).map_err(|e| AuthError::Hash(e.to_string()))?;
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
@@ -73,6 +79,19 @@ mod tests {
         assert!(!verify_password("wrong", &phc));
         assert!(!verify_password("x", "not a phc"));
         assert_ne!(hash_password("s3cret pass").unwrap(), phc);
+    }
+
+    #[test]
+    fn new_hashes_use_owasp_parameters_and_old_ones_still_verify() {
+        let phc = hash_password("pw").unwrap();
+        assert!(phc.contains("m=19456,t=2,p=1"), "{phc}");
+        let old_params = Params::new(8192, 1, 1, None).unwrap();
+        let old = Argon2::new(Algorithm::Argon2id, Version::V0x13, old_params);
+        let salt = SaltString::encode_b64(&[7u8; 16]).unwrap();
+        let old_phc = old.hash_password(b"pw", &salt).unwrap().to_string();
+        assert!(old_phc.contains("m=8192,t=1"), "{old_phc}");
+        assert!(verify_password("pw", &old_phc));
+        assert!(!verify_password("px", &old_phc));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! [`TrackerCommand`] once, then each command has its own short handler.
 //! The reply rows are those of [`wire::tracker_msg`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use rusqlite::Connection;
 use wire::command::{CommandKind, TrackerCommand, Upload};
@@ -20,6 +20,8 @@ use crate::sync_log::Op;
 pub const MAX_NAME: usize = 256;
 /// Longest file name, in bytes.
 pub const MAX_FILE_NAME: usize = 1024;
+/// The one reply to a failed login, whether the user exists or not.
+pub const LOGIN_FAILED: &str = "wrong user name or password";
 
 /// What the tracker needs to know besides the request and the store.
 #[derive(Debug, Clone, Copy)]
@@ -27,6 +29,11 @@ pub struct Ctx {
     pub now_ms: u64,
     /// Seeders not seen for this long are not online.
     pub seeder_timeout_ms: u64,
+    /// The source IP of the request's connection: a seeder's address is this
+    /// IP with the port the client announces (`None`: keep the announced IP).
+    pub peer_ip: Option<IpAddr>,
+    /// A session unused this long is refused (see [`store::session_last_use`]).
+    pub session_idle_ms: u64,
 }
 
 impl Ctx {
@@ -124,28 +131,88 @@ fn dispatch(db: &Connection, req: &Request, ctx: &Ctx) -> Result<Outcome, Comman
     match cmd {
         TrackerCommand::CreateUser { user, password } => create_user(db, &user, &password),
         TrackerCommand::Login { user, password } => login(db, &user, &password),
-        cmd => dispatch_logged_in(db, ctx, &session(db, req)?, cmd),
+        cmd => dispatch_logged_in(db, ctx, &session(db, req, ctx)?, cmd),
+    }
+}
+
+/// Whether `command` needs argon2 (the server runs it on the login pool).
+pub fn needs_argon2(command: &str) -> bool {
+    command == CommandKind::Login.name() || command == CommandKind::CreateUser.name()
+}
+
+/// Checks a `create_user` before its password is hashed: `Err` is the reply.
+pub fn check_new_user(db: &Connection, user: &str, password: &str) -> Result<(), Reply> {
+    let checked = check_name("user", user, MAX_NAME)
+        .and_then(|()| check_password(password))
+        .and_then(|()| match store::user_password_hash(db, user)? {
+            Some(_) => refuse(format!("user already exists: {user}")),
+            None => Ok(()),
+        });
+    checked.map_err(Reply::err)
+}
+
+/// Handles a `login` or `create_user` whose argon2 part the pool did:
+/// `verified` for a login, the new PHC string for a user.
+pub fn finish(db: &Connection, req: &Request, argon2: &crate::login_pool::Done) -> Outcome {
+    finish_checked(db, req, argon2).unwrap_or_else(|e| Outcome::Reply(Reply::err(e)))
+}
+
+fn finish_checked(
+    db: &Connection,
+    req: &Request,
+    argon2: &crate::login_pool::Done,
+) -> Result<Outcome, CommandError> {
+    use crate::login_pool::Done;
+    let cmd = req
+        .parse_command()
+        .map_err(|e| CommandError::Refused(e.to_string()))?;
+    if let Some(id) = &req.request_id {
+        match dedup::replay(db, id, &cmd)? {
+            Ok(Some(original)) => return answer(original),
+            Ok(None) => {}
+            Err(reason) => return refuse(reason),
+        }
+    }
+    match (cmd, argon2) {
+        (TrackerCommand::Login { user, .. }, Done::Verified(ok)) => finish_login(db, &user, *ok),
+        (TrackerCommand::CreateUser { user, password }, Done::Hashed(Ok(phc))) => {
+            check_new_user(db, &user, &password)
+                .map_err(|r| CommandError::Refused(reply_reason(r)))?;
+            mutate(Op::CreateUser {
+                user,
+                password_hash: phc.clone(),
+            })
+        }
+        (_, Done::Hashed(Err(e))) => Err(CommandError::Auth(auth::AuthError::Hash(e.clone()))),
+        _ => refuse("internal error: argon2 result does not fit the request"),
+    }
+}
+
+fn reply_reason(r: Reply) -> String {
+    match r {
+        Reply::Err(e) => e,
+        Reply::Ok { .. } => String::new(),
     }
 }
 
 fn create_user(db: &Connection, user: &str, password: &str) -> Result<Outcome, CommandError> {
-    check_name("user", user, MAX_NAME)?;
-    check_password(password)?;
-    if store::user_password_hash(db, user)?.is_some() {
-        return refuse(format!("user already exists: {user}"));
-    }
+    check_new_user(db, user, password).map_err(|r| CommandError::Refused(reply_reason(r)))?;
     mutate(Op::CreateUser {
         user: user.to_string(),
         password_hash: auth::hash_password(password)?,
     })
 }
 
+/// The inline login (unit tests; the server uses the pool and [`finish`]).
 fn login(db: &Connection, user: &str, password: &str) -> Result<Outcome, CommandError> {
-    let Some(phc) = store::user_password_hash(db, user)? else {
-        return refuse(format!("no such user: {user}"));
-    };
-    if !auth::verify_password(password, &phc) {
-        return refuse("wrong password");
+    let verified = store::user_password_hash(db, user)?
+        .is_some_and(|phc| auth::verify_password(password, &phc));
+    finish_login(db, user, verified)
+}
+
+fn finish_login(db: &Connection, user: &str, verified: bool) -> Result<Outcome, CommandError> {
+    if !verified || store::user_password_hash(db, user)?.is_none() {
+        return refuse(LOGIN_FAILED);
     }
     let token = auth::new_token()?;
     Ok(Outcome::Mutate {
@@ -163,13 +230,16 @@ struct Session {
     user: String,
 }
 
-fn session(db: &Connection, req: &Request) -> Result<Session, CommandError> {
+fn session(db: &Connection, req: &Request, ctx: &Ctx) -> Result<Session, CommandError> {
     let Some(token) = &req.token else {
         return refuse(format!("{ERR_SESSION}: log in first"));
     };
     let token_hash = auth::token_hash(token);
-    match store::session_user(db, &token_hash)? {
-        Some(user) => Ok(Session { token_hash, user }),
+    match store::session_last_use(db, &token_hash)? {
+        Some((_, used)) if ctx.now_ms.saturating_sub(used) > ctx.session_idle_ms => refuse(
+            format!("{ERR_SESSION}: session expired after a long time unused; log in again"),
+        ),
+        Some((user, _)) => Ok(Session { token_hash, user }),
         None => refuse(format!("{ERR_SESSION}: unknown or ended session")),
     }
 }
@@ -216,14 +286,14 @@ fn dispatch_logged_in(
             let since = ctx.online_since();
             answer(ok_rows(store::list_files(db, &group, since)?))
         }
-        C::UploadFile(upload) => upload_file(db, s, upload),
+        C::UploadFile(upload) => upload_file(db, ctx, s, upload),
         C::FileInfo { group, name } => file_info(db, ctx, me, &group, &name),
         C::AddSeeder {
             group,
             name,
             file_sha1,
             peer_addr,
-        } => add_seeder(db, s, group, name, &file_sha1, &peer_addr),
+        } => add_seeder(db, ctx, s, (group, name), &file_sha1, &peer_addr),
         C::StopShare { group, name } => stop_share(db, s, group, name),
         C::Heartbeat { peer_addr } => heartbeat(db, ctx, s, &peer_addr),
     }
@@ -269,7 +339,12 @@ fn pending_request(
     Ok(())
 }
 
-fn upload_file(db: &Connection, s: &Session, u: Upload) -> Result<Outcome, CommandError> {
+fn upload_file(
+    db: &Connection,
+    ctx: &Ctx,
+    s: &Session,
+    u: Upload,
+) -> Result<Outcome, CommandError> {
     let (group, name) = (u.group, u.name);
     member_of(db, &group, &s.user)?;
     check_name("file", &name, MAX_FILE_NAME)?;
@@ -287,7 +362,7 @@ fn upload_file(db: &Connection, s: &Session, u: Upload) -> Result<Outcome, Comma
         return refuse(format!("file of {size} bytes has too many pieces"));
     };
     let piece_hashes = check_hex("piece_hashes", &u.piece_hashes, want as usize)?;
-    let peer_addr = check_addr(&u.peer_addr)?;
+    let peer_addr = seeder_addr(ctx, &u.peer_addr)?;
     if let Some(existing) = store::file(db, &group, &name)? {
         if existing.size != size || existing.file_sha1 != file_sha1 {
             return refuse(format!(
@@ -337,15 +412,15 @@ fn file_info(
 
 fn add_seeder(
     db: &Connection,
+    ctx: &Ctx,
     s: &Session,
-    group: String,
-    name: String,
+    (group, name): (String, String),
     file_sha1: &str,
     peer_addr: &str,
 ) -> Result<Outcome, CommandError> {
     member_of(db, &group, &s.user)?;
     let file_sha1 = check_hex("file_sha1", file_sha1, 40)?;
-    let peer_addr = check_addr(peer_addr)?;
+    let peer_addr = seeder_addr(ctx, peer_addr)?;
     let Some(f) = store::file(db, &group, &name)? else {
         return refuse(format!("no such file {name} in group {group}"));
     };
@@ -388,7 +463,7 @@ fn heartbeat(
     s: &Session,
     peer_addr: &str,
 ) -> Result<Outcome, CommandError> {
-    let peer_addr = check_addr(peer_addr)?;
+    let peer_addr = seeder_addr(ctx, peer_addr)?;
     let fresh_since = ctx.now_ms.saturating_sub(ctx.seeder_timeout_ms / 3);
     let (rows, fresh) = store::session_seeding(db, &s.token_hash, fresh_since, &peer_addr)?;
     if rows == fresh {
@@ -468,9 +543,15 @@ fn check_hex(what: &str, s: &str, len: usize) -> Result<String, CommandError> {
     Ok(s.to_ascii_lowercase())
 }
 
-fn check_addr(s: &str) -> Result<String, CommandError> {
+/// The seeder address peers are given: the connection's source IP (when
+/// known) with the port of the announced `IP:PORT`, so no one can point
+/// downloaders at a third party.
+fn seeder_addr(ctx: &Ctx, s: &str) -> Result<String, CommandError> {
     match s.parse::<SocketAddr>() {
-        Ok(addr) => Ok(addr.to_string()),
+        Ok(addr) => {
+            let ip = ctx.peer_ip.unwrap_or(addr.ip());
+            Ok(SocketAddr::new(ip.to_canonical(), addr.port()).to_string())
+        }
         Err(_) => refuse(format!("peer_addr must be IP:PORT, got {s:?}")),
     }
 }
@@ -486,6 +567,8 @@ mod tests {
         let ctx = Ctx {
             now_ms: 10_000,
             seeder_timeout_ms: 45_000,
+            peer_ip: None,
+            session_idle_ms: 30 * 86_400_000,
         };
         let req = Request::new(token, cmd, args);
         match handle(st.conn(), &req, &ctx) {
@@ -530,9 +613,12 @@ mod tests {
         );
         assert_eq!(
             err(run(&mut st, None, "login", &["a", "bad"])),
-            "wrong password"
+            LOGIN_FAILED
         );
-        assert!(err(run(&mut st, None, "login", &["zz", "bad"])).starts_with("no such user"));
+        assert_eq!(
+            err(run(&mut st, None, "login", &["zz", "bad"])),
+            LOGIN_FAILED
+        );
         let ta = token(run(&mut st, None, "login", &["a", "pw"]));
         let tb = token(run(&mut st, None, "login", &["b b", "pw"]));
         assert!(err(run(&mut st, None, "whoami", &[])).starts_with(ERR_SESSION));

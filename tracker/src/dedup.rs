@@ -184,6 +184,8 @@ mod tests {
         let ctx = Ctx {
             now_ms: 10_000,
             seeder_timeout_ms: 45_000,
+            peer_ip: None,
+            session_idle_ms: 30 * 86_400_000,
         };
         let mut req = Request::new(token, cmd, args);
         req.request_id = Some(rid.to_string());

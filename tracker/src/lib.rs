@@ -32,7 +32,10 @@ pub mod auth;
 pub mod commands;
 pub mod dedup;
 pub mod http;
+pub mod limits;
 pub mod log_repair;
+pub mod login_limits;
+pub mod login_pool;
 pub mod metrics;
 pub mod operator_view;
 // Raft replication (issue 13): built and unit-tested; the server drives it in a later step.
@@ -71,6 +74,10 @@ pub struct Options {
     pub http: Option<String>,
     /// Show seeders' IP addresses on the operator view.
     pub http_show_peer_addrs: bool,
+    /// Connection caps and idle timeouts.
+    pub limits: limits::Limits,
+    /// Sessions unused this many days are refused (fractions allowed).
+    pub session_idle_days: f64,
 }
 
 /// Everything that stops the tracker, as one line of text.
@@ -106,6 +113,8 @@ pub enum TrackerError {
     },
     #[error(transparent)]
     Log(#[from] sync_log::LogError),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error("event loop: {0}")]
@@ -171,6 +180,7 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
     }
     store.set_generation(log.generation())?;
     replay(&log, &mut store)?;
+    restrict_modes(dir, opts.tracker_no)?;
 
     let listener = std::net::TcpListener::bind(&addr).map_err(|source| TrackerError::Bind {
         addr: addr.clone(),
@@ -185,7 +195,11 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
         tracker_no: opts.tracker_no as u32,
         seeder_timeout_ms: opts.seeder_timeout_secs.saturating_mul(1000),
         test_exit_after_apply: opts.test_exit_after_apply,
+        limits: opts.limits,
+        login_limits: login_limits::LoginLimits::default(),
+        session_idle_ms: (opts.session_idle_days * 86_400_000.0) as u64,
     };
+    warn_if_few_fds(opts.limits.max_conns);
     let (mut server, waker) =
         server::Server::new(listener, log, store, cfg, Arc::clone(&shutdown))?;
     watch_stdin(Arc::clone(&shutdown), waker);
@@ -441,6 +455,47 @@ pub fn salvage_log(data_dir: &Path, no: usize) -> Result<(), TrackerError> {
         s.report.display()
     );
     Ok(())
+}
+
+/// The data dir 0700 and the files holding password hashes and sessions
+/// (`sync_log.txt`, the cache and its WAL) 0600, whatever the umask made them.
+fn restrict_modes(dir: &Path, no: usize) -> Result<(), TrackerError> {
+    use std::os::unix::fs::PermissionsExt;
+    let set = |path: &Path, mode: u32| match std::fs::set_permissions(
+        path,
+        std::fs::Permissions::from_mode(mode),
+    ) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TrackerError::DataDir {
+            path: path.display().to_string(),
+            source: e,
+        }),
+        _ => Ok(()),
+    };
+    set(dir, 0o700)?;
+    set(&dir.join(sync_log::LOG_FILE), 0o600)?;
+    for suffix in ["", "-wal", "-shm"] {
+        set(&dir.join(format!("tracker{no}.db{suffix}")), 0o600)?;
+    }
+    Ok(())
+}
+
+/// Warns when the soft open-files limit (from `/proc/self/limits`) is below
+/// what `--max-conns` needs: past it, accepts fail until connections close.
+fn warn_if_few_fds(max_conns: usize) {
+    let Ok(text) = std::fs::read_to_string("/proc/self/limits") else {
+        return;
+    };
+    let soft = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse::<usize>().ok());
+    if let Some(soft) = soft.filter(|&s| s < max_conns + 64) {
+        log::warn!(
+            "the open-files limit ({soft}) is below --max-conns ({max_conns}) + 64: raise it \
+             (ulimit -n) or lower --max-conns"
+        );
+    }
 }
 
 /// Reads stdin in a small thread: `quit` stops the tracker; end of input does not.

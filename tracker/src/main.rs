@@ -55,6 +55,22 @@ struct Args {
     /// Show seeders' IP addresses on the operator view (hidden by default).
     #[arg(long, requires = "http")]
     http_show_peer_addrs: bool,
+    /// Open client connections in total; more are closed at once.
+    #[arg(long, default_value_t = 4096)]
+    max_conns: usize,
+    /// Open client connections per source IP; more are closed at once.
+    #[arg(long, default_value_t = 256)]
+    max_conns_per_ip: usize,
+    /// Seconds a connection that has not logged in may stay without a request.
+    #[arg(long, default_value_t = 30)]
+    idle_before_login_secs: u64,
+    /// Seconds a logged-in connection may stay without a request.
+    #[arg(long, default_value_t = 600)]
+    idle_after_login_secs: u64,
+    /// A session unused this many days is refused (log in again); fractions
+    /// allowed. Use = login, upload, add_seeder, a seeding heartbeat.
+    #[arg(long, default_value_t = 30.0)]
+    session_idle_days: f64,
     /// Check every line of sync_log.txt (safe beside running trackers), print
     /// every bad one, exit 1 if there is any.
     #[arg(long, conflicts_with = "salvage_log")]
@@ -109,6 +125,13 @@ fn serve(args: Args) -> Result<(), tracker::TrackerError> {
         test_exit_after_apply: args.test_exit_after_apply,
         http: args.http,
         http_show_peer_addrs: args.http_show_peer_addrs,
+        session_idle_days: args.session_idle_days,
+        limits: tracker::limits::Limits {
+            max_conns: args.max_conns,
+            max_conns_per_ip: args.max_conns_per_ip,
+            idle_before_login: std::time::Duration::from_secs(args.idle_before_login_secs),
+            idle_after_login: std::time::Duration::from_secs(args.idle_after_login_secs),
+        },
     };
     tracker::run(&opts)
 }

@@ -170,6 +170,8 @@ pub struct Metrics {
     pub connections_accepted: Counter,
     /// `login` requests answered with an error (wrong password or no such user).
     pub failed_logins: Counter,
+    /// `login` requests refused at once, backed off after wrong passwords.
+    pub rate_limited_logins: Counter,
     pub http_requests: Counter,
 }
 
@@ -185,6 +187,7 @@ impl Metrics {
             open_connections: Gauge::default(),
             connections_accepted: Counter::default(),
             failed_logins: Counter::default(),
+            rate_limited_logins: Counter::default(),
             http_requests: Counter::default(),
         }
     }
@@ -269,6 +272,11 @@ pub fn render(m: &Metrics, state: &StateGauges) -> String {
             "failed_logins_total",
             "Login requests refused (wrong password or unknown user).",
             m.failed_logins.get(),
+        ),
+        (
+            "rate_limited_logins_total",
+            "Login requests refused at once after too many wrong passwords.",
+            m.rate_limited_logins.get(),
         ),
         (
             "http_requests_total",

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +22,9 @@ use wire::command::CommandKind;
 use wire::tracker_msg::{LineFramer, Reply, Request, MAX_REQUEST_LINE};
 
 use crate::commands::{self, Ctx, Outcome};
+use crate::limits::{ConnCaps, Idle, Limits, OutBudget, OUT_HIGH};
+use crate::login_limits::{LoginLimiter, LoginLimits};
+use crate::login_pool::{Done, Job, LoginPool};
 use crate::metrics::{self, Metrics};
 use crate::store::{self, Applied, Store};
 use crate::sync_log::{LogEntry, LogError, Stop, SyncLog, FIRST_ENTRY};
@@ -37,13 +40,15 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Bytes read from one connection per loop turn, so one busy client cannot
 /// starve the others.
 const READ_BUDGET: usize = 1024 * 1024;
-/// A connection whose unsent replies exceed this is not read until they drain.
-const OUT_HIGH: usize = 4 * 1024 * 1024;
+/// Capacity an idle connection's output buffer keeps after it drained.
+const OUT_KEEP: usize = 64 * 1024;
 /// Parsed requests waiting per connection before reading pauses.
 const INBOX_HIGH: usize = 1024;
 /// Requests answered per connection per loop turn: bounds the reply bytes a
 /// turn can queue on a connection that does not read them.
 const MAX_ANSWERS_PER_TURN: usize = 64;
+/// Threads of the login pool (each argon2 hash holds 19 MiB while it runs).
+const LOGIN_THREADS: usize = 2;
 /// Log bytes read and applied per transaction when catching up.
 const CATCH_UP_CHUNK: usize = 16 * 1024 * 1024;
 /// Free space the data dir must have for a change to be appended to the log, so
@@ -52,18 +57,26 @@ const MIN_FREE_BYTES: u64 = 1024 * 1024;
 
 /// Fault injection (`--test-exit-after-apply`): the process ends when this turn
 /// applied a change of `kind`, after the log append and before any reply is sent.
-fn exit_if_applied(
-    kind: CommandKind,
-    work: &[(usize, Result<Request, String>)],
-    replies: &[Reply],
-) {
-    let applied = work.iter().zip(replies).any(|((_, item), reply)| {
-        matches!(item, Ok(r) if r.command == kind.name()) && matches!(reply, Reply::Ok { .. })
+fn exit_if_applied(kind: CommandKind, work: &[Work], replies: &[Option<Reply>]) {
+    let applied = work.iter().zip(replies).any(|(w, reply)| {
+        matches!(&w.item, Ok(r) if r.command == kind.name())
+            && matches!(reply, Some(Reply::Ok { .. }))
     });
     if applied {
         log::warn!("test fault injection: exiting after applying {kind}, before replying");
         std::process::exit(86);
     }
+}
+
+/// One request to answer this turn: the connection's key, the request (or a
+/// framing error to report) and, for `login`/`create_user`, what the login
+/// pool's argon2 found.
+struct Work {
+    key: usize,
+    /// The connection's source IP (seeder addresses use it).
+    ip: IpAddr,
+    item: Result<Request, String>,
+    argon2: Option<Done>,
 }
 
 /// Settings of the loop.
@@ -73,12 +86,29 @@ pub struct Config {
     pub seeder_timeout_ms: u64,
     /// Tests only: exit right after applying a change of this command, unanswered.
     pub test_exit_after_apply: Option<CommandKind>,
+    /// Connection caps and idle timeouts.
+    pub limits: Limits,
+    /// Wrong-password back-off.
+    pub login_limits: LoginLimits,
+    /// Sessions unused this long are refused.
+    pub session_idle_ms: u64,
 }
 
 /// One client connection's state.
 struct Conn {
     stream: TcpStream,
     peer: Option<SocketAddr>,
+    /// The source IP the connection is counted under in [`ConnCaps`].
+    ip: IpAddr,
+    /// Last request and whether it logged in (for the idle timeout).
+    idle: Idle,
+    /// Unique for the tracker's lifetime (slab keys are reused): the login
+    /// pool's ticket.
+    id: u64,
+    /// A `login`/`create_user` at the login pool; later requests wait.
+    at_pool: Option<(Instant, Request)>,
+    /// It came back: answered first next turn.
+    from_pool: Option<(Instant, Request, Done)>,
     framer: LineFramer,
     /// Requests (or framing errors to report) in arrival order, each with
     /// when its line was complete.
@@ -100,7 +130,10 @@ impl Conn {
 
     /// Requests are waiting and replies may be queued.
     fn can_answer(&self) -> bool {
-        !self.inbox.is_empty() && !self.dead && self.unsent() < OUT_HIGH
+        (!self.inbox.is_empty() || self.from_pool.is_some())
+            && self.at_pool.is_none()
+            && !self.dead
+            && self.unsent() < OUT_HIGH
     }
 
     fn can_read(&self) -> bool {
@@ -125,6 +158,7 @@ impl Conn {
                     budget = budget.saturating_sub(n);
                     self.framer.push(&buf[..n]);
                     let now = Instant::now();
+                    self.idle.last_active = now;
                     while let Some(line) = self.framer.next_line() {
                         let item = line
                             .and_then(|l| Request::decode(&l))
@@ -163,6 +197,9 @@ impl Conn {
         if self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
+            if self.out.capacity() > OUT_KEEP {
+                self.out = Vec::new(); // a big reply's buffer is not kept
+            }
         } else if self.out_pos > OUT_HIGH {
             self.out.drain(..self.out_pos);
             self.out_pos = 0;
@@ -170,7 +207,8 @@ impl Conn {
     }
 
     fn finished(&self) -> bool {
-        self.dead || (self.eof && self.inbox.is_empty() && self.unsent() == 0)
+        let idle = self.inbox.is_empty() && self.at_pool.is_none() && self.from_pool.is_none();
+        self.dead || (self.eof && idle && self.unsent() == 0)
     }
 }
 
@@ -196,6 +234,14 @@ pub struct Server {
     cache_behind: bool,
     /// Counters the operator view reads ([`crate::operator_view`]).
     metrics: Arc<Metrics>,
+    /// Open connections in total and per source IP.
+    caps: ConnCaps,
+    /// argon2 for `login` and `create_user`, off the loop.
+    pool: LoginPool,
+    /// Wrong-password back-off per user and per source IP.
+    login_limiter: LoginLimiter,
+    /// The next connection's [`Conn::id`].
+    next_conn_id: u64,
 }
 
 impl Server {
@@ -214,6 +260,7 @@ impl Server {
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(TrackerError::Poll)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(TrackerError::Poll)?);
+        let pool = LoginPool::start(LOGIN_THREADS, Arc::clone(&waker))?;
         Ok((
             Server {
                 poll,
@@ -228,6 +275,10 @@ impl Server {
                 log_fault: None,
                 cache_behind: false,
                 metrics: Arc::new(Metrics::new(&commands::names())),
+                caps: ConnCaps::new(cfg.limits.max_conns, cfg.limits.max_conns_per_ip),
+                pool,
+                login_limiter: LoginLimiter::new(cfg.login_limits),
+                next_conn_id: 0,
             },
             waker,
         ))
@@ -278,6 +329,8 @@ impl Server {
             // Apply other trackers' new lines before answering: a request sent
             // after another tracker's reply then sees that tracker's change.
             self.watch();
+            self.collect_from_pool();
+            self.send_to_pool();
             self.answer();
             self.flush_and_reap();
         }
@@ -289,6 +342,13 @@ impl Server {
         loop {
             match self.listener.accept() {
                 Ok((mut stream, peer)) => {
+                    if let Err(why) = self.caps.admit(peer.ip()) {
+                        // Closed at once, so one address's idle sockets never
+                        // keep a client from another address out.
+                        log::debug!("connection from {peer} refused: {why}");
+                        let _ = stream.write(&Reply::err(why).encode());
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
                     let entry = self.conns.vacant_entry();
                     let token = Token(entry.key());
@@ -298,13 +358,20 @@ impl Server {
                         Interest::READABLE | Interest::WRITABLE,
                     ) {
                         log::warn!("cannot register connection from {peer}: {e}");
+                        self.caps.release(peer.ip());
                         continue;
                     }
                     log::debug!("connection from {peer}");
+                    self.next_conn_id += 1;
                     self.metrics.connections_accepted.inc();
                     entry.insert(Conn {
                         stream,
                         peer: Some(peer),
+                        ip: peer.ip(),
+                        idle: Idle::new(Instant::now()),
+                        id: self.next_conn_id,
+                        at_pool: None,
+                        from_pool: None,
                         framer: LineFramer::new(MAX_REQUEST_LINE),
                         inbox: VecDeque::new(),
                         out: Vec::new(),
@@ -328,9 +395,14 @@ impl Server {
 
     fn flush_and_reap(&mut self) {
         let mut gone = Vec::new();
+        let now = Instant::now();
         for (key, c) in self.conns.iter_mut() {
             if c.unsent() > 0 {
                 c.flush();
+            }
+            if !c.dead && c.idle.expired(&self.cfg.limits, now) {
+                log::debug!("connection from {:?} idle too long: closed", c.peer);
+                c.dead = true;
             }
             if c.finished() {
                 gone.push(key);
@@ -339,27 +411,55 @@ impl Server {
         for key in gone {
             let mut c = self.conns.remove(key);
             let _ = self.poll.registry().deregister(&mut c.stream);
+            self.caps.release(c.ip);
             log::debug!("connection from {:?} closed", c.peer);
         }
         self.metrics.open_connections.set(self.conns.len() as u64);
     }
 
     /// Answers every request that arrived this turn, in order per connection.
+    /// A connection's next request waits (back in its inbox) once its queued
+    /// replies reach [`OUT_HIGH`], checked before each request is handled.
     fn answer(&mut self) {
-        let mut work: Vec<(usize, Result<Request, String>)> = Vec::new();
+        let mut work: Vec<Work> = Vec::new();
         let mut arrived: Vec<Instant> = Vec::new();
+        let mut budget = OutBudget::new(OUT_HIGH);
         for (key, c) in self.conns.iter_mut() {
             if c.dead {
                 c.inbox.clear();
                 continue;
             }
-            if c.unsent() >= OUT_HIGH {
-                continue; // backpressure: answer more once the replies drain
+            if c.unsent() >= OUT_HIGH || c.at_pool.is_some() {
+                continue; // backpressure, or a login at the pool comes first
             }
-            let n = c.inbox.len().min(MAX_ANSWERS_PER_TURN);
+            budget.start(key, c.unsent());
+            if let Some((at, req, done)) = c.from_pool.take() {
+                arrived.push(at);
+                work.push(Work {
+                    key,
+                    ip: c.ip,
+                    item: Ok(req),
+                    argon2: Some(done),
+                });
+            }
+            // Up to the next login/create_user: it goes to the pool next turn.
+            let n = c
+                .inbox
+                .iter()
+                .take(MAX_ANSWERS_PER_TURN)
+                .take_while(
+                    |(_, item)| !matches!(item, Ok(r) if commands::needs_argon2(&r.command)),
+                )
+                .count();
+            let ip = c.ip;
             work.extend(c.inbox.drain(..n).map(|(at, item)| {
                 arrived.push(at);
-                (key, item)
+                Work {
+                    key,
+                    ip,
+                    item,
+                    argon2: None,
+                }
             }));
         }
         if work.is_empty() {
@@ -368,61 +468,153 @@ impl Server {
         let ctx = Ctx {
             now_ms: crate::unix_ms(),
             seeder_timeout_ms: self.cfg.seeder_timeout_ms,
+            peer_ip: None,
+            session_idle_ms: self.cfg.session_idle_ms,
         };
-        let mutates = work
-            .iter()
-            .any(|(_, item)| matches!(item, Ok(r) if commands::may_mutate(&r.command)));
-        let replies = if mutates {
-            match self.commit_batch(&work, &ctx) {
-                Ok(replies) => replies,
-                Err(e) if self.note_log_fault(&e) => {
-                    let reply = Reply::err(format!("change not made: {e}"));
-                    work.iter().map(|_| reply.clone()).collect()
-                }
-                Err(e) => {
-                    log::error!("batch of {} requests failed: {e}", work.len());
-                    let reply = Reply::err(format!("internal error, nothing changed: {e}"));
-                    work.iter().map(|_| reply.clone()).collect()
-                }
-            }
-        } else if self.cache_behind {
-            let behind = "nothing read: this tracker's cache is behind its log \
-                          (is the data dir full?); try again";
-            work.iter()
-                .map(|(_, item)| match item {
-                    Err(msg) => Reply::err(msg),
-                    Ok(_) => Reply::err(behind),
-                })
-                .collect()
-        } else {
-            match self.store.read_transaction() {
-                Ok(snapshot) => work
-                    .iter()
-                    .map(|(_, item)| match item {
-                        Err(msg) => Reply::err(msg),
-                        Ok(req) => match commands::handle(&snapshot, req, &ctx) {
-                            Outcome::Reply(r) => r,
-                            Outcome::Mutate { .. } => {
-                                Reply::err("internal error: unexpected change")
-                            }
-                        },
-                    })
-                    .collect(),
-                Err(e) => {
-                    let reply = Reply::err(format!("internal error, nothing read: {e}"));
-                    work.iter().map(|_| reply.clone()).collect()
-                }
-            }
-        };
+        let replies = self.replies(&work, &ctx, &mut budget);
         if let Some(kind) = self.cfg.test_exit_after_apply {
             exit_if_applied(kind, &work, &replies);
         }
         let now = Instant::now();
-        for (((key, item), reply), at) in work.iter().zip(replies).zip(arrived) {
-            self.count_request(item, &reply, now.saturating_duration_since(at));
-            if let Some(c) = self.conns.get_mut(*key) {
+        let mut waiting: Vec<(Instant, Work)> = Vec::new();
+        for ((w, reply), at) in work.into_iter().zip(replies).zip(arrived) {
+            let Some(reply) = reply else {
+                waiting.push((at, w));
+                continue;
+            };
+            self.count_request(&w.item, &reply, now.saturating_duration_since(at));
+            self.note_login(&w, &reply);
+            if let Some(c) = self.conns.get_mut(w.key) {
+                c.idle.logged_in |= logs_in(&w.item, &reply);
                 c.out.extend_from_slice(&reply.encode());
             }
+        }
+        for (at, w) in waiting.into_iter().rev() {
+            if let Some(c) = self.conns.get_mut(w.key) {
+                match (w.item, w.argon2) {
+                    (Ok(req), Some(done)) => c.from_pool = Some((at, req, done)),
+                    (item, _) => c.inbox.push_front((at, item)),
+                }
+            }
+        }
+    }
+
+    /// Feeds the login limiter with a login's outcome.
+    fn note_login(&mut self, w: &Work, reply: &Reply) {
+        let (Ok(req), Some(Done::Verified(_))) = (&w.item, &w.argon2) else {
+            return;
+        };
+        let (Some(c), Some(user)) = (self.conns.get(w.key), req.args.first()) else {
+            return;
+        };
+        match reply {
+            Reply::Ok { .. } => self.login_limiter.succeeded(user),
+            Reply::Err(_) => self.login_limiter.failed(user, c.ip, Instant::now()),
+        }
+    }
+
+    /// Takes what the login pool finished: each answered next (first) for its
+    /// connection, if that is still open.
+    fn collect_from_pool(&mut self) {
+        while let Some((ticket, done)) = self.pool.finished() {
+            let Some((key, c)) = self.conns.iter_mut().find(|(_, c)| c.id == ticket) else {
+                continue; // the connection closed meanwhile
+            };
+            let _ = key;
+            if let Some((at, req)) = c.at_pool.take() {
+                c.from_pool = Some((at, req, done));
+            }
+        }
+    }
+
+    /// Sends each connection's next `login`/`create_user` (if it is next) to
+    /// the login pool, or answers it at once: a usage error, a taken name, or
+    /// a login backed off after wrong passwords (no argon2 for those).
+    fn send_to_pool(&mut self) {
+        let now = Instant::now();
+        let mut answered: Vec<(Request, Reply)> = Vec::new();
+        for (_, c) in self.conns.iter_mut() {
+            for _ in 0..MAX_ANSWERS_PER_TURN {
+                if c.dead || c.at_pool.is_some() || c.from_pool.is_some() || c.unsent() >= OUT_HIGH
+                {
+                    break;
+                }
+                let Some((at, Ok(req))) = c.inbox.front() else {
+                    break;
+                };
+                if !commands::needs_argon2(&req.command) {
+                    break;
+                }
+                let at = *at;
+                let Some((_, Ok(req))) = c.inbox.pop_front() else {
+                    break;
+                };
+                match to_pool(self.store.conn(), &self.login_limiter, c.ip, &req, now) {
+                    Ok(job) => {
+                        self.pool.submit(c.id, job);
+                        c.at_pool = Some((at, req));
+                    }
+                    Err(reply) => {
+                        c.out.extend_from_slice(&reply.encode());
+                        answered.push((req, reply));
+                    }
+                }
+            }
+        }
+        for (req, reply) in answered {
+            if matches!(&reply, Reply::Err(e) if e.starts_with(TOO_MANY_FAILED)) {
+                self.metrics.rate_limited_logins.inc();
+            }
+            self.count_request(&Ok(req), &reply, Duration::ZERO);
+        }
+    }
+
+    /// One reply per work item, `None` for a request that waits for its
+    /// connection's replies to drain (it was not handled).
+    fn replies(&mut self, work: &[Work], ctx: &Ctx, budget: &mut OutBudget) -> Vec<Option<Reply>> {
+        let mutates = work
+            .iter()
+            .any(|w| matches!(&w.item, Ok(r) if commands::may_mutate(&r.command)));
+        let all = |reply: Reply| work.iter().map(|_| Some(reply.clone())).collect();
+        if mutates {
+            return match self.commit_batch(work, ctx, budget) {
+                Ok(replies) => replies,
+                Err(e) if self.note_log_fault(&e) => {
+                    all(Reply::err(format!("change not made: {e}")))
+                }
+                Err(e) => {
+                    log::error!("batch of {} requests failed: {e}", work.len());
+                    all(Reply::err(format!("internal error, nothing changed: {e}")))
+                }
+            };
+        }
+        if self.cache_behind {
+            let behind = "nothing read: this tracker's cache is behind its log \
+                          (is the data dir full?); try again";
+            return work
+                .iter()
+                .map(|w| match &w.item {
+                    Err(msg) => Some(Reply::err(msg)),
+                    Ok(_) => Some(Reply::err(behind)),
+                })
+                .collect();
+        }
+        match self.store.read_transaction() {
+            Ok(snapshot) => work
+                .iter()
+                .map(|w| {
+                    if !budget.admits(w.key) {
+                        return None;
+                    }
+                    let reply = match handle(&snapshot, w, ctx) {
+                        Outcome::Reply(r) => r,
+                        Outcome::Mutate { .. } => Reply::err("internal error: unexpected change"),
+                    };
+                    budget.charge(w.key, &reply);
+                    Some(reply)
+                })
+                .collect(),
+            Err(e) => all(Reply::err(format!("internal error, nothing read: {e}"))),
         }
     }
 
@@ -447,12 +639,13 @@ impl Server {
     /// whole turn. Returns one reply per work item, sent only after this returns.
     fn commit_batch(
         &mut self,
-        work: &[(usize, Result<Request, String>)],
+        work: &[Work],
         ctx: &Ctx,
-    ) -> Result<Vec<Reply>, TrackerError> {
+        budget: &mut OutBudget,
+    ) -> Result<Vec<Option<Reply>>, TrackerError> {
         if let Some(why) = &self.log_fault {
             let reply = Reply::err(format!("change not made: {why}"));
-            return Ok(work.iter().map(|_| reply.clone()).collect());
+            return Ok(work.iter().map(|_| Some(reply.clone())).collect());
         }
         let _lock = self.log.lock_exclusive()?;
         let caught = catch_up(&self.log, &mut self.store)?;
@@ -470,14 +663,21 @@ impl Server {
         }
         let tx = self.store.transaction()?;
         let first_seq = before.lines + 1;
-        let staged = stage(&tx, work, ctx, self.cfg.tracker_no, (base, first_seq))?;
+        let staged = stage(
+            &tx,
+            work,
+            ctx,
+            budget,
+            self.cfg.tracker_no,
+            (base, first_seq),
+        )?;
         if staged.lines.is_empty() {
             return Ok(staged.replies);
         }
         let fsync = &self.metrics.log_fsync_seconds;
         if let Err(refusal) = append_durably(&self.log, &staged.lines, base, fsync) {
             drop(tx); // rolls back
-            return Ok(work.iter().map(|_| refusal.clone()).collect());
+            return Ok(work.iter().map(|_| Some(refusal.clone())).collect());
         }
         log::debug!(
             "appended {} log lines, made durable together",
@@ -588,10 +788,72 @@ impl Server {
     }
 }
 
+/// Handles one work item against `db`: a framing error is its reply; a
+/// `login`/`create_user` needs the pool's result (argon2 never runs here).
+fn handle(db: &rusqlite::Connection, w: &Work, ctx: &Ctx) -> Outcome {
+    match (&w.item, &w.argon2) {
+        (Err(msg), _) => Outcome::Reply(Reply::err(msg)),
+        (Ok(req), Some(done)) => commands::finish(db, req, done),
+        (Ok(req), None) if commands::needs_argon2(&req.command) => {
+            Outcome::Reply(Reply::err("internal error: login not checked"))
+        }
+        (Ok(req), None) => {
+            let ctx = Ctx {
+                peer_ip: Some(w.ip),
+                ..*ctx
+            };
+            commands::handle(db, req, &ctx)
+        }
+    }
+}
+
+/// Start of the refusal of a backed-off login.
+const TOO_MANY_FAILED: &str = "too many failed logins";
+
+/// The pool's job for a `login`/`create_user`, or the reply it gets at once.
+fn to_pool(
+    db: &rusqlite::Connection,
+    limiter: &LoginLimiter,
+    ip: IpAddr,
+    req: &Request,
+    now: Instant,
+) -> Result<Job, Reply> {
+    use wire::command::TrackerCommand;
+    match req.parse_command().map_err(Reply::err)? {
+        TrackerCommand::Login { user, password } => {
+            if let Err(wait) = limiter.check(&user, ip, now) {
+                let secs = wait.as_secs_f64().ceil().max(1.0);
+                return Err(Reply::err(format!(
+                    "{TOO_MANY_FAILED}; try again in {secs} s"
+                )));
+            }
+            let phc = crate::store::user_password_hash(db, &user)
+                .map_err(|e| Reply::err(format!("internal error, nothing read: {e}")))?;
+            Ok(Job::Verify { password, phc })
+        }
+        TrackerCommand::CreateUser { user, password } => {
+            if req.request_id.is_none() {
+                // (A retried change with an id is judged after hashing: it
+                // may be one applied already, answered with its reply.)
+                commands::check_new_user(db, &user, &password)?;
+            }
+            Ok(Job::Hash { password })
+        }
+        _ => Err(Reply::err("internal error: not a login")),
+    }
+}
+
+/// Whether answering `item` with `reply` shows the connection is logged in (a
+/// successful login, or any request with a session that succeeded).
+fn logs_in(item: &Result<Request, String>, reply: &Reply) -> bool {
+    matches!(reply, Reply::Ok { .. })
+        && matches!(item, Ok(r) if r.token.is_some() || r.command == CommandKind::Login.name())
+}
+
 /// A turn's requests handled inside the write transaction, before the append.
 struct Staged {
-    /// One reply per work item.
-    replies: Vec<Reply>,
+    /// One reply per work item (`None`: not handled, it waits).
+    replies: Vec<Option<Reply>>,
     /// The encoded log lines of the changes, in order.
     lines: Vec<String>,
     /// The log offset just after the last line, once appended.
@@ -603,8 +865,9 @@ struct Staged {
 /// numbered from `seq` on.
 fn stage(
     tx: &rusqlite::Transaction<'_>,
-    work: &[(usize, Result<Request, String>)],
+    work: &[Work],
     ctx: &Ctx,
+    budget: &mut OutBudget,
     tracker_no: u32,
     (base, mut seq): (u64, u64),
 ) -> Result<Staged, TrackerError> {
@@ -613,21 +876,23 @@ fn stage(
         lines: Vec::new(),
         end: base,
     };
-    for (_, item) in work {
-        let req = match item {
-            Ok(req) => req,
-            Err(msg) => {
-                staged.replies.push(Reply::err(msg));
-                continue;
-            }
+    for w in work {
+        if !budget.admits(w.key) {
+            staged.replies.push(None);
+            continue;
+        }
+        let outcome = handle(tx, w, ctx);
+        let reply = match &outcome {
+            Outcome::Reply(r) | Outcome::Mutate { reply: r, .. } => r,
         };
-        match commands::handle(tx, req, ctx) {
-            Outcome::Reply(r) => staged.replies.push(r),
+        budget.charge(w.key, reply);
+        match outcome {
+            Outcome::Reply(r) => staged.replies.push(Some(r)),
             Outcome::Mutate { op, reply } => {
                 let entry = LogEntry {
                     ms: ctx.now_ms,
                     tracker: tracker_no,
-                    request_id: req.request_id.clone(),
+                    request_id: w.item.as_ref().ok().and_then(|r| r.request_id.clone()),
                     op,
                 };
                 let line = entry.encode(seq);
@@ -635,7 +900,7 @@ fn stage(
                 store::apply(tx, staged.end, &entry).map_err(store::StoreError::from)?;
                 staged.end += line.len() as u64;
                 staged.lines.push(line);
-                staged.replies.push(reply);
+                staged.replies.push(Some(reply));
             }
         }
     }

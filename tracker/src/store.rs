@@ -474,6 +474,25 @@ pub fn user_password_hash(db: &Connection, user: &str) -> rusqlite::Result<Optio
         .optional()
 }
 
+/// A session's user and when it was last used as far as the log knows (ms):
+/// its login, or the latest logged heartbeat, upload or `add_seeder` of a
+/// file it seeds (an active seeder's heartbeat is logged every
+/// `seeder_timeout / 3`). Reads are not logged, so they do not count.
+pub fn session_last_use(
+    db: &Connection,
+    token_hash: &str,
+) -> rusqlite::Result<Option<(String, u64)>> {
+    db.prepare_cached(
+        "SELECT s.user_id, max(s.created_ms, coalesce((SELECT max(f.last_seen_ms)
+           FROM file_seeders f WHERE f.token_hash = s.token_hash), 0))
+         FROM sessions s WHERE s.token_hash = ?1",
+    )?
+    .query_row(params![token_hash], |r| {
+        Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+    })
+    .optional()
+}
+
 pub fn session_user(db: &Connection, token_hash: &str) -> rusqlite::Result<Option<String>> {
     db.prepare_cached("SELECT user_id FROM sessions WHERE token_hash = ?1")?
         .query_row(params![token_hash], |r| r.get(0))

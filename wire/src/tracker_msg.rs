@@ -369,6 +369,20 @@ impl LineFramer {
         self.buf.len()
     }
 
+    /// Bytes the buffer holds room for (it shrinks after a long line).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Gives back the room of a long (or oversize) line once it is gone, so an
+    /// idle connection does not keep megabytes of buffer.
+    fn shrink(&mut self) {
+        const KEEP: usize = 64 * 1024;
+        if self.buf.capacity() > KEEP && self.buf.len() <= KEEP / 2 {
+            self.buf.shrink_to(KEEP);
+        }
+    }
+
     /// Adds received bytes. Call [`LineFramer::next_line`] until it returns `None`.
     pub fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
@@ -384,6 +398,7 @@ impl LineFramer {
                     let end = self.scanned + i + 1;
                     let line: Vec<u8> = self.buf.drain(..end).collect();
                     self.scanned = 0;
+                    self.shrink();
                     if self.skipping {
                         self.skipping = false;
                         continue;
@@ -398,6 +413,7 @@ impl LineFramer {
                     if self.buf.len() > self.max {
                         self.buf.clear();
                         self.scanned = 0;
+                        self.shrink();
                         if !self.skipping {
                             self.skipping = true;
                             return Some(Err(WireError::TooLong { max: self.max }));
@@ -621,5 +637,26 @@ mod tests {
         f.push(b"c\nd");
         assert_eq!(f.next_line().unwrap().unwrap(), b"abc\n");
         assert!(f.next_line().is_none());
+    }
+}
+
+#[cfg(test)]
+mod framer_shrink_tests {
+    use super::*;
+
+    #[test]
+    fn buffer_shrinks_after_a_long_or_oversize_line() {
+        let mut f = LineFramer::new(1 << 20);
+        f.push(&vec![b'a'; 900 * 1024]);
+        assert!(f.next_line().is_none());
+        f.push(b"\n");
+        assert_eq!(f.next_line().unwrap().unwrap().len(), 900 * 1024 + 1);
+        assert!(f.capacity() <= 64 * 1024, "capacity {}", f.capacity());
+        f.push(&vec![b'b'; 2 << 20]);
+        assert!(matches!(
+            f.next_line(),
+            Some(Err(WireError::TooLong { .. }))
+        ));
+        assert!(f.capacity() <= 64 * 1024, "capacity {}", f.capacity());
     }
 }
