@@ -21,6 +21,9 @@
 //! [`operator_view`] (`--http`) serves `/metrics` ([`metrics`]) and `/status`
 //! ([`status`], [`status_html`]) read-only from a thread of its own ([`http`]).
 //!
+//! [`replication`] holds the Raft replica for `--replication raft` (issue 13): built
+//! and tested on its own, not driven by the server yet.
+//!
 //! Tests, fuzz targets and the end-to-end harness use these modules directly:
 //! the log format and the cache dump have one home each.
 

@@ -5,18 +5,12 @@
 //! maximum frame (after). A valid stream cut at random points decodes to exactly the
 //! messages sent; a stream with one byte flipped never decodes to another message.
 //!
-//! The tracker is a binary crate, so the module is compiled in here from its source.
-//!
 //! Case count: `SWARMSHARE_FUZZ_CASES` (default 2000 so the suite stays quick);
 //! a long run: `SWARMSHARE_FUZZ_CASES=1000000 cargo test --release -p tracker --test fuzz_peer_frame`.
 
-#[allow(dead_code)]
-#[path = "../src/replication/peer_frame.rs"]
-mod peer_frame;
-
-use peer_frame::{LinkEvent, PeerLink, MAX_LINE};
 use proptest::prelude::*;
 use raft::eraftpb::{Entry, Message, MessageType};
+use tracker::replication::peer_frame::{LinkEvent, PeerLink, MAX_LINE};
 
 const KEY: [u8; 32] = [3; 32];
 const MAX_FRAME: usize = 4096;

@@ -105,7 +105,7 @@ pub fn create(path: &Path) -> Result<ClusterKey, KeyError> {
         .mode(0o600)
         .open(path)
         .map_err(io_err(path))?;
-    let text = format!("{}\n", wire::file_meta::to_hex(&key));
+    let text = format!("{}\n", hex::encode(key));
     file.write_all(text.as_bytes()).map_err(io_err(path))?;
     file.sync_all().map_err(io_err(path))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -38,6 +38,19 @@
 //! [`StateMachine::snapshot`] is taken every `snapshot_every` applied entries and
 //! stored with the log before it compacted; a lagging or empty tracker receives it
 //! from the leader and [`StateMachine::restore`]s it.
+//!
+//! # Limits (known, for the integration step)
+//! - Membership is static: every tracker of tracker_info.txt is a voter from the start
+//!   (all storages begin with the same `ConfState`); no conf-change entries are used.
+//! - A tracker whose data dir was wiped rejoins under its old id with no memory of its
+//!   vote; raft-rs assumes votes are durable, so in theory it could vote twice in one
+//!   term (only if it restarts within the very election it voted in). The node copes
+//!   with the rest of a wipe (`guard_lost_log`): it catches up by snapshot.
+//! - A change forwarded to a leader that just became unreachable is lost with that
+//!   message and fails at its deadline; the owner should keep proposals from a tracker
+//!   whose link to the leader is down, or let the client retry (request ids dedupe).
+//! - `check_quorum` and `pre_vote` are on: a leader cut off from the majority steps
+//!   down after an election timeout; a rejoining tracker does not disrupt the leader.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};

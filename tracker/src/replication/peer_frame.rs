@@ -138,18 +138,9 @@ pub fn fresh_nonce() -> [u8; 32] {
 
 /// Parses 64 hex digits into 32 bytes.
 pub fn hex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[i * 2..i * 2 + 2], 16).ok()?;
-    }
+    hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn mac(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
@@ -165,7 +156,7 @@ impl PeerLink {
     pub fn connect(key: [u8; 32], me: u64, peer: u64, nonce: [u8; 32], max_frame: usize) -> Self {
         let mut link = Self::new(key, me, peer, Vec::new(), true, nonce, max_frame);
         link.state = State::AwaitReply;
-        link.out = format!("{GREETING_PREFIX}{me} {}\n", hex(&nonce)).into_bytes();
+        link.out = format!("{GREETING_PREFIX}{me} {}\n", hex::encode(nonce)).into_bytes();
         link
     }
 
@@ -284,11 +275,11 @@ impl PeerLink {
                 }
                 self.peer = peer;
                 self.peer_nonce = nonce;
-                let proof = hex(&self.proof("acceptor"));
+                let proof = hex::encode(self.proof("acceptor"));
                 let greeting = format!(
                     "{GREETING_PREFIX}{} {} {proof}\n",
                     self.me,
-                    hex(&self.my_nonce)
+                    hex::encode(self.my_nonce)
                 );
                 self.out.extend_from_slice(greeting.as_bytes());
                 self.state = State::AwaitProof;
@@ -303,7 +294,7 @@ impl PeerLink {
                 }
                 self.peer_nonce = nonce;
                 self.check_proof("acceptor", &proof.expect("parse_hello(.., true)"))?;
-                let mine = hex(&self.proof("initiator"));
+                let mine = hex::encode(self.proof("initiator"));
                 self.out.extend_from_slice(format!("{mine}\n").as_bytes());
                 self.open(events);
             }

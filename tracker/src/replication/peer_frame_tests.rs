@@ -74,7 +74,7 @@ fn a_wrong_key_fails_on_both_sides() {
     let reply = b.take_output();
     assert!(is_peer_greeting(&reply));
     assert_eq!(outsider.receive(&reply), Err(LinkError::BadProof));
-    let forged_proof = format!("{}\n", hex(&[0u8; 32]));
+    let forged_proof = format!("{}\n", hex::encode([0u8; 32]));
     assert_eq!(b.receive(forged_proof.as_bytes()), Err(LinkError::BadProof));
     assert_eq!(b.receive(b"anything"), Err(LinkError::Closed));
     assert!(!b.is_open());
@@ -110,7 +110,7 @@ fn frames_before_authentication_are_never_decoded() {
 fn handshake_lines_are_bounded_and_checked() {
     let mut b = PeerLink::accept(KEY, 2, vec![1, 2], [2; 32], MAX);
     assert_eq!(b.receive(&[b'A'; MAX_LINE]), Err(LinkError::LineTooLong));
-    let hello = |no: u64| format!("{GREETING_PREFIX}{no} {}\n", hex(&[1; 32]));
+    let hello = |no: u64| format!("{GREETING_PREFIX}{no} {}\n", hex::encode([1; 32]));
     let mut b = PeerLink::accept(KEY, 2, vec![1, 2], [2; 32], MAX);
     assert_eq!(b.receive(hello(5).as_bytes()), Err(LinkError::NotMember(5)));
     let mut b = PeerLink::accept(KEY, 2, vec![1, 2], [2; 32], MAX);
