@@ -14,6 +14,7 @@ use wire::tracker_msg::{Reply, Request, ERR_SESSION};
 use crate::auth;
 use crate::store;
 use crate::sync_log::Op;
+use crate::tickets::TicketIssuer;
 
 /// Longest user or group name, in bytes.
 pub const MAX_NAME: usize = 256;
@@ -26,6 +27,8 @@ pub struct Ctx {
     pub now_ms: u64,
     /// Seeders not seen for this long are not online.
     pub seeder_timeout_ms: u64,
+    /// The ticket signing key (`None`: no tickets, `login` sends no key).
+    pub tickets: Option<&'static TicketIssuer>,
 }
 
 impl Ctx {
@@ -114,7 +117,7 @@ fn dispatch(db: &Connection, req: &Request, ctx: &Ctx) -> Result<Outcome, Comman
         .map_err(|e| CommandError::Refused(e.to_string()))?;
     match cmd {
         TrackerCommand::CreateUser { user, password } => create_user(db, &user, &password),
-        TrackerCommand::Login { user, password } => login(db, &user, &password),
+        TrackerCommand::Login { user, password } => login(db, ctx, &user, &password),
         cmd => dispatch_logged_in(db, ctx, &session(db, req)?, cmd),
     }
 }
@@ -131,7 +134,7 @@ fn create_user(db: &Connection, user: &str, password: &str) -> Result<Outcome, C
     })
 }
 
-fn login(db: &Connection, user: &str, password: &str) -> Result<Outcome, CommandError> {
+fn login(db: &Connection, ctx: &Ctx, user: &str, password: &str) -> Result<Outcome, CommandError> {
     let Some(phc) = store::user_password_hash(db, user)? else {
         return refuse(format!("no such user: {user}"));
     };
@@ -144,7 +147,11 @@ fn login(db: &Connection, user: &str, password: &str) -> Result<Outcome, Command
             token_hash: auth::token_hash(&token),
             user: user.to_string(),
         },
-        reply: ok_head(vec![token]),
+        // The second field is the trackers' ticket key, which clients pin.
+        reply: ok_head(match ctx.tickets {
+            Some(t) => vec![token, t.public_hex()],
+            None => vec![token],
+        }),
     })
 }
 
@@ -208,7 +215,7 @@ fn dispatch_logged_in(
             answer(ok_rows(store::list_files(db, &group, since)?))
         }
         C::UploadFile(upload) => upload_file(db, s, upload),
-        C::FileInfo { group, name } => file_info(db, ctx, me, &group, &name),
+        C::FileInfo { group, name, key } => file_info(db, ctx, me, &group, &name, key.as_deref()),
         C::AddSeeder {
             group,
             name,
@@ -305,10 +312,19 @@ fn file_info(
     me: &str,
     group: &str,
     name: &str,
+    key: Option<&str>,
 ) -> Result<Outcome, CommandError> {
     member_of(db, group, me)?;
     let Some(f) = store::file(db, group, name)? else {
         return refuse(format!("no such file {name} in group {group}"));
+    };
+    let ticket = match (key, ctx.tickets) {
+        (None, _) => None,
+        (Some(_), None) => return refuse("this tracker issues no tickets"),
+        (Some(k), Some(t)) => Some(
+            t.issue(me, group, &f.file_sha1, k, ctx.now_ms / 1000)
+                .or_else(refuse)?,
+        ),
     };
     let rows = store::online_seeders(db, group, name, ctx.online_since())?
         .into_iter()
@@ -321,7 +337,10 @@ fn file_info(
             f.piece_size.to_string(),
             f.file_sha1,
             f.piece_hashes,
-        ],
+        ]
+        .into_iter()
+        .chain(ticket)
+        .collect(),
         rows,
     })
 }
@@ -473,10 +492,16 @@ mod tests {
     use crate::sync_log::LogEntry;
 
     /// Runs a request like the server does: mutations are applied at once.
+    fn test_issuer() -> &'static TicketIssuer {
+        static KEY: std::sync::OnceLock<TicketIssuer> = std::sync::OnceLock::new();
+        KEY.get_or_init(|| TicketIssuer::from_key(wire::ticket::new_key_pair().unwrap(), 60))
+    }
+
     fn run(st: &mut Store, token: Option<&str>, cmd: &str, args: &[&str]) -> Reply {
         let ctx = Ctx {
             now_ms: 10_000,
             seeder_timeout_ms: 45_000,
+            tickets: Some(test_issuer()),
         };
         let req = Request::new(token, cmd, args);
         match handle(st.conn(), &req, &ctx) {
@@ -618,6 +643,36 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // With the downloader's key: a ticket for this user, group, file and key,
+        // signed with the key `login` announced, valid for the lifetime.
+        let me = wire::ticket::new_key_pair().unwrap();
+        let my_key = wire::ticket::public_key_hex(&me.verifying_key());
+        let Reply::Ok { head, .. } = run(&mut st, Some(&t), "file_info", &["g", "f x", &my_key])
+        else {
+            panic!("file_info with a key refused");
+        };
+        let ticket = wire::ticket::Ticket::from_hex(&head[5]).unwrap();
+        let Reply::Ok { head: login, .. } = run(&mut st, None, "login", &["a", "pw"]) else {
+            panic!("login refused");
+        };
+        let tracker_key = wire::ticket::public_key_from_hex(&login[1]).unwrap();
+        ticket.verify(&tracker_key, 10 + 60).unwrap();
+        assert!(ticket.verify(&tracker_key, 10 + 61).is_err());
+        assert_eq!(ticket.body.user, "a");
+        assert_eq!(ticket.body.group, "g");
+        assert_eq!(ticket.body.file_sha1, [0xaa; 20]);
+        assert_eq!(ticket.body.holder, me.verifying_key().to_bytes());
+        assert!(
+            err(run(&mut st, Some(&t), "file_info", &["g", "f x", "00"]))
+                .contains("downloader_key")
+        );
+        assert!(err(run(
+            &mut st,
+            Some(&t),
+            "file_info",
+            &["g", "f x", &my_key, "x"]
+        ))
+        .starts_with("usage"));
         assert_eq!(
             run(&mut st, Some(&t), "heartbeat", &["127.0.0.1:5"]),
             Reply::ok()

@@ -41,6 +41,7 @@ pub mod status;
 pub mod status_html;
 pub mod store;
 pub mod sync_log;
+pub mod tickets;
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -69,6 +70,8 @@ pub struct Options {
     pub http: Option<String>,
     /// Show seeders' IP addresses on the operator view.
     pub http_show_peer_addrs: bool,
+    /// Lifetime of the download tickets `file_info` issues, in seconds.
+    pub ticket_secs: u64,
 }
 
 /// Everything that stops the tracker, as one line of text.
@@ -81,6 +84,11 @@ pub enum TrackerError {
         no: usize,
         path: String,
         count: usize,
+    },
+    #[error("cannot read or create the ticket key {path}: {source}")]
+    TicketKey {
+        path: String,
+        source: std::io::Error,
     },
     #[error("cannot create data dir {path}: {source}")]
     DataDir {
@@ -150,6 +158,15 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
     })?;
 
     let _instance = lock_instance(dir, opts.tracker_no)?;
+    let issuer =
+        tickets::TicketIssuer::load_or_create(dir, opts.ticket_secs).map_err(|source| {
+            TrackerError::TicketKey {
+                path: dir.join(tickets::KEY_FILE).display().to_string(),
+                source,
+            }
+        })?;
+    // One key for the life of the process: the command context borrows it.
+    let issuer: &'static tickets::TicketIssuer = Box::leak(Box::new(issuer));
     let mut store = open_store(&dir.join(format!("tracker{}.db", opts.tracker_no)))?;
     let log = open_log(dir, opts.fsync, opts.tracker_no)?;
     let cache = store.cache_pos()?;
@@ -183,6 +200,7 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
         tracker_no: opts.tracker_no as u32,
         seeder_timeout_ms: opts.seeder_timeout_secs.saturating_mul(1000),
         test_exit_after_apply: opts.test_exit_after_apply,
+        tickets: Some(issuer),
     };
     let (mut server, waker) =
         server::Server::new(listener, log, store, cfg, Arc::clone(&shutdown))?;

@@ -44,6 +44,9 @@ struct Args {
     /// Seeders not heard from for this many seconds are not listed as online.
     #[arg(long, default_value_t = 45, hide = true)]
     seeder_timeout_secs: u64,
+    /// Lifetime of download tickets in seconds (tests use a few seconds).
+    #[arg(long, default_value_t = tracker::tickets::DEFAULT_TICKET_SECS, hide = true)]
+    ticket_secs: u64,
     /// Fault injection for the end-to-end tests only: exit (status 86) right after
     /// a change of this command was appended and applied, before its reply is sent.
     #[arg(long, hide = true, value_name = "COMMAND", value_parser = parse_command_kind)]
@@ -109,6 +112,7 @@ fn serve(args: Args) -> Result<(), tracker::TrackerError> {
         test_exit_after_apply: args.test_exit_after_apply,
         http: args.http,
         http_show_peer_addrs: args.http_show_peer_addrs,
+        ticket_secs: args.ticket_secs,
     };
     tracker::run(&opts)
 }

@@ -73,6 +73,8 @@ pub struct Config {
     pub seeder_timeout_ms: u64,
     /// Tests only: exit right after applying a change of this command, unanswered.
     pub test_exit_after_apply: Option<CommandKind>,
+    /// The ticket signing key `file_info` uses (issue 12).
+    pub tickets: Option<&'static crate::tickets::TicketIssuer>,
 }
 
 /// One client connection's state.
@@ -368,6 +370,7 @@ impl Server {
         let ctx = Ctx {
             now_ms: crate::unix_ms(),
             seeder_timeout_ms: self.cfg.seeder_timeout_ms,
+            tickets: self.cfg.tickets,
         };
         let mutates = work
             .iter()
