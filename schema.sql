@@ -63,3 +63,17 @@ CREATE TABLE applied_log (
     lines  INTEGER NOT NULL,                -- log lines applied
     generation TEXT NOT NULL DEFAULT ''     -- sync log generation applied ('' = none yet)
 );
+
+-- Exactly-once changes (migrations/0003_applied_requests.sql, tracker/src/dedup.rs).
+CREATE TABLE applied_requests (
+    request_id TEXT PRIMARY KEY NOT NULL,   -- <client>:<seq> as the client sent it
+    client     TEXT NOT NULL,               -- the client instance part
+    seq        INTEGER NOT NULL,            -- the sequence number part (0 if none)
+    command    TEXT NOT NULL,               -- the wire command that was applied
+    session    TEXT,                        -- login: hash of the token it created
+    offset     INTEGER NOT NULL,            -- log offset of the line that applied it
+    applied_ms INTEGER NOT NULL             -- the line's time
+);
+
+CREATE INDEX applied_requests_by_client ON applied_requests (client, seq);
+CREATE INDEX applied_requests_by_time ON applied_requests (applied_ms);

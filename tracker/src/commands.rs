@@ -12,6 +12,7 @@ use wire::command::{CommandKind, TrackerCommand, Upload};
 use wire::tracker_msg::{Reply, Request, ERR_SESSION};
 
 use crate::auth;
+use crate::dedup;
 use crate::store;
 use crate::sync_log::Op;
 use crate::tickets::TicketIssuer;
@@ -115,6 +116,14 @@ fn dispatch(db: &Connection, req: &Request, ctx: &Ctx) -> Result<Outcome, Comman
     let cmd = req
         .parse_command()
         .map_err(|e| CommandError::Refused(e.to_string()))?;
+    if let (Some(id), true) = (&req.request_id, cmd.kind().spec().mutates) {
+        // Before any validation: a change applied already is not judged again.
+        match dedup::replay(db, id, &cmd)? {
+            Ok(Some(original)) => return answer(original),
+            Ok(None) => {}
+            Err(reason) => return refuse(reason),
+        }
+    }
     match cmd {
         TrackerCommand::CreateUser { user, password } => create_user(db, &user, &password),
         TrackerCommand::Login { user, password } => login(db, ctx, &user, &password),

@@ -10,7 +10,8 @@
 //! [`HttpLimits::max_request_bytes`] (else `431`), at most
 //! [`HttpLimits::max_connections`] are being served (more are answered `503`
 //! and closed), and a connection is closed [`HttpLimits::timeout`] after it was
-//! accepted, whatever it is doing.
+//! accepted, whatever it is doing. At most 50 requests a second are answered
+//! (after a burst of 10); more wait, so the view's CPU use stays bounded.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -30,6 +31,42 @@ const TICK: Duration = Duration::from_millis(200);
 /// the client has read the response.
 const DRAIN_TIME: Duration = Duration::from_secs(1);
 const DRAIN_BYTES: usize = 256 * 1024;
+/// Requests answered per second at most, after a burst of [`ANSWER_BURST`]:
+/// however hard the view is hammered, answering costs a bounded share of a
+/// core (about 50 x 0.5 ms, BENCHMARKS.md). Requests over the rate wait
+/// (within the connection's timeout); refusals (`4xx`) are not counted.
+const ANSWERS_PER_SEC: f64 = 50.0;
+const ANSWER_BURST: f64 = 10.0;
+/// The loop's period while requests wait for the rate.
+const QUEUED_TICK: Duration = Duration::from_millis(20);
+
+/// A token bucket for [`ANSWERS_PER_SEC`].
+#[derive(Debug)]
+struct AnswerBudget {
+    tokens: f64,
+    at: Instant,
+}
+
+impl AnswerBudget {
+    fn new() -> AnswerBudget {
+        AnswerBudget {
+            tokens: ANSWER_BURST,
+            at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() * ANSWERS_PER_SEC;
+        self.tokens = (self.tokens + earned).min(ANSWER_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
 
 /// Bounds of the listener.
 #[derive(Debug, Clone, Copy)]
@@ -172,6 +209,8 @@ pub trait Routes {
 #[derive(Debug, PartialEq, Eq)]
 enum Phase {
     Reading,
+    /// A complete request waits for the answer rate.
+    Queued(Request),
     Writing,
     /// Response sent, our side shut: dropping what the client still sends.
     Draining {
@@ -213,11 +252,14 @@ impl HttpConn {
 
     /// Counts against the connection cap (not yet answered).
     fn is_busy(&self) -> bool {
-        matches!(self.phase, Phase::Reading | Phase::Writing)
+        matches!(
+            self.phase,
+            Phase::Reading | Phase::Queued(_) | Phase::Writing
+        )
     }
 
     /// Reads what the socket has (up to the request limit) and parses it.
-    fn read(&mut self, limits: &HttpLimits, routes: &mut impl Routes) {
+    fn read(&mut self, limits: &HttpLimits) {
         let mut chunk = [0u8; 4096];
         while self.phase == Phase::Reading {
             let room = limits
@@ -234,7 +276,7 @@ impl HttpConn {
                     self.buf.extend_from_slice(&chunk[..n]);
                     match parse_request(&self.buf, limits.max_request_bytes) {
                         Parsed::Partial => {}
-                        Parsed::Request(req) => self.answer(routes.respond(&req), req.head_only),
+                        Parsed::Request(req) => self.phase = Phase::Queued(req),
                         Parsed::Refused(resp) => self.answer(resp, false),
                     }
                 }
@@ -302,6 +344,7 @@ pub struct HttpServer<R> {
     conns: Slab<HttpConn>,
     routes: R,
     limits: HttpLimits,
+    budget: AnswerBudget,
     shutdown: Arc<AtomicBool>,
 }
 
@@ -323,6 +366,7 @@ impl<R: Routes> HttpServer<R> {
             conns: Slab::new(),
             routes,
             limits,
+            budget: AnswerBudget::new(),
             shutdown,
         })
     }
@@ -331,7 +375,12 @@ impl<R: Routes> HttpServer<R> {
     pub fn run(&mut self) {
         let mut events = Events::with_capacity(256);
         while !self.shutdown.load(Ordering::SeqCst) {
-            if let Err(e) = self.poll.poll(&mut events, Some(TICK)) {
+            let queued = self
+                .conns
+                .iter()
+                .any(|(_, c)| matches!(c.phase, Phase::Queued(_)));
+            let tick = if queued { QUEUED_TICK } else { TICK };
+            if let Err(e) = self.poll.poll(&mut events, Some(tick)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -344,6 +393,7 @@ impl<R: Routes> HttpServer<R> {
                     Token(key) => self.serve(key),
                 }
             }
+            self.answer_queued();
             self.reap();
         }
     }
@@ -353,13 +403,31 @@ impl<R: Routes> HttpServer<R> {
             return;
         };
         if c.phase == Phase::Reading {
-            c.read(&self.limits, &mut self.routes);
+            c.read(&self.limits);
+        }
+        if matches!(c.phase, Phase::Queued(_)) && self.budget.take(Instant::now()) {
+            if let Phase::Queued(req) = std::mem::replace(&mut c.phase, Phase::Done) {
+                c.answer(self.routes.respond(&req), req.head_only);
+            }
         }
         if c.phase == Phase::Writing {
             c.write();
         }
         if matches!(c.phase, Phase::Draining { .. }) {
             c.drain();
+        }
+    }
+
+    /// Answers waiting requests as far as the rate allows (the rest wait for the next turn).
+    fn answer_queued(&mut self) {
+        let waiting: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, Phase::Queued(_)))
+            .map(|(k, _)| k)
+            .collect();
+        for key in waiting {
+            self.serve(key);
         }
     }
 
@@ -498,6 +566,23 @@ mod tests {
         assert!(bytes.ends_with("\r\n\r\nhello"));
         let head = String::from_utf8(encode_response(&r, true)).unwrap();
         assert!(head.ends_with("\r\n\r\n") && head.contains("Content-Length: 5"));
+    }
+
+    #[test]
+    fn the_answer_rate_is_bounded_after_a_burst() {
+        let mut b = AnswerBudget::new();
+        let t0 = b.at;
+        let burst = (0..100).filter(|_| b.take(t0)).count();
+        assert_eq!(burst, ANSWER_BURST as usize);
+        // A second later the bucket is full again, but holds no more than a burst.
+        let t1 = t0 + Duration::from_secs(1);
+        let later = (0..100).filter(|_| b.take(t1)).count();
+        assert_eq!(
+            later, ANSWER_BURST as usize,
+            "the bucket holds at most a burst"
+        );
+        let t2 = t1 + Duration::from_millis(100);
+        assert_eq!((0..100).filter(|_| b.take(t2)).count(), 5);
     }
 
     proptest! {

@@ -14,10 +14,11 @@
 //! by `flock`, and each tracker's watcher applies the others' lines within 100 ms.
 //!
 //! Modules: [`auth`] hashes passwords and makes tokens, [`commands`] authorizes
-//! and validates requests, [`server`] runs the single mio event loop,
-//! [`log_repair`] holds the operator's whole-log passes ([`verify_log`],
-//! [`salvage_log`]) and the v1 upgrade. The tracker list is read by
-//! `wire::tracker_info`, the same parser the client uses.
+//! and validates requests, [`dedup`] remembers applied request ids (exactly-once
+//! changes), [`server`] runs the single mio event loop, [`log_repair`] holds the
+//! operator's whole-log passes ([`verify_log`], [`salvage_log`]) and the v1
+//! upgrade. The tracker list is read by `wire::tracker_info`, the same parser the
+//! client uses.
 //! [`operator_view`] (`--http`) serves `/metrics` ([`metrics`]) and `/status`
 //! ([`status`], [`status_html`]) read-only from a thread of its own ([`http`]).
 //!
@@ -29,6 +30,7 @@
 
 pub mod auth;
 pub mod commands;
+pub mod dedup;
 pub mod http;
 pub mod log_repair;
 pub mod metrics;

@@ -630,7 +630,7 @@ fn stage(
                 let entry = LogEntry {
                     ms: ctx.now_ms,
                     tracker: tracker_no,
-                    request_id: None,
+                    request_id: req.request_id.clone(),
                     op,
                 };
                 let line = entry.encode(seq);

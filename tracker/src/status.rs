@@ -417,8 +417,8 @@ pub fn recent_changes(log: &Path, show_addrs: bool) -> Vec<ChangeView> {
     let skip_first = start > 0;
     buf.split(|&b| b == b'\n')
         .skip(usize::from(skip_first))
-        .filter_map(|line| LogEntry::decode(line).ok().map(|(_seq, e)| e))
-        .filter_map(|e| {
+        .filter_map(|line| LogEntry::decode(line).ok())
+        .filter_map(|(_seq, e)| {
             describe(&e.op, show_addrs).map(|text| ChangeView {
                 unix_ms: e.ms,
                 tracker: e.tracker,
@@ -546,13 +546,13 @@ mod tests {
     fn recent_changes_are_newest_first_and_skip_torn_lines() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join(LOG_FILE);
-        let mut text = format!("{}{:016x}\n", crate::sync_log::V2_PREFIX, 7);
-        for (seq, g) in ["g1", "g2", "g3"].into_iter().enumerate() {
+        let mut text = crate::sync_log::Generation::new().header_line();
+        for (seq, g) in (1..).zip(["g1", "g2", "g3"]) {
             text += &entry(Op::CreateGroup {
                 group: g.into(),
                 owner: "o".into(),
             })
-            .encode(seq as u64 + 1);
+            .encode(seq);
         }
         text += "0badc0de 1 1 create_gro"; // being written
         std::fs::write(&log, text).unwrap();

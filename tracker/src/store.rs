@@ -14,6 +14,7 @@ use crate::sync_log::{CachePos, Generation, LogEntry, Op};
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_log_generation.sql"),
+    include_str!("../../migrations/0003_applied_requests.sql"),
 ];
 
 /// Errors of the cache.
@@ -154,7 +155,7 @@ impl Store {
         tx.execute_batch(
             "DELETE FROM users; DELETE FROM sessions; DELETE FROM groups;
              DELETE FROM group_members; DELETE FROM join_requests; DELETE FROM files;
-             DELETE FROM file_seeders; UPDATE applied_log SET offset = 0, lines = 0, generation = '';",
+             DELETE FROM file_seeders; DELETE FROM applied_requests; UPDATE applied_log SET offset = 0, lines = 0, generation = '';",
         )?;
         tx.commit()?;
         Ok(())
@@ -203,8 +204,17 @@ pub fn set_applied(db: &Connection, a: Applied) -> rusqlite::Result<()> {
 
 /// Applies one log entry, whose line starts at `offset`. THE one place state
 /// changes. Idempotent: applying the same entry again changes nothing, and an
-/// entry whose preconditions no longer hold is a no-op.
+/// entry whose preconditions no longer hold is a no-op. An entry's request id is
+/// recorded with it ([`crate::dedup::record`]).
 pub fn apply(db: &Connection, offset: u64, entry: &LogEntry) -> rusqlite::Result<()> {
+    apply_op(db, offset, entry)?;
+    match &entry.request_id {
+        Some(id) => crate::dedup::record(db, offset, entry.ms, id, &entry.op),
+        None => Ok(()),
+    }
+}
+
+fn apply_op(db: &Connection, offset: u64, entry: &LogEntry) -> rusqlite::Result<()> {
     let ms = entry.ms as i64;
     match &entry.op {
         Op::CreateUser { .. } | Op::Login { .. } | Op::Logout { .. } => {
@@ -240,14 +250,18 @@ fn apply_account(db: &Connection, op: &Op, ms: i64) -> rusqlite::Result<()> {
             )?
             .execute(params![token_hash, user, ms])?;
         }
-        Op::Logout { token_hash } => {
-            db.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
-                .execute(params![token_hash])?;
-            db.prepare_cached("DELETE FROM file_seeders WHERE token_hash = ?1")?
-                .execute(params![token_hash])?;
-        }
+        Op::Logout { token_hash } => end_session(db, token_hash)?,
         _ => {}
     }
+    Ok(())
+}
+
+/// Ends a session and its seeding (logout, and a login superseded by its replay).
+pub fn end_session(db: &Connection, token_hash: &str) -> rusqlite::Result<()> {
+    db.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
+        .execute(params![token_hash])?;
+    db.prepare_cached("DELETE FROM file_seeders WHERE token_hash = ?1")?
+        .execute(params![token_hash])?;
     Ok(())
 }
 
@@ -603,8 +617,9 @@ pub fn session_seeding(
 }
 
 /// The tables that hold the tracker's state. `applied_log` (how much of the log
-/// the cache holds) is bookkeeping and not among them.
-pub const STATE_TABLES: [&str; 7] = [
+/// the cache holds) is bookkeeping and not among them; `applied_requests` (the
+/// request ids of applied changes, [`crate::dedup`]) decides replies, so it is.
+pub const STATE_TABLES: [&str; 8] = [
     "users",
     "sessions",
     "groups",
@@ -612,6 +627,7 @@ pub const STATE_TABLES: [&str; 7] = [
     "join_requests",
     "files",
     "file_seeders",
+    "applied_requests",
 ];
 
 /// Every row of `table` as text, each row its values' `Debug` forms joined by

@@ -69,8 +69,8 @@ impl Transfers {
         self.refill(dl);
     }
 
-    /// The periodic per-download work: rate samples, resume saves, peer
-    /// refreshes, failure bounds, new connections and requests.
+    /// The periodic per-download work: rate samples, resume saves, failure
+    /// bounds, new connections and requests.
     pub(super) fn tick_downloads(&mut self, registry: &Registry, now: Instant) {
         for dl in 0..self.downloads.len() {
             if !self.downloads[dl].is_active() {
@@ -109,9 +109,6 @@ impl Transfers {
         }
     }
 
-    /// Asks the tracker for fresh peers when due: now and then while peers are
-    /// connected (to find partial seeders), often while none is. `Err`: no peer
-    /// for too long, the download fails with that reason.
     /// Fails a download that has had no live peer for [`NO_PEERS_LIMIT`]. Fresh
     /// peers come from the controller's peer refresh (`update_peers`).
     fn check_live_peers(&mut self, dl: usize, now: Instant) -> Result<(), String> {
