@@ -184,6 +184,7 @@ mod tests {
         let ctx = Ctx {
             now_ms: 10_000,
             seeder_timeout_ms: 45_000,
+            tickets: None,
         };
         let mut req = Request::new(token, cmd, args);
         req.request_id = Some(rid.to_string());
