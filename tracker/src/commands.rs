@@ -15,6 +15,7 @@ use crate::auth;
 use crate::dedup;
 use crate::store;
 use crate::sync_log::Op;
+use crate::tickets::TicketIssuer;
 
 /// Longest user or group name, in bytes.
 pub const MAX_NAME: usize = 256;
@@ -34,6 +35,8 @@ pub struct Ctx {
     pub peer_ip: Option<IpAddr>,
     /// A session unused this long is refused (see [`store::session_last_use`]).
     pub session_idle_ms: u64,
+    /// The ticket signing key (`None`: no tickets, `login` sends no key).
+    pub tickets: Option<&'static TicketIssuer>,
 }
 
 impl Ctx {
@@ -130,7 +133,7 @@ fn dispatch(db: &Connection, req: &Request, ctx: &Ctx) -> Result<Outcome, Comman
     }
     match cmd {
         TrackerCommand::CreateUser { user, password } => create_user(db, &user, &password),
-        TrackerCommand::Login { user, password } => login(db, &user, &password),
+        TrackerCommand::Login { user, password } => login(db, ctx, &user, &password),
         cmd => dispatch_logged_in(db, ctx, &session(db, req, ctx)?, cmd),
     }
 }
@@ -153,12 +156,18 @@ pub fn check_new_user(db: &Connection, user: &str, password: &str) -> Result<(),
 
 /// Handles a `login` or `create_user` whose argon2 part the pool did:
 /// `verified` for a login, the new PHC string for a user.
-pub fn finish(db: &Connection, req: &Request, argon2: &crate::login_pool::Done) -> Outcome {
-    finish_checked(db, req, argon2).unwrap_or_else(|e| Outcome::Reply(Reply::err(e)))
+pub fn finish(
+    db: &Connection,
+    ctx: &Ctx,
+    req: &Request,
+    argon2: &crate::login_pool::Done,
+) -> Outcome {
+    finish_checked(db, ctx, req, argon2).unwrap_or_else(|e| Outcome::Reply(Reply::err(e)))
 }
 
 fn finish_checked(
     db: &Connection,
+    ctx: &Ctx,
     req: &Request,
     argon2: &crate::login_pool::Done,
 ) -> Result<Outcome, CommandError> {
@@ -174,7 +183,9 @@ fn finish_checked(
         }
     }
     match (cmd, argon2) {
-        (TrackerCommand::Login { user, .. }, Done::Verified(ok)) => finish_login(db, &user, *ok),
+        (TrackerCommand::Login { user, .. }, Done::Verified(ok)) => {
+            finish_login(db, ctx, &user, *ok)
+        }
         (TrackerCommand::CreateUser { user, password }, Done::Hashed(Ok(phc))) => {
             check_new_user(db, &user, &password)
                 .map_err(|r| CommandError::Refused(reply_reason(r)))?;
@@ -204,13 +215,18 @@ fn create_user(db: &Connection, user: &str, password: &str) -> Result<Outcome, C
 }
 
 /// The inline login (unit tests; the server uses the pool and [`finish`]).
-fn login(db: &Connection, user: &str, password: &str) -> Result<Outcome, CommandError> {
+fn login(db: &Connection, ctx: &Ctx, user: &str, password: &str) -> Result<Outcome, CommandError> {
     let verified = store::user_password_hash(db, user)?
         .is_some_and(|phc| auth::verify_password(password, &phc));
-    finish_login(db, user, verified)
+    finish_login(db, ctx, user, verified)
 }
 
-fn finish_login(db: &Connection, user: &str, verified: bool) -> Result<Outcome, CommandError> {
+fn finish_login(
+    db: &Connection,
+    ctx: &Ctx,
+    user: &str,
+    verified: bool,
+) -> Result<Outcome, CommandError> {
     if !verified || store::user_password_hash(db, user)?.is_none() {
         return refuse(LOGIN_FAILED);
     }
@@ -220,7 +236,11 @@ fn finish_login(db: &Connection, user: &str, verified: bool) -> Result<Outcome, 
             token_hash: auth::token_hash(&token),
             user: user.to_string(),
         },
-        reply: ok_head(vec![token]),
+        // The second field is the trackers' ticket key, which clients pin.
+        reply: ok_head(match ctx.tickets {
+            Some(t) => vec![token, t.public_hex()],
+            None => vec![token],
+        }),
     })
 }
 
@@ -287,7 +307,7 @@ fn dispatch_logged_in(
             answer(ok_rows(store::list_files(db, &group, since)?))
         }
         C::UploadFile(upload) => upload_file(db, ctx, s, upload),
-        C::FileInfo { group, name } => file_info(db, ctx, me, &group, &name),
+        C::FileInfo { group, name, key } => file_info(db, ctx, me, &group, &name, key.as_deref()),
         C::AddSeeder {
             group,
             name,
@@ -389,10 +409,19 @@ fn file_info(
     me: &str,
     group: &str,
     name: &str,
+    key: Option<&str>,
 ) -> Result<Outcome, CommandError> {
     member_of(db, group, me)?;
     let Some(f) = store::file(db, group, name)? else {
         return refuse(format!("no such file {name} in group {group}"));
+    };
+    let ticket = match (key, ctx.tickets) {
+        (None, _) => None,
+        (Some(_), None) => return refuse("this tracker issues no tickets"),
+        (Some(k), Some(t)) => Some(
+            t.issue(me, group, &f.file_sha1, k, ctx.now_ms / 1000)
+                .or_else(refuse)?,
+        ),
     };
     let rows = store::online_seeders(db, group, name, ctx.online_since())?
         .into_iter()
@@ -405,7 +434,10 @@ fn file_info(
             f.piece_size.to_string(),
             f.file_sha1,
             f.piece_hashes,
-        ],
+        ]
+        .into_iter()
+        .chain(ticket)
+        .collect(),
         rows,
     })
 }
@@ -563,12 +595,18 @@ mod tests {
     use crate::sync_log::LogEntry;
 
     /// Runs a request like the server does: mutations are applied at once.
+    fn test_issuer() -> &'static TicketIssuer {
+        static KEY: std::sync::OnceLock<TicketIssuer> = std::sync::OnceLock::new();
+        KEY.get_or_init(|| TicketIssuer::from_key(wire::ticket::new_key_pair().unwrap(), 60))
+    }
+
     fn run(st: &mut Store, token: Option<&str>, cmd: &str, args: &[&str]) -> Reply {
         let ctx = Ctx {
             now_ms: 10_000,
             seeder_timeout_ms: 45_000,
             peer_ip: None,
             session_idle_ms: 30 * 86_400_000,
+            tickets: Some(test_issuer()),
         };
         let req = Request::new(token, cmd, args);
         match handle(st.conn(), &req, &ctx) {
@@ -713,6 +751,36 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // With the downloader's key: a ticket for this user, group, file and key,
+        // signed with the key `login` announced, valid for the lifetime.
+        let me = wire::ticket::new_key_pair().unwrap();
+        let my_key = wire::ticket::public_key_hex(&me.verifying_key());
+        let Reply::Ok { head, .. } = run(&mut st, Some(&t), "file_info", &["g", "f x", &my_key])
+        else {
+            panic!("file_info with a key refused");
+        };
+        let ticket = wire::ticket::Ticket::from_hex(&head[5]).unwrap();
+        let Reply::Ok { head: login, .. } = run(&mut st, None, "login", &["a", "pw"]) else {
+            panic!("login refused");
+        };
+        let tracker_key = wire::ticket::public_key_from_hex(&login[1]).unwrap();
+        ticket.verify(&tracker_key, 10 + 60).unwrap();
+        assert!(ticket.verify(&tracker_key, 10 + 61).is_err());
+        assert_eq!(ticket.body.user, "a");
+        assert_eq!(ticket.body.group, "g");
+        assert_eq!(ticket.body.file_sha1, [0xaa; 20]);
+        assert_eq!(ticket.body.holder, me.verifying_key().to_bytes());
+        assert!(
+            err(run(&mut st, Some(&t), "file_info", &["g", "f x", "00"]))
+                .contains("downloader_key")
+        );
+        assert!(err(run(
+            &mut st,
+            Some(&t),
+            "file_info",
+            &["g", "f x", &my_key, "x"]
+        ))
+        .starts_with("usage"));
         assert_eq!(
             run(&mut st, Some(&t), "heartbeat", &["127.0.0.1:5"]),
             Reply::ok()

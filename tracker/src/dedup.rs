@@ -186,6 +186,7 @@ mod tests {
             seeder_timeout_ms: 45_000,
             peer_ip: None,
             session_idle_ms: 30 * 86_400_000,
+            tickets: None,
         };
         let mut req = Request::new(token, cmd, args);
         req.request_id = Some(rid.to_string());

@@ -46,6 +46,7 @@ pub mod status;
 pub mod status_html;
 pub mod store;
 pub mod sync_log;
+pub mod tickets;
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -78,6 +79,8 @@ pub struct Options {
     pub limits: limits::Limits,
     /// Sessions unused this many days are refused (fractions allowed).
     pub session_idle_days: f64,
+    /// Lifetime of the download tickets `file_info` issues, in seconds.
+    pub ticket_secs: u64,
 }
 
 /// Everything that stops the tracker, as one line of text.
@@ -90,6 +93,11 @@ pub enum TrackerError {
         no: usize,
         path: String,
         count: usize,
+    },
+    #[error("cannot read or create the ticket key {path}: {source}")]
+    TicketKey {
+        path: String,
+        source: std::io::Error,
     },
     #[error("cannot create data dir {path}: {source}")]
     DataDir {
@@ -161,6 +169,15 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
     })?;
 
     let _instance = lock_instance(dir, opts.tracker_no)?;
+    let issuer =
+        tickets::TicketIssuer::load_or_create(dir, opts.ticket_secs).map_err(|source| {
+            TrackerError::TicketKey {
+                path: dir.join(tickets::KEY_FILE).display().to_string(),
+                source,
+            }
+        })?;
+    // One key for the life of the process: the command context borrows it.
+    let issuer: &'static tickets::TicketIssuer = Box::leak(Box::new(issuer));
     let mut store = open_store(&dir.join(format!("tracker{}.db", opts.tracker_no)))?;
     let log = open_log(dir, opts.fsync, opts.tracker_no)?;
     let cache = store.cache_pos()?;
@@ -198,6 +215,7 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
         limits: opts.limits,
         login_limits: login_limits::LoginLimits::default(),
         session_idle_ms: (opts.session_idle_days * 86_400_000.0) as u64,
+        tickets: Some(issuer),
     };
     warn_if_few_fds(opts.limits.max_conns);
     let (mut server, waker) =

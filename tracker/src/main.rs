@@ -44,6 +44,9 @@ struct Args {
     /// Seeders not heard from for this many seconds are not listed as online.
     #[arg(long, default_value_t = 45, hide = true)]
     seeder_timeout_secs: u64,
+    /// Lifetime of download tickets in seconds (tests use a few seconds).
+    #[arg(long, default_value_t = tracker::tickets::DEFAULT_TICKET_SECS, hide = true)]
+    ticket_secs: u64,
     /// Fault injection for the end-to-end tests only: exit (status 86) right after
     /// a change of this command was appended and applied, before its reply is sent.
     #[arg(long, hide = true, value_name = "COMMAND", value_parser = parse_command_kind)]
@@ -132,6 +135,7 @@ fn serve(args: Args) -> Result<(), tracker::TrackerError> {
             idle_before_login: std::time::Duration::from_secs(args.idle_before_login_secs),
             idle_after_login: std::time::Duration::from_secs(args.idle_after_login_secs),
         },
+        ticket_secs: args.ticket_secs,
     };
     tracker::run(&opts)
 }

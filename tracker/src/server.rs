@@ -92,6 +92,8 @@ pub struct Config {
     pub login_limits: LoginLimits,
     /// Sessions unused this long are refused.
     pub session_idle_ms: u64,
+    /// The ticket signing key `file_info` uses (issue 12).
+    pub tickets: Option<&'static crate::tickets::TicketIssuer>,
 }
 
 /// One client connection's state.
@@ -470,6 +472,7 @@ impl Server {
             seeder_timeout_ms: self.cfg.seeder_timeout_ms,
             peer_ip: None,
             session_idle_ms: self.cfg.session_idle_ms,
+            tickets: self.cfg.tickets,
         };
         let replies = self.replies(&work, &ctx, &mut budget);
         if let Some(kind) = self.cfg.test_exit_after_apply {
@@ -793,7 +796,7 @@ impl Server {
 fn handle(db: &rusqlite::Connection, w: &Work, ctx: &Ctx) -> Outcome {
     match (&w.item, &w.argon2) {
         (Err(msg), _) => Outcome::Reply(Reply::err(msg)),
-        (Ok(req), Some(done)) => commands::finish(db, req, done),
+        (Ok(req), Some(done)) => commands::finish(db, ctx, req, done),
         (Ok(req), None) if commands::needs_argon2(&req.command) => {
             Outcome::Reply(Reply::err("internal error: login not checked"))
         }

@@ -23,10 +23,14 @@
 //! | `reject_request` | group_id user_id                                                            | yes     | no       | yes     |
 //! | `list_files`     | group_id                                                                    | no      | no       | yes     |
 //! | `upload_file`    | group_id file_name size piece_size file_sha1 piece_hashes peer_addr         | yes     | no       | yes     |
-//! | `file_info`      | group_id file_name                                                          | no      | no       | yes     |
+//! | `file_info`      | group_id file_name [downloader_key]                                         | no      | no       | yes     |
 //! | `add_seeder`     | group_id file_name file_sha1 peer_addr                                      | yes     | no       | yes     |
 //! | `stop_share`     | group_id file_name                                                          | yes     | no       | yes     |
 //! | `heartbeat`      | peer_addr                                                                   | yes     | no       | yes     |
+//!
+//! `file_info`'s optional third argument is the downloader's Ed25519 public key
+//! (64 hex characters); with it the reply carries a download ticket
+//! ([`crate::ticket`]). The two-argument form still works (no ticket).
 //!
 //! "mutates" means the command may change state, so the tracker runs it on the
 //! log path (a heartbeat changes state only when a seeder is close to timing out).
@@ -214,6 +218,8 @@ pub enum TrackerCommand {
     FileInfo {
         group: String,
         name: String,
+        /// The downloader's public key (hex): ask for a ticket.
+        key: Option<String>,
     },
     AddSeeder {
         group: String,
@@ -261,9 +267,13 @@ impl TrackerCommand {
     pub fn parse(name: &str, args: Vec<String>) -> Result<TrackerCommand, CommandError> {
         let kind =
             CommandKind::from_name(name).ok_or_else(|| CommandError::Unknown(name.to_string()))?;
-        if args.len() != kind.spec().args.len() {
+        let optional = usize::from(kind == K::FileInfo);
+        let n = kind.spec().args.len();
+        if args.len() < n || args.len() > n + optional {
             return Err(CommandError::Usage(kind));
         }
+        let mut args = args;
+        let extra = if args.len() > n { args.pop() } else { None };
         let mut a = args.into_iter();
         let mut next = || a.next().unwrap_or_default();
         Ok(match kind {
@@ -303,6 +313,7 @@ impl TrackerCommand {
             K::FileInfo => TrackerCommand::FileInfo {
                 group: next(),
                 name: next(),
+                key: extra,
             },
             K::AddSeeder => TrackerCommand::AddSeeder {
                 group: next(),
@@ -361,7 +372,12 @@ impl TrackerCommand {
             C::AcceptRequest { group, user } | C::RejectRequest { group, user } => {
                 v(&[group, user])
             }
-            C::FileInfo { group, name } | C::StopShare { group, name } => v(&[group, name]),
+            C::FileInfo {
+                group,
+                name,
+                key: Some(key),
+            } => v(&[group, name, key]),
+            C::FileInfo { group, name, .. } | C::StopShare { group, name } => v(&[group, name]),
             C::UploadFile(u) => vec![
                 u.group.clone(),
                 u.name.clone(),

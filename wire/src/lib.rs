@@ -12,11 +12,14 @@
 //! - [`file_meta`]: `FileMeta`, the piece geometry and hashes of a shared file.
 //! - [`pieces`]: `PieceIndex` (an index checked against the piece count) and
 //!   `Bitfield` (a set of pieces in its wire form).
+//! - [`ticket`]: download tickets a tracker signs (Ed25519) and seeders check
+//!   offline, and the peer handshake's challenge answer.
 
 pub mod command;
 pub mod file_meta;
 pub mod peer_msg;
 pub mod pieces;
+pub mod ticket;
 pub mod tracker_info;
 pub mod tracker_msg;
 

@@ -4,8 +4,14 @@
 //! # Connection
 //!
 //! The downloader connects and sends a handshake; the server answers with its own
-//! handshake followed by a `Bitfield`, or with an `Error` (e.g. unknown file) and
-//! closes. After that, the downloader sends `Request`s and the server answers each
+//! handshake followed by a `Challenge` (32 random bytes), or with an `Error`
+//! (e.g. unknown file) and closes. The downloader answers with `Auth`: the
+//! ticket a tracker signed for it and this file ([`crate::ticket`]) and its
+//! signature, with the ticket's key, of [`crate::ticket::challenge_message`]
+//! (the challenge, the file and both peer ids). The server checks both with the
+//! trackers' pinned public key, without asking a tracker, and answers with a
+//! `Bitfield`, or with an `Error` and closes: no piece without a valid ticket.
+//! After that, the downloader sends `Request`s and the server answers each
 //! with a `Piece` or a `Reject`, and sends `Have` whenever it verifies a new piece
 //! (a partially seeding server).
 //!
@@ -39,6 +45,12 @@
 //! | 4    | Piece     | raw: `piece:u32 BE  offset:u32 BE  data`                   |
 //! | 5    | Reject    | postcard `(piece:u32, offset:u32, code:u8)`                |
 //! | 6    | Error     | postcard `String` (UTF-8; the sender closes afterwards)    |
+//! | 7    | Challenge | postcard `[u8; 32]` (server -> downloader, once)           |
+//! | 8    | Auth      | postcard `(ticket: Vec<u8>, sig: [u8; 32], [u8; 32])` (the 64-byte signature in two halves) |
+//!
+//! Version history: 2 put the control messages in postcard; 3 added
+//! `Challenge`/`Auth` (signed download tickets): a version-2 downloader is
+//! refused with an `Error`.
 //!
 //! Which encoder and why: the control messages (handshake, bitfield, have,
 //! request, reject, error) are serde types encoded with postcard (varint
@@ -65,8 +77,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Handshake magic.
 pub const MAGIC: &[u8; 4] = b"SWSH";
-/// Protocol version carried in the handshake (2: control messages in postcard).
-pub const VERSION: u8 = 2;
+/// Protocol version carried in the handshake (3: ticket challenge after the handshake).
+pub const VERSION: u8 = 3;
 /// Handshake length in bytes.
 pub const HANDSHAKE_LEN: usize = 4 + 1 + 20 + 8;
 /// The largest request (and piece payload) in bytes.
@@ -83,6 +95,8 @@ const T_REQUEST: u8 = 3;
 const T_PIECE: u8 = 4;
 const T_REJECT: u8 = 5;
 const T_ERROR: u8 = 6;
+const T_CHALLENGE: u8 = 7;
+const T_AUTH: u8 = 8;
 
 /// Why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +193,14 @@ pub enum PeerMsg {
         code: RejectCode,
     },
     Error(String),
+    /// The server's random challenge.
+    Challenge([u8; 32]),
+    /// The downloader's ticket (binary, at most `ticket::MAX_TICKET_LEN`) and
+    /// its signature of the challenge message.
+    Auth {
+        ticket: Vec<u8>,
+        sig: [u8; 64],
+    },
 }
 
 /// A malformed message; the connection that sent it is dropped.
@@ -242,7 +264,7 @@ pub fn decode_header(buf: &[u8]) -> Result<Option<Header>, DecodeError> {
     let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
     check_len(len)?;
     let kind = buf[4];
-    if kind > T_ERROR {
+    if kind > T_AUTH {
         return Err(DecodeError::UnknownType(kind));
     }
     Ok(Some(Header { len, kind }))
@@ -321,6 +343,17 @@ pub fn decode(buf: &[u8]) -> Result<Option<(PeerMsg, usize)>, DecodeError> {
             }
         }
         T_ERROR => PeerMsg::Error(body(p, "error")?),
+        T_CHALLENGE => PeerMsg::Challenge(body(p, "challenge")?),
+        T_AUTH => {
+            let (ticket, a, b): (Vec<u8>, [u8; 32], [u8; 32]) = body(p, "auth")?;
+            if ticket.len() > crate::ticket::MAX_TICKET_LEN {
+                return Err(DecodeError::BadPayload("auth"));
+            }
+            let mut sig = [0u8; 64];
+            sig[..32].copy_from_slice(&a);
+            sig[32..].copy_from_slice(&b);
+            PeerMsg::Auth { ticket, sig }
+        }
         other => return Err(DecodeError::UnknownType(other)),
     };
     Ok(Some((msg, total)))
@@ -391,6 +424,18 @@ impl PeerMsg {
                 }
                 put(&&text[..end], out);
             }
+            PeerMsg::Challenge(c) => {
+                out.push(T_CHALLENGE);
+                put(c, out);
+            }
+            PeerMsg::Auth { ticket, sig } => {
+                out.push(T_AUTH);
+                let mut a = [0u8; 32];
+                let mut b = [0u8; 32];
+                a.copy_from_slice(&sig[..32]);
+                b.copy_from_slice(&sig[32..]);
+                put(&(ticket, a, b), out);
+            }
         }
         let len = (out.len() - start - 4) as u32;
         out[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -441,6 +486,11 @@ mod tests {
                 code: RejectCode::OutOfRange,
             },
             PeerMsg::Error("unknown file é".into()),
+            PeerMsg::Challenge([3; 32]),
+            PeerMsg::Auth {
+                ticket: vec![1, 2, 3],
+                sig: [9; 64],
+            },
         ]
     }
 

@@ -46,6 +46,13 @@ fn any_msg() -> impl Strategy<Value = PeerMsg> {
             }
         }),
         ".{0,64}".prop_map(PeerMsg::Error),
+        any::<[u8; 32]>().prop_map(PeerMsg::Challenge),
+        (proptest::collection::vec(any::<u8>(), 0..200), any::<u8>()).prop_map(|(ticket, b)| {
+            PeerMsg::Auth {
+                ticket,
+                sig: [b; 64],
+            }
+        }),
     ]
 }
 

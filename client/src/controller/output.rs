@@ -38,6 +38,7 @@ pub fn file_info_request(group: &str, name: &str) -> LinkRequest {
     LinkRequest::new(TrackerCommand::FileInfo {
         group: group.to_string(),
         name: name.to_string(),
+        key: None,
     })
 }
 
