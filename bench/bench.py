@@ -842,24 +842,31 @@ def count_lines(path):
     return n
 
 
+def seed_tracker(ctx, tr):
+    """Logs in the bench user on `tr` and gives it 10 groups and 20 files in
+    bench-g0 (what the read loads list); returns the session token."""
+    token = loadgen.login(tr.addr, "benchuser", "benchpass")
+    c = loadgen.Conn(tr.addr)
+    for i in range(10):
+        c.call(token, "create_group", f"bench-g{i}")
+    for i in range(20):
+        fake = hashlib.sha1(f"file{i}".encode()).hexdigest()
+        ok, why, _ = c.call(token, "upload_file", "bench-g0", f"file {i}.bin", str(PIECE * 2), str(PIECE),
+                            fake, fake + fake, "127.0.0.1:9")
+        if not ok:
+            ctx.res.note(f"tracker setup: upload_file refused: {why}")
+            break
+    c.close()
+    return token
+
+
 def bench_tracker(ctx):
     a = ctx.args
     tr = Tracker(ctx, ctx.tmp / "ss-tracker" / "data", name="loadtracker")
     tr.start()
     log_path = tr.data_dir / "sync_log.txt"
     try:
-        token = loadgen.login(tr.addr, "benchuser", "benchpass")
-        c = loadgen.Conn(tr.addr)
-        for i in range(10):
-            c.call(token, "create_group", f"bench-g{i}")
-        for i in range(20):
-            fake = hashlib.sha1(f"file{i}".encode()).hexdigest()
-            ok, why, _ = c.call(token, "upload_file", "bench-g0", f"file {i}.bin", str(PIECE * 2), str(PIECE),
-                                fake, fake + fake, "127.0.0.1:9")
-            if not ok:
-                ctx.res.note(f"tracker setup: upload_file refused: {why}")
-                break
-        c.close()
+        token = seed_tracker(ctx, tr)
         secs, warmup = a.load_seconds, 1.0
         for op, label in [("list_groups", "tracker reads: list_groups"), ("list_files", "tracker reads: list_files")]:
             cpu0 = cpu_by_thread(tr.proc.pid)
@@ -975,15 +982,7 @@ def bench_operator(ctx):
     tr = Tracker(ctx, ctx.tmp / "ss-operator" / "data", name="optracker")
     tr.start(more_args=["--http", http_addr])
     try:
-        token = loadgen.login(tr.addr, "benchuser", "benchpass")
-        c = loadgen.Conn(tr.addr)
-        for i in range(10):
-            c.call(token, "create_group", f"bench-g{i}")
-        for i in range(20):
-            fake = hashlib.sha1(f"file{i}".encode()).hexdigest()
-            c.call(token, "upload_file", "bench-g0", f"file {i}.bin", str(PIECE * 2), str(PIECE),
-                   fake, fake + fake, "127.0.0.1:9")
-        c.close()
+        token = seed_tracker(ctx, tr)
         if http_get(http_addr, "/status")[0] != 200:
             raise BenchError(f"GET http://{http_addr}/status did not answer 200")
         mp = __import__("multiprocessing").get_context("fork")
