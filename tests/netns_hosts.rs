@@ -10,7 +10,10 @@
 //! Needs root and iproute2; without them each test prints
 //! `SKIPPED (needs root + iproute2): …` on stderr (and fails under `CI`).
 
-use harness::netns::Hosts;
+use std::net::TcpListener;
+use std::time::Duration;
+
+use harness::netns::{namespace_exists, remove_stale, Hosts, PREFIX};
 use harness::transfer::{download, seeders, upload, wait_complete};
 use harness::{assert_same_file, write_random_file, ClientProc, TrackerConn, TrackerProc, WAIT};
 
@@ -158,4 +161,83 @@ fn a_shaped_seeder_host_still_delivers_the_whole_file() {
         through_tbf >= 1024 * 1024,
         "only {through_tbf} bytes went through the tbf qdisc"
     );
+}
+
+#[test]
+fn hosts_reach_each_other_a_partition_cuts_one_off_and_nothing_is_left_behind() {
+    let test =
+        "netns_hosts::hosts_reach_each_other_a_partition_cuts_one_off_and_nothing_is_left_behind";
+    let Some(hosts) = Hosts::new_or_skip(2, test) else {
+        return;
+    };
+    // A listener in host 1, bound to its address (only host 1 has it).
+    let addr = hosts.host(1).addr(PORT);
+    let listener = hosts
+        .host(1)
+        .within(|| TcpListener::bind(&addr))
+        .expect("bind in host 1");
+    listener.set_nonblocking(true).unwrap();
+    assert!(
+        TcpListener::bind(&addr).is_err(),
+        "{addr} exists outside host 1"
+    );
+    let short = Duration::from_secs(1);
+    let reach = |what: &str| {
+        let stream = hosts.host(2).connect_timeout(&addr, WAIT);
+        let stream = stream.unwrap_or_else(|e| panic!("{what}: host 2 -> {addr}: {e}"));
+        let mut from = None;
+        let accepted = harness::wait_until(WAIT, || {
+            from = listener.accept().ok().map(|(_, a)| a.ip());
+            from.is_some()
+        });
+        assert!(accepted, "{what}: host 1 accepted nothing");
+        assert_eq!(from, Some(std::net::IpAddr::V4(hosts.host(2).ip)));
+        drop(stream);
+    };
+    reach("before the partition");
+
+    hosts.partition(1);
+    let cut = hosts.host(2).connect_timeout(&addr, short);
+    assert!(cut.is_err(), "host 2 reached partitioned host 1: {cut:?}");
+    hosts.heal(1);
+    reach("after healing");
+
+    // Dropping removes every namespace, also when a test panics with them.
+    let names = hosts.namespaces();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names.iter().all(|n| namespace_exists(n)), "{names:?}");
+    drop(listener);
+    drop(hosts);
+    assert!(!names.iter().any(|n| namespace_exists(n)), "{names:?}");
+    let made = std::sync::Mutex::new(Vec::new());
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let hosts = Hosts::new(1);
+        *made.lock().unwrap() = hosts.namespaces();
+        panic!("a test failing with its hosts up");
+    }));
+    assert!(unwound.is_err());
+    let made = made.into_inner().unwrap();
+    assert_eq!(made.len(), 2, "{made:?}");
+    assert!(!made.iter().any(|n| namespace_exists(n)), "{made:?}");
+
+    // A namespace left by a crashed run (its PID gone) is removed; ours is not.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let stale = format!("{PREFIX}{}-0-br", gone.id());
+    let live = Hosts::new(1);
+    let ok = std::process::Command::new("ip")
+        .args(["netns", "add", &stale])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "ip netns add {stale}");
+    remove_stale();
+    let kept = live.namespaces().iter().all(|n| namespace_exists(n));
+    let stale_left = namespace_exists(&stale);
+    if stale_left {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &stale])
+            .status();
+    }
+    assert!(!stale_left, "stale {stale} was not removed");
+    assert!(kept, "a live instance's namespaces were removed");
 }

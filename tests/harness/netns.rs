@@ -90,10 +90,15 @@ impl Host {
 
     /// A TCP connection from this host to `addr` (bounded by [`WAIT`]).
     pub fn connect(&self, addr: &str) -> std::io::Result<TcpStream> {
+        self.connect_timeout(addr, WAIT)
+    }
+
+    /// A TCP connection from this host to `addr`, given up after `timeout`.
+    pub fn connect_timeout(&self, addr: &str, timeout: Duration) -> std::io::Result<TcpStream> {
         let addr: SocketAddr = addr
             .parse()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        self.within(|| TcpStream::connect_timeout(&addr, WAIT))
+        self.within(|| TcpStream::connect_timeout(&addr, timeout))
     }
 
     /// Starts `program args…` inside this host, stdin piped and output tapped.
@@ -364,8 +369,9 @@ impl Drop for Hosts {
     }
 }
 
-/// Deletes namespaces named with [`PREFIX`] whose PID is no longer running.
-fn remove_stale() {
+/// Deletes namespaces named with [`PREFIX`] whose PID is no longer running
+/// (left by a crashed earlier run). [`Hosts::new`] calls it once per process.
+pub fn remove_stale() {
     let Ok(list) = output("ip", &["netns", "list"]) else {
         return;
     };
@@ -381,7 +387,8 @@ fn remove_stale() {
     }
 }
 
-fn namespace_exists(ns: &str) -> bool {
+/// Whether a namespace of this name exists (`/run/netns/<ns>`).
+pub fn namespace_exists(ns: &str) -> bool {
     std::path::Path::new(&format!("/run/netns/{ns}")).exists()
 }
 
