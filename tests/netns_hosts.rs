@@ -11,6 +11,7 @@
 //! `SKIPPED (needs root + iproute2): …` on stderr (and fails under `CI`).
 
 use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use harness::netns::{namespace_exists, remove_stale, Hosts, PREFIX};
@@ -79,6 +80,10 @@ fn upload_on_one_host_downloads_on_another_through_two_trackers() {
     assert_eq!(listed.len(), 1, "{listed:?}");
     let seeder_ip = listed[0].rsplit_once(':').expect("ip:port").0;
     assert_eq!(seeder_ip, hosts.host(3).ip.to_string(), "{listed:?}");
+    // Tracker 1 (asked from its own host) lists the same seeder: one state.
+    let mut local = t1.connect();
+    let token = local.login("alice", "pw");
+    assert_eq!(seeders(&mut local, &token, "share.bin"), listed);
 
     let dest = dir.path().join("got.bin");
     download(&mut bob, "share.bin", &dest);
@@ -201,6 +206,23 @@ fn hosts_reach_each_other_a_partition_cuts_one_off_and_nothing_is_left_behind() 
     assert!(cut.is_err(), "host 2 reached partitioned host 1: {cut:?}");
     hosts.heal(1);
     reach("after healing");
+
+    // A process started in a host runs there under its own PID, and its guard
+    // kills exactly it.
+    let mut cat = hosts.host(2).spawn("cat", &[]);
+    let pid = cat.pid();
+    let comm = || std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    // (`ip` first, `cat` once `ip netns exec` has exec'd it under the same PID.)
+    assert!(
+        harness::wait_until(WAIT, || comm().trim() == "cat"),
+        "the guard's PID is not the program's: {}",
+        comm()
+    );
+    let ns_of = |p: &str| std::fs::metadata(p).map(|m| m.ino()).unwrap();
+    let ns_path = format!("/run/netns/{}", hosts.host(2).ns);
+    assert_eq!(ns_of(&format!("/proc/{pid}/ns/net")), ns_of(&ns_path));
+    cat.kill9();
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
 
     // Dropping removes every namespace, also when a test panics with them.
     let names = hosts.namespaces();

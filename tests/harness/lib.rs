@@ -379,9 +379,16 @@ impl TrackerProc {
         *self = next;
     }
 
-    /// A new blocking protocol connection to this tracker.
+    /// A new blocking protocol connection to this tracker (made from inside
+    /// its host when it runs in one, see [`netns`]).
     pub fn connect(&self) -> TrackerConn {
-        TrackerConn::connect(&self.addr)
+        match &self.host {
+            Some(h) => match h.connect(&self.addr) {
+                Ok(stream) => TrackerConn::from_stream(stream),
+                Err(e) => panic!("connect to tracker {} in {}: {e}", self.addr, h.ns),
+            },
+            None => TrackerConn::connect(&self.addr),
+        }
     }
 
     pub fn pid(&self) -> u32 {

@@ -24,7 +24,7 @@
 //! [`Hosts::new_or_skip`] says loudly why a test cannot run, and fails under `CI`.
 
 use std::ffi::OsStr;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -420,6 +420,9 @@ fn output(program: &str, args: &[&str]) -> Result<String, String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("{what}: {e}"))?;
+    // Drained on threads, so a chatty tool never blocks on a full pipe.
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
     let deadline = Instant::now() + TOOL_WAIT;
     let status = loop {
         if let Some(status) = child.try_wait().map_err(|e| format!("{what}: {e}"))? {
@@ -432,15 +435,24 @@ fn output(program: &str, args: &[&str]) -> Result<String, String> {
         }
         thread::sleep(Duration::from_millis(5));
     };
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("{what}: {e}"))?;
+    let (out, err) = (
+        stdout.join().unwrap_or_default(),
+        stderr.join().unwrap_or_default(),
+    );
     if status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(out)
     } else {
-        Err(format!(
-            "{what} failed ({status}): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(format!("{what} failed ({status}): {}", err.trim()))
     }
+}
+
+/// Reads a child's pipe to its end on a thread (lossy UTF-8).
+fn drain(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut bytes);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
 }
