@@ -169,10 +169,10 @@ fn a_shaped_seeder_host_still_delivers_the_whole_file() {
 }
 
 #[test]
-fn hosts_reach_each_other_a_partition_cuts_one_off_and_nothing_is_left_behind() {
+fn hosts_reach_each_other_partitions_and_cuts_hold_and_nothing_is_left_behind() {
     let test =
-        "netns_hosts::hosts_reach_each_other_a_partition_cuts_one_off_and_nothing_is_left_behind";
-    let Some(hosts) = Hosts::new_or_skip(2, test) else {
+        "netns_hosts::hosts_reach_each_other_partitions_and_cuts_hold_and_nothing_is_left_behind";
+    let Some(hosts) = Hosts::new_or_skip(3, test) else {
         return;
     };
     // A listener in host 1, bound to its address (only host 1 has it).
@@ -187,25 +187,43 @@ fn hosts_reach_each_other_a_partition_cuts_one_off_and_nothing_is_left_behind() 
         "{addr} exists outside host 1"
     );
     let short = Duration::from_secs(1);
-    let reach = |what: &str| {
-        let stream = hosts.host(2).connect_timeout(&addr, WAIT);
-        let stream = stream.unwrap_or_else(|e| panic!("{what}: host 2 -> {addr}: {e}"));
+    let reach = |no: usize, what: &str| {
+        let stream = hosts.host(no).connect_timeout(&addr, WAIT);
+        let stream = stream.unwrap_or_else(|e| panic!("{what}: host {no} -> {addr}: {e}"));
         let mut from = None;
         let accepted = harness::wait_until(WAIT, || {
             from = listener.accept().ok().map(|(_, a)| a.ip());
             from.is_some()
         });
         assert!(accepted, "{what}: host 1 accepted nothing");
-        assert_eq!(from, Some(std::net::IpAddr::V4(hosts.host(2).ip)));
+        assert_eq!(from, Some(std::net::IpAddr::V4(hosts.host(no).ip)));
         drop(stream);
     };
-    reach("before the partition");
+    reach(2, "before the partition");
 
     hosts.partition(1);
-    let cut = hosts.host(2).connect_timeout(&addr, short);
-    assert!(cut.is_err(), "host 2 reached partitioned host 1: {cut:?}");
+    for no in [2, 3] {
+        let cut = hosts.host(no).connect_timeout(&addr, short);
+        assert!(
+            cut.is_err(),
+            "host {no} reached partitioned host 1: {cut:?}"
+        );
+    }
     hosts.heal(1);
-    reach("after healing");
+    reach(2, "after healing");
+
+    // A cut between hosts 1 and 2 leaves host 3 connected to both.
+    hosts.cut(1, 2);
+    let cut = hosts.host(2).connect_timeout(&addr, short);
+    assert!(cut.is_err(), "host 2 reached host 1 across a cut: {cut:?}");
+    reach(3, "host 3 during the cut between 1 and 2");
+    let two = hosts.host(2).addr(PORT);
+    let in_two = hosts.host(2).within(|| TcpListener::bind(&two)).unwrap();
+    let from_three = hosts.host(3).connect_timeout(&two, WAIT);
+    assert!(from_three.is_ok(), "host 3 -> host 2: {from_three:?}");
+    drop((in_two, from_three));
+    hosts.mend(1, 2);
+    reach(2, "after mending the cut");
 
     // A process started in a host runs there under its own PID, and its guard
     // kills exactly it.
@@ -226,7 +244,7 @@ fn hosts_reach_each_other_a_partition_cuts_one_off_and_nothing_is_left_behind() 
 
     // Dropping removes every namespace, also when a test panics with them.
     let names = hosts.namespaces();
-    assert_eq!(names.len(), 3, "{names:?}");
+    assert_eq!(names.len(), 4, "{names:?}");
     assert!(names.iter().all(|n| namespace_exists(n)), "{names:?}");
     drop(listener);
     drop(hosts);

@@ -9,7 +9,8 @@
 //! bridge namespace, two instances could not reach each other even with equal
 //! subnets. [`Hosts::partition`] / [`Hosts::heal`] set the bridge's end of a
 //! host's veth down / up (the host keeps its address and routes; its packets are
-//! dropped, as behind a pulled cable), [`Hosts::shape`] puts a `tbf` qdisc on a
+//! dropped, as behind a pulled cable), [`Hosts::cut`] / [`Hosts::mend`] do the
+//! same between two hosts only, [`Hosts::shape`] puts a `tbf` qdisc on a
 //! host's `eth0` (its egress). [`Host::command`] wraps a program in
 //! `ip netns exec`, which `exec`s it: the child's PID is the program's own, so the
 //! guards kill exactly it. [`TrackerProc::start_in`](crate::TrackerProc::start_in)
@@ -38,6 +39,9 @@ use crate::{spawn_tapped, LineTap, WAIT};
 
 /// Start of every namespace name this module makes: `ssnet-<pid>-<counter>-<role>`.
 pub const PREFIX: &str = "ssnet-";
+
+/// A MAC address no host has: [`Hosts::cut`] sends a peer's packets there.
+const NOWHERE_MAC: &str = "02:00:00:00:00:00";
 
 /// The bound on one `ip` / `tc` invocation.
 const TOOL_WAIT: Duration = Duration::from_secs(10);
@@ -289,6 +293,40 @@ impl Hosts {
             &format!("v{no}"),
             "up",
         ]);
+    }
+
+    /// Cuts the link between hosts `a` and `b` only, both ways: each sends the
+    /// other's packets to a MAC address nobody has (a permanent neighbour
+    /// entry), so they are dropped silently and TCP times out, as in a real
+    /// partition; every other pair still talks. [`Hosts::mend`] undoes it.
+    pub fn cut(&self, a: usize, b: usize) {
+        assert_ne!(a, b, "a host cannot be cut from itself");
+        for (from, to) in [(a, b), (b, a)] {
+            let (ns, ip) = (&self.host(from).ns, self.host(to).ip.to_string());
+            let nowhere = [
+                ip.as_str(),
+                "lladdr",
+                NOWHERE_MAC,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ];
+            let args: Vec<&str> = ["-n", ns, "neigh", "replace"]
+                .into_iter()
+                .chain(nowhere)
+                .collect();
+            ok(&args);
+        }
+    }
+
+    /// Undoes [`Hosts::cut`] between `a` and `b` (the hosts resolve each other
+    /// again by ARP).
+    pub fn mend(&self, a: usize, b: usize) {
+        for (from, to) in [(a, b), (b, a)] {
+            let (ns, ip) = (&self.host(from).ns, self.host(to).ip.to_string());
+            ok(&["-n", ns, "neigh", "del", &ip, "dev", "eth0"]);
+        }
     }
 
     /// Limits what host `no` sends to `bits_per_sec` (a `tbf` qdisc on its
