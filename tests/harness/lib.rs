@@ -9,6 +9,8 @@
 //! [`peer_client`] is a blocking downloader-side peer connection for probing a
 //! client's peer server. [`tracker_state`] reads what a tracker left on disk: its SQLite cache as
 //! comparable text, and `sync_log.txt` with every line's checksum checked.
+//! [`netns`] models separate hosts with network namespaces: [`TrackerProc::start_in`]
+//! and [`ClientProc::start_in`] take a host (or `None` for 127.0.0.1 on this machine).
 //!
 //! Besides the process guards this module holds what several tests share: a
 //! [`lone_tracker`] in its own temp dir, [`ClientProc::list`] for the shell's
