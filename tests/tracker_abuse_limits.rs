@@ -382,6 +382,35 @@ fn a_wrong_password_flood_on_tracker_1_does_not_stall_tracker_2() {
 }
 
 #[test]
+fn a_seeding_session_outlives_the_idle_period() {
+    // Idle limit 4.32 s; a seeder's heartbeat is logged every timeout / 3 = 1 s.
+    let (_dir, mut t) = lone_tracker(&[
+        "--session-idle-days",
+        "0.00005",
+        "--seeder-timeout-secs",
+        "3",
+    ]);
+    let mut c = t.connect();
+    let tok = c.user("u", "pw");
+    c.ok(Some(&tok), "create_group", &["g"]);
+    let sha = "c".repeat(40);
+    let hashes = "d".repeat(40);
+    c.ok(
+        Some(&tok),
+        "upload_file",
+        &["g", "f", "10", "10", &sha, &hashes, "127.0.0.1:5000"],
+    );
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(9) {
+        c.ok(Some(&tok), "heartbeat", &["127.0.0.1:5000"]);
+        thread::sleep(Duration::from_millis(300));
+    }
+    // Past twice the idle limit since login, the session is still good.
+    c.ok(Some(&tok), "whoami", &[]);
+    t.assert_alive();
+}
+
+#[test]
 fn a_session_unused_for_the_idle_period_expires() {
     // 0.00005 days = 4.32 s.
     let (_dir, mut t) = lone_tracker(&["--session-idle-days", "0.00005"]);
