@@ -583,6 +583,14 @@ impl ClientProc {
         stdin.flush().expect("flush client stdin");
     }
 
+    /// Writes `text` to stdin in one write (a few lines at once, so a client that
+    /// exits after the first of them cannot make the rest fail with a broken pipe).
+    pub fn send_at_once(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(text.as_bytes()).expect("write to client");
+        stdin.flush().expect("flush client stdin");
+    }
+
     /// Sends a command and returns the next output line (every command prints one
     /// outcome line first; list commands may print more, see [`ClientProc::list`]).
     pub fn cmd(&mut self, line: &str) -> String {
