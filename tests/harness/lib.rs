@@ -504,15 +504,17 @@ impl TrackerConn {
     }
 
     /// Asserts that `command` (no arguments) with session `token` gets an `OK`
-    /// reply within 2 s: a well-behaved client is served promptly while others
+    /// reply within 5 s: a well-behaved client is served while others
     /// misbehave.
     pub fn assert_served(&mut self, token: &str, command: &str) {
         let start = Instant::now();
         let r = self.request(Some(token), command, &[]);
         assert!(matches!(r, Reply::Ok { .. }), "{r:?}");
+        // A liveness bound, not a speed target: a stalled loop never answers;
+        // a debug tracker on a loaded 2-core machine may take a second or two.
         let took = start.elapsed();
         assert!(
-            took < Duration::from_secs(2),
+            took < Duration::from_secs(5),
             "a good client waited {took:?}"
         );
     }
