@@ -82,6 +82,8 @@ pub struct Options {
     pub ticket_secs: u64,
     /// How the trackers of tracker_info.txt keep one history.
     pub replication: Replication,
+    /// Raft mode: a snapshot every this many applied changes.
+    pub raft_snapshot_every: u64,
 }
 
 /// `--replication`: how the trackers of one tracker_info.txt keep one history.
@@ -220,6 +222,7 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
                 dir,
                 opts.tracker_no,
                 &addrs,
+                opts.raft_snapshot_every,
                 opts.fsync,
                 &mut log,
                 &mut store,

@@ -87,6 +87,10 @@ struct Args {
     /// it by Raft (every tracker of the list is a voter).
     #[arg(long, value_enum, default_value = "shared-log")]
     replication: tracker::Replication,
+    /// Raft mode: snapshot the state (and compact Raft's log) every this many
+    /// applied changes (tests use a few).
+    #[arg(long, default_value_t = 10_000, hide = true)]
+    raft_snapshot_every: u64,
 }
 
 fn parse_command_kind(name: &str) -> Result<CommandKind, String> {
@@ -142,6 +146,7 @@ fn serve(args: Args) -> Result<(), tracker::TrackerError> {
         },
         ticket_secs: args.ticket_secs,
         replication: args.replication,
+        raft_snapshot_every: args.raft_snapshot_every,
     };
     tracker::run(&opts)
 }

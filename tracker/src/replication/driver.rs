@@ -120,7 +120,7 @@ impl PeerConn {
                         Ok(events) => msgs.extend(events.into_iter().filter_map(|e| match e {
                             LinkEvent::Message(m) => Some(*m),
                             LinkEvent::Authenticated { peer } => {
-                                log::info!("raft link from tracker {peer} authenticated");
+                                log::info!("raft link with tracker {peer} authenticated");
                                 None
                             }
                         })),

@@ -27,6 +27,7 @@ pub fn start(
     dir: &Path,
     tracker_no: usize,
     trackers: &[String],
+    snapshot_every: u64,
     fsync: FsyncMode,
     log: &mut SyncLog,
     store: &mut Store,
@@ -53,6 +54,8 @@ pub fn start(
     };
     let mut config = NodeConfig::new(me, voters);
     config.proposal_deadline = PROPOSAL_DEADLINE;
+    config.snapshot_every = snapshot_every.max(1);
+    config.keep_entries = config.keep_entries.min(snapshot_every);
     let boot = u64::from_le_bytes(super::peer_frame::fresh_nonce()[..8].try_into().expect("8"));
     let node = RaftNode::open(config, storage, &mut machine, boot)?;
     let peers = trackers
