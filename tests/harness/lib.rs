@@ -15,6 +15,7 @@
 //! counted list replies, and the tracker checks [`TrackerProc::assert_alive`],
 //! [`TrackerConn::assert_served`], [`rss_kib`] and [`set_file_size_limit`].
 
+pub mod netns;
 pub mod peer_client;
 pub mod tracker_state;
 pub mod transfer;
@@ -214,7 +215,10 @@ pub fn set_file_size_limit(pid: u32, bytes: u64) {
 }
 
 /// Spawns `cmd` with its stdin on a pipe and its stdout and stderr tapped.
-fn spawn_tapped(mut cmd: Command, what: &str) -> (Child, Option<ChildStdin>, LineTap, LineTap) {
+pub(crate) fn spawn_tapped(
+    mut cmd: Command,
+    what: &str,
+) -> (Child, Option<ChildStdin>, LineTap, LineTap) {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -227,6 +231,15 @@ fn spawn_tapped(mut cmd: Command, what: &str) -> (Child, Option<ChildStdin>, Lin
     (child, stdin, stdout, stderr)
 }
 
+/// A command running `bin` inside `host` (`ip netns exec`, which execs it: the
+/// child's PID is `bin`'s), or directly on this machine for `None`.
+fn command_in(host: Option<&netns::Host>, bin: &Path) -> Command {
+    match host {
+        Some(h) => h.command(bin),
+        None => Command::new(bin),
+    }
+}
+
 /// A running `tracker` process, killed (by PID) when dropped.
 pub struct TrackerProc {
     pub child: Child,
@@ -237,6 +250,10 @@ pub struct TrackerProc {
     pub info: PathBuf,
     pub no: usize,
     pub data_dir: PathBuf,
+    /// The separate host it runs in ([`netns`]), or `None` for this machine.
+    pub host: Option<netns::Host>,
+    /// The extra arguments it was started with (a restart reuses them).
+    pub extra: Vec<String>,
 }
 
 impl TrackerProc {
@@ -246,7 +263,19 @@ impl TrackerProc {
     }
 
     pub fn start_with(info: &Path, no: usize, data_dir: &Path, extra: &[&str]) -> TrackerProc {
-        let mut cmd = Command::new(bin_path("tracker"));
+        TrackerProc::start_in(None, info, no, data_dir, extra)
+    }
+
+    /// Starts tracker `no` of `info` inside `host` (a network namespace, see
+    /// [`netns`]), or on this machine for `None`; waits until it listens.
+    pub fn start_in(
+        host: Option<&netns::Host>,
+        info: &Path,
+        no: usize,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> TrackerProc {
+        let mut cmd = command_in(host, &bin_path("tracker"));
         cmd.arg(info)
             .arg(no.to_string())
             .arg("--data-dir")
@@ -262,6 +291,8 @@ impl TrackerProc {
             info: info.to_path_buf(),
             no,
             data_dir: data_dir.to_path_buf(),
+            host: host.cloned(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         let deadline = Instant::now() + WAIT;
         loop {
@@ -333,16 +364,31 @@ impl TrackerProc {
         }
     }
 
-    /// Kills this tracker (if running) and starts it again on the same address and data.
+    /// Kills this tracker (if running) and starts it again on the same address
+    /// and data (and in the same host, with the same extra arguments).
     pub fn restart(&mut self) {
         self.kill9();
-        let next = TrackerProc::start(&self.info, self.no, &self.data_dir);
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let next = TrackerProc::start_in(
+            self.host.as_ref(),
+            &self.info,
+            self.no,
+            &self.data_dir,
+            &extra,
+        );
         *self = next;
     }
 
-    /// A new blocking protocol connection to this tracker.
+    /// A new blocking protocol connection to this tracker (made from inside
+    /// its host when it runs in one, see [`netns`]).
     pub fn connect(&self) -> TrackerConn {
-        TrackerConn::connect(&self.addr)
+        match &self.host {
+            Some(h) => match h.connect(&self.addr) {
+                Ok(stream) => TrackerConn::from_stream(stream),
+                Err(e) => panic!("connect to tracker {} in {}: {e}", self.addr, h.ns),
+            },
+            None => TrackerConn::connect(&self.addr),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -482,20 +528,40 @@ pub struct ClientProc {
 impl ClientProc {
     /// Starts `client <info> --state-dir <state_dir> --listen 127.0.0.1:0 <extra...>`.
     pub fn start(info: &Path, state_dir: &Path, extra: &[&str]) -> ClientProc {
+        ClientProc::start_in(None, info, state_dir, extra)
+    }
+
+    /// Like [`ClientProc::start`], inside `host` (a network namespace, see
+    /// [`netns`]) listening on the host's address, or on this machine for `None`.
+    pub fn start_in(
+        host: Option<&netns::Host>,
+        info: &Path,
+        state_dir: &Path,
+        extra: &[&str],
+    ) -> ClientProc {
+        let listen = match host {
+            Some(h) => format!("{}:0", h.ip),
+            None => "127.0.0.1:0".into(),
+        };
         let mut args: Vec<String> = vec![
             info.display().to_string(),
             "--state-dir".into(),
             state_dir.display().to_string(),
             "--listen".into(),
-            "127.0.0.1:0".into(),
+            listen,
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        ClientProc::start_args(&args, state_dir)
+        ClientProc::spawn_in(host, &args, state_dir)
     }
 
     /// Starts `client` with exactly these arguments (e.g. the assignment's `IP:PORT info` form).
     pub fn start_args(args: &[String], state_dir: &Path) -> ClientProc {
-        let mut cmd = Command::new(bin_path("client"));
+        ClientProc::spawn_in(None, args, state_dir)
+    }
+
+    /// Starts `client args…` in `host` (or on this machine for `None`).
+    fn spawn_in(host: Option<&netns::Host>, args: &[String], state_dir: &Path) -> ClientProc {
+        let mut cmd = command_in(host, &bin_path("client"));
         cmd.args(args).env("RUST_BACKTRACE", "1");
         let (child, stdin, stdout, stderr) = spawn_tapped(cmd, "client");
         ClientProc {
