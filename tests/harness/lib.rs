@@ -9,6 +9,7 @@
 //! [`peer_client`] is a blocking downloader-side peer connection for probing a
 //! client's peer server. [`tracker_state`] reads what a tracker left on disk: its SQLite cache as
 //! comparable text, and `sync_log.txt` with every line's checksum checked.
+//! [`raft`] is a three-tracker `--replication raft` cluster (loopback or netns).
 //!
 //! Besides the process guards this module holds what several tests share: a
 //! [`lone_tracker`] in its own temp dir, [`ClientProc::list`] for the shell's
@@ -17,6 +18,7 @@
 
 pub mod netns;
 pub mod peer_client;
+pub mod raft;
 pub mod tracker_state;
 pub mod transfer;
 

@@ -45,6 +45,10 @@ pub const PROPOSAL_DEADLINE: Duration = Duration::from_millis(4500);
 pub const MAX_QUEUE: usize = 8 << 20;
 /// A dialled link whose unsent bytes do not move for this long is closed.
 pub const STALL: Duration = Duration::from_secs(3);
+/// A dialled link that carried messages while nothing came back from its tracker
+/// (on any link) for this long is closed and dialled again: after a partition
+/// heals, a fresh connection beats waiting out TCP's retransmission back-off.
+pub const SILENCE: Duration = Duration::from_secs(3);
 /// An accepted link must authenticate within this.
 pub const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
 /// Accepted links at once (authenticated or not).
@@ -67,6 +71,8 @@ struct PeerConn {
     opened: Instant,
     /// Last time unsent bytes moved (or there were none).
     progress: Instant,
+    /// Last time a message was queued on it.
+    last_send: Option<Instant>,
     dead: bool,
 }
 
@@ -167,6 +173,8 @@ pub struct RaftDriver {
     links: Slab<PeerConn>,
     dials: BTreeMap<u64, Dial>,
     next_tick: Instant,
+    /// When a message from each tracker last arrived.
+    last_heard: BTreeMap<u64, Instant>,
 }
 
 impl RaftDriver {
@@ -195,6 +203,7 @@ impl RaftDriver {
             links: Slab::new(),
             dials,
             next_tick: now + TICK,
+            last_heard: BTreeMap::new(),
         }
     }
 
@@ -254,6 +263,7 @@ impl RaftDriver {
             readable: true,
             opened: now,
             progress: now,
+            last_send: None,
             dead: false,
         };
         if let Err(e) = conn.link.receive(first) {
@@ -313,7 +323,7 @@ impl RaftDriver {
         now: Instant,
     ) -> Result<Finished, NodeError> {
         self.dial_due(registry, now);
-        self.read_links(buf);
+        self.read_links(buf, now);
         if now >= self.next_tick {
             self.node.tick();
             self.next_tick = now + TICK;
@@ -322,7 +332,7 @@ impl RaftDriver {
         if self.node.has_ready() || self.node.next_deadline().is_some_and(|d| d <= now) {
             let mut actions = self.node.handle_ready(now)?;
             for msg in std::mem::take(&mut actions.messages) {
-                self.send(msg);
+                self.send(msg, now);
             }
             if let Some(snap) = actions.snapshot.take() {
                 machine
@@ -344,7 +354,7 @@ impl RaftDriver {
         Ok(finished)
     }
 
-    fn read_links(&mut self, buf: &mut [u8]) {
+    fn read_links(&mut self, buf: &mut [u8], now: Instant) {
         let mut inbox = Vec::new();
         for (_, c) in self.links.iter_mut() {
             if c.readable && !c.dead {
@@ -352,6 +362,7 @@ impl RaftDriver {
             }
         }
         for msg in inbox {
+            self.last_heard.insert(msg.from, now);
             if let Err(e) = self.node.step(msg) {
                 log::debug!("tracker {}: raft message not stepped: {e}", self.me);
             }
@@ -359,7 +370,7 @@ impl RaftDriver {
     }
 
     /// Queues `msg` on the link to `msg.to`, or tells raft-rs it could not.
-    fn send(&mut self, msg: Message) {
+    fn send(&mut self, msg: Message, now: Instant) {
         let to = msg.to;
         let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
         let conn = self
@@ -372,6 +383,7 @@ impl RaftDriver {
             Some(c) => match c.link.send(&msg) {
                 Ok(()) => {
                     c.queue_output();
+                    c.last_send = Some(now);
                     true
                 }
                 Err(e) => {
@@ -428,6 +440,7 @@ impl RaftDriver {
                 readable: false,
                 opened: now,
                 progress: now,
+                last_send: None,
                 dead: false,
             };
             conn.queue_output();
@@ -442,7 +455,17 @@ impl RaftDriver {
             c.flush(now);
             let stalled = c.unsent() > 0 && now.duration_since(c.progress) > STALL;
             let unproven = !c.link.is_open() && now.duration_since(c.opened) > HANDSHAKE_TIME;
-            if stalled || unproven {
+            let unanswered = c.dialled.is_some_and(|no| {
+                let heard = self
+                    .last_heard
+                    .get(&no)
+                    .copied()
+                    .unwrap_or(c.opened)
+                    .max(c.opened);
+                c.last_send.is_some_and(|s| now.duration_since(s) < SILENCE)
+                    && now.duration_since(heard) > SILENCE
+            });
+            if stalled || unproven || unanswered {
                 c.dead = true;
             }
             if c.dead {
