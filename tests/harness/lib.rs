@@ -11,6 +11,7 @@
 //! comparable text, and `sync_log.txt` with every line's checksum checked.
 //! [`netns`] models separate hosts with network namespaces: [`TrackerProc::start_in`]
 //! and [`ClientProc::start_in`] take a host (or `None` for 127.0.0.1 on this machine).
+//! [`raft`] is a three-tracker `--replication raft` cluster (loopback or netns).
 //!
 //! Besides the process guards this module holds what several tests share: a
 //! [`lone_tracker`] in its own temp dir, [`ClientProc::list`] for the shell's
@@ -19,6 +20,7 @@
 
 pub mod netns;
 pub mod peer_client;
+pub mod raft;
 pub mod tracker_state;
 pub mod transfer;
 

@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_log_generation.sql"),
     include_str!("../../migrations/0003_applied_requests.sql"),
+    include_str!("../../migrations/0004_raft_index.sql"),
 ];
 
 /// Errors of the cache.
@@ -155,7 +156,7 @@ impl Store {
         tx.execute_batch(
             "DELETE FROM users; DELETE FROM sessions; DELETE FROM groups;
              DELETE FROM group_members; DELETE FROM join_requests; DELETE FROM files;
-             DELETE FROM file_seeders; DELETE FROM applied_requests; UPDATE applied_log SET offset = 0, lines = 0, generation = '';",
+             DELETE FROM file_seeders; DELETE FROM applied_requests; UPDATE applied_log SET offset = 0, lines = 0, generation = '', raft_index = 0, raft_lines = 0;",
         )?;
         tx.commit()?;
         Ok(())
@@ -199,6 +200,31 @@ pub fn applied(db: &Connection) -> rusqlite::Result<Applied> {
 pub fn set_applied(db: &Connection, a: Applied) -> rusqlite::Result<()> {
     db.prepare_cached("UPDATE applied_log SET offset = ?1, lines = ?2 WHERE id = 1")?
         .execute(params![a.offset as i64, a.lines as i64])?;
+    Ok(())
+}
+
+/// Raft mode: the Raft index of the entry that became line `lines` of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RaftApplied {
+    pub index: u64,
+    pub lines: u64,
+}
+
+/// The Raft index of the last line recorded (raft mode), read in a transaction or not.
+pub fn raft_applied(db: &Connection) -> rusqlite::Result<RaftApplied> {
+    db.prepare_cached("SELECT raft_index, raft_lines FROM applied_log WHERE id = 1")?
+        .query_row([], |r| {
+            Ok(RaftApplied {
+                index: r.get::<_, i64>(0)? as u64,
+                lines: r.get::<_, i64>(1)? as u64,
+            })
+        })
+}
+
+/// Records the Raft index of line `lines`, in the transaction that applied it.
+pub fn set_raft_applied(db: &Connection, a: RaftApplied) -> rusqlite::Result<()> {
+    db.prepare_cached("UPDATE applied_log SET raft_index = ?1, raft_lines = ?2 WHERE id = 1")?
+        .execute(params![a.index as i64, a.lines as i64])?;
     Ok(())
 }
 
