@@ -36,9 +36,14 @@ impl Default for Swarm {
 impl Swarm {
     /// Starts a tracker, creates user `owner` and group `g` through the protocol.
     pub fn new() -> Swarm {
+        Swarm::with_tracker_args(&[])
+    }
+
+    /// [`Swarm::new`] with extra tracker arguments (e.g. `--ticket-secs 2`).
+    pub fn with_tracker_args(extra: &[&str]) -> Swarm {
         let dir = tempfile::tempdir().unwrap();
         let info = write_tracker_info(dir.path(), &[free_port()]);
-        let tracker = TrackerProc::start(&info, 1, &dir.path().join("tdata"));
+        let tracker = TrackerProc::start_with(&info, 1, &dir.path().join("tdata"), extra);
         let mut owner = tracker.connect();
         let owner_token = owner.user("owner", "pw");
         owner.ok(Some(&owner_token), "create_group", &["g"]);
