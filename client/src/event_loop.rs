@@ -216,6 +216,14 @@ impl Client {
                     .map(Event::Transfer),
             );
             events.extend(self.link.take_notes().into_iter().map(Event::LinkNote));
+            for key in self.link.take_relogin_keys() {
+                // A silent re-login reached a tracker with another key: serve
+                // no one until a login with the pinned key.
+                if let Err(e) = self.pinned.accept(&key) {
+                    self.transfers.stop_serving(self.poll.registry());
+                    events.push(Event::LinkNote(format!("error: {e}; serving no one")));
+                }
+            }
             let mut progressed = !events.is_empty();
             for event in events {
                 self.feed(event);

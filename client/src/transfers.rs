@@ -729,9 +729,17 @@ impl Transfers {
     }
 }
 
-/// Whether a serving connection past its ticket check has been silent for
-/// longer than [`SERVE_IDLE_TIMEOUT`].
+/// Whether a serving connection is past its time: no valid `Auth` within
+/// `REQUEST_TIMEOUT` of connecting, or silent for longer than
+/// [`SERVE_IDLE_TIMEOUT`] after its ticket check.
 fn serve_stale(c: &PeerConn, now: Instant) -> bool {
-    matches!(c.role, Role::Serve(ServeState::Serving { .. }))
-        && now.duration_since(c.last_rx) > SERVE_IDLE_TIMEOUT
+    match c.role {
+        Role::Serve(ServeState::AwaitAuth { .. }) => {
+            now.duration_since(c.started) > REQUEST_TIMEOUT
+        }
+        Role::Serve(ServeState::Serving { .. }) => {
+            now.duration_since(c.last_rx) > SERVE_IDLE_TIMEOUT
+        }
+        _ => false,
+    }
 }

@@ -850,3 +850,61 @@ fn queued_haves_are_bounded() {
         })
     ));
 }
+
+/// Timeouts of the peer server, with the clock injected: a connection that
+/// shook hands but never showed a ticket goes after 15 s; one past its ticket
+/// check stays while it talks and goes after `SERVE_IDLE_TIMEOUT` of silence.
+#[test]
+fn silent_serving_connections_time_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("f");
+    write_file(&src, 1000, 4);
+    let mut seeder = Node::new(8, 5);
+    let meta = seeder.share(&src);
+    let (addr, sha1) = (seeder.addr, meta.file_sha1);
+    let t = std::thread::spawn(move || {
+        let mut authed = std::net::TcpStream::connect(addr).unwrap();
+        let me = wire::ticket::new_key_pair().unwrap();
+        raw_auth(&mut authed, sha1, test_tracker(), &me, 600);
+        let mut silent = std::net::TcpStream::connect(addr).unwrap();
+        silent
+            .write_all(&Handshake::new(sha1, [2; 8]).encode())
+            .unwrap();
+        (authed, silent)
+    });
+    let state = |n: &Node| {
+        let mut v: Vec<&'static str> =
+            n.t.conns
+                .iter()
+                .map(|(_, c)| match c.role {
+                    Role::Serve(crate::peer_conn::ServeState::Serving { .. }) => "serving",
+                    Role::Serve(crate::peer_conn::ServeState::AwaitAuth { .. }) => "await-auth",
+                    _ => "other",
+                })
+                .collect();
+        v.sort();
+        v
+    };
+    run_until(&mut [&mut seeder], 10, |n| {
+        state(n[0]) == ["await-auth", "serving"]
+    });
+    let _conns = t.join().unwrap();
+    let t0 = Instant::now();
+    let reg = seeder.poll.registry();
+    seeder
+        .t
+        .tick(reg, t0 + REQUEST_TIMEOUT - Duration::from_secs(1));
+    assert_eq!(state(&seeder), ["await-auth", "serving"]);
+    seeder
+        .t
+        .tick(reg, t0 + REQUEST_TIMEOUT + Duration::from_secs(1));
+    assert_eq!(state(&seeder), ["serving"], "no ticket within the timeout");
+    seeder
+        .t
+        .tick(reg, t0 + SERVE_IDLE_TIMEOUT - Duration::from_secs(1));
+    assert_eq!(state(&seeder), ["serving"]);
+    seeder
+        .t
+        .tick(reg, t0 + SERVE_IDLE_TIMEOUT + Duration::from_secs(1));
+    assert!(state(&seeder).is_empty(), "an idle connection stayed");
+}
