@@ -318,6 +318,19 @@ mod tests {
     }
 
     #[test]
+    fn a_challenge_is_taken_once_and_only_after_the_handshake() {
+        let mut f = FetchPeer::new(0);
+        assert!(f.on_challenge([1; 32]).is_err(), "before the handshake");
+        f.on_handshake(&Handshake::new([7; 20], [2; 8]), &[7; 20], &[1; 8])
+            .unwrap();
+        assert_eq!(f.server_id, [2; 8]);
+        f.on_challenge([1; 32]).unwrap();
+        assert_eq!(f.challenge, Some([1; 32]));
+        assert!(f.on_challenge([3; 32]).is_err(), "a second challenge");
+        assert_eq!(f.challenge, Some([1; 32]));
+    }
+
+    #[test]
     fn bitfields_are_validated_and_replace_each_other() {
         let mut picker = PiecePicker::new(10, 1);
         let mut f = FetchPeer::new(0);

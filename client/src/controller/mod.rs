@@ -21,9 +21,16 @@
 //! | [`Action::StartDownload`] | [`Event::DownloadStarted`] |
 //! | [`Action::ReportDownloads`] | [`Event::DownloadLines`] |
 //! | [`Action::StartHash`] | [`Event::Hashed`] (later, from the pool) |
+//! | [`Action::PinTrackerKey`] | [`Event::TrackerKeyChecked`] |
 //!
-//! A successful login is handled in one place (`logged_in`): it starts the
-//! heartbeats, re-shares `.uploads_registry` and resumes unfinished downloads.
+//! A `login` the tracker accepted counts only once its ticket key (the reply's
+//! second field) matches the key pinned in the state dir (`on_login`,
+//! `on_key_checked`); a different key fails the command and logs out at once.
+//! A successful login is then handled in one place (`logged_in`): it starts the
+//! heartbeats, re-shares `.uploads_registry` and resumes unfinished downloads,
+//! and the peer server serves again ([`Action::StartServing`]); `logout` stops
+//! it ([`Action::StopServing`]). Every `file_info` carries this process's
+//! ticket key, and the ticket in the answer goes to the download.
 //!
 //! Submodules: [`paths`] (local path policy), [`output`] (the texts),
 //! `sharing` (upload, re-announce, `add_seeder`), `downloading` (download start,
