@@ -4,11 +4,12 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::FromRawFd;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use harness::{free_port, lone_tracker, wait_until, write_tracker_info, TrackerConn, TrackerProc};
+use harness::{
+    connect_from, free_port, lone_tracker, wait_until, write_tracker_info, TrackerConn, TrackerProc,
+};
 use wire::tracker_msg::{Reply, Request};
 
 /// Peak and current resident memory of a process, in KiB.
@@ -35,40 +36,6 @@ fn raise_nofile() -> u64 {
         assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
     }
     lim.rlim_cur
-}
-
-/// A blocking TCP connection to `to` from source address `from` (any port).
-fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let SocketAddr::V4(to) = to else {
-        panic!("IPv4 only")
-    };
-    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: a fresh socket owned by the returned TcpStream (or closed on error);
-    // the addresses are valid sockaddr_in values of the given length.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let stream = TcpStream::from_raw_fd(fd);
-        let src = sockaddr(from, 0);
-        if libc::bind(fd, &src as *const _ as *const libc::sockaddr, len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let dst = sockaddr(*to.ip(), to.port());
-        if libc::connect(fd, &dst as *const _ as *const libc::sockaddr, len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(stream)
-    }
 }
 
 #[test]

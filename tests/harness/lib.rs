@@ -751,3 +751,40 @@ pub fn assert_same_file(a: &Path, b: &Path) {
         off += n as u64;
     }
 }
+
+/// A blocking TCP connection to `to` from source address `from` (any port).
+pub fn connect_from(
+    from: std::net::Ipv4Addr,
+    to: std::net::SocketAddr,
+) -> std::io::Result<TcpStream> {
+    let std::net::SocketAddr::V4(to) = to else {
+        panic!("IPv4 only")
+    };
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a fresh socket owned by the returned TcpStream (or closed on error);
+    // the addresses are valid sockaddr_in values of the given length.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        let src = sockaddr(from, 0);
+        if libc::bind(fd, &src as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let dst = sockaddr(*to.ip(), to.port());
+        if libc::connect(fd, &dst as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
