@@ -205,6 +205,9 @@ impl Client {
                     .map(Event::Transfer),
             );
             events.extend(self.link.take_notes().into_iter().map(Event::LinkNote));
+            if self.link.take_session_renewed() {
+                events.push(Event::SessionRenewed);
+            }
             let mut progressed = !events.is_empty();
             for event in events {
                 self.feed(event);
@@ -263,6 +266,7 @@ impl Client {
                 let found = self.transfers.reannounce_list();
                 self.feed(Event::RegistryChecked(found));
             }
+            Action::ReannounceDownloads => self.transfers.reannounce_downloads(),
             Action::FindResumes => {
                 let found = self.transfers.pending_resumes();
                 self.feed(Event::ResumesFound(found));

@@ -18,7 +18,9 @@
 //! credentials are cached, the link logs in again with the cached user id and
 //! password on that tracker, then resends the request — once per request. The
 //! user sees one informational note (on stderr) when the link switched
-//! trackers, and no failed command because of it.
+//! trackers, and no failed command because of it. The new session is reported
+//! ([`TrackerLink::take_session_renewed`]) so the controller moves the client's
+//! seeding to it.
 //!
 //! # Exactly once
 //!
@@ -147,6 +149,9 @@ pub struct TrackerLink {
     client_id: String,
     /// The sequence number of the next request id.
     next_seq: u64,
+    /// The link logged in again on its own since the last
+    /// [`TrackerLink::take_session_renewed`].
+    renewed: bool,
     /// Trackers that failed since the last successful connect (for the note).
     failed: Vec<usize>,
     backoff_until: Option<Instant>,
@@ -168,6 +173,7 @@ impl TrackerLink {
             notes: Vec::new(),
             client_id: random_client_id(),
             next_seq: 1,
+            renewed: false,
             failed: Vec::new(),
             backoff_until: None,
         }
@@ -193,6 +199,13 @@ impl TrackerLink {
     /// Outcomes of requests finished since the last call, in completion order.
     pub fn take_finished(&mut self) -> Vec<(ReqId, Outcome)> {
         std::mem::take(&mut self.finished)
+    }
+
+    /// Whether the link logged in again on its own (a refused session) since the
+    /// last call: the session token changed, so whatever the old session held on
+    /// the tracker (seeding) must be announced again.
+    pub fn take_session_renewed(&mut self) -> bool {
+        std::mem::take(&mut self.renewed)
     }
 
     /// Informational lines for the user (stderr).
@@ -323,6 +336,7 @@ impl TrackerLink {
                         s.token = token;
                     }
                     log::info!("re-logged in after the tracker refused the session");
+                    self.renewed = true;
                     inf.relogging = false;
                     inf.relogged = true;
                     inf.sent = false;

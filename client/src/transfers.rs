@@ -97,12 +97,17 @@ pub type HashJobId = u64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TrackerJob {
     /// Tell the tracker this client now holds (part of) the file and serves it:
-    /// `add_seeder group name file_sha1 peer_addr`.
+    /// `add_seeder group name file_sha1 peer_addr [partial]`.
     AddSeeder {
         group: String,
         name: String,
         file_sha1: String,
+        /// Only some pieces (the download is still running).
+        partial: bool,
     },
+    /// A download that announced itself failed: end its (partial) seeding,
+    /// `stop_share group name`.
+    Withdraw { group: String, name: String },
 }
 
 /// A download Transfers is still working on (checking, running or finishing).
@@ -593,6 +598,24 @@ impl Transfers {
                 }
                 self.connect_peers(registry, dl);
             }
+        }
+    }
+
+    /// After a login (typed or automatic): every running download that already
+    /// announced itself does so again (partial), since the old session's seeding
+    /// is gone.
+    pub fn reannounce_downloads(&mut self) {
+        for d in self
+            .downloads
+            .iter()
+            .filter(|d| d.is_active() && d.announced)
+        {
+            self.tracker_jobs.push(TrackerJob::AddSeeder {
+                group: d.group.clone(),
+                name: d.meta.name.clone(),
+                file_sha1: d.meta.file_sha1_hex(),
+                partial: true,
+            });
         }
     }
 

@@ -346,7 +346,7 @@ impl Transfers {
     }
 
     /// Piece `p` is verified and on disk: progress, resume state, partial
-    /// seeding (`AddSeeder` once, `Have` to our downloaders), and its buffer kept
+    /// seeding (`AddSeeder` partial once, `Have` to our downloaders), and its buffer kept
     /// for the whole-file hash when that is about to reach it.
     fn piece_verified(&mut self, dl: usize, p: PieceIndex, data: Vec<u8>) {
         let d = &mut self.downloads[dl];
@@ -370,6 +370,7 @@ impl Transfers {
                 group: d.group.clone(),
                 name: d.meta.name.clone(),
                 file_sha1: d.meta.file_sha1_hex(),
+                partial: true,
             });
         }
         if p.get() >= d.whole_next && p.get() < d.whole_next + READY_WINDOW {
@@ -511,14 +512,14 @@ impl Transfers {
         d.bytes_done = d.meta.size;
         let (group, meta, dest) = (d.group.clone(), (*d.meta).clone(), d.dest.clone());
         let file = d.file.take();
-        if !d.announced {
-            d.announced = true;
-            self.tracker_jobs.push(TrackerJob::AddSeeder {
-                group: group.clone(),
-                name: meta.name.clone(),
-                file_sha1: meta.file_sha1_hex(),
-            });
-        }
+        // A complete seeder now (a partial one until here).
+        d.announced = true;
+        self.tracker_jobs.push(TrackerJob::AddSeeder {
+            group: group.clone(),
+            name: meta.name.clone(),
+            file_sha1: meta.file_sha1_hex(),
+            partial: false,
+        });
         ResumeState::remove(&self.config.state_dir, &meta.file_sha1);
         let keys: Vec<usize> = d.conn_keys().collect();
         for k in keys {
@@ -546,6 +547,15 @@ impl Transfers {
         }
         log::warn!("download of {} failed: {reason}", d.meta.name);
         d.state = DlState::Failed(reason);
+        if d.announced {
+            // It serves nothing any more: no longer listed as a partial seeder.
+            d.announced = false;
+            self.tracker_jobs.push(TrackerJob::Withdraw {
+                group: d.group.clone(),
+                name: d.meta.name.clone(),
+            });
+        }
+        let d = &mut self.downloads[dl];
         let _ = d.resume_state().save(&self.config.state_dir);
         d.resume_dirty = false;
         let bufs: Vec<Vec<u8>> = std::mem::take(&mut d.ready).into_values().collect();
@@ -761,6 +771,7 @@ impl Transfers {
                 group: d.group.clone(),
                 name: d.meta.name.clone(),
                 file_sha1: d.meta.file_sha1_hex(),
+                partial: true,
             });
         }
         self.connect_peers(registry, dl);

@@ -130,11 +130,15 @@ fn one_to_one_all_sizes() {
         assert_eq!(leecher.t.status_lines(), vec![format!("[C] [g] src{i}")]);
         assert_eq!(std::fs::read(&out).unwrap(), data, "len {len}");
         assert!(!storage::temp_path(&out).exists());
-        assert!(leecher.jobs.contains(&TrackerJob::AddSeeder {
+        // Complete at the end (partial before, when it had pieces to serve).
+        let announced = |partial| TrackerJob::AddSeeder {
             group: "g".into(),
             name: meta.name.clone(),
-            file_sha1: meta.file_sha1_hex()
-        }));
+            file_sha1: meta.file_sha1_hex(),
+            partial,
+        };
+        assert_eq!(leecher.jobs.last(), Some(&announced(false)));
+        assert_eq!(leecher.jobs.contains(&announced(true)), len > 0);
         // The completed download is now a full share.
         assert_eq!(leecher.t.shared_files().len(), 1);
     }
