@@ -360,6 +360,7 @@ impl Transfers {
             if let ConnEvent::Closed(reason) = &ev {
                 log::debug!("peer conn {key}: {reason}");
                 saw_close = true;
+                self.mark_lost(key, format!("connection lost ({reason})"));
                 continue;
             }
             self.conn_event(registry, key, ev);
@@ -386,7 +387,15 @@ impl Transfers {
         let mut conn = self.conns.remove(key);
         let _ = registry.deregister(&mut conn.stream);
         if let Role::Fetch(fetch) = conn.role {
-            self.fetch_conn_closed(key, conn.addr, fetch);
+            self.fetch_conn_closed(registry, key, conn.addr, fetch);
+        }
+    }
+
+    /// The download connection `key` is ending by the peer's fault: its
+    /// outstanding requests count as failures of their pieces (`why`).
+    fn mark_lost(&mut self, key: usize, why: String) {
+        if let Some(Role::Fetch(f)) = self.conns.get_mut(key).map(|c| &mut c.role) {
+            f.lost.get_or_insert(why);
         }
     }
 
@@ -437,21 +446,30 @@ impl Transfers {
             return;
         }
         self.last_tick = now;
-        let stale: Vec<usize> = self
+        let silent = |c: &PeerConn| {
+            matches!(&c.role, Role::Fetch(f)
+                if f.inflight() > 0 && now.duration_since(c.last_rx) > REQUEST_TIMEOUT)
+        };
+        let stale: Vec<(usize, bool)> = self
             .conns
             .iter()
             .filter(|(_, c)| {
                 (c.is_connecting() && now.duration_since(c.started) > CONNECT_TIMEOUT)
-                    || matches!(&c.role, Role::Fetch(f)
-                        if f.inflight() > 0 && now.duration_since(c.last_rx) > REQUEST_TIMEOUT)
+                    || silent(c)
                     || (!c.handshake_done() && now.duration_since(c.started) > REQUEST_TIMEOUT)
                     // Marked closed by a failed write outside of its own event.
                     || c.is_closed()
             })
-            .map(|(k, _)| k)
+            .map(|(k, c)| (k, silent(c)))
             .collect();
-        for k in stale {
+        for (k, silent) in stale {
             log::debug!("peer {} timed out or closed", self.conns[k].addr);
+            let why = if silent {
+                format!("no answer in {} s", REQUEST_TIMEOUT.as_secs())
+            } else {
+                "connection lost".to_string()
+            };
+            self.mark_lost(k, why);
             self.close_conn(registry, k);
         }
         self.tick_downloads(registry, now);

@@ -50,13 +50,31 @@ pub(super) struct Verified {
 impl Transfers {
     /// Cleans up after a download connection closed: the fetch state gives its
     /// requests back to the picker and takes its pieces out of the availability
-    /// counts, and the peer may be tried again a little later.
-    pub(super) fn fetch_conn_closed(&mut self, key: usize, addr: SocketAddr, fetch: FetchPeer) {
+    /// counts, and the peer may be tried again a little later. When the peer
+    /// was at fault (`lost`), each outstanding request is a failure of its piece.
+    pub(super) fn fetch_conn_closed(
+        &mut self,
+        registry: &Registry,
+        key: usize,
+        addr: SocketAddr,
+        fetch: FetchPeer,
+    ) {
         let dl = fetch.dl;
         let Some(d) = self.downloads.get_mut(dl) else {
             return;
         };
+        let lost: Vec<PieceIndex> = match &fetch.lost {
+            Some(_) => fetch.inflight_pieces().to_vec(),
+            None => Vec::new(),
+        };
+        let why = fetch.lost.clone().unwrap_or_default();
         fetch.close(&mut d.picker);
+        for p in lost {
+            if self.piece_failure(registry, dl, p, &format!("{addr}: {why}")) {
+                return;
+            }
+        }
+        let d = &mut self.downloads[dl];
         if let Some(kp) = d.peers.get_mut(&addr).filter(|kp| kp.conn == Some(key)) {
             kp.conn = None;
             kp.next_try = Instant::now() + Duration::from_millis(500);
@@ -158,7 +176,7 @@ impl Transfers {
                     Role::Serve(_) => Ok(()),
                 }
             }
-            ConnEvent::Msg(msg) => self.fetch_msg(key, dl, msg),
+            ConnEvent::Msg(msg) => self.fetch_msg(registry, key, dl, msg),
             ConnEvent::Piece {
                 piece,
                 offset,
@@ -171,7 +189,13 @@ impl Transfers {
         }
     }
 
-    fn fetch_msg(&mut self, key: usize, dl: usize, msg: PeerMsg) -> Result<(), Disconnect> {
+    fn fetch_msg(
+        &mut self,
+        registry: &Registry,
+        key: usize,
+        dl: usize,
+        msg: PeerMsg,
+    ) -> Result<(), Disconnect> {
         let addr = self.conns[key].addr;
         let d = &mut self.downloads[dl];
         let Role::Fetch(f) = &mut self.conns[key].role else {
@@ -188,8 +212,14 @@ impl Transfers {
                 self.refill_conn(key);
             }
             PeerMsg::Reject { piece, code, .. } => {
-                f.on_reject(piece, &mut d.picker);
+                let rejected = f.on_reject(piece, &mut d.picker);
                 log::debug!("{addr} rejected piece {piece}: {code:?}");
+                if let Some(p) = rejected {
+                    let why = format!("{addr} rejected it ({code:?})");
+                    if self.piece_failure(registry, dl, p, &why) {
+                        return Ok(());
+                    }
+                }
                 self.refill(dl);
             }
             PeerMsg::Error(text) => {
@@ -322,13 +352,10 @@ impl Transfers {
     }
 
     /// Piece `p` from `from` did not match its hash: that peer is banned, and the
-    /// download fails once the piece failed `--retries` times.
+    /// failure counts like any other (`piece_failure`).
     fn piece_failed(&mut self, registry: &Registry, dl: usize, p: PieceIndex, from: SocketAddr) {
         let d = &mut self.downloads[dl];
         d.picker.failed(p);
-        let n = d.retries.entry(p).or_insert(0);
-        *n += 1;
-        let n = *n;
         log::warn!(
             "piece {p} of {} from {from} failed verification; dropping that peer",
             d.meta.name
@@ -336,13 +363,33 @@ impl Transfers {
         if let Some(kp) = d.peers.get_mut(&from) {
             kp.banned = true;
         }
-        if n >= self.config.retries.max(1) {
-            let reason = format!("piece {p} failed verification {n} times");
-            self.fail(registry, dl, reason);
+        let why = format!("{from} sent data that does not match its SHA-1");
+        if self.piece_failure(registry, dl, p, &why) {
             return;
         }
         self.close_peer_of(registry, dl, from);
         self.refill(dl);
+    }
+
+    /// One failure of piece `p`: a bad hash, a rejection, a peer that went
+    /// silent (no answer within the request timeout) or closed with the
+    /// request outstanding. The download fails once a piece failed `--retries`
+    /// times, as `piece K failed N times: <why, the last time>`. Returns whether
+    /// the download is no longer running.
+    fn piece_failure(&mut self, registry: &Registry, dl: usize, p: PieceIndex, why: &str) -> bool {
+        let d = &mut self.downloads[dl];
+        if d.state != DlState::Running {
+            return true;
+        }
+        let n = d.retries.entry(p).or_insert(0);
+        *n += 1;
+        let n = *n;
+        log::info!("piece {p} of {} failed ({n}): {why}", d.meta.name);
+        if n >= self.config.retries.max(1) {
+            self.fail(registry, dl, format!("piece {p} failed {n} times: {why}"));
+            return true;
+        }
+        false
     }
 
     /// Piece `p` is verified and on disk: progress, resume state, partial
@@ -576,10 +623,10 @@ impl Transfers {
         }
     }
 
-    /// Tops up the requests of one download connection. Each of the --threads
-    /// fetch slots keeps two whole-piece requests in flight over all peers (so
-    /// the next piece is already on the wire when one arrives), shared out
-    /// evenly between the active peers.
+    /// Tops up the requests of one download connection: `--threads N` means N
+    /// whole-piece requests in flight over all the download's peers, shared out
+    /// evenly between the active peers (at least two each when N allows, so the
+    /// next piece is already on the wire when one arrives).
     pub(super) fn refill_conn(&mut self, key: usize) {
         let Some(conn) = self.conns.get(key) else {
             return;
@@ -591,11 +638,11 @@ impl Transfers {
             return;
         }
         let dl = f.dl;
-        let cap = self.config.threads.max(1) * 2;
+        let cap = self.config.threads.max(1);
         let d = &self.downloads[dl];
         // Requests in flight are bounded by --threads; pieces waiting for the pool
         // are bounded separately (memory), so hashing never starves the network.
-        if d.state != DlState::Running || d.verifying >= cap {
+        if d.state != DlState::Running || d.verifying >= 2 * cap {
             return;
         }
         let (mut total, mut active) = (0, 0);
