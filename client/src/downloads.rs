@@ -143,6 +143,11 @@ pub struct Download {
     pub reread: u64,
     /// A piece request was sent (for the first-request latency log).
     pub requested: bool,
+    /// The destination already held the file when the download (re)started: an
+    /// earlier run finished it and stopped before recording that. The file is
+    /// verified whole and shared; nothing is fetched, and a failure drops the
+    /// resume state (it can never resume into an existing file).
+    pub adopted: bool,
 }
 
 impl Download {
@@ -173,6 +178,7 @@ impl Download {
             last_progress: now,
             served_by: HashMap::new(),
             reread: 0,
+            adopted: false,
             requested: false,
         }
     }

@@ -594,6 +594,10 @@ impl Transfers {
         }
         log::warn!("download of {} failed: {reason}", d.meta.name);
         d.state = DlState::Failed(reason);
+        if d.adopted {
+            // There is nothing to resume into: the destination is taken.
+            ResumeState::remove(&self.config.state_dir, &d.meta.file_sha1);
+        }
         if d.announced {
             // It serves nothing any more: no longer listed as a partial seeder.
             d.announced = false;
@@ -603,7 +607,9 @@ impl Transfers {
             });
         }
         let d = &mut self.downloads[dl];
-        let _ = d.resume_state().save(&self.config.state_dir);
+        if !d.adopted {
+            let _ = d.resume_state().save(&self.config.state_dir);
+        }
         d.resume_dirty = false;
         let bufs: Vec<Vec<u8>> = std::mem::take(&mut d.ready).into_values().collect();
         for b in bufs {
@@ -757,7 +763,7 @@ impl Transfers {
             ));
         }
         if dest.exists() {
-            return Err(format!("{} already exists", dest.display()));
+            return self.adopt_finished(group, meta, dest);
         }
         let file = storage::open_part(&dest, meta.size)
             .map_err(|e| format!("cannot create {}: {e}", storage::temp_path(&dest).display()))?;
@@ -790,6 +796,46 @@ impl Transfers {
         Ok(())
     }
 
+    /// `dest` exists. If this client's resume state says it was downloading this
+    /// very file there, an earlier run crashed between moving the finished file
+    /// into place and recording that: the file is hashed whole (on the pool) and,
+    /// when it is the file, completes like any download (shared, resume state
+    /// dropped). Anything else at `dest` is never touched.
+    fn adopt_finished(&mut self, group: &str, meta: FileMeta, dest: PathBuf) -> Result<(), String> {
+        let exists = || format!("{} already exists", dest.display());
+        let ours = ResumeState::load(&self.config.state_dir, &meta.file_sha1)
+            .is_some_and(|r| r.dest == dest && r.size == meta.size);
+        if !ours {
+            return Err(exists());
+        }
+        let file = File::open(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+        let mut d = Download::new(group, meta, dest, self.rng.next_u64());
+        d.state = DlState::Finishing;
+        d.adopted = true;
+        d.file = Some(Arc::new(file));
+        let dl = self.downloads.len();
+        let (want, size, dest) = (d.meta.file_sha1, d.meta.size, d.dest.clone());
+        self.downloads.push(d);
+        let done = self.done.clone();
+        self.whole_pool.spawn(move || {
+            let result = match hasher::hash_file(&dest).map(|m| (m.file_sha1, m.size)) {
+                Ok(found) if found == (want, size) => {
+                    // The temporary name may still be there (a crash between
+                    // the link and the unlink): the same data, drop it.
+                    let _ = std::fs::remove_file(storage::temp_path(&dest));
+                    Ok(())
+                }
+                Ok(_) => Err(format!(
+                    "{} already exists and is another file",
+                    dest.display()
+                )),
+                Err(e) => Err(format!("cannot check {}: {e}", dest.display())),
+            };
+            done.send(PoolMsg::Finished { dl, result });
+        });
+        Ok(())
+    }
+
     pub(super) fn on_resume_checked(
         &mut self,
         registry: &Registry,
@@ -812,6 +858,8 @@ impl Transfers {
         );
         d.state = DlState::Running;
         d.resume_dirty = true;
+        // Re-verified bytes are not download speed: the rate starts from here.
+        d.rate = Default::default();
         if !good.is_empty() && !d.announced {
             d.announced = true;
             self.tracker_jobs.push(TrackerJob::AddSeeder {
