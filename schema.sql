@@ -52,6 +52,7 @@ CREATE TABLE file_seeders (
     user_id      TEXT NOT NULL,
     peer_addr    TEXT NOT NULL,
     last_seen_ms INTEGER NOT NULL,
+    partial      INTEGER NOT NULL DEFAULT 0, -- 1: a download holding some pieces (0005)
     PRIMARY KEY (group_id, name, token_hash)
 );
 

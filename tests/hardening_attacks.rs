@@ -105,7 +105,7 @@ fn non_members_cannot_list_or_fetch_a_groups_files() {
     // Nothing a refused request tried is visible; members still see the file.
     for tok in [&owner, &member] {
         let (_, rows) = c.ok(Some(tok), "list_files", &["g"]);
-        assert_eq!(rows, vec![row(&["secret.txt", "10", "1"])]);
+        assert_eq!(rows, vec![row(&["secret.txt", "10", "1", "0"])]);
         let (head, seeders) = c.ok(Some(tok), "file_info", &["g", "secret.txt"]);
         assert_eq!(head[0], "secret.txt");
         assert_eq!(seeders, vec![row(&["127.0.0.1:5000"])]);

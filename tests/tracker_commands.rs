@@ -339,7 +339,7 @@ fn files_and_seeders() {
         .starts_with("not a member of group g"));
     assert_eq!(
         rows(&mut c, &b, "list_files", &["g"]),
-        vec![row(&["empty", "0", "1"]), row(&[name, "25", "2"])]
+        vec![row(&["empty", "0", "1", "0"]), row(&[name, "25", "2", "0"])]
     );
 
     // file_info
@@ -405,7 +405,7 @@ fn files_and_seeders() {
     c.ok(Some(&a), "heartbeat", &["127.0.0.1:5002"]);
     assert_eq!(
         online(&mut c),
-        vec![row(&["empty", "0", "1"]), row(&[name, "25", "1"])]
+        vec![row(&["empty", "0", "1", "0"]), row(&[name, "25", "1", "0"])]
     );
     assert_eq!(
         c.ok(Some(&b), "file_info", &["g", name]).1,
@@ -421,7 +421,7 @@ fn files_and_seeders() {
     c.ok(Some(&a), "logout", &[]);
     assert_eq!(
         rows(&mut c, &a2, "list_files", &["g"]),
-        vec![row(&["empty", "0", "0"]), row(&[name, "25", "0"])]
+        vec![row(&["empty", "0", "0", "0"]), row(&[name, "25", "0", "0"])]
     );
     assert!(c.ok(Some(&a2), "file_info", &["g", name]).1.is_empty());
 }

@@ -147,6 +147,11 @@ pub struct Download {
     pub ticket: Option<wire::ticket::Ticket>,
     /// Unix seconds when that ticket arrived (its lifetime decides when it is renewed).
     pub ticket_got: u64,
+    /// The destination already held the file when the download (re)started: an
+    /// earlier run finished it and stopped before recording that. The file is
+    /// verified whole and shared; nothing is fetched, and a failure drops the
+    /// resume state (it can never resume into an existing file).
+    pub adopted: bool,
 }
 
 impl Download {
@@ -177,6 +182,7 @@ impl Download {
             last_progress: now,
             served_by: HashMap::new(),
             reread: 0,
+            adopted: false,
             requested: false,
             ticket: None,
             ticket_got: 0,

@@ -224,6 +224,9 @@ impl Client {
                     events.push(Event::LinkNote(format!("error: {e}; serving no one")));
                 }
             }
+            if self.link.take_session_renewed() {
+                events.push(Event::SessionRenewed);
+            }
             let mut progressed = !events.is_empty();
             for event in events {
                 self.feed(event);
@@ -282,6 +285,7 @@ impl Client {
                 let found = self.transfers.reannounce_list();
                 self.feed(Event::RegistryChecked(found));
             }
+            Action::ReannounceDownloads => self.transfers.reannounce_downloads(),
             Action::FindResumes => {
                 let found = self.transfers.pending_resumes();
                 self.feed(Event::ResumesFound(found));

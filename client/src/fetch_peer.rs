@@ -73,6 +73,10 @@ pub struct FetchPeer {
     pub challenge: Option<[u8; 32]>,
     /// Expiry (unix seconds) of the ticket last shown on this connection.
     pub auth_expires: u64,
+    /// Set when the connection ends by the peer's fault (it closed, or went
+    /// silent): why its outstanding requests failed. Each counts as one failure
+    /// of that piece (`--retries`); a close of our own choosing sets nothing.
+    pub lost: Option<String>,
 }
 
 impl FetchPeer {
@@ -83,6 +87,7 @@ impl FetchPeer {
             server_id: [0; 8],
             challenge: None,
             auth_expires: 0,
+            lost: None,
         }
     }
 
@@ -93,9 +98,14 @@ impl FetchPeer {
 
     /// Requests outstanding on this connection.
     pub fn inflight(&self) -> usize {
+        self.inflight_pieces().len()
+    }
+
+    /// The pieces requested here and not answered yet.
+    pub fn inflight_pieces(&self) -> &[PieceIndex] {
         match &self.state {
-            FetchState::Active { inflight, .. } => inflight.len(),
-            _ => 0,
+            FetchState::Active { inflight, .. } => inflight,
+            _ => &[],
         }
     }
 
@@ -177,21 +187,20 @@ impl FetchPeer {
     }
 
     /// The server refused a request: the piece goes back to the picker and is not
-    /// asked of this server again.
-    pub fn on_reject(&mut self, raw: u32, picker: &mut PiecePicker) {
-        let Some(i) = PieceIndex::new(raw, picker.piece_count()) else {
-            return;
-        };
+    /// asked of this server again. Returns the piece when it was one of our
+    /// outstanding requests (a failure of that piece).
+    pub fn on_reject(&mut self, raw: u32, picker: &mut PiecePicker) -> Option<PieceIndex> {
+        let i = PieceIndex::new(raw, picker.piece_count())?;
         let FetchState::Active { has, inflight } = &mut self.state else {
-            return;
+            return None;
         };
-        if let Some(pos) = inflight.iter().position(|x| *x == i) {
-            inflight.remove(pos);
-            picker.release(i);
-            if has.remove(i) {
-                picker.remove_have(i);
-            }
+        let pos = inflight.iter().position(|x| *x == i)?;
+        inflight.remove(pos);
+        picker.release(i);
+        if has.remove(i) {
+            picker.remove_have(i);
         }
+        Some(i)
     }
 
     /// A whole `Piece` message arrived: the piece it answers, once it is checked to
@@ -388,8 +397,9 @@ mod tests {
         let got = f.on_piece(asked[1], 0, len, &m, &mut picker).unwrap();
         assert_eq!(got.raw(), asked[1]);
         // A reject: released and never asked of this peer again.
-        f.on_reject(asked[2], &mut picker);
         let a2 = PieceIndex::new(asked[2], 6).unwrap();
+        assert_eq!(f.on_reject(asked[2], &mut picker), Some(a2));
+        assert_eq!(f.on_reject(asked[2], &mut picker), None, "not outstanding");
         assert_eq!(picker.availability(a2), 0);
         assert_eq!(f.inflight(), 1);
         let mut out = Vec::new();

@@ -18,7 +18,9 @@
 //! credentials are cached, the link logs in again with the cached user id and
 //! password on that tracker, then resends the request — once per request. The
 //! user sees one informational note (on stderr) when the link switched
-//! trackers, and no failed command because of it.
+//! trackers, and no failed command because of it. The new session is reported
+//! ([`TrackerLink::take_session_renewed`]) so the controller moves the client's
+//! seeding to it.
 //!
 //! # Exactly once
 //!
@@ -150,6 +152,9 @@ pub struct TrackerLink {
     client_id: String,
     /// The sequence number of the next request id.
     next_seq: u64,
+    /// The link logged in again on its own since the last
+    /// [`TrackerLink::take_session_renewed`].
+    renewed: bool,
     /// Trackers that failed since the last successful connect (for the note).
     failed: Vec<usize>,
     backoff_until: Option<Instant>,
@@ -172,6 +177,7 @@ impl TrackerLink {
             relogin_keys: Vec::new(),
             client_id: random_client_id(),
             next_seq: 1,
+            renewed: false,
             failed: Vec::new(),
             backoff_until: None,
         }
@@ -202,6 +208,13 @@ impl TrackerLink {
     /// The ticket keys of silent re-logins since the last call.
     pub fn take_relogin_keys(&mut self) -> Vec<String> {
         std::mem::take(&mut self.relogin_keys)
+    }
+
+    /// Whether the link logged in again on its own (a refused session) since the
+    /// last call: the session token changed, so whatever the old session held on
+    /// the tracker (seeding) must be announced again.
+    pub fn take_session_renewed(&mut self) -> bool {
+        std::mem::take(&mut self.renewed)
     }
 
     /// Informational lines for the user (stderr).
@@ -335,6 +348,7 @@ impl TrackerLink {
                         s.token = token;
                     }
                     log::info!("re-logged in after the tracker refused the session");
+                    self.renewed = true;
                     inf.relogging = false;
                     inf.relogged = true;
                     inf.sent = false;

@@ -121,12 +121,17 @@ pub type HashJobId = u64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TrackerJob {
     /// Tell the tracker this client now holds (part of) the file and serves it:
-    /// `add_seeder group name file_sha1 peer_addr`.
+    /// `add_seeder group name file_sha1 peer_addr [partial]`.
     AddSeeder {
         group: String,
         name: String,
         file_sha1: String,
+        /// Only some pieces (the download is still running).
+        partial: bool,
     },
+    /// A download that announced itself failed: end its (partial) seeding,
+    /// `stop_share group name`.
+    Withdraw { group: String, name: String },
 }
 
 /// A download Transfers is still working on (checking, running or finishing).
@@ -400,6 +405,7 @@ impl Transfers {
             if let ConnEvent::Closed(reason) = &ev {
                 log::debug!("peer conn {key}: {reason}");
                 saw_close = true;
+                self.mark_lost(key, format!("connection lost ({reason})"));
                 continue;
             }
             self.conn_event(registry, key, ev);
@@ -426,7 +432,15 @@ impl Transfers {
         let mut conn = self.conns.remove(key);
         let _ = registry.deregister(&mut conn.stream);
         if let Role::Fetch(fetch) = conn.role {
-            self.fetch_conn_closed(key, conn.addr, fetch);
+            self.fetch_conn_closed(registry, key, conn.addr, fetch);
+        }
+    }
+
+    /// The download connection `key` is ending by the peer's fault: its
+    /// outstanding requests count as failures of their pieces (`why`).
+    fn mark_lost(&mut self, key: usize, why: String) {
+        if let Some(Role::Fetch(f)) = self.conns.get_mut(key).map(|c| &mut c.role) {
+            f.lost.get_or_insert(why);
         }
     }
 
@@ -477,22 +491,31 @@ impl Transfers {
             return;
         }
         self.last_tick = now;
-        let stale: Vec<usize> = self
+        let silent = |c: &PeerConn| {
+            matches!(&c.role, Role::Fetch(f)
+                if f.inflight() > 0 && now.duration_since(c.last_rx) > REQUEST_TIMEOUT)
+        };
+        let stale: Vec<(usize, bool)> = self
             .conns
             .iter()
             .filter(|(_, c)| {
                 (c.is_connecting() && now.duration_since(c.started) > CONNECT_TIMEOUT)
-                    || matches!(&c.role, Role::Fetch(f)
-                        if f.inflight() > 0 && now.duration_since(c.last_rx) > REQUEST_TIMEOUT)
+                    || silent(c)
                     || (!c.handshake_done() && now.duration_since(c.started) > REQUEST_TIMEOUT)
                     || serve_stale(c, now)
                     // Marked closed by a failed write outside of its own event.
                     || c.is_closed()
             })
-            .map(|(k, _)| k)
+            .map(|(k, c)| (k, silent(c)))
             .collect();
-        for k in stale {
+        for (k, silent) in stale {
             log::debug!("peer {} timed out or closed", self.conns[k].addr);
+            let why = if silent {
+                format!("no answer in {} s", REQUEST_TIMEOUT.as_secs())
+            } else {
+                "connection lost".to_string()
+            };
+            self.mark_lost(k, why);
             self.close_conn(registry, k);
         }
         for (_, c) in self.conns.iter_mut() {
@@ -680,6 +703,24 @@ impl Transfers {
                 }
                 self.connect_peers(registry, dl);
             }
+        }
+    }
+
+    /// After a login (typed or automatic): every running download that already
+    /// announced itself does so again (partial), since the old session's seeding
+    /// is gone.
+    pub fn reannounce_downloads(&mut self) {
+        for d in self
+            .downloads
+            .iter()
+            .filter(|d| d.is_active() && d.announced)
+        {
+            self.tracker_jobs.push(TrackerJob::AddSeeder {
+                group: d.group.clone(),
+                name: d.meta.name.clone(),
+                file_sha1: d.meta.file_sha1_hex(),
+                partial: true,
+            });
         }
     }
 

@@ -219,6 +219,12 @@ pub enum Behaviour {
     Honest,
     /// Every byte of every piece flipped.
     Liar,
+    /// Takes requests and never answers them.
+    Silent,
+    /// Closes the connection when a request comes (a peer that dies).
+    Hangup,
+    /// Answers every request with a `Reject` (not held).
+    Rejecter,
 }
 
 /// What a test peer saw.
@@ -383,6 +389,23 @@ fn serve(
             }
             if let PeerMsg::Request { piece, offset, len } = msg {
                 log.requests.lock().unwrap().push(piece);
+                match behaviour {
+                    Behaviour::Silent => continue,
+                    Behaviour::Hangup => return,
+                    Behaviour::Rejecter => {
+                        let code = peer_msg::RejectCode::NotHave;
+                        let no = PeerMsg::Reject {
+                            piece,
+                            offset,
+                            code,
+                        };
+                        if s.write_all(&no.encode()).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Behaviour::Honest | Behaviour::Liar => {}
+                }
                 while budget.load(Ordering::SeqCst) == 0 {
                     if stop.load(Ordering::Relaxed) {
                         return;

@@ -314,7 +314,8 @@ fn dispatch_logged_in(
             name,
             file_sha1,
             peer_addr,
-        } => add_seeder(db, ctx, s, (group, name), &file_sha1, &peer_addr),
+            partial,
+        } => add_seeder(db, ctx, s, (group, name), &file_sha1, (&peer_addr, partial)),
         C::StopShare { group, name } => stop_share(db, s, group, name),
         C::Heartbeat { peer_addr } => heartbeat(db, ctx, s, &peer_addr),
     }
@@ -449,7 +450,7 @@ fn add_seeder(
     s: &Session,
     (group, name): (String, String),
     file_sha1: &str,
-    peer_addr: &str,
+    (peer_addr, partial): (&str, bool),
 ) -> Result<Outcome, CommandError> {
     member_of(db, &group, &s.user)?;
     let file_sha1 = check_hex("file_sha1", file_sha1, 40)?;
@@ -468,6 +469,7 @@ fn add_seeder(
         token_hash: s.token_hash.clone(),
         user: s.user.clone(),
         peer_addr,
+        partial,
     })
 }
 
@@ -743,7 +745,12 @@ mod tests {
         assert!(err(run(&mut st, Some(&t), "upload_file", &refs)).contains("peer_addr"));
         assert_eq!(
             run(&mut st, Some(&t), "list_files", &["g"]),
-            ok_rows(vec![vec!["f x".into(), "11".into(), "1".into()]])
+            ok_rows(vec![vec![
+                "f x".into(),
+                "11".into(),
+                "1".into(),
+                "0".into()
+            ]])
         );
         match run(&mut st, Some(&t), "file_info", &["g", "f x"]) {
             Reply::Ok { head, rows } => {
@@ -807,6 +814,23 @@ mod tests {
             &["g", "f x", &"c".repeat(40), "127.0.0.1:6"]
         ))
         .contains("different content"));
+        // A partial seeder (a download in progress) is counted apart, and
+        // turns complete with a plain add_seeder.
+        let partial = ["g", "f x", &sha, "127.0.0.1:6", "partial"];
+        assert_eq!(run(&mut st, Some(&t), "add_seeder", &partial), Reply::ok());
+        let listed = |st: &mut Store| run(st, Some(&t), "list_files", &["g"]);
+        let row =
+            |c: &str, p: &str| ok_rows(vec![vec!["f x".into(), "11".into(), c.into(), p.into()]]);
+        assert_eq!(listed(&mut st), row("0", "1"));
+        match run(&mut st, Some(&t), "file_info", &["g", "f x"]) {
+            Reply::Ok { rows, .. } => assert_eq!(rows, vec![vec!["127.0.0.1:6".to_string()]]),
+            other => panic!("{other:?}"),
+        }
+        let complete = ["g", "f x", &sha, "127.0.0.1:6", "complete"];
+        assert_eq!(run(&mut st, Some(&t), "add_seeder", &complete), Reply::ok());
+        assert_eq!(listed(&mut st), row("1", "0"));
+        let bad = ["g", "f x", &sha, "127.0.0.1:6", "half"];
+        assert!(err(run(&mut st, Some(&t), "add_seeder", &bad)).starts_with("usage:"));
         assert!(err(run(&mut st, Some(&t), "nope", &[])).starts_with("unknown command"));
         assert!(err(run(&mut st, Some(&t), "list_files", &[])).starts_with("usage:"));
     }

@@ -590,8 +590,8 @@ mod tests {
                  INSERT INTO join_requests VALUES ('g', 'carol', 3);
                  INSERT INTO files VALUES ('g', 'f.bin', 10, 524288, 'aa', 'aa', 'alice', 4);
                  INSERT INTO file_seeders VALUES
-                   ('g', 'f.bin', 't1', 'alice', '10.0.0.1:1', {fresh}),
-                   ('g', 'f.bin', 't2', 'bob', '10.0.0.2:2', 0);
+                   ('g', 'f.bin', 't1', 'alice', '10.0.0.1:1', {fresh}, 0),
+                   ('g', 'f.bin', 't2', 'bob', '10.0.0.2:2', 0, 0);
                  UPDATE applied_log SET offset = 500, lines = 6;",
                 fresh = now - 1000
             ))

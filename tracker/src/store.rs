@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0002_log_generation.sql"),
     include_str!("../../migrations/0003_applied_requests.sql"),
     include_str!("../../migrations/0004_raft_index.sql"),
+    include_str!("../../migrations/0005_partial_seeders.sql"),
 ];
 
 /// Errors of the cache.
@@ -408,7 +409,13 @@ fn apply_sharing(db: &Connection, op: &Op, ms: i64) -> rusqlite::Result<()> {
                 user,
                 ms
             ])?;
-            upsert_seeder(db, group, name, file_sha1, token_hash, user, peer_addr, ms)?;
+            let seeder = Seeder {
+                token_hash,
+                user,
+                peer_addr,
+                partial: false,
+            };
+            upsert_seeder(db, group, name, file_sha1, &seeder, ms)?;
         }
         Op::AddSeeder {
             group,
@@ -416,6 +423,7 @@ fn apply_sharing(db: &Connection, op: &Op, ms: i64) -> rusqlite::Result<()> {
             token_hash,
             user,
             peer_addr,
+            partial,
         } => {
             let sha1: Option<String> = db
                 .query_row(
@@ -425,7 +433,13 @@ fn apply_sharing(db: &Connection, op: &Op, ms: i64) -> rusqlite::Result<()> {
                 )
                 .optional()?;
             if let Some(sha1) = sha1 {
-                upsert_seeder(db, group, name, &sha1, token_hash, user, peer_addr, ms)?;
+                let seeder = Seeder {
+                    token_hash,
+                    user,
+                    peer_addr,
+                    partial: *partial,
+                };
+                upsert_seeder(db, group, name, &sha1, &seeder, ms)?;
             }
         }
         Op::StopShare {
@@ -453,31 +467,47 @@ fn apply_sharing(db: &Connection, op: &Op, ms: i64) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Who seeds, for [`upsert_seeder`].
+struct Seeder<'a> {
+    token_hash: &'a str,
+    user: &'a str,
+    peer_addr: &'a str,
+    /// Holds only some pieces (a download in progress).
+    partial: bool,
+}
+
 /// Makes a session a seeder of a file, if the file (with that hash) exists, the
-/// session is live and its user is a member of the group.
-#[allow(clippy::too_many_arguments)]
+/// session is live and its user is a member of the group. A seeder row says
+/// the latest of complete or partial (a finished download turns complete).
 fn upsert_seeder(
     db: &Connection,
     group: &str,
     name: &str,
     file_sha1: &str,
-    token_hash: &str,
-    user: &str,
-    peer_addr: &str,
+    s: &Seeder,
     ms: i64,
 ) -> rusqlite::Result<()> {
     db.prepare_cached(
-        "INSERT INTO file_seeders (group_id, name, token_hash, user_id, peer_addr, last_seen_ms)
-         SELECT ?1, ?2, ?4, ?5, ?6, ?7
+        "INSERT INTO file_seeders
+           (group_id, name, token_hash, user_id, peer_addr, last_seen_ms, partial)
+         SELECT ?1, ?2, ?4, ?5, ?6, ?7, ?8
          WHERE EXISTS (SELECT 1 FROM files WHERE group_id = ?1 AND name = ?2 AND file_sha1 = ?3)
            AND EXISTS (SELECT 1 FROM sessions WHERE token_hash = ?4 AND user_id = ?5)
            AND EXISTS (SELECT 1 FROM group_members WHERE group_id = ?1 AND user_id = ?5)
          ON CONFLICT (group_id, name, token_hash) DO UPDATE
            SET peer_addr = excluded.peer_addr,
-               last_seen_ms = max(last_seen_ms, excluded.last_seen_ms)",
+               last_seen_ms = max(last_seen_ms, excluded.last_seen_ms),
+               partial = excluded.partial",
     )?
     .execute(params![
-        group, name, file_sha1, token_hash, user, peer_addr, ms
+        group,
+        name,
+        file_sha1,
+        s.token_hash,
+        s.user,
+        s.peer_addr,
+        ms,
+        s.partial
     ])?;
     Ok(())
 }
@@ -588,7 +618,8 @@ pub fn list_requests(db: &Connection, group: &str) -> rusqlite::Result<Vec<Vec<S
     rows.collect()
 }
 
-/// Every file of a group as `name size seeders_online`.
+/// Every file of a group as `name size seeders_online partial_seeders_online`
+/// (complete copies and downloads in progress counted apart).
 pub fn list_files(
     db: &Connection,
     group: &str,
@@ -597,7 +628,11 @@ pub fn list_files(
     let mut stmt = db.prepare_cached(
         "SELECT f.name, f.size,
                 (SELECT count(*) FROM file_seeders s
-                 WHERE s.group_id = f.group_id AND s.name = f.name AND s.last_seen_ms >= ?2)
+                 WHERE s.group_id = f.group_id AND s.name = f.name AND s.last_seen_ms >= ?2
+                   AND s.partial = 0),
+                (SELECT count(*) FROM file_seeders s
+                 WHERE s.group_id = f.group_id AND s.name = f.name AND s.last_seen_ms >= ?2
+                   AND s.partial != 0)
          FROM files f WHERE f.group_id = ?1 ORDER BY f.name",
     )?;
     let rows = stmt.query_map(params![group, online_since_ms as i64], |r| {
@@ -605,6 +640,7 @@ pub fn list_files(
             r.get::<_, String>(0)?,
             r.get::<_, i64>(1)?.to_string(),
             r.get::<_, i64>(2)?.to_string(),
+            r.get::<_, i64>(3)?.to_string(),
         ])
     })?;
     rows.collect()
@@ -788,6 +824,7 @@ mod tests {
                 token_hash: s("tb"),
                 user: s("bob"),
                 peer_addr: s("127.0.0.1:2"),
+                partial: false,
             },
             Op::Heartbeat {
                 token_hash: s("tb"),
@@ -902,6 +939,30 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(v, MIGRATIONS.len() as i64);
+    }
+
+    /// Migration 0005 rebuilds file_seeders: the seeders of an older cache stay,
+    /// as complete seeders.
+    #[test]
+    fn partial_seeders_migration_keeps_seeders() {
+        let conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..3] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        conn.execute_batch("INSERT INTO file_seeders VALUES ('g', 'f', 't', 'u', '1.2.3.4:5', 7)")
+            .unwrap();
+        let mut st = Store { conn };
+        st.migrate().unwrap();
+        let row: (String, i64, i64) = st
+            .conn()
+            .query_row(
+                "SELECT peer_addr, last_seen_ms, partial FROM file_seeders WHERE token_hash = 't'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(row, ("1.2.3.4:5".to_string(), 7, 0));
     }
 
     #[test]

@@ -253,12 +253,15 @@ pub enum Op {
         user: String,
         peer_addr: String,
     },
+    /// Written as `add_seeder`, or `add_partial_seeder` for a downloader that
+    /// holds only some pieces.
     AddSeeder {
         group: String,
         name: String,
         token_hash: String,
         user: String,
         peer_addr: String,
+        partial: bool,
     },
     StopShare {
         group: String,
@@ -318,7 +321,15 @@ impl Op {
                 token_hash,
                 user,
                 peer_addr,
-            } => ("add_seeder", s(&[group, name, token_hash, user, peer_addr])),
+                partial,
+            } => (
+                if *partial {
+                    "add_partial_seeder"
+                } else {
+                    "add_seeder"
+                },
+                s(&[group, name, token_hash, user, peer_addr]),
+            ),
             StopShare {
                 group,
                 name,
@@ -393,12 +404,13 @@ impl Op {
                 user: n(),
                 peer_addr: n(),
             },
-            "add_seeder" => AddSeeder {
+            "add_seeder" | "add_partial_seeder" => AddSeeder {
                 group: n(),
                 name: n(),
                 token_hash: n(),
                 user: n(),
                 peer_addr: n(),
+                partial: op == "add_partial_seeder",
             },
             "stop_share" => StopShare {
                 group: n(),
@@ -415,7 +427,7 @@ impl Op {
 }
 
 /// Every operation's name in the log and how many fields follow it.
-const OP_FIELDS: [(&str, usize); 12] = [
+const OP_FIELDS: [(&str, usize); 13] = [
     ("create_user", 2),
     ("login", 2),
     ("logout", 1),
@@ -426,6 +438,7 @@ const OP_FIELDS: [(&str, usize); 12] = [
     ("leave_group", 2),
     ("upload_file", 9),
     ("add_seeder", 5),
+    ("add_partial_seeder", 5),
     ("stop_share", 3),
     ("heartbeat", 2),
 ];

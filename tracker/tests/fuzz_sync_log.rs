@@ -61,13 +61,14 @@ fn any_op() -> impl Strategy<Value = Op> {
                     peer_addr,
                 }
             ),
-        (field(), field(), field(), field(), field()).prop_map(
-            |(group, name, token_hash, user, peer_addr)| Op::AddSeeder {
+        (field(), field(), field(), field(), field(), any::<bool>()).prop_map(
+            |(group, name, token_hash, user, peer_addr, partial)| Op::AddSeeder {
                 group,
                 name,
                 token_hash,
                 user,
                 peer_addr,
+                partial,
             }
         ),
         (field(), field(), field()).prop_map(|(group, name, token_hash)| Op::StopShare {

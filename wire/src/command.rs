@@ -24,13 +24,15 @@
 //! | `list_files`     | group_id                                                                    | no      | no       | yes     |
 //! | `upload_file`    | group_id file_name size piece_size file_sha1 piece_hashes peer_addr         | yes     | no       | yes     |
 //! | `file_info`      | group_id file_name [downloader_key]                                         | no      | no       | yes     |
-//! | `add_seeder`     | group_id file_name file_sha1 peer_addr                                      | yes     | no       | yes     |
+//! | `add_seeder`     | group_id file_name file_sha1 peer_addr [partial]                            | yes     | no       | yes     |
 //! | `stop_share`     | group_id file_name                                                          | yes     | no       | yes     |
 //! | `heartbeat`      | peer_addr                                                                   | yes     | no       | yes     |
 //!
 //! `file_info`'s optional third argument is the downloader's Ed25519 public key
 //! (64 hex characters); with it the reply carries a download ticket
 //! ([`crate::ticket`]). The two-argument form still works (no ticket).
+//! `add_seeder`'s optional fifth argument is the word `partial` (a downloader
+//! that holds some pieces) or `complete` (the default: the whole file).
 //!
 //! "mutates" means the command may change state, so the tracker runs it on the
 //! log path (a heartbeat changes state only when a seeder is close to timing out).
@@ -108,6 +110,11 @@ const UPLOAD: &[&str] = &[
     "piece_hashes",
     "peer_addr",
 ];
+
+/// `add_seeder`'s optional last argument for a downloader holding some pieces...
+pub const PARTIAL: &str = "partial";
+/// ...and for a holder of the whole file (the default).
+pub const COMPLETE: &str = "complete";
 
 /// The command table, in [`CommandKind`] order.
 pub static COMMANDS: [CommandSpec; 17] = [
@@ -226,6 +233,8 @@ pub enum TrackerCommand {
         name: String,
         file_sha1: String,
         peer_addr: String,
+        /// Holds only some pieces (a download in progress).
+        partial: bool,
     },
     StopShare {
         group: String,
@@ -267,7 +276,7 @@ impl TrackerCommand {
     pub fn parse(name: &str, args: Vec<String>) -> Result<TrackerCommand, CommandError> {
         let kind =
             CommandKind::from_name(name).ok_or_else(|| CommandError::Unknown(name.to_string()))?;
-        let optional = usize::from(kind == K::FileInfo);
+        let optional = usize::from(kind == K::FileInfo || kind == K::AddSeeder);
         let n = kind.spec().args.len();
         if args.len() < n || args.len() > n + optional {
             return Err(CommandError::Usage(kind));
@@ -320,6 +329,11 @@ impl TrackerCommand {
                 name: next(),
                 file_sha1: next(),
                 peer_addr: next(),
+                partial: match extra.as_deref() {
+                    None | Some(COMPLETE) => false,
+                    Some(PARTIAL) => true,
+                    Some(_) => return Err(CommandError::Usage(kind)),
+                },
             },
             K::StopShare => TrackerCommand::StopShare {
                 group: next(),
@@ -392,7 +406,14 @@ impl TrackerCommand {
                 name,
                 file_sha1,
                 peer_addr,
-            } => v(&[group, name, file_sha1, peer_addr]),
+                partial,
+            } => {
+                let mut a: Vec<String> = v(&[group, name, file_sha1, peer_addr]);
+                if *partial {
+                    a.push(PARTIAL.to_string());
+                }
+                a
+            }
             C::Heartbeat { peer_addr } => v(&[peer_addr]),
         }
     }

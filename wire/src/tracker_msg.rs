@@ -57,7 +57,7 @@
 //! | `whoami`         | user                                        |                              |
 //! | `list_groups`    |                                             | group owner members status   |
 //! | `list_requests`  |                                             | user                         |
-//! | `list_files`     |                                             | name size seeders_online     |
+//! | `list_files`     |                                             | name size seeders partials   |
 //! | `file_info`      | name size piece_size file_sha1 piece_hashes | peer_addr (online seeders)   |
 //!
 //! Every other command answers a bare `OK`.
@@ -70,7 +70,9 @@
 //!   session a seeder of the file, `stop_share` and `logout` end that, and
 //!   `leave_group` ends all of the user's seeding in the group. `heartbeat`
 //!   marks every seeder of the session alive; `file_info` and `list_files` count
-//!   only seeders seen within the tracker's seeder timeout.
+//!   only seeders seen within the tracker's seeder timeout. `list_files` counts
+//!   complete seeders (`seeders`) and partial ones (`add_seeder ... partial`, a
+//!   download in progress) apart; `file_info` lists both.
 //! - A request with an unknown, ended or forged token is answered with an error
 //!   whose reason starts with [`ERR_SESSION`]; the client re-logs in on it.
 

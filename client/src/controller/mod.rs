@@ -26,11 +26,16 @@
 //! A `login` the tracker accepted counts only once its ticket key (the reply's
 //! second field) matches the key pinned in the state dir (`on_login`,
 //! `on_key_checked`); a different key fails the command and logs out at once.
-//! A successful login is then handled in one place (`logged_in`): it starts the
-//! heartbeats, re-shares `.uploads_registry` and resumes unfinished downloads,
-//! and the peer server serves again ([`Action::StartServing`]); `logout` stops
-//! it ([`Action::StopServing`]). Every `file_info` carries this process's
-//! ticket key, and the ticket in the answer goes to the download.
+//! A successful login, typed or made by the tracker link on its own, is then
+//! handled in one place (`logged_in`): it starts the heartbeats, re-shares
+//! `.uploads_registry`, re-announces running downloads and resumes unfinished
+//! ones; after a typed login the peer server serves again
+//! ([`Action::StartServing`]); `logout` stops it ([`Action::StopServing`]).
+//! Every `file_info` carries this process's ticket key, and the ticket in the
+//! answer goes to the download. Every exit (`quit`, end of input, a signal)
+//! goes through `leave`: an internal `logout` ends the session's seeding on the
+//! tracker first (at most [`LEAVE_TIMEOUT`]), so no gone client stays listed as
+//! a seeder.
 //!
 //! Submodules: [`paths`] (local path policy), [`output`] (the texts),
 //! `sharing` (upload, re-announce, `add_seeder`), `downloading` (download start,
@@ -56,6 +61,9 @@ use crate::storage::ResumeState;
 use crate::tracker_link::{LinkRequest, Outcome, ReqId};
 use crate::transfers::{Reannounce, RunningDownload, TrackerJob};
 use paths::LocalFiles;
+
+/// The longest an exit waits for the tracker to end the session's seeding.
+pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the controller needs from the command line.
 #[derive(Debug, Clone)]
@@ -104,6 +112,9 @@ pub enum Event {
     },
     /// An informational line from the tracker link (e.g. a failover).
     LinkNote(String),
+    /// The tracker link logged in again on its own (the tracker refused the
+    /// session): a new session token, so the seeding moves to it.
+    SessionRenewed,
     /// The upload hash finished.
     Hashed(Result<FileMeta, String>),
     /// A tracker request Transfers asked for.
@@ -163,6 +174,9 @@ pub enum Action {
     CheckRegistry,
     /// Look for downloads an earlier run left unfinished.
     FindResumes,
+    /// Announce the running downloads that hold pieces again (`add_seeder`
+    /// jobs, [`Event::Transfer`]): the seeding of the old session is gone.
+    ReannounceDownloads,
     /// Start a download (the seeders may include this client; leave it out)
     /// with the ticket the tracker signed for it (hex), if any.
     StartDownload {
@@ -225,6 +239,8 @@ enum Running {
 enum Internal {
     Heartbeat,
     AddSeeder,
+    /// The `stop_share` that ends a failed download's partial seeding.
+    Withdraw,
     PeerRefresh(DownloadKey),
     Reannounce {
         group: String,
@@ -237,6 +253,8 @@ enum Internal {
     },
     /// The logout after a login whose tracker key was refused.
     Logout,
+    /// The `logout` that ends the session's seeding before the client exits.
+    Leave,
 }
 
 /// The client's decisions. See the module doc.
@@ -253,6 +271,8 @@ pub struct Controller {
     next_heartbeat: Option<Instant>,
     /// When each running download next asks the tracker for fresh seeders.
     next_refresh: HashMap<DownloadKey, Instant>,
+    /// Exiting: the deadline of the `logout` that ends the session's seeding.
+    leaving: Option<Instant>,
     exited: bool,
     /// Actions of the event being handled.
     out: Vec<Action>,
@@ -270,6 +290,7 @@ impl Controller {
             input_done: false,
             next_heartbeat: None,
             next_refresh: HashMap::new(),
+            leaving: None,
             exited: false,
             out: Vec::new(),
         }
@@ -282,9 +303,14 @@ impl Controller {
             return Vec::new();
         }
         match event {
-            Event::Input(item) => self.on_input(item),
+            Event::Input(item) => self.on_input(item, now),
             Event::Answer { id, outcome } => self.on_answer(id, outcome, now),
             Event::LinkNote(line) => self.out.push(Action::Note(line)),
+            Event::SessionRenewed => {
+                if let Some(user) = self.user.clone() {
+                    self.logged_in(user, now);
+                }
+            }
             Event::Hashed(result) => self.on_hashed(result),
             Event::Transfer(job) => self.on_transfer_job(job),
             Event::RegistryChecked(found) => self.on_registry_checked(found),
@@ -295,7 +321,7 @@ impl Controller {
             Event::Tick { downloads } => self.on_tick(&downloads, now),
             Event::Stop => {
                 log::info!("signal received, exiting");
-                self.exit(0);
+                self.leave(now);
             }
         }
         std::mem::take(&mut self.out)
@@ -303,7 +329,7 @@ impl Controller {
 
     /// Whether the next input item may be handed in (no command is running).
     pub fn wants_input(&self) -> bool {
-        self.running.is_none() && !self.input_done && !self.exited
+        self.running.is_none() && !self.input_done && !self.exited && self.leaving.is_none()
     }
 
     /// The logged-in user, if any.
@@ -314,6 +340,18 @@ impl Controller {
     fn exit(&mut self, code: i32) {
         self.exited = true;
         self.out.push(Action::Exit(code));
+    }
+
+    /// `quit`, end of input or a signal: ends the session's seeding on the
+    /// tracker (an internal `logout`, so no dead client stays listed), then exits
+    /// once it is answered or after [`LEAVE_TIMEOUT`], whichever comes first.
+    /// Not logged in, or a second signal while leaving: exits at once.
+    fn leave(&mut self, now: Instant) {
+        if self.user.is_none() || self.leaving.is_some() {
+            return self.exit(0);
+        }
+        self.leaving = Some(now + LEAVE_TIMEOUT);
+        self.send_internal(LinkRequest::new(TrackerCommand::Logout), Internal::Leave);
     }
 
     /// Queues a tracker request; returns its id.
@@ -345,7 +383,7 @@ impl Controller {
         self.out.push(Action::Note(line));
     }
 
-    fn on_input(&mut self, item: Input) {
+    fn on_input(&mut self, item: Input, now: Instant) {
         let line = match item {
             Input::Eof => {
                 self.input_done = true;
@@ -358,14 +396,14 @@ impl Controller {
         let parsed = shell::parse(&line, self.user.as_deref(), |p| files.is_file(p.as_ref()));
         match parsed {
             Ok(None) => self.done(Vec::new()),
-            Ok(Some(cmd)) => self.start_command(cmd),
+            Ok(Some(cmd)) => self.start_command(cmd, now),
             Err(e) => self.fail(e),
         }
     }
 
-    fn start_command(&mut self, cmd: Command) {
+    fn start_command(&mut self, cmd: Command, now: Instant) {
         match cmd {
-            Command::Quit => self.exit(0),
+            Command::Quit => self.leave(now),
             Command::Help => self.done(shell::help_lines()),
             Command::ShowDownloads => {
                 self.running = Some(Running::Reporting);
@@ -430,13 +468,23 @@ impl Controller {
                 self.on_reannounced(group, meta, path, outcome)
             }
             (Internal::Resume { state }, outcome) => self.on_resume_info(state, outcome),
+            (Internal::Leave, outcome) => {
+                if let Err(e) = outcome {
+                    log::info!("could not end the session's seeding: {e}");
+                }
+                self.exit(0);
+            }
             (Internal::Heartbeat, Err(e)) => log::info!("heartbeat failed: {e}"),
             (Internal::AddSeeder, Err(e)) => log::info!("add_seeder failed: {e}"),
+            (Internal::Withdraw, Err(e)) => log::info!("withdrawing a failed download: {e}"),
             (Internal::PeerRefresh(key), Err(e)) => {
                 log::info!("peer refresh of {} failed: {e}", key.name)
             }
             (Internal::Logout, Err(e)) => log::info!("logout failed: {e}"),
-            (Internal::Heartbeat | Internal::AddSeeder | Internal::Logout, Ok(_)) => {}
+            (
+                Internal::Heartbeat | Internal::AddSeeder | Internal::Withdraw | Internal::Logout,
+                Ok(_),
+            ) => {}
         }
     }
 
@@ -516,21 +564,31 @@ impl Controller {
         }
     }
 
-    /// A login succeeded: the one place that starts a session's work. Heartbeats
-    /// start, the registry's files are shared again and unfinished downloads resume.
+    /// A login succeeded, typed or made by the tracker link on its own: the one
+    /// place that starts a session's work. Heartbeats start, the registry's files
+    /// are shared again, running downloads announce their pieces again and
+    /// unfinished ones resume: all the seeding moves to the new session at once.
     fn logged_in(&mut self, user: String, now: Instant) {
         self.user = Some(user);
         self.next_heartbeat = Some(now + self.config.announce);
         self.out.push(Action::CheckRegistry);
+        self.out.push(Action::ReannounceDownloads);
         self.out.push(Action::FindResumes);
     }
 
     /// Timers, then whether end of input lets the client exit.
     fn on_tick(&mut self, downloads: &[RunningDownload], now: Instant) {
+        if let Some(deadline) = self.leaving {
+            if now >= deadline {
+                log::info!("the tracker did not answer the logout in time; exiting");
+                self.exit(0);
+            }
+            return;
+        }
         self.heartbeat(now);
         self.refresh_peers(downloads, now);
         if self.input_done && self.running.is_none() && !self.config.seed && downloads.is_empty() {
-            self.exit(0);
+            self.leave(now);
         }
     }
 

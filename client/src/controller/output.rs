@@ -23,13 +23,22 @@ pub fn heartbeat_request() -> LinkRequest {
     })
 }
 
-/// `add_seeder <group> <name> <file_sha1> <peer_addr>`.
-pub fn add_seeder_request(group: &str, name: &str, file_sha1: &str) -> LinkRequest {
+/// `add_seeder <group> <name> <file_sha1> <peer_addr> [partial]`.
+pub fn add_seeder_request(group: &str, name: &str, file_sha1: &str, partial: bool) -> LinkRequest {
     LinkRequest::new(TrackerCommand::AddSeeder {
         group: group.to_string(),
         name: name.to_string(),
         file_sha1: file_sha1.to_string(),
         peer_addr: String::new(),
+        partial,
+    })
+}
+
+/// `stop_share <group> <name>`.
+pub fn stop_share_request(group: &str, name: &str) -> LinkRequest {
+    LinkRequest::new(TrackerCommand::StopShare {
+        group: group.to_string(),
+        name: name.to_string(),
     })
 }
 
@@ -108,12 +117,18 @@ fn list_files(group: &str, rows: &[Vec<String>]) -> Vec<String> {
     let mut lines = vec![format!("{} in {group}", count(rows.len(), "file", "files"))];
     lines.extend(rows.iter().map(|r| {
         let seeders: usize = field(r, 2).parse().unwrap_or(0);
-        format!(
+        let partials: usize = field(r, 3).parse().unwrap_or(0);
+        let mut line = format!(
             "  {}  {} bytes  {}",
             field(r, 0),
             field(r, 1),
             count(seeders, "seeder", "seeders")
-        )
+        );
+        if partials > 0 {
+            let partials = count(partials, "partial seeder", "partial seeders");
+            line.push_str(&format!("  {partials}"));
+        }
+        line
     }));
     lines
 }

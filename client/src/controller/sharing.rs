@@ -1,6 +1,7 @@
 //! Sharing: `upload_file` (hash, then the tracker request, then serve), putting
 //! `.uploads_registry` back into sharing after a login, and `add_seeder` when
-//! Transfers holds (part of) a downloaded file.
+//! Transfers holds (part of) a downloaded file (`partial` until it is complete;
+//! an internal `stop_share` when such a download fails).
 
 use std::path::PathBuf;
 
@@ -61,13 +62,20 @@ impl Controller {
                 group,
                 name,
                 file_sha1,
+                partial,
             } => {
                 if self.user.is_none() {
                     log::info!("not logged in; not announcing {name} in {group}");
                     return;
                 }
-                let request = output::add_seeder_request(&group, &name, &file_sha1);
+                let request = output::add_seeder_request(&group, &name, &file_sha1, partial);
                 self.send_internal(request, Internal::AddSeeder);
+            }
+            TrackerJob::Withdraw { group, name } => {
+                if self.user.is_some() {
+                    let request = output::stop_share_request(&group, &name);
+                    self.send_internal(request, Internal::Withdraw);
+                }
             }
         }
     }

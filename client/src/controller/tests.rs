@@ -48,6 +48,8 @@ struct World {
     /// Every other action, in order.
     effects: Vec<Action>,
     exit: Option<i32>,
+    /// How often the running downloads were asked to announce themselves again.
+    download_reannounces: usize,
     /// What the answers to CheckRegistry, FindResumes, StartDownload and
     /// ReportDownloads will be.
     registry: Reannounce,
@@ -78,6 +80,7 @@ impl World {
             acks: 0,
             effects: Vec::new(),
             exit: None,
+            download_reannounces: 0,
             registry: Reannounce::default(),
             resumes: Vec::new(),
             start_result: Ok(()),
@@ -127,6 +130,7 @@ impl World {
                 self.feed(Event::TrackerKeyChecked(self.pin_result.clone()));
             }
             Action::Exit(code) => self.exit = Some(code),
+            Action::ReannounceDownloads => self.download_reannounces += 1,
             other => self.effects.push(other),
         }
     }
@@ -322,6 +326,41 @@ fn tracker_failures_as_the_controller_sees_them() {
         w.stdout.pop().as_deref(),
         Some("error: not logged in (use login <user_id> <password>)")
     );
+}
+
+/// The tracker link logged in again on its own (a refused session): everything
+/// the old session seeded is announced again under the new one, and the
+/// heartbeats go on.
+#[test]
+fn a_renewed_session_announces_all_the_seeding_again() {
+    let mut w = World::new(false);
+    let f = meta("f.bin", 1000);
+    w.login();
+    assert_eq!(w.download_reannounces, 1);
+    w.registry = Reannounce {
+        unchanged: vec![("g".into(), f.clone(), "/data/f.bin".into())],
+        reports: vec![],
+    };
+    w.feed(Event::SessionRenewed);
+    assert_eq!(w.download_reannounces, 2);
+    let req = w.ok("upload_file", &[], &[]);
+    assert!(req.internal);
+    assert_eq!(req.command.args()[1], "f.bin");
+    assert_eq!(
+        w.effects,
+        [Action::AddShare {
+            group: "g".into(),
+            meta: f,
+            path: "/data/f.bin".into()
+        }]
+    );
+    assert!(w.stdout.is_empty() && w.notes.is_empty());
+    // Not logged in (e.g. after logout): nothing to move.
+    w.line("logout");
+    w.ok("logout", &[], &[]);
+    w.feed(Event::SessionRenewed);
+    assert_eq!(w.download_reannounces, 2);
+    assert_eq!(w.count_sent("upload_file"), 0);
 }
 
 #[test]
@@ -595,6 +634,7 @@ fn add_seeder_only_while_logged_in() {
         group: "g".into(),
         name: "f".into(),
         file_sha1: "ab".repeat(20),
+        partial: true,
     };
     w.feed(Event::Transfer(job.clone()));
     assert!(w.sent.is_empty());
@@ -602,7 +642,21 @@ fn add_seeder_only_while_logged_in() {
     w.feed(Event::Transfer(job));
     let req = w.answer("add_seeder", Err(LinkError::Tracker("gone".into())));
     assert!(req.internal);
-    assert_eq!(req.command.args()[..3], ["g", "f", &"ab".repeat(20)]);
+    let sha = "ab".repeat(20);
+    assert_eq!(req.command.args(), ["g", "f", &sha, "", "partial"]);
+    // A failed download withdraws its partial seeding; nothing is printed.
+    let withdraw = TrackerJob::Withdraw {
+        group: "g".into(),
+        name: "f".into(),
+    };
+    w.feed(Event::Transfer(withdraw));
+    let req = w.ok("stop_share", &[], &[]);
+    assert!(req.internal);
+    assert_eq!(req.command.args(), ["g", "f"]);
+    assert!(
+        w.effects.is_empty(),
+        "the tracker side only: no RemoveShare"
+    );
     assert!(
         w.notes.is_empty() && w.stdout.is_empty(),
         "failures are logged only"
@@ -711,8 +765,40 @@ fn end_of_input_waits_for_downloads() {
     w.tick(&[running("g", "f", false)]);
     assert_eq!(w.exit, None, "finishing counts as running");
     w.tick(&[]);
+    assert_eq!(w.exit, None, "the session's seeding ends first");
+    w.ok("logout", &[], &[]);
     assert_eq!(w.exit, Some(0));
     assert_eq!(w.acks, 2);
+}
+
+#[test]
+fn exit_waits_for_the_logout_at_most_leave_timeout() {
+    let mut w = World::new(true);
+    w.login();
+    w.feed(Event::Stop);
+    assert_eq!(w.exit, None);
+    assert_eq!(w.count_sent("logout"), 1);
+    assert!(!w.c.wants_input());
+    w.now += LEAVE_TIMEOUT - Duration::from_millis(1);
+    w.tick(&[]);
+    assert_eq!(w.exit, None);
+    w.now += Duration::from_millis(1);
+    w.tick(&[]);
+    assert_eq!(w.exit, Some(0));
+}
+
+#[test]
+fn a_second_signal_or_no_session_exits_at_once() {
+    let mut w = World::new(false);
+    w.login();
+    w.feed(Event::Stop);
+    assert_eq!(w.exit, None);
+    w.feed(Event::Stop);
+    assert_eq!(w.exit, Some(0));
+    let mut w = World::new(false);
+    w.line("quit");
+    assert_eq!(w.exit, Some(0));
+    assert_eq!(w.count_sent("logout"), 0);
 }
 
 #[test]
@@ -733,6 +819,8 @@ fn quit_exits_at_once_and_nothing_runs_after() {
     w.ok("list_groups", &[], &[]);
     let acks = w.acks;
     w.line("quit");
+    assert_eq!(w.exit, None, "the session's seeding ends first");
+    w.ok("logout", &[], &[]);
     assert_eq!(w.exit, Some(0));
     assert_eq!(w.acks, acks, "quit prints nothing");
     assert!(!w.c.wants_input());

@@ -50,13 +50,31 @@ pub(super) struct Verified {
 impl Transfers {
     /// Cleans up after a download connection closed: the fetch state gives its
     /// requests back to the picker and takes its pieces out of the availability
-    /// counts, and the peer may be tried again a little later.
-    pub(super) fn fetch_conn_closed(&mut self, key: usize, addr: SocketAddr, fetch: FetchPeer) {
+    /// counts, and the peer may be tried again a little later. When the peer
+    /// was at fault (`lost`), each outstanding request is a failure of its piece.
+    pub(super) fn fetch_conn_closed(
+        &mut self,
+        registry: &Registry,
+        key: usize,
+        addr: SocketAddr,
+        fetch: FetchPeer,
+    ) {
         let dl = fetch.dl;
         let Some(d) = self.downloads.get_mut(dl) else {
             return;
         };
+        let lost: Vec<PieceIndex> = match &fetch.lost {
+            Some(_) => fetch.inflight_pieces().to_vec(),
+            None => Vec::new(),
+        };
+        let why = fetch.lost.clone().unwrap_or_default();
         fetch.close(&mut d.picker);
+        for p in lost {
+            if self.piece_failure(registry, dl, p, &format!("{addr}: {why}")) {
+                return;
+            }
+        }
+        let d = &mut self.downloads[dl];
         if let Some(kp) = d.peers.get_mut(&addr).filter(|kp| kp.conn == Some(key)) {
             kp.conn = None;
             kp.next_try = Instant::now() + Duration::from_millis(500);
@@ -159,7 +177,7 @@ impl Transfers {
                     Role::Serve(_) => Ok(()),
                 }
             }
-            ConnEvent::Msg(msg) => self.fetch_msg(key, dl, msg),
+            ConnEvent::Msg(msg) => self.fetch_msg(registry, key, dl, msg),
             ConnEvent::Piece {
                 piece,
                 offset,
@@ -172,7 +190,13 @@ impl Transfers {
         }
     }
 
-    fn fetch_msg(&mut self, key: usize, dl: usize, msg: PeerMsg) -> Result<(), Disconnect> {
+    fn fetch_msg(
+        &mut self,
+        registry: &Registry,
+        key: usize,
+        dl: usize,
+        msg: PeerMsg,
+    ) -> Result<(), Disconnect> {
         if let PeerMsg::Challenge(c) = msg {
             if let Role::Fetch(f) = &mut self.conns[key].role {
                 f.on_challenge(c)?;
@@ -195,8 +219,14 @@ impl Transfers {
                 self.refill_conn(key);
             }
             PeerMsg::Reject { piece, code, .. } => {
-                f.on_reject(piece, &mut d.picker);
+                let rejected = f.on_reject(piece, &mut d.picker);
                 log::debug!("{addr} rejected piece {piece}: {code:?}");
+                if let Some(p) = rejected {
+                    let why = format!("{addr} rejected it ({code:?})");
+                    if self.piece_failure(registry, dl, p, &why) {
+                        return Ok(());
+                    }
+                }
                 self.refill(dl);
             }
             PeerMsg::Error(text) => {
@@ -329,13 +359,10 @@ impl Transfers {
     }
 
     /// Piece `p` from `from` did not match its hash: that peer is banned, and the
-    /// download fails once the piece failed `--retries` times.
+    /// failure counts like any other (`piece_failure`).
     fn piece_failed(&mut self, registry: &Registry, dl: usize, p: PieceIndex, from: SocketAddr) {
         let d = &mut self.downloads[dl];
         d.picker.failed(p);
-        let n = d.retries.entry(p).or_insert(0);
-        *n += 1;
-        let n = *n;
         log::warn!(
             "piece {p} of {} from {from} failed verification; dropping that peer",
             d.meta.name
@@ -343,17 +370,37 @@ impl Transfers {
         if let Some(kp) = d.peers.get_mut(&from) {
             kp.banned = true;
         }
-        if n >= self.config.retries.max(1) {
-            let reason = format!("piece {p} failed verification {n} times");
-            self.fail(registry, dl, reason);
+        let why = format!("{from} sent data that does not match its SHA-1");
+        if self.piece_failure(registry, dl, p, &why) {
             return;
         }
         self.close_peer_of(registry, dl, from);
         self.refill(dl);
     }
 
+    /// One failure of piece `p`: a bad hash, a rejection, a peer that went
+    /// silent (no answer within the request timeout) or closed with the
+    /// request outstanding. The download fails once a piece failed `--retries`
+    /// times, as `piece K failed N times: <why, the last time>`. Returns whether
+    /// the download is no longer running.
+    fn piece_failure(&mut self, registry: &Registry, dl: usize, p: PieceIndex, why: &str) -> bool {
+        let d = &mut self.downloads[dl];
+        if d.state != DlState::Running {
+            return true;
+        }
+        let n = d.retries.entry(p).or_insert(0);
+        *n += 1;
+        let n = *n;
+        log::info!("piece {p} of {} failed ({n}): {why}", d.meta.name);
+        if n >= self.config.retries.max(1) {
+            self.fail(registry, dl, format!("piece {p} failed {n} times: {why}"));
+            return true;
+        }
+        false
+    }
+
     /// Piece `p` is verified and on disk: progress, resume state, partial
-    /// seeding (`AddSeeder` once, `Have` to our downloaders), and its buffer kept
+    /// seeding (`AddSeeder` partial once, `Have` to our downloaders), and its buffer kept
     /// for the whole-file hash when that is about to reach it.
     fn piece_verified(&mut self, dl: usize, p: PieceIndex, data: Vec<u8>) {
         let d = &mut self.downloads[dl];
@@ -377,6 +424,7 @@ impl Transfers {
                 group: d.group.clone(),
                 name: d.meta.name.clone(),
                 file_sha1: d.meta.file_sha1_hex(),
+                partial: true,
             });
         }
         if p.get() >= d.whole_next && p.get() < d.whole_next + READY_WINDOW {
@@ -518,14 +566,14 @@ impl Transfers {
         d.bytes_done = d.meta.size;
         let (group, meta, dest) = (d.group.clone(), (*d.meta).clone(), d.dest.clone());
         let file = d.file.take();
-        if !d.announced {
-            d.announced = true;
-            self.tracker_jobs.push(TrackerJob::AddSeeder {
-                group: group.clone(),
-                name: meta.name.clone(),
-                file_sha1: meta.file_sha1_hex(),
-            });
-        }
+        // A complete seeder now (a partial one until here).
+        d.announced = true;
+        self.tracker_jobs.push(TrackerJob::AddSeeder {
+            group: group.clone(),
+            name: meta.name.clone(),
+            file_sha1: meta.file_sha1_hex(),
+            partial: false,
+        });
         ResumeState::remove(&self.config.state_dir, &meta.file_sha1);
         let keys: Vec<usize> = d.conn_keys().collect();
         for k in keys {
@@ -553,7 +601,22 @@ impl Transfers {
         }
         log::warn!("download of {} failed: {reason}", d.meta.name);
         d.state = DlState::Failed(reason);
-        let _ = d.resume_state().save(&self.config.state_dir);
+        if d.adopted {
+            // There is nothing to resume into: the destination is taken.
+            ResumeState::remove(&self.config.state_dir, &d.meta.file_sha1);
+        }
+        if d.announced {
+            // It serves nothing any more: no longer listed as a partial seeder.
+            d.announced = false;
+            self.tracker_jobs.push(TrackerJob::Withdraw {
+                group: d.group.clone(),
+                name: d.meta.name.clone(),
+            });
+        }
+        let d = &mut self.downloads[dl];
+        if !d.adopted {
+            let _ = d.resume_state().save(&self.config.state_dir);
+        }
         d.resume_dirty = false;
         let bufs: Vec<Vec<u8>> = std::mem::take(&mut d.ready).into_values().collect();
         for b in bufs {
@@ -573,10 +636,10 @@ impl Transfers {
         }
     }
 
-    /// Tops up the requests of one download connection. Each of the --threads
-    /// fetch slots keeps two whole-piece requests in flight over all peers (so
-    /// the next piece is already on the wire when one arrives), shared out
-    /// evenly between the active peers.
+    /// Tops up the requests of one download connection: `--threads N` means N
+    /// whole-piece requests in flight over all the download's peers, shared out
+    /// evenly between the active peers (at least two each when N allows, so the
+    /// next piece is already on the wire when one arrives).
     pub(super) fn refill_conn(&mut self, key: usize) {
         let Some(conn) = self.conns.get(key) else {
             return;
@@ -588,11 +651,11 @@ impl Transfers {
             return;
         }
         let dl = f.dl;
-        let cap = self.config.threads.max(1) * 2;
+        let cap = self.config.threads.max(1);
         let d = &self.downloads[dl];
         // Requests in flight are bounded by --threads; pieces waiting for the pool
         // are bounded separately (memory), so hashing never starves the network.
-        if d.state != DlState::Running || d.verifying >= cap {
+        if d.state != DlState::Running || d.verifying >= 2 * cap {
             return;
         }
         let (mut total, mut active) = (0, 0);
@@ -708,7 +771,7 @@ impl Transfers {
             ));
         }
         if dest.exists() {
-            return Err(format!("{} already exists", dest.display()));
+            return self.adopt_finished(group, meta, dest);
         }
         let file = storage::open_part(&dest, meta.size)
             .map_err(|e| format!("cannot create {}: {e}", storage::temp_path(&dest).display()))?;
@@ -742,6 +805,46 @@ impl Transfers {
         Ok(())
     }
 
+    /// `dest` exists. If this client's resume state says it was downloading this
+    /// very file there, an earlier run crashed between moving the finished file
+    /// into place and recording that: the file is hashed whole (on the pool) and,
+    /// when it is the file, completes like any download (shared, resume state
+    /// dropped). Anything else at `dest` is never touched.
+    fn adopt_finished(&mut self, group: &str, meta: FileMeta, dest: PathBuf) -> Result<(), String> {
+        let exists = || format!("{} already exists", dest.display());
+        let ours = ResumeState::load(&self.config.state_dir, &meta.file_sha1)
+            .is_some_and(|r| r.dest == dest && r.size == meta.size);
+        if !ours {
+            return Err(exists());
+        }
+        let file = File::open(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+        let mut d = Download::new(group, meta, dest, self.rng.next_u64());
+        d.state = DlState::Finishing;
+        d.adopted = true;
+        d.file = Some(Arc::new(file));
+        let dl = self.downloads.len();
+        let (want, size, dest) = (d.meta.file_sha1, d.meta.size, d.dest.clone());
+        self.downloads.push(d);
+        let done = self.done.clone();
+        self.whole_pool.spawn(move || {
+            let result = match hasher::hash_file(&dest).map(|m| (m.file_sha1, m.size)) {
+                Ok(found) if found == (want, size) => {
+                    // The temporary name may still be there (a crash between
+                    // the link and the unlink): the same data, drop it.
+                    let _ = std::fs::remove_file(storage::temp_path(&dest));
+                    Ok(())
+                }
+                Ok(_) => Err(format!(
+                    "{} already exists and is another file",
+                    dest.display()
+                )),
+                Err(e) => Err(format!("cannot check {}: {e}", dest.display())),
+            };
+            done.send(PoolMsg::Finished { dl, result });
+        });
+        Ok(())
+    }
+
     pub(super) fn on_resume_checked(
         &mut self,
         registry: &Registry,
@@ -764,12 +867,15 @@ impl Transfers {
         );
         d.state = DlState::Running;
         d.resume_dirty = true;
+        // Re-verified bytes are not download speed: the rate starts from here.
+        d.rate = Default::default();
         if !good.is_empty() && !d.announced {
             d.announced = true;
             self.tracker_jobs.push(TrackerJob::AddSeeder {
                 group: d.group.clone(),
                 name: d.meta.name.clone(),
                 file_sha1: d.meta.file_sha1_hex(),
+                partial: true,
             });
         }
         self.connect_peers(registry, dl);

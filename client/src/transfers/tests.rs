@@ -217,11 +217,15 @@ fn one_to_one_all_sizes() {
         assert_eq!(leecher.t.status_lines(), vec![format!("[C] [g] src{i}")]);
         assert_eq!(std::fs::read(&out).unwrap(), data, "len {len}");
         assert!(!storage::temp_path(&out).exists());
-        assert!(leecher.jobs.contains(&TrackerJob::AddSeeder {
+        // Complete at the end (partial before, when it had pieces to serve).
+        let announced = |partial| TrackerJob::AddSeeder {
             group: "g".into(),
             name: meta.name.clone(),
-            file_sha1: meta.file_sha1_hex()
-        }));
+            file_sha1: meta.file_sha1_hex(),
+            partial,
+        };
+        assert_eq!(leecher.jobs.last(), Some(&announced(false)));
+        assert_eq!(leecher.jobs.contains(&announced(true)), len > 0);
         // The completed download is now a full share.
         assert_eq!(leecher.t.shared_files().len(), 1);
     }
@@ -339,6 +343,109 @@ fn resume_after_restart_skips_verified_pieces() {
     let served: u64 = leecher.t.served_by()[0].values().sum();
     assert_eq!(served, 6, "pieces 4..10 fetched, 0..4 kept");
     assert!(leecher.t.pending_resumes().is_empty());
+}
+
+/// A resume state for `meta` at `out` with pieces `0..have` verified.
+fn resume_state(state: &Path, meta: &FileMeta, out: &Path, have: usize) {
+    let mut bits = Bitfield::new(meta.piece_count());
+    for i in PieceIndex::all(have) {
+        bits.insert(i);
+    }
+    ResumeState {
+        file_sha1: meta.file_sha1,
+        group: "g".into(),
+        name: meta.name.clone(),
+        dest: out.to_path_buf(),
+        size: meta.size,
+        bits: bits.into_bytes(),
+    }
+    .save(state)
+    .unwrap();
+}
+
+/// A crash after the finished file was moved into place but before the loop
+/// recorded it leaves a resume state beside the finished file: the next start
+/// verifies the file, shares it and drops the state, fetching nothing.
+#[test]
+fn a_finished_file_left_by_a_crash_is_verified_and_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = wire::file_meta::PIECE_SIZE as usize;
+    let out = dir.path().join("out");
+    let data = write_file(&out, 3 * p + 5, 4);
+    let meta = hasher::hash_file(&out).unwrap();
+    // The temporary name may still be there too (hard link, then the crash).
+    std::fs::hard_link(&out, storage::temp_path(&out)).unwrap();
+    let mut leecher = Node::new(8, 5);
+    let state = leecher.t.config.state_dir.clone();
+    resume_state(&state, &meta, &out, 2);
+    leecher.download("g", meta.clone(), vec![], out.clone());
+    run_until(&mut [&mut leecher], 20, |n| finished(n[0]));
+    assert_eq!(leecher.t.status_lines(), ["[C] [g] out"]);
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert!(!storage::temp_path(&out).exists());
+    assert!(leecher.t.pending_resumes().is_empty());
+    assert_eq!(leecher.t.shared_files().len(), 1);
+    assert!(leecher.jobs.contains(&TrackerJob::AddSeeder {
+        group: "g".into(),
+        name: "out".into(),
+        file_sha1: meta.file_sha1_hex(),
+        partial: false,
+    }));
+    // Another file at the destination is never touched: the download fails
+    // and its resume state goes (no "already exists" at every later login).
+    let other = dir.path().join("other");
+    write_file(&other, 3 * p + 5, 9);
+    resume_state(&state, &meta, &other, 2);
+    let mut again = Node::new(8, 5);
+    again.t.config.state_dir = state.clone();
+    again.download("g", meta.clone(), vec![], other.clone());
+    run_until(&mut [&mut again], 20, |n| finished(n[0]));
+    let line = &again.t.status_lines()[0];
+    assert!(
+        line.ends_with("already exists and is another file"),
+        "{line}"
+    );
+    assert!(again.t.pending_resumes().is_empty());
+    assert_ne!(std::fs::read(&other).unwrap(), data);
+    // Without a resume state of ours, an existing destination is refused.
+    let refused = again.t.start_download(
+        again.poll.registry(),
+        "g",
+        meta,
+        vec![],
+        other.clone(),
+        None,
+    );
+    assert_eq!(refused, Err(format!("{} already exists", other.display())));
+}
+
+/// Bytes a resume found already verified are not download speed.
+#[test]
+fn resumed_bytes_are_not_counted_as_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = wire::file_meta::PIECE_SIZE as usize;
+    let src = dir.path().join("src");
+    let data = write_file(&src, 8 * p, 5);
+    let meta = hasher::hash_file(&src).unwrap();
+    let out = dir.path().join("out");
+    let f = storage::open_part(&out, meta.size).unwrap();
+    storage::write_at(&f, &data[..6 * p], 0).unwrap();
+    let mut leecher = Node::new(8, 5);
+    let state = leecher.t.config.state_dir.clone();
+    resume_state(&state, &meta, &out, 6);
+    leecher.download("g", meta, vec![], out);
+    // A rate sample before the re-check is done, as the loop's tick takes one.
+    leecher.t.last_tick = Instant::now() - Duration::from_secs(1);
+    leecher.t.tick(leecher.poll.registry(), Instant::now());
+    run_until(&mut [&mut leecher], 20, |n| {
+        n[0].t.status_lines()[0].starts_with("[D] [g] src 75%")
+    });
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(30));
+        leecher.turn();
+    }
+    let line = &leecher.t.status_lines()[0];
+    assert_eq!(line, "[D] [g] src 75%  0 B/s  0 peers");
 }
 
 #[test]
