@@ -7,7 +7,10 @@
 //!   validation, disk reads on the pool, `Have` broadcast, the shared files);
 //! - [`fetching`]: the download side (connecting to peers, keeping requests in
 //!   flight, received pieces, verification results, the in-order whole-file hash,
-//!   finishing and failing, resume).
+//!   finishing and failing, resume);
+//! - [`metering`]: the bandwidth limits (`--upload-limit`, `--download-limit`,
+//!   `rate_limit`): quotas granted to connections from the `RateGate`, held
+//!   connections resumed when the buckets refill.
 //!
 //! Piece buffers are recycled through [`crate::buffers::PieceBuffers`].
 //!
@@ -35,6 +38,7 @@
 //! message header, and the loop writes that buffer to the socket.
 
 mod fetching;
+mod metering;
 mod serving;
 #[cfg(test)]
 mod tests;
@@ -54,6 +58,7 @@ use wire::file_meta::FileMeta;
 use crate::buffers::PieceBuffers;
 use crate::downloads::Download;
 use crate::hasher::{self, Completion, Pool, Results};
+use crate::limits::RateGate;
 use crate::peer_conn::{ConnEvent, PeerConn, Role, ServeState};
 use crate::registry::{Check, UploadRegistry};
 use crate::storage::{ResumeState, WholeHash};
@@ -178,6 +183,10 @@ pub struct Transfers {
     rng: XorShift,
     /// When `tick` last did its periodic work.
     last_tick: Instant,
+    /// The bandwidth limits (see [`metering`]).
+    gate: RateGate,
+    /// Rotates the order in which held connections resume.
+    resume_turn: usize,
 }
 
 impl Transfers {
@@ -211,6 +220,8 @@ impl Transfers {
             bufs: PieceBuffers::new(),
             rng,
             last_tick: Instant::now() - TICK_EVERY,
+            gate: RateGate::new(0, 0, Instant::now()),
+            resume_turn: 0,
         })
     }
 
@@ -239,7 +250,8 @@ impl Transfers {
         let _ = stream.set_nodelay(true);
         let id = self.next_conn_id;
         self.next_conn_id += 1;
-        entry.insert(PeerConn::new(stream, addr, id, role, connecting));
+        let conn = entry.insert(PeerConn::new(stream, addr, id, role, connecting));
+        metering::meter_new(&self.gate, conn);
         Some(key)
     }
 
@@ -278,6 +290,12 @@ impl Transfers {
     }
 
     fn conn_ready(&mut self, registry: &Registry, key: usize, readable: bool, writable: bool) {
+        let grant = self.grant(key);
+        self.conn_io(registry, key, readable, writable);
+        self.settle(grant);
+    }
+
+    fn conn_io(&mut self, registry: &Registry, key: usize, readable: bool, writable: bool) {
         let budget = self.serve_budget(key);
         let mut events = Vec::new();
         {
@@ -427,6 +445,7 @@ impl Transfers {
     /// timeouts, retries, endgame.
     pub fn tick(&mut self, registry: &Registry, now: Instant) {
         self.read_more(registry);
+        self.resume_held(registry, now);
         // The loop may call this far more often than needed; the work is periodic.
         if now.duration_since(self.last_tick) < TICK_EVERY {
             return;

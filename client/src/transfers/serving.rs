@@ -177,11 +177,13 @@ impl Transfers {
         offset: u32,
         result: Result<Vec<u8>, Vec<u8>>,
     ) {
-        let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) else {
+        if self.conns.get(key).is_none_or(|c| c.id != id) {
             let (Ok(b) | Err(b)) = result;
             self.bufs.recycle(b);
             return;
-        };
+        }
+        let grant = self.grant(key);
+        let conn = &mut self.conns[key];
         if let Role::Serve(ServeState::Serving { pending_reads, .. }) = &mut conn.role {
             *pending_reads = pending_reads.saturating_sub(1);
         }
@@ -196,6 +198,7 @@ impl Transfers {
                 });
             }
         }
+        self.settle(grant);
         self.reparse(registry, key);
         self.drain_written(key);
         if self.conns.get(key).is_some_and(|c| c.is_closed()) {
