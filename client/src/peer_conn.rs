@@ -34,6 +34,9 @@ use wire::peer_msg::{self, DecodeError, Handshake, PeerMsg, HANDSHAKE_LEN, PIECE
 
 use crate::fetch_peer::FetchPeer;
 
+/// Queued messages this short (control messages: `Have`, `Reject`, ...) are
+/// written without a quota: a few bytes that tell peers what to ask for.
+const CONTROL_MAX: usize = 64;
 /// Bytes read per `read` call into the message buffer.
 const READ_CHUNK: usize = 64 * 1024;
 /// A peer that buffers more unparsed request bytes than this is dropped.
@@ -208,6 +211,24 @@ impl PeerConn {
         }
     }
 
+    /// Queues a control message ahead of the piece data not yet started, and
+    /// tries to write at once: news like `Have` does not wait behind pieces.
+    pub fn send_urgent(&mut self, bytes: Vec<u8>) {
+        if self.is_closed() || bytes.is_empty() {
+            return;
+        }
+        let first = usize::from(self.wpos > 0);
+        let at = (first..self.wqueue.len())
+            .find(|&i| self.wqueue[i].len() > CONTROL_MAX)
+            .unwrap_or(self.wqueue.len());
+        self.wqueue.insert(at, bytes);
+        if !self.is_connecting() {
+            if let Err(e) = self.flush() {
+                self.fail(format!("write: {e}"));
+            }
+        }
+    }
+
     /// Queues a message.
     pub fn send_msg(&mut self, msg: &PeerMsg) {
         self.send(msg.encode());
@@ -238,7 +259,8 @@ impl PeerConn {
         self.held_w = false;
         while let Some(front) = self.wqueue.front() {
             let mut end = front.len();
-            if let Some(q) = self.wquota {
+            let control = front.len() <= CONTROL_MAX;
+            if let Some(q) = self.wquota.filter(|_| !control) {
                 if q == 0 {
                     self.held_w = true;
                     break;
@@ -248,7 +270,7 @@ impl PeerConn {
             match self.stream.write(&front[self.wpos..end]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
-                    if let Some(q) = self.wquota.as_mut() {
+                    if let Some(q) = self.wquota.as_mut().filter(|_| !control) {
                         *q = q.saturating_sub(n as u64);
                     }
                     self.wpos += n;

@@ -62,6 +62,7 @@ use crate::limits::RateGate;
 use crate::peer_conn::{ConnEvent, PeerConn, Role, ServeState};
 use crate::registry::{Check, UploadRegistry};
 use crate::storage::{ResumeState, WholeHash};
+use crate::super_seed::SuperSeed;
 use crate::xorshift::XorShift;
 
 use fetching::Verified;
@@ -187,6 +188,8 @@ pub struct Transfers {
     gate: RateGate,
     /// Rotates the order in which held connections resume.
     resume_turn: usize,
+    /// Which requests a full share answers first under an upload limit.
+    super_seed: SuperSeed,
 }
 
 impl Transfers {
@@ -222,6 +225,7 @@ impl Transfers {
             last_tick: Instant::now() - TICK_EVERY,
             gate: RateGate::new(0, 0, Instant::now()),
             resume_turn: 0,
+            super_seed: SuperSeed::new(),
         })
     }
 
@@ -398,6 +402,7 @@ impl Transfers {
         }
         let mut conn = self.conns.remove(key);
         let _ = registry.deregister(&mut conn.stream);
+        self.super_seed.forget_conn(conn.id);
         if let Role::Fetch(fetch) = conn.role {
             self.fetch_conn_closed(key, conn.addr, fetch);
         }
@@ -451,6 +456,7 @@ impl Transfers {
             return;
         }
         self.last_tick = now;
+        self.offer_withheld(now);
         let stale: Vec<usize> = self
             .conns
             .iter()

@@ -1,7 +1,9 @@
 //! The serving side of [`Transfers`]: files shared in full, the handshake's
 //! lookup of a file by its hash (full shares, or a download that serves the
 //! pieces it has verified), request validation, disk reads on the pool with
-//! per-connection back-pressure, and `Have` broadcast to our downloaders.
+//! per-connection back-pressure, and `Have` broadcast to our downloaders (ahead
+//! of queued piece data). Under an upload limit a full share answers requests
+//! through [`crate::super_seed::SuperSeed`], so each piece leaves about once.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -13,8 +15,10 @@ use wire::peer_msg::{self, Handshake, PeerMsg, RejectCode, PIECE_HEADER_LEN};
 use wire::pieces::{Bitfield, PieceIndex};
 
 use super::{PoolMsg, Transfers};
+use crate::limits::Direction;
 use crate::peer_conn::{ConnEvent, Role, ServeState};
 use crate::storage;
+use crate::super_seed::Verdict;
 
 /// Disk reads plus queued answers per serving connection before its requests wait.
 const MAX_SERVE_INFLIGHT: usize = 4;
@@ -140,6 +144,13 @@ impl Transfers {
                 reject(self, RejectCode::NotHave);
                 return;
             }
+        } else if self.gate.is_limited(Direction::Up) {
+            let (n, conn) = (meta.piece_count(), self.conns[key].id);
+            let now = std::time::Instant::now();
+            if self.super_seed.request(sha1, n, conn, p, now) == Verdict::Withhold {
+                reject(self, RejectCode::NotHave);
+                return;
+            }
         }
         let mut buf = self.bufs.take(PIECE_HEADER_LEN + len as usize);
         peer_msg::write_piece_header(&mut buf, piece, offset, len as usize);
@@ -211,8 +222,17 @@ impl Transfers {
         for (_, c) in self.conns.iter_mut() {
             if let Role::Serve(ServeState::Serving { file_sha1: s, .. }) = &c.role {
                 if s == sha1 && !c.is_closed() {
-                    c.send(msg.clone());
+                    c.send_urgent(msg.clone());
                 }
+            }
+        }
+    }
+
+    /// Offers withheld pieces again (see [`crate::super_seed`]): a `Have` each.
+    pub(super) fn offer_withheld(&mut self, now: std::time::Instant) {
+        for (conn, piece) in self.super_seed.due(now) {
+            if let Some((_, c)) = self.conns.iter_mut().find(|(_, c)| c.id == conn) {
+                c.send_urgent(PeerMsg::Have(piece).encode());
             }
         }
     }
