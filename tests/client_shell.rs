@@ -91,7 +91,8 @@ fn malformed_input_is_refused_and_the_shell_continues() {
         ["  a \"quoted\" name  owner=alice  members=1  [owner]"]
     );
     let (first, items) = c.list("help");
-    assert_eq!(first, "17 commands");
+    assert_eq!(first, "18 commands");
+    assert!(items.contains(&"  rate_limit [up RATE] [down RATE]".to_string()));
     assert!(items.contains(&"  accept_request <group_id> <user_id>".to_string()));
     let (first, _) = c.list("show_downloads");
     assert_eq!(first, "0 downloads");

@@ -30,6 +30,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::controller::paths::OsFiles;
 use crate::controller::{self, Action, Controller, Event, Input};
+use crate::limits::Direction;
 use crate::stdin::{read_interactive, read_piped};
 use crate::tracker_keys::{PinError, PinnedKeys};
 use crate::tracker_link::{TrackerAddr, TrackerLink, TRACKER_TOKEN};
@@ -52,6 +53,9 @@ pub struct Config {
     pub retries: u32,
     pub seed: bool,
     pub announce: Duration,
+    /// `--upload-limit` / `--download-limit`, bytes per second (0 = unlimited).
+    pub upload_limit: u64,
+    pub download_limit: u64,
 }
 
 /// Why the client could not start.
@@ -109,7 +113,7 @@ impl Client {
         let bound = listener.local_addr()?;
         log::info!("peer server listening on {bound}");
         let link = TrackerLink::new(config.trackers.clone(), bound);
-        let transfers = Transfers::new(
+        let mut transfers = Transfers::new(
             TransferConfig {
                 threads: config.threads,
                 retries: config.retries,
@@ -120,6 +124,8 @@ impl Client {
             waker.clone(),
         )?;
         let pinned = PinnedKeys::load(&config.state_dir)?;
+        transfers.set_limit(Direction::Up, config.upload_limit);
+        transfers.set_limit(Direction::Down, config.download_limit);
         let stop = Arc::new(AtomicBool::new(false));
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             signal_hook::flag::register(sig, stop.clone())?;
@@ -150,7 +156,12 @@ impl Client {
     fn run(&mut self) -> Result<i32, StartError> {
         let mut events = Events::with_capacity(256);
         loop {
-            if let Err(e) = self.poll.poll(&mut events, Some(TICK)) {
+            // A connection held by a rate limit wakes the loop when its bucket refills.
+            let timeout = self
+                .transfers
+                .next_wake(Instant::now())
+                .map_or(TICK, |w| w.min(TICK));
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(e.into());
                 }
@@ -325,6 +336,16 @@ impl Client {
             }
             Action::StartServing => self.transfers.start_serving(),
             Action::StopServing => self.transfers.stop_serving(self.poll.registry()),
+            Action::RateLimit { up, down } => {
+                if let Some(rate) = up {
+                    self.transfers.set_limit(Direction::Up, rate);
+                }
+                if let Some(rate) = down {
+                    self.transfers.set_limit(Direction::Down, rate);
+                }
+                let (up, down) = self.transfers.limits();
+                self.feed(Event::RateLimits { up, down });
+            }
             Action::ReportDownloads => {
                 let lines = self.transfers.status_lines();
                 self.feed(Event::DownloadLines(lines));

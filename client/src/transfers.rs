@@ -7,7 +7,10 @@
 //!   validation, disk reads on the pool, `Have` broadcast, the shared files);
 //! - [`fetching`]: the download side (connecting to peers, keeping requests in
 //!   flight, received pieces, verification results, the in-order whole-file hash,
-//!   finishing and failing, resume).
+//!   finishing and failing, resume);
+//! - [`metering`]: the bandwidth limits (`--upload-limit`, `--download-limit`,
+//!   `rate_limit`): quotas granted to connections from the `RateGate`, held
+//!   connections resumed when the buckets refill.
 //!
 //! Piece buffers are recycled through [`crate::buffers::PieceBuffers`].
 //!
@@ -50,6 +53,7 @@
 
 mod auth;
 mod fetching;
+mod metering;
 mod serving;
 #[cfg(test)]
 mod tests;
@@ -69,9 +73,11 @@ use wire::file_meta::FileMeta;
 use crate::buffers::PieceBuffers;
 use crate::downloads::Download;
 use crate::hasher::{self, Completion, Pool, Results};
+use crate::limits::RateGate;
 use crate::peer_conn::{ConnEvent, PeerConn, Role, ServeState};
 use crate::registry::{Check, UploadRegistry};
 use crate::storage::{ResumeState, WholeHash};
+use crate::super_seed::SuperSeed;
 use crate::xorshift::XorShift;
 
 use fetching::Verified;
@@ -215,6 +221,12 @@ pub struct Transfers {
     tracker_keys: Vec<wire::ticket::PublicKey>,
     /// Whether the peer server serves (logged in, tracker key pinned).
     serving: bool,
+    /// The bandwidth limits (see [`metering`]).
+    gate: RateGate,
+    /// Rotates the order in which held connections resume.
+    resume_turn: usize,
+    /// Which requests a full share answers first under an upload limit.
+    super_seed: SuperSeed,
 }
 
 impl Transfers {
@@ -251,6 +263,9 @@ impl Transfers {
             key_pair: wire::ticket::new_key_pair()?,
             tracker_keys: Vec::new(),
             serving: false,
+            gate: RateGate::new(0, 0, Instant::now()),
+            resume_turn: 0,
+            super_seed: SuperSeed::new(),
         })
     }
 
@@ -279,7 +294,8 @@ impl Transfers {
         let _ = stream.set_nodelay(true);
         let id = self.next_conn_id;
         self.next_conn_id += 1;
-        entry.insert(PeerConn::new(stream, addr, id, role, connecting));
+        let conn = entry.insert(PeerConn::new(stream, addr, id, role, connecting));
+        metering::meter_new(&self.gate, conn);
         Some(key)
     }
 
@@ -327,6 +343,12 @@ impl Transfers {
     }
 
     fn conn_ready(&mut self, registry: &Registry, key: usize, readable: bool, writable: bool) {
+        let grant = self.grant(key);
+        self.conn_io(registry, key, readable, writable);
+        self.settle(grant);
+    }
+
+    fn conn_io(&mut self, registry: &Registry, key: usize, readable: bool, writable: bool) {
         let budget = self.serve_budget(key);
         let mut events = Vec::new();
         {
@@ -431,6 +453,7 @@ impl Transfers {
         }
         let mut conn = self.conns.remove(key);
         let _ = registry.deregister(&mut conn.stream);
+        self.super_seed.forget_conn(conn.id);
         if let Role::Fetch(fetch) = conn.role {
             self.fetch_conn_closed(registry, key, conn.addr, fetch);
         }
@@ -486,6 +509,7 @@ impl Transfers {
     /// timeouts, retries, endgame.
     pub fn tick(&mut self, registry: &Registry, now: Instant) {
         self.read_more(registry);
+        self.resume_held(registry, now);
         // The loop may call this far more often than needed; the work is periodic.
         if now.duration_since(self.last_tick) < TICK_EVERY {
             return;
@@ -495,6 +519,7 @@ impl Transfers {
             matches!(&c.role, Role::Fetch(f)
                 if f.inflight() > 0 && now.duration_since(c.last_rx) > REQUEST_TIMEOUT)
         };
+        self.offer_withheld(now);
         let stale: Vec<(usize, bool)> = self
             .conns
             .iter()

@@ -20,6 +20,7 @@
 //! | [`Action::FindResumes`] | [`Event::ResumesFound`] |
 //! | [`Action::StartDownload`] | [`Event::DownloadStarted`] |
 //! | [`Action::ReportDownloads`] | [`Event::DownloadLines`] |
+//! | [`Action::RateLimit`] | [`Event::RateLimits`] |
 //! | [`Action::StartHash`] | [`Event::Hashed`] (later, from the pool) |
 //! | [`Action::PinTrackerKey`] | [`Event::TrackerKeyChecked`] |
 //!
@@ -132,6 +133,11 @@ pub enum Event {
     DownloadLines(Vec<String>),
     /// Answer to [`Action::PinTrackerKey`]: the key is pinned (or was), or why not.
     TrackerKeyChecked(Result<(), String>),
+    /// Answer to [`Action::RateLimit`]: the limits now (bytes per second, 0 = unlimited).
+    RateLimits {
+        up: u64,
+        down: u64,
+    },
     /// A loop turn ended; `downloads` are the ones Transfers is still working on.
     Tick {
         downloads: Vec<RunningDownload>,
@@ -203,6 +209,12 @@ pub enum Action {
     StopServing,
     /// Report the status line of every download.
     ReportDownloads,
+    /// Change the bandwidth limits given (bytes per second, 0 = unlimited),
+    /// then report them all.
+    RateLimit {
+        up: Option<u64>,
+        down: Option<u64>,
+    },
     Exit(i32),
 }
 
@@ -232,6 +244,8 @@ enum Running {
     Reporting,
     /// `login` succeeded at the tracker; waiting for [`Event::TrackerKeyChecked`].
     PinningKey { user: String },
+    /// `rate_limit`, waiting for [`Event::RateLimits`].
+    Limiting,
 }
 
 /// Internal tracker requests whose outcome the controller handles.
@@ -318,6 +332,11 @@ impl Controller {
             Event::DownloadStarted { order, result } => self.on_download_started(order, result),
             Event::DownloadLines(lines) => self.on_download_lines(lines),
             Event::TrackerKeyChecked(result) => self.on_key_checked(result, now),
+            Event::RateLimits { up, down } => {
+                if matches!(self.running, Some(Running::Limiting)) {
+                    self.done(vec![output::rate_limits(up, down)]);
+                }
+            }
             Event::Tick { downloads } => self.on_tick(&downloads, now),
             Event::Stop => {
                 log::info!("signal received, exiting");
@@ -408,6 +427,10 @@ impl Controller {
             Command::ShowDownloads => {
                 self.running = Some(Running::Reporting);
                 self.out.push(Action::ReportDownloads);
+            }
+            Command::RateLimit { up, down } => {
+                self.running = Some(Running::Limiting);
+                self.out.push(Action::RateLimit { up, down });
             }
             Command::UploadFile { path, group } => self.start_upload(path, group),
             Command::DownloadFile { group, name, dest } => self.start_download(group, name, dest),

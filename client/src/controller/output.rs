@@ -8,6 +8,7 @@ use wire::file_meta::FileMeta;
 
 use wire::command::{TrackerCommand, Upload};
 
+use crate::limits::format_limit;
 use crate::shell::count;
 use crate::tracker_link::LinkRequest;
 
@@ -138,6 +139,15 @@ pub fn downloads(status: Vec<String>) -> Vec<String> {
     let mut lines = vec![count(status.len(), "download", "downloads")];
     lines.extend(status);
     lines
+}
+
+/// `rate_limit`'s line: `rate limits: up 40M, down unlimited`.
+pub fn rate_limits(up: u64, down: u64) -> String {
+    format!(
+        "rate limits: up {}, down {}",
+        format_limit(up),
+        format_limit(down)
+    )
 }
 
 /// `upload_file`'s success line.

@@ -876,3 +876,32 @@ fn login_pins_the_tracker_key_and_logout_stops_serving() {
     w.ok("logout", &[], &[]);
     assert_eq!(w.effects, [Action::StopServing]);
 }
+
+#[test]
+fn rate_limit_changes_then_shows_the_limits() {
+    let mut w = World::new(false);
+    // No login needed; the IO side answers with the limits now in force.
+    w.line("rate_limit up 512K");
+    assert_eq!(
+        w.effects,
+        [Action::RateLimit {
+            up: Some(512 * 1024),
+            down: None
+        }]
+    );
+    assert!(!w.c.wants_input(), "waits for the limits");
+    w.feed(Event::RateLimits {
+        up: 512 * 1024,
+        down: 0,
+    });
+    assert_eq!(w.stdout, ["rate limits: up 512K, down unlimited"]);
+    assert!(w.c.wants_input());
+    w.line("rate_limit down 2x");
+    assert_eq!(
+        w.stdout.pop().as_deref(),
+        Some(
+            "error: bad rate \"2x\": expected bytes per second like 500K, 40M or 1G (0 = unlimited)"
+        )
+    );
+    assert_eq!(w.effects.len(), 1, "a bad rate changes nothing");
+}

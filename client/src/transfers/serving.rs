@@ -1,8 +1,10 @@
 //! The serving side of [`Transfers`]: files shared in full, the handshake's
 //! lookup of a file by its hash (full shares, or a download that serves the
 //! pieces it has verified), request validation, disk reads on the pool with
-//! per-connection back-pressure, and `Have` broadcast to our downloaders. The
-//! ticket check between handshake and bitfield lives in `auth`.
+//! per-connection back-pressure, and `Have` broadcast to our downloaders (ahead
+//! of queued piece data). The ticket check between handshake and bitfield lives
+//! in `auth`. Under an upload limit a full share answers requests through
+//! [`crate::super_seed::SuperSeed`], so each piece leaves about once.
 //!
 //! `Have`s to a downloader that does not read are bounded: once
 //! [`MAX_QUEUED_MSGS`] messages wait in a connection's write queue, further
@@ -19,8 +21,10 @@ use wire::peer_msg::{self, PeerMsg, RejectCode, PIECE_HEADER_LEN};
 use wire::pieces::{Bitfield, PieceIndex};
 
 use super::{PoolMsg, Transfers};
+use crate::limits::Direction;
 use crate::peer_conn::{ConnEvent, Role, ServeState};
 use crate::storage;
+use crate::super_seed::Verdict;
 
 /// Disk reads plus queued answers per serving connection before its requests wait.
 const MAX_SERVE_INFLIGHT: usize = 4;
@@ -140,6 +144,13 @@ impl Transfers {
                 reject(self, RejectCode::NotHave);
                 return;
             }
+        } else if self.gate.is_limited(Direction::Up) {
+            let (n, conn) = (meta.piece_count(), self.conns[key].id);
+            let now = std::time::Instant::now();
+            if self.super_seed.request(sha1, n, conn, p, now) == Verdict::Withhold {
+                reject(self, RejectCode::NotHave);
+                return;
+            }
         }
         let mut buf = self.bufs.take(PIECE_HEADER_LEN + len as usize);
         peer_msg::write_piece_header(&mut buf, piece, offset, len as usize);
@@ -177,11 +188,13 @@ impl Transfers {
         offset: u32,
         result: Result<Vec<u8>, Vec<u8>>,
     ) {
-        let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) else {
+        if self.conns.get(key).is_none_or(|c| c.id != id) {
             let (Ok(b) | Err(b)) = result;
             self.bufs.recycle(b);
             return;
-        };
+        }
+        let grant = self.grant(key);
+        let conn = &mut self.conns[key];
         if let Role::Serve(ServeState::Serving { pending_reads, .. }) = &mut conn.role {
             *pending_reads = pending_reads.saturating_sub(1);
         }
@@ -196,6 +209,7 @@ impl Transfers {
                 });
             }
         }
+        self.settle(grant);
         self.reparse(registry, key);
         self.drain_written(key);
         if self.conns.get(key).is_some_and(|c| c.is_closed()) {
@@ -222,7 +236,7 @@ impl Transfers {
                 _ => false,
             };
             if send {
-                c.send(msg.clone());
+                c.send_urgent(msg.clone());
             }
         }
     }
@@ -254,6 +268,15 @@ impl Transfers {
             *bitfield_stale = false;
         }
         conn.send_msg(&PeerMsg::Bitfield(bits.into_bytes()));
+    }
+
+    /// Offers withheld pieces again (see [`crate::super_seed`]): a `Have` each.
+    pub(super) fn offer_withheld(&mut self, now: std::time::Instant) {
+        for (conn, piece) in self.super_seed.due(now) {
+            if let Some((_, c)) = self.conns.iter_mut().find(|(_, c)| c.id == conn) {
+                c.send_urgent(PeerMsg::Have(piece).encode());
+            }
+        }
     }
 
     pub(super) fn add_share_with(
