@@ -154,8 +154,7 @@ fn assignment_form_and_commands() {
     );
 
     // `quit` exits at once, whatever follows it.
-    a.send("quit");
-    a.send("create_user never typed");
+    a.send_at_once("quit\ncreate_user never typed\n");
     assert_eq!(a.wait_exit(WAIT), Some(0));
     assert!(a.stdout.next_line(Duration::from_millis(200)).is_none());
 }

@@ -12,7 +12,7 @@
 
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use harness::netns::{namespace_exists, remove_stale, Hosts, PREFIX};
 use harness::transfer::{download, seeders, upload, wait_complete};
@@ -111,7 +111,9 @@ fn a_partitioned_tracker_host_is_a_failover_the_user_does_not_see() {
 
     hosts.partition(1);
     // Tracker 1 still runs, but nothing reaches it: the command goes to tracker 2.
+    let started = Instant::now();
     assert_eq!(alice.cmd("create_group during"), "group during created");
+    eprintln!("failover across the partition took {:?}", started.elapsed());
     let (first, items) = alice.list("list_groups");
     assert_eq!(first, "2 groups", "{items:?}");
     alice.stderr.wait_for("the failover note", WAIT, |l| {
@@ -157,8 +159,10 @@ fn a_shaped_seeder_host_still_delivers_the_whole_file() {
     hosts.shape(2, 2_000_000);
     let before = hosts.sent_bytes(2);
     let dest = dir.path().join("got.bin");
+    let started = Instant::now();
     download(&mut bob, "one-mib.bin", &dest);
     wait_complete(&mut bob, "one-mib.bin", 6 * WAIT);
+    eprintln!("1 MiB from a 2 Mbit/s host took {:?}", started.elapsed());
     assert_same_file(&src, &dest);
     // The file left host 2 through the tbf qdisc (no timing is asserted).
     let through_tbf = hosts.sent_bytes(2) - before;

@@ -143,6 +143,10 @@ pub struct Download {
     pub reread: u64,
     /// A piece request was sent (for the first-request latency log).
     pub requested: bool,
+    /// The newest ticket the tracker signed for this download (seeders want it).
+    pub ticket: Option<wire::ticket::Ticket>,
+    /// Unix seconds when that ticket arrived (its lifetime decides when it is renewed).
+    pub ticket_got: u64,
 }
 
 impl Download {
@@ -174,6 +178,8 @@ impl Download {
             served_by: HashMap::new(),
             reread: 0,
             requested: false,
+            ticket: None,
+            ticket_got: 0,
         }
     }
 

@@ -23,6 +23,9 @@
 //!   download side) hold the work.
 //! - [`limits`]: `RATE` parsing and the token bucket of the bandwidth limits; pure.
 //! - [`buffers`]: `PieceBuffers`, the free list that recycles piece buffers.
+//! - [`private_file`]: files created exclusively (O_EXCL|O_NOFOLLOW, 0600, random
+//!   names), atomic replace, 0700 directories.
+//! - [`tracker_keys`]: the trackers' ticket keys pinned in the state dir.
 //! - [`xorshift`]: `XorShift`, the non-cryptographic random numbers for tie-breaks.
 
 pub mod buffers;
@@ -34,10 +37,12 @@ pub mod hasher;
 pub mod limits;
 pub mod peer_conn;
 pub mod picker;
+pub mod private_file;
 pub mod registry;
 pub mod shell;
 pub mod stdin;
 pub mod storage;
+pub mod tracker_keys;
 pub mod tracker_link;
 pub mod transfers;
 pub mod xorshift;

@@ -55,12 +55,33 @@ pub enum Phase {
 pub enum ServeState {
     /// The downloader's handshake is awaited.
     AwaitHandshake,
-    /// Serving the file named in the handshake.
+    /// Our handshake and `Challenge` are sent; the downloader's `Auth` is awaited.
+    AwaitAuth {
+        file_sha1: [u8; 20],
+        auth: ServeAuth,
+    },
+    /// Serving the file named in the handshake, to a downloader whose ticket
+    /// checked out.
     Serving {
         file_sha1: [u8; 20],
         /// Disk reads queued on the pool for this connection.
         pending_reads: usize,
+        auth: ServeAuth,
+        /// `Have`s were dropped while the write queue was full: a whole
+        /// `Bitfield` goes out instead once it drains.
+        bitfield_stale: bool,
     },
+}
+
+/// What a serving connection's ticket check is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeAuth {
+    /// The random challenge sent to the downloader.
+    pub challenge: [u8; 32],
+    /// The downloader's peer id (from its handshake).
+    pub client_id: [u8; 8],
+    /// Unix seconds when the ticket in force expires (0 before the first `Auth`).
+    pub expires: u64,
 }
 
 /// What a connection is for, with that role's state.
@@ -109,6 +130,8 @@ pub struct PeerConn {
     phase: Phase,
     /// Last time bytes arrived (or the connection started).
     pub last_rx: Instant,
+    /// Last time a message was queued (keep-alives are due after a silence).
+    pub last_tx: Instant,
     pub started: Instant,
     rbuf: Vec<u8>,
     incoming: Option<Incoming>,
@@ -142,6 +165,7 @@ impl PeerConn {
                 Phase::Handshake
             },
             last_rx: now,
+            last_tx: now,
             started: now,
             rbuf: Vec::with_capacity(READ_CHUNK),
             incoming: None,
@@ -181,6 +205,7 @@ impl PeerConn {
         if self.is_closed() || bytes.is_empty() {
             return;
         }
+        self.last_tx = Instant::now();
         self.wqueue.push_back(bytes);
         if !self.is_connecting() {
             if let Err(e) = self.flush() {

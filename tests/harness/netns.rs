@@ -19,7 +19,9 @@
 //! opens a TCP connection from inside a host (a thread switched there by `setns`).
 //!
 //! Dropping [`Hosts`] (also while a test panics) deletes every namespace it made,
-//! which removes the veths and the bridge with them. Namespaces with the prefix
+//! which removes the veths and the bridge with them. Declare it before the
+//! process guards that run in it, so they are dropped (their processes killed)
+//! first. Namespaces with the prefix
 //! left by a crashed earlier run (their PID is gone) are deleted at the first
 //! [`Hosts::new`] of a process. Needs root and iproute2 (`ip`, `tc`):
 //! [`Hosts::new_or_skip`] says loudly why a test cannot run, and fails under `CI`.

@@ -504,19 +504,30 @@ pub fn user_password_hash(db: &Connection, user: &str) -> rusqlite::Result<Optio
 /// its login, or the latest logged heartbeat, upload or `add_seeder` of a
 /// file it seeds (an active seeder's heartbeat is logged every
 /// `seeder_timeout / 3`). Reads are not logged, so they do not count.
+/// A session created at or after `unused_since_ms` is fresh enough without
+/// looking at its seeders: that keeps the common case to one primary-key read
+/// (this runs on every request that needs a session).
 pub fn session_last_use(
     db: &Connection,
     token_hash: &str,
+    unused_since_ms: u64,
 ) -> rusqlite::Result<Option<(String, u64)>> {
-    db.prepare_cached(
-        "SELECT s.user_id, max(s.created_ms, coalesce((SELECT max(f.last_seen_ms)
-           FROM file_seeders f WHERE f.token_hash = s.token_hash), 0))
-         FROM sessions s WHERE s.token_hash = ?1",
-    )?
-    .query_row(params![token_hash], |r| {
-        Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
-    })
-    .optional()
+    let row = db
+        .prepare_cached("SELECT user_id, created_ms FROM sessions WHERE token_hash = ?1")?
+        .query_row(params![token_hash], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })
+        .optional()?;
+    let Some((user, created)) = row else {
+        return Ok(None);
+    };
+    if created >= unused_since_ms {
+        return Ok(Some((user, created)));
+    }
+    let seen: Option<i64> = db
+        .prepare_cached("SELECT max(last_seen_ms) FROM file_seeders WHERE token_hash = ?1")?
+        .query_row(params![token_hash], |r| r.get(0))?;
+    Ok(Some((user, created.max(seen.unwrap_or(0) as u64))))
 }
 
 pub fn session_user(db: &Connection, token_hash: &str) -> rusqlite::Result<Option<String>> {

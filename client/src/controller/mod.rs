@@ -21,9 +21,16 @@
 //! | [`Action::StartDownload`] | [`Event::DownloadStarted`] |
 //! | [`Action::ReportDownloads`] | [`Event::DownloadLines`] |
 //! | [`Action::StartHash`] | [`Event::Hashed`] (later, from the pool) |
+//! | [`Action::PinTrackerKey`] | [`Event::TrackerKeyChecked`] |
 //!
-//! A successful login is handled in one place (`logged_in`): it starts the
-//! heartbeats, re-shares `.uploads_registry` and resumes unfinished downloads.
+//! A `login` the tracker accepted counts only once its ticket key (the reply's
+//! second field) matches the key pinned in the state dir (`on_login`,
+//! `on_key_checked`); a different key fails the command and logs out at once.
+//! A successful login is then handled in one place (`logged_in`): it starts the
+//! heartbeats, re-shares `.uploads_registry` and resumes unfinished downloads,
+//! and the peer server serves again ([`Action::StartServing`]); `logout` stops
+//! it ([`Action::StopServing`]). Every `file_info` carries this process's
+//! ticket key, and the ticket in the answer goes to the download.
 //!
 //! Submodules: [`paths`] (local path policy), [`output`] (the texts),
 //! `sharing` (upload, re-announce, `add_seeder`), `downloading` (download start,
@@ -57,6 +64,8 @@ pub struct Config {
     pub announce: Duration,
     /// `--seed`: at end of input keep serving instead of exiting.
     pub seed: bool,
+    /// This process's ticket public key (hex), sent with every `file_info`.
+    pub ticket_key: String,
 }
 
 /// One item from the input (stdin).
@@ -110,6 +119,8 @@ pub enum Event {
     },
     /// Answer to [`Action::ReportDownloads`]: one status line per download.
     DownloadLines(Vec<String>),
+    /// Answer to [`Action::PinTrackerKey`]: the key is pinned (or was), or why not.
+    TrackerKeyChecked(Result<(), String>),
     /// A loop turn ended; `downloads` are the ones Transfers is still working on.
     Tick {
         downloads: Vec<RunningDownload>,
@@ -152,17 +163,30 @@ pub enum Action {
     CheckRegistry,
     /// Look for downloads an earlier run left unfinished.
     FindResumes,
-    /// Start a download (the seeders may include this client; leave it out).
+    /// Start a download (the seeders may include this client; leave it out)
+    /// with the ticket the tracker signed for it (hex), if any.
     StartDownload {
         order: StartOrder,
         meta: FileMeta,
         peers: Vec<SocketAddr>,
+        ticket: Option<String>,
     },
-    /// Fresh seeders for a running download (this client left out, as above).
+    /// Fresh seeders for a running download (this client left out, as above),
+    /// and a renewed ticket.
     UpdatePeers {
         key: DownloadKey,
         peers: Vec<SocketAddr>,
+        ticket: Option<String>,
     },
+    /// Check the tracker's ticket key from a login reply against the pinned
+    /// one (pinning it the first time).
+    PinTrackerKey {
+        key: String,
+    },
+    /// Serve peers again (after a login whose tracker key is pinned).
+    StartServing,
+    /// Serve no one: close the serving connections and refuse new ones (logout).
+    StopServing,
     /// Report the status line of every download.
     ReportDownloads,
     Exit(i32),
@@ -192,6 +216,8 @@ enum Running {
     Starting,
     /// `show_downloads`, waiting for [`Event::DownloadLines`].
     Reporting,
+    /// `login` succeeded at the tracker; waiting for [`Event::TrackerKeyChecked`].
+    PinningKey { user: String },
 }
 
 /// Internal tracker requests whose outcome the controller handles.
@@ -209,6 +235,8 @@ enum Internal {
     Resume {
         state: ResumeState,
     },
+    /// The logout after a login whose tracker key was refused.
+    Logout,
 }
 
 /// The client's decisions. See the module doc.
@@ -263,6 +291,7 @@ impl Controller {
             Event::ResumesFound(found) => self.on_resumes_found(found),
             Event::DownloadStarted { order, result } => self.on_download_started(order, result),
             Event::DownloadLines(lines) => self.on_download_lines(lines),
+            Event::TrackerKeyChecked(result) => self.on_key_checked(result, now),
             Event::Tick { downloads } => self.on_tick(&downloads, now),
             Event::Stop => {
                 log::info!("signal received, exiting");
@@ -378,6 +407,10 @@ impl Controller {
             Err(e) => return self.fail(e),
         };
         match running {
+            Running::Tracker {
+                cmd: TrackerCommand::Login { user, .. },
+                ..
+            } => self.on_login(user, &answer.head, now),
             Running::Tracker { cmd, .. } => {
                 let lines = self.on_success(cmd, answer.rows, now);
                 self.done(lines);
@@ -402,7 +435,8 @@ impl Controller {
             (Internal::PeerRefresh(key), Err(e)) => {
                 log::info!("peer refresh of {} failed: {e}", key.name)
             }
-            (Internal::Heartbeat | Internal::AddSeeder, Ok(_)) => {}
+            (Internal::Logout, Err(e)) => log::info!("logout failed: {e}"),
+            (Internal::Heartbeat | Internal::AddSeeder | Internal::Logout, Ok(_)) => {}
         }
     }
 
@@ -419,8 +453,10 @@ impl Controller {
             C::Logout => {
                 // The tracker ended our seeding with the session. The files stay
                 // in `.uploads_registry` (remove_share would drop them), so the
-                // next login puts them back into sharing.
+                // next login puts them back into sharing. Until then this
+                // client serves no one.
                 self.user = None;
+                self.out.push(Action::StopServing);
             }
             C::LeaveGroup { group } => {
                 // The tracker ended our seeding in the group; stop serving there too.
@@ -435,6 +471,49 @@ impl Controller {
             _ => {}
         }
         output::success(cmd, &rows)
+    }
+
+    /// The tracker accepted a `login`: its ticket key (the head's second field)
+    /// is checked against the pinned one before the session counts. A tracker
+    /// that sends no key issues no tickets: the session works, but this client
+    /// serves no one (it could not check a downloader's ticket).
+    fn on_login(&mut self, user: String, head: &[String], now: Instant) {
+        match head.get(1) {
+            Some(key) => {
+                self.running = Some(Running::PinningKey { user });
+                self.out.push(Action::PinTrackerKey { key: key.clone() });
+            }
+            None => {
+                self.note("note: the tracker sent no ticket key; this client serves no one".into());
+                self.logged_in(user.clone(), now);
+                self.done(output::success(
+                    TrackerCommand::Login {
+                        user,
+                        password: String::new(),
+                    },
+                    &[],
+                ));
+            }
+        }
+    }
+
+    /// The answer to [`Action::PinTrackerKey`]: a refused key ends the session
+    /// at once (logout) and the `login` command fails with the reason.
+    fn on_key_checked(&mut self, result: Result<(), String>, now: Instant) {
+        let Some(Running::PinningKey { user }) = self.running.take() else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                self.out.push(Action::StartServing);
+                self.logged_in(user.clone(), now);
+                self.done(vec![format!("logged in as {user}")]);
+            }
+            Err(e) => {
+                self.send_internal(LinkRequest::new(TrackerCommand::Logout), Internal::Logout);
+                self.fail(e);
+            }
+        }
     }
 
     /// A login succeeded: the one place that starts a session's work. Heartbeats

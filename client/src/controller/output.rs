@@ -33,12 +33,13 @@ pub fn add_seeder_request(group: &str, name: &str, file_sha1: &str) -> LinkReque
     })
 }
 
-/// `file_info <group> <name>`.
-pub fn file_info_request(group: &str, name: &str) -> LinkRequest {
+/// `file_info <group> <name> <key>`: `key` is this process's ticket public
+/// key (hex), which the ticket in the answer is bound to.
+pub fn file_info_request(group: &str, name: &str, key: &str) -> LinkRequest {
     LinkRequest::new(TrackerCommand::FileInfo {
         group: group.to_string(),
         name: name.to_string(),
-        key: None,
+        key: Some(key.to_string()),
     })
 }
 

@@ -93,6 +93,7 @@ impl Transfers {
                 continue;
             }
             self.connect_peers(registry, dl);
+            self.renew_auth(dl);
             self.refill(dl);
         }
     }
@@ -172,6 +173,12 @@ impl Transfers {
     }
 
     fn fetch_msg(&mut self, key: usize, dl: usize, msg: PeerMsg) -> Result<(), Disconnect> {
+        if let PeerMsg::Challenge(c) = msg {
+            if let Role::Fetch(f) = &mut self.conns[key].role {
+                f.on_challenge(c)?;
+            }
+            return self.answer_challenge(key, dl);
+        }
         let addr = self.conns[key].addr;
         let d = &mut self.downloads[dl];
         let Role::Fetch(f) = &mut self.conns[key].role else {
@@ -671,6 +678,7 @@ impl Transfers {
         meta: FileMeta,
         peers: Vec<SocketAddr>,
         dest: PathBuf,
+        ticket: Option<&str>,
     ) -> Result<(), String> {
         let dest = if dest.is_dir() {
             // The name comes from the tracker: it must stay a plain file name.
@@ -726,6 +734,7 @@ impl Transfers {
             log::warn!("cannot save resume state: {e}");
         }
         self.downloads.push(d);
+        self.set_ticket(dl, ticket);
         if self.downloads[dl].state == DlState::Running {
             self.connect_peers(registry, dl);
             self.advance_whole(registry, dl);
