@@ -149,6 +149,8 @@ pub struct StatusConfig {
     pub data_dir: PathBuf,
     pub seeder_timeout_ms: u64,
     pub show_peer_addrs: bool,
+    /// `shared-log` or `raft` (`--replication`).
+    pub replication: &'static str,
 }
 
 /// Path of tracker `no`'s cache in `dir`.
@@ -218,7 +220,7 @@ impl StatusSource {
         let (applied, totals) = self.read(|db| Ok((applied(db)?, totals(db, since)?)))?;
         Ok(StateGauges {
             tracker_no: self.cfg.tracker_no,
-            replication: "shared-log",
+            replication: self.cfg.replication,
             log_bytes: self.log_bytes(),
             applied_offset: applied.0,
             applied_lines: applied.1,
@@ -246,7 +248,7 @@ impl StatusSource {
         let trackers = self.trackers(own_applied, log_bytes);
         Ok(Status {
             tracker: self.cfg.tracker_no,
-            replication: "shared-log",
+            replication: self.cfg.replication,
             generated_unix_ms: now_ms,
             log_bytes,
             trackers,
@@ -609,6 +611,7 @@ mod tests {
             trackers: vec![addr(1), addr(closed_port)],
             data_dir: dir.path().to_path_buf(),
             seeder_timeout_ms: 45_000,
+            replication: "shared-log",
             show_peer_addrs: false,
         });
         let s = src.gather(now).unwrap();
