@@ -12,6 +12,20 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+/// The mode a file created the ordinary way would get: 0666 less this process's
+/// umask (read from `/proc/self/status`; 0600 where it cannot be read, erring
+/// on the private side). A finished download gets it: its part file was private
+/// while it could be tampered with, the result is the user's ordinary file.
+pub fn ordinary_file_mode() -> u32 {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    umask_of(&status).map_or(0o600, |mask| 0o666 & !mask)
+}
+
+fn umask_of(status: &str) -> Option<u32> {
+    let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+    u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
+}
+
 /// Attempts at a fresh random name before giving up (a collision of 64 random
 /// bits means someone is guessing, not bad luck).
 const NAME_TRIES: usize = 8;
@@ -147,5 +161,17 @@ mod tests {
         private_dir(&d).unwrap();
         let mode = fs::metadata(&d).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn the_ordinary_mode_follows_the_umask() {
+        assert_eq!(
+            umask_of("Name:\tclient\nUmask:\t0022\nState:\tR"),
+            Some(0o022)
+        );
+        assert_eq!(umask_of("Umask:\t0077"), Some(0o077));
+        assert_eq!(umask_of("no such line"), None);
+        let mode = ordinary_file_mode();
+        assert_eq!(mode & !0o666, 0, "{mode:o}");
     }
 }

@@ -20,7 +20,7 @@
 
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -119,6 +119,8 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
 /// move is a hard link (which fails if `dest` exists) plus unlinking the temporary
 /// name, or a rename where the file system has no hard links.
 pub fn finish(file: &File, dest: &Path) -> io::Result<()> {
+    let mode = crate::private_file::ordinary_file_mode();
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
     file.sync_all()?;
     let temp = temp_path(dest);
     let exists = || {
@@ -320,6 +322,9 @@ mod tests {
         finish(&part, &dest).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"downloaded");
         assert!(!temp_path(&dest).exists());
+        // The finished file is an ordinary one (umask), not the part's 0600.
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, crate::private_file::ordinary_file_mode());
     }
 
     #[test]
