@@ -267,6 +267,11 @@ impl Client {
                 self.feed(Event::RegistryChecked(found));
             }
             Action::ReannounceDownloads => self.transfers.reannounce_downloads(),
+            Action::UseStateOf { user } => {
+                for note in self.transfers.use_user(&user) {
+                    eprintln!("{note}");
+                }
+            }
             Action::FindResumes => {
                 let found = self.transfers.pending_resumes();
                 self.feed(Event::ResumesFound(found));

@@ -78,7 +78,8 @@ pub struct TransferConfig {
     pub threads: usize,
     /// `--retries`: attempts per piece.
     pub retries: u32,
-    /// `--state-dir`: resume state and `.uploads_registry` live here.
+    /// Where resume state and `.uploads_registry` live: `--state-dir` until a
+    /// user logs in, then that user's directory in it ([`Transfers::use_user`]).
     pub state_dir: PathBuf,
     /// Accepted (serving) connections kept at once; a peer connecting beyond this
     /// is closed at once, so no one can exhaust this client's file descriptors.
@@ -179,6 +180,10 @@ pub struct Transfers {
     finished_hashes: Vec<(HashJobId, Result<FileMeta, String>)>,
     tracker_jobs: Vec<TrackerJob>,
     registry: Option<UploadRegistry>,
+    /// `--state-dir` (the user directories live in it).
+    state_root: PathBuf,
+    /// The user whose state is in use ([`Transfers::use_user`]).
+    user: Option<String>,
     bufs: PieceBuffers,
     rng: XorShift,
     /// When `tick` last did its periodic work.
@@ -188,13 +193,7 @@ pub struct Transfers {
 impl Transfers {
     pub fn new(config: TransferConfig, waker: Arc<Waker>) -> std::io::Result<Transfers> {
         std::fs::create_dir_all(&config.state_dir)?;
-        let registry = match UploadRegistry::load(&config.state_dir) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                log::error!("uploads registry not usable (left untouched): {e}");
-                None
-            }
-        };
+        let state_root = config.state_dir.clone();
         let (done, results) = Completion::new(Some(waker.clone()));
         let mut rng = XorShift::from_entropy();
         Ok(Transfers {
@@ -212,7 +211,9 @@ impl Transfers {
             next_hash_job: 1,
             finished_hashes: Vec::new(),
             tracker_jobs: Vec::new(),
-            registry,
+            registry: None,
+            state_root,
+            user: None,
             bufs: PieceBuffers::new(),
             rng,
             last_tick: Instant::now() - TICK_EVERY,
@@ -497,6 +498,40 @@ impl Transfers {
     /// Hash jobs that finished since the last call: the metadata, or an error line.
     pub fn take_finished_hashes(&mut self) -> Vec<(HashJobId, Result<FileMeta, String>)> {
         std::mem::take(&mut self.finished_hashes)
+    }
+
+    /// A user logged in: from now on `.uploads_registry` and resume state are
+    /// that user's ([`crate::user_state`]). Another user than before stops
+    /// sharing what the previous one shared (the re-announce after the login
+    /// shares this user's files). Returns notes for stderr (a migration).
+    pub fn use_user(&mut self, user: &str) -> Vec<String> {
+        if self.user.as_deref() == Some(user) {
+            return Vec::new();
+        }
+        if self.user.is_some() {
+            self.shares.clear();
+        }
+        self.user = Some(user.to_string());
+        self.registry = None;
+        let mut notes = Vec::new();
+        match crate::user_state::open(&self.state_root, user) {
+            Ok((dir, note)) => {
+                notes.extend(note);
+                self.config.state_dir = dir;
+            }
+            Err(e) => {
+                let dir = crate::user_state::user_dir(&self.state_root, user);
+                notes.push(format!("note: cannot use {}: {e}", dir.display()));
+                return notes;
+            }
+        }
+        match UploadRegistry::load(&self.config.state_dir) {
+            Ok(r) => self.registry = Some(r),
+            Err(e) => notes.push(format!(
+                "note: uploads registry not usable (left untouched): {e}"
+            )),
+        }
+        notes
     }
 
     /// Serve `path` as the file described by `meta` (after a successful upload or

@@ -157,6 +157,10 @@ pub enum Action {
     RemoveGroupShares {
         group: String,
     },
+    /// From now on, sharing and resume state are this user's (`<state-dir>/users/<user>/`).
+    UseStateOf {
+        user: String,
+    },
     /// Check `.uploads_registry` against the disk.
     CheckRegistry,
     /// Look for downloads an earlier run left unfinished.
@@ -482,9 +486,10 @@ impl Controller {
 
     /// A login succeeded, typed or made by the tracker link on its own: the one
     /// place that starts a session's work. Heartbeats start, the registry's files
-    /// are shared again, running downloads announce their pieces again and
+    /// (the user's own, `UseStateOf`) are shared again, running downloads announce their pieces again and
     /// unfinished ones resume: all the seeding moves to the new session at once.
     fn logged_in(&mut self, user: String, now: Instant) {
+        self.out.push(Action::UseStateOf { user: user.clone() });
         self.user = Some(user);
         self.next_heartbeat = Some(now + self.config.announce);
         self.out.push(Action::CheckRegistry);
