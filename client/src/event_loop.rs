@@ -205,6 +205,7 @@ impl Client {
                     .map(Event::Transfer),
             );
             events.extend(self.link.take_notes().into_iter().map(Event::LinkNote));
+            events.extend(self.transfers.take_notes().into_iter().map(Event::LinkNote));
             if self.link.take_session_renewed() {
                 events.push(Event::SessionRenewed);
             }

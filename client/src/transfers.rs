@@ -133,6 +133,8 @@ enum PoolMsg {
         piece: u32,
         offset: u32,
         result: Result<Vec<u8>, Vec<u8>>,
+        /// The shared file (by hash) whose piece no longer matches its SHA-1.
+        corrupt: Option<[u8; 20]>,
     },
     Verified(Verified),
     Whole {
@@ -179,6 +181,8 @@ pub struct Transfers {
     next_hash_job: HashJobId,
     finished_hashes: Vec<(HashJobId, Result<FileMeta, String>)>,
     tracker_jobs: Vec<TrackerJob>,
+    /// Lines for stderr since the last [`Transfers::take_notes`].
+    notes: Vec<String>,
     registry: Option<UploadRegistry>,
     /// `--state-dir` (the user directories live in it).
     state_root: PathBuf,
@@ -211,6 +215,7 @@ impl Transfers {
             next_hash_job: 1,
             finished_hashes: Vec::new(),
             tracker_jobs: Vec::new(),
+            notes: Vec::new(),
             registry: None,
             state_root,
             user: None,
@@ -424,7 +429,13 @@ impl Transfers {
                     piece,
                     offset,
                     result,
-                } => self.on_read(registry, key, id, piece, offset, result),
+                    corrupt,
+                } => {
+                    if let Some(sha1) = corrupt {
+                        self.share_corrupted(&sha1, piece);
+                    }
+                    self.on_read(registry, key, id, piece, offset, result)
+                }
                 PoolMsg::Verified(v) => self.on_verified(registry, v),
                 PoolMsg::Whole {
                     dl,
@@ -670,6 +681,11 @@ impl Transfers {
                 partial: true,
             });
         }
+    }
+
+    /// Informational lines for the user (stderr) since the last call.
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
     }
 
     /// Requests for the tracker queued since the last call.

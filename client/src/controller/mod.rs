@@ -99,7 +99,8 @@ pub enum Event {
         id: ReqId,
         outcome: Outcome,
     },
-    /// An informational line from the tracker link (e.g. a failover).
+    /// An informational line from the tracker link (e.g. a failover) or from
+    /// Transfers (a shared file that changed on disk).
     LinkNote(String),
     /// The tracker link logged in again on its own (the tracker refused the
     /// session): a new session token, so the seeding moves to it.
