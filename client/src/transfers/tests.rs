@@ -155,10 +155,15 @@ fn several_seeders_and_a_liar() {
     let mut liar = Node::new(8, 5);
     let meta = s1.share(&src);
     s2.share(&src);
-    // The liar shares different bytes under the same metadata.
+    // The liar shares different bytes under the same file hash. A client
+    // checks what it serves against the piece hashes it has, so the liar's
+    // piece hashes are those of its bytes: it serves them, the leecher catches them.
     let bad = dir.path().join("bad");
     write_file(&bad, data.len(), 99);
-    liar.t.add_share("g", meta.clone(), bad);
+    let mut lie = hasher::hash_file(&bad).unwrap();
+    lie.name = meta.name.clone();
+    lie.file_sha1 = meta.file_sha1;
+    liar.t.add_share("g", lie, bad);
     let mut leecher = Node::new(8, 5);
     let out = dir.path().join("out");
     leecher
