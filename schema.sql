@@ -52,7 +52,7 @@ CREATE TABLE file_seeders (
     user_id      TEXT NOT NULL,
     peer_addr    TEXT NOT NULL,
     last_seen_ms INTEGER NOT NULL,
-    partial      INTEGER NOT NULL DEFAULT 0, -- 1: a download holding some pieces (0004)
+    partial      INTEGER NOT NULL DEFAULT 0, -- 1: a download holding some pieces (0005)
     PRIMARY KEY (group_id, name, token_hash)
 );
 
@@ -62,7 +62,9 @@ CREATE TABLE applied_log (
     id     INTEGER PRIMARY KEY CHECK (id = 1),
     offset INTEGER NOT NULL,                -- sync_log.txt bytes applied
     lines  INTEGER NOT NULL,                -- log lines applied
-    generation TEXT NOT NULL DEFAULT ''     -- sync log generation applied ('' = none yet)
+    generation TEXT NOT NULL DEFAULT '',    -- sync log generation applied ('' = none yet)
+    raft_index INTEGER NOT NULL DEFAULT 0,  -- --replication raft: Raft index of the last applied line
+    raft_lines INTEGER NOT NULL DEFAULT 0   -- `lines` when raft_index was recorded
 );
 
 -- Exactly-once changes (migrations/0003_applied_requests.sql, tracker/src/dedup.rs).

@@ -11,6 +11,8 @@ Starts real trackers and clients on 127.0.0.1 and measures, each the median of
   - the operator view's cost: tracker reads/s under the 100-connection load with
     and without /status and /metrics being fetched (`--only operator`)
   - peak RSS of the downloading client and of the tracker
+  - the capped swarm (`--only swarm`, bench/swarm.py): 1 -> 8 and 1 -> 16 with every
+    client at the same --upload-limit, beside aria2c, and a 50-leecher scale run
 """
 
 import argparse
@@ -40,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loadgen  # noqa: E402
 from procs import BenchError, LineProc, cpu_by_thread, cpu_diff, fmt_cpu, proc_status, quote_arg, run  # noqa: E402
 import sockstat  # noqa: E402
+import swarm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1e6
@@ -324,12 +327,13 @@ class Tracker:
 class Client:
     """A swarmshare client driven through its piped shell."""
 
-    def __init__(self, ctx, tracker, name):
+    def __init__(self, ctx, tracker, name, extra=()):
         self.ctx = ctx
         self.name = name
         self.state = ctx.tmp / "clients" / name
         self.state.mkdir(parents=True, exist_ok=True)
-        self.proc = LineProc([ctx.client_bin, tracker.info, "--state-dir", self.state, "--listen", "127.0.0.1:0"],
+        self.proc = LineProc([ctx.client_bin, tracker.info, "--state-dir", self.state, "--listen", "127.0.0.1:0",
+                              *extra],
                              f"client-{name}", ctx.logs, stdin=True, cwd=self.state)
         self.pid = self.proc.pid
 
@@ -1106,7 +1110,12 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smoke test: 64 MiB, 1 run, short tracker load, 50k-line log")
     ap.add_argument("--write", action="store_true", help="write the results into BENCHMARKS.md")
     ap.add_argument("--only", nargs="*", default=None,
-                    help="subset of: hash 1to1 4to1 1to4 downloads tracker operator (default all)")
+                    help="subset of: hash 1to1 4to1 1to4 downloads tracker operator swarm (default all)")
+    ap.add_argument("--swarm-limit", default="8M", help="--upload-limit of every client in the swarm part")
+    ap.add_argument("--swarm-leechers", type=int, nargs="*", default=[8, 16], help="swarm sizes (leechers)")
+    ap.add_argument("--scale-leechers", type=int, default=50, help="leechers of the scale run (0: skip)")
+    ap.add_argument("--scale-mib", type=int, default=64, help="file size of the scale run")
+    ap.add_argument("--scale-limit", default="2M", help="--upload-limit of every client in the scale run")
     ap.add_argument("--conns", type=int, default=100, help="tracker load connections")
     ap.add_argument("--load-seconds", type=float, default=None, help="seconds per tracker load phase (default 5)")
     ap.add_argument("--load-procs", type=int, default=1, help="load generator processes")
@@ -1127,8 +1136,8 @@ def main():
         exp = []
         for o in a.only:
             o = re.sub(r"(\d)to(\d)", r"\1->\2", o.replace("→", "->"))
-            if o not in ("hash", "1->1", "4->1", "1->4", "downloads", "tracker", "operator"):
-                ap.error(f"--only: unknown part {o!r} (hash, 1to1, 4to1, 1to4, downloads, tracker, operator)")
+            if o not in ("hash", "1->1", "4->1", "1->4", "downloads", "tracker", "operator", "swarm"):
+                ap.error(f"--only: unknown part {o!r} (hash, 1to1, 4to1, 1to4, downloads, tracker, operator, swarm)")
             exp += ["1->1", "4->1", "1->4"] if o == "downloads" else [o]
         a.only = exp
     sel = (lambda k: not a.only or k in a.only)
@@ -1159,6 +1168,10 @@ def main():
                     bench_tracker(ctx)
                 except (BenchError, OSError, RuntimeError) as e:
                     ctx.res.note(f"tracker benchmark FAILED: {e}")
+        if sel("swarm"):
+            if ctx.file_sha1 is None:
+                bench_hash_baselines(ctx)
+            swarm.bench_swarm(ctx, sys.modules[__name__])
         if sel("operator"):
             if ctx.have_ss:
                 try:

@@ -193,7 +193,13 @@ fn serve_fake(mut stream: std::net::TcpStream, kind: Fake) {
                 let req = Request::decode(&line).expect("client sent a well-formed request");
                 let reply = if req.command == "login" {
                     Reply::Ok {
-                        head: vec!["0123456789abcdef0123456789abcdef".into()],
+                        // The token, and the ticket key a real tracker sends.
+                        head: vec![
+                            "0123456789abcdef0123456789abcdef".into(),
+                            wire::ticket::public_key_hex(
+                                &wire::ticket::new_key_pair().unwrap().verifying_key(),
+                            ),
+                        ],
                         rows: vec![],
                     }
                 } else {

@@ -91,7 +91,8 @@ fn malformed_input_is_refused_and_the_shell_continues() {
         ["  a \"quoted\" name  owner=alice  members=1  [owner]"]
     );
     let (first, items) = c.list("help");
-    assert_eq!(first, "17 commands");
+    assert_eq!(first, "18 commands");
+    assert!(items.contains(&"  rate_limit [up RATE] [down RATE]".to_string()));
     assert!(items.contains(&"  accept_request <group_id> <user_id>".to_string()));
     let (first, _) = c.list("show_downloads");
     assert_eq!(first, "0 downloads");
@@ -154,8 +155,7 @@ fn assignment_form_and_commands() {
     );
 
     // `quit` exits at once, whatever follows it.
-    a.send("quit");
-    a.send("create_user never typed");
+    a.send_at_once("quit\ncreate_user never typed\n");
     assert_eq!(a.wait_exit(WAIT), Some(0));
     assert!(a.stdout.next_line(Duration::from_millis(200)).is_none());
 }

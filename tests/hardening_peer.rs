@@ -34,6 +34,9 @@ struct Setup {
     peer_addr: String,
     sha: [u8; 20],
     content: Vec<u8>,
+    /// A member's key and a download ticket for it.
+    key: wire::ticket::KeyPair,
+    ticket: String,
 }
 
 fn setup() -> Setup {
@@ -54,7 +57,11 @@ fn setup() -> Setup {
     let (head, seeders) = tc.ok(Some(&tok), "file_info", &["g", "shared.bin"]);
     assert_eq!(head[3], sha_hex);
     let peer_addr = seeders[0][0].clone();
+    let key = wire::ticket::new_key_pair().unwrap();
+    let ticket = harness::peer_client::ticket(&mut tc, &tok, "g", "shared.bin", &key);
     Setup {
+        key,
+        ticket,
         _dir: dir,
         _tracker: tracker,
         client,
@@ -89,7 +96,7 @@ fn assert_serves(s: &Setup, i: u32) {
 
 /// The handshake is followed by a Bitfield (all three pieces); take it off.
 fn open(s: &Setup) -> PeerClient {
-    let (p, bits) = PeerClient::open(&s.peer_addr, s.sha);
+    let (p, bits) = PeerClient::open(&s.peer_addr, s.sha, &s.key, &s.ticket);
     assert_eq!(bits, vec![0xe0]);
     p
 }
@@ -205,15 +212,33 @@ fn out_of_range_and_oversize_requests_are_rejected() {
     assert_client_alive(&mut s);
 }
 
+/// 500 silent connections from one address (127.0.0.2): the peer server keeps
+/// at most its per-IP cap (64) of them and closes the rest, and an honest peer
+/// from another address is served at once.
 #[test]
 fn five_hundred_silent_peers_stall_no_one() {
     let mut s = setup();
-    let silent: Vec<TcpStream> = (0..500)
-        .map(|_| TcpStream::connect(&s.peer_addr).expect("connect"))
+    let addr: std::net::SocketAddr = s.peer_addr.parse().unwrap();
+    let mut silent: Vec<TcpStream> = (0..500)
+        .map(|_| {
+            harness::connect_from(std::net::Ipv4Addr::new(127, 0, 0, 2), addr).expect("connect")
+        })
         .collect();
     for i in 0..3 {
         assert_serves(&s, i);
     }
+    let closed = silent
+        .iter_mut()
+        .filter(|c| {
+            c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            match (&**c).read(&mut [0u8; 16]) {
+                Ok(0) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+                Ok(_) => false,
+            }
+        })
+        .count();
+    assert!(closed >= 500 - 64, "only {closed} of 500 closed");
     // The shell still answers too.
     assert_eq!(s.client.cmd("show_downloads"), "0 downloads");
     drop(silent);

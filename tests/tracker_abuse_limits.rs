@@ -4,11 +4,12 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::FromRawFd;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use harness::{free_port, lone_tracker, wait_until, write_tracker_info, TrackerConn, TrackerProc};
+use harness::{
+    connect_from, free_port, lone_tracker, wait_until, write_tracker_info, TrackerConn, TrackerProc,
+};
 use wire::tracker_msg::{Reply, Request};
 
 /// Peak and current resident memory of a process, in KiB.
@@ -35,40 +36,6 @@ fn raise_nofile() -> u64 {
         assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
     }
     lim.rlim_cur
-}
-
-/// A blocking TCP connection to `to` from source address `from` (any port).
-fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let SocketAddr::V4(to) = to else {
-        panic!("IPv4 only")
-    };
-    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: a fresh socket owned by the returned TcpStream (or closed on error);
-    // the addresses are valid sockaddr_in values of the given length.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let stream = TcpStream::from_raw_fd(fd);
-        let src = sockaddr(from, 0);
-        if libc::bind(fd, &src as *const _ as *const libc::sockaddr, len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let dst = sockaddr(*to.ip(), to.port());
-        if libc::connect(fd, &dst as *const _ as *const libc::sockaddr, len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(stream)
-    }
 }
 
 #[test]
@@ -115,8 +82,10 @@ fn ten_clients_that_never_read_64_large_replies_leave_memory_bounded() {
         "peak RSS {peak} KiB (was {before} KiB before the flood, {now} KiB now)"
     );
     // The silent connections get at most a few MiB each once they do read.
+    // (A generous read timeout: a debug tracker on a loaded machine takes
+    // seconds to encode ten 4 MB replies; this bounds the wait, not speed.)
     let mut s = silent.pop().unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut buf = vec![0u8; 1 << 20];
     let mut got = 0usize;
     while let Ok(n) = s.read(&mut buf) {
@@ -377,6 +346,35 @@ fn a_wrong_password_flood_on_tracker_1_does_not_stall_tracker_2() {
     c1.assert_served(&tok, "whoami");
     t1.assert_alive();
     t2.assert_alive();
+}
+
+#[test]
+fn a_seeding_session_outlives_the_idle_period() {
+    // Idle limit 4.32 s; a seeder's heartbeat is logged every timeout / 3 = 1 s.
+    let (_dir, mut t) = lone_tracker(&[
+        "--session-idle-days",
+        "0.00005",
+        "--seeder-timeout-secs",
+        "3",
+    ]);
+    let mut c = t.connect();
+    let tok = c.user("u", "pw");
+    c.ok(Some(&tok), "create_group", &["g"]);
+    let sha = "c".repeat(40);
+    let hashes = "d".repeat(40);
+    c.ok(
+        Some(&tok),
+        "upload_file",
+        &["g", "f", "10", "10", &sha, &hashes, "127.0.0.1:5000"],
+    );
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(9) {
+        c.ok(Some(&tok), "heartbeat", &["127.0.0.1:5000"]);
+        thread::sleep(Duration::from_millis(300));
+    }
+    // Past twice the idle limit since login, the session is still good.
+    c.ok(Some(&tok), "whoami", &[]);
+    t.assert_alive();
 }
 
 #[test]

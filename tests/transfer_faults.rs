@@ -135,7 +135,9 @@ fn peer_answers_bad_requests_with_errors_and_keeps_serving() {
     assert!(matches!(c.next_msg(), Got::Msg(PeerMsg::Error(t)) if t.contains("unknown file")));
 
     // The right file: handshake + bitfield, then rejects for bad requests.
-    let (mut c, bits) = PeerClient::open(&addr, meta.file_sha1);
+    let key = wire::ticket::new_key_pair().unwrap();
+    let tk = s.ticket("f.bin", &key);
+    let (mut c, bits) = PeerClient::open(&addr, meta.file_sha1, &key, &tk);
     assert_eq!(bits, vec![0xf0]);
     let bad = [
         (4, 0, 10),                    // no such piece

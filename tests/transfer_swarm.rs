@@ -190,11 +190,13 @@ fn a_leecher_serves_its_verified_pieces_before_completing() {
     );
     let leecher_addr = leecher_addr.unwrap();
     // Its bitfield shows the 4 pieces the origin sent, once they are verified.
+    let key = wire::ticket::new_key_pair().unwrap();
+    let tk = s.ticket("part.bin", &key);
     let sent = || distinct(&origin.requested().into_iter().take(4).collect::<Vec<_>>());
     let mut bits = Vec::new();
     assert!(
         wait_until(Duration::from_secs(20), || {
-            bits = PeerClient::open(&leecher_addr, meta.file_sha1).1;
+            bits = PeerClient::open(&leecher_addr, meta.file_sha1, &key, &tk).1;
             held(&bits, meta.piece_count()).len() == 4
         }),
         "bitfield {bits:?}; the origin sent {:?}",
@@ -203,7 +205,7 @@ fn a_leecher_serves_its_verified_pieces_before_completing() {
     let have = held(&bits, meta.piece_count());
     assert_eq!(have, sent());
 
-    let (mut peer, _) = PeerClient::open(&leecher_addr, meta.file_sha1);
+    let (mut peer, _) = PeerClient::open(&leecher_addr, meta.file_sha1, &key, &tk);
     let p = *have.iter().next().unwrap();
     let from = meta.piece_offset(p as usize) as usize;
     let len = meta.piece_len(p as usize) as usize;

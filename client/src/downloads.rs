@@ -143,6 +143,10 @@ pub struct Download {
     pub reread: u64,
     /// A piece request was sent (for the first-request latency log).
     pub requested: bool,
+    /// The newest ticket the tracker signed for this download (seeders want it).
+    pub ticket: Option<wire::ticket::Ticket>,
+    /// Unix seconds when that ticket arrived (its lifetime decides when it is renewed).
+    pub ticket_got: u64,
     /// The destination already held the file when the download (re)started: an
     /// earlier run finished it and stopped before recording that. The file is
     /// verified whole and shared; nothing is fetched, and a failure drops the
@@ -180,6 +184,8 @@ impl Download {
             reread: 0,
             adopted: false,
             requested: false,
+            ticket: None,
+            ticket_got: 0,
         }
     }
 

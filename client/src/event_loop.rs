@@ -30,7 +30,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::controller::paths::OsFiles;
 use crate::controller::{self, Action, Controller, Event, Input};
+use crate::limits::Direction;
 use crate::stdin::{read_interactive, read_piped};
+use crate::tracker_keys::{PinError, PinnedKeys};
 use crate::tracker_link::{TrackerAddr, TrackerLink, TRACKER_TOKEN};
 use crate::transfers::{TransferConfig, Transfers, PEER_TOKEN_BASE};
 
@@ -51,6 +53,9 @@ pub struct Config {
     pub retries: u32,
     pub seed: bool,
     pub announce: Duration,
+    /// `--upload-limit` / `--download-limit`, bytes per second (0 = unlimited).
+    pub upload_limit: u64,
+    pub download_limit: u64,
 }
 
 /// Why the client could not start.
@@ -60,6 +65,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: io::Error },
     #[error("cannot create state directory {path}: {source}")]
     StateDir { path: String, source: io::Error },
+    #[error("{0}")]
+    Keys(#[from] PinError),
     #[error("cannot start the event loop: {0}")]
     Io(#[from] io::Error),
 }
@@ -76,6 +83,8 @@ struct Client {
     listener: TcpListener,
     link: TrackerLink,
     transfers: Transfers,
+    /// The trackers' ticket keys pinned in the state dir.
+    pinned: PinnedKeys,
     controller: Controller,
     input: Receiver<Input>,
     /// Interactive mode: tells the stdin thread a command finished (next prompt).
@@ -86,9 +95,11 @@ struct Client {
 
 impl Client {
     fn new(config: Config) -> Result<Client, StartError> {
-        std::fs::create_dir_all(&config.state_dir).map_err(|source| StartError::StateDir {
-            path: config.state_dir.display().to_string(),
-            source,
+        crate::private_file::private_dir(&config.state_dir).map_err(|source| {
+            StartError::StateDir {
+                path: config.state_dir.display().to_string(),
+                source,
+            }
         })?;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
@@ -102,15 +113,19 @@ impl Client {
         let bound = listener.local_addr()?;
         log::info!("peer server listening on {bound}");
         let link = TrackerLink::new(config.trackers.clone(), bound);
-        let transfers = Transfers::new(
+        let mut transfers = Transfers::new(
             TransferConfig {
                 threads: config.threads,
                 retries: config.retries,
                 state_dir: config.state_dir.clone(),
                 max_serving: crate::transfers::MAX_SERVING_CONNS,
+                max_serving_per_ip: crate::transfers::MAX_SERVING_PER_IP,
             },
             waker.clone(),
         )?;
+        let pinned = PinnedKeys::load(&config.state_dir)?;
+        transfers.set_limit(Direction::Up, config.upload_limit);
+        transfers.set_limit(Direction::Down, config.download_limit);
         let stop = Arc::new(AtomicBool::new(false));
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             signal_hook::flag::register(sig, stop.clone())?;
@@ -120,6 +135,7 @@ impl Client {
             controller::Config {
                 announce: config.announce,
                 seed: config.seed,
+                ticket_key: transfers.ticket_key_hex(),
             },
             Box::new(OsFiles),
         );
@@ -128,6 +144,7 @@ impl Client {
             listener,
             link,
             transfers,
+            pinned,
             controller,
             input,
             ack,
@@ -139,7 +156,12 @@ impl Client {
     fn run(&mut self) -> Result<i32, StartError> {
         let mut events = Events::with_capacity(256);
         loop {
-            if let Err(e) = self.poll.poll(&mut events, Some(TICK)) {
+            // A connection held by a rate limit wakes the loop when its bucket refills.
+            let timeout = self
+                .transfers
+                .next_wake(Instant::now())
+                .map_or(TICK, |w| w.min(TICK));
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(e.into());
                 }
@@ -206,6 +228,14 @@ impl Client {
             );
             events.extend(self.link.take_notes().into_iter().map(Event::LinkNote));
             events.extend(self.transfers.take_notes().into_iter().map(Event::LinkNote));
+            for key in self.link.take_relogin_keys() {
+                // A silent re-login reached a tracker with another key: serve
+                // no one until a login with the pinned key.
+                if let Err(e) = self.pinned.accept(&key) {
+                    self.transfers.stop_serving(self.poll.registry());
+                    events.push(Event::LinkNote(format!("error: {e}; serving no one")));
+                }
+            }
             if self.link.take_session_renewed() {
                 events.push(Event::SessionRenewed);
             }
@@ -277,18 +307,50 @@ impl Client {
                 let found = self.transfers.pending_resumes();
                 self.feed(Event::ResumesFound(found));
             }
-            Action::StartDownload { order, meta, peers } => {
+            Action::StartDownload {
+                order,
+                meta,
+                peers,
+                ticket,
+            } => {
                 let peers = self.without_me(peers);
                 let (group, dest) = (&order.key.group, order.dest.clone());
-                let result =
-                    self.transfers
-                        .start_download(self.poll.registry(), group, meta, peers, dest);
+                let result = self.transfers.start_download(
+                    self.poll.registry(),
+                    group,
+                    meta,
+                    peers,
+                    dest,
+                    ticket.as_deref(),
+                );
                 self.feed(Event::DownloadStarted { order, result });
             }
-            Action::UpdatePeers { key, peers } => {
+            Action::UpdatePeers { key, peers, ticket } => {
                 let peers = self.without_me(peers);
-                self.transfers
-                    .update_peers(self.poll.registry(), &key.group, &key.name, peers);
+                self.transfers.update_peers(
+                    self.poll.registry(),
+                    &key.group,
+                    &key.name,
+                    peers,
+                    ticket.as_deref(),
+                );
+            }
+            Action::PinTrackerKey { key } => {
+                let result = self.pinned.accept(&key).map_err(|e| e.to_string());
+                self.transfers.set_tracker_keys(self.pinned.keys().to_vec());
+                self.feed(Event::TrackerKeyChecked(result));
+            }
+            Action::StartServing => self.transfers.start_serving(),
+            Action::StopServing => self.transfers.stop_serving(self.poll.registry()),
+            Action::RateLimit { up, down } => {
+                if let Some(rate) = up {
+                    self.transfers.set_limit(Direction::Up, rate);
+                }
+                if let Some(rate) = down {
+                    self.transfers.set_limit(Direction::Down, rate);
+                }
+                let (up, down) = self.transfers.limits();
+                self.feed(Event::RateLimits { up, down });
             }
             Action::ReportDownloads => {
                 let lines = self.transfers.status_lines();

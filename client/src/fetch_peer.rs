@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! Handshake --(their handshake: same file, same version, not us)--> AwaitBitfield
+//! AwaitBitfield --(a Challenge: transfers answers with Auth, see [`FetchPeer::on_challenge`])--> AwaitBitfield
 //! AwaitBitfield --(a valid bitfield)--> Active { has, inflight }
 //! Active --(bitfield again: replaces `has` in the counts)--> Active
 //! any --(close)--> inflight released, `has` leaves the availability counts
@@ -66,6 +67,12 @@ pub struct FetchPeer {
     /// Index of the download in `Transfers`.
     pub dl: usize,
     pub state: FetchState,
+    /// The server's peer id (from its handshake): part of what `Auth` signs.
+    pub server_id: [u8; 8],
+    /// The server's challenge, once it arrived (a renewed ticket answers it again).
+    pub challenge: Option<[u8; 32]>,
+    /// Expiry (unix seconds) of the ticket last shown on this connection.
+    pub auth_expires: u64,
     /// Set when the connection ends by the peer's fault (it closed, or went
     /// silent): why its outstanding requests failed. Each counts as one failure
     /// of that piece (`--retries`); a close of our own choosing sets nothing.
@@ -77,6 +84,9 @@ impl FetchPeer {
         FetchPeer {
             dl,
             state: FetchState::Handshake,
+            server_id: [0; 8],
+            challenge: None,
+            auth_expires: 0,
             lost: None,
         }
     }
@@ -122,7 +132,18 @@ impl FetchPeer {
         }
         if self.state == FetchState::Handshake {
             self.state = FetchState::AwaitBitfield;
+            self.server_id = h.peer_id;
         }
+        Ok(())
+    }
+
+    /// The server's challenge: accepted once, after its handshake. The caller
+    /// answers it with `Auth` (the download's ticket and a signature).
+    pub fn on_challenge(&mut self, challenge: [u8; 32]) -> Result<(), Disconnect> {
+        if self.state == FetchState::Handshake || self.challenge.is_some() {
+            return Err(Disconnect::close("unexpected challenge"));
+        }
+        self.challenge = Some(challenge);
         Ok(())
     }
 
@@ -303,6 +324,19 @@ mod tests {
         old.version = peer_msg::VERSION + 1;
         assert!(f.on_handshake(&old, &[7; 20], &ours).is_err());
         assert_eq!(f.state, FetchState::Handshake);
+    }
+
+    #[test]
+    fn a_challenge_is_taken_once_and_only_after_the_handshake() {
+        let mut f = FetchPeer::new(0);
+        assert!(f.on_challenge([1; 32]).is_err(), "before the handshake");
+        f.on_handshake(&Handshake::new([7; 20], [2; 8]), &[7; 20], &[1; 8])
+            .unwrap();
+        assert_eq!(f.server_id, [2; 8]);
+        f.on_challenge([1; 32]).unwrap();
+        assert_eq!(f.challenge, Some([1; 32]));
+        assert!(f.on_challenge([3; 32]).is_err(), "a second challenge");
+        assert_eq!(f.challenge, Some([1; 32]));
     }
 
     #[test]

@@ -23,8 +23,13 @@
 //!   peer-to-peer work (facade, connection slab, dispatch); its submodules
 //!   `transfers::serving` (the peer-server side) and `transfers::fetching` (the
 //!   download side) hold the work.
-//! - [`limits`]: `RATE` parsing and the token bucket of the bandwidth limits; pure.
+//! - [`limits`]: `RATE` parsing, the token bucket and `RateGate` of the bandwidth limits; pure.
+//! - [`super_seed`]: `SuperSeed`, which requests a full seeder answers first under
+//!   an upload limit (each piece out about once); pure.
 //! - [`buffers`]: `PieceBuffers`, the free list that recycles piece buffers.
+//! - [`private_file`]: files created exclusively (O_EXCL|O_NOFOLLOW, 0600, random
+//!   names), atomic replace, 0700 directories.
+//! - [`tracker_keys`]: the trackers' ticket keys pinned in the state dir.
 //! - [`xorshift`]: `XorShift`, the non-cryptographic random numbers for tie-breaks.
 
 pub mod buffers;
@@ -36,10 +41,13 @@ pub mod hasher;
 pub mod limits;
 pub mod peer_conn;
 pub mod picker;
+pub mod private_file;
 pub mod registry;
 pub mod shell;
 pub mod stdin;
 pub mod storage;
+pub mod super_seed;
+pub mod tracker_keys;
 pub mod tracker_link;
 pub mod transfers;
 pub mod user_state;

@@ -6,6 +6,13 @@
 //!
 //! `RATE` is bytes per second: digits with an optional suffix `K`, `M` or `G`
 //! (powers of 1024, either case); `0` means unlimited.
+//!
+//! [`RateGate`] is the one place the client's transfers meet the limits: one
+//! bucket for upload (bytes written on serving connections) and one for
+//! download (bytes read on fetch connections), over all peers. The loop grants
+//! a connection a quota of at most one [`RateGate::chunk`] before its I/O,
+//! records what it used, and holds a connection whose quota ran out until the
+//! bucket has a chunk again ([`RateGate::wait`] is the poll timeout).
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -173,6 +180,96 @@ fn burst_for(rate: u64) -> u64 {
     (rate / 4).max(MIN_BURST)
 }
 
+/// Which way bytes move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Bytes this client sends to downloaders (serving connections' writes).
+    Up,
+    /// Bytes this client receives from seeders (fetch connections' reads).
+    Down,
+}
+
+/// The smallest and largest quota one connection gets at a time.
+const MIN_CHUNK: u64 = 16 * 1024;
+const MAX_CHUNK: u64 = 256 * 1024;
+
+/// The upload and download buckets of one client, shared by all its peers.
+#[derive(Debug, Clone)]
+pub struct RateGate {
+    up: TokenBucket,
+    down: TokenBucket,
+}
+
+impl RateGate {
+    /// Limits in bytes per second (0 = unlimited).
+    pub fn new(up: u64, down: u64, now: Instant) -> RateGate {
+        RateGate {
+            up: TokenBucket::new(up, now),
+            down: TokenBucket::new(down, now),
+        }
+    }
+
+    fn bucket(&mut self, dir: Direction) -> &mut TokenBucket {
+        match dir {
+            Direction::Up => &mut self.up,
+            Direction::Down => &mut self.down,
+        }
+    }
+
+    /// The limit of `dir` (0 = unlimited).
+    pub fn limit(&self, dir: Direction) -> u64 {
+        match dir {
+            Direction::Up => self.up.rate(),
+            Direction::Down => self.down.rate(),
+        }
+    }
+
+    /// Whether `dir` is limited (connections moving bytes that way are metered).
+    pub fn is_limited(&self, dir: Direction) -> bool {
+        self.limit(dir) != 0
+    }
+
+    /// Changes the limit of `dir` from `now` on.
+    pub fn set_limit(&mut self, dir: Direction, rate: u64, now: Instant) {
+        self.bucket(dir).set_rate(rate, now);
+    }
+
+    /// The most one connection is granted at a time: a hundredth of a second's
+    /// worth within [16 KiB, 256 KiB], so the connections waiting on a bucket
+    /// share it in turns and no one drains a whole burst.
+    pub fn chunk(&self, dir: Direction) -> u64 {
+        (self.limit(dir) / 100).clamp(MIN_CHUNK, MAX_CHUNK)
+    }
+
+    /// The quota for one connection's I/O now: `None` when `dir` is unlimited,
+    /// else what the bucket holds, at most one chunk (maybe 0).
+    pub fn grant(&mut self, dir: Direction, now: Instant) -> Option<u64> {
+        if !self.is_limited(dir) {
+            return None;
+        }
+        let chunk = self.chunk(dir);
+        Some(self.bucket(dir).available(now).min(chunk))
+    }
+
+    /// Records `used` bytes of a grant as moved.
+    pub fn spend(&mut self, dir: Direction, used: u64, now: Instant) {
+        self.bucket(dir).consume(used, now);
+    }
+
+    /// Whether a held connection may be resumed now (a whole chunk is there).
+    pub fn ready(&mut self, dir: Direction, now: Instant) -> bool {
+        let chunk = self.chunk(dir);
+        self.bucket(dir).wait_for(chunk, now).is_zero()
+    }
+
+    /// How long until a held connection of `dir` may be resumed (the loop's
+    /// poll timeout while one is held).
+    pub fn wait(&mut self, dir: Direction, now: Instant) -> Duration {
+        let chunk = self.chunk(dir);
+        self.bucket(dir).wait_for(chunk, now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +344,35 @@ mod tests {
         assert!(b.available(t0 + w) >= 20 * K);
         // More than the burst is never waited for beyond the burst.
         assert!(b.wait_for(u64::MAX, t0 + w) <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_gate_grants_chunks_and_says_when_to_come_back() {
+        let t0 = Instant::now();
+        let mut g = RateGate::new(M, 0, t0);
+        assert_eq!(g.grant(Direction::Down, t0), None, "download unlimited");
+        assert!(g.ready(Direction::Down, t0));
+        let chunk = g.chunk(Direction::Up);
+        assert_eq!(chunk, MIN_CHUNK, "1 MiB/s: the 16 KiB floor");
+        // Grants never exceed a chunk; the burst (M / 4) drains in chunks.
+        let mut moved = 0;
+        while let Some(q) = g.grant(Direction::Up, t0).filter(|q| *q > 0) {
+            assert!(q <= chunk);
+            g.spend(Direction::Up, q, t0);
+            moved += q;
+        }
+        assert_eq!(moved, M / 4);
+        assert!(!g.ready(Direction::Up, t0));
+        let w = g.wait(Direction::Up, t0);
+        assert_eq!(w, Duration::from_nanos((chunk * 1_000_000_000).div_ceil(M)));
+        assert!(g.ready(Direction::Up, t0 + w));
+        assert_eq!(g.grant(Direction::Up, t0 + w), Some(chunk));
+        // A live change: 40M gets bigger chunks, 0 lifts the limit.
+        g.set_limit(Direction::Up, 40 * M, t0 + w);
+        assert_eq!(g.chunk(Direction::Up), MAX_CHUNK.min(40 * M / 100));
+        g.set_limit(Direction::Up, 0, t0 + w);
+        assert!(!g.is_limited(Direction::Up));
+        assert_eq!(g.grant(Direction::Up, t0 + w), None);
     }
 
     #[test]

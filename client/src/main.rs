@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! client <tracker_info.txt> [--listen ADDR] [--state-dir DIR] [--threads N] [--retries N]
-//!        [--seed] [--announce-secs N] [--log-level LEVEL]
+//!        [--seed] [--announce-secs N] [--upload-limit RATE] [--download-limit RATE]
+//!        [--log-level LEVEL]
 //! client <IP>:<PORT> <tracker_info.txt> [options]   # the assignment's form: IP:PORT is --listen
 //! ```
 //!
@@ -53,9 +54,20 @@ struct Args {
     /// Seconds between heartbeats to the tracker while logged in.
     #[arg(long, value_name = "N", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
     announce_secs: u64,
+    /// Upload limit over all peers, bytes per second: e.g. 500K, 40M, 1G (powers of 1024); 0 = unlimited.
+    #[arg(long, value_name = "RATE", default_value = "0", value_parser = rate_arg)]
+    upload_limit: u64,
+    /// Download limit over all peers, same form as --upload-limit.
+    #[arg(long, value_name = "RATE", default_value = "0", value_parser = rate_arg)]
+    download_limit: u64,
     /// Log level on stderr: off, error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     log_level: LevelFilter,
+}
+
+/// A `RATE` argument (see `client::limits`).
+fn rate_arg(text: &str) -> Result<u64, String> {
+    client::limits::parse_rate(text).map_err(|e| e.to_string())
 }
 
 /// The two command-line forms resolved: (tracker_info path, listen address).
@@ -114,6 +126,8 @@ fn main() -> ExitCode {
         retries: args.retries,
         seed: args.seed,
         announce: Duration::from_secs(args.announce_secs),
+        upload_limit: args.upload_limit,
+        download_limit: args.download_limit,
     };
     match event_loop::run(config) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -149,5 +163,8 @@ mod tests {
         assert!(parse(&[]).is_err());
         assert!(parse(&["a", "b", "c"]).is_err());
         assert!(parse(&["ti.txt", "--threads", "0"]).is_err());
+        assert!(parse(&["ti.txt", "--upload-limit", "40M", "--download-limit", "0"]).is_ok());
+        let e = parse(&["ti.txt", "--upload-limit", "4.5M"]).unwrap_err();
+        assert!(e.contains("bad rate \"4.5M\""), "{e}");
     }
 }

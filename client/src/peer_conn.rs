@@ -12,6 +12,13 @@
 //!   waits for the server's handshake and bitfield, and keeps many whole-piece
 //!   requests in flight.
 //!
+//! Under a bandwidth limit a connection is *metered* ([`PeerConn::wquota`],
+//! [`PeerConn::rquota`]): it writes or reads no more than the quota its owner
+//! granted from the [`crate::limits::RateGate`], and when the quota runs out with
+//! bytes still to move it is *held* (`held_w` / `held_r`) until the owner grants
+//! more; a held socket is simply left alone (TCP's flow control slows the other
+//! side), never polled in a loop.
+//!
 //! Piece data is read straight from the socket into the piece's own buffer (once
 //! the 13-byte piece header has arrived), and outgoing pieces are written from the
 //! buffer the disk read filled, so a piece is never copied in user space on
@@ -27,6 +34,9 @@ use wire::peer_msg::{self, DecodeError, Handshake, PeerMsg, HANDSHAKE_LEN, PIECE
 
 use crate::fetch_peer::FetchPeer;
 
+/// Queued messages this short (control messages: `Have`, `Reject`, ...) are
+/// written without a quota: a few bytes that tell peers what to ask for.
+const CONTROL_MAX: usize = 64;
 /// Bytes read per `read` call into the message buffer.
 const READ_CHUNK: usize = 64 * 1024;
 /// A peer that buffers more unparsed request bytes than this is dropped.
@@ -55,12 +65,33 @@ pub enum Phase {
 pub enum ServeState {
     /// The downloader's handshake is awaited.
     AwaitHandshake,
-    /// Serving the file named in the handshake.
+    /// Our handshake and `Challenge` are sent; the downloader's `Auth` is awaited.
+    AwaitAuth {
+        file_sha1: [u8; 20],
+        auth: ServeAuth,
+    },
+    /// Serving the file named in the handshake, to a downloader whose ticket
+    /// checked out.
     Serving {
         file_sha1: [u8; 20],
         /// Disk reads queued on the pool for this connection.
         pending_reads: usize,
+        auth: ServeAuth,
+        /// `Have`s were dropped while the write queue was full: a whole
+        /// `Bitfield` goes out instead once it drains.
+        bitfield_stale: bool,
     },
+}
+
+/// What a serving connection's ticket check is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeAuth {
+    /// The random challenge sent to the downloader.
+    pub challenge: [u8; 32],
+    /// The downloader's peer id (from its handshake).
+    pub client_id: [u8; 8],
+    /// Unix seconds when the ticket in force expires (0 before the first `Auth`).
+    pub expires: u64,
 }
 
 /// What a connection is for, with that role's state.
@@ -109,6 +140,8 @@ pub struct PeerConn {
     phase: Phase,
     /// Last time bytes arrived (or the connection started).
     pub last_rx: Instant,
+    /// Last time a message was queued (keep-alives are due after a silence).
+    pub last_tx: Instant,
     pub started: Instant,
     rbuf: Vec<u8>,
     incoming: Option<Incoming>,
@@ -120,6 +153,14 @@ pub struct PeerConn {
     /// socket: mio is edge-triggered, so the owner must call `on_ready` again
     /// (next loop turn) without waiting for an event.
     pub more_to_read: bool,
+    /// Bytes it may still write now under the upload limit (`None`: unmetered).
+    pub wquota: Option<u64>,
+    /// Bytes it may still read now under the download limit (`None`: unmetered).
+    pub rquota: Option<u64>,
+    /// The write quota ran out with bytes queued: held until more is granted.
+    pub held_w: bool,
+    /// The read quota ran out before the socket was drained: held likewise.
+    pub held_r: bool,
 }
 
 impl PeerConn {
@@ -142,6 +183,7 @@ impl PeerConn {
                 Phase::Handshake
             },
             last_rx: now,
+            last_tx: now,
             started: now,
             rbuf: Vec::with_capacity(READ_CHUNK),
             incoming: None,
@@ -149,6 +191,10 @@ impl PeerConn {
             wpos: 0,
             written: Vec::new(),
             more_to_read: false,
+            wquota: None,
+            rquota: None,
+            held_w: false,
+            held_r: false,
         }
     }
 
@@ -181,7 +227,26 @@ impl PeerConn {
         if self.is_closed() || bytes.is_empty() {
             return;
         }
+        self.last_tx = Instant::now();
         self.wqueue.push_back(bytes);
+        if !self.is_connecting() {
+            if let Err(e) = self.flush() {
+                self.fail(format!("write: {e}"));
+            }
+        }
+    }
+
+    /// Queues a control message ahead of the piece data not yet started, and
+    /// tries to write at once: news like `Have` does not wait behind pieces.
+    pub fn send_urgent(&mut self, bytes: Vec<u8>) {
+        if self.is_closed() || bytes.is_empty() {
+            return;
+        }
+        let first = usize::from(self.wpos > 0);
+        let at = (first..self.wqueue.len())
+            .find(|&i| self.wqueue[i].len() > CONTROL_MAX)
+            .unwrap_or(self.wqueue.len());
+        self.wqueue.insert(at, bytes);
         if !self.is_connecting() {
             if let Err(e) = self.flush() {
                 self.fail(format!("write: {e}"));
@@ -214,11 +279,25 @@ impl PeerConn {
 
     /// Writes as much of the queue as the socket takes; fully written buffers go to
     /// [`PeerConn::written`] for reuse.
+    /// A metered connection writes at most its quota and is held when that ran out.
     pub fn flush(&mut self) -> io::Result<()> {
+        self.held_w = false;
         while let Some(front) = self.wqueue.front() {
-            match self.stream.write(&front[self.wpos..]) {
+            let mut end = front.len();
+            let control = front.len() <= CONTROL_MAX;
+            if let Some(q) = self.wquota.filter(|_| !control) {
+                if q == 0 {
+                    self.held_w = true;
+                    break;
+                }
+                end = end.min(self.wpos.saturating_add(q as usize));
+            }
+            match self.stream.write(&front[self.wpos..end]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
+                    if let Some(q) = self.wquota.as_mut().filter(|_| !control) {
+                        *q = q.saturating_sub(n as u64);
+                    }
                     self.wpos += n;
                     if self.wpos == front.len() {
                         self.wpos = 0;
@@ -296,6 +375,7 @@ impl PeerConn {
         let mut budget = max_requests;
         let mut taken = 0;
         self.more_to_read = false;
+        self.held_r = false;
         // Parse what is already buffered first.
         if let Err(e) = self.parse_inner(&mut budget, take_buf, events) {
             self.phase = Phase::Closed;
@@ -310,11 +390,20 @@ impl PeerConn {
                 // Unparsed requests pile up (back-pressure): stop reading for now.
                 return;
             }
+            let cap = match self.rquota {
+                Some(0) => {
+                    self.held_r = true;
+                    return;
+                }
+                Some(q) => usize::try_from(q).unwrap_or(usize::MAX),
+                None => usize::MAX,
+            };
             let res = if let Some(inc) = self.incoming.as_mut() {
-                self.stream.read(&mut inc.buf[inc.filled..])
+                let end = inc.buf.len().min(inc.filled.saturating_add(cap));
+                self.stream.read(&mut inc.buf[inc.filled..end])
             } else {
                 let start = self.rbuf.len();
-                self.rbuf.resize(start + READ_CHUNK, 0);
+                self.rbuf.resize(start + READ_CHUNK.min(cap), 0);
                 let r = self.stream.read(&mut self.rbuf[start..]);
                 let got = *r.as_ref().unwrap_or(&0);
                 self.rbuf.truncate(start + got);
@@ -328,6 +417,9 @@ impl PeerConn {
                 }
                 Ok(n) => {
                     self.last_rx = Instant::now();
+                    if let Some(q) = self.rquota.as_mut() {
+                        *q = q.saturating_sub(n as u64);
+                    }
                     if let Some(inc) = self.incoming.as_mut() {
                         inc.filled += n;
                         if inc.filled == inc.buf.len() {

@@ -33,6 +33,7 @@
 //! | `upload_file path g` | `uploaded <name> to <g> (<size> bytes, <pieces> pieces)` |
 //! | `download_file g f dest` | `downloading <f> from <g> to <path>` (the download runs in the background) |
 //! | `show_downloads` | `N downloads`, then one unindented line per download: `[D] [group] name ...`, `[C] ...`, `[F] ...` |
+//! | `rate_limit [up RATE] [down RATE]` | `rate limits: up <RATE>, down <RATE>` (after any change; `unlimited` for 0) |
 //! | `help` | `N commands`, then `  <usage line>` per command |
 //! | `quit` | nothing; the client exits at once |
 //!
@@ -43,7 +44,8 @@
 //! - `error: unknown command "<word>" (type help for the list)`,
 //! - `error: not logged in (use login <user_id> <password>)`,
 //! - `error: unbalanced double quote`, `error: line too long (more than 65536 bytes)`,
-//! - `error: no tracker reachable (tried A, B)` when no tracker answers.
+//! - `error: no tracker reachable (tried A, B)` when no tracker answers,
+//! - `error: bad rate "<RATE>": expected bytes per second like 500K, 40M or 1G (0 = unlimited)`.
 //!
 //! Informational notes go to stderr, one line each, prefixed `note: `, so stdout
 //! keeps exactly the lines above: `note: tracker A unreachable, using B` after a
@@ -53,6 +55,8 @@
 use std::fmt;
 
 use wire::command::{line_carries_password, usage_line, CommandKind, TrackerCommand};
+
+use crate::limits::{parse_rate, BadRate};
 
 use CommandKind as K;
 
@@ -79,6 +83,12 @@ pub enum Command {
         dest: String,
     },
     ShowDownloads,
+    /// Shows the bandwidth limits, after changing those given (bytes per
+    /// second, 0 = unlimited).
+    RateLimit {
+        up: Option<u64>,
+        down: Option<u64>,
+    },
     Help,
     Quit,
 }
@@ -91,6 +101,7 @@ pub enum Action {
     UploadFile,
     DownloadFile,
     ShowDownloads,
+    RateLimit,
     Help,
     Quit,
 }
@@ -106,8 +117,11 @@ pub struct CommandSpec {
 }
 
 impl CommandSpec {
-    /// `name <arg> <arg>`.
+    /// `name <arg> <arg>` (`rate_limit`'s arguments are optional pairs).
     pub fn usage(&self) -> String {
+        if self.action == Action::RateLimit {
+            return format!("{} [up RATE] [down RATE]", self.name);
+        }
         usage_line(self.name, self.args)
     }
 }
@@ -115,7 +129,7 @@ impl CommandSpec {
 /// Every command the shell knows, in the order `help` lists them. The rows that
 /// send a tracker command as typed are that command's row of
 /// [`wire::command::COMMANDS`] (name, arguments, whether it needs a session).
-pub static COMMANDS: [CommandSpec; 17] = [
+pub static COMMANDS: [CommandSpec; 18] = [
     tracker(K::CreateUser),
     tracker(K::Login),
     tracker(K::Logout),
@@ -138,6 +152,7 @@ pub static COMMANDS: [CommandSpec; 17] = [
         Action::DownloadFile,
     ),
     local("show_downloads", &[], Action::ShowDownloads),
+    local("rate_limit", &[], Action::RateLimit),
     tracker(K::StopShare),
     local("help", &[], Action::Help),
     local("quit", &[], Action::Quit),
@@ -186,6 +201,7 @@ pub enum ShellError {
     Usage(&'static CommandSpec),
     NotLoggedIn,
     AlreadyLoggedIn(String),
+    BadRate(BadRate),
 }
 
 impl fmt::Display for ShellError {
@@ -198,6 +214,7 @@ impl fmt::Display for ShellError {
             ShellError::Usage(spec) => write!(f, "usage: {}", spec.usage()),
             ShellError::NotLoggedIn => write!(f, "not logged in (use login <user_id> <password>)"),
             ShellError::AlreadyLoggedIn(u) => write!(f, "already logged in as {u} (logout first)"),
+            ShellError::BadRate(e) => write!(f, "{e}"),
         }
     }
 }
@@ -267,6 +284,9 @@ pub fn parse(
     }
     let name = words.remove(0);
     let spec = find_spec(&name).ok_or_else(|| ShellError::Unknown(name.clone()))?;
+    if spec.action == Action::RateLimit {
+        return rate_limit(spec, words).map(Some);
+    }
     if words.len() != spec.args.len() {
         return Err(ShellError::Usage(spec));
     }
@@ -303,10 +323,27 @@ pub fn parse(
             Command::DownloadFile { group, name, dest }
         }
         Action::ShowDownloads => Command::ShowDownloads,
+        Action::RateLimit => unreachable!("parsed above"),
         Action::Help => Command::Help,
         Action::Quit => Command::Quit,
     };
     Ok(Some(cmd))
+}
+
+/// `rate_limit [up RATE] [down RATE]`: each direction at most once, in either order.
+fn rate_limit(spec: &'static CommandSpec, words: Vec<String>) -> Result<Command, ShellError> {
+    let (mut up, mut down) = (None, None);
+    let mut it = words.into_iter();
+    while let Some(which) = it.next() {
+        let slot = match which.as_str() {
+            "up" if up.is_none() => &mut up,
+            "down" if down.is_none() => &mut down,
+            _ => return Err(ShellError::Usage(spec)),
+        };
+        let rate = it.next().ok_or(ShellError::Usage(spec))?;
+        *slot = Some(parse_rate(&rate).map_err(ShellError::BadRate)?);
+    }
+    Ok(Command::RateLimit { up, down })
 }
 
 /// The arguments as an array (the arity was checked against the table).
@@ -481,6 +518,28 @@ mod tests {
         assert_eq!(lines.len(), COMMANDS.len() + 1);
         assert!(lines
             .contains(&"  download_file <group_id> <file_name> <destination_path>".to_string()));
+    }
+
+    #[test]
+    fn rate_limit_arguments() {
+        let rl = |up, down| Ok(Some(Command::RateLimit { up, down }));
+        assert_eq!(p("rate_limit", None), rl(None, None));
+        assert_eq!(p("rate_limit up 40M", None), rl(Some(40 << 20), None));
+        assert_eq!(
+            p("rate_limit down 0 up 512K", None),
+            rl(Some(512 << 10), Some(0))
+        );
+        for bad in [
+            "rate_limit up",
+            "rate_limit sideways 1M",
+            "rate_limit up 1M up 2M",
+            "rate_limit 1M",
+        ] {
+            let e = p(bad, None).unwrap_err().to_string();
+            assert_eq!(e, "usage: rate_limit [up RATE] [down RATE]", "{bad}");
+        }
+        let e = p("rate_limit up 1.5M", None).unwrap_err().to_string();
+        assert!(e.starts_with("bad rate \"1.5M\": expected"), "{e}");
     }
 
     #[test]

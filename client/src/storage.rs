@@ -18,7 +18,7 @@
 //! re-verified against their hashes before they are trusted, so a stale or
 //! optimistic state file can never produce a corrupt download.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -34,14 +34,16 @@ pub fn temp_path(dest: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Opens (or creates) the temporary file of a download and sizes it.
+/// Opens (or creates) the temporary file of a download and sizes it. A new one
+/// is created exclusively (0600, never through a symlink); an existing one (a
+/// resume: the name must be found again) is reopened only when it is a regular
+/// file of ours with one link ([`crate::private_file::open_own`]).
 pub fn open_part(dest: &Path, size: u64) -> io::Result<File> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(temp_path(dest))?;
+    let path = temp_path(dest);
+    let f = match crate::private_file::open_new(&path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => crate::private_file::open_own(&path)?,
+        other => other?,
+    };
     let len = f.metadata()?.len();
     if len != size {
         if len < size {
@@ -231,16 +233,13 @@ pub fn resume_path(state_dir: &Path, file_sha1: &[u8; 20]) -> PathBuf {
     resume_dir(state_dir).join(format!("{}.resume", to_hex(file_sha1)))
 }
 
-/// Writes `data` to `path` atomically (temp file in the same directory + rename).
+/// Writes `data` to `path` atomically (a private temp file under a random name
+/// in the same directory + rename; see [`crate::private_file`]).
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
+        crate::private_file::private_dir(dir)?;
     }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    fs::write(&tmp, data)?;
-    fs::rename(&tmp, path)
+    crate::private_file::write_atomic(path, data)
 }
 
 impl ResumeState {

@@ -145,6 +145,9 @@ pub struct TrackerLink {
     inflight: Option<Inflight>,
     finished: Vec<(ReqId, Outcome)>,
     notes: Vec<String>,
+    /// Ticket keys that silent re-logins' replies carried (the loop checks
+    /// them against the pinned ones).
+    relogin_keys: Vec<String>,
     /// This link's random client id (16 hex characters) for request ids.
     client_id: String,
     /// The sequence number of the next request id.
@@ -171,6 +174,7 @@ impl TrackerLink {
             inflight: None,
             finished: Vec::new(),
             notes: Vec::new(),
+            relogin_keys: Vec::new(),
             client_id: random_client_id(),
             next_seq: 1,
             renewed: false,
@@ -199,6 +203,11 @@ impl TrackerLink {
     /// Outcomes of requests finished since the last call, in completion order.
     pub fn take_finished(&mut self) -> Vec<(ReqId, Outcome)> {
         std::mem::take(&mut self.finished)
+    }
+
+    /// The ticket keys of silent re-logins since the last call.
+    pub fn take_relogin_keys(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.relogin_keys)
     }
 
     /// Whether the link logged in again on its own (a refused session) since the
@@ -331,6 +340,9 @@ impl TrackerLink {
         if inf.relogging {
             match reply {
                 Reply::Ok { head, .. } => {
+                    if let Some(key) = head.get(1) {
+                        self.relogin_keys.push(key.clone());
+                    }
                     let token = head.into_iter().next().unwrap_or_default();
                     if let Some(s) = self.session.as_mut() {
                         s.token = token;

@@ -7,7 +7,10 @@
 //!   validation, disk reads on the pool, `Have` broadcast, the shared files);
 //! - [`fetching`]: the download side (connecting to peers, keeping requests in
 //!   flight, received pieces, verification results, the in-order whole-file hash,
-//!   finishing and failing, resume).
+//!   finishing and failing, resume);
+//! - [`metering`]: the bandwidth limits (`--upload-limit`, `--download-limit`,
+//!   `rate_limit`): quotas granted to connections from the `RateGate`, held
+//!   connections resumed when the buckets refill.
 //!
 //! Piece buffers are recycled through [`crate::buffers::PieceBuffers`].
 //!
@@ -30,11 +33,27 @@
 //! the page cache). When the last piece is hashed and the whole-file SHA-1 matches,
 //! a pool job fsyncs and renames the file into place.
 //!
-//! Server: a `Request` is checked (file by hash, piece held, range inside the
-//! piece), a pool job reads the range into a buffer that already holds the
-//! message header, and the loop writes that buffer to the socket.
+//! Server: a `Request` is checked (a ticket in force, file by hash, piece held,
+//! range inside the piece), a pool job reads the range into a buffer that
+//! already holds the message header, and the loop writes that buffer to the
+//! socket.
+//!
+//! # Peer-server limits
+//!
+//! - Serving only while logged in with a pinned tracker key
+//!   ([`Transfers::start_serving`] / [`Transfers::stop_serving`]): otherwise an
+//!   accepted connection is closed at once.
+//! - At most [`TransferConfig::max_serving`] serving connections in all, and
+//!   [`TransferConfig::max_serving_per_ip`] from one IP address.
+//! - A connection that has not finished its handshake and ticket check within
+//!   15 s, or that sent nothing for [`SERVE_IDLE_TIMEOUT`] after it, is closed;
+//!   our own download connections send a `KeepAlive` after
+//!   [`KEEPALIVE_EVERY`] of silence, so an idle downloader stays.
+//! - Queued `Have`s are bounded per connection (`serving::MAX_QUEUED_MSGS`).
 
+mod auth;
 mod fetching;
+mod metering;
 mod serving;
 #[cfg(test)]
 mod tests;
@@ -54,9 +73,11 @@ use wire::file_meta::FileMeta;
 use crate::buffers::PieceBuffers;
 use crate::downloads::Download;
 use crate::hasher::{self, Completion, Pool, Results};
+use crate::limits::RateGate;
 use crate::peer_conn::{ConnEvent, PeerConn, Role, ServeState};
 use crate::registry::{Check, UploadRegistry};
 use crate::storage::{ResumeState, WholeHash};
+use crate::super_seed::SuperSeed;
 use crate::xorshift::XorShift;
 
 use fetching::Verified;
@@ -68,6 +89,10 @@ pub const PEER_TOKEN_BASE: usize = 1 << 20;
 /// A fetch connection with requests outstanding and no bytes for this long is dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A serving connection past its ticket check that sends nothing for this long is closed.
+pub const SERVE_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// A download connection that sent nothing for this long sends a `KeepAlive`.
+pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(30);
 /// `tick` does its periodic work at most this often.
 const TICK_EVERY: Duration = Duration::from_millis(20);
 
@@ -84,10 +109,15 @@ pub struct TransferConfig {
     /// Accepted (serving) connections kept at once; a peer connecting beyond this
     /// is closed at once, so no one can exhaust this client's file descriptors.
     pub max_serving: usize,
+    /// Serving connections kept at once from one IP address, so one host cannot
+    /// take every slot.
+    pub max_serving_per_ip: usize,
 }
 
 /// The default of [`TransferConfig::max_serving`].
 pub const MAX_SERVING_CONNS: usize = 1024;
+/// The default of [`TransferConfig::max_serving_per_ip`].
+pub const MAX_SERVING_PER_IP: usize = 64;
 
 /// Identifies one hashing job started by [`Transfers::start_hash`].
 pub type HashJobId = u64;
@@ -192,6 +222,20 @@ pub struct Transfers {
     rng: XorShift,
     /// When `tick` last did its periodic work.
     last_tick: Instant,
+    /// This process's ticket key pair: tickets are bound to its public half.
+    /// One per process is enough: tickets live minutes and a restarted client
+    /// asks for new ones (`file_info` on resume), so nothing needs it on disk.
+    key_pair: wire::ticket::KeyPair,
+    /// The trackers' pinned keys that downloaders' tickets must be signed with.
+    tracker_keys: Vec<wire::ticket::PublicKey>,
+    /// Whether the peer server serves (logged in, tracker key pinned).
+    serving: bool,
+    /// The bandwidth limits (see [`metering`]).
+    gate: RateGate,
+    /// Rotates the order in which held connections resume.
+    resume_turn: usize,
+    /// Which requests a full share answers first under an upload limit.
+    super_seed: SuperSeed,
 }
 
 impl Transfers {
@@ -222,6 +266,12 @@ impl Transfers {
             bufs: PieceBuffers::new(),
             rng,
             last_tick: Instant::now() - TICK_EVERY,
+            key_pair: wire::ticket::new_key_pair()?,
+            tracker_keys: Vec::new(),
+            serving: false,
+            gate: RateGate::new(0, 0, Instant::now()),
+            resume_turn: 0,
+            super_seed: SuperSeed::new(),
         })
     }
 
@@ -250,19 +300,29 @@ impl Transfers {
         let _ = stream.set_nodelay(true);
         let id = self.next_conn_id;
         self.next_conn_id += 1;
-        entry.insert(PeerConn::new(stream, addr, id, role, connecting));
+        let conn = entry.insert(PeerConn::new(stream, addr, id, role, connecting));
+        metering::meter_new(&self.gate, conn);
         Some(key)
     }
 
     /// A connection accepted by the peer server.
     pub fn accept(&mut self, registry: &Registry, stream: TcpStream, from: SocketAddr) {
-        let serving = self
-            .conns
-            .iter()
-            .filter(|(_, c)| matches!(c.role, Role::Serve(_)))
-            .count();
-        if serving >= self.config.max_serving {
-            log::warn!("peer {from} refused: already serving {serving} connections");
+        if !self.serving {
+            log::debug!("peer {from} refused: not serving (logged out)");
+            drop(stream);
+            return;
+        }
+        let (mut serving, mut same_ip) = (0, 0);
+        for (_, c) in self.conns.iter() {
+            if matches!(c.role, Role::Serve(_)) {
+                serving += 1;
+                same_ip += usize::from(c.addr.ip() == from.ip());
+            }
+        }
+        if serving >= self.config.max_serving || same_ip >= self.config.max_serving_per_ip {
+            log::warn!(
+                "peer {from} refused: serving {serving} connections, {same_ip} from its address"
+            );
             drop(stream);
             return;
         }
@@ -289,6 +349,12 @@ impl Transfers {
     }
 
     fn conn_ready(&mut self, registry: &Registry, key: usize, readable: bool, writable: bool) {
+        let grant = self.grant(key);
+        self.conn_io(registry, key, readable, writable);
+        self.settle(grant);
+    }
+
+    fn conn_io(&mut self, registry: &Registry, key: usize, readable: bool, writable: bool) {
         let budget = self.serve_budget(key);
         let mut events = Vec::new();
         {
@@ -315,6 +381,7 @@ impl Transfers {
                 .is_some_and(|c| matches!(c.role, Role::Serve(_)))
         {
             self.reparse(registry, key);
+            self.catch_up_bitfield(key);
         }
     }
 
@@ -392,6 +459,7 @@ impl Transfers {
         }
         let mut conn = self.conns.remove(key);
         let _ = registry.deregister(&mut conn.stream);
+        self.super_seed.forget_conn(conn.id);
         if let Role::Fetch(fetch) = conn.role {
             self.fetch_conn_closed(registry, key, conn.addr, fetch);
         }
@@ -453,6 +521,7 @@ impl Transfers {
     /// timeouts, retries, endgame.
     pub fn tick(&mut self, registry: &Registry, now: Instant) {
         self.read_more(registry);
+        self.resume_held(registry, now);
         // The loop may call this far more often than needed; the work is periodic.
         if now.duration_since(self.last_tick) < TICK_EVERY {
             return;
@@ -462,6 +531,7 @@ impl Transfers {
             matches!(&c.role, Role::Fetch(f)
                 if f.inflight() > 0 && now.duration_since(c.last_rx) > REQUEST_TIMEOUT)
         };
+        self.offer_withheld(now);
         let stale: Vec<(usize, bool)> = self
             .conns
             .iter()
@@ -469,6 +539,7 @@ impl Transfers {
                 (c.is_connecting() && now.duration_since(c.started) > CONNECT_TIMEOUT)
                     || silent(c)
                     || (!c.handshake_done() && now.duration_since(c.started) > REQUEST_TIMEOUT)
+                    || serve_stale(c, now)
                     // Marked closed by a failed write outside of its own event.
                     || c.is_closed()
             })
@@ -484,7 +555,43 @@ impl Transfers {
             self.mark_lost(k, why);
             self.close_conn(registry, k);
         }
+        for (_, c) in self.conns.iter_mut() {
+            let fetching = matches!(c.role, Role::Fetch(_)) && c.handshake_done();
+            if fetching && now.duration_since(c.last_tx) > KEEPALIVE_EVERY {
+                c.send_msg(&wire::peer_msg::PeerMsg::KeepAlive);
+            }
+        }
         self.tick_downloads(registry, now);
+    }
+
+    /// This process's ticket public key (hex), which `file_info` sends.
+    pub fn ticket_key_hex(&self) -> String {
+        wire::ticket::public_key_hex(&self.key_pair.verifying_key())
+    }
+
+    /// The trackers' keys that downloaders' tickets must be signed with.
+    pub fn set_tracker_keys(&mut self, keys: Vec<wire::ticket::PublicKey>) {
+        self.tracker_keys = keys;
+    }
+
+    /// Serves peers (after a login whose tracker key is pinned).
+    pub fn start_serving(&mut self) {
+        self.serving = true;
+    }
+
+    /// Serves no one (logout): every serving connection closes now and new
+    /// ones are refused until [`Transfers::start_serving`].
+    pub fn stop_serving(&mut self, registry: &Registry) {
+        self.serving = false;
+        let keys: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.role, Role::Serve(_)))
+            .map(|(k, _)| k)
+            .collect();
+        for k in keys {
+            self.close_conn(registry, k);
+        }
     }
 
     /// Starts hashing `path` for an upload (pieces + whole file) on its own threads.
@@ -637,8 +744,9 @@ impl Transfers {
         meta: FileMeta,
         peers: Vec<std::net::SocketAddr>,
         dest: PathBuf,
+        ticket: Option<&str>,
     ) -> Result<(), String> {
-        self.begin_download(registry, group, meta, peers, dest)
+        self.begin_download(registry, group, meta, peers, dest, ticket)
     }
 
     /// Fresh seeder addresses for a running download (the loop asks the tracker periodically).
@@ -648,10 +756,14 @@ impl Transfers {
         group: &str,
         name: &str,
         peers: Vec<SocketAddr>,
+        ticket: Option<&str>,
     ) {
         for dl in 0..self.downloads.len() {
-            let d = &mut self.downloads[dl];
+            let d = &self.downloads[dl];
             if d.is_active() && d.group == group && d.meta.name == name {
+                self.set_ticket(dl, ticket);
+                self.renew_auth(dl);
+                let d = &mut self.downloads[dl];
                 d.add_peers(&peers);
                 for p in &peers {
                     if let Some(kp) = d.peers.get_mut(p) {
@@ -731,5 +843,20 @@ impl Transfers {
     /// Pieces each peer address served, per download (for logs and tests).
     pub fn served_by(&self) -> Vec<HashMap<SocketAddr, u64>> {
         self.downloads.iter().map(|d| d.served_by.clone()).collect()
+    }
+}
+
+/// Whether a serving connection is past its time: no valid `Auth` within
+/// `REQUEST_TIMEOUT` of connecting, or silent for longer than
+/// [`SERVE_IDLE_TIMEOUT`] after its ticket check.
+fn serve_stale(c: &PeerConn, now: Instant) -> bool {
+    match c.role {
+        Role::Serve(ServeState::AwaitAuth { .. }) => {
+            now.duration_since(c.started) > REQUEST_TIMEOUT
+        }
+        Role::Serve(ServeState::Serving { .. }) => {
+            now.duration_since(c.last_rx) > SERVE_IDLE_TIMEOUT
+        }
+        _ => false,
     }
 }

@@ -1,13 +1,34 @@
 //! A blocking downloader-side peer connection for tests: it speaks
-//! `wire::peer_msg` to a running client's peer server (handshake, then
-//! requests), with a read timeout on every wait. The tests that probe a peer
-//! server (hostile requests, partial seeding, bad requests) share it.
+//! `wire::peer_msg` to a running client's peer server (handshake, the ticket
+//! challenge, then requests), with a read timeout on every wait. The tests that
+//! probe a peer server (hostile requests, partial seeding, bad requests,
+//! strangers without a ticket) share it. Each connection has its own key pair
+//! ([`PeerClient::key`]); a ticket for it comes from [`ticket`].
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 use wire::peer_msg::{self, Handshake, PeerMsg, HANDSHAKE_LEN};
+use wire::ticket::{self, KeyPair, Ticket};
+
+use crate::TrackerConn;
+
+/// A download ticket (hex) for `key` from the tracker: `file_info` of `name` in
+/// `group` with the member session `token`.
+pub fn ticket(
+    conn: &mut TrackerConn,
+    token: &str,
+    group: &str,
+    name: &str,
+    key: &KeyPair,
+) -> String {
+    let k = ticket::public_key_hex(&key.verifying_key());
+    let (head, _) = conn.ok(Some(token), "file_info", &[group, name, &k]);
+    head.get(5)
+        .cloned()
+        .expect("file_info with a key carries a ticket")
+}
 
 /// What the other side did next.
 #[derive(Debug, PartialEq, Eq)]
@@ -20,6 +41,11 @@ pub enum Got {
 pub struct PeerClient {
     pub stream: TcpStream,
     buf: Vec<u8>,
+    /// The key this connection proves it holds.
+    pub key: KeyPair,
+    /// The server's challenge and peer id, once its handshake arrived.
+    challenge: Option<([u8; 32], [u8; 8])>,
+    sha: [u8; 20],
 }
 
 impl PeerClient {
@@ -32,7 +58,17 @@ impl PeerClient {
         PeerClient {
             stream,
             buf: Vec::new(),
+            key: ticket::new_key_pair().unwrap(),
+            challenge: None,
+            sha: [0; 20],
         }
+    }
+
+    /// [`PeerClient::connect`] with a given key (the one a ticket was issued for).
+    pub fn connect_as(addr: &str, key: &KeyPair) -> PeerClient {
+        let mut p = PeerClient::connect(addr);
+        p.key = key.clone();
+        p
     }
 
     /// Sends raw bytes; false if the connection is gone.
@@ -51,9 +87,38 @@ impl PeerClient {
         }
     }
 
-    /// Sends a handshake for `sha`; returns the server's, or `None` if it
-    /// refused (closed, or sent an `Error`).
+    /// Sends a handshake for `sha`; returns the server's (its challenge that
+    /// follows is kept for [`PeerClient::auth`]), or `None` if it refused
+    /// (closed, or sent an `Error`).
     pub fn handshake(&mut self, sha: [u8; 20]) -> Option<Handshake> {
+        let h = self.handshake_only(sha)?;
+        match self.next_msg() {
+            Got::Msg(PeerMsg::Challenge(c)) => {
+                self.challenge = Some((c, h.peer_id));
+                Some(h)
+            }
+            Got::Msg(PeerMsg::Error(_)) | Got::Closed => None,
+            other => panic!("expected a challenge after the handshake, got {other:?}"),
+        }
+    }
+
+    /// Answers the challenge with `ticket_hex` (signed with [`PeerClient::key`]).
+    pub fn auth(&mut self, ticket_hex: &str) -> bool {
+        let (c, server) = self.challenge.expect("auth after the handshake");
+        let t = Ticket::from_hex(ticket_hex).expect("a ticket");
+        let msg = ticket::challenge_message(&c, &self.sha, &server, b"testpeer");
+        let sig = ticket::sign_challenge(&self.key, &msg);
+        self.send(
+            &PeerMsg::Auth {
+                ticket: t.encode(),
+                sig,
+            }
+            .encode(),
+        )
+    }
+
+    fn handshake_only(&mut self, sha: [u8; 20]) -> Option<Handshake> {
+        self.sha = sha;
         self.send(&Handshake::new(sha, *b"testpeer").encode());
         loop {
             if self.buf.len() >= 4 && &self.buf[..4] != peer_msg::MAGIC {
@@ -73,11 +138,17 @@ impl PeerClient {
         }
     }
 
-    /// Handshakes for `sha` (which must be accepted) and returns the bitfield
-    /// that follows.
-    pub fn open(addr: &str, sha: [u8; 20]) -> (PeerClient, Vec<u8>) {
-        let mut p = PeerClient::connect(addr);
+    /// Handshakes for `sha` (which must be accepted), shows `ticket_hex` (issued
+    /// for `key`) and returns the bitfield that follows.
+    pub fn open(
+        addr: &str,
+        sha: [u8; 20],
+        key: &KeyPair,
+        ticket_hex: &str,
+    ) -> (PeerClient, Vec<u8>) {
+        let mut p = PeerClient::connect_as(addr, key);
         p.handshake(sha).expect("the file is served");
+        p.auth(ticket_hex);
         match p.answer() {
             Got::Msg(PeerMsg::Bitfield(bits)) => (p, bits),
             other => panic!("expected a bitfield, got {other:?}"),

@@ -36,9 +36,14 @@ impl Default for Swarm {
 impl Swarm {
     /// Starts a tracker, creates user `owner` and group `g` through the protocol.
     pub fn new() -> Swarm {
+        Swarm::with_tracker_args(&[])
+    }
+
+    /// [`Swarm::new`] with extra tracker arguments (e.g. `--ticket-secs 2`).
+    pub fn with_tracker_args(extra: &[&str]) -> Swarm {
         let dir = tempfile::tempdir().unwrap();
         let info = write_tracker_info(dir.path(), &[free_port()]);
-        let tracker = TrackerProc::start(&info, 1, &dir.path().join("tdata"));
+        let tracker = TrackerProc::start_with(&info, 1, &dir.path().join("tdata"), extra);
         let mut owner = tracker.connect();
         let owner_token = owner.user("owner", "pw");
         owner.ok(Some(&owner_token), "create_group", &["g"]);
@@ -104,6 +109,13 @@ impl Swarm {
         let (mut conn, token) = self.protocol_member(user);
         announce(&mut conn, &token, &meta, peer.addr);
         peer
+    }
+
+    /// A download ticket (hex) for `key` and file `name` of `g`, issued to the
+    /// group's owner.
+    pub fn ticket(&mut self, name: &str, key: &wire::ticket::KeyPair) -> String {
+        let token = self.owner_token.clone();
+        crate::peer_client::ticket(&mut self.owner, &token, "g", name, key)
     }
 
     /// A protocol-level member of `g` (for scripted test peers): returns its token.
@@ -211,7 +223,7 @@ pub enum Behaviour {
     Silent,
     /// Closes the connection when a request comes (a peer that dies).
     Hangup,
-    /// Answers every request with a `Reject` (not held).
+    /// Answers every request with a `Reject` (could not read it).
     Rejecter,
 }
 
@@ -226,6 +238,8 @@ pub struct PeerLog {
     pub requests: Mutex<Vec<u32>>,
     /// Pieces sent.
     pub served: AtomicUsize,
+    /// `Auth` messages received that carried a well-formed ticket for the file.
+    pub auths: AtomicUsize,
 }
 
 /// A scripted peer serving one file over `wire::peer_msg`, one thread per connection.
@@ -333,6 +347,7 @@ fn serve(
     let mut buf = Vec::new();
     let mut tmp = vec![0u8; 64 * 1024];
     let mut shook = false;
+    let mut authed = false;
     loop {
         if stop.load(Ordering::Relaxed) {
             return;
@@ -345,9 +360,10 @@ fn serve(
                     let _ = s.write_all(&PeerMsg::Error("unknown file".into()).encode());
                     return;
                 }
+                // Protocol 4: a challenge; the bitfield follows the downloader's Auth.
                 let mut out = Handshake::new(meta.file_sha1, [0x5a; 8]).encode().to_vec();
-                let bits = Bitfield::full(meta.piece_count()).into_bytes();
-                PeerMsg::Bitfield(bits).encode_into(&mut out);
+                let challenge = wire::ticket::new_challenge().unwrap();
+                PeerMsg::Challenge(challenge).encode_into(&mut out);
                 if s.write_all(&out).is_err() {
                     return;
                 }
@@ -355,13 +371,29 @@ fn serve(
             }
         } else if let Ok(Some((msg, used))) = peer_msg::decode(&buf) {
             buf.drain(..used);
+            if let PeerMsg::Auth { ticket, .. } = &msg {
+                // A scripted seeder: it checks the ticket names the file (the
+                // client's own tests check signatures), then serves.
+                let ok = wire::ticket::Ticket::decode(ticket)
+                    .is_ok_and(|t| t.body.file_sha1 == meta.file_sha1);
+                if !ok {
+                    let _ = s.write_all(&PeerMsg::Error("no valid ticket".into()).encode());
+                    return;
+                }
+                log.auths.fetch_add(1, Ordering::SeqCst);
+                let bits = Bitfield::full(meta.piece_count()).into_bytes();
+                if !authed && s.write_all(&PeerMsg::Bitfield(bits).encode()).is_err() {
+                    return;
+                }
+                authed = true;
+            }
             if let PeerMsg::Request { piece, offset, len } = msg {
                 log.requests.lock().unwrap().push(piece);
                 match behaviour {
                     Behaviour::Silent => continue,
                     Behaviour::Hangup => return,
                     Behaviour::Rejecter => {
-                        let code = peer_msg::RejectCode::NotHave;
+                        let code = peer_msg::RejectCode::ReadFailed;
                         let no = PeerMsg::Reject {
                             piece,
                             offset,

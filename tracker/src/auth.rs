@@ -35,6 +35,16 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], AuthError> {
     Ok(b)
 }
 
+/// A PHC string with the current parameters that no password matches in
+/// practice (a fixed salt and an all-zero hash). Verifying a login of an
+/// unknown user against it costs as much as a wrong password, without hashing
+/// anything at start.
+pub fn unknown_user_phc() -> String {
+    let salt = "AAAAAAAAAAAAAAAAAAAAAA"; // 16 zero bytes, B64 without padding
+    let hash = "A".repeat(43); // 32 zero bytes
+    format!("$argon2id$v=19$m={ARGON2_M_KIB},t={ARGON2_T},p=1${salt}${hash}")
+}
+
 /// Hashes a password into a PHC string with a fresh random salt.
 pub fn hash_password(password: &str) -> Result<String, AuthError> {
     let salt = SaltString::encode_b64(&random_bytes::<16>()?)
@@ -92,6 +102,19 @@ mod tests {
         assert!(old_phc.contains("m=8192,t=1"), "{old_phc}");
         assert!(verify_password("pw", &old_phc));
         assert!(!verify_password("px", &old_phc));
+    }
+
+    #[test]
+    fn the_unknown_user_hash_has_the_current_parameters_and_matches_nothing() {
+        let dummy = unknown_user_phc();
+        let parsed = PasswordHash::new(&dummy).expect("a valid PHC string");
+        let real = hash_password("pw").unwrap();
+        let real = PasswordHash::new(&real).unwrap();
+        assert_eq!(parsed.algorithm, real.algorithm);
+        assert_eq!(parsed.params, real.params);
+        assert_eq!(parsed.hash.map(|h| h.len()), real.hash.map(|h| h.len()));
+        assert!(!verify_password("", &dummy));
+        assert!(!verify_password("not a password: unknown users", &dummy));
     }
 
     #[test]

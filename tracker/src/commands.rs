@@ -255,7 +255,8 @@ fn session(db: &Connection, req: &Request, ctx: &Ctx) -> Result<Session, Command
         return refuse(format!("{ERR_SESSION}: log in first"));
     };
     let token_hash = auth::token_hash(token);
-    match store::session_last_use(db, &token_hash)? {
+    let unused_since = ctx.now_ms.saturating_sub(ctx.session_idle_ms);
+    match store::session_last_use(db, &token_hash, unused_since)? {
         Some((_, used)) if ctx.now_ms.saturating_sub(used) > ctx.session_idle_ms => refuse(
             format!("{ERR_SESSION}: session expired after a long time unused; log in again"),
         ),

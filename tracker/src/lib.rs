@@ -22,8 +22,9 @@
 //! [`operator_view`] (`--http`) serves `/metrics` ([`metrics`]) and `/status`
 //! ([`status`], [`status_html`]) read-only from a thread of its own ([`http`]).
 //!
-//! [`replication`] holds the Raft replica for `--replication raft` (issue 13): built
-//! and tested on its own, not driven by the server yet.
+//! [`replication`] is `--replication raft` (issue 13): trackers on separate hosts,
+//! each with its own data dir, replicating `sync_log.txt` by Raft on the server's
+//! mio loop.
 //!
 //! Tests, fuzz targets and the end-to-end harness use these modules directly:
 //! the log format and the cache dump have one home each.
@@ -38,8 +39,6 @@ pub mod login_limits;
 pub mod login_pool;
 pub mod metrics;
 pub mod operator_view;
-// Raft replication (issue 13): built and unit-tested; the server drives it in a later step.
-#[allow(dead_code)]
 pub mod replication;
 pub mod server;
 pub mod status;
@@ -81,6 +80,20 @@ pub struct Options {
     pub session_idle_days: f64,
     /// Lifetime of the download tickets `file_info` issues, in seconds.
     pub ticket_secs: u64,
+    /// How the trackers of tracker_info.txt keep one history.
+    pub replication: Replication,
+    /// Raft mode: a snapshot every this many applied changes.
+    pub raft_snapshot_every: u64,
+}
+
+/// `--replication`: how the trackers of one tracker_info.txt keep one history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Replication {
+    /// One host: the trackers share one data dir and its `sync_log.txt`.
+    #[default]
+    SharedLog,
+    /// Separate hosts: each tracker has its own data dir; Raft keeps the logs equal.
+    Raft,
 }
 
 /// Everything that stops the tracker, as one line of text.
@@ -131,6 +144,10 @@ pub enum TrackerError {
     Signal(#[source] std::io::Error),
     #[error("the cache has applied {applied} bytes of the log but the log is {len} bytes long")]
     Behind { applied: u64, len: u64 },
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error(transparent)]
+    RaftNode(#[from] replication::node::NodeError),
     #[error("cannot {what} while tracker {other} runs on data dir {dir}: stop every tracker using it first")]
     Busy {
         what: &'static str,
@@ -179,7 +196,7 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
     // One key for the life of the process: the command context borrows it.
     let issuer: &'static tickets::TicketIssuer = Box::leak(Box::new(issuer));
     let mut store = open_store(&dir.join(format!("tracker{}.db", opts.tracker_no)))?;
-    let log = open_log(dir, opts.fsync, opts.tracker_no)?;
+    let mut log = open_log(dir, opts.fsync, opts.tracker_no)?;
     let cache = store.cache_pos()?;
     let recovery = log.recover(cache)?;
     if recovery.rebuild_cache {
@@ -197,6 +214,22 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
     }
     store.set_generation(log.generation())?;
     replay(&log, &mut store)?;
+    let raft = match opts.replication {
+        Replication::SharedLog => None,
+        Replication::Raft => {
+            let addrs: Vec<String> = trackers.iter().map(|t| t.to_string()).collect();
+            let driver = replication::start::start(
+                dir,
+                opts.tracker_no,
+                &addrs,
+                opts.raft_snapshot_every,
+                opts.fsync,
+                &mut log,
+                &mut store,
+            )?;
+            Some(server::RaftMode::new(driver, dir.clone(), opts.fsync))
+        }
+    };
     restrict_modes(dir, opts.tracker_no)?;
 
     let listener = std::net::TcpListener::bind(&addr).map_err(|source| TrackerError::Bind {
@@ -220,6 +253,9 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
     warn_if_few_fds(opts.limits.max_conns);
     let (mut server, waker) =
         server::Server::new(listener, log, store, cfg, Arc::clone(&shutdown))?;
+    if let Some(mode) = raft {
+        server.enable_raft(mode);
+    }
     watch_stdin(Arc::clone(&shutdown), waker);
     if let Some(http) = &opts.http {
         start_operator_view(opts, http, trackers, &server, &shutdown)?;

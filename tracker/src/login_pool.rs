@@ -4,8 +4,9 @@
 //! entry) with the result in hand, so argon2 never runs on the loop or under
 //! the shared log's lock.
 //!
-//! A login for an unknown user is verified against a dummy hash made at start
-//! with the current parameters: it takes as long as a wrong password.
+//! A login for an unknown user is verified against a dummy PHC string with the
+//! current parameters ([`auth::unknown_user_phc`]): it takes as long as a wrong
+//! password, and nothing is hashed at start (restart stays fast).
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -45,7 +46,7 @@ pub struct LoginPool {
 impl LoginPool {
     /// Starts `threads` workers; each finished job wakes `waker`.
     pub fn start(threads: usize, waker: Arc<Waker>) -> Result<LoginPool, auth::AuthError> {
-        let dummy = Arc::new(auth::hash_password("not a password: unknown users")?);
+        let dummy: Arc<str> = Arc::from(auth::unknown_user_phc());
         let (jobs, job_rx) = channel::<(u64, Job)>();
         let (done_tx, done) = channel();
         let job_rx = Arc::new(Mutex::new(job_rx));

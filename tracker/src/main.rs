@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! tracker <tracker_info.txt> <tracker_no> [--data-dir DIR] [--log-level LEVEL] [--fsync always|batch]
-//!         [--http ADDR [--http-show-peer-addrs]]
+//!         [--http ADDR [--http-show-peer-addrs]] [--replication shared-log|raft]
 //! tracker <tracker_info.txt> <tracker_no> [--data-dir DIR] --verify-log
 //! tracker <tracker_info.txt> <tracker_no> [--data-dir DIR] --salvage-log
 //! ```
@@ -82,6 +82,15 @@ struct Args {
     /// its unreadable lines, keep the original beside it, report what was dropped.
     #[arg(long)]
     salvage_log: bool,
+    /// `shared-log`: trackers on one host share the data dir's sync_log.txt;
+    /// `raft`: trackers on separate hosts, each with its own data dir, replicate
+    /// it by Raft (every tracker of the list is a voter).
+    #[arg(long, value_enum, default_value = "shared-log")]
+    replication: tracker::Replication,
+    /// Raft mode: snapshot the state (and compact Raft's log) every this many
+    /// applied changes (tests use a few).
+    #[arg(long, default_value_t = 10_000, hide = true)]
+    raft_snapshot_every: u64,
 }
 
 fn parse_command_kind(name: &str) -> Result<CommandKind, String> {
@@ -136,6 +145,8 @@ fn serve(args: Args) -> Result<(), tracker::TrackerError> {
             idle_after_login: std::time::Duration::from_secs(args.idle_after_login_secs),
         },
         ticket_secs: args.ticket_secs,
+        replication: args.replication,
+        raft_snapshot_every: args.raft_snapshot_every,
     };
     tracker::run(&opts)
 }

@@ -26,9 +26,15 @@ use crate::limits::{ConnCaps, Idle, Limits, OutBudget, OUT_HIGH};
 use crate::login_limits::{LoginLimiter, LoginLimits};
 use crate::login_pool::{Done, Job, LoginPool};
 use crate::metrics::{self, Metrics};
+use crate::replication::driver::PEER_TOKEN_BASE;
+use crate::replication::peer_frame::is_peer_greeting;
 use crate::store::{self, Applied, Store};
 use crate::sync_log::{LogEntry, LogError, Stop, SyncLog, FIRST_ENTRY};
 use crate::TrackerError;
+
+#[path = "server_raft.rs"]
+mod raft_hook;
+pub use raft_hook::{RaftMode, NO_QUORUM};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -123,6 +129,12 @@ struct Conn {
     eof: bool,
     /// A socket error: drop the connection.
     dead: bool,
+    /// Its first line was read (a tracker's greeting can only be the first).
+    first_line_seen: bool,
+    /// Its first line was a tracker's Raft greeting: handed to the Raft driver.
+    greeting: Option<Vec<u8>>,
+    /// Raft mode: a change of it is proposed; nothing else is answered meanwhile.
+    awaiting: bool,
 }
 
 impl Conn {
@@ -134,12 +146,14 @@ impl Conn {
     fn can_answer(&self) -> bool {
         (!self.inbox.is_empty() || self.from_pool.is_some())
             && self.at_pool.is_none()
+            && !self.awaiting
             && !self.dead
             && self.unsent() < OUT_HIGH
     }
 
     fn can_read(&self) -> bool {
         self.more_to_read
+            && self.greeting.is_none()
             && !self.eof
             && !self.dead
             && self.unsent() < OUT_HIGH
@@ -162,6 +176,13 @@ impl Conn {
                     let now = Instant::now();
                     self.idle.last_active = now;
                     while let Some(line) = self.framer.next_line() {
+                        if !std::mem::replace(&mut self.first_line_seen, true) {
+                            if let Some(l) = line.as_ref().ok().filter(|l| is_peer_greeting(l)) {
+                                self.greeting = Some(l.clone());
+                                self.more_to_read = false;
+                                return;
+                            }
+                        }
                         let item = line
                             .and_then(|l| Request::decode(&l))
                             .map_err(|e| e.to_string());
@@ -209,7 +230,10 @@ impl Conn {
     }
 
     fn finished(&self) -> bool {
-        let idle = self.inbox.is_empty() && self.at_pool.is_none() && self.from_pool.is_none();
+        let idle = self.inbox.is_empty()
+            && self.at_pool.is_none()
+            && self.from_pool.is_none()
+            && !self.awaiting;
         self.dead || (self.eof && idle && self.unsent() == 0)
     }
 }
@@ -244,6 +268,8 @@ pub struct Server {
     login_limiter: LoginLimiter,
     /// The next connection's [`Conn::id`].
     next_conn_id: u64,
+    /// `--replication raft`: the Raft driver and the changes in flight.
+    raft: Option<RaftMode>,
 }
 
 impl Server {
@@ -281,6 +307,7 @@ impl Server {
                 pool,
                 login_limiter: LoginLimiter::new(cfg.login_limits),
                 next_conn_id: 0,
+                raft: None,
             },
             waker,
         ))
@@ -289,6 +316,11 @@ impl Server {
     /// The loop's counters, for the operator view.
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.metrics)
+    }
+
+    /// Switches to `--replication raft` (before [`Server::run`]).
+    pub fn enable_raft(&mut self, mode: RaftMode) {
+        self.raft = Some(mode);
     }
 
     /// Runs until the shutdown flag is set.
@@ -300,7 +332,10 @@ impl Server {
                 .conns
                 .iter()
                 .any(|(_, c)| c.can_read() || c.can_answer());
-            let timeout = if busy { Duration::ZERO } else { TICK };
+            let mut timeout = if busy { Duration::ZERO } else { TICK };
+            if let Some(mode) = &self.raft {
+                timeout = timeout.min(mode.driver().timeout(Instant::now()));
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -311,6 +346,12 @@ impl Server {
                 match event.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
+                    Token(key) if key >= PEER_TOKEN_BASE => {
+                        if let Some(mode) = &mut self.raft {
+                            mode.driver_mut()
+                                .on_event(event.token(), event, Instant::now());
+                        }
+                    }
                     Token(key) => {
                         if let Some(c) = self.conns.get_mut(key) {
                             if event.is_readable() || event.is_read_closed() || event.is_error() {
@@ -328,12 +369,16 @@ impl Server {
                     c.read_some(&mut buf);
                 }
             }
+            self.hand_over_peers();
             // Apply other trackers' new lines before answering: a request sent
             // after another tracker's reply then sees that tracker's change.
-            self.watch();
+            if self.raft.is_none() {
+                self.watch();
+            }
             self.collect_from_pool();
             self.send_to_pool();
             self.answer();
+            self.raft_turn(&mut buf)?;
             self.flush_and_reap();
         }
         log::info!("tracker {} shutting down", self.cfg.tracker_no);
@@ -381,6 +426,9 @@ impl Server {
                         more_to_read: true,
                         eof: false,
                         dead: false,
+                        first_line_seen: false,
+                        greeting: None,
+                        awaiting: false,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -426,16 +474,19 @@ impl Server {
         let mut work: Vec<Work> = Vec::new();
         let mut arrived: Vec<Instant> = Vec::new();
         let mut budget = OutBudget::new(OUT_HIGH);
+        let raft = self.raft.is_some();
         for (key, c) in self.conns.iter_mut() {
             if c.dead {
                 c.inbox.clear();
                 continue;
             }
-            if c.unsent() >= OUT_HIGH || c.at_pool.is_some() {
+            if c.unsent() >= OUT_HIGH || c.at_pool.is_some() || c.awaiting {
                 continue; // backpressure, or a login at the pool comes first
             }
             budget.start(key, c.unsent());
+            let mut after_change = false;
             if let Some((at, req, done)) = c.from_pool.take() {
+                after_change = raft; // login/create_user: a change
                 arrived.push(at);
                 work.push(Work {
                     key,
@@ -453,6 +504,11 @@ impl Server {
                     |(_, item)| !matches!(item, Ok(r) if commands::needs_argon2(&r.command)),
                 )
                 .count();
+            let n = match (raft, after_change) {
+                (false, _) => n,
+                (true, true) => 0,
+                (true, false) => raft_hook::cut_at_change(c.inbox.iter(), n),
+            };
             let ip = c.ip;
             work.extend(c.inbox.drain(..n).map(|(at, item)| {
                 arrived.push(at);
@@ -479,10 +535,14 @@ impl Server {
             exit_if_applied(kind, &work, &replies);
         }
         let now = Instant::now();
+        let mut proposed = self.take_proposed();
         let mut waiting: Vec<(Instant, Work)> = Vec::new();
-        for ((w, reply), at) in work.into_iter().zip(replies).zip(arrived) {
+        for (i, ((w, reply), at)) in work.into_iter().zip(replies).zip(arrived).enumerate() {
             let Some(reply) = reply else {
-                waiting.push((at, w));
+                match proposed.remove(&i) {
+                    Some((id, reply)) => self.await_commit(id, w, &ctx, reply, at),
+                    None => waiting.push((at, w)),
+                }
                 continue;
             };
             self.count_request(&w.item, &reply, now.saturating_duration_since(at));
@@ -579,6 +639,9 @@ impl Server {
             .iter()
             .any(|w| matches!(&w.item, Ok(r) if commands::may_mutate(&r.command)));
         let all = |reply: Reply| work.iter().map(|_| Some(reply.clone())).collect();
+        if mutates && self.raft.is_some() {
+            return self.propose_batch(work, ctx, budget);
+        }
         if mutates {
             return match self.commit_batch(work, ctx, budget) {
                 Ok(replies) => replies,

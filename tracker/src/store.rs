@@ -15,7 +15,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_log_generation.sql"),
     include_str!("../../migrations/0003_applied_requests.sql"),
-    include_str!("../../migrations/0004_partial_seeders.sql"),
+    include_str!("../../migrations/0004_raft_index.sql"),
+    include_str!("../../migrations/0005_partial_seeders.sql"),
 ];
 
 /// Errors of the cache.
@@ -156,7 +157,7 @@ impl Store {
         tx.execute_batch(
             "DELETE FROM users; DELETE FROM sessions; DELETE FROM groups;
              DELETE FROM group_members; DELETE FROM join_requests; DELETE FROM files;
-             DELETE FROM file_seeders; DELETE FROM applied_requests; UPDATE applied_log SET offset = 0, lines = 0, generation = '';",
+             DELETE FROM file_seeders; DELETE FROM applied_requests; UPDATE applied_log SET offset = 0, lines = 0, generation = '', raft_index = 0, raft_lines = 0;",
         )?;
         tx.commit()?;
         Ok(())
@@ -200,6 +201,31 @@ pub fn applied(db: &Connection) -> rusqlite::Result<Applied> {
 pub fn set_applied(db: &Connection, a: Applied) -> rusqlite::Result<()> {
     db.prepare_cached("UPDATE applied_log SET offset = ?1, lines = ?2 WHERE id = 1")?
         .execute(params![a.offset as i64, a.lines as i64])?;
+    Ok(())
+}
+
+/// Raft mode: the Raft index of the entry that became line `lines` of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RaftApplied {
+    pub index: u64,
+    pub lines: u64,
+}
+
+/// The Raft index of the last line recorded (raft mode), read in a transaction or not.
+pub fn raft_applied(db: &Connection) -> rusqlite::Result<RaftApplied> {
+    db.prepare_cached("SELECT raft_index, raft_lines FROM applied_log WHERE id = 1")?
+        .query_row([], |r| {
+            Ok(RaftApplied {
+                index: r.get::<_, i64>(0)? as u64,
+                lines: r.get::<_, i64>(1)? as u64,
+            })
+        })
+}
+
+/// Records the Raft index of line `lines`, in the transaction that applied it.
+pub fn set_raft_applied(db: &Connection, a: RaftApplied) -> rusqlite::Result<()> {
+    db.prepare_cached("UPDATE applied_log SET raft_index = ?1, raft_lines = ?2 WHERE id = 1")?
+        .execute(params![a.index as i64, a.lines as i64])?;
     Ok(())
 }
 
@@ -508,19 +534,30 @@ pub fn user_password_hash(db: &Connection, user: &str) -> rusqlite::Result<Optio
 /// its login, or the latest logged heartbeat, upload or `add_seeder` of a
 /// file it seeds (an active seeder's heartbeat is logged every
 /// `seeder_timeout / 3`). Reads are not logged, so they do not count.
+/// A session created at or after `unused_since_ms` is fresh enough without
+/// looking at its seeders: that keeps the common case to one primary-key read
+/// (this runs on every request that needs a session).
 pub fn session_last_use(
     db: &Connection,
     token_hash: &str,
+    unused_since_ms: u64,
 ) -> rusqlite::Result<Option<(String, u64)>> {
-    db.prepare_cached(
-        "SELECT s.user_id, max(s.created_ms, coalesce((SELECT max(f.last_seen_ms)
-           FROM file_seeders f WHERE f.token_hash = s.token_hash), 0))
-         FROM sessions s WHERE s.token_hash = ?1",
-    )?
-    .query_row(params![token_hash], |r| {
-        Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
-    })
-    .optional()
+    let row = db
+        .prepare_cached("SELECT user_id, created_ms FROM sessions WHERE token_hash = ?1")?
+        .query_row(params![token_hash], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })
+        .optional()?;
+    let Some((user, created)) = row else {
+        return Ok(None);
+    };
+    if created >= unused_since_ms {
+        return Ok(Some((user, created)));
+    }
+    let seen: Option<i64> = db
+        .prepare_cached("SELECT max(last_seen_ms) FROM file_seeders WHERE token_hash = ?1")?
+        .query_row(params![token_hash], |r| r.get(0))?;
+    Ok(Some((user, created.max(seen.unwrap_or(0) as u64))))
 }
 
 pub fn session_user(db: &Connection, token_hash: &str) -> rusqlite::Result<Option<String>> {
@@ -904,7 +941,7 @@ mod tests {
         assert_eq!(v, MIGRATIONS.len() as i64);
     }
 
-    /// Migration 0004 rebuilds file_seeders: the seeders of an older cache stay,
+    /// Migration 0005 rebuilds file_seeders: the seeders of an older cache stay,
     /// as complete seeders.
     #[test]
     fn partial_seeders_migration_keeps_seeders() {

@@ -48,9 +48,15 @@
 //! | 7    | Challenge | postcard `[u8; 32]` (server -> downloader, once)           |
 //! | 8    | Auth      | postcard `(ticket: Vec<u8>, sig: [u8; 32], [u8; 32])` (the 64-byte signature in two halves) |
 //!
-//! Version history: 2 put the control messages in postcard; 3 added
-//! `Challenge`/`Auth` (signed download tickets): a version-2 downloader is
-//! refused with an `Error`.
+//! Version history: 2 put the control messages in postcard; 3 declared
+//! `Challenge`/`Auth` (signed download tickets) but clients did not send them
+//! yet; 4 requires them: a server answers the handshake with its handshake and
+//! a `Challenge`, and sends its `Bitfield` only after a valid `Auth`. A
+//! downloader may send `Auth` again later on the same connection (same
+//! challenge, a renewed ticket): the server checks it the same way and keeps
+//! serving until the new ticket's expiry; once the ticket in force expired, a
+//! `Request` gets an `Error` and the connection closes. A downloader of an
+//! older version is refused with an `Error`.
 //!
 //! Which encoder and why: the control messages (handshake, bitfield, have,
 //! request, reject, error) are serde types encoded with postcard (varint
@@ -77,8 +83,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Handshake magic.
 pub const MAGIC: &[u8; 4] = b"SWSH";
-/// Protocol version carried in the handshake (3: ticket challenge after the handshake).
-pub const VERSION: u8 = 3;
+/// Protocol version carried in the handshake (4: the ticket challenge after the
+/// handshake is required).
+pub const VERSION: u8 = 4;
 /// Handshake length in bytes.
 pub const HANDSHAKE_LEN: usize = 4 + 1 + 20 + 8;
 /// The largest request (and piece payload) in bytes.

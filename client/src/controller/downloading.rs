@@ -35,14 +35,18 @@ impl Controller {
             Ok(d) => d,
             Err(e) => return self.fail(e),
         };
-        let id = self.send(output::file_info_request(&group, &name));
+        let id = self.send(output::file_info_request(
+            &group,
+            &name,
+            &self.config.ticket_key,
+        ));
         let key = DownloadKey { group, name };
         self.running = Some(Running::FileInfo { id, key, dest });
     }
 
     /// `file_info`'s answer for `download_file`: start the download.
     pub(super) fn on_file_info(&mut self, key: DownloadKey, dest: PathBuf, answer: &Answer) {
-        let Some((meta, peers)) = parse_file_info(answer) else {
+        let Some((meta, peers, ticket)) = parse_file_info(answer) else {
             return self.fail("the tracker sent inconsistent file metadata");
         };
         if self.files.exists(&dest) {
@@ -54,7 +58,12 @@ impl Controller {
             dest,
             resume: false,
         };
-        self.out.push(Action::StartDownload { order, meta, peers });
+        self.out.push(Action::StartDownload {
+            order,
+            meta,
+            peers,
+            ticket,
+        });
     }
 
     pub(super) fn on_download_started(&mut self, order: StartOrder, result: Result<(), String>) {
@@ -90,7 +99,8 @@ impl Controller {
             if pending {
                 continue;
             }
-            let request = output::file_info_request(&state.group, &state.name);
+            let key = &self.config.ticket_key;
+            let request = output::file_info_request(&state.group, &state.name, key);
             self.send_internal(request, Internal::Resume { state });
         }
     }
@@ -107,7 +117,7 @@ impl Controller {
             Ok(answer) => answer,
             Err(e) => return self.note(cannot_resume(&group, &name, e)),
         };
-        let Some((meta, peers)) = parse_file_info(&answer) else {
+        let Some((meta, peers, ticket)) = parse_file_info(&answer) else {
             return self.note(cannot_resume(&group, &name, "inconsistent file metadata"));
         };
         if meta.file_sha1 != file_sha1 {
@@ -120,7 +130,12 @@ impl Controller {
             dest,
             resume: true,
         };
-        self.out.push(Action::StartDownload { order, meta, peers });
+        self.out.push(Action::StartDownload {
+            order,
+            meta,
+            peers,
+            ticket,
+        });
     }
 
     /// The peer refresh timers (see the module doc).
@@ -146,15 +161,18 @@ impl Controller {
                 continue;
             }
             self.next_refresh.insert(key.clone(), now + REFRESH_EVERY);
-            let request = output::file_info_request(&key.group, &key.name);
+            let tk = &self.config.ticket_key;
+            let request = output::file_info_request(&key.group, &key.name, tk);
             self.send_internal(request, Internal::PeerRefresh(key));
         }
     }
 
-    /// A peer refresh's answer: hand the seeders to the download.
+    /// A peer refresh's answer: hand the seeders and the renewed ticket to the
+    /// download (the refresh is also what renews a download's ticket before it
+    /// expires: every answer carries a fresh one).
     pub(super) fn on_refreshed(&mut self, key: DownloadKey, answer: &Answer) {
-        if let Some((_, peers)) = parse_file_info(answer) {
-            self.out.push(Action::UpdatePeers { key, peers });
+        if let Some((_, peers, ticket)) = parse_file_info(answer) {
+            self.out.push(Action::UpdatePeers { key, peers, ticket });
         }
     }
 }
@@ -164,8 +182,9 @@ fn cannot_resume(group: &str, name: &str, why: impl std::fmt::Display) -> String
     format!("note: could not resume the download of {name} from {group}: {why}")
 }
 
-/// `file_info`'s answer as metadata and seeder addresses.
-pub fn parse_file_info(answer: &Answer) -> Option<(FileMeta, Vec<SocketAddr>)> {
+/// `file_info`'s answer as metadata, seeder addresses and the download ticket
+/// (hex, the sixth head field, when the tracker issued one).
+pub fn parse_file_info(answer: &Answer) -> Option<(FileMeta, Vec<SocketAddr>, Option<String>)> {
     let h = &answer.head;
     if h.len() < 5 {
         return None;
@@ -176,5 +195,5 @@ pub fn parse_file_info(answer: &Answer) -> Option<(FileMeta, Vec<SocketAddr>)> {
         .iter()
         .filter_map(|r| r.first()?.parse::<SocketAddr>().ok())
         .collect();
-    Some((meta, peers))
+    Some((meta, peers, h.get(5).cloned()))
 }

@@ -20,13 +20,23 @@
 //! | [`Action::FindResumes`] | [`Event::ResumesFound`] |
 //! | [`Action::StartDownload`] | [`Event::DownloadStarted`] |
 //! | [`Action::ReportDownloads`] | [`Event::DownloadLines`] |
+//! | [`Action::RateLimit`] | [`Event::RateLimits`] |
 //! | [`Action::StartHash`] | [`Event::Hashed`] (later, from the pool) |
+//! | [`Action::PinTrackerKey`] | [`Event::TrackerKeyChecked`] |
 //!
-//! A successful login is handled in one place (`logged_in`): it starts the
-//! heartbeats, re-shares `.uploads_registry` and resumes unfinished downloads.
-//! Every exit (`quit`, end of input, a signal) goes through `leave`: an internal
-//! `logout` ends the session's seeding on the tracker first (at most
-//! [`LEAVE_TIMEOUT`]), so no gone client stays listed as a seeder.
+//! A `login` the tracker accepted counts only once its ticket key (the reply's
+//! second field) matches the key pinned in the state dir (`on_login`,
+//! `on_key_checked`); a different key fails the command and logs out at once.
+//! A successful login, typed or made by the tracker link on its own, is then
+//! handled in one place (`logged_in`): it starts the heartbeats, re-shares
+//! `.uploads_registry`, re-announces running downloads and resumes unfinished
+//! ones; after a typed login the peer server serves again
+//! ([`Action::StartServing`]); `logout` stops it ([`Action::StopServing`]).
+//! Every `file_info` carries this process's ticket key, and the ticket in the
+//! answer goes to the download. Every exit (`quit`, end of input, a signal)
+//! goes through `leave`: an internal `logout` ends the session's seeding on the
+//! tracker first (at most [`LEAVE_TIMEOUT`]), so no gone client stays listed as
+//! a seeder.
 //!
 //! Submodules: [`paths`] (local path policy), [`output`] (the texts),
 //! `sharing` (upload, re-announce, `add_seeder`), `downloading` (download start,
@@ -63,6 +73,8 @@ pub struct Config {
     pub announce: Duration,
     /// `--seed`: at end of input keep serving instead of exiting.
     pub seed: bool,
+    /// This process's ticket public key (hex), sent with every `file_info`.
+    pub ticket_key: String,
 }
 
 /// One item from the input (stdin).
@@ -120,6 +132,13 @@ pub enum Event {
     },
     /// Answer to [`Action::ReportDownloads`]: one status line per download.
     DownloadLines(Vec<String>),
+    /// Answer to [`Action::PinTrackerKey`]: the key is pinned (or was), or why not.
+    TrackerKeyChecked(Result<(), String>),
+    /// Answer to [`Action::RateLimit`]: the limits now (bytes per second, 0 = unlimited).
+    RateLimits {
+        up: u64,
+        down: u64,
+    },
     /// A loop turn ended; `downloads` are the ones Transfers is still working on.
     Tick {
         downloads: Vec<RunningDownload>,
@@ -169,19 +188,38 @@ pub enum Action {
     /// Announce the running downloads that hold pieces again (`add_seeder`
     /// jobs, [`Event::Transfer`]): the seeding of the old session is gone.
     ReannounceDownloads,
-    /// Start a download (the seeders may include this client; leave it out).
+    /// Start a download (the seeders may include this client; leave it out)
+    /// with the ticket the tracker signed for it (hex), if any.
     StartDownload {
         order: StartOrder,
         meta: FileMeta,
         peers: Vec<SocketAddr>,
+        ticket: Option<String>,
     },
-    /// Fresh seeders for a running download (this client left out, as above).
+    /// Fresh seeders for a running download (this client left out, as above),
+    /// and a renewed ticket.
     UpdatePeers {
         key: DownloadKey,
         peers: Vec<SocketAddr>,
+        ticket: Option<String>,
     },
+    /// Check the tracker's ticket key from a login reply against the pinned
+    /// one (pinning it the first time).
+    PinTrackerKey {
+        key: String,
+    },
+    /// Serve peers again (after a login whose tracker key is pinned).
+    StartServing,
+    /// Serve no one: close the serving connections and refuse new ones (logout).
+    StopServing,
     /// Report the status line of every download.
     ReportDownloads,
+    /// Change the bandwidth limits given (bytes per second, 0 = unlimited),
+    /// then report them all.
+    RateLimit {
+        up: Option<u64>,
+        down: Option<u64>,
+    },
     Exit(i32),
 }
 
@@ -209,6 +247,10 @@ enum Running {
     Starting,
     /// `show_downloads`, waiting for [`Event::DownloadLines`].
     Reporting,
+    /// `login` succeeded at the tracker; waiting for [`Event::TrackerKeyChecked`].
+    PinningKey { user: String },
+    /// `rate_limit`, waiting for [`Event::RateLimits`].
+    Limiting,
 }
 
 /// Internal tracker requests whose outcome the controller handles.
@@ -228,6 +270,8 @@ enum Internal {
     Resume {
         state: ResumeState,
     },
+    /// The logout after a login whose tracker key was refused.
+    Logout,
     /// The `logout` that ends the session's seeding before the client exits.
     Leave,
 }
@@ -292,6 +336,12 @@ impl Controller {
             Event::ResumesFound(found) => self.on_resumes_found(found),
             Event::DownloadStarted { order, result } => self.on_download_started(order, result),
             Event::DownloadLines(lines) => self.on_download_lines(lines),
+            Event::TrackerKeyChecked(result) => self.on_key_checked(result, now),
+            Event::RateLimits { up, down } => {
+                if matches!(self.running, Some(Running::Limiting)) {
+                    self.done(vec![output::rate_limits(up, down)]);
+                }
+            }
             Event::Tick { downloads } => self.on_tick(&downloads, now),
             Event::Stop => {
                 log::info!("signal received, exiting");
@@ -383,6 +433,10 @@ impl Controller {
                 self.running = Some(Running::Reporting);
                 self.out.push(Action::ReportDownloads);
             }
+            Command::RateLimit { up, down } => {
+                self.running = Some(Running::Limiting);
+                self.out.push(Action::RateLimit { up, down });
+            }
             Command::UploadFile { path, group } => self.start_upload(path, group),
             Command::DownloadFile { group, name, dest } => self.start_download(group, name, dest),
             Command::Tracker(cmd) => {
@@ -419,6 +473,10 @@ impl Controller {
             Err(e) => return self.fail(e),
         };
         match running {
+            Running::Tracker {
+                cmd: TrackerCommand::Login { user, .. },
+                ..
+            } => self.on_login(user, &answer.head, now),
             Running::Tracker { cmd, .. } => {
                 let lines = self.on_success(cmd, answer.rows, now);
                 self.done(lines);
@@ -450,7 +508,11 @@ impl Controller {
             (Internal::PeerRefresh(key), Err(e)) => {
                 log::info!("peer refresh of {} failed: {e}", key.name)
             }
-            (Internal::Heartbeat | Internal::AddSeeder | Internal::Withdraw, Ok(_)) => {}
+            (Internal::Logout, Err(e)) => log::info!("logout failed: {e}"),
+            (
+                Internal::Heartbeat | Internal::AddSeeder | Internal::Withdraw | Internal::Logout,
+                Ok(_),
+            ) => {}
         }
     }
 
@@ -467,8 +529,10 @@ impl Controller {
             C::Logout => {
                 // The tracker ended our seeding with the session. The files stay
                 // in `.uploads_registry` (remove_share would drop them), so the
-                // next login puts them back into sharing.
+                // next login puts them back into sharing. Until then this
+                // client serves no one.
                 self.user = None;
+                self.out.push(Action::StopServing);
             }
             C::LeaveGroup { group } => {
                 // The tracker ended our seeding in the group; stop serving there too.
@@ -485,10 +549,54 @@ impl Controller {
         output::success(cmd, &rows)
     }
 
+    /// The tracker accepted a `login`: its ticket key (the head's second field)
+    /// is checked against the pinned one before the session counts. A tracker
+    /// that sends no key issues no tickets: the session works, but this client
+    /// serves no one (it could not check a downloader's ticket).
+    fn on_login(&mut self, user: String, head: &[String], now: Instant) {
+        match head.get(1) {
+            Some(key) => {
+                self.running = Some(Running::PinningKey { user });
+                self.out.push(Action::PinTrackerKey { key: key.clone() });
+            }
+            None => {
+                self.note("note: the tracker sent no ticket key; this client serves no one".into());
+                self.logged_in(user.clone(), now);
+                self.done(output::success(
+                    TrackerCommand::Login {
+                        user,
+                        password: String::new(),
+                    },
+                    &[],
+                ));
+            }
+        }
+    }
+
+    /// The answer to [`Action::PinTrackerKey`]: a refused key ends the session
+    /// at once (logout) and the `login` command fails with the reason.
+    fn on_key_checked(&mut self, result: Result<(), String>, now: Instant) {
+        let Some(Running::PinningKey { user }) = self.running.take() else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                self.out.push(Action::StartServing);
+                self.logged_in(user.clone(), now);
+                self.done(vec![format!("logged in as {user}")]);
+            }
+            Err(e) => {
+                self.send_internal(LinkRequest::new(TrackerCommand::Logout), Internal::Logout);
+                self.fail(e);
+            }
+        }
+    }
+
     /// A login succeeded, typed or made by the tracker link on its own: the one
     /// place that starts a session's work. Heartbeats start, the registry's files
-    /// (the user's own, `UseStateOf`) are shared again, running downloads announce their pieces again and
-    /// unfinished ones resume: all the seeding moves to the new session at once.
+    /// (the user's own, `UseStateOf`) are shared again, running downloads
+    /// announce their pieces again and unfinished ones resume: all the seeding
+    /// moves to the new session at once.
     fn logged_in(&mut self, user: String, now: Instant) {
         self.out.push(Action::UseStateOf { user: user.clone() });
         self.user = Some(user);

@@ -8,6 +8,7 @@ use wire::file_meta::FileMeta;
 
 use wire::command::{TrackerCommand, Upload};
 
+use crate::limits::format_limit;
 use crate::shell::count;
 use crate::tracker_link::LinkRequest;
 
@@ -42,12 +43,13 @@ pub fn stop_share_request(group: &str, name: &str) -> LinkRequest {
     })
 }
 
-/// `file_info <group> <name>`.
-pub fn file_info_request(group: &str, name: &str) -> LinkRequest {
+/// `file_info <group> <name> <key>`: `key` is this process's ticket public
+/// key (hex), which the ticket in the answer is bound to.
+pub fn file_info_request(group: &str, name: &str, key: &str) -> LinkRequest {
     LinkRequest::new(TrackerCommand::FileInfo {
         group: group.to_string(),
         name: name.to_string(),
-        key: None,
+        key: Some(key.to_string()),
     })
 }
 
@@ -137,6 +139,15 @@ pub fn downloads(status: Vec<String>) -> Vec<String> {
     let mut lines = vec![count(status.len(), "download", "downloads")];
     lines.extend(status);
     lines
+}
+
+/// `rate_limit`'s line: `rate limits: up 40M, down unlimited`.
+pub fn rate_limits(up: u64, down: u64) -> String {
+    format!(
+        "rate limits: up {}, down {}",
+        format_limit(up),
+        format_limit(down)
+    )
 }
 
 /// `upload_file`'s success line.

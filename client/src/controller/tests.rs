@@ -58,6 +58,8 @@ struct World {
     resumes: Vec<ResumeState>,
     start_result: Result<(), String>,
     status: Vec<String>,
+    /// What the answer to PinTrackerKey will be.
+    pin_result: Result<(), String>,
 }
 
 impl World {
@@ -69,6 +71,7 @@ impl World {
         let config = Config {
             announce: ANNOUNCE,
             seed,
+            ticket_key: "k".into(),
         };
         World {
             c: Controller::new(config, Box::new(files)),
@@ -85,6 +88,7 @@ impl World {
             resumes: Vec::new(),
             start_result: Ok(()),
             status: Vec::new(),
+            pin_result: Ok(()),
         }
     }
 
@@ -108,16 +112,26 @@ impl World {
                 let found = self.resumes.clone();
                 self.feed(Event::ResumesFound(found));
             }
-            Action::StartDownload { order, meta, peers } => {
+            Action::StartDownload {
+                order,
+                meta,
+                peers,
+                ticket,
+            } => {
                 let result = self.start_result.clone();
                 self.effects.push(Action::StartDownload {
                     order: order.clone(),
                     meta,
                     peers,
+                    ticket,
                 });
                 self.feed(Event::DownloadStarted { order, result });
             }
             Action::ReportDownloads => self.feed(Event::DownloadLines(self.status.clone())),
+            Action::PinTrackerKey { key } => {
+                self.effects.push(Action::PinTrackerKey { key });
+                self.feed(Event::TrackerKeyChecked(self.pin_result.clone()));
+            }
             Action::Exit(code) => self.exit = Some(code),
             Action::ReannounceDownloads => self.download_reannounces += 1,
             Action::UseStateOf { user } => self.state_of.push(user),
@@ -161,8 +175,15 @@ impl World {
 
     fn login(&mut self) {
         self.line("login alice pw");
-        self.ok("login", &["token"], &[]);
+        self.ok("login", &["token", "trackerkey"], &[]);
         assert_eq!(self.stdout.pop().as_deref(), Some("logged in as alice"));
+        assert!(
+            self.effects.contains(&Action::StartServing),
+            "{:?}",
+            self.effects
+        );
+        self.effects
+            .retain(|a| !matches!(a, Action::PinTrackerKey { .. } | Action::StartServing));
     }
 
     fn count_sent(&self, command: &str) -> usize {
@@ -192,6 +213,7 @@ fn info_head(m: &FileMeta) -> Vec<String> {
         m.piece_size.to_string(),
         m.file_sha1_hex(),
         m.piece_hashes_hex(),
+        "t1".into(),
     ]
 }
 
@@ -435,7 +457,8 @@ fn login_resumes_unfinished_downloads() {
         [Action::StartDownload {
             order,
             meta: m.clone(),
-            peers: vec![addr("127.0.0.1:5000")]
+            peers: vec![addr("127.0.0.1:5000")],
+            ticket: Some("t1".into()),
         }]
     );
     assert_eq!(
@@ -702,7 +725,7 @@ fn peer_refresh_is_keyed_by_download_and_timed_by_the_clock() {
     w.now = t0 + FIRST_REFRESH;
     w.tick(&dls);
     assert_eq!(w.count_sent("file_info"), 1);
-    assert_eq!(w.sent[0].1.command.args(), ["g", "ab"]);
+    assert_eq!(w.sent[0].1.command.args(), ["g", "ab", "k"]);
     assert!(w.sent[0].1.internal);
     // At most one refresh in flight per download.
     w.now = t0 + FIRST_REFRESH + REFRESH_EVERY * 2;
@@ -714,7 +737,8 @@ fn peer_refresh_is_keyed_by_download_and_timed_by_the_clock() {
         w.effects,
         [Action::UpdatePeers {
             key: key("g", "ab"),
-            peers: vec![addr("127.0.0.1:7000")]
+            peers: vec![addr("127.0.0.1:7000")],
+            ticket: Some("t1".into()),
         }]
     );
     // The next one is due REFRESH_EVERY after the last was sent.
@@ -817,4 +841,76 @@ fn quit_exits_at_once_and_nothing_runs_after() {
         .c
         .handle(Event::Tick { downloads: vec![] }, w.now)
         .is_empty());
+}
+
+/// A login's tracker key is checked before the session counts: a refused key
+/// fails the command, logs out at once and serves no one; a good one starts
+/// serving, and `logout` stops it.
+#[test]
+fn login_pins_the_tracker_key_and_logout_stops_serving() {
+    let mut w = World::new(false);
+    w.pin_result = Err("the tracker's ticket key differs".into());
+    w.line("login alice pw");
+    w.ok("login", &["token", "otherkey"], &[]);
+    assert_eq!(
+        w.effects,
+        [Action::PinTrackerKey {
+            key: "otherkey".into()
+        }]
+    );
+    assert_eq!(
+        w.stdout.pop().as_deref(),
+        Some("error: the tracker's ticket key differs")
+    );
+    assert_eq!(w.c.user(), None);
+    assert_eq!(w.count_sent("logout"), 1, "the session is ended at once");
+    w.ok("logout", &[], &[]);
+    assert!(w.stdout.is_empty(), "the internal logout prints nothing");
+    assert!(w.sent.iter().all(|(_, r)| r.command.name() != "heartbeat"));
+    w.effects.clear();
+    w.pin_result = Ok(());
+    w.login();
+    assert_eq!(w.c.user(), Some("alice"));
+    // file_info carries this process's ticket key.
+    w.line("download_file g f.bin /dl");
+    let (_, req) = w
+        .sent
+        .iter()
+        .find(|(_, r)| r.command.name() == "file_info")
+        .unwrap();
+    assert_eq!(req.command.args(), ["g", "f.bin", "k"]);
+    file_info(&mut w, &meta("f.bin", 10), &[]);
+    w.effects.clear();
+    w.line("logout");
+    w.ok("logout", &[], &[]);
+    assert_eq!(w.effects, [Action::StopServing]);
+}
+
+#[test]
+fn rate_limit_changes_then_shows_the_limits() {
+    let mut w = World::new(false);
+    // No login needed; the IO side answers with the limits now in force.
+    w.line("rate_limit up 512K");
+    assert_eq!(
+        w.effects,
+        [Action::RateLimit {
+            up: Some(512 * 1024),
+            down: None
+        }]
+    );
+    assert!(!w.c.wants_input(), "waits for the limits");
+    w.feed(Event::RateLimits {
+        up: 512 * 1024,
+        down: 0,
+    });
+    assert_eq!(w.stdout, ["rate limits: up 512K, down unlimited"]);
+    assert!(w.c.wants_input());
+    w.line("rate_limit down 2x");
+    assert_eq!(
+        w.stdout.pop().as_deref(),
+        Some(
+            "error: bad rate \"2x\": expected bytes per second like 500K, 40M or 1G (0 = unlimited)"
+        )
+    );
+    assert_eq!(w.effects.len(), 1, "a bad rate changes nothing");
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::Registry;
 use wire::file_meta::FileMeta;
-use wire::peer_msg::{self, Handshake, PeerMsg};
+use wire::peer_msg::{self, Handshake, PeerMsg, RejectCode};
 use wire::pieces::{Bitfield, PieceIndex};
 
 use super::{PoolMsg, TrackerJob, Transfers};
@@ -111,6 +111,7 @@ impl Transfers {
                 continue;
             }
             self.connect_peers(registry, dl);
+            self.renew_auth(dl);
             self.refill(dl);
         }
     }
@@ -196,6 +197,12 @@ impl Transfers {
         dl: usize,
         msg: PeerMsg,
     ) -> Result<(), Disconnect> {
+        if let PeerMsg::Challenge(c) = msg {
+            if let Role::Fetch(f) = &mut self.conns[key].role {
+                f.on_challenge(c)?;
+            }
+            return self.answer_challenge(key, dl);
+        }
         let addr = self.conns[key].addr;
         let d = &mut self.downloads[dl];
         let Role::Fetch(f) = &mut self.conns[key].role else {
@@ -214,7 +221,10 @@ impl Transfers {
             PeerMsg::Reject { piece, code, .. } => {
                 let rejected = f.on_reject(piece, &mut d.picker);
                 log::debug!("{addr} rejected piece {piece}: {code:?}");
-                if let Some(p) = rejected {
+                // `NotHave` says "not here (yet)": the piece only leaves this
+                // peer's list (a super-seeding seeder withholds pieces that way).
+                // Any other refusal is a failure of the piece.
+                if let Some(p) = rejected.filter(|_| code != RejectCode::NotHave) {
                     let why = format!("{addr} rejected it ({code:?})");
                     if self.piece_failure(registry, dl, p, &why) {
                         return Ok(());
@@ -734,6 +744,7 @@ impl Transfers {
         meta: FileMeta,
         peers: Vec<SocketAddr>,
         dest: PathBuf,
+        ticket: Option<&str>,
     ) -> Result<(), String> {
         let dest = if dest.is_dir() {
             // The name comes from the tracker: it must stay a plain file name.
@@ -789,6 +800,7 @@ impl Transfers {
             log::warn!("cannot save resume state: {e}");
         }
         self.downloads.push(d);
+        self.set_ticket(dl, ticket);
         if self.downloads[dl].state == DlState::Running {
             self.connect_peers(registry, dl);
             self.advance_whole(registry, dl);

@@ -1,9 +1,17 @@
 //! The serving side of [`Transfers`]: files shared in full, the handshake's
 //! lookup of a file by its hash (full shares, or a download that serves the
 //! pieces it has verified), request validation, disk reads on the pool with
-//! per-connection back-pressure, and `Have` broadcast to our downloaders. A
-//! whole piece of a shared file is checked against its SHA-1 as it is read; a
+//! per-connection back-pressure, and `Have` broadcast to our downloaders (ahead
+//! of queued piece data). The ticket check between handshake and bitfield lives
+//! in `auth`. Under an upload limit a full share answers requests through
+//! [`crate::super_seed::SuperSeed`], so each piece leaves about once. A whole
+//! piece of a shared file is checked against its SHA-1 as it is read; a
 //! mismatch (the file changed on disk) ends the sharing of that file.
+//!
+//! `Have`s to a downloader that does not read are bounded: once
+//! [`MAX_QUEUED_MSGS`] messages wait in a connection's write queue, further
+//! `Have`s are dropped and one whole `Bitfield` replaces them when the queue
+//! has drained.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -11,16 +19,21 @@ use std::sync::Arc;
 
 use mio::Registry;
 use wire::file_meta::FileMeta;
-use wire::peer_msg::{self, Handshake, PeerMsg, RejectCode, PIECE_HEADER_LEN};
+use wire::peer_msg::{self, PeerMsg, RejectCode, PIECE_HEADER_LEN};
 use wire::pieces::{Bitfield, PieceIndex};
 
 use super::{PoolMsg, TrackerJob, Transfers};
 use crate::hasher;
+use crate::limits::Direction;
 use crate::peer_conn::{ConnEvent, Role, ServeState};
 use crate::storage;
+use crate::super_seed::Verdict;
 
 /// Disk reads plus queued answers per serving connection before its requests wait.
 const MAX_SERVE_INFLIGHT: usize = 4;
+/// Messages waiting in a serving connection's write queue beyond which `Have`s
+/// are coalesced into a later `Bitfield`.
+pub const MAX_QUEUED_MSGS: usize = 64;
 
 /// A file served in full.
 pub(super) struct Share {
@@ -38,7 +51,7 @@ impl Transfers {
                 Role::Serve(ServeState::Serving { pending_reads, .. }) => {
                     MAX_SERVE_INFLIGHT.saturating_sub(pending_reads + c.queued())
                 }
-                Role::Serve(ServeState::AwaitHandshake) => {
+                Role::Serve(ServeState::AwaitHandshake | ServeState::AwaitAuth { .. }) => {
                     MAX_SERVE_INFLIGHT.saturating_sub(c.queued())
                 }
                 Role::Fetch(_) => usize::MAX,
@@ -75,24 +88,13 @@ impl Transfers {
                     ));
                     return;
                 }
-                let bits = match self.source(&h.file_sha1) {
-                    None => {
-                        self.conns[key].send_error_and_close("unknown file");
-                        return;
-                    }
-                    Some((_, meta, None)) => Bitfield::full(meta.piece_count()),
-                    Some((_, _, Some(dl))) => self.downloads[dl].bits(),
-                };
-                let hs = Handshake::new(h.file_sha1, self.peer_id).encode().to_vec();
-                let conn = &mut self.conns[key];
-                conn.role = Role::Serve(ServeState::Serving {
-                    file_sha1: h.file_sha1,
-                    pending_reads: 0,
-                });
-                let mut out = hs;
-                PeerMsg::Bitfield(bits.into_bytes()).encode_into(&mut out);
-                conn.send(out);
+                if self.source(&h.file_sha1).is_none() {
+                    self.conns[key].send_error_and_close("unknown file");
+                    return;
+                }
+                self.send_challenge(key, &h);
             }
+            ConnEvent::Msg(PeerMsg::Auth { ticket, sig }) => self.on_auth(key, &ticket, &sig),
             ConnEvent::Msg(PeerMsg::Request { piece, offset, len }) => {
                 self.serve_request(key, piece, offset, len)
             }
@@ -112,11 +114,13 @@ impl Transfers {
     }
 
     pub(super) fn serve_request(&mut self, key: usize, piece: u32, offset: u32, len: u32) {
+        if !self.ticket_in_force(key) {
+            return;
+        }
         let Role::Serve(ServeState::Serving {
             file_sha1: sha1, ..
         }) = self.conns[key].role
         else {
-            self.conns[key].send_error_and_close("request before handshake");
             return;
         };
         let reject = |t: &mut Transfers, code: RejectCode| {
@@ -140,6 +144,13 @@ impl Transfers {
         };
         if let Some(dl) = partial {
             if !self.downloads[dl].picker.has(p) {
+                reject(self, RejectCode::NotHave);
+                return;
+            }
+        } else if self.gate.is_limited(Direction::Up) {
+            let (n, conn) = (meta.piece_count(), self.conns[key].id);
+            let now = std::time::Instant::now();
+            if self.super_seed.request(sha1, n, conn, p, now) == Verdict::Withhold {
                 reject(self, RejectCode::NotHave);
                 return;
             }
@@ -190,11 +201,13 @@ impl Transfers {
         offset: u32,
         result: Result<Vec<u8>, Vec<u8>>,
     ) {
-        let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) else {
+        if self.conns.get(key).is_none_or(|c| c.id != id) {
             let (Ok(b) | Err(b)) = result;
             self.bufs.recycle(b);
             return;
-        };
+        }
+        let grant = self.grant(key);
+        let conn = &mut self.conns[key];
         if let Role::Serve(ServeState::Serving { pending_reads, .. }) = &mut conn.role {
             *pending_reads = pending_reads.saturating_sub(1);
         }
@@ -209,6 +222,7 @@ impl Transfers {
                 });
             }
         }
+        self.settle(grant);
         self.reparse(registry, key);
         self.drain_written(key);
         if self.conns.get(key).is_some_and(|c| c.is_closed()) {
@@ -240,10 +254,61 @@ impl Transfers {
     pub(super) fn broadcast_have(&mut self, sha1: &[u8; 20], piece: PieceIndex) {
         let msg = PeerMsg::Have(piece.raw()).encode();
         for (_, c) in self.conns.iter_mut() {
-            if let Role::Serve(ServeState::Serving { file_sha1: s, .. }) = &c.role {
-                if s == sha1 && !c.is_closed() {
-                    c.send(msg.clone());
+            let full = c.queued() >= MAX_QUEUED_MSGS;
+            if c.is_closed() {
+                continue;
+            }
+            let send = match &mut c.role {
+                Role::Serve(ServeState::Serving {
+                    file_sha1: s,
+                    bitfield_stale,
+                    ..
+                }) if s == sha1 => {
+                    *bitfield_stale |= full;
+                    !*bitfield_stale
                 }
+                _ => false,
+            };
+            if send {
+                c.send_urgent(msg.clone());
+            }
+        }
+    }
+
+    /// A serving connection whose `Have`s were dropped gets one whole
+    /// `Bitfield` once its write queue has drained.
+    pub(super) fn catch_up_bitfield(&mut self, key: usize) {
+        let Some(c) = self.conns.get(key) else {
+            return;
+        };
+        let Role::Serve(ServeState::Serving {
+            file_sha1,
+            bitfield_stale: true,
+            ..
+        }) = &c.role
+        else {
+            return;
+        };
+        if c.queued() > 0 {
+            return;
+        }
+        let bits = match self.source(file_sha1) {
+            Some((_, meta, None)) => Bitfield::full(meta.piece_count()),
+            Some((_, _, Some(dl))) => self.downloads[dl].bits(),
+            None => return,
+        };
+        let conn = &mut self.conns[key];
+        if let Role::Serve(ServeState::Serving { bitfield_stale, .. }) = &mut conn.role {
+            *bitfield_stale = false;
+        }
+        conn.send_msg(&PeerMsg::Bitfield(bits.into_bytes()));
+    }
+
+    /// Offers withheld pieces again (see [`crate::super_seed`]): a `Have` each.
+    pub(super) fn offer_withheld(&mut self, now: std::time::Instant) {
+        for (conn, piece) in self.super_seed.due(now) {
+            if let Some((_, c)) = self.conns.iter_mut().find(|(_, c)| c.id == conn) {
+                c.send_urgent(PeerMsg::Have(piece).encode());
             }
         }
     }

@@ -39,10 +39,14 @@ impl Node {
                 retries,
                 state_dir: state.path().to_path_buf(),
                 max_serving: 8,
+                max_serving_per_ip: 8,
             },
             waker,
         )
         .unwrap();
+        let mut t = t;
+        t.set_tracker_keys(vec![test_tracker().verifying_key()]);
+        t.start_serving();
         let addr = listener.local_addr().unwrap();
         Node {
             poll,
@@ -75,10 +79,11 @@ impl Node {
         self.jobs.extend(self.t.take_tracker_jobs());
     }
 
-    /// Starts a download that must be accepted.
+    /// Starts a download that must be accepted (with a valid ticket).
     fn download(&mut self, group: &str, meta: FileMeta, peers: Vec<SocketAddr>, out: PathBuf) {
+        let tk = ticket(&self.t, &meta, 60);
         self.t
-            .start_download(self.poll.registry(), group, meta, peers, out)
+            .start_download(self.poll.registry(), group, meta, peers, out, Some(&tk))
             .unwrap();
     }
 
@@ -87,6 +92,88 @@ impl Node {
         self.t.add_share("g", meta.clone(), path.to_path_buf());
         meta
     }
+}
+
+/// The tracker key of these tests (every node pins it).
+fn test_tracker() -> &'static wire::ticket::KeyPair {
+    static KEY: std::sync::OnceLock<wire::ticket::KeyPair> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| wire::ticket::new_key_pair().unwrap())
+}
+
+/// A ticket (hex) for `t`'s key and `meta`'s file, valid for `secs` more seconds.
+fn ticket(t: &Transfers, meta: &FileMeta, secs: u64) -> String {
+    wire::ticket::TicketBody {
+        user: "u".into(),
+        group: "g".into(),
+        file_sha1: meta.file_sha1,
+        holder: t.key_pair.verifying_key().to_bytes(),
+        expires: wire::ticket::unix_now() + secs,
+    }
+    .sign(test_tracker())
+    .to_hex()
+}
+
+/// The next whole message on a raw connection (`buf` keeps what follows).
+fn raw_msg(s: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> Option<PeerMsg> {
+    loop {
+        if let Some((m, used)) = peer_msg::decode(buf).unwrap() {
+            buf.drain(..used);
+            return Some(m);
+        }
+        let mut tmp = [0u8; 4096];
+        match s.read(&mut tmp) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+}
+
+/// A raw downloader's handshake for `sha1` and its answer to the server's
+/// challenge, with a ticket signed by `tracker` for `holder`, expiring in
+/// `secs` (0: already expired). Returns the bytes read past the challenge.
+fn raw_auth(
+    s: &mut std::net::TcpStream,
+    sha1: [u8; 20],
+    tracker: &wire::ticket::KeyPair,
+    holder: &wire::ticket::KeyPair,
+    secs: i64,
+) -> Vec<u8> {
+    raw_auth_for(s, sha1, sha1, tracker, holder, secs)
+}
+
+/// [`raw_auth`] with a ticket for `ticket_sha1` (maybe another file).
+fn raw_auth_for(
+    s: &mut std::net::TcpStream,
+    sha1: [u8; 20],
+    ticket_sha1: [u8; 20],
+    tracker: &wire::ticket::KeyPair,
+    holder: &wire::ticket::KeyPair,
+    secs: i64,
+) -> Vec<u8> {
+    s.write_all(&Handshake::new(sha1, [1; 8]).encode()).unwrap();
+    let mut hs = [0u8; peer_msg::HANDSHAKE_LEN];
+    s.read_exact(&mut hs).unwrap();
+    let server = Handshake::decode(&hs).unwrap().unwrap();
+    let mut buf = Vec::new();
+    let Some(PeerMsg::Challenge(c)) = raw_msg(s, &mut buf) else {
+        panic!("no challenge after the handshake");
+    };
+    let t = wire::ticket::TicketBody {
+        user: "u".into(),
+        group: "g".into(),
+        file_sha1: ticket_sha1,
+        holder: holder.verifying_key().to_bytes(),
+        expires: (wire::ticket::unix_now() as i64 + secs) as u64,
+    }
+    .sign(tracker);
+    let msg = wire::ticket::challenge_message(&c, &sha1, &server.peer_id, &[1; 8]);
+    let sig = wire::ticket::sign_challenge(holder, &msg);
+    let auth = PeerMsg::Auth {
+        ticket: t.encode(),
+        sig,
+    };
+    s.write_all(&auth.encode()).unwrap();
+    buf
 }
 
 fn run_until(nodes: &mut [&mut Node], secs: u64, mut done: impl FnMut(&[&mut Node]) -> bool) {
@@ -166,6 +253,7 @@ fn several_seeders_and_a_liar() {
     liar.t.add_share("g", lie, bad);
     let mut leecher = Node::new(8, 5);
     let out = dir.path().join("out");
+    let tk = ticket(&leecher.t, &meta, 60);
     leecher
         .t
         .start_download(
@@ -174,6 +262,7 @@ fn several_seeders_and_a_liar() {
             meta,
             vec![s1.addr, s2.addr, liar.addr],
             out.clone(),
+            Some(&tk),
         )
         .unwrap();
     run_until(&mut [&mut s1, &mut s2, &mut liar, &mut leecher], 30, |n| {
@@ -202,12 +291,14 @@ fn partial_seeding_and_no_peers_failure_reason() {
     let mut a = Node::new(8, 5);
     let mut b = Node::new(8, 5);
     a.download("g", meta.clone(), vec![seeder.addr], dir.path().join("a"));
+    let tk = ticket(&b.t, &meta, 60);
     b.t.start_download(
         b.poll.registry(),
         "g",
         meta,
         vec![seeder.addr, a.addr],
         dir.path().join("b"),
+        Some(&tk),
     )
     .unwrap();
     run_until(&mut [&mut seeder, &mut a, &mut b], 30, |n| {
@@ -322,9 +413,14 @@ fn a_finished_file_left_by_a_crash_is_verified_and_shared() {
     assert!(again.t.pending_resumes().is_empty());
     assert_ne!(std::fs::read(&other).unwrap(), data);
     // Without a resume state of ours, an existing destination is refused.
-    let refused = again
-        .t
-        .start_download(again.poll.registry(), "g", meta, vec![], other.clone());
+    let refused = again.t.start_download(
+        again.poll.registry(),
+        "g",
+        meta,
+        vec![],
+        other.clone(),
+        None,
+    );
     assert_eq!(refused, Err(format!("{} already exists", other.display())));
 }
 
@@ -407,7 +503,8 @@ fn no_peers_fails_with_reason() {
             "g",
             meta,
             vec![],
-            dir.path().join("o2")
+            dir.path().join("o2"),
+            None,
         )
         .unwrap_err()
         .contains("already downloading"));
@@ -459,13 +556,10 @@ fn server_rejects_bad_requests_and_keeps_serving() {
             read_msg(&mut s, &mut buf),
             PeerMsg::Error("unknown file".into())
         );
-        // The right file: handshake, bitfield, then answers.
+        // The right file: handshake, challenge, ticket, bitfield, then answers.
         let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.write_all(&Handshake::new(meta.file_sha1, [1; 8]).encode())
-            .unwrap();
-        let mut hs = [0u8; peer_msg::HANDSHAKE_LEN];
-        s.read_exact(&mut hs).unwrap();
-        let mut buf = Vec::new();
+        let me = wire::ticket::new_key_pair().unwrap();
+        let mut buf = raw_auth(&mut s, meta.file_sha1, test_tracker(), &me, 60);
         assert_eq!(read_msg(&mut s, &mut buf), PeerMsg::Bitfield(vec![0x80]));
         for (piece, offset, len) in [(1, 0, 10), (0, 990, 11), (0, 0, 0)] {
             s.write_all(&PeerMsg::Request { piece, offset, len }.encode())
@@ -517,8 +611,8 @@ fn server_resumes_buffered_requests_after_back_pressure() {
     let client = std::thread::spawn(move || {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        s.write_all(&Handshake::new(meta.file_sha1, [1; 8]).encode())
-            .unwrap();
+        let me = wire::ticket::new_key_pair().unwrap();
+        let mut buf = raw_auth(&mut s, meta.file_sha1, test_tracker(), &me, 60);
         let mut reqs = Vec::new();
         for piece in 0..pieces as u32 {
             PeerMsg::Request {
@@ -531,9 +625,6 @@ fn server_resumes_buffered_requests_after_back_pressure() {
         s.write_all(&reqs).unwrap();
         // Give the server time to fill the socket and queue up.
         std::thread::sleep(Duration::from_millis(300));
-        let mut hs = [0u8; peer_msg::HANDSHAKE_LEN];
-        s.read_exact(&mut hs).unwrap();
-        let mut buf = Vec::new();
         let mut got = 0;
         while got < pieces {
             if let Some((m, used)) = peer_msg::decode(&buf).unwrap() {
@@ -613,7 +704,8 @@ fn metadata_name_cannot_leave_the_destination_directory() {
                     "g",
                     meta.clone(),
                     vec![],
-                    inner.clone()
+                    inner.clone(),
+                    None,
                 )
                 .is_err(),
             "name {bad:?} accepted"
@@ -699,4 +791,266 @@ fn serving_connections_are_capped() {
     run_until(&mut [&mut node], 10, |n| serving(n[0]) < 8);
     let _newcomer = std::net::TcpStream::connect(node.addr).unwrap();
     run_until(&mut [&mut node], 10, |n| serving(n[0]) == 8);
+}
+
+/// The ticket check between handshake and bitfield: no `Auth`, a ticket of
+/// another tracker, for another file, expired, or shown by another key than
+/// its holder's: an `Error`, the connection closes, no piece. A valid one is
+/// served; once it expires, the next request gets an `Error`. After
+/// `stop_serving` (logout) every connection closes and new ones are refused.
+#[test]
+fn serving_needs_a_valid_ticket_and_stops_at_logout() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("f");
+    write_file(&src, 1000, 4);
+    let other = dir.path().join("other");
+    write_file(&other, 999, 5);
+    let mut seeder = Node::new(8, 5);
+    let meta = seeder.share(&src);
+    let other_meta = seeder.share(&other);
+    let addr = seeder.addr;
+    let sha1 = meta.file_sha1;
+    let client = std::thread::spawn(move || {
+        let me = wire::ticket::new_key_pair().unwrap();
+        let stranger = wire::ticket::new_key_pair().unwrap();
+        let connect = || std::net::TcpStream::connect(addr).unwrap();
+        let refused = |s: &mut std::net::TcpStream, mut buf: Vec<u8>, what: &str| {
+            s.write_all(
+                &PeerMsg::Request {
+                    piece: 0,
+                    offset: 0,
+                    len: 10,
+                }
+                .encode(),
+            )
+            .unwrap_or_default();
+            match raw_msg(s, &mut buf) {
+                Some(PeerMsg::Error(_)) | None => {}
+                other => panic!("{what}: answered {other:?}"),
+            }
+            assert!(raw_msg(s, &mut buf).is_none(), "{what}: not closed");
+        };
+        // A request right after the handshake, with no ticket at all.
+        let mut s = connect();
+        s.write_all(&Handshake::new(sha1, [1; 8]).encode()).unwrap();
+        let mut hs = [0u8; peer_msg::HANDSHAKE_LEN];
+        s.read_exact(&mut hs).unwrap();
+        let mut buf = Vec::new();
+        assert!(matches!(
+            raw_msg(&mut s, &mut buf),
+            Some(PeerMsg::Challenge(_))
+        ));
+        refused(&mut s, buf, "no ticket");
+        let mut s = connect();
+        let buf = raw_auth(&mut s, sha1, &stranger, &me, 60);
+        refused(&mut s, buf, "another tracker's ticket");
+        let mut s = connect();
+        let buf = raw_auth_for(&mut s, sha1, other_meta.file_sha1, test_tracker(), &me, 60);
+        refused(&mut s, buf, "a ticket for another file");
+        // The same ticket for its own file is fine.
+        let mut s = connect();
+        let mut buf = raw_auth(&mut s, other_meta.file_sha1, test_tracker(), &me, 60);
+        assert!(matches!(
+            raw_msg(&mut s, &mut buf),
+            Some(PeerMsg::Bitfield(_))
+        ));
+        let mut s2 = connect();
+        let buf = raw_auth(&mut s2, sha1, test_tracker(), &me, -5);
+        refused(&mut s2, buf, "expired");
+        // The holder's ticket shown by someone else (signing with its own key).
+        let mut s = connect();
+        s.write_all(&Handshake::new(sha1, [1; 8]).encode()).unwrap();
+        let mut hs = [0u8; peer_msg::HANDSHAKE_LEN];
+        s.read_exact(&mut hs).unwrap();
+        let mut buf = Vec::new();
+        let Some(PeerMsg::Challenge(c)) = raw_msg(&mut s, &mut buf) else {
+            panic!("no challenge");
+        };
+        let t = wire::ticket::TicketBody {
+            user: "u".into(),
+            group: "g".into(),
+            file_sha1: sha1,
+            holder: me.verifying_key().to_bytes(),
+            expires: wire::ticket::unix_now() + 60,
+        }
+        .sign(test_tracker());
+        let server = Handshake::decode(&hs).unwrap().unwrap();
+        let msg = wire::ticket::challenge_message(&c, &sha1, &server.peer_id, &[1; 8]);
+        let sig = wire::ticket::sign_challenge(&stranger, &msg);
+        s.write_all(
+            &PeerMsg::Auth {
+                ticket: t.encode(),
+                sig,
+            }
+            .encode(),
+        )
+        .unwrap();
+        refused(&mut s, buf, "replayed with another key");
+        // A valid ticket that expires in 1 s: served, then refused.
+        let mut s = connect();
+        let mut buf = raw_auth(&mut s, sha1, test_tracker(), &me, 1);
+        assert_eq!(
+            raw_msg(&mut s, &mut buf),
+            Some(PeerMsg::Bitfield(vec![0x80]))
+        );
+        s.write_all(
+            &PeerMsg::Request {
+                piece: 0,
+                offset: 0,
+                len: 10,
+            }
+            .encode(),
+        )
+        .unwrap();
+        assert!(matches!(
+            raw_msg(&mut s, &mut buf),
+            Some(PeerMsg::Piece { .. })
+        ));
+        std::thread::sleep(Duration::from_millis(2100));
+        refused(&mut s, buf, "after the expiry");
+        // A valid long ticket: the connection stays open until stop_serving.
+        let mut s = connect();
+        let mut buf = raw_auth(&mut s, sha1, test_tracker(), &me, 60);
+        assert_eq!(
+            raw_msg(&mut s, &mut buf),
+            Some(PeerMsg::Bitfield(vec![0x80]))
+        );
+        s
+    });
+    run_until(&mut [&mut seeder], 20, |_| client.is_finished());
+    let mut s = client.join().unwrap();
+    seeder.t.stop_serving(seeder.poll.registry());
+    let mut buf = Vec::new();
+    assert_eq!(raw_msg(&mut s, &mut buf), None, "served after logout");
+    // A new connection is closed at once.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    run_until(&mut [&mut seeder], 5, |n| {
+        n[0].t.conns.is_empty() && {
+            s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+            matches!(s.read(&mut [0u8; 1]), Ok(0))
+        }
+    });
+}
+
+/// A downloader that never reads: `Have`s beyond the queue bound are dropped
+/// (the queue stays bounded) and one `Bitfield` replaces them later.
+#[test]
+fn queued_haves_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("f");
+    write_file(&src, 1000, 4);
+    let mut seeder = Node::new(8, 5);
+    let meta = seeder.share(&src);
+    let addr = seeder.addr;
+    let me = wire::ticket::new_key_pair().unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let sha1 = meta.file_sha1;
+    let t = std::thread::spawn(move || {
+        raw_auth(&mut s, sha1, test_tracker(), &me, 60);
+        s
+    });
+    run_until(&mut [&mut seeder], 10, |_| t.is_finished());
+    let _s = t.join().unwrap();
+    run_until(&mut [&mut seeder], 10, |n| {
+        n[0].t.conns.iter().any(|(_, c)| {
+            matches!(
+                c.role,
+                Role::Serve(crate::peer_conn::ServeState::Serving { .. })
+            )
+        })
+    });
+    // The socket buffers take megabytes first; keep going until the queue
+    // reaches the bound (a bounded loop: 20M Haves are 120 MB).
+    let p = PieceIndex::new(0, 1).unwrap();
+    let stale = |t: &Transfers| {
+        t.conns.iter().any(|(_, c)| {
+            matches!(
+                c.role,
+                Role::Serve(crate::peer_conn::ServeState::Serving {
+                    bitfield_stale: true,
+                    ..
+                })
+            )
+        })
+    };
+    for _ in 0..20_000_000 {
+        seeder.t.broadcast_have(&sha1, p);
+        if stale(&seeder.t) {
+            break;
+        }
+    }
+    for _ in 0..10_000 {
+        seeder.t.broadcast_have(&sha1, p);
+    }
+    let (_, c) = seeder.t.conns.iter().next().unwrap();
+    assert!(
+        c.queued() <= serving::MAX_QUEUED_MSGS,
+        "{} messages queued",
+        c.queued()
+    );
+    assert!(matches!(
+        c.role,
+        Role::Serve(crate::peer_conn::ServeState::Serving {
+            bitfield_stale: true,
+            ..
+        })
+    ));
+}
+
+/// Timeouts of the peer server, with the clock injected: a connection that
+/// shook hands but never showed a ticket goes after 15 s; one past its ticket
+/// check stays while it talks and goes after `SERVE_IDLE_TIMEOUT` of silence.
+#[test]
+fn silent_serving_connections_time_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("f");
+    write_file(&src, 1000, 4);
+    let mut seeder = Node::new(8, 5);
+    let meta = seeder.share(&src);
+    let (addr, sha1) = (seeder.addr, meta.file_sha1);
+    let t = std::thread::spawn(move || {
+        let mut authed = std::net::TcpStream::connect(addr).unwrap();
+        let me = wire::ticket::new_key_pair().unwrap();
+        raw_auth(&mut authed, sha1, test_tracker(), &me, 600);
+        let mut silent = std::net::TcpStream::connect(addr).unwrap();
+        silent
+            .write_all(&Handshake::new(sha1, [2; 8]).encode())
+            .unwrap();
+        (authed, silent)
+    });
+    let state = |n: &Node| {
+        let mut v: Vec<&'static str> =
+            n.t.conns
+                .iter()
+                .map(|(_, c)| match c.role {
+                    Role::Serve(crate::peer_conn::ServeState::Serving { .. }) => "serving",
+                    Role::Serve(crate::peer_conn::ServeState::AwaitAuth { .. }) => "await-auth",
+                    _ => "other",
+                })
+                .collect();
+        v.sort();
+        v
+    };
+    run_until(&mut [&mut seeder], 10, |n| {
+        state(n[0]) == ["await-auth", "serving"]
+    });
+    let _conns = t.join().unwrap();
+    let t0 = Instant::now();
+    let reg = seeder.poll.registry();
+    seeder
+        .t
+        .tick(reg, t0 + REQUEST_TIMEOUT - Duration::from_secs(1));
+    assert_eq!(state(&seeder), ["await-auth", "serving"]);
+    seeder
+        .t
+        .tick(reg, t0 + REQUEST_TIMEOUT + Duration::from_secs(1));
+    assert_eq!(state(&seeder), ["serving"], "no ticket within the timeout");
+    seeder
+        .t
+        .tick(reg, t0 + SERVE_IDLE_TIMEOUT - Duration::from_secs(1));
+    assert_eq!(state(&seeder), ["serving"]);
+    seeder
+        .t
+        .tick(reg, t0 + SERVE_IDLE_TIMEOUT + Duration::from_secs(1));
+    assert!(state(&seeder).is_empty(), "an idle connection stayed");
 }

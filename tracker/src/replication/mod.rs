@@ -10,15 +10,23 @@
 //!   length-prefixed frames each holding one protobuf Raft message.
 //! - [`cluster_key`]: the 32-byte cluster key file (0600) in the data dir.
 //! - [`raft_log`]: raft-rs's slog output into the `log` crate.
+//! - [`machine`]: `LogMachine`, the state machine: committed entries appended to this
+//!   tracker's `sync_log.txt`, then applied through `store::apply`; snapshots.
+//! - [`driver`]: `RaftDriver`, the node on the server's mio loop: peer links, tick,
+//!   each `Ready` in order. [`start`]: opening it all at start-up.
 //!
-//! Single-host `shared-log` replication stays in `sync_log` / `server` for now.
+//! The server's side (staging, proposing, replying once applied) is
+//! `server_raft.rs`. Single-host `shared-log` replication is `sync_log` / `server`.
 
 // raft-rs's protobuf structs carry hidden fields; setting fields after `default()`
 // is how they are built (as in raft-rs's own examples).
 #![allow(clippy::field_reassign_with_default)]
 
 pub mod cluster_key;
+pub mod driver;
+pub mod machine;
 pub mod node;
 pub mod peer_frame;
 pub mod raft_log;
+pub mod start;
 pub mod storage;

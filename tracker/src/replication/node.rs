@@ -190,14 +190,23 @@ pub enum ProposeError {
 
 const CONTEXT_LEN: usize = 24;
 
+/// A proposal handed to raft-rs: kept until it commits or its deadline passes, so
+/// it can be handed to a new leader if the one it went to is gone.
+struct Pending {
+    deadline: Instant,
+    data: Vec<u8>,
+    /// The leader it was handed to.
+    via: u64,
+}
+
 /// One tracker's Raft replica.
 pub struct RaftNode {
     raw: RawNode<RaftStorage>,
     config: NodeConfig,
     boot: u64,
     next_seq: u64,
-    /// Handed to raft-rs, waiting to commit: seq -> deadline (both ascending).
-    pending: BTreeMap<u64, Instant>,
+    /// Handed to raft-rs, waiting to commit (seq and deadline both ascending).
+    pending: BTreeMap<u64, Pending>,
     /// Waiting for a leader to be known: (seq, data, deadline).
     queued: VecDeque<(u64, Vec<u8>, Instant)>,
     /// (is leader, leader) last logged at info level.
@@ -351,7 +360,15 @@ impl RaftNode {
         self.next_seq += 1;
         let deadline = now + self.config.proposal_deadline;
         if self.queued.is_empty() && self.try_submit(seq, &data) {
-            self.pending.insert(seq, deadline);
+            let via = self.raw.raft.leader_id;
+            self.pending.insert(
+                seq,
+                Pending {
+                    deadline,
+                    data,
+                    via,
+                },
+            );
         } else {
             self.queued.push_back((seq, data, deadline));
         }
@@ -376,13 +393,47 @@ impl RaftNode {
                 self.queued.push_front((seq, data, deadline));
                 return;
             }
-            self.pending.insert(seq, deadline);
+            let via = self.raw.raft.leader_id;
+            self.pending.insert(
+                seq,
+                Pending {
+                    deadline,
+                    data,
+                    via,
+                },
+            );
+        }
+    }
+
+    /// Hands proposals that went to another leader to the current one: a leader
+    /// that died or stepped down may have dropped them (forwarded proposals are not
+    /// retried by raft-rs). One that did commit after all commits twice; entries
+    /// are idempotent ([`crate::store::apply`]) and the second is not reported.
+    fn resubmit_to_new_leader(&mut self) {
+        let leader = self.raw.raft.leader_id;
+        if leader == INVALID_ID {
+            return;
+        }
+        let stale: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.via != leader)
+            .map(|(&seq, _)| seq)
+            .collect();
+        for seq in stale {
+            let data = std::mem::take(&mut self.pending.get_mut(&seq).expect("listed").data);
+            let submitted = self.try_submit(seq, &data);
+            let p = self.pending.get_mut(&seq).expect("listed");
+            p.data = data;
+            if submitted {
+                p.via = leader;
+            }
         }
     }
 
     fn expire(&mut self, now: Instant, failed: &mut Vec<ProposalId>) {
-        while let Some((&seq, &deadline)) = self.pending.first_key_value() {
-            if deadline > now {
+        while let Some((&seq, p)) = self.pending.first_key_value() {
+            if p.deadline > now {
                 break;
             }
             self.pending.remove(&seq);
@@ -404,7 +455,7 @@ impl RaftNode {
 
     /// The earliest proposal deadline, for the loop's poll timeout.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let pending = self.pending.first_key_value().map(|(_, &d)| d);
+        let pending = self.pending.first_key_value().map(|(_, p)| p.deadline);
         let queued = self.queued.front().map(|q| q.2);
         pending.into_iter().chain(queued).min()
     }
@@ -414,6 +465,7 @@ impl RaftNode {
     pub fn handle_ready(&mut self, now: Instant) -> Result<Actions, NodeError> {
         let mut actions = Actions::default();
         self.submit_queued();
+        self.resubmit_to_new_leader();
         self.expire(now, &mut actions.failed);
         actions.messages.append(&mut self.outbox);
         if !self.raw.has_ready() {

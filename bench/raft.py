@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Raft-mode figures: three `--replication raft` trackers on 127.0.0.1, each with
+its own data dir (one cluster key), release build.
+
+1. Durable changes/s and latency: the closed-loop 100-connection `create_group`
+   load of loadgen.py, through the leader and through a follower (a follower
+   forwards to the leader and replies after applying locally).
+2. Failover: one connection to a follower sends `create_group` every 10 ms; the
+   leader is killed (-9); the time from the kill to the first `OK` after it.
+
+Usage: bench/raft.py [--tracker target/release/tracker] [--seconds 5] [--conns 100] [--kills 3]
+Prints JSON; numbers go into BENCHMARKS.md by hand.
+"""
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import loadgen  # noqa: E402
+
+KEY = "5f1c0a9e3d7b24c68e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f\n"
+ROLE = re.compile(r"tracker (\d+) (is leader|follows tracker \d+|has no leader) \(term (\d+)\)")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class Tracker:
+    def __init__(self, binary, info, no, data):
+        self.binary, self.info, self.no, self.data = binary, info, no, data
+        self.proc, self.lines, self.addr = None, [], None
+
+    def start(self):
+        os.makedirs(self.data, exist_ok=True)
+        key = os.path.join(self.data, "cluster.key")
+        if not os.path.exists(key):
+            with open(key, "w") as f:
+                f.write(KEY)
+            os.chmod(key, 0o600)
+        self.lines = []
+        self.proc = subprocess.Popen(
+            [self.binary, self.info, str(self.no), "--data-dir", self.data, "--replication", "raft"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        threading.Thread(target=self._tap, args=(self.proc.stderr,), daemon=True).start()
+        line = self.proc.stdout.readline()
+        m = re.search(r"listening on (\S+)", line)
+        if not m:
+            raise RuntimeError(f"tracker {self.no} did not start: {line!r}")
+        self.addr = m.group(1)
+
+    def _tap(self, f):
+        for line in f:
+            self.lines.append((time.monotonic(), line))
+
+    def role(self):
+        """(is leader, term) from the last role line."""
+        for _, line in reversed(self.lines):
+            m = ROLE.search(line)
+            if m and int(m.group(1)) == self.no:
+                return m.group(2) == "is leader", int(m.group(3))
+        return False, 0
+
+    def kill9(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+
+def leader(trackers, timeout=20):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        best = None
+        for t in trackers:
+            if t.proc.poll() is None:
+                is_leader, term = t.role()
+                if is_leader and (best is None or term > best[0]):
+                    best = (term, t)
+        if best:
+            return best[1]
+        time.sleep(0.05)
+    raise RuntimeError("no leader")
+
+
+def cluster(binary, root):
+    ports = [free_port() for _ in range(3)]
+    info = os.path.join(root, "tracker_info.txt")
+    with open(info, "w") as f:
+        f.write("".join(f"127.0.0.1:{p}\n" for p in ports))
+    ts = [Tracker(binary, info, i + 1, os.path.join(root, f"host{i + 1}")) for i in range(3)]
+    ts[0].start()
+    for t in ts[1:]:
+        os.makedirs(t.data, exist_ok=True)
+        with open(os.path.join(ts[0].data, "tracker_key")) as src, open(os.path.join(t.data, "tracker_key"), "w") as dst:
+            dst.write(src.read())
+        os.chmod(os.path.join(t.data, "tracker_key"), 0o600)
+        t.start()
+    return ts
+
+
+def failover(ts, token):
+    """ms from the leader's kill -9 to the first OK through a survivor."""
+    lead = leader(ts)
+    follower = next(t for t in ts if t is not lead)
+    conn = loadgen.Conn(follower.addr, timeout=30)
+    for i in range(20):  # warm: the link works
+        conn.call(token, "create_group", f"warm{os.urandom(3).hex()}{i}")
+    lead.kill9()
+    killed = time.monotonic()
+    n = 0
+    while True:
+        n += 1
+        ok, head, _ = conn.call(token, "create_group", f"fo{os.urandom(4).hex()}{n}")
+        if ok:
+            took = (time.monotonic() - killed) * 1000
+            break
+        time.sleep(0.01)
+    conn.close()
+    lead.start()
+    return took
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tracker", default=os.path.join(os.path.dirname(HERE), "target/release/tracker"))
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--conns", type=int, default=100)
+    ap.add_argument("--kills", type=int, default=3)
+    a = ap.parse_args()
+    out = {}
+    with tempfile.TemporaryDirectory() as root:
+        ts = cluster(a.tracker, root)
+        try:
+            lead = leader(ts)
+            token = loadgen.login(lead.addr, "benchuser", "benchpass")
+            time.sleep(0.5)
+            follower = next(t for t in ts if t is not lead)
+            out["via_leader"] = loadgen.run_load(lead.addr, "create_group", [token], conns=a.conns, seconds=a.seconds, procs=2)
+            out["via_follower"] = loadgen.run_load(follower.addr, "create_group", [token], conns=a.conns, seconds=a.seconds, procs=2)
+            times = []
+            for _ in range(a.kills):
+                times.append(failover(ts, token))
+                leader(ts)
+                time.sleep(2)
+            out["kill9_leader_to_first_ok_ms"] = times
+        finally:
+            for t in ts:
+                t.kill9()
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+//! A three-tracker `--replication raft` cluster for the end-to-end tests
+//! (`tests/raft_cluster.rs` on loopback, `tests/raft_netns.rs` on network
+//! namespaces): separate data dirs holding one cluster key and one ticket key, as
+//! an operator sets them up; the leader read from the trackers' role lines; the
+//! checks every Raft test makes (identical logs, each cache equal to a rebuild
+//! from its own log).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use crate::netns::{Host, Hosts};
+use crate::tracker_state::{dump, entry_line_starts, read_log};
+use crate::{free_port, wait_until, write_tracker_info, TrackerConn, TrackerProc, WAIT};
+
+/// The port every tracker listens on in a netns cluster (one tracker per host).
+pub const NETNS_PORT: u16 = 7001;
+
+/// The cluster key every test tracker holds (a test key, not a secret).
+pub const KEY_HEX: &str = "5f1c0a9e3d7b24c68e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f";
+
+/// Three trackers' list and data dirs, each holding the cluster key.
+pub struct Cluster {
+    _tmp: tempfile::TempDir,
+    pub info: PathBuf,
+    pub dirs: Vec<PathBuf>,
+    pub trackers: Vec<Option<TrackerProc>>,
+    extra: Vec<String>,
+    hosts: Option<Hosts>,
+}
+
+pub fn key_into(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("cluster.key");
+    std::fs::write(&path, format!("{KEY_HEX}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+impl Cluster {
+    /// Three trackers on loopback ports.
+    pub fn start(extra: &[&str]) -> Cluster {
+        Cluster::start_on(None, extra)
+    }
+
+    /// Three trackers, on loopback or (with `hosts`) tracker N in host N.
+    pub fn start_on(hosts: Option<Hosts>, extra: &[&str]) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let info = match &hosts {
+            Some(h) => h.tracker_info(tmp.path(), &[1, 2, 3], NETNS_PORT),
+            None => write_tracker_info(tmp.path(), &[free_port(), free_port(), free_port()]),
+        };
+        let dirs: Vec<PathBuf> = (1..=3)
+            .map(|i| tmp.path().join(format!("host{i}")))
+            .collect();
+        for d in &dirs {
+            key_into(d);
+        }
+        let mut c = Cluster {
+            _tmp: tmp,
+            info,
+            dirs,
+            trackers: vec![None, None, None],
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            hosts,
+        };
+        c.up(1);
+        // The ticket key, like the cluster key, is the same on every tracker.
+        for d in &c.dirs[1..] {
+            std::fs::copy(c.dirs[0].join("tracker_key"), d.join("tracker_key")).unwrap();
+        }
+        c.up(2);
+        c.up(3);
+        c
+    }
+
+    pub fn up(&mut self, no: usize) {
+        let mut args = vec!["--replication", "raft"];
+        args.extend(self.extra.iter().map(String::as_str));
+        let host = self.hosts.as_ref().map(|h| h.host(no));
+        let t = TrackerProc::start_in(host, &self.info, no, &self.dirs[no - 1], &args);
+        self.trackers[no - 1] = Some(t);
+    }
+
+    pub fn kill9(&mut self, no: usize) {
+        if let Some(mut t) = self.trackers[no - 1].take() {
+            t.kill9();
+        }
+    }
+
+    /// The hosts, in a netns cluster.
+    pub fn hosts(&self) -> Option<&Hosts> {
+        self.hosts.as_ref()
+    }
+
+    /// Where a connection to tracker `no` is opened from: its own host (netns)
+    /// or this process (loopback); with its address. For writer threads.
+    pub fn dialer(&self, no: usize) -> (Option<Host>, String) {
+        let host = self.hosts.as_ref().map(|h| h.host(no).clone());
+        (host, self.t(no).addr.clone())
+    }
+
+    pub fn t(&self, no: usize) -> &TrackerProc {
+        self.trackers[no - 1].as_ref().expect("tracker running")
+    }
+
+    pub fn running(&self) -> Vec<usize> {
+        (1..=3)
+            .filter(|&n| self.trackers[n - 1].is_some())
+            .collect()
+    }
+
+    /// The running tracker that last said it is leader in the highest term.
+    pub fn leader(&self) -> Option<usize> {
+        let mut best: Option<(u64, usize)> = None;
+        for no in self.running() {
+            let text = self.t(no).stderr.text();
+            let me = format!("tracker {no} ");
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| {
+                    l.contains(&me)
+                        && l.contains("(term ")
+                        && [" is leader", " follows", " has no leader"]
+                            .iter()
+                            .any(|r| l.contains(r))
+                })
+                .map(str::to_string);
+            if let Some(l) = last.filter(|l| l.contains(" is leader")) {
+                let term: u64 = l
+                    .split("(term ")
+                    .nth(1)
+                    .and_then(|t| t.trim_end_matches(')').parse().ok())
+                    .unwrap_or(0);
+                if best.is_none_or(|(t, _)| term > t) {
+                    best = Some((term, no));
+                }
+            }
+        }
+        best.map(|b| b.1)
+    }
+
+    pub fn await_leader(&self) -> usize {
+        let mut found = None;
+        assert!(
+            wait_until(WAIT, || {
+                found = self.leader();
+                found.is_some()
+            }),
+            "no leader elected; stderr of tracker 1:\n{}",
+            self.t(self.running()[0]).stderr.text()
+        );
+        found.unwrap()
+    }
+
+    pub fn log(&self, no: usize) -> PathBuf {
+        self.dirs[no - 1].join("sync_log.txt")
+    }
+
+    pub fn db(&self, no: usize) -> PathBuf {
+        self.dirs[no - 1].join(format!("tracker{no}.db"))
+    }
+}
+
+/// The log's entry lines (the version line names each log's own generation).
+pub fn entries(log: &Path) -> Vec<String> {
+    read_log(log).0
+}
+
+/// The state a fresh cache gets from applying `log` through `store::apply`.
+pub fn rebuilt(log: &Path) -> String {
+    let (_, decoded) = read_log(log);
+    let starts = entry_line_starts(log);
+    let mut store = tracker::store::Store::open_in_memory().unwrap();
+    let with_offsets: Vec<(u64, _)> = starts.iter().map(|&s| s as u64).zip(decoded).collect();
+    let end = std::fs::metadata(log).unwrap().len();
+    store.apply_entries(&with_offsets, end).unwrap();
+    tracker::store::dump(store.conn()).unwrap()
+}
+
+/// Groups `tracker` lists to a logged-in user.
+pub fn groups(conn: &mut TrackerConn, token: &str) -> BTreeSet<String> {
+    let (_, rows) = conn.ok(Some(token), "list_groups", &[]);
+    rows.into_iter()
+        .filter_map(|r| r.into_iter().next())
+        .collect()
+}
+
+/// Waits until trackers `nos` hold the same entry lines; returns them.
+pub fn await_same_logs(c: &Cluster, nos: &[usize]) -> Vec<String> {
+    let mut last = Vec::new();
+    let same = wait_until(WAIT, || {
+        let logs: Vec<Vec<String>> = nos.iter().map(|&n| entries(&c.log(n))).collect();
+        last = logs[0].clone();
+        logs.windows(2).all(|w| w[0] == w[1])
+    });
+    assert!(same, "logs of trackers {nos:?} differ");
+    last
+}
+
+/// A protocol connection to `addr`, opened from `host` (netns) or from here.
+pub fn connect_from(host: Option<&Host>, addr: &str) -> std::io::Result<TrackerConn> {
+    match host {
+        Some(h) => h.connect(addr).map(TrackerConn::from_stream),
+        None => {
+            let s = std::net::TcpStream::connect(addr)?;
+            Ok(TrackerConn::from_stream(s))
+        }
+    }
+}
+
+/// Whether the caches of `nos` equal rebuilds from their own logs.
+pub fn caches_match_logs(c: &Cluster, nos: &[usize]) -> bool {
+    nos.iter().all(|&no| dump(&c.db(no)) == rebuilt(&c.log(no)))
+}

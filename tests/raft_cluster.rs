@@ -1,0 +1,257 @@
+//! `--replication raft` on loopback: three real trackers on 127.0.0.1, each with
+//! its own data dir (the same cluster key and ticket key copied into each, as an
+//! operator would). A leader's `kill -9` during concurrent changes loses no
+//! acknowledged change; the logs of the trackers are identical and each cache equals
+//! a rebuild from its own log; an outsider speaking the Raft greeting changes
+//! nothing; without a majority a change is refused within 5 s while reads go on; a
+//! tracker whose data dir was wiped catches up by snapshot; the real client works
+//! across a leader kill.
+//!
+//! Separate hosts are stood in for by separate data dirs and ports on one host, and
+//! a lost majority by killing trackers (`kill -9`), not by cutting links: the
+//! network-namespace versions need the netns harness.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use harness::raft::{await_same_logs, entries, groups, key_into, rebuilt, Cluster};
+use harness::tracker_state::dump;
+use harness::{wait_until, ClientProc, TrackerConn, WAIT};
+use wire::tracker_msg::Reply;
+
+#[test]
+fn a_leader_kill9_during_concurrent_changes_loses_no_acknowledged_change() {
+    let mut c = Cluster::start(&[]);
+    let leader = c.await_leader();
+    let mut setup = c.t(1).connect();
+    setup.ok(None, "create_user", &["ann", "pw"]);
+    let token = setup.login("ann", "pw");
+
+    // One writer per tracker, each creating groups through its own tracker.
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for no in 1..=3 {
+        let addr = c.t(no).addr.clone();
+        let (acked, stop, token) = (Arc::clone(&acked), Arc::clone(&stop), token.clone());
+        writers.push(std::thread::spawn(move || {
+            let mut conn = TrackerConn::connect(&addr);
+            for i in 0.. {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let g = format!("g{no}-{i}");
+                let req = wire::tracker_msg::Request::new(Some(&token), "create_group", &[&g]);
+                if conn.stream.write_all(&req.encode()).is_err() {
+                    break; // its tracker was killed
+                }
+                match conn.read_reply() {
+                    Ok(Reply::Ok { .. }) => acked.lock().unwrap().push(g),
+                    Ok(Reply::Err(_)) => std::thread::sleep(Duration::from_millis(20)),
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    assert!(wait_until(WAIT, || acked.lock().unwrap().len() >= 60));
+    c.kill9(leader);
+    let before_kill = acked.lock().unwrap().len();
+    let new_leader = c.await_leader();
+    assert_ne!(new_leader, leader);
+    assert!(
+        wait_until(WAIT, || acked.lock().unwrap().len() >= before_kill + 60),
+        "changes stopped after the leader's kill"
+    );
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let acked: BTreeSet<String> = acked.lock().unwrap().iter().cloned().collect();
+    let survivors = c.running();
+    let lines = await_same_logs(&c, &survivors);
+    for &no in &survivors {
+        let mut conn = c.t(no).connect();
+        let listed = groups(&mut conn, &token);
+        let lost: Vec<_> = acked.difference(&listed).collect();
+        assert!(lost.is_empty(), "tracker {no} lost acknowledged {lost:?}");
+        assert_eq!(dump(&c.db(no)), rebuilt(&c.log(no)), "tracker {no}'s cache");
+    }
+    // The killed leader restarts and catches up to the same log.
+    c.up(leader);
+    let all = await_same_logs(&c, &[1, 2, 3]);
+    assert!(all.len() >= lines.len());
+    assert!(wait_until(WAIT, || dump(&c.db(leader)) == rebuilt(&c.log(leader))));
+    for no in 1..=3 {
+        c.trackers[no - 1].as_mut().unwrap().assert_alive();
+    }
+}
+
+#[test]
+fn an_outsider_speaking_raft_changes_nothing() {
+    let c = Cluster::start(&[]);
+    let leader = c.await_leader();
+    let mut conn = c.t(1).connect();
+    let token = conn.user("ann", "pw");
+    conn.ok(Some(&token), "create_group", &["before"]);
+    let before = await_same_logs(&c, &[1, 2, 3]);
+    let term_lines = |no: usize| c.t(no).stderr.text().matches("(term ").count();
+    let roles_before: Vec<usize> = (1..=3).map(term_lines).collect();
+
+    for target in 1..=3 {
+        // A greeting claiming to be another member, a made-up proof, then a frame
+        // that would be a vote request.
+        let claimed = if target == 1 { 2 } else { 1 };
+        let mut s = TcpStream::connect(&c.t(target).addr).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let greeting = format!("SWARMSHARE-RAFT v1 {claimed} {}\n", "ab".repeat(32));
+        s.write_all(greeting.as_bytes()).unwrap();
+        let mut reply = [0u8; 512];
+        let n = s.read(&mut reply).unwrap();
+        assert!(
+            reply[..n].starts_with(b"SWARMSHARE-RAFT v1 "),
+            "{:?}; stderr:\n{}",
+            &reply[..n],
+            c.t(target).stderr.text()
+        );
+        let _ = s.write_all(format!("{}\n", "cd".repeat(32)).as_bytes());
+        let mut frame = 40u32.to_be_bytes().to_vec();
+        frame.extend_from_slice(&[0x08, 0x05, 0x10, 0x63, 0x18, 0x01, 0x20, 0x02]);
+        frame.resize(4 + 40 + 32, 0x11);
+        let _ = s.write_all(&frame);
+        // The tracker closes the link: end of stream (or a reset), nothing else.
+        let mut rest = Vec::new();
+        let closed = match s.read_to_end(&mut rest) {
+            Ok(_) => rest.is_empty(),
+            Err(e) => {
+                e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut
+            }
+        };
+        assert!(closed, "the forged link was not closed: {rest:?}");
+        // Frames without any handshake: bounded and ignored, then closed.
+        let mut s = TcpStream::connect(&c.t(target).addr).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let _ = s.write_all(b"SWARMSHARE-RAFT v1 3 zz\n");
+        let _ = s.write_all(&frame);
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(!rest.windows(4).any(|w| w == b"OK\r\n"), "{rest:?}");
+    }
+    // No tracker changed its log, its term or its role.
+    for no in 1..=3 {
+        assert_eq!(entries(&c.log(no)), before, "tracker {no}'s log");
+    }
+    assert_eq!(roles_before, (1..=3).map(term_lines).collect::<Vec<_>>());
+    assert_eq!(c.leader(), Some(leader));
+    // And the cluster still works.
+    conn.ok(Some(&token), "create_group", &["after"]);
+    assert!(groups(&mut c.t(2).connect(), &token).contains("after"));
+}
+
+#[test]
+fn without_a_majority_changes_are_refused_within_5s_and_reads_go_on() {
+    let mut c = Cluster::start(&[]);
+    c.await_leader();
+    let mut conn = c.t(3).connect();
+    let token = conn.user("ann", "pw");
+    conn.ok(Some(&token), "create_group", &["kept"]);
+    c.kill9(1);
+    c.kill9(2);
+    let started = Instant::now();
+    let err = conn.err(Some(&token), "create_group", &["lost"]);
+    let took = started.elapsed();
+    assert_eq!(err, "no quorum: the change was not made");
+    assert!(took <= Duration::from_secs(5), "refused after {took:?}");
+    // Reads are answered from the local state.
+    assert_eq!(
+        groups(&mut conn, &token),
+        BTreeSet::from(["kept".to_string()])
+    );
+    // The majority returns: changes work again, everywhere.
+    c.up(1);
+    c.up(2);
+    c.await_leader();
+    assert!(wait_until(WAIT, || matches!(
+        conn.request(Some(&token), "create_group", &["again"]),
+        Reply::Ok { .. }
+    )));
+    await_same_logs(&c, &[1, 2, 3]);
+    for no in 1..=3 {
+        let got = groups(&mut c.t(no).connect(), &token);
+        assert!(
+            got.contains("again") && got.contains("kept"),
+            "tracker {no}: {got:?}"
+        );
+        assert!(!got.contains("lost"), "tracker {no}: {got:?}");
+    }
+}
+
+#[test]
+fn a_wiped_data_dir_catches_up_by_snapshot_and_tail() {
+    let mut c = Cluster::start(&["--raft-snapshot-every", "20"]);
+    let leader = c.await_leader();
+    let wiped = if leader == 3 { 2 } else { 3 };
+    let mut conn = c.t(leader).connect();
+    let token = conn.user("ann", "pw");
+    for i in 0..60 {
+        conn.ok(Some(&token), "create_group", &[&format!("g{i}")]);
+    }
+    await_same_logs(&c, &[1, 2, 3]);
+    c.kill9(wiped);
+    std::fs::remove_dir_all(&c.dirs[wiped - 1]).unwrap();
+    key_into(&c.dirs[wiped - 1]);
+    std::fs::copy(
+        c.dirs[leader - 1].join("tracker_key"),
+        c.dirs[wiped - 1].join("tracker_key"),
+    )
+    .unwrap();
+    for i in 60..70 {
+        conn.ok(Some(&token), "create_group", &[&format!("g{i}")]);
+    }
+    c.up(wiped);
+    let lines = await_same_logs(&c, &[1, 2, 3]);
+    assert!(lines.len() >= 72, "{} lines", lines.len());
+    assert!(
+        c.t(wiped).stderr.text().contains("restored a snapshot"),
+        "{}",
+        c.t(wiped).stderr.text()
+    );
+    assert!(wait_until(WAIT, || dump(&c.db(wiped)) == rebuilt(&c.log(wiped))));
+    let got = groups(&mut c.t(wiped).connect(), &token);
+    assert_eq!(got.len(), 70, "{got:?}");
+}
+
+#[test]
+fn the_real_client_works_across_a_leader_kill() {
+    let mut c = Cluster::start(&[]);
+    let leader = c.await_leader();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("data.bin");
+    harness::write_random_file(&file, 3 << 20, 7);
+    let mut alice = ClientProc::start(&c.info, &tmp.path().join("a"), &[]);
+    let mut bob = ClientProc::start(&c.info, &tmp.path().join("b"), &[]);
+    let mut out = vec![
+        alice.cmd("create_user alice pw"),
+        alice.cmd("login alice pw"),
+        alice.cmd("create_group team"),
+        bob.cmd("create_user bob pw"),
+        bob.cmd("login bob pw"),
+        bob.cmd("join_group team"),
+    ];
+    c.kill9(leader);
+    out.push(alice.cmd("accept_request team bob"));
+    out.push(alice.cmd(&format!("upload_file \"{}\" team", file.display())));
+    let dl = tmp.path().join("dl");
+    std::fs::create_dir(&dl).unwrap();
+    let got = dl.join("data.bin");
+    out.push(bob.cmd(&format!("download_file team data.bin \"{}\"", dl.display())));
+    let errors: Vec<&String> = out.iter().filter(|l| l.starts_with("error:")).collect();
+    assert!(errors.is_empty(), "{out:#?}");
+    assert!(wait_until(WAIT, || got.exists()
+        && harness::sha1_file(&got) == harness::sha1_file(&file)));
+    harness::assert_same_file(&file, &got);
+}

@@ -1,0 +1,496 @@
+//! `RaftDriver`: runs this tracker's [`RaftNode`] on the server's mio loop
+//! (`--replication raft`): the peer links' sockets, the tick, and each `Ready` in
+//! raft-rs's order (persist, send, apply, advance).
+//!
+//! # Links
+//! Every tracker dials every other one ([`PeerLink::connect`]) and sends its Raft
+//! messages only on the link it dialled; links the others dialled to it (handed over
+//! by the server when a connection's first line is the greeting,
+//! [`RaftDriver::adopt`]) only receive. So each direction has one TCP connection,
+//! and neither side has to agree with the other on who keeps which. A dialled link
+//! that fails (refused, reset, or bytes not moving for [`STALL`]: a partition) is
+//! closed and dialled again after a back-off that doubles from 100 ms to 1 s.
+//! A message for a tracker whose link is down, or whose send queue holds more than
+//! [`MAX_QUEUE`] bytes, is dropped and raft-rs is told (`report_unreachable`): Raft
+//! itself retransmits. An accepted connection must authenticate within
+//! [`HANDSHAKE_TIME`]; at most [`MAX_ACCEPTED`] accepted links exist at once.
+//!
+//! # Time
+//! One Raft tick every [`TICK`] (election after 1-2 s, heartbeat every 200 ms with
+//! raft-rs's defaults in [`NodeConfig::new`]); a change not committed within
+//! [`PROPOSAL_DEADLINE`] fails with `ERR no quorum: the change was not made`.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::ToSocketAddrs;
+use std::time::{Duration, Instant};
+
+use mio::event::Event;
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use raft::prelude::{Message, MessageType};
+use slab::Slab;
+
+use super::machine::{LogMachine, Recheck};
+use super::node::{NodeError, ProposalId, ProposeError, RaftNode, StateMachine};
+use super::peer_frame::{fresh_nonce, LinkEvent, PeerLink, DEFAULT_MAX_FRAME};
+
+/// Tokens at and above this are peer links (the server's are below).
+pub const PEER_TOKEN_BASE: usize = usize::MAX / 2;
+/// Raft's logical clock.
+pub const TICK: Duration = Duration::from_millis(100);
+/// SPEC: a change without quorum is refused within 5 s (margin for the loop turn).
+pub const PROPOSAL_DEADLINE: Duration = Duration::from_millis(4500);
+/// Unsent bytes per link beyond which messages are dropped.
+pub const MAX_QUEUE: usize = 8 << 20;
+/// A dialled link whose unsent bytes do not move for this long is closed.
+pub const STALL: Duration = Duration::from_secs(3);
+/// A dialled link that carried messages while nothing came back from its tracker
+/// (on any link) for this long is closed and dialled again: after a partition
+/// heals, a fresh connection beats waiting out TCP's retransmission back-off.
+pub const SILENCE: Duration = Duration::from_secs(3);
+/// An accepted link must authenticate within this.
+pub const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
+/// Accepted links at once (authenticated or not).
+pub const MAX_ACCEPTED: usize = 64;
+const READ_BUDGET: usize = 8 << 20;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// One tracker-to-tracker connection.
+struct PeerConn {
+    stream: TcpStream,
+    link: PeerLink,
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Set on a link this tracker dialled: the tracker at the other end.
+    dialled: Option<u64>,
+    /// A dialled connection completed (its first writable event said so).
+    connected: bool,
+    readable: bool,
+    opened: Instant,
+    /// Last time unsent bytes moved (or there were none).
+    progress: Instant,
+    /// Last time a message was queued on it.
+    last_send: Option<Instant>,
+    dead: bool,
+}
+
+impl PeerConn {
+    fn unsent(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    fn queue_output(&mut self) {
+        let more = self.link.take_output();
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        }
+        self.out.extend_from_slice(&more);
+    }
+
+    fn flush(&mut self, now: Instant) {
+        if self.dialled.is_some() && !self.connected {
+            return;
+        }
+        while self.unsent() > 0 && !self.dead {
+            match self.stream.write(&self.out[self.out_pos..]) {
+                Ok(0) => self.dead = true,
+                Ok(n) => {
+                    self.out_pos += n;
+                    self.progress = now;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => self.dead = true,
+            }
+        }
+        if self.unsent() == 0 {
+            self.out.clear();
+            self.out_pos = 0;
+            self.progress = now;
+        }
+    }
+
+    /// Reads what the socket has (up to a budget) into the link; its Raft messages.
+    fn read(&mut self, buf: &mut [u8]) -> Vec<Message> {
+        let mut msgs = Vec::new();
+        let mut budget = READ_BUDGET;
+        while budget > 0 && !self.dead {
+            match self.stream.read(buf) {
+                Ok(0) => self.dead = true,
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    match self.link.receive(&buf[..n]) {
+                        Ok(events) => msgs.extend(events.into_iter().filter_map(|e| match e {
+                            LinkEvent::Message(m) => Some(*m),
+                            LinkEvent::Authenticated { peer } => {
+                                log::info!("raft link with tracker {peer} authenticated");
+                                None
+                            }
+                        })),
+                        Err(e) => {
+                            log::warn!("raft link {:?}: {e}; closed", self.stream.peer_addr());
+                            self.dead = true;
+                        }
+                    }
+                    self.queue_output();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => self.dead = true,
+            }
+        }
+        msgs
+    }
+}
+
+/// Where to dial one other tracker, and the state of that link.
+struct Dial {
+    addr: String,
+    conn: Option<usize>,
+    next_try: Instant,
+    backoff: Duration,
+}
+
+/// What a turn finished: proposals committed and applied here, and failed ones.
+#[derive(Debug, Default)]
+pub struct Finished {
+    pub committed: Vec<ProposalId>,
+    pub failed: Vec<ProposalId>,
+}
+
+/// The node, its links and its clock.
+pub struct RaftDriver {
+    node: RaftNode,
+    me: u64,
+    voters: Vec<u64>,
+    key: [u8; 32],
+    links: Slab<PeerConn>,
+    dials: BTreeMap<u64, Dial>,
+    next_tick: Instant,
+    /// When a message from each tracker last arrived.
+    last_heard: BTreeMap<u64, Instant>,
+}
+
+impl RaftDriver {
+    /// `peers`: every other tracker's number and `HOST:PORT`.
+    pub fn new(node: RaftNode, key: [u8; 32], peers: Vec<(u64, String)>, now: Instant) -> Self {
+        let me = node.id();
+        let mut voters: Vec<u64> = peers.iter().map(|p| p.0).chain([me]).collect();
+        voters.sort_unstable();
+        let dials = peers
+            .into_iter()
+            .map(|(no, addr)| {
+                let dial = Dial {
+                    addr,
+                    conn: None,
+                    next_try: now,
+                    backoff: BACKOFF_MIN,
+                };
+                (no, dial)
+            })
+            .collect();
+        RaftDriver {
+            node,
+            me,
+            voters,
+            key,
+            links: Slab::new(),
+            dials,
+            next_tick: now + TICK,
+            last_heard: BTreeMap::new(),
+        }
+    }
+
+    /// This tracker's replica (status and tests).
+    pub fn node(&self) -> &RaftNode {
+        &self.node
+    }
+
+    /// Proposes one sync-log line; the outcome comes from a later [`Self::turn`].
+    pub fn propose(&mut self, line: Vec<u8>, now: Instant) -> Result<ProposalId, ProposeError> {
+        self.node.propose(line, now)
+    }
+
+    /// Takes over a client-port connection whose first line was the greeting.
+    pub fn adopt(
+        &mut self,
+        registry: &Registry,
+        mut stream: TcpStream,
+        first: &[u8],
+        now: Instant,
+    ) {
+        if self
+            .links
+            .iter()
+            .filter(|(_, l)| l.dialled.is_none())
+            .count()
+            >= MAX_ACCEPTED
+        {
+            log::warn!(
+                "too many raft links; one from {:?} closed",
+                stream.peer_addr()
+            );
+            return;
+        }
+        let entry = self.links.vacant_entry();
+        let token = Token(PEER_TOKEN_BASE + entry.key());
+        if let Err(e) =
+            registry.reregister(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+        {
+            log::warn!("cannot register a raft link: {e}");
+            return;
+        }
+        let link = PeerLink::accept(
+            self.key,
+            self.me,
+            self.voters.clone(),
+            fresh_nonce(),
+            DEFAULT_MAX_FRAME,
+        );
+        let mut conn = PeerConn {
+            stream,
+            link,
+            out: Vec::new(),
+            out_pos: 0,
+            dialled: None,
+            connected: true,
+            readable: true,
+            opened: now,
+            progress: now,
+            last_send: None,
+            dead: false,
+        };
+        if let Err(e) = conn.link.receive(first) {
+            log::warn!("raft link {:?}: {e}; closed", conn.stream.peer_addr());
+            return;
+        }
+        conn.queue_output();
+        entry.insert(conn);
+    }
+
+    /// A readiness event for one of this driver's tokens.
+    pub fn on_event(&mut self, token: Token, event: &Event, now: Instant) {
+        let Some(c) = self.links.get_mut(token.0 - PEER_TOKEN_BASE) else {
+            return;
+        };
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            c.readable = true;
+        }
+        if event.is_writable() {
+            if !c.connected {
+                match (c.stream.take_error(), c.stream.peer_addr()) {
+                    (Ok(None), Ok(_)) => c.connected = true,
+                    _ => c.dead = true,
+                }
+            }
+            c.flush(now);
+        }
+    }
+
+    /// How long the loop may sleep before the driver needs a turn.
+    pub fn timeout(&self, now: Instant) -> Duration {
+        if self.node.has_ready() || self.links.iter().any(|(_, c)| c.readable && !c.dead) {
+            return Duration::ZERO;
+        }
+        let dial = self
+            .dials
+            .values()
+            .filter(|d| d.conn.is_none())
+            .map(|d| d.next_try);
+        let at = [self.next_tick]
+            .into_iter()
+            .chain(self.node.next_deadline())
+            .chain(dial)
+            .min()
+            .unwrap_or(self.next_tick);
+        at.saturating_duration_since(now)
+    }
+
+    /// One loop turn: dial, read and step, tick, handle the `Ready` (apply through
+    /// `machine`, calling `recheck` on this tracker's own changes), flush, reap.
+    pub fn turn(
+        &mut self,
+        registry: &Registry,
+        machine: &mut LogMachine<'_>,
+        recheck: &mut Recheck<'_>,
+        buf: &mut [u8],
+        now: Instant,
+    ) -> Result<Finished, NodeError> {
+        self.dial_due(registry, now);
+        self.read_links(buf, now);
+        if now >= self.next_tick {
+            self.node.tick();
+            self.next_tick = now + TICK;
+        }
+        let mut finished = Finished::default();
+        if self.node.has_ready() || self.node.next_deadline().is_some_and(|d| d <= now) {
+            let mut actions = self.node.handle_ready(now)?;
+            for msg in std::mem::take(&mut actions.messages) {
+                self.send(msg, now);
+            }
+            if let Some(snap) = actions.snapshot.take() {
+                machine
+                    .restore(snap.index, &snap.data)
+                    .map_err(NodeError::Machine)?;
+            }
+            machine
+                .apply_committed(&actions.committed, recheck)
+                .map_err(|e| NodeError::Machine(Box::new(e)))?;
+            self.node.maybe_snapshot(machine)?;
+            finished.committed = actions
+                .committed
+                .iter()
+                .filter_map(|c| c.proposal)
+                .collect();
+            finished.failed = actions.failed;
+        }
+        self.flush_and_reap(registry, now);
+        Ok(finished)
+    }
+
+    fn read_links(&mut self, buf: &mut [u8], now: Instant) {
+        let mut inbox = Vec::new();
+        for (_, c) in self.links.iter_mut() {
+            if c.readable && !c.dead {
+                inbox.extend(c.read(buf));
+            }
+        }
+        for msg in inbox {
+            self.last_heard.insert(msg.from, now);
+            if let Err(e) = self.node.step(msg) {
+                log::debug!("tracker {}: raft message not stepped: {e}", self.me);
+            }
+        }
+    }
+
+    /// Queues `msg` on the link to `msg.to`, or tells raft-rs it could not.
+    fn send(&mut self, msg: Message, now: Instant) {
+        let to = msg.to;
+        let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
+        let conn = self
+            .dials
+            .get(&to)
+            .and_then(|d| d.conn)
+            .and_then(|k| self.links.get_mut(k))
+            .filter(|c| c.link.is_open() && !c.dead && c.unsent() < MAX_QUEUE);
+        let sent = match conn {
+            Some(c) => match c.link.send(&msg) {
+                Ok(()) => {
+                    c.queue_output();
+                    c.last_send = Some(now);
+                    true
+                }
+                Err(e) => {
+                    log::warn!("raft link to tracker {to}: {e}");
+                    c.dead = true;
+                    false
+                }
+            },
+            None => false,
+        };
+        if !sent {
+            self.node.report_unreachable(to);
+        }
+        if snapshot {
+            self.node.report_snapshot(to, sent);
+        }
+    }
+
+    fn dial_due(&mut self, registry: &Registry, now: Instant) {
+        for (&no, dial) in self.dials.iter_mut() {
+            if dial.conn.is_some() || dial.next_try > now {
+                continue;
+            }
+            dial.next_try = now + dial.backoff;
+            dial.backoff = (dial.backoff * 2).min(BACKOFF_MAX);
+            let Some(addr) = dial.addr.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
+                log::warn!("tracker {no}: cannot resolve {}", dial.addr);
+                continue;
+            };
+            let mut stream = match TcpStream::connect(addr) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::debug!("dialling tracker {no} at {addr}: {e}");
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let entry = self.links.vacant_entry();
+            let token = Token(PEER_TOKEN_BASE + entry.key());
+            if registry
+                .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                .is_err()
+            {
+                continue;
+            }
+            let link = PeerLink::connect(self.key, self.me, no, fresh_nonce(), DEFAULT_MAX_FRAME);
+            let mut conn = PeerConn {
+                stream,
+                link,
+                out: Vec::new(),
+                out_pos: 0,
+                dialled: Some(no),
+                connected: false,
+                readable: false,
+                opened: now,
+                progress: now,
+                last_send: None,
+                dead: false,
+            };
+            conn.queue_output();
+            dial.conn = Some(entry.key());
+            entry.insert(conn);
+        }
+    }
+
+    fn flush_and_reap(&mut self, registry: &Registry, now: Instant) {
+        let mut gone = Vec::new();
+        for (key, c) in self.links.iter_mut() {
+            c.flush(now);
+            let stalled = c.unsent() > 0 && now.duration_since(c.progress) > STALL;
+            let unproven = !c.link.is_open() && now.duration_since(c.opened) > HANDSHAKE_TIME;
+            let unanswered = c.dialled.is_some_and(|no| {
+                let heard = self
+                    .last_heard
+                    .get(&no)
+                    .copied()
+                    .unwrap_or(c.opened)
+                    .max(c.opened);
+                c.last_send.is_some_and(|s| now.duration_since(s) < SILENCE)
+                    && now.duration_since(heard) > SILENCE
+            });
+            if stalled || unproven || unanswered {
+                c.dead = true;
+            }
+            if c.dead {
+                gone.push(key);
+            }
+        }
+        for key in gone {
+            let mut c = self.links.remove(key);
+            let _ = registry.deregister(&mut c.stream);
+            if let Some(no) = c.dialled {
+                log::debug!("tracker {}: link to tracker {no} closed", self.me);
+                if let Some(d) = self.dials.get_mut(&no) {
+                    d.conn = None;
+                }
+                self.node.report_unreachable(no);
+            }
+        }
+        for d in self.dials.values_mut() {
+            let open = d
+                .conn
+                .and_then(|k| self.links.get(k))
+                .is_some_and(|c| c.link.is_open());
+            if open {
+                d.backoff = BACKOFF_MIN;
+            }
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! `LogMachine`: the Raft state machine of `--replication raft`, over this tracker's
+//! own `sync_log.txt` and SQLite cache.
+//!
+//! A committed Raft entry's data is one sync-log line (a [`LogEntry`] encoded with
+//! sequence number 0; the exactly-once request id rides inside it). Applying a run of
+//! committed entries: each gets its real sequence number (the next line of this
+//! tracker's log), all are appended to `sync_log.txt` with one write + fsync, and only
+//! then applied through [`store::apply`] (the one apply path) in one SQLite
+//! transaction, which also records the Raft index of the last line
+//! ([`store::RaftApplied`]). So the log is written before the cache, as in shared-log
+//! mode, and every tracker's log holds the same lines in the same order.
+//!
+//! A crash between the append and the cache commit leaves lines the cache replays at
+//! start ([`crate::replay`]) without their Raft index: [`reconcile`] matches them to the
+//! Raft entries they came from, so they are never appended twice.
+//!
+//! # Snapshots
+//! `snapshot` = a consistent copy of the cache (`VACUUM INTO`) plus the whole
+//! `sync_log.txt` it covers, in one blob: `"swarmshare-snapshot v1\n"`, the db's length
+//! (u64 big-endian), the db, the log. `restore` writes both files and reopens them; the
+//! restored tracker's log is then the sender's, generation included. The log is not
+//! compacted yet, so a snapshot grows with the history (and must fit one peer frame,
+//! [`super::peer_frame::DEFAULT_MAX_FRAME`]).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use rusqlite::Connection;
+
+use super::node::{Committed, MachineError, ProposalId, StateMachine};
+use crate::store::{self, Applied, RaftApplied, Store};
+use crate::sync_log::{FsyncMode, LogEntry, SyncLog, FIRST_ENTRY};
+
+const SNAPSHOT_MAGIC: &[u8] = b"swarmshare-snapshot v1\n";
+
+/// Why the machine could not apply, snapshot or restore.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineFault {
+    #[error("committed entry {index} is not a sync log line: {reason}")]
+    BadEntry { index: u64, reason: String },
+    #[error("sync_log.txt ends at byte {len} but the cache applied up to byte {applied}: refusing to append")]
+    LogCacheMismatch { len: u64, applied: u64 },
+    #[error("the snapshot is malformed")]
+    BadSnapshot,
+    #[error("the restored cache covers Raft index {found}, the snapshot says {expected}")]
+    SnapshotIndex { found: u64, expected: u64 },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Log(#[from] crate::sync_log::LogError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> MachineFault + '_ {
+    move |source| MachineFault::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The proposer's last word on its own change, called inside the apply transaction
+/// just before the entry is applied (so it sees exactly the state the entry meets).
+pub type Recheck<'r> = dyn FnMut(&Connection, ProposalId) + 'r;
+
+/// The state machine, borrowing the server's log and cache for one call.
+pub struct LogMachine<'a> {
+    pub dir: &'a Path,
+    pub tracker_no: u32,
+    pub fsync: FsyncMode,
+    pub log: &'a mut SyncLog,
+    pub store: &'a mut Store,
+}
+
+impl LogMachine<'_> {
+    fn db_path(&self) -> PathBuf {
+        self.dir.join(format!("tracker{}.db", self.tracker_no))
+    }
+
+    /// Appends and applies the entries not applied yet (see the module doc).
+    pub fn apply_committed(
+        &mut self,
+        entries: &[Committed],
+        recheck: &mut Recheck<'_>,
+    ) -> Result<(), MachineFault> {
+        let done = store::raft_applied(self.store.conn())?.index;
+        let mut todo = Vec::new();
+        for c in entries.iter().filter(|c| c.index > done) {
+            let (_, entry) = LogEntry::decode(&c.data).map_err(|e| MachineFault::BadEntry {
+                index: c.index,
+                reason: e.to_string(),
+            })?;
+            todo.push((c, entry));
+        }
+        let Some(last) = todo.last().map(|(c, _)| c.index) else {
+            return Ok(());
+        };
+        let before = self.store.applied()?;
+        let base = before.offset.max(FIRST_ENTRY);
+        let lines: Vec<String> = todo
+            .iter()
+            .zip(before.lines + 1..)
+            .map(|((_, e), seq)| e.encode(seq))
+            .collect();
+        {
+            let _lock = self.log.lock_exclusive()?;
+            let len = self.log.file_len()?;
+            if len != base {
+                return Err(MachineFault::LogCacheMismatch { len, applied: base });
+            }
+            if let Err(e) = self.log.append(&lines) {
+                let _ = self.log.truncate(base);
+                return Err(e.into());
+            }
+        }
+        let tx = self.store.transaction()?;
+        let mut offset = base;
+        for ((c, entry), line) in todo.iter().zip(&lines) {
+            if let Some(p) = c.proposal {
+                recheck(&tx, p);
+            }
+            store::apply(&tx, offset, entry)?;
+            offset += line.len() as u64;
+        }
+        let after = before.lines + lines.len() as u64;
+        store::set_applied(
+            &tx,
+            Applied {
+                offset,
+                lines: after,
+            },
+        )?;
+        store::set_raft_applied(
+            &tx,
+            RaftApplied {
+                index: last,
+                lines: after,
+            },
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn take_snapshot(&self) -> Result<(u64, Vec<u8>), MachineFault> {
+        let index = store::raft_applied(self.store.conn())?.index;
+        let tmp = self.dir.join(format!("snapshot{}.tmp.db", self.tracker_no));
+        let _ = std::fs::remove_file(&tmp);
+        self.store.conn().execute(
+            "VACUUM INTO ?1",
+            [tmp.to_str().ok_or(MachineFault::BadSnapshot)?],
+        )?;
+        let db = std::fs::read(&tmp).map_err(io_at(&tmp));
+        let _ = std::fs::remove_file(&tmp);
+        let db = db?;
+        let mut log = Vec::new();
+        std::fs::File::open(self.log.path())
+            .and_then(|mut f| f.read_to_end(&mut log))
+            .map_err(io_at(self.log.path()))?;
+        let mut out = Vec::with_capacity(SNAPSHOT_MAGIC.len() + 8 + db.len() + log.len());
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&(db.len() as u64).to_be_bytes());
+        out.extend_from_slice(&db);
+        out.extend_from_slice(&log);
+        Ok((index, out))
+    }
+
+    fn restore_snapshot(&mut self, index: u64, data: &[u8]) -> Result<(), MachineFault> {
+        let rest = data
+            .strip_prefix(SNAPSHOT_MAGIC)
+            .ok_or(MachineFault::BadSnapshot)?;
+        let (len, rest) = rest.split_at_checked(8).ok_or(MachineFault::BadSnapshot)?;
+        let len = u64::from_be_bytes(len.try_into().expect("8 bytes")) as usize;
+        let (db, log) = rest
+            .split_at_checked(len)
+            .ok_or(MachineFault::BadSnapshot)?;
+        let db_path = self.db_path();
+        let db_new = self
+            .dir
+            .join(format!("tracker{}.db.restore", self.tracker_no));
+        let log_new = self.dir.join("sync_log.txt.restore");
+        write_synced(&db_new, db)?;
+        write_synced(&log_new, log)?;
+        // Close the cache before its file is replaced.
+        *self.store = Store::open_in_memory()?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = db_path.clone().into_os_string();
+            side.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(side));
+        }
+        std::fs::rename(&db_new, &db_path).map_err(io_at(&db_path))?;
+        std::fs::rename(&log_new, self.log.path()).map_err(io_at(self.log.path()))?;
+        *self.log = SyncLog::open(self.dir, self.fsync)?;
+        *self.store = Store::open(&db_path)?;
+        let found = store::raft_applied(self.store.conn())?.index;
+        if found != index {
+            return Err(MachineFault::SnapshotIndex {
+                found,
+                expected: index,
+            });
+        }
+        log::info!(
+            "tracker {}: restored a snapshot at Raft index {index} ({} log bytes)",
+            self.tracker_no,
+            log.len()
+        );
+        Ok(())
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), MachineFault> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(io_at(path))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(io_at(path))
+}
+
+impl StateMachine for LogMachine<'_> {
+    fn applied_index(&self) -> u64 {
+        store::raft_applied(self.store.conn()).map_or(0, |a| a.index)
+    }
+
+    fn apply(&mut self, index: u64, data: &[u8]) -> Result<(), MachineError> {
+        let one = Committed {
+            index,
+            term: 0,
+            data: data.to_vec(),
+            proposal: None,
+        };
+        Ok(self.apply_committed(&[one], &mut |_, _| {})?)
+    }
+
+    fn snapshot(&self) -> Result<(u64, Vec<u8>), MachineError> {
+        Ok(self.take_snapshot()?)
+    }
+
+    fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), MachineError> {
+        Ok(self.restore_snapshot(index, data)?)
+    }
+}
+
+/// At start: lines the cache replayed from `sync_log.txt` after the last recorded
+/// Raft index (an append whose cache commit did not happen) are matched, in order, to
+/// the next normal entries of the Raft log, and that index is recorded.
+pub fn reconcile(
+    store: &mut Store,
+    entries: impl FnOnce(u64, u64) -> Result<Vec<(u64, bool)>, MachineFault>,
+) -> Result<(), MachineFault> {
+    let lines = store.applied()?.lines;
+    let mut raft = store::raft_applied(store.conn())?;
+    if lines <= raft.lines {
+        return Ok(());
+    }
+    let extra = lines - raft.lines;
+    // (index, is a change) of the entries after the recorded index.
+    let after = entries(raft.index + 1, extra)?;
+    let changes: Vec<u64> = after.iter().filter(|e| e.1).map(|e| e.0).collect();
+    let Some(&index) = changes.get(extra as usize - 1) else {
+        return Err(MachineFault::LogCacheMismatch {
+            len: lines,
+            applied: raft.lines,
+        });
+    };
+    raft = RaftApplied { index, lines };
+    let tx = store.transaction()?;
+    store::set_raft_applied(&tx, raft)?;
+    tx.commit()?;
+    log::info!("{extra} log lines matched to Raft entries up to index {index}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync_log::Op;
+
+    fn line(user: &str) -> Vec<u8> {
+        LogEntry {
+            ms: 1,
+            tracker: 1,
+            request_id: None,
+            op: Op::CreateUser {
+                user: user.into(),
+                password_hash: "h".into(),
+            },
+        }
+        .encode(0)
+        .into_bytes()
+    }
+
+    fn committed(index: u64, user: &str) -> Committed {
+        Committed {
+            index,
+            term: 1,
+            data: line(user),
+            proposal: Some(ProposalId(index)),
+        }
+    }
+
+    #[test]
+    fn applies_once_in_order_and_snapshot_restores_elsewhere() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut log = SyncLog::open(a.path(), FsyncMode::Batch).unwrap();
+        let mut st = Store::open(&a.path().join("tracker1.db")).unwrap();
+        let mut m = LogMachine {
+            dir: a.path(),
+            tracker_no: 1,
+            fsync: FsyncMode::Batch,
+            log: &mut log,
+            store: &mut st,
+        };
+        let mut seen = Vec::new();
+        let batch = [committed(2, "ann"), committed(4, "bob")];
+        m.apply_committed(&batch, &mut |_, p| seen.push(p)).unwrap();
+        // Delivered again (e.g. after a restart): nothing is appended twice.
+        m.apply_committed(&batch, &mut |_, p| seen.push(p)).unwrap();
+        assert_eq!(seen, vec![ProposalId(2), ProposalId(4)]);
+        assert_eq!(m.applied_index(), 4);
+        let text = std::fs::read_to_string(m.log.path()).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        let (index, snap) = m.snapshot().unwrap();
+        assert_eq!(index, 4);
+
+        let mut log_b = SyncLog::open(b.path(), FsyncMode::Batch).unwrap();
+        let mut st_b = Store::open(&b.path().join("tracker2.db")).unwrap();
+        let mut mb = LogMachine {
+            dir: b.path(),
+            tracker_no: 2,
+            fsync: FsyncMode::Batch,
+            log: &mut log_b,
+            store: &mut st_b,
+        };
+        mb.restore(index, &snap).unwrap();
+        mb.apply_committed(&[committed(5, "cy")], &mut |_, _| {})
+            .unwrap();
+        let users = store::table_rows(mb.store.conn(), "users").unwrap();
+        assert_eq!(users.len(), 3, "{users:?}");
+        let text_b = std::fs::read_to_string(mb.log.path()).unwrap();
+        assert!(text_b.starts_with(&text), "{text_b}");
+        assert!(mb.restore(9, b"junk").is_err());
+    }
+
+    #[test]
+    fn reconcile_matches_replayed_lines_to_entries() {
+        let mut st = Store::open_in_memory().unwrap();
+        let e = LogEntry::decode(&line("ann")).unwrap().1;
+        st.apply_entries(&[(FIRST_ENTRY, e)], 100).unwrap();
+        // Entry 1 is a leader's empty entry, 2 the change.
+        reconcile(&mut st, |from, _| {
+            assert_eq!(from, 1);
+            Ok(vec![(1, false), (2, true)])
+        })
+        .unwrap();
+        assert_eq!(
+            store::raft_applied(st.conn()).unwrap(),
+            RaftApplied { index: 2, lines: 1 }
+        );
+        assert!(reconcile(&mut st, |_, _| panic!("nothing to match")).is_ok());
+    }
+}

@@ -1,0 +1,94 @@
+//! Start-up of `--replication raft`: the cluster key, Raft's storage `raft<N>.db`,
+//! lines the cache replayed matched to their Raft entries, the node opened over the
+//! state machine, and the driver that dials the other trackers.
+
+use std::path::Path;
+use std::time::Instant;
+
+use raft::prelude::EntryType;
+use raft::{GetEntriesContext, Storage};
+
+use super::cluster_key;
+use super::driver::{RaftDriver, PROPOSAL_DEADLINE};
+use super::machine::{self, LogMachine, MachineFault};
+use super::node::{NodeConfig, RaftNode};
+use super::storage::RaftStorage;
+use crate::store::Store;
+use crate::sync_log::{FsyncMode, SyncLog};
+use crate::TrackerError;
+
+fn raft_err(e: impl std::fmt::Display) -> TrackerError {
+    TrackerError::Raft(e.to_string())
+}
+
+/// Everything the driver needs: every tracker of tracker_info.txt is a voter,
+/// numbered by its line.
+pub fn start(
+    dir: &Path,
+    tracker_no: usize,
+    trackers: &[String],
+    snapshot_every: u64,
+    fsync: FsyncMode,
+    log: &mut SyncLog,
+    store: &mut Store,
+) -> Result<RaftDriver, TrackerError> {
+    let me = tracker_no as u64;
+    let voters: Vec<u64> = (1..=trackers.len() as u64).collect();
+    let (key, created) = cluster_key::load_or_create(dir).map_err(raft_err)?;
+    if created {
+        log::warn!(
+            "created the cluster key {}: copy it (mode 0600) into every other tracker's data dir \
+             before it starts, or they cannot talk to this one",
+            cluster_key::key_path(dir).display()
+        );
+    }
+    let storage =
+        RaftStorage::open(&dir.join(format!("raft{tracker_no}.db")), &voters).map_err(raft_err)?;
+    machine::reconcile(store, |from, _| changes_from(&storage, from)).map_err(raft_err)?;
+    let mut machine = LogMachine {
+        dir,
+        tracker_no: tracker_no as u32,
+        fsync,
+        log,
+        store,
+    };
+    let mut config = NodeConfig::new(me, voters);
+    config.proposal_deadline = PROPOSAL_DEADLINE;
+    config.snapshot_every = snapshot_every.max(1);
+    config.keep_entries = config.keep_entries.min(snapshot_every);
+    let boot = u64::from_le_bytes(super::peer_frame::fresh_nonce()[..8].try_into().expect("8"));
+    let node = RaftNode::open(config, storage, &mut machine, boot)?;
+    let peers = trackers
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| (i as u64 + 1, addr.clone()))
+        .filter(|(no, _)| *no != me)
+        .collect();
+    log::info!(
+        "tracker {me}: raft replication with {} trackers (term {})",
+        trackers.len(),
+        node.term()
+    );
+    Ok(RaftDriver::new(node, key.bytes(), peers, Instant::now()))
+}
+
+/// (index, is a change) of the stored Raft entries from `from` on.
+fn changes_from(storage: &RaftStorage, from: u64) -> Result<Vec<(u64, bool)>, MachineFault> {
+    let last = storage.last_index().unwrap_or(0);
+    if from > last {
+        return Ok(Vec::new());
+    }
+    let entries = storage
+        .entries(from, last + 1, None, GetEntriesContext::empty(false))
+        .map_err(|e| MachineFault::BadEntry {
+            index: from,
+            reason: format!("the Raft log no longer holds it: {e}"),
+        })?;
+    Ok(entries
+        .iter()
+        .map(|e| {
+            let change = e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty();
+            (e.index, change)
+        })
+        .collect())
+}
