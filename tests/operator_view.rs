@@ -23,6 +23,12 @@ fn start(info: &Path, no: usize, data: &Path, extra: &[&str]) -> (TrackerProc, S
     let mut args = vec!["--http", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     let t = TrackerProc::start_with(info, no, data, &args);
+    let addr = http_addr(&t);
+    (t, addr)
+}
+
+/// The operator view's address, from the line a tracker prints before it listens.
+fn http_addr(t: &TrackerProc) -> String {
     let line = t
         .stdout
         .text()
@@ -30,13 +36,11 @@ fn start(info: &Path, no: usize, data: &Path, extra: &[&str]) -> (TrackerProc, S
         .find(|l| l.contains("operator view on http://"))
         .map(str::to_string)
         .expect("the tracker prints its operator view's address before it listens");
-    let addr = line
-        .split("http://")
+    line.split("http://")
         .nth(1)
         .and_then(|rest| rest.split('/').next())
         .expect("address in the line")
-        .to_string();
-    (t, addr)
+        .to_string()
 }
 
 /// One HTTP exchange: (status, body). The server closes after each response.
@@ -207,6 +211,11 @@ fn metrics_pass_promtool_and_count_what_the_tracker_did() {
         Some(1.0)
     );
 
+    promtool_accepts(&text);
+}
+
+/// `promtool check metrics` accepts `text` (or a loud SKIPPED without promtool).
+fn promtool_accepts(text: &str) {
     match which(&["promtool"]) {
         Some(promtool) => {
             let out = run_bounded(
@@ -216,13 +225,106 @@ fn metrics_pass_promtool_and_count_what_the_tracker_did() {
             );
             assert!(
                 out.status.success(),
-                "promtool check metrics: {}{}",
+                "promtool check metrics: {}{}\n{text}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
         }
         None => skipped("promtool check metrics", "promtool", "prometheus"),
     }
+}
+
+/// Raft mode: every tracker's `/metrics` names its role, term and indexes; the
+/// leader's also each tracker's match index; `/status` shows each tracker's role
+/// and how far behind it is, and a stopped follower falls behind on the page.
+#[test]
+fn raft_mode_shows_roles_terms_and_how_far_behind_each_tracker_is() {
+    let mut cluster = harness::raft::Cluster::start(&["--http", "127.0.0.1:0"]);
+    let leader = cluster.await_leader();
+    let http: Vec<String> = (1..=3).map(|no| http_addr(cluster.t(no))).collect();
+    let mut c = cluster.t(leader).connect();
+    let tok = c.user("alice", "alice-secret-pw");
+    c.ok(Some(&tok), "create_group", &["g1"]);
+    let role = |no: usize, role: &str| {
+        let text = get(&http[no - 1], "/metrics").1;
+        sample(
+            &text,
+            &format!("swarmshare_tracker_raft_role{{role=\"{role}\"}}"),
+        )
+    };
+    assert!(wait_until(WAIT, || role(leader, "leader") == Some(1.0)));
+    let followers: Vec<usize> = (1..=3).filter(|&n| n != leader).collect();
+    for &f in &followers {
+        assert!(wait_until(WAIT, || role(f, "follower") == Some(1.0)));
+        let text = get(&http[f - 1], "/metrics").1;
+        assert_eq!(
+            sample(&text, "swarmshare_tracker_raft_leader"),
+            Some(leader as f64)
+        );
+        assert!(
+            !text.contains("swarmshare_tracker_raft_match_index"),
+            "{text}"
+        );
+        promtool_accepts(&text);
+    }
+    // On the leader every tracker's match index reaches the commit index.
+    let in_step = || {
+        let text = get(&http[leader - 1], "/metrics").1;
+        let commit = sample(&text, "swarmshare_tracker_raft_commit_index").unwrap_or(0.0);
+        commit > 0.0
+            && (1..=3).all(|p| {
+                let series = format!("swarmshare_tracker_raft_match_index{{peer=\"{p}\"}}");
+                sample(&text, &series) == Some(commit)
+            })
+    };
+    assert!(
+        wait_until(WAIT, in_step),
+        "{}",
+        get(&http[leader - 1], "/metrics").1
+    );
+    let text = get(&http[leader - 1], "/metrics").1;
+    assert!(sample(&text, "swarmshare_tracker_raft_term") >= Some(1.0));
+    assert!(sample(&text, "swarmshare_tracker_raft_leader_changes_total") >= Some(1.0));
+    promtool_accepts(&text);
+
+    let roles = |json: &serde_json::Value| -> Vec<String> {
+        json["trackers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["progress"]["role"].as_str().unwrap_or("?").to_string())
+            .collect()
+    };
+    let on_leader = status_json(&http[leader - 1]);
+    assert_eq!(on_leader["replication"], "raft");
+    let want: Vec<&str> = (1..=3)
+        .map(|n| if n == leader { "leader" } else { "follower" })
+        .collect();
+    assert_eq!(roles(&on_leader), want, "{on_leader:#}");
+    let on_follower = status_json(&http[followers[0] - 1]);
+    assert_eq!(roles(&on_follower)[leader - 1], "leader", "{on_follower:#}");
+
+    // A stopped follower falls behind on the leader's page as changes go on.
+    let gone = followers[1];
+    cluster.kill9(gone);
+    for i in 0..5 {
+        c.ok(Some(&tok), "create_group", &[&format!("later {i}")]);
+    }
+    let behind = || {
+        // The page is cached for up to a second.
+        let json = status_json(&http[leader - 1]);
+        let t = &json["trackers"][gone - 1];
+        t["reachable"] == false && t["progress"]["behind_entries"].as_u64() >= Some(5)
+    };
+    assert!(
+        wait_until(WAIT, behind),
+        "{:#}",
+        status_json(&http[leader - 1])
+    );
+    let (code, page) = get(&http[leader - 1], "/status");
+    assert_eq!(code, 200);
+    assert!(page.contains("leader (term"), "{page}");
+    assert!(page.contains("entries</span>"), "{page}");
 }
 
 /// Runs headless Chromium on `url` with the given mode flag.
@@ -305,6 +407,51 @@ fn status_page_renders_the_groups_and_files_in_chromium() {
         "{}",
         png.len()
     );
+}
+
+/// A download that serves the pieces it has (`add_seeder … partial`) counts in
+/// its swarm's partial seeders, apart from the complete ones.
+#[test]
+fn busiest_swarms_count_partial_seeders_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let [(t1, http1), (_t2, _)] = two_trackers(dir.path(), &[]);
+    let mut c = t1.connect();
+    let alice = populate(&mut c);
+    let bob = c.login("bob", "bob-secret-pw");
+    let (sha, pieces) = ("c".repeat(40), "d".repeat(80));
+    c.ok(
+        Some(&alice),
+        "upload_file",
+        &[
+            "movies & <tv>",
+            "trailer.mp4",
+            "1048576",
+            "524288",
+            &sha,
+            &pieces,
+            "127.0.0.1:45456",
+        ],
+    );
+    let partial = [
+        "movies & <tv>",
+        "trailer.mp4",
+        &sha,
+        "127.0.0.1:45457",
+        "partial",
+    ];
+    c.ok(Some(&bob), "add_seeder", &partial);
+    let json = status_json(&http1);
+    let swarm = json["busiest_swarms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["file"] == "trailer.mp4")
+        .cloned()
+        .unwrap_or_else(|| panic!("no trailer swarm: {json:#}"));
+    assert_eq!(swarm["seeders_online"], 1, "{swarm}");
+    assert_eq!(swarm["partial_seeders_online"], 1, "{swarm}");
+    let (_, page) = get(&http1, "/status");
+    assert!(page.contains("<th class=\"n\">Partial</th>"), "{page}");
 }
 
 #[test]

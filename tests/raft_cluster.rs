@@ -118,9 +118,26 @@ fn an_outsider_speaking_raft_changes_nothing() {
             c.t(target).stderr.text()
         );
         let _ = s.write_all(format!("{}\n", "cd".repeat(32)).as_bytes());
-        let mut frame = 40u32.to_be_bytes().to_vec();
-        frame.extend_from_slice(&[0x08, 0x05, 0x10, 0x63, 0x18, 0x01, 0x20, 0x02]);
-        frame.resize(4 + 40 + 32, 0x11);
+        // eraftpb.Message {msg_type: MsgRequestVote, to: target, from: claimed,
+        // term: 99, log_term: 99, index: 1000}, then a made-up 32-byte tag.
+        let vote = [
+            0x08,
+            0x05,
+            0x10,
+            target as u8,
+            0x18,
+            claimed as u8,
+            0x20,
+            99,
+            0x28,
+            99,
+            0x30,
+            0xe8,
+            0x07,
+        ];
+        let mut frame = (vote.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&vote);
+        frame.extend_from_slice(&[0x11; 32]);
         let _ = s.write_all(&frame);
         // The tracker closes the link: end of stream (or a reset), nothing else.
         let mut rest = Vec::new();

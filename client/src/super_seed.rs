@@ -8,8 +8,10 @@
 //! *withheld*: the server answers `Reject`, the downloader drops the piece from
 //! its view of this seeder and asks it for another (different leechers so get
 //! distinct pieces) and fetches the withheld one from the leecher that has it.
-//! After [`WITHHOLD_FOR`] the seeder offers the piece to that connection again
-//! with a `Have`; a request for a piece offered again is answered whatever the
+//! After a while ([`hold_for`]: about twice the time the seeder's limited upload
+//! needs to send a piece to each of its downloaders, so the first copy can go out
+//! and be passed on; at least [`WITHHOLD_FOR`], at most [`MAX_WITHHOLD`]) the
+//! seeder offers the piece to that connection again with a `Have`; a request for a piece offered again is answered whatever the
 //! counts, so no downloader waits on the seeder for more than that once, even
 //! when the leecher that had the piece is gone.
 //!
@@ -22,8 +24,18 @@ use std::time::{Duration, Instant};
 
 use wire::pieces::PieceIndex;
 
-/// How long a withheld piece stays withheld from a connection.
+/// The least time a withheld piece stays withheld from a connection.
 pub const WITHHOLD_FOR: Duration = Duration::from_secs(3);
+/// The most: a downloader never waits on the seeder for a piece longer.
+pub const MAX_WITHHOLD: Duration = Duration::from_secs(30);
+
+/// How long to withhold a piece of `piece_len` bytes from a connection when the
+/// seeder serves `serving` connections through an upload limit of `limit`
+/// bytes per second: twice the time one round of pieces takes to go out.
+pub fn hold_for(piece_len: u64, serving: usize, limit: u64) -> Duration {
+    let secs = 2.0 * piece_len as f64 * serving as f64 / limit.max(1) as f64;
+    Duration::from_secs_f64(secs.min(MAX_WITHHOLD.as_secs_f64())).clamp(WITHHOLD_FOR, MAX_WITHHOLD)
+}
 
 /// What to do with one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +70,8 @@ impl SuperSeed {
     }
 
     /// A request on connection `conn` for piece `piece` of the file `file`
-    /// (of `pieces` pieces). Counts the piece as sent when it is served.
+    /// (of `pieces` pieces). Counts the piece as sent when it is served; a
+    /// withheld piece is offered again after `hold`.
     pub fn request(
         &mut self,
         file: [u8; 20],
@@ -66,6 +79,7 @@ impl SuperSeed {
         conn: u64,
         piece: PieceIndex,
         now: Instant,
+        hold: Duration,
     ) -> Verdict {
         let sent = self.sent.entry(file).or_insert_with(|| vec![0; pieces]);
         let Some(&count) = sent.get(piece.get()) else {
@@ -76,7 +90,7 @@ impl SuperSeed {
             self.withheld.push_back(Withheld {
                 conn,
                 piece: piece.raw(),
-                until: now + WITHHOLD_FOR,
+                until: now + hold,
             });
             return Verdict::Withhold;
         }
@@ -131,17 +145,26 @@ mod tests {
         let t0 = Instant::now();
         let mut s = SuperSeed::new();
         // Leecher 1 and 2 both ask piece 0: the second waits for a fresh piece.
-        assert_eq!(s.request(F, 4, 1, ix(0), t0), Verdict::Serve);
-        assert_eq!(s.request(F, 4, 2, ix(0), t0), Verdict::Withhold);
-        assert_eq!(s.request(F, 4, 2, ix(1), t0), Verdict::Serve);
-        assert_eq!(s.request(F, 4, 3, ix(2), t0), Verdict::Serve);
-        assert_eq!(s.request(F, 4, 3, ix(1), t0), Verdict::Withhold);
-        assert_eq!(s.request(F, 4, 1, ix(3), t0), Verdict::Serve);
+        assert_eq!(s.request(F, 4, 1, ix(0), t0, WITHHOLD_FOR), Verdict::Serve);
+        assert_eq!(
+            s.request(F, 4, 2, ix(0), t0, WITHHOLD_FOR),
+            Verdict::Withhold
+        );
+        assert_eq!(s.request(F, 4, 2, ix(1), t0, WITHHOLD_FOR), Verdict::Serve);
+        assert_eq!(s.request(F, 4, 3, ix(2), t0, WITHHOLD_FOR), Verdict::Serve);
+        assert_eq!(
+            s.request(F, 4, 3, ix(1), t0, WITHHOLD_FOR),
+            Verdict::Withhold
+        );
+        assert_eq!(s.request(F, 4, 1, ix(3), t0, WITHHOLD_FOR), Verdict::Serve);
         assert_eq!(s.sent(&F, ix(0)), 1);
         // Every piece went out once: second copies are served in turn.
-        assert_eq!(s.request(F, 4, 4, ix(2), t0), Verdict::Serve);
-        assert_eq!(s.request(F, 4, 5, ix(2), t0), Verdict::Withhold);
-        assert_eq!(s.request(F, 4, 5, ix(3), t0), Verdict::Serve);
+        assert_eq!(s.request(F, 4, 4, ix(2), t0, WITHHOLD_FOR), Verdict::Serve);
+        assert_eq!(
+            s.request(F, 4, 5, ix(2), t0, WITHHOLD_FOR),
+            Verdict::Withhold
+        );
+        assert_eq!(s.request(F, 4, 5, ix(3), t0, WITHHOLD_FOR), Verdict::Serve);
         assert_eq!(s.sent(&F, ix(2)), 2);
     }
 
@@ -149,22 +172,34 @@ mod tests {
     fn a_withheld_piece_is_offered_again_and_then_served() {
         let t0 = Instant::now();
         let mut s = SuperSeed::new();
-        s.request(F, 4, 1, ix(0), t0);
-        assert_eq!(s.request(F, 4, 2, ix(0), t0), Verdict::Withhold);
-        assert_eq!(s.request(F, 4, 3, ix(0), t0), Verdict::Withhold);
+        s.request(F, 4, 1, ix(0), t0, WITHHOLD_FOR);
+        assert_eq!(
+            s.request(F, 4, 2, ix(0), t0, WITHHOLD_FOR),
+            Verdict::Withhold
+        );
+        assert_eq!(
+            s.request(F, 4, 3, ix(0), t0, WITHHOLD_FOR),
+            Verdict::Withhold
+        );
         assert!(s.due(t0 + WITHHOLD_FOR / 2).is_empty());
         assert_eq!(s.due(t0 + WITHHOLD_FOR), [(2, 0), (3, 0)]);
         assert!(s.due(t0 + WITHHOLD_FOR * 2).is_empty(), "offered once");
         // Asked again after the offer: served even though piece 1 never went out.
-        assert_eq!(s.request(F, 4, 2, ix(0), t0), Verdict::Serve);
+        assert_eq!(s.request(F, 4, 2, ix(0), t0, WITHHOLD_FOR), Verdict::Serve);
         assert_eq!(s.sent(&F, ix(0)), 2);
         // The offer is used up by that request.
-        assert_eq!(s.request(F, 4, 2, ix(0), t0), Verdict::Withhold);
+        assert_eq!(
+            s.request(F, 4, 2, ix(0), t0, WITHHOLD_FOR),
+            Verdict::Withhold
+        );
         // A closed connection is owed nothing.
         s.forget_conn(3);
         s.forget_conn(2);
         assert!(s.due(t0 + WITHHOLD_FOR * 3).is_empty());
-        assert_eq!(s.request(F, 4, 3, ix(0), t0), Verdict::Withhold);
+        assert_eq!(
+            s.request(F, 4, 3, ix(0), t0, WITHHOLD_FOR),
+            Verdict::Withhold
+        );
     }
 
     /// The downloader's side of a withheld piece: it asks the seeder for another
@@ -207,15 +242,24 @@ mod tests {
         f.fill(&mut picker, &meta, 1, 1, &mut out);
         let first = asked(&out)[0];
         // Another leecher got that piece from the seeder already.
-        assert_eq!(seed.request(F, 4, 1, ix(first), t0), Verdict::Serve);
-        assert_eq!(seed.request(F, 4, 2, ix(first), t0), Verdict::Withhold);
+        assert_eq!(
+            seed.request(F, 4, 1, ix(first), t0, WITHHOLD_FOR),
+            Verdict::Serve
+        );
+        assert_eq!(
+            seed.request(F, 4, 2, ix(first), t0, WITHHOLD_FOR),
+            Verdict::Withhold
+        );
         f.on_reject(first, &mut picker);
         let mut out = Vec::new();
         f.fill(&mut picker, &meta, 1, 1, &mut out);
         let second = asked(&out);
         assert_eq!(second.len(), 1);
         assert_ne!(second[0], first, "asks for another piece");
-        assert_eq!(seed.request(F, 4, 2, ix(second[0]), t0), Verdict::Serve);
+        assert_eq!(
+            seed.request(F, 4, 2, ix(second[0]), t0, WITHHOLD_FOR),
+            Verdict::Serve
+        );
         assert_eq!(seed.due(t0 + WITHHOLD_FOR), [(2, first)]);
         f.on_have(first, &mut picker);
         assert_eq!(picker.availability(ix(first)), 1, "offered again");
@@ -224,16 +268,32 @@ mod tests {
         let third = asked(&out)[0];
         // Rarest first among the two never-sent pieces and the offered one:
         // whichever it asks, the seeder answers.
-        assert_eq!(seed.request(F, 4, 2, ix(third), t0), Verdict::Serve);
+        assert_eq!(
+            seed.request(F, 4, 2, ix(third), t0, WITHHOLD_FOR),
+            Verdict::Serve
+        );
+    }
+
+    #[test]
+    fn the_hold_grows_with_the_downloaders_sharing_the_limit() {
+        let piece = 512 * 1024;
+        let mib = 1024 * 1024;
+        assert_eq!(hold_for(piece, 2, 4 * mib), WITHHOLD_FOR);
+        assert_eq!(hold_for(piece, 16, 4 * mib), Duration::from_secs(4));
+        assert_eq!(hold_for(piece, 50, mib), MAX_WITHHOLD);
+        assert_eq!(hold_for(piece, 1, 0), MAX_WITHHOLD, "no division by zero");
     }
 
     #[test]
     fn files_are_counted_apart() {
         let t0 = Instant::now();
         let mut s = SuperSeed::new();
-        s.request(F, 4, 1, ix(0), t0);
-        assert_eq!(s.request([2; 20], 4, 2, ix(0), t0), Verdict::Serve);
+        s.request(F, 4, 1, ix(0), t0, WITHHOLD_FOR);
+        assert_eq!(
+            s.request([2; 20], 4, 2, ix(0), t0, WITHHOLD_FOR),
+            Verdict::Serve
+        );
         s.forget_file(&F);
-        assert_eq!(s.request(F, 4, 2, ix(0), t0), Verdict::Serve);
+        assert_eq!(s.request(F, 4, 2, ix(0), t0, WITHHOLD_FOR), Verdict::Serve);
     }
 }

@@ -125,8 +125,10 @@ proptest! {
             "upload_file" => Command::UploadFile { path: a(0), group: a(1) },
             "download_file" => Command::DownloadFile { group: a(0), name: a(1), dest: a(2) },
             "show_downloads" => Command::ShowDownloads,
+            "rate_limit" => Command::RateLimit { up: None, down: None },
             "stop_share" => Command::Tracker(C::StopShare { group: a(0), name: a(1) }),
             "help" => Command::Help,
+            "rate_limit" => Command::RateLimit { up: None, down: None },
             "quit" => Command::Quit,
             other => panic!("command {other} missing from this test"),
         };

@@ -3,8 +3,8 @@
 //! Only the PHC string of a password and the SHA-256 of a token are ever stored
 //! or logged.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use sha2::{Digest, Sha256};
 
 /// Errors of hashing or token generation.
@@ -21,12 +21,99 @@ pub enum AuthError {
 pub const ARGON2_M_KIB: u32 = 19 * 1024;
 pub const ARGON2_T: u32 = 2;
 
-/// Argon2id at [`ARGON2_M_KIB`], [`ARGON2_T`], one lane. Runs on the login
-/// pool's threads ([`crate::login_pool`]), never on the event loop.
-fn hasher() -> Result<Argon2<'static>, AuthError> {
-    let params =
-        Params::new(ARGON2_M_KIB, ARGON2_T, 1, None).map_err(|e| AuthError::Hash(e.to_string()))?;
-    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+/// The most memory a stored PHC string may ask for (KiB); more is refused.
+pub const MAX_M_KIB: u32 = 256 * 1024;
+
+/// [`ARGON2_M_KIB`], [`ARGON2_T`], one lane.
+fn params() -> Result<Params, AuthError> {
+    Params::new(ARGON2_M_KIB, ARGON2_T, 1, None).map_err(|e| AuthError::Hash(e.to_string()))
+}
+
+/// Argon2's working memory, kept and reused by one thread (each login pool
+/// worker has one, [`crate::login_pool`]; argon2 never runs on the event loop).
+///
+/// Why: `argon2`'s own `hash_password` allocates a fresh 19 MiB, 64-byte-aligned
+/// buffer per hash, and glibc's heaps fragmented under that: a tracker grew to
+/// 280 MiB after 40 logins one at a time and 425 MiB after 25 at once. Reused,
+/// the pool holds threads x 19 MiB (BENCHMARKS.md, "argon2 memory").
+#[derive(Default)]
+pub struct Argon2Memory {
+    blocks: Vec<Block>,
+}
+
+impl Argon2Memory {
+    fn blocks(&mut self, params: &Params) -> &mut [Block] {
+        let n = params.block_count();
+        if self.blocks.len() < n {
+            self.blocks = Vec::new(); // free the old buffer before the new one
+            self.blocks = vec![Block::default(); n];
+        }
+        &mut self.blocks[..n]
+    }
+
+    /// Hashes a password into a PHC string with a fresh random salt.
+    pub fn hash(&mut self, password: &str) -> Result<String, AuthError> {
+        let err = |e: &dyn std::fmt::Display| AuthError::Hash(e.to_string());
+        let salt = random_bytes::<16>()?;
+        let params = params()?;
+        let mut out = [0u8; 32];
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+            .hash_password_into_with_memory(
+                password.as_bytes(),
+                &salt,
+                &mut out,
+                self.blocks(&params),
+            )
+            .map_err(|e| err(&e))?;
+        let salt = SaltString::encode_b64(&salt).map_err(|e| err(&e))?;
+        let phc = PasswordHash {
+            algorithm: Algorithm::Argon2id.ident(),
+            version: Some(Version::V0x13.into()),
+            params: ParamsString::try_from(&params).map_err(|e| err(&e))?,
+            salt: Some(salt.as_salt()),
+            hash: Some(Output::new(&out).map_err(|e| err(&e))?),
+        };
+        Ok(phc.to_string())
+    }
+
+    /// Whether `password` matches the stored PHC string (false for a malformed
+    /// one, or one asking for more than [`MAX_M_KIB`]). The hashes compare in
+    /// constant time (`Output`'s equality).
+    pub fn verify(&mut self, password: &str, phc: &str) -> bool {
+        let Ok(parsed) = PasswordHash::new(phc) else {
+            return false;
+        };
+        let (Ok(algorithm), Ok(params)) = (
+            Algorithm::try_from(parsed.algorithm),
+            Params::try_from(&parsed),
+        ) else {
+            return false;
+        };
+        let version = match parsed.version.map(Version::try_from) {
+            None => Version::default(),
+            Some(Ok(v)) => v,
+            Some(Err(_)) => return false,
+        };
+        let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+            return false;
+        };
+        let mut salt_buf = [0u8; 64];
+        let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+            return false;
+        };
+        if params.m_cost() > MAX_M_KIB {
+            return false;
+        }
+        let mut out = vec![0u8; expected.len()];
+        let hashed = Argon2::new(algorithm, version, params.clone())
+            .hash_password_into_with_memory(
+                password.as_bytes(),
+                salt,
+                &mut out,
+                self.blocks(&params),
+            );
+        hashed.is_ok() && Output::new(&out).is_ok_and(|o| o == expected)
+    }
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], AuthError> {
@@ -45,25 +132,15 @@ pub fn unknown_user_phc() -> String {
     format!("$argon2id$v=19$m={ARGON2_M_KIB},t={ARGON2_T},p=1${salt}${hash}")
 }
 
-/// Hashes a password into a PHC string with a fresh random salt.
+/// Hashes a password into a PHC string with a fresh random salt (with memory of
+/// its own; a thread that hashes often keeps an [`Argon2Memory`]).
 pub fn hash_password(password: &str) -> Result<String, AuthError> {
-    let salt = SaltString::encode_b64(&random_bytes::<16>()?)
-        .map_err(|e| AuthError::Hash(e.to_string()))?;
-    let hash = hasher()?
-        .hash_password(password.as_bytes(), &salt)
-        .map_err(|e| AuthError::Hash(e.to_string()))?;
-    Ok(hash.to_string())
+    Argon2Memory::default().hash(password)
 }
 
 /// Whether `password` matches the stored PHC string (false for a malformed one).
 pub fn verify_password(password: &str, phc: &str) -> bool {
-    let Ok(parsed) = PasswordHash::new(phc) else {
-        return false;
-    };
-    let Ok(h) = hasher() else {
-        return false;
-    };
-    h.verify_password(password.as_bytes(), &parsed).is_ok()
+    Argon2Memory::default().verify(password, phc)
 }
 
 /// A new session token: 128 random bits as 32 lowercase hex characters.
@@ -79,6 +156,33 @@ pub fn token_hash(token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+
+    #[test]
+    fn reused_memory_agrees_with_the_reference_and_does_not_grow() {
+        let mut mem = Argon2Memory::default();
+        let ours = mem.hash("pw one").unwrap();
+        let reference = Argon2::new(Algorithm::Argon2id, Version::V0x13, params().unwrap());
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(reference.verify_password(b"pw one", &parsed).is_ok());
+        assert!(reference.verify_password(b"pw two", &parsed).is_err());
+        let salt = SaltString::encode_b64(&[9u8; 16]).unwrap();
+        let theirs = reference
+            .hash_password(b"pw two", &salt)
+            .unwrap()
+            .to_string();
+        assert!(mem.verify("pw two", &theirs));
+        assert!(!mem.verify("pw one", &theirs));
+        assert_eq!(
+            mem.blocks.len(),
+            ARGON2_M_KIB as usize,
+            "one buffer, reused"
+        );
+        // A stored string asking for absurd memory is refused, not allocated.
+        let greedy = theirs.replace("m=19456", &format!("m={}", MAX_M_KIB + 1));
+        assert!(!mem.verify("pw two", &greedy));
+        assert_eq!(mem.blocks.len(), ARGON2_M_KIB as usize);
+    }
 
     #[test]
     fn passwords_verify_and_are_not_stored_in_clear() {

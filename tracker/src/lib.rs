@@ -284,6 +284,10 @@ fn start_operator_view(
         data_dir: opts.data_dir.clone(),
         seeder_timeout_ms: opts.seeder_timeout_secs.saturating_mul(1000),
         show_peer_addrs: opts.http_show_peer_addrs,
+        replication: match opts.replication {
+            Replication::SharedLog => "shared-log",
+            Replication::Raft => "raft",
+        },
     };
     let bound = operator_view::start(http, cfg, server.metrics(), Arc::clone(shutdown)).map_err(
         |source| TrackerError::Http {

@@ -81,6 +81,7 @@ fn work(
     dummy: &str,
     waker: &Waker,
 ) {
+    let mut memory = auth::Argon2Memory::default();
     loop {
         let next = match jobs.lock() {
             Ok(rx) => rx.recv(),
@@ -89,7 +90,7 @@ fn work(
         let Ok((ticket, job)) = next else {
             return;
         };
-        let result = run(job, dummy);
+        let result = run(job, dummy, &mut memory);
         if done.send((ticket, result)).is_err() {
             return;
         }
@@ -97,19 +98,17 @@ fn work(
     }
 }
 
-/// Does one job (the slow part: argon2).
-pub fn run(job: Job, dummy: &str) -> Done {
+/// Does one job (the slow part: argon2) in the worker's reused `memory`.
+pub fn run(job: Job, dummy: &str, memory: &mut auth::Argon2Memory) -> Done {
     match job {
         Job::Verify { password, phc } => match phc {
-            Some(phc) => Done::Verified(auth::verify_password(&password, &phc)),
+            Some(phc) => Done::Verified(memory.verify(&password, &phc)),
             None => {
-                let _ = auth::verify_password(&password, dummy);
+                let _ = memory.verify(&password, dummy);
                 Done::Verified(false)
             }
         },
-        Job::Hash { password } => {
-            Done::Hashed(auth::hash_password(&password).map_err(|e| e.to_string()))
-        }
+        Job::Hash { password } => Done::Hashed(memory.hash(&password).map_err(|e| e.to_string())),
     }
 }
 

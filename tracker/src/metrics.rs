@@ -6,14 +6,18 @@
 //! scraped and adds the gauges it computes from its own read-only view of the
 //! state ([`StateGauges`]). Every metric is named `swarmshare_tracker_*`.
 //!
-//! Not here yet, on purpose: rate-limited logins (the tracker has no login
-//! limiter), snapshots taken (no log compaction yet) and the Raft metrics
-//! (role, term, commit and applied index, each peer's match index, leader
-//! changes): they are added with the features that give them a value.
+//! With `--replication raft` the loop also publishes its replica's
+//! [`RaftProgress`] once per turn ([`RaftGauges`]); `/metrics` then adds the
+//! role, term, commit and applied index, each tracker's match index (on the
+//! leader), leader changes and snapshots taken. Shared-log mode takes no
+//! snapshots yet (no log compaction), so its `snapshots_taken_total` stays 0.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
+
+use crate::replication::node::RaftProgress;
 
 /// Upper bounds (seconds) of the request latency histogram's buckets.
 pub const REQUEST_BUCKETS: &[f64] = &[
@@ -153,6 +157,23 @@ impl RequestCounts {
     }
 }
 
+/// The Raft replica's latest progress, published by the loop (raft mode only).
+#[derive(Debug, Default)]
+pub struct RaftGauges(Mutex<Option<RaftProgress>>);
+
+impl RaftGauges {
+    pub fn publish(&self, progress: RaftProgress) {
+        if let Ok(mut p) = self.0.lock() {
+            *p = Some(progress);
+        }
+    }
+
+    /// The latest published progress (`None` in shared-log mode).
+    pub fn latest(&self) -> Option<RaftProgress> {
+        self.0.lock().ok().and_then(|p| p.clone())
+    }
+}
+
 /// Everything the event loop counts. Shared (`Arc`) with the HTTP thread.
 #[derive(Debug)]
 pub struct Metrics {
@@ -173,6 +194,7 @@ pub struct Metrics {
     /// `login` requests refused at once, backed off after wrong passwords.
     pub rate_limited_logins: Counter,
     pub http_requests: Counter,
+    pub raft: RaftGauges,
 }
 
 impl Metrics {
@@ -189,6 +211,7 @@ impl Metrics {
             failed_logins: Counter::default(),
             rate_limited_logins: Counter::default(),
             http_requests: Counter::default(),
+            raft: RaftGauges::default(),
         }
     }
 }
@@ -333,7 +356,77 @@ pub fn render(m: &Metrics, state: &StateGauges) -> String {
     for (name, help, v) in gauges {
         single(&mut out, &format!("{p}_{name}"), "gauge", help, v);
     }
+    let raft = m.raft.latest();
+    single(
+        &mut out,
+        &format!("{p}_snapshots_taken_total"),
+        "counter",
+        "Snapshots of the state taken (each compacts the Raft log; none in shared-log mode).",
+        raft.as_ref().map_or(0, |r| r.snapshots_taken),
+    );
+    if let Some(r) = raft {
+        render_raft(&mut out, &r);
+    }
     out
+}
+
+/// The Raft figures (only in raft mode).
+fn render_raft(out: &mut String, r: &RaftProgress) {
+    let p = "swarmshare_tracker_raft";
+    family(
+        out,
+        &format!("{p}_role"),
+        "gauge",
+        "1 for this tracker's current Raft role, 0 for the others.",
+    );
+    for role in ["leader", "follower", "candidate", "pre-candidate"] {
+        let v = u8::from(role == r.role);
+        let _ = writeln!(out, "{p}_role{{role=\"{role}\"}} {v}");
+    }
+    let gauges = [
+        ("term", "The current Raft term.", r.term),
+        (
+            "leader",
+            "The leader this tracker knows of (tracker number; 0: none).",
+            r.leader,
+        ),
+        (
+            "commit_index",
+            "The highest Raft log index known committed.",
+            r.commit_index,
+        ),
+        (
+            "applied_index",
+            "The highest Raft log index applied to the cache.",
+            r.applied_index,
+        ),
+        (
+            "last_index",
+            "The last index in this tracker's Raft log.",
+            r.last_index,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        single(out, &format!("{p}_{name}"), "gauge", help, v);
+    }
+    if !r.matched.is_empty() {
+        family(
+            out,
+            &format!("{p}_match_index"),
+            "gauge",
+            "On the leader: the highest log index known replicated on each tracker.",
+        );
+    }
+    for (peer, matched) in &r.matched {
+        let _ = writeln!(out, "{p}_match_index{{peer=\"{peer}\"}} {matched}");
+    }
+    single(
+        out,
+        &format!("{p}_leader_changes_total"),
+        "counter",
+        "Times this tracker saw a new leader or lost the one it had.",
+        r.leader_changes,
+    );
 }
 
 fn render_requests(out: &mut String, m: &Metrics) {
@@ -369,6 +462,56 @@ mod tests {
                 .strip_prefix(' ')
                 .map(str::to_string)
         })
+    }
+
+    #[test]
+    fn raft_figures_appear_only_once_published() {
+        let m = Metrics::new(&["login"]);
+        let state = StateGauges::default();
+        let before = render(&m, &state);
+        assert!(!before.contains("_raft_"), "{before}");
+        assert_eq!(
+            sample(&before, "swarmshare_tracker_snapshots_taken_total").as_deref(),
+            Some("0")
+        );
+        m.raft.publish(RaftProgress {
+            role: "leader",
+            term: 7,
+            leader: 2,
+            commit_index: 40,
+            applied_index: 40,
+            last_index: 41,
+            matched: vec![(1, 38), (2, 41), (3, 40)],
+            leader_changes: 3,
+            snapshots_taken: 1,
+        });
+        let text = render(&m, &state);
+        let v = |series: &str| sample(&text, series);
+        assert_eq!(
+            v("swarmshare_tracker_raft_role{role=\"leader\"}").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            v("swarmshare_tracker_raft_role{role=\"follower\"}").as_deref(),
+            Some("0")
+        );
+        assert_eq!(v("swarmshare_tracker_raft_term").as_deref(), Some("7"));
+        assert_eq!(
+            v("swarmshare_tracker_raft_commit_index").as_deref(),
+            Some("40")
+        );
+        assert_eq!(
+            v("swarmshare_tracker_raft_match_index{peer=\"1\"}").as_deref(),
+            Some("38")
+        );
+        assert_eq!(
+            v("swarmshare_tracker_raft_leader_changes_total").as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            v("swarmshare_tracker_snapshots_taken_total").as_deref(),
+            Some("1")
+        );
     }
 
     #[test]

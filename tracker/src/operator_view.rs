@@ -41,7 +41,11 @@ impl OperatorRoutes {
     fn status(&mut self) -> Result<&Status, Response> {
         let fresh = matches!(&self.cached, Some((at, _)) if at.elapsed() < STATUS_MAX_AGE);
         if !fresh {
-            let status = self.source.gather(crate::unix_ms()).map_err(unavailable)?;
+            let raft = self.metrics.raft.latest();
+            let status = self
+                .source
+                .gather(crate::unix_ms(), raft.as_ref())
+                .map_err(unavailable)?;
             self.cached = Some((Instant::now(), status));
         }
         self.cached

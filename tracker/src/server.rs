@@ -7,6 +7,10 @@
 //! tracker's change), answer every complete request (mutations: lock the log,
 //! catch up, validate and apply in one SQLite transaction, append all lines with
 //! one write + fsync, commit, unlock, and only then queue the replies), flush.
+//!
+//! With `--replication raft` ([`RaftMode`], `server_raft.rs`) a turn's changes are
+//! proposed to the Raft log instead and answered once applied here, connections
+//! that greet as a tracker go to the Raft driver, and there is no watcher.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};

@@ -227,6 +227,7 @@ impl Server {
         let finished = mode
             .driver
             .turn(registry, &mut machine, &mut recheck, buf, now)?;
+        self.metrics.raft.publish(mode.driver.node().progress());
         let done = finished.committed.into_iter().map(|id| (id, None));
         let failed = finished
             .failed

@@ -12,9 +12,11 @@
 //! No secrets: no token or password hash is ever selected, and seeders' IP
 //! addresses are shown only when the operator asked for them.
 //!
-//! The model is built for more than one replication mode: a tracker's progress
-//! is a [`Progress`] whose one variant today is the shared log; Raft adds its
-//! own (role, term, commit and applied index, match index) when it exists.
+//! A tracker's progress is a [`Progress`] in the terms of its replication mode:
+//! the shared log (applied offset, bytes behind, read from each tracker's cache
+//! in the shared data dir) or Raft (role, term, commit and applied index, and
+//! each tracker's match index, which only the leader knows: a follower shows the
+//! others as "unknown" except the leader it follows).
 
 use std::net::TcpStream;
 use std::os::unix::fs::FileExt;
@@ -26,6 +28,7 @@ use serde::Serialize;
 use wire::tracker_info::TrackerAddr;
 
 use crate::metrics::StateGauges;
+use crate::replication::node::RaftProgress;
 use crate::sync_log::{LogEntry, Op, FIRST_ENTRY, LOG_FILE};
 
 /// Groups listed on the page (the biggest first).
@@ -86,6 +89,58 @@ pub enum Progress {
         /// Why the applied offset is unknown.
         unknown_because: Option<String>,
     },
+    /// Raft: this tracker's own replica, or another as this tracker sees it.
+    Raft {
+        /// `leader`, `follower`, `candidate`, `pre-candidate`, or `unknown`
+        /// (another tracker, seen from a tracker that is not the leader).
+        role: String,
+        /// This tracker's term (for another tracker: the term it is seen in).
+        term: u64,
+        /// The highest index this tracker knows committed (cluster-wide).
+        commit_index: u64,
+        /// The tracker's applied index (this tracker) or match index (another
+        /// tracker, known on the leader only).
+        index: Option<u64>,
+        /// Committed entries the tracker does not have yet (known on the leader,
+        /// and for this tracker itself).
+        behind_entries: Option<u64>,
+    },
+}
+
+impl Progress {
+    /// Whether the tracker is known to be behind.
+    pub fn is_behind(&self) -> bool {
+        match self {
+            Progress::SharedLog { behind_bytes, .. } => behind_bytes.is_some_and(|b| b > 0),
+            Progress::Raft { behind_entries, .. } => behind_entries.is_some_and(|b| b > 0),
+        }
+    }
+}
+
+/// Each tracker's [`Progress::Raft`] as the replica `me` (whose progress is `r`) sees it.
+pub fn raft_progress(r: &RaftProgress, me: u32, others: u32) -> Vec<Progress> {
+    (1..=others)
+        .map(|no| {
+            let id = u64::from(no);
+            let matched = r.matched.iter().find(|(p, _)| *p == id).map(|(_, m)| *m);
+            let (role, index) = if no == me {
+                (r.role.to_string(), Some(r.applied_index))
+            } else if id == r.leader {
+                ("leader".to_string(), matched)
+            } else if r.role == "leader" {
+                ("follower".to_string(), matched)
+            } else {
+                ("unknown".to_string(), None)
+            };
+            Progress::Raft {
+                role,
+                term: r.term,
+                commit_index: r.commit_index,
+                index,
+                behind_entries: index.map(|i| r.commit_index.saturating_sub(i)),
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -107,15 +162,15 @@ pub struct GroupView {
     pub pending_join_requests: u64,
 }
 
-/// One file's swarm. The tracker does not know of partial seeders (clients
-/// that serve pieces while downloading do not register), so only complete
-/// seeders are counted.
+/// One file's swarm: complete seeders and partial seeders (downloads that
+/// serve the pieces they have) online, counted apart as `list_files` does.
 #[derive(Debug, Clone, Serialize)]
 pub struct SwarmView {
     pub group: String,
     pub file: String,
     pub size_bytes: u64,
     pub seeders_online: u64,
+    pub partial_seeders_online: u64,
     /// Present only with `--http-show-peer-addrs`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seeder_addrs: Option<Vec<String>>,
@@ -149,6 +204,8 @@ pub struct StatusConfig {
     pub data_dir: PathBuf,
     pub seeder_timeout_ms: u64,
     pub show_peer_addrs: bool,
+    /// `shared-log` or `raft` (`--replication`).
+    pub replication: &'static str,
 }
 
 /// Path of tracker `no`'s cache in `dir`.
@@ -218,7 +275,7 @@ impl StatusSource {
         let (applied, totals) = self.read(|db| Ok((applied(db)?, totals(db, since)?)))?;
         Ok(StateGauges {
             tracker_no: self.cfg.tracker_no,
-            replication: "shared-log",
+            replication: self.cfg.replication,
             log_bytes: self.log_bytes(),
             applied_offset: applied.0,
             applied_lines: applied.1,
@@ -231,7 +288,12 @@ impl StatusSource {
     }
 
     /// Everything `/status` shows.
-    pub fn gather(&mut self, now_ms: u64) -> Result<Status, StatusError> {
+    /// `raft`: this tracker's replica in raft mode (`None` in shared-log mode).
+    pub fn gather(
+        &mut self,
+        now_ms: u64,
+        raft: Option<&RaftProgress>,
+    ) -> Result<Status, StatusError> {
         let since = now_ms.saturating_sub(self.cfg.seeder_timeout_ms);
         let show = self.cfg.show_peer_addrs;
         let (own_applied, totals, groups, swarms) = self.read(|db| {
@@ -243,10 +305,10 @@ impl StatusSource {
             ))
         })?;
         let log_bytes = self.log_bytes();
-        let trackers = self.trackers(own_applied, log_bytes);
+        let trackers = self.trackers(own_applied, log_bytes, raft);
         Ok(Status {
             tracker: self.cfg.tracker_no,
-            replication: "shared-log",
+            replication: self.cfg.replication,
             generated_unix_ms: now_ms,
             log_bytes,
             trackers,
@@ -258,7 +320,14 @@ impl StatusSource {
         })
     }
 
-    fn trackers(&self, own_applied: u64, log_bytes: u64) -> Vec<TrackerView> {
+    fn trackers(
+        &self,
+        own_applied: u64,
+        log_bytes: u64,
+        raft: Option<&RaftProgress>,
+    ) -> Vec<TrackerView> {
+        let count = self.cfg.trackers.len() as u32;
+        let mut raft_views = raft.map(|r| raft_progress(r, self.cfg.tracker_no, count).into_iter());
         let progress = |applied: Result<u64, String>| match applied {
             Ok(a) => Progress::SharedLog {
                 applied_offset: Some(a),
@@ -275,17 +344,17 @@ impl StatusSource {
         for (i, addr) in self.cfg.trackers.iter().enumerate() {
             let no = i as u32 + 1;
             let this = no == self.cfg.tracker_no;
-            let applied = if this {
-                Ok(own_applied)
-            } else {
-                other_applied(&db_path(&self.cfg.data_dir, no))
+            let progress = match raft_views.as_mut().and_then(|v| v.next()) {
+                Some(raft) => raft,
+                None if this => progress(Ok(own_applied)),
+                None => progress(other_applied(&db_path(&self.cfg.data_dir, no))),
             };
             views.push(TrackerView {
                 no,
                 addr: addr.to_string(),
                 this,
                 reachable: this || probe(addr),
-                progress: progress(applied),
+                progress,
             });
         }
         views
@@ -374,11 +443,13 @@ fn groups(db: &Connection) -> rusqlite::Result<Vec<GroupView>> {
 
 fn swarms(db: &Connection, since: u64, show_addrs: bool) -> rusqlite::Result<Vec<SwarmView>> {
     let mut stmt = db.prepare_cached(
-        "SELECT s.group_id, s.name, f.size, count(DISTINCT s.token_hash) AS n,
-                group_concat(DISTINCT s.peer_addr)
+        "SELECT s.group_id, s.name, f.size,
+                count(DISTINCT CASE WHEN s.partial = 0 THEN s.token_hash END) AS n,
+                group_concat(DISTINCT s.peer_addr),
+                count(DISTINCT CASE WHEN s.partial != 0 THEN s.token_hash END) AS p
          FROM file_seeders s JOIN files f ON f.group_id = s.group_id AND f.name = s.name
          WHERE s.last_seen_ms >= ?1
-         GROUP BY s.group_id, s.name ORDER BY n DESC, s.group_id, s.name LIMIT ?2",
+         GROUP BY s.group_id, s.name ORDER BY n + p DESC, n DESC, s.group_id, s.name LIMIT ?2",
     )?;
     let rows = stmt.query_map(params![since as i64, MAX_SWARMS as i64], |r| {
         let addrs: Option<String> = r.get(4)?;
@@ -387,6 +458,7 @@ fn swarms(db: &Connection, since: u64, show_addrs: bool) -> rusqlite::Result<Vec
             file: r.get(1)?,
             size_bytes: r.get::<_, i64>(2)?.max(0) as u64,
             seeders_online: r.get::<_, i64>(3)?.max(0) as u64,
+            partial_seeders_online: r.get::<_, i64>(5)?.max(0) as u64,
             seeder_addrs: show_addrs.then(|| {
                 let mut v: Vec<String> = addrs
                     .unwrap_or_default()
@@ -609,9 +681,10 @@ mod tests {
             trackers: vec![addr(1), addr(closed_port)],
             data_dir: dir.path().to_path_buf(),
             seeder_timeout_ms: 45_000,
+            replication: "shared-log",
             show_peer_addrs: false,
         });
-        let s = src.gather(now).unwrap();
+        let s = src.gather(now, None).unwrap();
         assert_eq!(s.totals.groups, 1);
         assert_eq!(s.totals.group_members, 2);
         assert_eq!(s.totals.pending_join_requests, 1);
@@ -627,14 +700,20 @@ mod tests {
             applied_offset,
             behind_bytes,
             ..
-        } = &s.trackers[0].progress;
+        } = &s.trackers[0].progress
+        else {
+            panic!("shared-log progress expected");
+        };
         assert_eq!((*applied_offset, *behind_bytes), (Some(500), Some(300)));
         assert!(!s.trackers[1].reachable);
         let Progress::SharedLog {
             applied_offset,
             unknown_because,
             ..
-        } = &s.trackers[1].progress;
+        } = &s.trackers[1].progress
+        else {
+            panic!("shared-log progress expected");
+        };
         assert_eq!(*applied_offset, None);
         assert!(unknown_because.as_deref().unwrap().contains("tracker2.db"));
         let json = serde_json::to_string(&s).unwrap();
@@ -643,6 +722,53 @@ mod tests {
         assert_eq!(
             (g.applied_offset, g.log_bytes, g.seeders_online),
             (500, 800, 1)
+        );
+    }
+
+    #[test]
+    fn raft_progress_as_the_leader_and_as_a_follower_sees_it() {
+        let leader_view = RaftProgress {
+            role: "leader",
+            term: 4,
+            leader: 2,
+            commit_index: 10,
+            applied_index: 10,
+            last_index: 10,
+            matched: vec![(1, 7), (2, 10), (3, 10)],
+            ..RaftProgress::default()
+        };
+        let p = raft_progress(&leader_view, 2, 3);
+        let behind: Vec<Option<u64>> = p
+            .iter()
+            .map(|p| match p {
+                Progress::Raft { behind_entries, .. } => *behind_entries,
+                _ => panic!("{p:?}"),
+            })
+            .collect();
+        assert_eq!(behind, [Some(3), Some(0), Some(0)]);
+        assert!(p[0].is_behind() && !p[1].is_behind());
+        let follower_view = RaftProgress {
+            role: "follower",
+            term: 4,
+            leader: 2,
+            commit_index: 10,
+            applied_index: 9,
+            ..RaftProgress::default()
+        };
+        let roles: Vec<(String, Option<u64>)> = raft_progress(&follower_view, 3, 3)
+            .into_iter()
+            .map(|p| match p {
+                Progress::Raft { role, index, .. } => (role, index),
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(
+            roles,
+            [
+                ("unknown".to_string(), None),
+                ("leader".to_string(), None),
+                ("follower".to_string(), Some(9)),
+            ]
         );
     }
 }

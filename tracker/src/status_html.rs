@@ -110,13 +110,7 @@ pub fn render(s: &Status) -> String {
 fn health(s: &Status) -> String {
     let total = s.trackers.len();
     let down = s.trackers.iter().filter(|t| !t.reachable).count();
-    let lagging = s
-        .trackers
-        .iter()
-        .filter(
-            |t| matches!(t.progress, Progress::SharedLog { behind_bytes: Some(b), .. } if b > 0),
-        )
-        .count();
+    let lagging = s.trackers.iter().filter(|t| t.progress.is_behind()).count();
     if down == 0 && lagging == 0 {
         return format!("<span class=\"up\">all {total} up and in step</span>");
     }
@@ -199,6 +193,26 @@ fn progress_cells(p: &Progress, reachable: bool) -> String {
             "<td class=\"n muted\" colspan=\"2\" title=\"{}\">unknown</td>",
             escape(unknown_because.as_deref().unwrap_or(""))
         ),
+        Progress::Raft {
+            role,
+            term,
+            index,
+            behind_entries,
+            ..
+        } => {
+            let behind = match behind_entries {
+                Some(0) => "<span class=\"up\">in step</span>".to_string(),
+                Some(b) => format!("<span class=\"warn\">{b} entries</span>"),
+                None => "<span class=\"muted\">unknown</span>".to_string(),
+            };
+            let index = index.map_or("&ndash;".to_string(), |i| format!("index {i}"));
+            let muted = if reachable { "" } else { " muted" };
+            format!(
+                "<td class=\"n{muted}\">{} (term {term}) &middot; {index}</td>\
+                 <td class=\"n{muted}\">{behind}</td>",
+                escape(role)
+            )
+        }
     }
 }
 
@@ -264,17 +278,19 @@ fn swarms(o: &mut String, s: &Status) {
     let _ = write!(
         o,
         "<table><tr><th>File</th><th>Group</th><th class=\"n\">Size</th>\
-         <th class=\"n\">Seeders online</th>{}</tr>",
+         <th class=\"n\">Seeders online</th><th class=\"n\">Partial</th>{}</tr>",
         if addrs { "<th>Seeders</th>" } else { "" }
     );
     for w in &s.busiest_swarms {
         let _ = write!(
             o,
-            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>",
+            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+             <td class=\"n\">{}</td>",
             escape(&w.file),
             escape(&w.group),
             human_bytes(w.size_bytes),
-            w.seeders_online
+            w.seeders_online,
+            w.partial_seeders_online
         );
         if let Some(list) = &w.seeder_addrs {
             let _ = write!(o, "<td><code>{}</code></td>", escape(&list.join(", ")));
@@ -282,8 +298,8 @@ fn swarms(o: &mut String, s: &Status) {
         o.push_str("</tr>");
     }
     o.push_str(
-        "</table><p class=\"muted\">Complete seeders only: the tracker does not \
-         know which downloaders serve partial copies.</p></section>",
+        "</table><p class=\"muted\">Partial: downloads that serve the pieces they \
+         already have.</p></section>",
     );
 }
 
@@ -345,6 +361,7 @@ mod tests {
                 file: "a\"b'.txt".into(),
                 size_bytes: 1,
                 seeders_online: 2,
+                partial_seeders_online: 1,
                 seeder_addrs: None,
             }],
             recent_changes: vec![ChangeView {

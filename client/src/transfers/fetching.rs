@@ -707,7 +707,14 @@ impl Transfers {
             .filter(|(_, kp)| !kp.banned && kp.conn.is_none() && kp.next_try <= now)
             .map(|(a, _)| *a)
             .collect();
+        // Sorted, then started at a random place: with more peers than
+        // connections, leechers spread over the swarm instead of all picking the
+        // same lowest addresses.
         candidates.sort();
+        if !candidates.is_empty() {
+            let start = (self.rng.next_u64() % candidates.len() as u64) as usize;
+            candidates.rotate_left(start);
+        }
         for addr in candidates {
             if self.downloads[dl].conn_keys().count() >= MAX_PEERS_PER_DOWNLOAD {
                 break;

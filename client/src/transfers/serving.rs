@@ -27,7 +27,7 @@ use crate::hasher;
 use crate::limits::Direction;
 use crate::peer_conn::{ConnEvent, Role, ServeState};
 use crate::storage;
-use crate::super_seed::Verdict;
+use crate::super_seed::{hold_for, Verdict};
 
 /// Disk reads plus queued answers per serving connection before its requests wait.
 const MAX_SERVE_INFLIGHT: usize = 4;
@@ -149,8 +149,18 @@ impl Transfers {
             }
         } else if self.gate.is_limited(Direction::Up) {
             let (n, conn) = (meta.piece_count(), self.conns[key].id);
+            let serving = self
+                .conns
+                .iter()
+                .filter(|(_, c)| matches!(c.role, Role::Serve(ServeState::Serving { .. })))
+                .count();
+            let hold = hold_for(
+                meta.piece_len(p.get()),
+                serving,
+                self.gate.limit(Direction::Up),
+            );
             let now = std::time::Instant::now();
-            if self.super_seed.request(sha1, n, conn, p, now) == Verdict::Withhold {
+            if self.super_seed.request(sha1, n, conn, p, now, hold) == Verdict::Withhold {
                 reject(self, RejectCode::NotHave);
                 return;
             }

@@ -147,6 +147,25 @@ pub struct RoleChange {
     pub term: u64,
 }
 
+/// What an operator sees of this replica (`/metrics`, `/status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RaftProgress {
+    /// `leader`, `follower`, `candidate` or `pre-candidate`.
+    pub role: &'static str,
+    pub term: u64,
+    /// The leader this node knows of (0: none).
+    pub leader: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_index: u64,
+    /// On the leader, each tracker's match index (its own included); empty elsewhere.
+    pub matched: Vec<(u64, u64)>,
+    /// Times this node saw a new leader (or lost the one it had).
+    pub leader_changes: u64,
+    /// Snapshots this node took (each compacts Raft's log).
+    pub snapshots_taken: u64,
+}
+
 /// What one `handle_ready` asks of the owner; storage is already persisted.
 #[derive(Debug, Default)]
 pub struct Actions {
@@ -213,6 +232,9 @@ pub struct RaftNode {
     logged_role: (bool, u64),
     /// Messages of the node's own making, sent with the next `handle_ready`.
     outbox: Vec<Message>,
+    /// See [`RaftProgress`].
+    leader_changes: u64,
+    snapshots_taken: u64,
 }
 
 impl RaftNode {
@@ -257,6 +279,8 @@ impl RaftNode {
             queued: VecDeque::new(),
             logged_role: (false, INVALID_ID),
             outbox: Vec::new(),
+            leader_changes: 0,
+            snapshots_taken: 0,
         })
     }
 
@@ -528,6 +552,9 @@ impl RaftNode {
                 (_, INVALID_ID) => log::info!("tracker {id} has no leader (term {term})"),
                 (_, l) => log::info!("tracker {id} follows tracker {l} (term {term})"),
             }
+            if key.1 != self.logged_role.1 {
+                self.leader_changes += 1;
+            }
             self.logged_role = key;
         } else {
             log::debug!("tracker {id} is {role:?} (term {term})");
@@ -569,11 +596,43 @@ impl RaftNode {
         let (index, data) = sm.snapshot().map_err(NodeError::Machine)?;
         let keep = self.config.keep_entries;
         self.raw.mut_store().store_snapshot(index, &data, keep)?;
+        self.snapshots_taken += 1;
         log::debug!(
             "tracker {}: snapshot at {index}, log compacted",
             self.config.id
         );
         Ok(())
+    }
+
+    /// Role, term, indexes and (on the leader) each tracker's match index.
+    pub fn progress(&self) -> RaftProgress {
+        let raft = &self.raw.raft;
+        let role = match raft.state {
+            StateRole::Leader => "leader",
+            StateRole::Follower => "follower",
+            StateRole::Candidate => "candidate",
+            StateRole::PreCandidate => "pre-candidate",
+        };
+        let mut matched: Vec<(u64, u64)> = if raft.state == StateRole::Leader {
+            raft.prs()
+                .iter()
+                .map(|(id, pr)| (*id, pr.matched))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        matched.sort_unstable();
+        RaftProgress {
+            role,
+            term: raft.term,
+            leader: raft.leader_id,
+            commit_index: raft.raft_log.committed,
+            applied_index: raft.raft_log.applied,
+            last_index: raft.raft_log.last_index(),
+            matched,
+            leader_changes: self.leader_changes,
+            snapshots_taken: self.snapshots_taken,
+        }
     }
 
     /// The storage, read-only (for status pages and tests).
