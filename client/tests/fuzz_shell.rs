@@ -128,7 +128,6 @@ proptest! {
             "rate_limit" => Command::RateLimit { up: None, down: None },
             "stop_share" => Command::Tracker(C::StopShare { group: a(0), name: a(1) }),
             "help" => Command::Help,
-            "rate_limit" => Command::RateLimit { up: None, down: None },
             "quit" => Command::Quit,
             other => panic!("command {other} missing from this test"),
         };
