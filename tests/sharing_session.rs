@@ -228,3 +228,32 @@ fn seeding_survives_an_automatic_relogin() {
         c.stderr.text()
     );
 }
+
+/// `.uploads_registry` belongs to the user who logged in: another user on the
+/// same client (same state dir) does not re-share the first user's files, and
+/// the first user's next login does.
+#[test]
+fn another_user_on_the_same_state_dir_does_not_reshare() {
+    let mut s = Swarm::new();
+    let (path, _) = s.random_file("mine.bin", 50_000, 21);
+    s.protocol_member("bob");
+    let mut c = s.member("alice", &[]);
+    upload(&mut c, &path);
+    assert_eq!(counts(&mut s, "mine.bin"), pair("1", "0"));
+    assert_eq!(c.cmd("logout"), "logged out");
+    assert_eq!(counts(&mut s, "mine.bin"), pair("0", "0"));
+    assert_eq!(c.cmd("login bob pw"), "logged in as bob");
+    // A re-announce after the login is queued before the next command: once
+    // that is answered, whatever the login shared is on the tracker.
+    assert_eq!(c.list("list_groups").0, "1 group");
+    assert_eq!(
+        counts(&mut s, "mine.bin"),
+        pair("0", "0"),
+        "bob re-shared alice's file"
+    );
+    assert_eq!(c.cmd("logout"), "logged out");
+    assert_eq!(c.cmd("login alice pw"), "logged in as alice");
+    assert_eq!(c.list("list_groups").0, "1 group");
+    assert_eq!(counts(&mut s, "mine.bin"), pair("1", "0"));
+    assert!(c.stderr.text().is_empty(), "{}", c.stderr.text());
+}

@@ -69,7 +69,7 @@ fn killed_downloader_resumes_without_refetching() {
     download(&mut leecher, "f.bin", &dest);
     seed.wait_served(15);
     // Once the 15 verified pieces are in the resume state, kill the client.
-    let state = leecher.state_dir.clone();
+    let state = client::user_state::user_dir(&leecher.state_dir, "leecher");
     assert!(
         wait_until(Duration::from_secs(10), || {
             resumable_pieces(&state, &meta.file_sha1) == Some(15)

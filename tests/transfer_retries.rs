@@ -57,7 +57,7 @@ fn rejections_and_bad_hashes_count_together() {
     let head = "[F] [g] two.bin: piece 0 failed 2 times: 127.0.0.1:";
     assert!(line.starts_with(head), "{line}");
     assert!(
-        line.ends_with("rejected it (NotHave)")
+        line.ends_with("rejected it (ReadFailed)")
             || line.ends_with("sent data that does not match its SHA-1"),
         "{line}"
     );

@@ -227,6 +227,7 @@ impl Client {
                     .map(Event::Transfer),
             );
             events.extend(self.link.take_notes().into_iter().map(Event::LinkNote));
+            events.extend(self.transfers.take_notes().into_iter().map(Event::LinkNote));
             for key in self.link.take_relogin_keys() {
                 // A silent re-login reached a tracker with another key: serve
                 // no one until a login with the pinned key.
@@ -297,6 +298,11 @@ impl Client {
                 self.feed(Event::RegistryChecked(found));
             }
             Action::ReannounceDownloads => self.transfers.reannounce_downloads(),
+            Action::UseStateOf { user } => {
+                for note in self.transfers.use_user(&user) {
+                    eprintln!("{note}");
+                }
+            }
             Action::FindResumes => {
                 let found = self.transfers.pending_resumes();
                 self.feed(Event::ResumesFound(found));

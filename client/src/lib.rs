@@ -13,6 +13,8 @@
 //! - [`storage`]: piece reads/writes at offsets, temp file + rename, resume state.
 //! - [`hasher`]: the small thread pool for SHA-1 and disk work.
 //! - [`registry`]: `.uploads_registry`, what this client shares.
+//! - [`user_state`]: the logged-in user's state dir (`<state-dir>/users/<user>/`),
+//!   and moving the old per-client layout to the first user.
 //! - [`downloads`]: one download's state and its `show_downloads` line.
 //! - [`peer_conn`]: one peer connection: I/O, framing, its phase and role.
 //! - [`fetch_peer`]: `FetchPeer`, the download side of one connection as a state
@@ -48,4 +50,5 @@ pub mod super_seed;
 pub mod tracker_keys;
 pub mod tracker_link;
 pub mod transfers;
+pub mod user_state;
 pub mod xorshift;

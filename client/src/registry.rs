@@ -4,18 +4,23 @@
 //! Format (text, in the state dir; written atomically with temp + rename):
 //!
 //! ```text
-//! swarmshare-uploads 1
-//! <group> <name> <path> <size> <mtime_ns> <file_sha1_hex>
+//! swarmshare-uploads 2
+//! <group> <name> <path> <size> <mtime_ns> <inode> <ctime_ns> <file_sha1_hex>
 //! ...
 //! ```
+//!
+//! Version 1 (no inode and ctime) is still read; such entries are checked by
+//! size and mtime until they are written again.
 //!
 //! Fields are escaped as in the tracker protocol (spaces and newlines survive).
 //! The piece hashes of each file live in a sidecar `pieces/<file_sha1_hex>` in the
 //! state dir: a line `swarmshare-pieces 1 <size> <piece_size>` followed by the raw
 //! 20-byte hashes.
 //!
-//! [`UploadRegistry::check`] decides per entry: unchanged (size and mtime as
-//! recorded, sidecar readable), changed, or vanished.
+//! [`UploadRegistry::check`] decides per entry: unchanged (size, mtime, inode
+//! and ctime as recorded, sidecar readable), changed, or vanished. The inode
+//! and ctime catch what size and mtime miss: a file replaced by another one, or
+//! an edit that kept the size and set the mtime back (`touch -r`).
 
 use std::fs;
 use std::io::{self, Read};
@@ -27,7 +32,9 @@ use wire::tracker_msg::{decode_fields, encode_fields, MAX_REQUEST_LINE};
 
 use crate::storage::write_atomic;
 
-const REGISTRY_VERSION: &str = "swarmshare-uploads 1";
+const REGISTRY_VERSION: &str = "swarmshare-uploads 2";
+/// The version before inode and ctime were recorded (read, never written).
+const REGISTRY_VERSION_1: &str = "swarmshare-uploads 1";
 const PIECES_VERSION: &str = "swarmshare-pieces 1";
 /// File name of the registry in the state dir.
 pub const REGISTRY_FILE: &str = ".uploads_registry";
@@ -40,7 +47,20 @@ pub struct RegEntry {
     pub path: PathBuf,
     pub size: u64,
     pub mtime_ns: u128,
+    /// Inode number and status-change time (ns); 0 when not recorded (version 1).
+    pub ino: u64,
+    pub ctime_ns: u128,
     pub file_sha1: [u8; 20],
+}
+
+impl RegEntry {
+    /// Whether the file, as `stat` found it now, is the one recorded.
+    fn matches(&self, now: &FileStamp) -> bool {
+        let recorded = self.ino != 0 || self.ctime_ns != 0;
+        now.size == self.size
+            && now.mtime_ns == self.mtime_ns
+            && (!recorded || (now.ino == self.ino && now.ctime_ns == self.ctime_ns))
+    }
 }
 
 /// What [`UploadRegistry::check`] found for an entry.
@@ -54,15 +74,32 @@ pub enum Check {
     Vanished,
 }
 
-/// Size and mtime (ns since the epoch) of a file.
-pub fn stat(path: &Path) -> io::Result<(u64, u128)> {
+/// What change detection looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    pub size: u64,
+    /// Nanoseconds since the epoch.
+    pub mtime_ns: u128,
+    pub ino: u64,
+    pub ctime_ns: u128,
+}
+
+/// Size, mtime, inode and ctime of a file.
+pub fn stat(path: &Path) -> io::Result<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
     let md = fs::metadata(path)?;
     let mtime = md
         .modified()?
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    Ok((md.len(), mtime))
+    let ctime = (md.ctime().max(0) as u128) * 1_000_000_000 + md.ctime_nsec().max(0) as u128;
+    Ok(FileStamp {
+        size: md.len(),
+        mtime_ns: mtime,
+        ino: md.ino(),
+        ctime_ns: ctime,
+    })
 }
 
 /// The registry, loaded in memory.
@@ -96,7 +133,7 @@ impl UploadRegistry {
         let mut lines = text.lines();
         match lines.next() {
             None => return Ok(reg),
-            Some(REGISTRY_VERSION) => {}
+            Some(REGISTRY_VERSION | REGISTRY_VERSION_1) => {}
             Some(other) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -126,6 +163,8 @@ impl UploadRegistry {
                 e.path.to_string_lossy().into_owned(),
                 e.size.to_string(),
                 e.mtime_ns.to_string(),
+                e.ino.to_string(),
+                e.ctime_ns.to_string(),
                 to_hex(&e.file_sha1),
             ]));
             text.push('\n');
@@ -135,7 +174,7 @@ impl UploadRegistry {
 
     /// Records (or replaces) a shared file and stores its piece hashes; saves.
     pub fn upsert(&mut self, group: &str, meta: &FileMeta, path: &Path) -> io::Result<()> {
-        let (size, mtime_ns) = stat(path)?;
+        let now = stat(path)?;
         let mut side = format!("{PIECES_VERSION} {} {}\n", meta.size, meta.piece_size).into_bytes();
         for h in &meta.piece_hashes {
             side.extend_from_slice(h);
@@ -145,8 +184,10 @@ impl UploadRegistry {
             group: group.to_string(),
             name: meta.name.clone(),
             path: path.to_path_buf(),
-            size,
-            mtime_ns,
+            size: now.size,
+            mtime_ns: now.mtime_ns,
+            ino: now.ino,
+            ctime_ns: now.ctime_ns,
             file_sha1: meta.file_sha1,
         };
         self.entries
@@ -230,15 +271,13 @@ impl UploadRegistry {
             .map(|e| {
                 let c = match stat(&e.path) {
                     Err(_) => Check::Vanished,
-                    Ok((size, mtime)) if size == e.size && mtime == e.mtime_ns => {
-                        match self.load_meta(e) {
-                            Ok(m) => Check::Unchanged(m),
-                            Err(why) => {
-                                log::warn!("{why}");
-                                Check::Changed
-                            }
+                    Ok(now) if e.matches(&now) => match self.load_meta(e) {
+                        Ok(m) => Check::Unchanged(m),
+                        Err(why) => {
+                            log::warn!("{why}");
+                            Check::Changed
                         }
-                    }
+                    },
                     Ok(_) => Check::Changed,
                 };
                 (e.clone(), c)
@@ -287,16 +326,21 @@ fn parse_sidecar_header(head: &[u8]) -> Option<(u64, u64)> {
 
 fn parse_entry(line: &str) -> Option<RegEntry> {
     let f = decode_fields(line).ok()?;
-    if f.len() != 6 {
-        return None;
-    }
+    // Version 1 lines have no inode and ctime.
+    let (ino, ctime_ns) = match f.len() {
+        6 => (0, 0),
+        8 => (f[5].parse().ok()?, f[6].parse().ok()?),
+        _ => return None,
+    };
     Some(RegEntry {
         group: f[0].clone(),
         name: f[1].clone(),
         path: PathBuf::from(&f[2]),
         size: f[3].parse().ok()?,
         mtime_ns: f[4].parse().ok()?,
-        file_sha1: hash_from_hex(&f[5])?,
+        ino,
+        ctime_ns,
+        file_sha1: hash_from_hex(f.last()?)?,
     })
 }
 
@@ -329,7 +373,7 @@ mod tests {
         assert_eq!(reg2.entries, reg.entries);
         assert!(fs::read_to_string(state.join(REGISTRY_FILE))
             .unwrap()
-            .starts_with("swarmshare-uploads 1\n"));
+            .starts_with("swarmshare-uploads 2\n"));
 
         fs::write(&b, b"bbbb").unwrap();
         fs::remove_file(&c).unwrap();
@@ -357,6 +401,8 @@ mod tests {
             path: dir.path().join("f"),
             size,
             mtime_ns: 0,
+            ino: 0,
+            ctime_ns: 0,
             file_sha1: [9; 20],
         };
         let write = |bytes: &[u8]| {
@@ -391,6 +437,60 @@ mod tests {
         }
         write(&vec![b'1'; 4096]);
         assert!(reason(&entry(10)).starts_with("bad header line"));
+    }
+
+    /// An edit that keeps the size and puts the mtime back is still a change
+    /// (ctime), and so is another file moved into the path (inode); a version 1
+    /// entry is checked by size and mtime.
+    #[test]
+    fn same_size_and_mtime_but_another_inode_or_ctime_is_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let a = dir.path().join("a");
+        fs::write(&a, b"aaaa").unwrap();
+        let mut reg = UploadRegistry::load(&state).unwrap();
+        reg.upsert("g", &hash_file(&a).unwrap(), &a).unwrap();
+        let recorded = reg.entries[0].clone();
+        let same_times = |path: &Path| {
+            let f = fs::File::options().write(true).open(path).unwrap();
+            let mtime =
+                std::time::UNIX_EPOCH + std::time::Duration::from_nanos(recorded.mtime_ns as u64);
+            f.set_modified(mtime).unwrap();
+        };
+        assert!(matches!(reg.check()[0].1, Check::Unchanged(_)));
+        // Same size, mtime set back: only the ctime tells.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(&a, b"AAAA").unwrap();
+        same_times(&a);
+        assert_eq!(stat(&a).unwrap().mtime_ns, recorded.mtime_ns);
+        assert_eq!(reg.check()[0].1, Check::Changed);
+        // The same entry as version 1 (no inode, no ctime) misses that edit.
+        let mut v1 = reg.entries[0].clone();
+        v1.ino = 0;
+        v1.ctime_ns = 0;
+        let line = encode_fields(&[
+            v1.group.clone(),
+            v1.name.clone(),
+            v1.path.to_string_lossy().into_owned(),
+            v1.size.to_string(),
+            v1.mtime_ns.to_string(),
+            to_hex(&v1.file_sha1),
+        ]);
+        fs::write(
+            state.join(REGISTRY_FILE),
+            format!("{REGISTRY_VERSION_1}\n{line}\n"),
+        )
+        .unwrap();
+        let old = UploadRegistry::load(&state).unwrap();
+        assert_eq!(old.entries, [v1]);
+        assert!(matches!(old.check()[0].1, Check::Unchanged(_)));
+        // Another file renamed over the path: a new inode.
+        reg.upsert("g", &hash_file(&a).unwrap(), &a).unwrap();
+        let b = dir.path().join("b");
+        fs::write(&b, b"AAAA").unwrap();
+        same_times(&b);
+        fs::rename(&b, &a).unwrap();
+        assert_eq!(reg.check()[0].1, Check::Changed);
     }
 
     #[test]

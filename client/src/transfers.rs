@@ -103,7 +103,8 @@ pub struct TransferConfig {
     pub threads: usize,
     /// `--retries`: attempts per piece.
     pub retries: u32,
-    /// `--state-dir`: resume state and `.uploads_registry` live here.
+    /// Where resume state and `.uploads_registry` live: `--state-dir` until a
+    /// user logs in, then that user's directory in it ([`Transfers::use_user`]).
     pub state_dir: PathBuf,
     /// Accepted (serving) connections kept at once; a peer connecting beyond this
     /// is closed at once, so no one can exhaust this client's file descriptors.
@@ -162,6 +163,8 @@ enum PoolMsg {
         piece: u32,
         offset: u32,
         result: Result<Vec<u8>, Vec<u8>>,
+        /// The shared file (by hash) whose piece no longer matches its SHA-1.
+        corrupt: Option<[u8; 20]>,
     },
     Verified(Verified),
     Whole {
@@ -208,7 +211,13 @@ pub struct Transfers {
     next_hash_job: HashJobId,
     finished_hashes: Vec<(HashJobId, Result<FileMeta, String>)>,
     tracker_jobs: Vec<TrackerJob>,
+    /// Lines for stderr since the last [`Transfers::take_notes`].
+    notes: Vec<String>,
     registry: Option<UploadRegistry>,
+    /// `--state-dir` (the user directories live in it).
+    state_root: PathBuf,
+    /// The user whose state is in use ([`Transfers::use_user`]).
+    user: Option<String>,
     bufs: PieceBuffers,
     rng: XorShift,
     /// When `tick` last did its periodic work.
@@ -232,13 +241,7 @@ pub struct Transfers {
 impl Transfers {
     pub fn new(config: TransferConfig, waker: Arc<Waker>) -> std::io::Result<Transfers> {
         std::fs::create_dir_all(&config.state_dir)?;
-        let registry = match UploadRegistry::load(&config.state_dir) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                log::error!("uploads registry not usable (left untouched): {e}");
-                None
-            }
-        };
+        let state_root = config.state_dir.clone();
         let (done, results) = Completion::new(Some(waker.clone()));
         let mut rng = XorShift::from_entropy();
         Ok(Transfers {
@@ -256,7 +259,10 @@ impl Transfers {
             next_hash_job: 1,
             finished_hashes: Vec::new(),
             tracker_jobs: Vec::new(),
-            registry,
+            notes: Vec::new(),
+            registry: None,
+            state_root,
+            user: None,
             bufs: PieceBuffers::new(),
             rng,
             last_tick: Instant::now() - TICK_EVERY,
@@ -491,7 +497,13 @@ impl Transfers {
                     piece,
                     offset,
                     result,
-                } => self.on_read(registry, key, id, piece, offset, result),
+                    corrupt,
+                } => {
+                    if let Some(sha1) = corrupt {
+                        self.share_corrupted(&sha1, piece);
+                    }
+                    self.on_read(registry, key, id, piece, offset, result)
+                }
                 PoolMsg::Verified(v) => self.on_verified(registry, v),
                 PoolMsg::Whole {
                     dl,
@@ -604,6 +616,40 @@ impl Transfers {
     /// Hash jobs that finished since the last call: the metadata, or an error line.
     pub fn take_finished_hashes(&mut self) -> Vec<(HashJobId, Result<FileMeta, String>)> {
         std::mem::take(&mut self.finished_hashes)
+    }
+
+    /// A user logged in: from now on `.uploads_registry` and resume state are
+    /// that user's ([`crate::user_state`]). Another user than before stops
+    /// sharing what the previous one shared (the re-announce after the login
+    /// shares this user's files). Returns notes for stderr (a migration).
+    pub fn use_user(&mut self, user: &str) -> Vec<String> {
+        if self.user.as_deref() == Some(user) {
+            return Vec::new();
+        }
+        if self.user.is_some() {
+            self.shares.clear();
+        }
+        self.user = Some(user.to_string());
+        self.registry = None;
+        let mut notes = Vec::new();
+        match crate::user_state::open(&self.state_root, user) {
+            Ok((dir, note)) => {
+                notes.extend(note);
+                self.config.state_dir = dir;
+            }
+            Err(e) => {
+                let dir = crate::user_state::user_dir(&self.state_root, user);
+                notes.push(format!("note: cannot use {}: {e}", dir.display()));
+                return notes;
+            }
+        }
+        match UploadRegistry::load(&self.config.state_dir) {
+            Ok(r) => self.registry = Some(r),
+            Err(e) => notes.push(format!(
+                "note: uploads registry not usable (left untouched): {e}"
+            )),
+        }
+        notes
     }
 
     /// Serve `path` as the file described by `meta` (after a successful upload or
@@ -747,6 +793,11 @@ impl Transfers {
                 partial: true,
             });
         }
+    }
+
+    /// Informational lines for the user (stderr) since the last call.
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
     }
 
     /// Requests for the tracker queued since the last call.

@@ -223,7 +223,7 @@ pub enum Behaviour {
     Silent,
     /// Closes the connection when a request comes (a peer that dies).
     Hangup,
-    /// Answers every request with a `Reject` (not held).
+    /// Answers every request with a `Reject` (could not read it).
     Rejecter,
 }
 
@@ -393,7 +393,7 @@ fn serve(
                     Behaviour::Silent => continue,
                     Behaviour::Hangup => return,
                     Behaviour::Rejecter => {
-                        let code = peer_msg::RejectCode::NotHave;
+                        let code = peer_msg::RejectCode::ReadFailed;
                         let no = PeerMsg::Reject {
                             piece,
                             offset,

@@ -111,7 +111,8 @@ pub enum Event {
         id: ReqId,
         outcome: Outcome,
     },
-    /// An informational line from the tracker link (e.g. a failover).
+    /// An informational line from the tracker link (e.g. a failover) or from
+    /// Transfers (a shared file that changed on disk).
     LinkNote(String),
     /// The tracker link logged in again on its own (the tracker refused the
     /// session): a new session token, so the seeding moves to it.
@@ -175,6 +176,10 @@ pub enum Action {
     /// Stop serving every file of a group.
     RemoveGroupShares {
         group: String,
+    },
+    /// From now on, sharing and resume state are this user's (`<state-dir>/users/<user>/`).
+    UseStateOf {
+        user: String,
     },
     /// Check `.uploads_registry` against the disk.
     CheckRegistry,
@@ -589,9 +594,11 @@ impl Controller {
 
     /// A login succeeded, typed or made by the tracker link on its own: the one
     /// place that starts a session's work. Heartbeats start, the registry's files
-    /// are shared again, running downloads announce their pieces again and
-    /// unfinished ones resume: all the seeding moves to the new session at once.
+    /// (the user's own, `UseStateOf`) are shared again, running downloads
+    /// announce their pieces again and unfinished ones resume: all the seeding
+    /// moves to the new session at once.
     fn logged_in(&mut self, user: String, now: Instant) {
+        self.out.push(Action::UseStateOf { user: user.clone() });
         self.user = Some(user);
         self.next_heartbeat = Some(now + self.config.announce);
         self.out.push(Action::CheckRegistry);

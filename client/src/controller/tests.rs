@@ -50,6 +50,8 @@ struct World {
     exit: Option<i32>,
     /// How often the running downloads were asked to announce themselves again.
     download_reannounces: usize,
+    /// The users whose state was put in use, in order.
+    state_of: Vec<String>,
     /// What the answers to CheckRegistry, FindResumes, StartDownload and
     /// ReportDownloads will be.
     registry: Reannounce,
@@ -81,6 +83,7 @@ impl World {
             effects: Vec::new(),
             exit: None,
             download_reannounces: 0,
+            state_of: Vec::new(),
             registry: Reannounce::default(),
             resumes: Vec::new(),
             start_result: Ok(()),
@@ -131,6 +134,7 @@ impl World {
             }
             Action::Exit(code) => self.exit = Some(code),
             Action::ReannounceDownloads => self.download_reannounces += 1,
+            Action::UseStateOf { user } => self.state_of.push(user),
             other => self.effects.push(other),
         }
     }
@@ -337,6 +341,11 @@ fn a_renewed_session_announces_all_the_seeding_again() {
     let f = meta("f.bin", 1000);
     w.login();
     assert_eq!(w.download_reannounces, 1);
+    assert_eq!(
+        w.state_of,
+        ["alice"],
+        "the user's own state, before the registry"
+    );
     w.registry = Reannounce {
         unchanged: vec![("g".into(), f.clone(), "/data/f.bin".into())],
         reports: vec![],

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::Registry;
 use wire::file_meta::FileMeta;
-use wire::peer_msg::{self, Handshake, PeerMsg};
+use wire::peer_msg::{self, Handshake, PeerMsg, RejectCode};
 use wire::pieces::{Bitfield, PieceIndex};
 
 use super::{PoolMsg, TrackerJob, Transfers};
@@ -221,7 +221,10 @@ impl Transfers {
             PeerMsg::Reject { piece, code, .. } => {
                 let rejected = f.on_reject(piece, &mut d.picker);
                 log::debug!("{addr} rejected piece {piece}: {code:?}");
-                if let Some(p) = rejected {
+                // `NotHave` says "not here (yet)": the piece only leaves this
+                // peer's list (a super-seeding seeder withholds pieces that way).
+                // Any other refusal is a failure of the piece.
+                if let Some(p) = rejected.filter(|_| code != RejectCode::NotHave) {
                     let why = format!("{addr} rejected it ({code:?})");
                     if self.piece_failure(registry, dl, p, &why) {
                         return Ok(());

@@ -4,7 +4,9 @@
 //! per-connection back-pressure, and `Have` broadcast to our downloaders (ahead
 //! of queued piece data). The ticket check between handshake and bitfield lives
 //! in `auth`. Under an upload limit a full share answers requests through
-//! [`crate::super_seed::SuperSeed`], so each piece leaves about once.
+//! [`crate::super_seed::SuperSeed`], so each piece leaves about once. A whole
+//! piece of a shared file is checked against its SHA-1 as it is read; a
+//! mismatch (the file changed on disk) ends the sharing of that file.
 //!
 //! `Have`s to a downloader that does not read are bounded: once
 //! [`MAX_QUEUED_MSGS`] messages wait in a connection's write queue, further
@@ -20,7 +22,8 @@ use wire::file_meta::FileMeta;
 use wire::peer_msg::{self, PeerMsg, RejectCode, PIECE_HEADER_LEN};
 use wire::pieces::{Bitfield, PieceIndex};
 
-use super::{PoolMsg, Transfers};
+use super::{PoolMsg, TrackerJob, Transfers};
+use crate::hasher;
 use crate::limits::Direction;
 use crate::peer_conn::{ConnEvent, Role, ServeState};
 use crate::storage;
@@ -162,6 +165,10 @@ impl Transfers {
                 return;
             }
         }
+        // A whole piece of a shared file is checked against its hash as it is
+        // read: a file changed on disk is never served (`share_corrupted`).
+        let whole = offset == 0 && len as u64 == meta.piece_len(p.get());
+        let check = (partial.is_none() && whole).then(|| meta.piece_hashes[p.get()]);
         let mut buf = self.bufs.take(PIECE_HEADER_LEN + len as usize);
         peer_msg::write_piece_header(&mut buf, piece, offset, len as usize);
         let at = meta.piece_offset(p.get()) + offset as u64;
@@ -172,7 +179,12 @@ impl Transfers {
         let id = conn.id;
         let done = self.done.clone();
         self.pool.spawn(move || {
+            let mut corrupt = None;
             let result = match storage::read_at(&file, &mut buf[PIECE_HEADER_LEN..], at) {
+                Ok(()) if check.is_some_and(|h| hasher::sha1(&buf[PIECE_HEADER_LEN..]) != h) => {
+                    corrupt = Some(sha1);
+                    Err(buf)
+                }
                 Ok(()) => Ok(buf),
                 Err(e) => {
                     log::warn!("read piece {piece}: {e}");
@@ -185,6 +197,7 @@ impl Transfers {
                 piece,
                 offset,
                 result,
+                corrupt,
             });
         });
     }
@@ -224,6 +237,27 @@ impl Transfers {
         self.drain_written(key);
         if self.conns.get(key).is_some_and(|c| c.is_closed()) {
             self.close_conn(registry, key);
+        }
+    }
+
+    /// A piece of the shared file `sha1` did not match its hash when read for
+    /// serving: the file changed on disk. It is shared no more (every group it
+    /// was shared in, the registry, and the tracker), with a note on stderr.
+    pub(super) fn share_corrupted(&mut self, sha1: &[u8; 20], piece: u32) {
+        let Some(share) = self.shares.get(sha1) else {
+            return;
+        };
+        let (path, names) = (share.path.clone(), share.names.clone());
+        for (group, name) in names {
+            self.remove_share(&group, &name);
+            self.tracker_jobs.push(TrackerJob::Withdraw {
+                group: group.clone(),
+                name: name.clone(),
+            });
+            self.notes.push(format!(
+                "note: {} changed on disk (piece {piece} no longer matches); no longer sharing {name} in {group}",
+                path.display()
+            ));
         }
     }
 

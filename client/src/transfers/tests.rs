@@ -242,10 +242,15 @@ fn several_seeders_and_a_liar() {
     let mut liar = Node::new(8, 5);
     let meta = s1.share(&src);
     s2.share(&src);
-    // The liar shares different bytes under the same metadata.
+    // The liar shares different bytes under the same file hash. A client
+    // checks what it serves against the piece hashes it has, so the liar's
+    // piece hashes are those of its bytes: it serves them, the leecher catches them.
     let bad = dir.path().join("bad");
     write_file(&bad, data.len(), 99);
-    liar.t.add_share("g", meta.clone(), bad);
+    let mut lie = hasher::hash_file(&bad).unwrap();
+    lie.name = meta.name.clone();
+    lie.file_sha1 = meta.file_sha1;
+    liar.t.add_share("g", lie, bad);
     let mut leecher = Node::new(8, 5);
     let out = dir.path().join("out");
     let tk = ticket(&leecher.t, &meta, 60);
@@ -417,6 +422,40 @@ fn a_finished_file_left_by_a_crash_is_verified_and_shared() {
         None,
     );
     assert_eq!(refused, Err(format!("{} already exists", other.display())));
+}
+
+/// A shared file edited in place (same size) is caught by the first piece
+/// read for serving: never sent, and the file is shared no more (registry,
+/// tracker, a note for stderr).
+#[test]
+fn a_shared_file_changed_on_disk_stops_being_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = wire::file_meta::PIECE_SIZE as usize;
+    let src = dir.path().join("src");
+    write_file(&src, 2 * p, 6);
+    let mut seeder = Node::new(8, 5);
+    let meta = seeder.share(&src);
+    write_file(&src, 2 * p, 7);
+    let mut leecher = Node::new(8, 1);
+    leecher.download("g", meta.clone(), vec![seeder.addr], dir.path().join("out"));
+    run_until(&mut [&mut seeder, &mut leecher], 20, |n| {
+        n[0].t.shared_files().is_empty()
+    });
+    let notes = seeder.t.take_notes();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].starts_with(&format!("note: {} changed on disk (piece ", src.display()))
+            && notes[0].ends_with("no longer matches); no longer sharing src in g"),
+        "{}",
+        notes[0]
+    );
+    assert!(seeder.jobs.contains(&TrackerJob::Withdraw {
+        group: "g".into(),
+        name: "src".into()
+    }));
+    run_until(&mut [&mut seeder, &mut leecher], 20, |n| finished(n[1]));
+    let line = &leecher.t.status_lines()[0];
+    assert!(line.contains("rejected it (ReadFailed)"), "{line}");
 }
 
 /// Bytes a resume found already verified are not download speed.
