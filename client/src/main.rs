@@ -39,13 +39,15 @@ struct Args {
     /// Address of the peer server (port 0: chosen by the OS). [default: 0.0.0.0:0]
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
-    /// Holds .uploads_registry and download resume state.
+    /// Holds each user's .uploads_registry and download resume state
+    /// (under users/<user>/), the pinned tracker keys and the shell history.
     #[arg(long, value_name = "DIR", default_value = "./.swarmshare")]
     state_dir: PathBuf,
-    /// Concurrent piece fetches.
+    /// Pieces in flight at once per download (one request each).
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     threads: u32,
-    /// Attempts per piece.
+    /// Failures a piece may have (timeout, dead peer, rejection, bad hash)
+    /// before its download fails.
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     retries: u32,
     /// At end of input keep serving shared files until SIGINT/SIGTERM.
