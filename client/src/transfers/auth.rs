@@ -105,11 +105,27 @@ impl Transfers {
         let mut why = "this peer has no tracker key pinned".to_string();
         for k in &self.tracker_keys {
             match ticket::check_answer(&t, sig, &msg, k, sha1, now) {
-                Ok(()) => return Ok(t.body.expires),
+                Ok(()) if self.serves_in_group(sha1, &t.body.group) => return Ok(t.body.expires),
+                Ok(()) => return Err(format!("ticket is for group {:?}", t.body.group)),
                 Err(e) => why = e.to_string(),
             }
         }
         Err(why)
+    }
+
+    /// Whether this client shares (or downloads and serves) `sha1` in `group`: a
+    /// ticket shows membership of one group, and the same content shared in
+    /// another group is not served on it.
+    fn serves_in_group(&self, sha1: &[u8; 20], group: &str) -> bool {
+        let shared = self
+            .shares
+            .get(sha1)
+            .is_some_and(|s| s.names.iter().any(|(g, _)| g == group));
+        shared
+            || self
+                .downloads
+                .iter()
+                .any(|d| d.meta.file_sha1 == *sha1 && d.group == group)
     }
 
     /// Whether the serving connection may be sent a piece now: its ticket is in

@@ -138,18 +138,19 @@ fn raw_auth(
     holder: &wire::ticket::KeyPair,
     secs: i64,
 ) -> Vec<u8> {
-    raw_auth_for(s, sha1, sha1, tracker, holder, secs)
+    raw_auth_for(s, sha1, (sha1, "g"), tracker, holder, secs)
 }
 
-/// [`raw_auth`] with a ticket for `ticket_sha1` (maybe another file).
+/// [`raw_auth`] with a ticket for `ticket_for` (maybe another file or group).
 fn raw_auth_for(
     s: &mut std::net::TcpStream,
     sha1: [u8; 20],
-    ticket_sha1: [u8; 20],
+    ticket_for: ([u8; 20], &str),
     tracker: &wire::ticket::KeyPair,
     holder: &wire::ticket::KeyPair,
     secs: i64,
 ) -> Vec<u8> {
+    let (ticket_sha1, group) = ticket_for;
     s.write_all(&Handshake::new(sha1, [1; 8]).encode()).unwrap();
     let mut hs = [0u8; peer_msg::HANDSHAKE_LEN];
     s.read_exact(&mut hs).unwrap();
@@ -160,7 +161,7 @@ fn raw_auth_for(
     };
     let t = wire::ticket::TicketBody {
         user: "u".into(),
-        group: "g".into(),
+        group: group.into(),
         file_sha1: ticket_sha1,
         holder: holder.verifying_key().to_bytes(),
         expires: (wire::ticket::unix_now() as i64 + secs) as u64,
@@ -794,7 +795,7 @@ fn serving_connections_are_capped() {
 }
 
 /// The ticket check between handshake and bitfield: no `Auth`, a ticket of
-/// another tracker, for another file, expired, or shown by another key than
+/// another tracker, for another file or group, expired, or shown by another key than
 /// its holder's: an `Error`, the connection closes, no piece. A valid one is
 /// served; once it expires, the next request gets an `Error`. After
 /// `stop_serving` (logout) every connection closes and new ones are refused.
@@ -845,8 +846,18 @@ fn serving_needs_a_valid_ticket_and_stops_at_logout() {
         let buf = raw_auth(&mut s, sha1, &stranger, &me, 60);
         refused(&mut s, buf, "another tracker's ticket");
         let mut s = connect();
-        let buf = raw_auth_for(&mut s, sha1, other_meta.file_sha1, test_tracker(), &me, 60);
+        let buf = raw_auth_for(
+            &mut s,
+            sha1,
+            (other_meta.file_sha1, "g"),
+            test_tracker(),
+            &me,
+            60,
+        );
         refused(&mut s, buf, "a ticket for another file");
+        let mut s = connect();
+        let buf = raw_auth_for(&mut s, sha1, (sha1, "elsewhere"), test_tracker(), &me, 60);
+        refused(&mut s, buf, "a ticket for the same file in another group");
         // The same ticket for its own file is fine.
         let mut s = connect();
         let mut buf = raw_auth(&mut s, other_meta.file_sha1, test_tracker(), &me, 60);
