@@ -25,7 +25,6 @@
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
 
 use wire::file_meta::{hash_from_hex, to_hex, FileMeta};
 use wire::tracker_msg::{decode_fields, encode_fields, MAX_REQUEST_LINE};
@@ -86,20 +85,20 @@ pub struct FileStamp {
 
 /// Size, mtime, inode and ctime of a file.
 pub fn stat(path: &Path) -> io::Result<FileStamp> {
+    Ok(stamp_of(&fs::metadata(path)?))
+}
+
+/// The [`FileStamp`] of metadata already at hand (an open file's `fstat`).
+pub fn stamp_of(md: &fs::Metadata) -> FileStamp {
     use std::os::unix::fs::MetadataExt;
-    let md = fs::metadata(path)?;
-    let mtime = md
-        .modified()?
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let mtime = (md.mtime().max(0) as u128) * 1_000_000_000 + md.mtime_nsec().max(0) as u128;
     let ctime = (md.ctime().max(0) as u128) * 1_000_000_000 + md.ctime_nsec().max(0) as u128;
-    Ok(FileStamp {
+    FileStamp {
         size: md.len(),
         mtime_ns: mtime,
         ino: md.ino(),
         ctime_ns: ctime,
-    })
+    }
 }
 
 /// The registry, loaded in memory.

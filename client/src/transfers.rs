@@ -163,7 +163,7 @@ enum PoolMsg {
         piece: u32,
         offset: u32,
         result: Result<Vec<u8>, Vec<u8>>,
-        /// The shared file (by hash) whose piece no longer matches its SHA-1.
+        /// The shared file (by hash) found changed on disk as the piece was read.
         corrupt: Option<[u8; 20]>,
     },
     Verified(Verified),

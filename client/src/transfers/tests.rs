@@ -425,9 +425,9 @@ fn a_finished_file_left_by_a_crash_is_verified_and_shared() {
     assert_eq!(refused, Err(format!("{} already exists", other.display())));
 }
 
-/// A shared file edited in place (same size) is caught by the first piece
-/// read for serving: never sent, and the file is shared no more (registry,
-/// tracker, a note for stderr).
+/// A shared file rewritten in place (same size) is caught by its stamp at the
+/// first piece read for serving: never sent, and the file is shared no more
+/// (registry, tracker, a note for stderr).
 #[test]
 fn a_shared_file_changed_on_disk_stops_being_shared() {
     let dir = tempfile::tempdir().unwrap();
@@ -445,8 +445,10 @@ fn a_shared_file_changed_on_disk_stops_being_shared() {
     let notes = seeder.t.take_notes();
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert!(
-        notes[0].starts_with(&format!("note: {} changed on disk (piece ", src.display()))
-            && notes[0].ends_with("no longer matches); no longer sharing src in g"),
+        notes[0].starts_with(&format!(
+            "note: {} changed on disk (found serving piece ",
+            src.display()
+        )) && notes[0].ends_with("); no longer sharing src in g"),
         "{}",
         notes[0]
     );
