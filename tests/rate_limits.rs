@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use harness::transfer::*;
-use harness::{assert_same_file, ClientProc};
+use harness::{assert_same_file, wait_until, ClientProc};
 
 const K: u64 = 1024;
 const M: u64 = 1024 * 1024;
@@ -162,6 +162,11 @@ fn a_bad_rate_is_a_clear_error_and_changes_nothing() {
     // On the command line: exit status 2 and the same reason.
     let mut bad = ClientProc::start(&s.info, &s.path("bad-state"), &["--upload-limit", "10X"]);
     assert_eq!(bad.wait_exit(Duration::from_secs(10)), Some(2));
-    let err = bad.stderr.text();
-    assert!(err.contains("bad rate \"10X\""), "{err}");
+    // The stderr reader thread may still be collecting after the exit.
+    let said = || bad.stderr.text().contains("bad rate \"10X\"");
+    assert!(
+        wait_until(Duration::from_secs(5), said),
+        "{}",
+        bad.stderr.text()
+    );
 }
