@@ -105,6 +105,8 @@ pub struct LineTap {
     rx: Receiver<String>,
     /// Every line seen so far, for assertions and failure messages.
     pub seen: Arc<Mutex<Vec<String>>>,
+    /// Set when the output reached its end (the reader thread is done).
+    ended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LineTap {
@@ -112,6 +114,8 @@ impl LineTap {
         let (tx, rx) = mpsc::channel();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let seen2 = seen.clone();
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ended2 = ended.clone();
         thread::spawn(move || {
             let mut reader = BufReader::new(r);
             let mut buf = Vec::new();
@@ -130,8 +134,17 @@ impl LineTap {
                     }
                 }
             }
+            ended2.store(true, std::sync::atomic::Ordering::SeqCst);
         });
-        LineTap { rx, seen }
+        LineTap { rx, seen, ended }
+    }
+
+    /// Waits (bounded) until the output has ended, so [`LineTap::text`] holds all
+    /// of it: after a process exits its last lines may still be in the pipe.
+    pub fn wait_ended(&self, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            self.ended.load(std::sync::atomic::Ordering::SeqCst)
+        })
     }
 
     /// The next line, or `None` after `timeout` or at end of output.
@@ -639,6 +652,9 @@ impl ClientProc {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
+                // Its output is complete once the readers saw the pipes close.
+                self.stdout.wait_ended(Duration::from_secs(2));
+                self.stderr.wait_ended(Duration::from_secs(2));
                 return Some(status.code().unwrap_or(-1));
             }
             thread::sleep(Duration::from_millis(20));
