@@ -384,15 +384,7 @@ impl RaftNode {
         self.next_seq += 1;
         let deadline = now + self.config.proposal_deadline;
         if self.queued.is_empty() && self.try_submit(seq, &data) {
-            let via = self.raw.raft.leader_id;
-            self.pending.insert(
-                seq,
-                Pending {
-                    deadline,
-                    data,
-                    via,
-                },
-            );
+            self.track(seq, data, deadline);
         } else {
             self.queued.push_back((seq, data, deadline));
         }
@@ -417,16 +409,21 @@ impl RaftNode {
                 self.queued.push_front((seq, data, deadline));
                 return;
             }
-            let via = self.raw.raft.leader_id;
-            self.pending.insert(
-                seq,
-                Pending {
-                    deadline,
-                    data,
-                    via,
-                },
-            );
+            self.track(seq, data, deadline);
         }
+    }
+
+    /// A proposal handed to raft-rs (through the leader known now) waits to commit.
+    fn track(&mut self, seq: u64, data: Vec<u8>, deadline: Instant) {
+        let via = self.raw.raft.leader_id;
+        self.pending.insert(
+            seq,
+            Pending {
+                deadline,
+                data,
+                via,
+            },
+        );
     }
 
     /// Hands proposals that went to another leader to the current one: a leader
