@@ -107,7 +107,8 @@ impl Generation {
 
     /// Parses 16 hex digits.
     pub fn parse(s: &str) -> Option<Generation> {
-        let ok = s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+        let ok = s.len() == 16 && s.bytes().all(lower_hex);
         ok.then(|| u64::from_str_radix(s, 16).ok().map(Generation))
             .flatten()
     }
@@ -536,6 +537,18 @@ fn number(what: &str, s: &str) -> Result<u64, LineError> {
         .map_err(|_| LineError::Malformed(format!("bad {what} {s:?}")))
 }
 
+/// A checksum as it is written: exactly 8 lowercase hex digits. Lines are checked
+/// against this one spelling, so no edit of the checksum field (an `a` made `A`)
+/// leaves a line that still reads as valid.
+fn crc_field(crc: u32) -> [u8; 8] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 8];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((crc >> (28 - 4 * i)) & 0xf) as usize];
+    }
+    out
+}
+
 /// The unescaped fields of a line whose checksum matches (the same in v1 and v2).
 fn checked_fields(line: &[u8]) -> Result<Vec<String>, LineError> {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
@@ -545,7 +558,7 @@ fn checked_fields(line: &[u8]) -> Result<Vec<String>, LineError> {
     let text = std::str::from_utf8(line).map_err(|_| LineError::NotUtf8)?;
     let (crc, body) = text.split_once(' ').ok_or(LineError::NoChecksum)?;
     let computed = crc32fast::hash(body.as_bytes());
-    if crc.len() != 8 || u32::from_str_radix(crc, 16).ok() != Some(computed) {
+    if crc.as_bytes() != crc_field(computed) {
         return Err(LineError::Checksum {
             stored: crc.chars().take(16).collect(),
             computed,
@@ -558,8 +571,7 @@ fn checked_fields(line: &[u8]) -> Result<Vec<String>, LineError> {
 /// without parsing the rest: the fast pass over lines applied before.
 pub fn checked_seq(line: &[u8]) -> Option<u64> {
     let (crc, body) = (line.get(..8)?, line.get(9..)?);
-    let crc = u32::from_str_radix(std::str::from_utf8(crc).ok()?, 16).ok()?;
-    if line[8] != b' ' || crc != crc32fast::hash(body) {
+    if line[8] != b' ' || crc != crc_field(crc32fast::hash(body)) {
         return None;
     }
     let end = body.iter().position(|&b| b == b' ')?;
@@ -1304,6 +1316,22 @@ mod tests {
             Err(LineError::Checksum { .. } | LineError::NotUtf8)
         ));
         assert_eq!(checked_seq(&bytes[..bytes.len() - 1]), None);
+        // The checksum has one spelling: upper-case hex is an edit, not the same line.
+        let mut upper = line.clone().into_bytes();
+        let at = upper[..8].iter().position(|b| b.is_ascii_lowercase());
+        let body = "1 1 1 - create_group g o";
+        let crc = format!("{:08x}", crc32fast::hash(body.as_bytes()));
+        let shouted = format!("{} {body}\n", crc.to_ascii_uppercase());
+        if crc != crc.to_ascii_uppercase() {
+            assert!(LogEntry::decode(shouted.as_bytes()).is_err(), "{shouted}");
+            assert_eq!(checked_seq(shouted.trim_end().as_bytes()), None);
+        }
+        if let Some(i) = at {
+            upper[i] = upper[i].to_ascii_uppercase();
+            assert!(LogEntry::decode(&upper).is_err());
+        }
+        assert!(Generation::parse("00000000000000AB").is_none());
+        assert!(Generation::parse("00000000000000ab").is_some());
         assert!(LogEntry::decode(b"").is_err());
         assert!(LogEntry::decode(b"\xff\xff").is_err());
         assert!(LogEntry::decode(b"zzzzzzzz 1 2 login").is_err());
