@@ -100,6 +100,25 @@ pub fn write_tracker_info(dir: &Path, ports: &[u16]) -> PathBuf {
     path
 }
 
+/// Waits up to `timeout` for `child` to exit; its exit code (-1 if a signal
+/// ended it), returned once `taps` have seen its pipes close (bounded), so
+/// their text is complete; `None` if it is still running.
+pub fn wait_child(child: &mut Child, taps: [&LineTap; 2], timeout: Duration) -> Option<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            for tap in taps {
+                tap.wait_ended(Duration::from_secs(2));
+            }
+            return Some(status.code().unwrap_or(-1));
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Collects a child's output lines on a thread; lines can be awaited with a bound.
 pub struct LineTap {
     rx: Receiver<String>,
@@ -366,18 +385,13 @@ impl TrackerProc {
     /// Waits up to [`WAIT`] for the tracker to exit after `quit`; returns its exit
     /// code (-1 if a signal ended it).
     fn wait_exit_after_quit(&mut self) -> i32 {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code().unwrap_or(-1);
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "tracker did not exit after quit; stderr:\n{}",
-                    self.stderr.text()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
+        let taps = [&self.stdout, &self.stderr];
+        match wait_child(&mut self.child, taps, WAIT) {
+            Some(code) => code,
+            None => panic!(
+                "tracker did not exit after quit; stderr:\n{}",
+                self.stderr.text()
+            ),
         }
     }
 
@@ -649,17 +663,7 @@ impl ClientProc {
 
     /// Waits up to `timeout` for the process to exit; returns its exit code if it did.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                // Its output is complete once the readers saw the pipes close.
-                self.stdout.wait_ended(Duration::from_secs(2));
-                self.stderr.wait_ended(Duration::from_secs(2));
-                return Some(status.code().unwrap_or(-1));
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        None
+        wait_child(&mut self.child, [&self.stdout, &self.stderr], timeout)
     }
 
     pub fn kill9(&mut self) {

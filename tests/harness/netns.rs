@@ -37,7 +37,7 @@ use std::sync::Once;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::{spawn_tapped, LineTap, WAIT};
+use crate::{spawn_tapped, wait_child, LineTap, WAIT};
 
 /// Start of every namespace name this module makes: `ssnet-<pid>-<counter>-<role>`.
 pub const PREFIX: &str = "ssnet-";
@@ -137,16 +137,7 @@ impl HostProc {
     /// Waits up to `timeout` for the process to exit; its exit code if it did
     /// (-1 if a signal ended it).
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status.code().unwrap_or(-1));
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        wait_child(&mut self.child, [&self.stdout, &self.stderr], timeout)
     }
 
     pub fn kill9(&mut self) {
@@ -273,28 +264,19 @@ impl Hosts {
     /// Cuts host `no` off the bridge (its veth's bridge end down): its packets
     /// are dropped both ways, its own address and routes stay.
     pub fn partition(&self, no: usize) {
-        self.host(no);
-        ok(&[
-            "-n",
-            &self.bridge_ns,
-            "link",
-            "set",
-            &format!("v{no}"),
-            "down",
-        ]);
+        self.set_bridge_end(no, "down");
     }
 
     /// Plugs host `no` back into the bridge.
     pub fn heal(&self, no: usize) {
+        self.set_bridge_end(no, "up");
+    }
+
+    /// Sets the bridge end of host `no`'s veth `down` or `up`.
+    fn set_bridge_end(&self, no: usize, state: &str) {
         self.host(no);
-        ok(&[
-            "-n",
-            &self.bridge_ns,
-            "link",
-            "set",
-            &format!("v{no}"),
-            "up",
-        ]);
+        let veth = format!("v{no}");
+        ok(&["-n", &self.bridge_ns, "link", "set", &veth, state]);
     }
 
     /// Cuts the link between hosts `a` and `b` only, both ways: each sends the
