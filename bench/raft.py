@@ -8,6 +8,9 @@ its own data dir (one cluster key), release build.
 2. Failover: one connection to a follower sends `create_group` every 10 ms; the
    leader is killed (-9); the time from the kill to the first `OK` after it.
 
+3. For scale, the same load on one shared-log tracker first (--no-reference skips it),
+   and the trackers' CPU per change by thread (from /proc/PID/task/*/stat).
+
 Usage: bench/raft.py [--tracker target/release/tracker] [--seconds 5] [--conns 100] [--kills 3]
 Prints JSON; numbers go into BENCHMARKS.md by hand.
 """
@@ -81,6 +84,60 @@ class Tracker:
             self.proc.wait()
 
 
+def thread_cpu(pid):
+    """CPU seconds (user + system) of each thread name of process `pid`."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def load_with_cpu(ts, addr, token, a):
+    """loadgen's result plus the trackers' CPU per change (ms, all three trackers,
+    by thread name); the warm-up second is counted at the measured rate."""
+    before = {t.no: thread_cpu(t.proc.pid) for t in ts}
+    r = loadgen.run_load(addr, "create_group", [token], conns=a.conns, seconds=a.seconds, procs=2)
+    changes = r["rps"] * (a.seconds + 1.0)
+    per = {}
+    for t in ts:
+        for name, cpu in thread_cpu(t.proc.pid).items():
+            key = f"t{t.no}:{name}"
+            per[key] = (cpu - before[t.no].get(name, 0.0)) * 1000 / max(changes, 1)
+    r["tracker_cpu_ms_per_change"] = round(sum(per.values()), 3)
+    r["by_thread"] = {k: round(v, 3) for k, v in sorted(per.items()) if v >= 0.001}
+    return r
+
+
+def shared_log_reference(binary, root, a):
+    """The same load on one shared-log tracker, to scale the figures to the machine's
+    state in the same minutes."""
+    port = free_port()
+    info = os.path.join(root, "shared_info.txt")
+    with open(info, "w") as f:
+        f.write(f"127.0.0.1:{port}\n")
+    data = os.path.join(root, "shared")
+    os.makedirs(data)
+    p = subprocess.Popen([binary, info, "1", "--data-dir", data], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        m = re.search(r"listening on (\S+)", p.stdout.readline())
+        if not m:
+            raise RuntimeError("the shared-log tracker did not start")
+        token = loadgen.login(m.group(1), "benchuser", "benchpass")
+        return loadgen.run_load(m.group(1), "create_group", [token], conns=a.conns, seconds=a.seconds, procs=2)
+    finally:
+        p.kill()
+        p.wait()
+
+
 def leader(trackers, timeout=20):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -115,6 +172,7 @@ def cluster(binary, root):
 def failover(ts, token):
     """ms from the leader's kill -9 to the first OK through a survivor."""
     lead = leader(ts)
+    lead_term = lead.role()[1]
     follower = next(t for t in ts if t is not lead)
     conn = loadgen.Conn(follower.addr, timeout=30)
     for i in range(20):  # warm: the link works
@@ -130,6 +188,8 @@ def failover(ts, token):
             break
         time.sleep(0.01)
     conn.close()
+    roles = {t.no: t.role() for t in ts if t.proc.poll() is None}
+    print(f"killed tracker {lead.no} (leader, term {lead_term}); {took:.0f} ms; then {roles}", file=sys.stderr)
     lead.start()
     return took
 
@@ -140,17 +200,20 @@ def main():
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--conns", type=int, default=100)
     ap.add_argument("--kills", type=int, default=3)
+    ap.add_argument("--no-reference", action="store_true", help="skip the shared-log reference run")
     a = ap.parse_args()
     out = {}
     with tempfile.TemporaryDirectory() as root:
+        if not a.no_reference:
+            out["shared_log_reference"] = shared_log_reference(a.tracker, root, a)
         ts = cluster(a.tracker, root)
         try:
             lead = leader(ts)
             token = loadgen.login(lead.addr, "benchuser", "benchpass")
             time.sleep(0.5)
             follower = next(t for t in ts if t is not lead)
-            out["via_leader"] = loadgen.run_load(lead.addr, "create_group", [token], conns=a.conns, seconds=a.seconds, procs=2)
-            out["via_follower"] = loadgen.run_load(follower.addr, "create_group", [token], conns=a.conns, seconds=a.seconds, procs=2)
+            out["via_leader"] = load_with_cpu(ts, lead.addr, token, a)
+            out["via_follower"] = load_with_cpu(ts, follower.addr, token, a)
             times = []
             for _ in range(a.kills):
                 times.append(failover(ts, token))

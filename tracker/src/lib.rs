@@ -254,7 +254,7 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
     let (mut server, waker) =
         server::Server::new(listener, log, store, cfg, Arc::clone(&shutdown))?;
     if let Some(mode) = raft {
-        server.enable_raft(mode);
+        server.enable_raft(mode, Arc::clone(&waker))?;
     }
     watch_stdin(Arc::clone(&shutdown), waker);
     if let Some(http) = &opts.http {

@@ -323,8 +323,18 @@ impl Server {
     }
 
     /// Switches to `--replication raft` (before [`Server::run`]).
-    pub fn enable_raft(&mut self, mode: RaftMode) {
+    /// `waker` (the one [`Server::new`] returned) wakes the loop when the Raft
+    /// writer thread made a write durable.
+    pub fn enable_raft(
+        &mut self,
+        mut mode: RaftMode,
+        waker: Arc<Waker>,
+    ) -> Result<(), TrackerError> {
+        mode.driver_mut()
+            .start_writer(waker)
+            .map_err(|e| TrackerError::Raft(e.to_string()))?;
         self.raft = Some(mode);
+        Ok(())
     }
 
     /// Runs until the shutdown flag is set.

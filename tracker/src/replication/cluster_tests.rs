@@ -1,6 +1,8 @@
 //! In-memory cluster tests of `RaftNode`: 3 and 5 nodes over real `RaftStorage` files
 //! in a temp dir, messages passed through queues the test controls (so crashes and
 //! partitions are just dropped messages), and an injected clock of 100 ms per tick.
+//! The `written_behind` ones run each node with its writer thread (as the tracker
+//! does) and check at every send that what a message promises is on disk.
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
@@ -73,10 +75,24 @@ struct Cluster {
     now: Instant,
     cut: HashSet<(u64, u64)>,
     boots: u64,
+    /// Each node writes its log through a `RaftWriter` thread.
+    behind: bool,
+}
+
+/// What one node's `raft<N>.db` holds on disk, read through a connection of its own.
+#[derive(Debug)]
+struct OnDisk {
+    last_index: u64,
+    term: u64,
+    vote: u64,
 }
 
 impl Cluster {
     fn new(n: u64, tweak: impl Fn(&mut NodeConfig)) -> Self {
+        Self::with_writers(n, tweak, false)
+    }
+
+    fn with_writers(n: u64, tweak: impl Fn(&mut NodeConfig), behind: bool) -> Self {
         let mut template = NodeConfig::new(0, (1..=n).collect());
         tweak(&mut template);
         let mut c = Cluster {
@@ -86,6 +102,7 @@ impl Cluster {
             now: Instant::now(),
             cut: HashSet::new(),
             boots: 0,
+            behind,
         };
         for _ in 1..=n {
             c.members.push(Member {
@@ -122,8 +139,63 @@ impl Cluster {
         let storage = RaftStorage::open(&self.db(id), &config.voters).unwrap();
         self.boots += 1;
         let boot = self.boots;
+        let behind = self.behind;
         let m = self.m(id);
-        m.node = Some(RaftNode::open(config, storage, &mut m.sm, boot).unwrap());
+        let mut node = RaftNode::open(config, storage, &mut m.sm, boot).unwrap();
+        if behind {
+            node.start_writer(None).unwrap();
+        }
+        m.node = Some(node);
+    }
+
+    fn on_disk(&self, id: u64) -> OnDisk {
+        let db = rusqlite::Connection::open(self.db(id)).unwrap();
+        let last: Option<u64> = db
+            .query_row("SELECT MAX(idx) FROM raft_entries", [], |r| r.get(0))
+            .unwrap();
+        let snap: Option<u64> = db
+            .query_row("SELECT MAX(idx) FROM raft_snapshot", [], |r| r.get(0))
+            .unwrap();
+        let (term, vote) = db
+            .query_row("SELECT term, vote FROM raft_state", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        OnDisk {
+            last_index: last.unwrap_or(0).max(snap.unwrap_or(0)),
+            term,
+            vote,
+        }
+    }
+
+    /// What `msg` from `id` promises (an acknowledged append, a granted vote) is on
+    /// `id`'s disk already.
+    fn check_durable_before_send(&self, id: u64, msg: &Message) {
+        let disk = self.on_disk(id);
+        match msg.get_msg_type() {
+            MessageType::MsgAppendResponse if !msg.reject => assert!(
+                disk.last_index >= msg.index,
+                "tracker {id} acknowledged entries up to {} with {disk:?}",
+                msg.index
+            ),
+            MessageType::MsgRequestVoteResponse if !msg.reject => assert!(
+                disk.term >= msg.term && disk.vote == msg.to,
+                "tracker {id} granted its vote in term {} with {disk:?}",
+                msg.term
+            ),
+            _ => {}
+        }
+    }
+
+    /// An entry reported committed to its proposer is on a majority's disks.
+    fn check_committed_on_majority(&self, index: u64) {
+        let on = (1..=self.members.len() as u64)
+            .filter(|&i| self.on_disk(i).last_index >= index)
+            .count();
+        assert!(
+            on > self.members.len() / 2,
+            "entry {index} reported committed but on {on} disks"
+        );
     }
 
     /// Stops stepping the node and drops what was on its way to it; its storage and
@@ -169,13 +241,17 @@ impl Cluster {
 
     /// Runs every node's loop turn until no message is in flight.
     fn settle(&mut self) {
-        for _ in 0..500 {
+        for _ in 0..5000 {
             let mut progress = false;
             for id in 1..=self.members.len() as u64 {
                 progress |= self.turn(id);
             }
             if !progress {
                 return;
+            }
+            let persisting = self.members.iter().filter_map(|m| m.node.as_ref());
+            if persisting.filter(|n| n.persisting()).count() > 0 {
+                std::thread::sleep(Duration::from_millis(1)); // a writer's fsync
             }
         }
         panic!("the cluster did not settle");
@@ -193,6 +269,14 @@ impl Cluster {
             let _ = node.step(msg);
         }
         let mut actions = node.handle_ready(now).unwrap();
+        if self.behind {
+            for msg in &actions.messages {
+                self.check_durable_before_send(id, msg);
+            }
+            for c in actions.committed.iter().filter(|c| c.proposal.is_some()) {
+                self.check_committed_on_majority(c.index);
+            }
+        }
         for msg in std::mem::take(&mut actions.messages) {
             let (to, snap) = (msg.to, msg.get_msg_type() == MessageType::MsgSnapshot);
             let delivered = self.running(to) && !self.cut.contains(&(id, to));
@@ -213,7 +297,7 @@ impl Cluster {
             .extend(actions.committed.iter().filter_map(|c| c.proposal));
         m.failed.extend(actions.failed.iter().map(|&p| (p, now)));
         m.roles.extend(actions.role);
-        progress |= !actions.committed.is_empty() || node.has_ready();
+        progress |= !actions.committed.is_empty() || node.has_ready() || node.persisting();
         m.node = Some(node);
         progress
     }
@@ -268,8 +352,8 @@ impl Cluster {
     }
 }
 
-fn elect_and_commit_in_order(n: u64) {
-    let mut c = Cluster::new(n, |_| {});
+fn elect_and_commit_in_order(n: u64, behind: bool) {
+    let mut c = Cluster::with_writers(n, |_| {}, behind);
     let leader = c.wait_leader(&(1..=n).collect::<Vec<_>>());
     let role = *c.m(leader).roles.last().unwrap();
     assert_eq!(role.role, StateRole::Leader);
@@ -303,17 +387,31 @@ fn elect_and_commit_in_order(n: u64) {
 
 #[test]
 fn three_nodes_elect_a_leader_and_commit_in_the_same_order() {
-    elect_and_commit_in_order(3);
+    elect_and_commit_in_order(3, false);
+}
+
+#[test]
+fn written_behind_three_nodes_commit_in_order_and_promise_only_what_is_on_disk() {
+    elect_and_commit_in_order(3, true);
 }
 
 #[test]
 fn five_nodes_elect_a_leader_and_commit_in_the_same_order() {
-    elect_and_commit_in_order(5);
+    elect_and_commit_in_order(5, false);
 }
 
 #[test]
 fn after_the_leader_crashes_a_new_one_is_elected_and_the_old_one_rejoins() {
-    let mut c = Cluster::new(3, |_| {});
+    leader_crash_and_rejoin(false);
+}
+
+#[test]
+fn written_behind_after_the_leader_crashes_a_new_one_is_elected_and_the_old_one_rejoins() {
+    leader_crash_and_rejoin(true);
+}
+
+fn leader_crash_and_rejoin(behind: bool) {
+    let mut c = Cluster::with_writers(3, |_| {}, behind);
     let old = c.wait_leader(&[1, 2, 3]);
     for i in 0..5 {
         let p = c.propose(old, &format!("before {i}"));
@@ -397,10 +495,20 @@ fn a_restart_with_an_empty_state_machine_replays_the_log() {
 
 #[test]
 fn a_wiped_node_catches_up_by_snapshot_and_log_tail() {
-    let mut c = Cluster::new(3, |cfg| {
+    wiped_node_catches_up(false);
+}
+
+#[test]
+fn written_behind_a_wiped_node_catches_up_by_snapshot_and_log_tail() {
+    wiped_node_catches_up(true);
+}
+
+fn wiped_node_catches_up(behind: bool) {
+    let tweak = |cfg: &mut NodeConfig| {
         cfg.snapshot_every = 10;
         cfg.keep_entries = 2;
-    });
+    };
+    let mut c = Cluster::with_writers(3, tweak, behind);
     let leader = c.wait_leader(&[1, 2, 3]);
     for i in 0..35 {
         let p = c.propose(leader, &format!("e{i}"));

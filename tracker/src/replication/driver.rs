@@ -16,8 +16,11 @@
 //! [`HANDSHAKE_TIME`]; at most [`MAX_ACCEPTED`] accepted links exist at once.
 //!
 //! # Time
-//! One Raft tick every [`TICK`] (election after 1-2 s, heartbeat every 200 ms with
-//! raft-rs's defaults in [`NodeConfig::new`]); a change not committed within
+//! One Raft tick every [`TICK`] (50 ms): an election after [`ELECTION_TICKS`] to
+//! twice that without a leader (0.8-1.6 s), a heartbeat every [`HEARTBEAT_TICKS`]
+//! (100 ms: two small messages per follower per 100 ms); a follower whose link to the
+//! leader breaks (a killed leader's sockets close at once) campaigns after the rest
+//! of its randomised timeout instead ([`RaftNode::link_lost`]). A change not committed within
 //! [`PROPOSAL_DEADLINE`] fails with `ERR no quorum: the change was not made`.
 
 use std::collections::BTreeMap;
@@ -38,7 +41,11 @@ use super::peer_frame::{fresh_nonce, LinkEvent, PeerLink, DEFAULT_MAX_FRAME};
 /// Tokens at and above this are peer links (the server's are below).
 pub const PEER_TOKEN_BASE: usize = usize::MAX / 2;
 /// Raft's logical clock.
-pub const TICK: Duration = Duration::from_millis(100);
+pub const TICK: Duration = Duration::from_millis(50);
+/// Ticks without a leader before a follower campaigns (randomised up to twice this).
+pub const ELECTION_TICKS: usize = 16;
+/// Ticks between a leader's heartbeats.
+pub const HEARTBEAT_TICKS: usize = 2;
 /// SPEC: a change without quorum is refused within 5 s (margin for the loop turn).
 pub const PROPOSAL_DEADLINE: Duration = Duration::from_millis(4500);
 /// Unsent bytes per link beyond which messages are dropped.
@@ -205,6 +212,12 @@ impl RaftDriver {
             next_tick: now + TICK,
             last_heard: BTreeMap::new(),
         }
+    }
+
+    /// Hands the Raft log's writes to a thread of their own (see `raft_writer`);
+    /// `waker` wakes this loop when one became durable.
+    pub fn start_writer(&mut self, waker: std::sync::Arc<mio::Waker>) -> Result<(), NodeError> {
+        self.node.start_writer(Some(waker))
     }
 
     /// This tracker's replica (status and tests).
@@ -481,6 +494,9 @@ impl RaftDriver {
                     d.conn = None;
                 }
                 self.node.report_unreachable(no);
+                if c.link.is_open() {
+                    self.node.link_lost(no);
+                }
             }
         }
         for d in self.dials.values_mut() {

@@ -5,6 +5,8 @@
 //!   step, propose, `handle_ready` -> `Actions` (persist, send, apply, advance); the
 //!   `StateMachine` trait the store plugs into; proposal deadlines (no quorum).
 //! - [`storage`]: `RaftStorage`, raft-rs's `Storage` durable in `raft<N>.db`.
+//! - [`raft_writer`]: `RaftWriter`, the thread that makes staged entries durable
+//!   while the loop goes on (raft-rs's async ready).
 //! - [`peer_frame`]: the tracker-to-tracker link on the client port: a distinct first
 //!   line, an HMAC-SHA256 challenge-response over the cluster key, then MACed,
 //!   length-prefixed frames each holding one protobuf Raft message.
@@ -28,5 +30,6 @@ pub mod machine;
 pub mod node;
 pub mod peer_frame;
 pub mod raft_log;
+pub mod raft_writer;
 pub mod start;
 pub mod storage;

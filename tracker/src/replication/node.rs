@@ -22,6 +22,21 @@
 //! inside `handle_ready`; the caller must apply `committed` before the next call).
 //! Many proposals may be made between two `handle_ready` calls: they share one fsync.
 //!
+//! # Written behind (`start_writer`, what the tracker does)
+//! With a [`RaftWriter`] the fsync leaves the loop (raft-rs's async ready): each
+//! `Ready`'s entries and hard state are staged in [`RaftStorage`] (raft-rs reads them
+//! back from memory) and queued for the thread, and `advance_append_async` lets
+//! raft-rs go on. What may go before the write goes at once: a leader's appends
+//! (Raft thesis 10.2.1: the leader's own write and its followers' run in parallel).
+//! What promises the write (a follower's append acknowledgement, a granted vote) is
+//! held and sent by the first `handle_ready` after the thread reports that `Ready`
+//! durable, which is also when raft-rs learns it (`on_persist_ready`): so a leader
+//! counts its own log toward a commit only once it is on disk, and committed entries
+//! handed out to apply (raft-rs gives only ones up to its persisted index) are on
+//! this tracker's disk and a majority's. A `Ready` carrying a received snapshot is
+//! written at once on the loop after the thread drained. `has_ready` is true when the
+//! thread finished a write; it wakes the loop through the waker it was given.
+//!
 //! # Proposals through any tracker
 //! Each proposal's entry carries a 24-byte context: proposer tracker, boot nonce (random
 //! per process start) and sequence number. A follower's `propose` is forwarded to the
@@ -59,7 +74,11 @@ use raft::prelude::*;
 use raft::{SnapshotStatus, StateRole, Storage, INVALID_ID};
 
 use super::raft_log;
+use super::raft_writer::{RaftWriter, WriterError};
 use super::storage::{RaftStorage, StorageError};
+
+/// How long a `Ready` carrying a snapshot waits for the writer to drain.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 /// The error a state machine reports; it stops the node's loop.
 pub type MachineError = Box<dyn std::error::Error + Send + Sync>;
@@ -101,7 +120,8 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// Defaults for a tick of 100 ms: election after 1-2 s, heartbeat every 200 ms.
+    /// Defaults for a tick of 100 ms: election after 1-2 s, heartbeat every 200 ms
+    /// (the tracker's driver sets its own, `driver::ELECTION_TICKS`).
     pub fn new(id: u64, voters: Vec<u64>) -> Self {
         NodeConfig {
             id,
@@ -185,6 +205,8 @@ pub enum NodeError {
     Storage(#[from] StorageError),
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
+    #[error(transparent)]
+    Writer(#[from] WriterError),
     #[error("state machine: {0}")]
     Machine(MachineError),
     #[error("the state machine has applied up to {applied} but the Raft log ends at {last}: its data dir is inconsistent (remove the cache db to rebuild it)")]
@@ -235,6 +257,13 @@ pub struct RaftNode {
     /// See [`RaftProgress`].
     leader_changes: u64,
     snapshots_taken: u64,
+    /// Set: entries and hard state are written behind by this thread.
+    writer: Option<RaftWriter>,
+    /// The newest `Ready` handed to the writer, and the newest it made durable.
+    staged_ready: u64,
+    durable_ready: u64,
+    /// Messages that promise durability, each held until that `Ready` is durable.
+    held: VecDeque<(u64, Vec<Message>)>,
 }
 
 impl RaftNode {
@@ -281,7 +310,28 @@ impl RaftNode {
             outbox: Vec::new(),
             leader_changes: 0,
             snapshots_taken: 0,
+            writer: None,
+            staged_ready: 0,
+            durable_ready: 0,
+            held: VecDeque::new(),
         })
+    }
+
+    /// From now on, entries and hard state are made durable by a writer thread while
+    /// the loop goes on; `waker` is woken each time a write became durable.
+    pub fn start_writer(
+        &mut self,
+        waker: Option<std::sync::Arc<mio::Waker>>,
+    ) -> Result<(), NodeError> {
+        if self.writer.is_none() {
+            self.writer = Some(RaftWriter::start(self.raw.store().path(), waker)?);
+        }
+        Ok(())
+    }
+
+    /// Whether staged writes are still on their way to disk.
+    pub fn persisting(&self) -> bool {
+        self.staged_ready > self.durable_ready
     }
 
     pub fn id(&self) -> u64 {
@@ -356,6 +406,18 @@ impl RaftNode {
             }
         }
         msg
+    }
+
+    /// This tracker's link to `peer` broke. If `peer` is the leader, its process may
+    /// be gone (a kill closes its sockets at once): its lease ends now, so this node
+    /// campaigns after the rest of its randomised timeout (0 to `election_tick`
+    /// ticks) instead of a whole one, and grants pre-votes to another follower that
+    /// saw the same. A leader that is alive resets it with its next heartbeat.
+    pub fn link_lost(&mut self, peer: u64) {
+        let raft = &mut self.raw.raft;
+        if raft.state == StateRole::Follower && raft.leader_id == peer {
+            raft.election_elapsed = raft.election_elapsed.max(raft.election_timeout());
+        }
     }
 
     /// The transport could not reach `peer` (raft-rs slows down replication to it).
@@ -469,7 +531,13 @@ impl RaftNode {
 
     /// Whether `handle_ready` has work now (then the loop should not block).
     pub fn has_ready(&self) -> bool {
-        self.raw.has_ready()
+        let written = self.persisting()
+            && self
+                .writer
+                .as_ref()
+                .is_some_and(|w| w.durable().map_or(true, |d| d > self.durable_ready));
+        written
+            || self.raw.has_ready()
             || !self.outbox.is_empty()
             || (!self.queued.is_empty() && self.leader().is_some())
     }
@@ -481,14 +549,20 @@ impl RaftNode {
         pending.into_iter().chain(queued).min()
     }
 
-    /// Persists what Raft needs (one fsync), then returns what to send, apply and
-    /// report. See the module doc for the order the caller follows.
+    /// Persists what Raft needs (one fsync, or staged for the writer thread), then
+    /// returns what to send, apply and report. See the module doc for the order the
+    /// caller follows.
     pub fn handle_ready(&mut self, now: Instant) -> Result<Actions, NodeError> {
         let mut actions = Actions::default();
+        self.note_durable(&mut actions.messages)?;
         self.submit_queued();
         self.resubmit_to_new_leader();
         self.expire(now, &mut actions.failed);
         actions.messages.append(&mut self.outbox);
+        if self.raw.snap().is_some_and(|s| !s.is_empty()) {
+            // A received snapshot replaces the log: written at once, after the rest.
+            self.drain_writer(&mut actions.messages)?;
+        }
         if !self.raw.has_ready() {
             return Ok(actions);
         }
@@ -496,7 +570,19 @@ impl RaftNode {
         if let Some(ss) = rd.ss() {
             actions.role = self.note_role(ss.raft_state, ss.leader_id);
         }
+        // A leader's appends may go before its own write (raft-rs puts them here).
         actions.messages.extend(rd.take_messages());
+        if self.writer.is_some() && rd.snapshot().is_empty() {
+            self.stage_ready(rd, &mut actions)?;
+        } else {
+            self.persist_ready(rd, &mut actions)?;
+        }
+        self.raw.advance_apply();
+        Ok(actions)
+    }
+
+    /// The synchronous way: one fsync here, then what depends on it.
+    fn persist_ready(&mut self, mut rd: Ready, actions: &mut Actions) -> Result<(), NodeError> {
         let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
         let committed = rd.take_committed_entries();
         self.raw
@@ -514,8 +600,67 @@ impl RaftNode {
         }
         actions.messages.extend(light.take_messages());
         self.collect(light.take_committed_entries(), &mut actions.committed);
-        self.raw.advance_apply();
-        Ok(actions)
+        Ok(())
+    }
+
+    /// The written-behind way: the entries and hard state are staged (raft-rs reads
+    /// them from memory) and queued for the writer; the messages that promise they are
+    /// durable (votes, append acknowledgements) are held until the writer says so.
+    /// Committed entries are ones this node already has durable (raft-rs hands out
+    /// only entries up to its persisted index), so they may be applied at once.
+    fn stage_ready(&mut self, mut rd: Ready, actions: &mut Actions) -> Result<(), NodeError> {
+        let committed = rd.take_committed_entries();
+        self.collect(committed, &mut actions.committed);
+        let persisted = rd.take_persisted_messages();
+        let number = rd.number();
+        if let Some(job) = self.raw.mut_store().stage(number, rd.entries(), rd.hs()) {
+            self.writer.as_ref().expect("checked").send(job)?;
+            self.staged_ready = number;
+        }
+        if self.persisting() {
+            if !persisted.is_empty() {
+                self.held.push_back((self.staged_ready, persisted));
+            }
+        } else {
+            actions.messages.extend(persisted);
+        }
+        self.raw.advance_append_async(rd);
+        if !self.persisting() {
+            self.raw.on_persist_ready(number);
+        }
+        Ok(())
+    }
+
+    /// Takes in what the writer made durable since the last call.
+    fn note_durable(&mut self, out: &mut Vec<Message>) -> Result<(), NodeError> {
+        if let Some(w) = &self.writer {
+            let durable = w.durable()?;
+            self.release(durable, out);
+        }
+        Ok(())
+    }
+
+    /// Waits until every staged write is durable (bounded).
+    fn drain_writer(&mut self, out: &mut Vec<Message>) -> Result<(), NodeError> {
+        if let (true, Some(w)) = (self.persisting(), &self.writer) {
+            let durable = w.wait_durable(self.staged_ready, DRAIN_LIMIT)?;
+            self.release(durable, out);
+        }
+        Ok(())
+    }
+
+    /// `Ready`s up to `durable` are on disk: raft-rs may count them, and the
+    /// messages held for them go out.
+    fn release(&mut self, durable: u64, out: &mut Vec<Message>) {
+        if durable <= self.durable_ready {
+            return;
+        }
+        self.durable_ready = durable;
+        self.raw.mut_store().written(durable);
+        self.raw.on_persist_ready(durable);
+        while self.held.front().is_some_and(|(n, _)| *n <= durable) {
+            out.extend(self.held.pop_front().expect("front checked").1);
+        }
     }
 
     /// Turns raft entries into `Committed`, matching this node's own proposals.

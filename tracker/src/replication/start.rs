@@ -9,7 +9,7 @@ use raft::prelude::EntryType;
 use raft::{GetEntriesContext, Storage};
 
 use super::cluster_key;
-use super::driver::{RaftDriver, PROPOSAL_DEADLINE};
+use super::driver::{RaftDriver, ELECTION_TICKS, HEARTBEAT_TICKS, PROPOSAL_DEADLINE};
 use super::machine::{self, LogMachine, MachineFault};
 use super::node::{NodeConfig, RaftNode};
 use super::storage::RaftStorage;
@@ -54,6 +54,8 @@ pub fn start(
     };
     let mut config = NodeConfig::new(me, voters);
     config.proposal_deadline = PROPOSAL_DEADLINE;
+    config.election_tick = ELECTION_TICKS;
+    config.heartbeat_tick = HEARTBEAT_TICKS;
     config.snapshot_every = snapshot_every.max(1);
     config.keep_entries = config.keep_entries.min(snapshot_every);
     let boot = u64::from_le_bytes(super::peer_frame::fresh_nonce()[..8].try_into().expect("8"));

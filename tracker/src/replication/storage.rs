@@ -24,15 +24,29 @@
 //! dropped ([`RaftStorage::store_snapshot`] keeps a configurable tail for slow
 //! followers); the entry at the snapshot index keeps its term in `raft_snapshot`.
 //!
+//! # Written behind (the raft writer thread)
+//! With a [`super::raft_writer::RaftWriter`], a `Ready`'s entries and hard state are
+//! *staged* ([`RaftStorage::stage`]): kept in memory, where raft-rs reads them back at
+//! once (its async-ready contract), and handed to the writer thread as a [`WriteJob`]
+//! that it commits ([`write_jobs`], one fsynced transaction for every job it finds
+//! queued) on a connection of its own. [`RaftStorage::written`] then drops the
+//! in-memory copies. Nothing here is durable until the writer says so; the node holds
+//! back whatever depends on it (see `node.rs`).
+//!
 //! The commit index learned from a `LightReady` is kept in memory and written with the
 //! next persist (not fsynced on its own): after a crash it may lag, which Raft tolerates;
 //! [`RaftStorage::raise_commit`] lifts it to what the state machine had applied.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use raft::prelude::*;
 use raft::{GetEntriesContext, RaftState, Storage};
 use rusqlite::{params, Connection, OptionalExtension};
+
+/// How long a writer waits for the other connection's write lock (the loop's
+/// snapshot and the writer thread's appends may meet).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The format version this code reads and writes.
 pub const FORMAT_VERSION: i64 = 1;
@@ -61,6 +75,10 @@ impl From<StorageError> for raft::Error {
 /// Raft's durable state: hard state, membership, log entries and the newest snapshot.
 pub struct RaftStorage {
     conn: Connection,
+    path: PathBuf,
+    /// Staged entries not yet durable, each with the number of the `Ready` (and
+    /// [`WriteJob`]) that wrote it: contiguous, ending at `last_index`.
+    unsynced: Vec<(u64, Entry)>,
     hard_state: HardState,
     conf_state: ConfState,
     snapshot_index: u64,
@@ -97,9 +115,7 @@ fn parse_voters(text: &str) -> Result<Vec<u64>, StorageError> {
 impl RaftStorage {
     /// Opens (or creates, with `voters` as the membership) the storage at `path`.
     pub fn open(path: &Path, voters: &[u64]) -> Result<Self, StorageError> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        let conn = open_connection(path)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         match version {
             0 => create(&conn, voters)?,
@@ -113,6 +129,8 @@ impl RaftStorage {
         }
         let mut storage = RaftStorage {
             conn,
+            path: path.to_path_buf(),
+            unsynced: Vec::new(),
             hard_state: HardState::default(),
             conf_state: ConfState::default(),
             snapshot_index: 0,
@@ -221,6 +239,69 @@ impl RaftStorage {
         tx.commit()?;
         self.apply_in_memory(snapshot, entries, hs);
         Ok(())
+    }
+
+    /// Stages a `Ready`'s entries and hard state (numbered `number`) for the writer
+    /// thread: in memory at once, where raft-rs reads them, and returned as the job
+    /// that makes them durable. `None` when nothing needs writing (at most the commit
+    /// index moved, kept as in [`Self::persist`]). A received snapshot is never staged
+    /// (the node persists it with [`Self::persist`] once the writer is idle).
+    pub fn stage(
+        &mut self,
+        number: u64,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Option<WriteJob> {
+        let same_vote =
+            |h: &HardState| h.term == self.hard_state.term && h.vote == self.hard_state.vote;
+        if entries.is_empty() && hard_state.is_none_or(same_vote) {
+            if let Some(h) = hard_state {
+                self.set_commit(h.commit);
+            }
+            return None;
+        }
+        let mut hs = hard_state
+            .cloned()
+            .unwrap_or_else(|| self.hard_state.clone());
+        hs.commit = hs.commit.max(self.hard_state.commit);
+        if let Some(first) = entries.first() {
+            self.unsynced.retain(|(_, e)| e.index < first.index);
+            self.unsynced
+                .extend(entries.iter().map(|e| (number, e.clone())));
+        }
+        self.apply_in_memory(None, entries, hs.clone());
+        Some(WriteJob {
+            number,
+            entries: entries.to_vec(),
+            hard_state: hs,
+        })
+    }
+
+    /// The writer made every job up to `number` durable: their in-memory copies go.
+    pub fn written(&mut self, number: u64) {
+        let durable = self
+            .unsynced
+            .iter()
+            .take_while(|(n, _)| *n <= number)
+            .count();
+        self.unsynced.drain(..durable);
+    }
+
+    /// Whether staged entries are still waiting for the writer.
+    pub fn has_unsynced(&self) -> bool {
+        !self.unsynced.is_empty()
+    }
+
+    /// The file this storage lives in (the writer thread opens its own connection).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The first index held in memory only (`last_index + 1` when none is).
+    fn unsynced_from(&self) -> u64 {
+        self.unsynced
+            .first()
+            .map_or(self.last_index + 1, |(_, e)| e.index)
     }
 
     fn apply_in_memory(&mut self, snapshot: Option<&Snapshot>, entries: &[Entry], hs: HardState) {
@@ -380,6 +461,58 @@ fn create(conn: &Connection, voters: &[u64]) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// What the writer thread makes durable for one staged `Ready`.
+#[derive(Debug)]
+pub struct WriteJob {
+    /// The `Ready`'s number (raft-rs's `on_persist_ready` takes it).
+    pub number: u64,
+    /// New entries; they replace any stored suffix from the first one's index.
+    pub entries: Vec<Entry>,
+    /// The hard state as of this `Ready`.
+    pub hard_state: HardState,
+}
+
+/// Opens a connection to `raft<N>.db`: WAL, `synchronous = FULL` (a commit is
+/// durable when it returns), and a busy timeout (two connections write it).
+pub fn open_connection(path: &Path) -> Result<Connection, StorageError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+/// Writes `jobs` in order in one transaction (one fsync): the writer thread's work.
+pub fn write_jobs(conn: &mut Connection, jobs: &[WriteJob]) -> Result<(), StorageError> {
+    let Some(last) = jobs.last() else {
+        return Ok(());
+    };
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO raft_entries (idx, term, kind, data, context) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for first in jobs
+            .iter()
+            .filter_map(|j| j.entries.first().map(|f| (j, f)))
+        {
+            let (job, first) = first;
+            tx.execute("DELETE FROM raft_entries WHERE idx >= ?1", [first.index])?;
+            for e in &job.entries {
+                let kind = e.get_entry_type() as i64;
+                insert.execute(params![e.index, e.term, kind, &e.data[..], &e.context[..]])?;
+            }
+        }
+    }
+    let hs = &last.hard_state;
+    tx.execute(
+        "UPDATE raft_state SET term = ?1, vote = ?2, commit_index = ?3 WHERE id = 1",
+        params![hs.term, hs.vote, hs.commit],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
 fn write_snapshot(
     tx: &rusqlite::Transaction<'_>,
     index: u64,
@@ -415,7 +548,29 @@ impl Storage for RaftStorage {
         if high > self.last_index + 1 || low > high {
             return Err(raft::Error::Store(raft::StorageError::Unavailable));
         }
-        Ok(self.read_entries(low, high, max_size.into())?)
+        let max_size = max_size.into();
+        let split = self.unsynced_from().clamp(low, high);
+        let mut out = self.read_entries(low, split, max_size)?;
+        if out.len() as u64 == split - low && split < high {
+            let mut size: u64 = out
+                .iter()
+                .map(|e| u64::from(protobuf::Message::compute_size(e)))
+                .sum();
+            let skip = (split - self.unsynced_from()) as usize;
+            for (_, e) in self
+                .unsynced
+                .iter()
+                .skip(skip)
+                .take((high - split) as usize)
+            {
+                size += u64::from(protobuf::Message::compute_size(e));
+                if !out.is_empty() && max_size.is_some_and(|max| size > max) {
+                    break;
+                }
+                out.push(e.clone());
+            }
+        }
+        Ok(out)
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
@@ -427,6 +582,10 @@ impl Storage for RaftStorage {
         }
         if idx > self.last_index {
             return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        let from = self.unsynced_from();
+        if idx >= from {
+            return Ok(self.unsynced[(idx - from) as usize].1.term);
         }
         let term = self
             .conn
@@ -569,5 +728,44 @@ mod tests {
             .unwrap();
         let err = RaftStorage::open(&path, &[1, 2, 3]).err().unwrap();
         assert!(err.to_string().contains("version 7"), "{err}");
+    }
+
+    #[test]
+    fn staged_entries_are_read_back_before_they_are_written_and_only_written_ones_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let mut s = RaftStorage::open(&path, &[1]).unwrap();
+        let mut hs = HardState::default();
+        hs.term = 1;
+        hs.vote = 1;
+        let first: Vec<Entry> = (1..=4).map(|i| entry(i, 1, b"a")).collect();
+        let job1 = s.stage(1, &first, Some(&hs)).expect("entries to write");
+        // A new leader's entries replace the staged suffix from index 3 on.
+        hs.term = 2;
+        let second: Vec<Entry> = (3..=5).map(|i| entry(i, 2, b"b")).collect();
+        let job2 = s.stage(2, &second, Some(&hs)).expect("entries to write");
+        assert!(s.stage(3, &[], Some(&hs)).is_none(), "nothing new to write");
+        assert_eq!(s.last_index().unwrap(), 5);
+        assert_eq!(s.term(2).unwrap(), 1);
+        assert_eq!(s.term(4).unwrap(), 2);
+        let read = s.entries(1, 6, None, ctx()).unwrap();
+        let terms: Vec<u64> = read.iter().map(|e| e.term).collect();
+        assert_eq!(terms, [1, 1, 2, 2, 2]);
+        // Nothing is on disk yet: a crash now keeps none of it.
+        let other = RaftStorage::open(&path, &[1]).unwrap();
+        assert_eq!(other.last_index().unwrap(), 0);
+        // The writer commits the first job: entries 1-2 leave memory, 3-5 stay.
+        let mut conn = open_connection(&path).unwrap();
+        write_jobs(&mut conn, &[job1]).unwrap();
+        s.written(1);
+        assert!(s.has_unsynced());
+        assert_eq!(s.entries(1, 6, None, ctx()).unwrap(), read);
+        write_jobs(&mut conn, &[job2]).unwrap();
+        s.written(2);
+        assert!(!s.has_unsynced());
+        assert_eq!(s.entries(1, 6, None, ctx()).unwrap(), read);
+        let reopened = RaftStorage::open(&path, &[1]).unwrap();
+        assert_eq!(reopened.entries(1, 6, None, ctx()).unwrap(), read);
+        assert_eq!(reopened.hard_state().term, 2);
     }
 }
