@@ -164,9 +164,11 @@ fn an_outsider_speaking_raft_changes_nothing() {
     }
     assert_eq!(roles_before, (1..=3).map(term_lines).collect::<Vec<_>>());
     assert_eq!(c.leader(), Some(leader));
-    // And the cluster still works.
+    // And the cluster still works: tracker 1 answered after applying; a follower
+    // applies the commit on its next heartbeat or append, so wait for it.
     conn.ok(Some(&token), "create_group", &["after"]);
-    assert!(groups(&mut c.t(2).connect(), &token).contains("after"));
+    assert!(wait_until(WAIT, || groups(&mut c.t(2).connect(), &token)
+        .contains("after")));
 }
 
 #[test]
