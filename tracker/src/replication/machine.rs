@@ -29,7 +29,7 @@ use rusqlite::Connection;
 
 use super::node::{Committed, MachineError, ProposalId, StateMachine};
 use crate::store::{self, Applied, RaftApplied, Store};
-use crate::sync_log::{FsyncMode, LogEntry, SyncLog, FIRST_ENTRY};
+use crate::sync_log::{FsyncMode, LogEntry, SyncLog};
 
 const SNAPSHOT_MAGIC: &[u8] = b"swarmshare-snapshot v1\n";
 
@@ -101,7 +101,7 @@ impl LogMachine<'_> {
             return Ok(());
         };
         let before = self.store.applied()?;
-        let base = before.offset.max(FIRST_ENTRY);
+        let base = before.offset.max(self.log.first_entry());
         let lines: Vec<String> = todo
             .iter()
             .zip(before.lines + 1..)
@@ -349,7 +349,8 @@ mod tests {
     fn reconcile_matches_replayed_lines_to_entries() {
         let mut st = Store::open_in_memory().unwrap();
         let e = LogEntry::decode(&line("ann")).unwrap().1;
-        st.apply_entries(&[(FIRST_ENTRY, e)], 100).unwrap();
+        st.apply_entries(&[(crate::sync_log::FIRST_ENTRY, e)], 100)
+            .unwrap();
         // Entry 1 is a leader's empty entry, 2 the change.
         reconcile(&mut st, |from, _| {
             assert_eq!(from, 1);
