@@ -41,6 +41,29 @@
 //! Version 1 (`swarmshare-sync-log v1`, lines `<crc32> <unix_ms> <tracker_no> <op>
 //! <field> ...`) is read only to upgrade it ([`crate::log_repair::upgrade_v1`]).
 //!
+//! # Compaction
+//!
+//! A compacted log's version line names where it starts in the history:
+//!
+//! ```text
+//! swarmshare-sync-log v2 <generation> after <lines> <offset>
+//! ```
+//!
+//! Its first entry carries number `lines + 1`, and `offset` is that entry's
+//! *logical* offset: the byte offset it had in the log before anything was
+//! dropped. Offsets and sequence numbers keep running across compactions (the
+//! cache's applied offset, `joined_seq` and the exactly-once records stay
+//! comparable), and the generation is kept, so every check above still holds:
+//! a cache of another generation is still never read against the log. Logical
+//! offset `o` is byte `o - offset + <version line length>` of the file; errors
+//! name the byte in the file. The entries before the base are in `snapshot.db`
+//! (a consistent copy of a cache that applied exactly them); how a log is
+//! compacted, and what happens to a cache behind the base: [`crate::snapshot`].
+//! The old file is dropped (no `sync_log.txt.<n>` is kept). A tracker sharing
+//! the log notices the new file by its inode under the lock
+//! ([`SyncLog::lock_current`]) and reopens it: no line is ever appended to a
+//! replaced file.
+//!
 //! # Damage
 //!
 //! Only a torn tail is ever cut: an incomplete last line, or complete lines at the
