@@ -203,13 +203,28 @@ fn two_trackers_sharing_a_log_keep_one_state_while_one_compacts() {
     // And it makes changes on the compacted log, seen by tracker 1.
     c2.ok(Some(&bob), "create_group", &["last"]);
     assert!(wait_until(WAIT, || seen(&mut c1, &alice) == groups + 46));
+    // Tracker 2 only watching: tracker 1 compacts, then appends to the new
+    // file; tracker 2's watcher follows it there.
+    let base_before = log_base(&data).lines;
+    let mut more = 0;
+    while log_base(&data).lines == base_before {
+        assert!(more < 25, "no compaction after {more} changes");
+        c1.ok(Some(&alice), "create_group", &[&format!("d{more}")]);
+        more += 1;
+    }
+    for i in 0..5 {
+        c1.ok(Some(&alice), "create_group", &[&format!("e{i}")]);
+    }
+    let want = groups + 46 + more + 5;
+    assert!(
+        wait_until(WAIT, || seen(&mut c2, &bob) == want),
+        "tracker 2 sees {} groups of {want}",
+        seen(&mut c2, &bob)
+    );
     t1.quit_ok();
     t2.quit_ok();
     let tail = check_log(&data.join("sync_log.txt"));
-    assert_eq!(
-        log_base(&data).lines + tail.len() as u64,
-        4 + groups as u64 + 46
-    );
+    assert_eq!(log_base(&data).lines + tail.len() as u64, 4 + want as u64);
     assert_eq!(
         dump(&data.join("tracker1.db")),
         dump(&data.join("tracker2.db"))

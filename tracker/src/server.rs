@@ -781,30 +781,8 @@ impl Server {
     /// The watcher: applies lines other trackers appended since the last look,
     /// and notices a log that shrank, changed or is damaged under this tracker.
     fn watch(&mut self) {
-        if self.log_fault.is_some() {
-            return; // changes are refused; reads go on from the cache as it is
-        }
-        let len = match self.log.file_len() {
-            Ok(len) => len,
-            Err(e) => {
-                log::error!("{e}");
-                return;
-            }
-        };
-        if len == self.watched_len && !self.cache_behind {
-            return;
-        }
-        self.watched_len = len;
-        let applied = match self.store.applied() {
-            Ok(a) => a.offset.max(self.log.first_entry()),
-            Err(e) => {
-                log::error!("{e}");
-                return;
-            }
-        };
-        if len == applied {
-            self.cache_behind = false;
-            return;
+        if self.log_fault.is_some() || !self.log_moved() {
+            return; // (with a fault, changes are refused; reads go on from the cache as it is)
         }
         let result = self
             .log
@@ -883,6 +861,42 @@ impl Server {
             Err(e) => {
                 log::error!("compaction failed, the log is kept as it is: {e}");
                 self.compact_retry_at = Some(now + Duration::from_secs(60));
+            }
+        }
+    }
+
+    /// For the watcher: whether the log may hold lines the cache lacks: it grew
+    /// since the last look, the cache is behind, or another tracker compacted
+    /// it (a new file at its path, whose length says nothing yet).
+    fn log_moved(&mut self) -> bool {
+        let looked = self.log.replaced().and_then(|replaced| {
+            let len = self.log.file_len()?;
+            Ok((replaced, len))
+        });
+        let (replaced, len) = match looked {
+            Ok(found) => found,
+            Err(e) => {
+                log::error!("{e}");
+                return false;
+            }
+        };
+        if replaced {
+            self.watched_len = 0;
+            return true;
+        }
+        if len == self.watched_len && !self.cache_behind {
+            return false;
+        }
+        self.watched_len = len;
+        match self.store.applied() {
+            Ok(a) if len == a.offset.max(self.log.first_entry()) => {
+                self.cache_behind = false;
+                false
+            }
+            Ok(_) => true,
+            Err(e) => {
+                log::error!("{e}");
+                false
             }
         }
     }

@@ -958,6 +958,13 @@ impl SyncLog {
     /// of the same generation (a compaction keeps it).
     fn reopen(&mut self) -> Result<(), LogError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
+        if let Err(e) = std::fs::metadata(&self.path) {
+            // Not created anew under a running tracker: that is for a start.
+            return Err(LogError::Changed {
+                path: self.path.clone(),
+                why: format!("the file is gone ({e})"),
+            });
+        }
         let new = SyncLog::open(dir, self.mode)?;
         if new.generation != self.generation {
             return Err(LogError::Changed {
