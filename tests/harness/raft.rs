@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::netns::{Host, Hosts};
 use crate::tracker_state::{dump, entry_line_starts, read_log};
 use crate::{free_port, wait_until, write_tracker_info, TrackerConn, TrackerProc, WAIT};
+use tracker::sync_log::{Base, Header};
 
 /// The port every tracker listens on in a netns cluster (one tracker per host).
 pub const NETNS_PORT: u16 = 7001;
@@ -167,15 +168,41 @@ pub fn entries(log: &Path) -> Vec<String> {
     read_log(log).0
 }
 
-/// The state a fresh cache gets from applying `log` through `store::apply`.
+/// The state a fresh cache gets from applying `log` through `store::apply`
+/// (after loading the data dir's `snapshot.db` if the log was compacted).
 pub fn rebuilt(log: &Path) -> String {
     let (_, decoded) = read_log(log);
     let starts = entry_line_starts(log);
     let mut store = tracker::store::Store::open_in_memory().unwrap();
-    let with_offsets: Vec<(u64, _)> = starts.iter().map(|&s| s as u64).zip(decoded).collect();
-    let end = std::fs::metadata(log).unwrap().len();
+    let base = log_base(log);
+    if base != Base::START {
+        let snap = tracker::snapshot::path(log.parent().unwrap());
+        store.load_snapshot(&snap, |_| Ok(())).unwrap();
+    }
+    // Logical offsets: byte `s` of the file is offset `s - <version line> + base.offset`.
+    let bytes = std::fs::read(log).unwrap();
+    let header_len = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let at = |s: usize| (s - header_len) as u64 + base.offset;
+    let with_offsets: Vec<(u64, _)> = starts.iter().map(|&s| at(s)).zip(decoded).collect();
+    let end = at(bytes.len());
     store.apply_entries(&with_offsets, end).unwrap();
     tracker::store::dump(store.conn()).unwrap()
+}
+
+/// Where the log at `log` starts in the history.
+pub fn log_base(log: &Path) -> Base {
+    let text = std::fs::read_to_string(log).unwrap();
+    match Header::parse(text.lines().next().unwrap_or_default().as_bytes()) {
+        Some(Header::V2(_, base)) => base,
+        other => panic!("version line {other:?}"),
+    }
+}
+
+/// The sequence number of the last entry line of `lines` (0 for none).
+pub fn last_seq(lines: &[String]) -> u64 {
+    lines.last().map_or(0, |l| {
+        tracker::sync_log::LogEntry::decode(l.as_bytes()).unwrap().0
+    })
 }
 
 /// Groups `tracker` lists to a logged-in user.
@@ -186,13 +213,23 @@ pub fn groups(conn: &mut TrackerConn, token: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Waits until trackers `nos` hold the same entry lines; returns them.
+/// Waits until trackers `nos` hold the same entry lines: the same last entry,
+/// and the same line for every number two logs both hold (each log may start
+/// after its own snapshot); returns the lines of the one that starts first.
 pub fn await_same_logs(c: &Cluster, nos: &[usize]) -> Vec<String> {
     let mut last = Vec::new();
     let same = wait_until(WAIT, || {
         let logs: Vec<Vec<String>> = nos.iter().map(|&n| entries(&c.log(n))).collect();
-        last = logs[0].clone();
-        logs.windows(2).all(|w| w[0] == w[1])
+        let agree = |a: &Vec<String>, b: &Vec<String>| {
+            let n = a.len().min(b.len());
+            last_seq(a) == last_seq(b) && a[a.len() - n..] == b[b.len() - n..]
+        };
+        last = logs
+            .iter()
+            .max_by_key(|l| l.len())
+            .cloned()
+            .unwrap_or_default();
+        logs.windows(2).all(|w| agree(&w[0], &w[1]))
     });
     assert!(same, "logs of trackers {nos:?} differ");
     last

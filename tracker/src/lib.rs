@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod operator_view;
 pub mod replication;
 pub mod server;
+pub mod snapshot;
 pub mod status;
 pub mod status_html;
 pub mod store;
@@ -53,7 +54,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use store::Store;
-use sync_log::{FsyncMode, LogError, SyncLog, FIRST_ENTRY};
+use sync_log::{FsyncMode, LogError, SyncLog};
 
 /// What a tracker is started with (the binary fills it from its command line).
 #[derive(Debug, Clone)]
@@ -82,8 +83,9 @@ pub struct Options {
     pub ticket_secs: u64,
     /// How the trackers of tracker_info.txt keep one history.
     pub replication: Replication,
-    /// Raft mode: a snapshot every this many applied changes.
-    pub raft_snapshot_every: u64,
+    /// A snapshot (and log compaction) every this many applied changes, in
+    /// both modes (0: never; raft mode needs at least 1).
+    pub snapshot_every: u64,
 }
 
 /// `--replication`: how the trackers of one tracker_info.txt keep one history.
@@ -213,7 +215,7 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
         store.reset()?;
     }
     store.set_generation(log.generation())?;
-    replay(&log, &mut store)?;
+    replay(&mut log, &mut store)?;
     let raft = match opts.replication {
         Replication::SharedLog => None,
         Replication::Raft => {
@@ -222,7 +224,7 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
                 dir,
                 opts.tracker_no,
                 &addrs,
-                opts.raft_snapshot_every,
+                opts.snapshot_every.max(1),
                 opts.fsync,
                 &mut log,
                 &mut store,
@@ -249,6 +251,7 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
         login_limits: login_limits::LoginLimits::default(),
         session_idle_ms: (opts.session_idle_days * 86_400_000.0) as u64,
         tickets: Some(issuer),
+        snapshot_every: opts.snapshot_every,
     };
     warn_if_few_fds(opts.limits.max_conns);
     let (mut server, waker) =
@@ -432,12 +435,14 @@ fn refuse_if_others_run(dir: &Path, no: usize, what: &'static str) -> Result<(),
 }
 
 /// Brings the cache up to the log: replays the tail after the cache's applied
-/// offset (everything, for a new or rebuilt cache). A torn tail another tracker
-/// left meanwhile is not applied (the next change cuts it); damage is an error.
-fn replay(log: &SyncLog, store: &mut Store) -> Result<(), TrackerError> {
+/// offset (everything, for a new or rebuilt cache of a log never compacted;
+/// a cache behind a compacted log's base is loaded from the snapshot first). A
+/// torn tail another tracker left meanwhile is not applied (the next change
+/// cuts it); damage is an error.
+fn replay(log: &mut SyncLog, store: &mut Store) -> Result<(), TrackerError> {
     let before = store.applied()?;
     let done = {
-        let _lock = log.lock_shared()?;
+        let _lock = log.lock_current(false)?;
         let done = server::catch_up(log, store)?;
         if let Some(stop) = &done.stop {
             log.judge_stop(stop)?;
@@ -447,7 +452,7 @@ fn replay(log: &SyncLog, store: &mut Store) -> Result<(), TrackerError> {
     log::info!(
         "replayed {} log lines from offset {} (cache had {} lines)",
         done.lines,
-        before.offset.max(FIRST_ENTRY),
+        before.offset.max(log.first_entry()),
         before.lines
     );
     Ok(())
@@ -460,7 +465,16 @@ pub fn verify_log(data_dir: &Path) -> Result<bool, TrackerError> {
     let mut out = std::io::stdout().lock();
     let format = match v.header {
         sync_log::Header::V1 => "v1".to_string(),
-        sync_log::Header::V2(g) => format!("v2, generation {g}"),
+        sync_log::Header::V2(g, base) if base == sync_log::Base::START => {
+            format!("v2, generation {g}")
+        }
+        sync_log::Header::V2(g, base) => format!(
+            "v2, generation {g}, compacted: starts after entry {} (offset {}; the entries \
+             before it are in {})",
+            base.lines,
+            base.offset,
+            snapshot::SNAPSHOT_FILE
+        ),
     };
     let path = data_dir.join(sync_log::LOG_FILE);
     let _ = writeln!(

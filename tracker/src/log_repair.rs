@@ -16,8 +16,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::sync_log::{
-    scan_file_lines, Generation, Header, LineError, LogEntry, LogError, FIRST_ENTRY, LOG_FILE,
-    MAGIC,
+    scan_file_lines, Base, Generation, Header, LineError, LogEntry, LogError, FIRST_ENTRY,
+    LOG_FILE, MAGIC,
 };
 
 /// One line that does not check out.
@@ -101,7 +101,7 @@ fn read_lines(path: &Path, file: &File, mut each: impl FnMut(ReadLine)) -> Resul
         line += 1;
         let decoded = match header {
             Header::V1 => LogEntry::decode_v1(raw).map(|e| (None, e)),
-            Header::V2(_) => LogEntry::decode(raw).map(|(s, e)| (Some(s), e)),
+            Header::V2(..) => LogEntry::decode(raw).map(|(s, e)| (Some(s), e)),
         };
         each(ReadLine {
             line,
@@ -117,6 +117,14 @@ fn read_lines(path: &Path, file: &File, mut each: impl FnMut(ReadLine)) -> Resul
         header,
         incomplete: (end < bytes).then_some((line + 1, end)),
         bytes,
+    })
+}
+
+/// Where the log at `path` starts in the history ([`Base::START`] for v1).
+fn base_of(path: &Path, file: &File) -> Result<Base, LogError> {
+    Ok(match read_header(path, file)? {
+        Header::V2(_, base) => base,
+        Header::V1 => Base::START,
     })
 }
 
@@ -141,7 +149,10 @@ pub fn verify(dir: &Path) -> Result<Verification, LogError> {
         .map_err(|e| io_err(&path)(e.into()))?;
     let mut findings = Vec::new();
     let mut good = 0;
-    let mut expect = SeqCheck::default();
+    let mut expect = SeqCheck {
+        last: base_of(&path, &file)?.lines,
+        bad_since: 0,
+    };
     let scan = read_lines(&path, &file, |l| match l.decoded {
         Ok((seq, _)) => {
             good += 1;
@@ -260,11 +271,17 @@ pub fn salvage(dir: &Path) -> Result<Salvage, LogError> {
     }
     let mut notes = order_by_seq(&mut kept, &mut dropped);
     dropped.sort_by_key(|(f, _)| f.offset);
-    notes.extend(missing_numbers(&kept));
+    let base = base_of(&path, &file)?;
+    notes.extend(missing_numbers(&kept, base));
     let ms = crate::unix_ms();
     let generation = Generation::new();
+    if base != Base::START {
+        // The snapshot holds the history before the base: it names the new
+        // generation first (a crash before the log's rename: run salvage again).
+        crate::snapshot::restamp(dir, base, generation)?;
+    }
     let entries = kept.iter().map(|k| &k.entry);
-    let original = replace_log(dir, generation, entries, &format!("damaged-{ms}"))?;
+    let original = replace_log(dir, generation, base, entries, &format!("damaged-{ms}"))?;
     let report = dir.join(format!("{LOG_FILE}.salvage-{ms}.txt"));
     let out = Salvage {
         original,
@@ -320,9 +337,9 @@ fn order_by_seq(kept: &mut Vec<Kept>, dropped: &mut Vec<(Finding, Vec<u8>)>) -> 
 }
 
 /// Notes on sequence numbers no kept line carries (v2 only).
-fn missing_numbers(kept: &[Kept]) -> Vec<String> {
+fn missing_numbers(kept: &[Kept], base: Base) -> Vec<String> {
     let mut notes = Vec::new();
-    let mut next = 1;
+    let mut next = base.lines + 1;
     for k in kept {
         let Some(seq) = k.seq else { continue };
         if seq > next {
@@ -372,12 +389,14 @@ fn escape_bytes(raw: &[u8]) -> String {
         .collect()
 }
 
-/// Writes `entries` as a new log of `generation` (numbered from 1) beside the
-/// log in `dir`, makes it durable, keeps the current log as
-/// `sync_log.txt.<suffix>` and renames the new one over it. Returns the kept name.
+/// Writes `entries` as a new log of `generation` starting after `base`
+/// (numbered from `base.lines + 1`) beside the log in `dir`, makes it durable,
+/// keeps the current log as `sync_log.txt.<suffix>` and renames the new one
+/// over it. Returns the kept name.
 pub fn replace_log<'a>(
     dir: &Path,
     generation: Generation,
+    base: Base,
     entries: impl Iterator<Item = &'a LogEntry>,
     suffix: &str,
 ) -> Result<PathBuf, LogError> {
@@ -387,9 +406,9 @@ pub fn replace_log<'a>(
     let write = || -> io::Result<()> {
         let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         let mut out = io::BufWriter::new(&file);
-        out.write_all(generation.header_line().as_bytes())?;
+        out.write_all(Header::v2_line(generation, base).as_bytes())?;
         for (i, e) in entries.enumerate() {
-            out.write_all(e.encode(i as u64 + 1).as_bytes())?;
+            out.write_all(e.encode(base.lines + i as u64 + 1).as_bytes())?;
         }
         out.flush()?;
         drop(out);
@@ -455,7 +474,13 @@ pub fn upgrade_v1(dir: &Path) -> Result<Upgrade, LogError> {
     let torn_tail = first_bad.map(|b| b.1).or(scan.incomplete.map(|i| i.1));
     let generation = Generation::new();
     let ms = crate::unix_ms();
-    let original = replace_log(dir, generation, entries.iter(), &format!("v1-{ms}"))?;
+    let original = replace_log(
+        dir,
+        generation,
+        Base::START,
+        entries.iter(),
+        &format!("v1-{ms}"),
+    )?;
     Ok(Upgrade {
         original,
         generation,

@@ -87,10 +87,12 @@ struct Args {
     /// it by Raft (every tracker of the list is a voter).
     #[arg(long, value_enum, default_value = "shared-log")]
     replication: tracker::Replication,
-    /// Raft mode: snapshot the state (and compact Raft's log) every this many
-    /// applied changes (tests use a few).
-    #[arg(long, default_value_t = 10_000, hide = true)]
-    raft_snapshot_every: u64,
+    /// Take a snapshot of the state (data-dir/snapshot.db) and compact
+    /// sync_log.txt every this many applied changes, in both modes; 0 = never
+    /// (shared-log only). `--raft-snapshot-every` is the old name.
+    /// Default: 100000 in shared-log mode, 10000 in raft mode.
+    #[arg(long, alias = "raft-snapshot-every")]
+    snapshot_every: Option<u64>,
 }
 
 fn parse_command_kind(name: &str) -> Result<CommandKind, String> {
@@ -146,7 +148,10 @@ fn serve(args: Args) -> Result<(), tracker::TrackerError> {
         },
         ticket_secs: args.ticket_secs,
         replication: args.replication,
-        raft_snapshot_every: args.raft_snapshot_every,
+        snapshot_every: args.snapshot_every.unwrap_or(match args.replication {
+            tracker::Replication::SharedLog => 100_000,
+            tracker::Replication::Raft => 10_000,
+        }),
     };
     tracker::run(&opts)
 }

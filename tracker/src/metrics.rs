@@ -9,8 +9,8 @@
 //! With `--replication raft` the loop also publishes its replica's
 //! [`RaftProgress`] once per turn ([`RaftGauges`]); `/metrics` then adds the
 //! role, term, commit and applied index, each tracker's match index (on the
-//! leader), leader changes and snapshots taken. Shared-log mode takes no
-//! snapshots yet (no log compaction), so its `snapshots_taken_total` stays 0.
+//! leader), leader changes and snapshots taken. `snapshots_taken_total` also
+//! counts the shared-log mode's compactions ([`crate::snapshot`]).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -194,6 +194,8 @@ pub struct Metrics {
     /// `login` requests refused at once, backed off after wrong passwords.
     pub rate_limited_logins: Counter,
     pub http_requests: Counter,
+    /// Shared-log mode: snapshots taken (each compacts `sync_log.txt`).
+    pub snapshots_taken: Counter,
     pub raft: RaftGauges,
 }
 
@@ -211,6 +213,7 @@ impl Metrics {
             failed_logins: Counter::default(),
             rate_limited_logins: Counter::default(),
             http_requests: Counter::default(),
+            snapshots_taken: Counter::default(),
             raft: RaftGauges::default(),
         }
     }
@@ -361,8 +364,8 @@ pub fn render(m: &Metrics, state: &StateGauges) -> String {
         &mut out,
         &format!("{p}_snapshots_taken_total"),
         "counter",
-        "Snapshots of the state taken (each compacts the Raft log; none in shared-log mode).",
-        raft.as_ref().map_or(0, |r| r.snapshots_taken),
+        "Snapshots of the state taken (each compacts the log, in either mode).",
+        raft.as_ref().map_or(0, |r| r.snapshots_taken) + m.snapshots_taken.get(),
     );
     if let Some(r) = raft {
         render_raft(&mut out, &r);

@@ -32,8 +32,9 @@ use crate::login_pool::{Done, Job, LoginPool};
 use crate::metrics::{self, Metrics};
 use crate::replication::driver::PEER_TOKEN_BASE;
 use crate::replication::peer_frame::is_peer_greeting;
+use crate::snapshot::Step;
 use crate::store::{self, Applied, Store};
-use crate::sync_log::{LogEntry, LogError, Stop, SyncLog, FIRST_ENTRY};
+use crate::sync_log::{LogEntry, LogError, Stop, SyncLog};
 use crate::TrackerError;
 
 #[path = "server_raft.rs"]
@@ -104,6 +105,9 @@ pub struct Config {
     pub session_idle_ms: u64,
     /// The ticket signing key `file_info` uses (issue 12).
     pub tickets: Option<&'static crate::tickets::TicketIssuer>,
+    /// Shared-log mode: compact the log ([`crate::snapshot::compact`]) once it
+    /// holds this many entries (0: never).
+    pub snapshot_every: u64,
 }
 
 /// One client connection's state.
@@ -274,6 +278,8 @@ pub struct Server {
     next_conn_id: u64,
     /// `--replication raft`: the Raft driver and the changes in flight.
     raft: Option<RaftMode>,
+    /// After a failed compaction: not tried again before this.
+    compact_retry_at: Option<Instant>,
 }
 
 impl Server {
@@ -312,6 +318,7 @@ impl Server {
                 login_limiter: LoginLimiter::new(cfg.login_limits),
                 next_conn_id: 0,
                 raft: None,
+                compact_retry_at: None,
             },
             waker,
         ))
@@ -394,6 +401,9 @@ impl Server {
             self.answer();
             self.raft_turn(&mut buf)?;
             self.flush_and_reap();
+            if self.raft.is_none() {
+                self.maybe_compact();
+            }
         }
         log::info!("tracker {} shutting down", self.cfg.tracker_no);
         Ok(())
@@ -727,7 +737,7 @@ impl Server {
             let reply = Reply::err(format!("change not made: {why}"));
             return Ok(work.iter().map(|_| Some(reply.clone())).collect());
         }
-        let _lock = self.log.lock_exclusive()?;
+        let _lock = self.log.lock_current(true)?;
         let caught = catch_up(&self.log, &mut self.store)?;
         if let Some(stop) = caught.stop {
             // Only a torn tail is cut; damage is an error (and a fault).
@@ -736,7 +746,7 @@ impl Server {
                 .cut_torn_tail(at, "a line left by an append that did not finish")?;
         }
         let before = self.store.applied()?;
-        let base = before.offset.max(FIRST_ENTRY);
+        let base = before.offset.max(self.log.first_entry());
         let len = self.log.file_len()?;
         if len != base {
             return Err(TrackerError::Behind { applied: base, len });
@@ -781,34 +791,12 @@ impl Server {
     /// The watcher: applies lines other trackers appended since the last look,
     /// and notices a log that shrank, changed or is damaged under this tracker.
     fn watch(&mut self) {
-        if self.log_fault.is_some() {
-            return; // changes are refused; reads go on from the cache as it is
-        }
-        let len = match self.log.file_len() {
-            Ok(len) => len,
-            Err(e) => {
-                log::error!("{e}");
-                return;
-            }
-        };
-        if len == self.watched_len && !self.cache_behind {
-            return;
-        }
-        self.watched_len = len;
-        let applied = match self.store.applied() {
-            Ok(a) => a.offset.max(FIRST_ENTRY),
-            Err(e) => {
-                log::error!("{e}");
-                return;
-            }
-        };
-        if len == applied {
-            self.cache_behind = false;
-            return;
+        if self.log_fault.is_some() || !self.log_moved() {
+            return; // (with a fault, changes are refused; reads go on from the cache as it is)
         }
         let result = self
             .log
-            .lock_shared()
+            .lock_current(false)
             .map_err(TrackerError::from)
             .and_then(|_lock| {
                 let caught = catch_up(&self.log, &mut self.store)?;
@@ -844,6 +832,82 @@ impl Server {
         if self.cache_behind {
             log::info!("the cache caught up with the log again");
             self.cache_behind = false;
+        }
+    }
+
+    /// Shared-log mode: compacts the log ([`crate::snapshot::compact`]) once it
+    /// holds `snapshot_every` entries past its base. Runs after a turn's replies
+    /// are flushed; a failure leaves the log as it was and is retried a minute
+    /// later.
+    fn maybe_compact(&mut self) {
+        let every = self.cfg.snapshot_every;
+        let now = Instant::now();
+        if every == 0 || self.log_fault.is_some() || self.cache_behind {
+            return;
+        }
+        if self.compact_retry_at.is_some_and(|at| now < at) {
+            return;
+        }
+        let due = self
+            .store
+            .applied()
+            .is_ok_and(|a| a.lines >= self.log.base().lines.saturating_add(every));
+        if !due {
+            return;
+        }
+        match crate::snapshot::compact(&mut self.log, &mut self.store, every, Step::Done) {
+            Ok(Some(base)) => {
+                self.metrics.snapshots_taken.inc();
+                log::info!(
+                    "tracker {}: snapshot taken and log compacted: it now starts after entry {} \
+                     ({} ms)",
+                    self.cfg.tracker_no,
+                    base.lines,
+                    now.elapsed().as_millis()
+                );
+            }
+            Ok(None) => {}
+            Err(e) if self.note_log_fault(&e) => {}
+            Err(e) => {
+                log::error!("compaction failed, the log is kept as it is: {e}");
+                self.compact_retry_at = Some(now + Duration::from_secs(60));
+            }
+        }
+    }
+
+    /// For the watcher: whether the log may hold lines the cache lacks: it grew
+    /// since the last look, the cache is behind, or another tracker compacted
+    /// it (a new file at its path, whose length says nothing yet).
+    fn log_moved(&mut self) -> bool {
+        let looked = self.log.replaced().and_then(|replaced| {
+            let len = self.log.file_len()?;
+            Ok((replaced, len))
+        });
+        let (replaced, len) = match looked {
+            Ok(found) => found,
+            Err(e) => {
+                log::error!("{e}");
+                return false;
+            }
+        };
+        if replaced {
+            self.watched_len = 0;
+            return true;
+        }
+        if len == self.watched_len && !self.cache_behind {
+            return false;
+        }
+        self.watched_len = len;
+        match self.store.applied() {
+            Ok(a) if len == a.offset.max(self.log.first_entry()) => {
+                self.cache_behind = false;
+                false
+            }
+            Ok(_) => true,
+            Err(e) => {
+                log::error!("{e}");
+                false
+            }
         }
     }
 
@@ -1033,8 +1097,12 @@ pub struct CatchUp {
 /// judges it ([`SyncLog::judge_stop`]). Needs a lock on the log.
 pub fn catch_up(log: &SyncLog, store: &mut Store) -> Result<CatchUp, TrackerError> {
     let mut done = CatchUp::default();
-    let applied = store.applied()?;
-    let mut from = applied.offset.max(FIRST_ENTRY);
+    let mut applied = store.applied()?;
+    if applied.lines < log.base().lines {
+        crate::snapshot::load(store, log)?;
+        applied = store.applied()?;
+    }
+    let mut from = applied.offset.max(log.first_entry());
     let mut seq = applied.lines + 1;
     log.check_position(from)?;
     loop {

@@ -305,7 +305,8 @@ impl StatusSource {
             ))
         })?;
         let log_bytes = self.log_bytes();
-        let trackers = self.trackers(own_applied, log_bytes, raft);
+        let log_end = crate::sync_log::end_offset(&self.cfg.data_dir.join(LOG_FILE));
+        let trackers = self.trackers(own_applied, log_end, raft);
         Ok(Status {
             tracker: self.cfg.tracker_no,
             replication: self.cfg.replication,
@@ -323,7 +324,7 @@ impl StatusSource {
     fn trackers(
         &self,
         own_applied: u64,
-        log_bytes: u64,
+        log_end: u64,
         raft: Option<&RaftProgress>,
     ) -> Vec<TrackerView> {
         let count = self.cfg.trackers.len() as u32;
@@ -331,7 +332,7 @@ impl StatusSource {
         let progress = |applied: Result<u64, String>| match applied {
             Ok(a) => Progress::SharedLog {
                 applied_offset: Some(a),
-                behind_bytes: Some(log_bytes.saturating_sub(a.max(FIRST_ENTRY))),
+                behind_bytes: Some(log_end.saturating_sub(a.max(FIRST_ENTRY))),
                 unknown_because: None,
             },
             Err(why) => Progress::SharedLog {

@@ -32,6 +32,8 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("database schema version {found} is newer than this tracker knows ({known})")]
     TooNew { found: i64, known: usize },
+    #[error("snapshot {path}: {why}")]
+    Snapshot { path: String, why: String },
 }
 
 /// How much of the log the cache holds.
@@ -161,6 +163,73 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Writes a consistent copy of the cache to `to` (`VACUUM INTO`, a new
+    /// file; one read transaction, so it is the state at one applied offset).
+    pub fn vacuum_into(&self, to: &Path) -> Result<(), StoreError> {
+        let to = to.to_str().ok_or_else(|| StoreError::Snapshot {
+            path: to.display().to_string(),
+            why: "the path is not UTF-8".into(),
+        })?;
+        self.conn.execute("VACUUM INTO ?1", [to])?;
+        Ok(())
+    }
+
+    /// Replaces every table's rows by the snapshot's at `path` (a copy made by
+    /// [`Store::vacuum_into`]) in one transaction, if `accept` agrees to how far
+    /// the snapshot applied the log; returns that. The snapshot must have this
+    /// tracker's schema version. On any error the cache is left as it was.
+    pub fn load_snapshot(
+        &mut self,
+        path: &Path,
+        accept: impl FnOnce(CachePos) -> Result<(), String>,
+    ) -> Result<CachePos, StoreError> {
+        let fail = |why: String| StoreError::Snapshot {
+            path: path.display().to_string(),
+            why,
+        };
+        let name = path
+            .to_str()
+            .ok_or_else(|| fail("the path is not UTF-8".into()))?;
+        self.conn.execute("ATTACH DATABASE ?1 AS snap", [name])?;
+        let loaded = self.copy_from_snap(path).and_then(|pos| {
+            accept(pos).map_err(fail)?;
+            Ok(pos)
+        });
+        let loaded = match loaded {
+            Ok(pos) => self.conn.execute_batch("COMMIT").map(|()| pos),
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                let _ = self.conn.execute_batch("DETACH DATABASE snap");
+                return Err(e);
+            }
+        };
+        self.conn.execute_batch("DETACH DATABASE snap")?;
+        Ok(loaded?)
+    }
+
+    /// [`Store::load_snapshot`]'s copy, left in an open transaction.
+    fn copy_from_snap(&mut self, path: &Path) -> Result<CachePos, StoreError> {
+        let theirs: i64 = self
+            .conn
+            .query_row("PRAGMA snap.user_version", [], |r| r.get(0))?;
+        if theirs != MIGRATIONS.len() as i64 {
+            return Err(StoreError::Snapshot {
+                path: path.display().to_string(),
+                why: format!(
+                    "schema version {theirs}, this tracker's is {}",
+                    MIGRATIONS.len()
+                ),
+            });
+        }
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        for t in STATE_TABLES.iter().chain(&["applied_log"]) {
+            self.conn.execute_batch(&format!(
+                "DELETE FROM main.{t}; INSERT INTO main.{t} SELECT * FROM snap.{t};"
+            ))?;
+        }
+        self.cache_pos()
     }
 
     /// How far the cache applied which log generation, for [`crate::sync_log::SyncLog::recover`].

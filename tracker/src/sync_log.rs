@@ -41,6 +41,29 @@
 //! Version 1 (`swarmshare-sync-log v1`, lines `<crc32> <unix_ms> <tracker_no> <op>
 //! <field> ...`) is read only to upgrade it ([`crate::log_repair::upgrade_v1`]).
 //!
+//! # Compaction
+//!
+//! A compacted log's version line names where it starts in the history:
+//!
+//! ```text
+//! swarmshare-sync-log v2 <generation> after <lines> <offset>
+//! ```
+//!
+//! Its first entry carries number `lines + 1`, and `offset` is that entry's
+//! *logical* offset: the byte offset it had in the log before anything was
+//! dropped. Offsets and sequence numbers keep running across compactions (the
+//! cache's applied offset, `joined_seq` and the exactly-once records stay
+//! comparable), and the generation is kept, so every check above still holds:
+//! a cache of another generation is still never read against the log. Logical
+//! offset `o` is byte `o - offset + <version line length>` of the file; errors
+//! name the byte in the file. The entries before the base are in `snapshot.db`
+//! (a consistent copy of a cache that applied exactly them); how a log is
+//! compacted, and what happens to a cache behind the base: [`crate::snapshot`].
+//! The old file is dropped (no `sync_log.txt.<n>` is kept). A tracker sharing
+//! the log notices the new file by its inode under the lock
+//! ([`SyncLog::lock_current`]) and reopens it: no line is ever appended to a
+//! replaced file.
+//!
 //! # Damage
 //!
 //! Only a torn tail is ever cut: an incomplete last line, or complete lines at the
@@ -131,21 +154,74 @@ impl std::fmt::Display for Generation {
     }
 }
 
+/// Where a log file starts in the history: the entries before it were compacted
+/// into a snapshot ([`crate::snapshot`]). Offsets are logical: an entry keeps
+/// the offset it was appended at, whatever was dropped before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Base {
+    /// Entries before the file's first line (its first line carries `lines + 1`).
+    pub lines: u64,
+    /// Logical offset of the file's first entry line.
+    pub offset: u64,
+}
+
+impl Base {
+    /// The base of a log that was never compacted.
+    pub const START: Base = Base {
+        lines: 0,
+        offset: FIRST_ENTRY,
+    };
+}
+
 /// What the first line of a log file says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Header {
     V1,
-    V2(Generation),
+    V2(Generation, Base),
 }
 
+/// Longest version line read (a compacted v2 line with two 20-digit numbers fits).
+const MAX_HEADER: usize = 128;
+
 impl Header {
-    /// Parses a first line (without its newline).
+    /// Parses a first line (without its newline). Numbers have one spelling
+    /// (no leading zeros), like the checksum.
     pub fn parse(line: &[u8]) -> Option<Header> {
         let line = std::str::from_utf8(line).ok()?;
         if line == V1_LINE {
             return Some(Header::V1);
         }
-        Generation::parse(line.strip_prefix(V2_PREFIX)?).map(Header::V2)
+        let rest = line.strip_prefix(V2_PREFIX)?;
+        let (generation, after) = match rest.split_once(' ') {
+            None => (rest, None),
+            Some((g, after)) => (g, Some(after)),
+        };
+        let generation = Generation::parse(generation)?;
+        let Some(after) = after else {
+            return Some(Header::V2(generation, Base::START));
+        };
+        let mut f = after.strip_prefix("after ")?.split(' ');
+        let (lines, offset) = (f.next()?, f.next()?);
+        let num = |s: &str| s.parse::<u64>().ok().filter(|n| n.to_string() == s);
+        let base = Base {
+            lines: num(lines)?,
+            offset: num(offset)?,
+        };
+        let sane = f.next().is_none() && base.lines > 0 && base.offset >= FIRST_ENTRY;
+        sane.then_some(Header::V2(generation, base))
+    }
+
+    /// The version line of a v2 log of `generation` starting at `base`,
+    /// newline included: `swarmshare-sync-log v2 <generation>` for a log never
+    /// compacted, `... <generation> after <lines> <offset>` for a compacted one.
+    pub fn v2_line(generation: Generation, base: Base) -> String {
+        if base == Base::START {
+            return generation.header_line();
+        }
+        format!(
+            "{V2_PREFIX}{generation} after {} {}\n",
+            base.lines, base.offset
+        )
     }
 }
 
@@ -175,6 +251,16 @@ pub enum LogError {
         offset: u64,
         reason: String,
         context: &'static str,
+    },
+    #[error(
+        "sync log {path} starts after entry {base} (the entries before it are in the snapshot \
+         {snapshot}), but {why}. Restore that snapshot.db (or the whole data dir) from a backup"
+    )]
+    Snapshot {
+        path: PathBuf,
+        base: u64,
+        snapshot: PathBuf,
+        why: String,
     },
     #[error(
         "sync log {path} no longer holds what this tracker's cache applied: {why}. \
@@ -639,20 +725,27 @@ pub struct SyncLog {
     path: PathBuf,
     mode: FsyncMode,
     generation: Generation,
+    /// Where the file starts in the history (compaction moves it on).
+    base: Base,
+    /// Bytes of the version line, newline included: file position of `base.offset`.
+    header_len: u64,
     /// Device and inode of the file opened, to notice it being replaced.
     identity: (u64, u64),
 }
 
-/// Holds an `flock` on the log until dropped.
+/// Holds an `flock` on the log file until dropped. It holds a duplicate of the
+/// file's descriptor (the lock belongs to the open file, shared by both), so it
+/// does not borrow the [`SyncLog`]: the log may reopen a compacted file while
+/// the old one stays locked.
 #[derive(Debug)]
-pub struct LockGuard<'a> {
-    log: &'a SyncLog,
+pub struct LockGuard {
+    file: File,
 }
 
-impl Drop for LockGuard<'_> {
+impl Drop for LockGuard {
     fn drop(&mut self) {
         // Closing the file would release it too; an unlock error leaves nothing to do.
-        let _ = rustix::fs::flock(&self.log.file, FlockOperation::Unlock);
+        let _ = rustix::fs::flock(&self.file, FlockOperation::Unlock);
     }
 }
 
@@ -704,10 +797,10 @@ pub fn scan_file_lines(
     Ok(pos)
 }
 
-/// Reads a file's first line (at most `FIRST_ENTRY` bytes), without its newline,
+/// Reads a file's first line (at most `MAX_HEADER` bytes), without its newline,
 /// and whether a newline ended it.
 fn first_line(file: &File) -> io::Result<(Vec<u8>, bool)> {
-    let mut head = vec![0u8; FIRST_ENTRY as usize];
+    let mut head = vec![0u8; MAX_HEADER];
     let mut n = 0;
     while n < head.len() {
         match file.read_at(&mut head[n..], n as u64)? {
@@ -748,21 +841,24 @@ impl SyncLog {
             path: path.clone(),
             mode,
             generation: Generation(0),
+            base: Base::START,
+            header_len: FIRST_ENTRY,
             identity: (meta.dev(), meta.ino()),
         };
         let _lock = log.lock_exclusive()?;
-        let generation = log.read_or_write_header()?;
+        let (generation, base, header_len) = log.read_or_write_header()?;
         drop(_lock);
-        log.generation = generation;
+        (log.generation, log.base, log.header_len) = (generation, base, header_len);
         Ok(log)
     }
 
-    /// The generation named in the version line; writes a new v2 line into an
-    /// empty file or over a torn version line. Needs the exclusive lock.
-    fn read_or_write_header(&self) -> Result<Generation, LogError> {
+    /// The generation and base named in the version line, and its length; writes
+    /// a new v2 line into an empty file or over a torn version line. Needs the
+    /// exclusive lock.
+    fn read_or_write_header(&self) -> Result<(Generation, Base, u64), LogError> {
         let (head, whole) = first_line(&self.file).map_err(|e| self.io_err(e))?;
         match Header::parse(&head) {
-            Some(Header::V2(g)) if whole => return Ok(g),
+            Some(Header::V2(g, base)) if whole => return Ok((g, base, head.len() as u64 + 1)),
             Some(Header::V1) if whole => {
                 return Err(LogError::NeedsUpgrade {
                     path: self.path.clone(),
@@ -770,7 +866,7 @@ impl SyncLog {
             }
             _ => {}
         }
-        let len = self.file_len()?;
+        let len = self.phys_len()?;
         let torn = !whole
             && len < FIRST_ENTRY
             && (V2_PREFIX.as_bytes().starts_with(&head) || head.starts_with(V2_PREFIX.as_bytes()));
@@ -790,7 +886,7 @@ impl SyncLog {
             .write_all(generation.header_line().as_bytes())
             .map_err(|e| self.io_err(e))?;
         self.file.sync_all().map_err(|e| self.io_err(e))?;
-        Ok(generation)
+        Ok((generation, Base::START, FIRST_ENTRY))
     }
 
     /// The path of the log file.
@@ -803,6 +899,91 @@ impl SyncLog {
         self.generation
     }
 
+    /// Where this file starts in the history ([`Base::START`] if never compacted).
+    pub fn base(&self) -> Base {
+        self.base
+    }
+
+    /// Logical offset of the file's first entry line (the base's offset).
+    pub fn first_entry(&self) -> u64 {
+        self.base.offset
+    }
+
+    /// File position of logical offset `at` (at least the base's offset).
+    fn phys(&self, at: u64) -> u64 {
+        at.saturating_sub(self.base.offset)
+            .saturating_add(self.header_len)
+    }
+
+    /// Logical offset of file position `pos` (at least the version line's end).
+    fn logical(&self, pos: u64) -> u64 {
+        pos.saturating_sub(self.header_len) + self.base.offset
+    }
+
+    /// Whether the file at the log's path is no longer the one this opened
+    /// (another tracker compacted the log, or an operator replaced it).
+    pub fn replaced(&self) -> Result<bool, LogError> {
+        match std::fs::metadata(&self.path) {
+            Ok(m) => Ok((m.dev(), m.ino()) != self.identity),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(self.io_err(e)),
+        }
+    }
+
+    /// Takes the lock `how` on the file now at the log's path: if another
+    /// tracker compacted the log (renamed a new file over it), reopens it first,
+    /// so no line is ever appended to or read from a replaced file. A file of
+    /// another generation is [`LogError::Changed`].
+    pub fn lock_current(&mut self, exclusive: bool) -> Result<LockGuard, LogError> {
+        let how = match exclusive {
+            true => FlockOperation::LockExclusive,
+            false => FlockOperation::LockShared,
+        };
+        for _ in 0..100 {
+            if self.replaced()? {
+                self.reopen()?;
+            }
+            let guard = self.flock(how)?;
+            if !self.replaced()? {
+                return Ok(guard);
+            }
+        }
+        Err(LogError::Changed {
+            path: self.path.clone(),
+            why: "it was replaced 100 times while this tracker tried to lock it".into(),
+        })
+    }
+
+    /// Opens the file now at the log's path in place of this one; it must be
+    /// of the same generation (a compaction keeps it).
+    fn reopen(&mut self) -> Result<(), LogError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        if let Err(e) = std::fs::metadata(&self.path) {
+            // Not created anew under a running tracker: that is for a start.
+            return Err(LogError::Changed {
+                path: self.path.clone(),
+                why: format!("the file is gone ({e})"),
+            });
+        }
+        let new = SyncLog::open(dir, self.mode)?;
+        if new.generation != self.generation {
+            return Err(LogError::Changed {
+                path: self.path.clone(),
+                why: format!(
+                    "the file was replaced by one of generation {} (this tracker applied {})",
+                    new.generation, self.generation
+                ),
+            });
+        }
+        log::info!(
+            "{}: the log was compacted; it now starts after entry {}",
+            self.path.display(),
+            new.base.lines
+        );
+        *self = new;
+        Ok(())
+    }
+
     fn io_err(&self, source: io::Error) -> LogError {
         LogError::Io {
             path: self.path.clone(),
@@ -810,10 +991,11 @@ impl SyncLog {
         }
     }
 
-    fn flock(&self, how: FlockOperation) -> Result<LockGuard<'_>, LogError> {
+    fn flock(&self, how: FlockOperation) -> Result<LockGuard, LogError> {
+        let file = self.file.try_clone().map_err(|e| self.io_err(e))?;
         loop {
-            match rustix::fs::flock(&self.file, how) {
-                Ok(()) => return Ok(LockGuard { log: self }),
+            match rustix::fs::flock(&file, how) {
+                Ok(()) => return Ok(LockGuard { file }),
                 Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(self.io_err(e.into())),
             }
@@ -821,17 +1003,23 @@ impl SyncLog {
     }
 
     /// Takes the exclusive lock (for appending or cutting a torn tail).
-    pub fn lock_exclusive(&self) -> Result<LockGuard<'_>, LogError> {
+    pub fn lock_exclusive(&self) -> Result<LockGuard, LogError> {
         self.flock(FlockOperation::LockExclusive)
     }
 
     /// Takes the shared lock (for reading).
-    pub fn lock_shared(&self) -> Result<LockGuard<'_>, LogError> {
+    pub fn lock_shared(&self) -> Result<LockGuard, LogError> {
         self.flock(FlockOperation::LockShared)
     }
 
-    /// Current length of the file in bytes.
+    /// Logical offset of the end of the file (its length in bytes, for a log
+    /// never compacted).
     pub fn file_len(&self) -> Result<u64, LogError> {
+        Ok(self.logical(self.phys_len()?))
+    }
+
+    /// The file's length in bytes.
+    fn phys_len(&self) -> Result<u64, LogError> {
         self.file
             .metadata()
             .map(|m| m.len())
@@ -839,20 +1027,23 @@ impl SyncLog {
     }
 
     /// Checks the log against the cache at start-up and cuts a torn tail. With a
-    /// cache of this generation, the applied prefix must still be there, intact
-    /// and numbered `1..=lines` (a fast pass: checksum and number only); only the
-    /// tail after it is parsed. Damage anywhere is an error; nothing but a torn
-    /// tail after everything applied is ever cut. Takes the exclusive lock.
+    /// cache of this generation, the applied part of the file must still be
+    /// there, intact and numbered `base.lines + 1..=lines` (a fast pass: checksum
+    /// and number only); only the tail after it is parsed. Damage anywhere is an
+    /// error; nothing but a torn tail after everything applied is ever cut. A
+    /// cache behind the base is not checked here: it is loaded from the snapshot
+    /// by the catch-up. Takes the exclusive lock.
     pub fn recover(&self, cache: CachePos) -> Result<Recovery, LogError> {
         let _lock = self.lock_exclusive()?;
-        let same = cache.generation == Some(self.generation) && cache.offset > 0;
-        let (mut from, mut seq) = (FIRST_ENTRY, 1);
+        let this_generation = cache.generation == Some(self.generation);
+        let same = this_generation && cache.offset > 0 && cache.lines >= self.base.lines;
+        let (mut from, mut seq) = (self.base.offset, self.base.lines + 1);
         if same {
             // Damage inside the applied part first: it names the line.
             self.verify_applied(cache.offset, cache.lines)?;
             (from, seq) = (cache.offset, cache.lines + 1);
         }
-        let rebuild_cache = !same && (cache.offset > 0 || cache.lines > 0);
+        let rebuild_cache = !this_generation && (cache.offset > 0 || cache.lines > 0);
         loop {
             let batch = self.read_from(from, seq, 16 << 20)?;
             (from, seq) = (batch.end, batch.next_seq);
@@ -885,9 +1076,9 @@ impl SyncLog {
     /// each line's checksum and its number, not its fields (they were parsed when
     /// they were applied).
     fn verify_applied(&self, to: u64, lines: u64) -> Result<(), LogError> {
-        let mut seq = 0;
+        let mut seq = self.base.lines;
         let mut failure = None;
-        self.scan_lines(FIRST_ENTRY, to, |offset, line| {
+        self.scan_lines(self.base.offset, to, |offset, line| {
             let reason = match checked_seq(line) {
                 Some(s) if s == seq + 1 => {
                     seq = s;
@@ -930,16 +1121,23 @@ impl SyncLog {
         to: u64,
         each: impl FnMut(u64, &[u8]) -> bool,
     ) -> Result<u64, LogError> {
-        scan_file_lines(&self.file, from, to, each).map_err(|e| self.io_err(e))
+        let (from, to) = (self.phys(from), self.phys(to));
+        let mut each = each;
+        let end = scan_file_lines(&self.file, from, to, |at, line| {
+            each(self.logical(at), line)
+        })
+        .map_err(|e| self.io_err(e))?;
+        Ok(self.logical(end))
     }
 
-    /// A [`LogError::Damaged`] for the line at `offset`.
+    /// A [`LogError::Damaged`] for the line at logical `offset` (the error
+    /// names its position in the file).
     pub fn damaged(&self, offset: u64, reason: String, context: &'static str) -> LogError {
         match self.line_number(offset) {
             Ok(line) => LogError::Damaged {
                 path: self.path.clone(),
                 line,
-                offset,
+                offset: self.phys(offset),
                 reason,
                 context,
             },
@@ -947,8 +1145,10 @@ impl SyncLog {
         }
     }
 
-    /// The 1-based line number (the version line is line 1) of the line at `offset`.
+    /// The 1-based line number in the file (the version line is line 1) of the
+    /// line at logical `offset`.
     pub fn line_number(&self, offset: u64) -> Result<u64, LogError> {
+        let offset = self.phys(offset);
         let mut newlines = 0u64;
         let mut buf = vec![0u8; 1 << 20];
         let mut pos = 0;
@@ -984,7 +1184,7 @@ impl SyncLog {
             Err(e) => return changed(format!("the file is gone ({e})")),
         }
         let (head, whole) = first_line(&self.file).map_err(|e| self.io_err(e))?;
-        if !whole || Header::parse(&head) != Some(Header::V2(self.generation)) {
+        if !whole || Header::parse(&head) != Some(Header::V2(self.generation, self.base)) {
             let found = String::from_utf8_lossy(&head)
                 .chars()
                 .take(80)
@@ -1000,10 +1200,16 @@ impl SyncLog {
                 "the cache applied {offset} bytes but the file has only {len} (it shrank)"
             ));
         }
-        if offset > FIRST_ENTRY {
+        if offset < self.base.offset {
+            return changed(format!(
+                "the cache applied {offset} bytes but the file starts at {}",
+                self.base.offset
+            ));
+        }
+        if offset > self.base.offset {
             let mut last = [0u8; 1];
             self.file
-                .read_exact_at(&mut last, offset - 1)
+                .read_exact_at(&mut last, self.phys(offset) - 1)
                 .map_err(|e| self.io_err(e))?;
             if last[0] != b'\n' {
                 return changed(format!(
@@ -1064,8 +1270,8 @@ impl SyncLog {
         let saved = PathBuf::from(saved);
         let copy = || -> io::Result<()> {
             use std::io::{Seek, SeekFrom};
-            let mut from = File::open(&self.path)?;
-            from.seek(SeekFrom::Start(at))?;
+            let mut from = self.file.try_clone()?;
+            from.seek(SeekFrom::Start(self.phys(at)))?;
             let mut to = File::create(&saved)?;
             io::copy(&mut from, &mut to)?;
             to.sync_all()
@@ -1074,7 +1280,9 @@ impl SyncLog {
             path: saved.clone(),
             source: e,
         })?;
-        self.file.set_len(at).map_err(|e| self.io_err(e))?;
+        self.file
+            .set_len(self.phys(at))
+            .map_err(|e| self.io_err(e))?;
         self.file.sync_all().map_err(|e| self.io_err(e))?;
         log::warn!(
             "{}: cut a torn tail at byte offset {at} ({why}); the cut bytes are saved in {}",
@@ -1093,7 +1301,9 @@ impl SyncLog {
     /// Cuts the file back to `len` after a failed append of this tracker's own
     /// lines. Needs the exclusive lock.
     pub fn truncate(&self, len: u64) -> Result<(), LogError> {
-        self.file.set_len(len).map_err(|e| self.io_err(e))?;
+        self.file
+            .set_len(self.phys(len))
+            .map_err(|e| self.io_err(e))?;
         self.file.sync_all().map_err(|e| self.io_err(e))
     }
 
@@ -1160,7 +1370,7 @@ impl SyncLog {
             } else {
                 let want = chunk.len().min((len - read_to) as usize);
                 self.file
-                    .read_at(&mut chunk[..want], read_to)
+                    .read_at(&mut chunk[..want], self.phys(read_to))
                     .map_err(|e| self.io_err(e))?
             };
             if n == 0 {
@@ -1198,6 +1408,75 @@ impl SyncLog {
             }
         }
     }
+
+    /// Compaction, step 2: writes `sync_log.txt.compact-tmp`, a log of this
+    /// generation that starts after `base` (a snapshot covers everything before
+    /// it) and holds this file's bytes from `base.offset` to the end, and makes
+    /// it durable. `base` must be a line start of this file whose line (if any)
+    /// carries number `base.lines + 1`. Needs the exclusive lock.
+    pub fn write_compacted(&self, base: Base) -> Result<PathBuf, LogError> {
+        self.check_position(base.offset)?;
+        let first = self.read_from(base.offset, base.lines + 1, 1)?;
+        if let Some(Stop::Bad {
+            reason: reason @ LineError::Sequence { .. },
+            ..
+        }) = &first.stop
+        {
+            return Err(self.damaged(base.offset, reason.to_string(), "Compaction stopped."));
+        }
+        let tmp = self.path.with_file_name(format!("{LOG_FILE}.compact-tmp"));
+        let write = || -> io::Result<()> {
+            use std::io::{Seek, SeekFrom};
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::remove_file(&tmp);
+            let mut to = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            to.write_all(Header::v2_line(self.generation, base).as_bytes())?;
+            let mut from = self.file.try_clone()?;
+            from.seek(SeekFrom::Start(self.phys(base.offset)))?;
+            io::copy(&mut from, &mut to)?;
+            to.sync_all()
+        };
+        write().map_err(|source| LogError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        Ok(tmp)
+    }
+
+    /// Compaction, step 3: renames the file [`SyncLog::write_compacted`] wrote
+    /// over the log, makes the rename durable and returns the new file opened.
+    /// The history before the base is dropped with the old file. Other trackers
+    /// notice the new file ([`SyncLog::lock_current`]). Needs the exclusive lock,
+    /// kept on the old file until the caller drops it.
+    pub fn install_compacted(&self, tmp: &Path) -> Result<SyncLog, LogError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::rename(tmp, &self.path).map_err(|e| self.io_err(e))?;
+        sync_dir(dir).map_err(|e| self.io_err(e))?;
+        SyncLog::open(dir, self.mode)
+    }
+}
+
+/// The logical offset of the end of the log file at `path` (its length, for a
+/// log never compacted), read without a lock; 0 if it cannot be read.
+pub fn end_offset(path: &Path) -> u64 {
+    let Ok(file) = File::open(path) else { return 0 };
+    let len = file.metadata().map_or(0, |m| m.len());
+    match first_line(&file) {
+        Ok((head, true)) => match Header::parse(&head) {
+            Some(Header::V2(_, base)) => (len + base.offset).saturating_sub(head.len() as u64 + 1),
+            _ => len,
+        },
+        _ => len,
+    }
+}
+
+/// Makes renames in `dir` durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 #[cfg(test)]
 mod tests {

@@ -15,11 +15,16 @@
 //! Raft entries they came from, so they are never appended twice.
 //!
 //! # Snapshots
-//! `snapshot` = a consistent copy of the cache (`VACUUM INTO`) plus the whole
-//! `sync_log.txt` it covers, in one blob: `"swarmshare-snapshot v1\n"`, the db's length
-//! (u64 big-endian), the db, the log. `restore` writes both files and reopens them; the
-//! restored tracker's log is then the sender's, generation included. The log is not
-//! compacted yet, so a snapshot grows with the history (and must fit one peer frame,
+//! `snapshot` = this tracker's `snapshot.db` ([`crate::snapshot::write`]: a consistent
+//! copy of the cache whose `applied_log` row names the generation, entries and log
+//! offset it covers, and whose `raft_index` is the snapshot's index), in one blob:
+//! `"swarmshare-snapshot v2\n"` and the db. Taking it also compacts this tracker's
+//! `sync_log.txt` to start after it ([`crate::snapshot`]); the next append follows
+//! the new file ([`SyncLog::lock_current`]). `restore` keeps the blob as
+//! `snapshot.db`, makes it the cache and writes a log of the same generation that
+//! starts after it (no entry yet): the entries after the snapshot then come from
+//! Raft and get the same numbers and lines as on the others. So a snapshot is the
+//! size of the state, not of the history (it must fit one peer frame,
 //! [`super::peer_frame::DEFAULT_MAX_FRAME`]).
 
 use std::io::Read;
@@ -29,9 +34,9 @@ use rusqlite::Connection;
 
 use super::node::{Committed, MachineError, ProposalId, StateMachine};
 use crate::store::{self, Applied, RaftApplied, Store};
-use crate::sync_log::{FsyncMode, LogEntry, SyncLog, FIRST_ENTRY};
+use crate::sync_log::{Base, FsyncMode, Generation, Header, LogEntry, SyncLog, FIRST_ENTRY};
 
-const SNAPSHOT_MAGIC: &[u8] = b"swarmshare-snapshot v1\n";
+const SNAPSHOT_MAGIC: &[u8] = b"swarmshare-snapshot v2\n";
 
 /// Why the machine could not apply, snapshot or restore.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +47,8 @@ pub enum MachineFault {
     LogCacheMismatch { len: u64, applied: u64 },
     #[error("the snapshot is malformed")]
     BadSnapshot,
+    #[error("taking a snapshot: {0}")]
+    Snapshot(String),
     #[error("the restored cache covers Raft index {found}, the snapshot says {expected}")]
     SnapshotIndex { found: u64, expected: u64 },
     #[error(transparent)]
@@ -101,14 +108,16 @@ impl LogMachine<'_> {
             return Ok(());
         };
         let before = self.store.applied()?;
-        let base = before.offset.max(FIRST_ENTRY);
         let lines: Vec<String> = todo
             .iter()
             .zip(before.lines + 1..)
             .map(|((_, e), seq)| e.encode(seq))
             .collect();
+        let base;
         {
-            let _lock = self.log.lock_exclusive()?;
+            // (Follows the file a snapshot compacted.)
+            let _lock = self.log.lock_current(true)?;
+            base = before.offset.max(self.log.first_entry());
             let len = self.log.file_len()?;
             if len != base {
                 return Err(MachineFault::LogCacheMismatch { len, applied: base });
@@ -148,43 +157,43 @@ impl LogMachine<'_> {
 
     fn take_snapshot(&self) -> Result<(u64, Vec<u8>), MachineFault> {
         let index = store::raft_applied(self.store.conn())?.index;
-        let tmp = self.dir.join(format!("snapshot{}.tmp.db", self.tracker_no));
-        let _ = std::fs::remove_file(&tmp);
-        self.store.conn().execute(
-            "VACUUM INTO ?1",
-            [tmp.to_str().ok_or(MachineFault::BadSnapshot)?],
-        )?;
-        let db = std::fs::read(&tmp).map_err(io_at(&tmp));
-        let _ = std::fs::remove_file(&tmp);
-        let db = db?;
-        let mut log = Vec::new();
-        std::fs::File::open(self.log.path())
-            .and_then(|mut f| f.read_to_end(&mut log))
-            .map_err(io_at(self.log.path()))?;
-        let mut out = Vec::with_capacity(SNAPSHOT_MAGIC.len() + 8 + db.len() + log.len());
+        let base = crate::snapshot::write(self.store, self.dir)
+            .map_err(|e| MachineFault::Snapshot(e.to_string()))?;
+        {
+            let _lock = self.log.lock_exclusive()?;
+            if base.lines > self.log.base().lines {
+                let tmp = self.log.write_compacted(base)?;
+                self.log.install_compacted(&tmp)?;
+            }
+        }
+        let path = crate::snapshot::path(self.dir);
+        let mut db = Vec::new();
+        std::fs::File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut db))
+            .map_err(io_at(&path))?;
+        let mut out = Vec::with_capacity(SNAPSHOT_MAGIC.len() + db.len());
         out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.extend_from_slice(&(db.len() as u64).to_be_bytes());
         out.extend_from_slice(&db);
-        out.extend_from_slice(&log);
         Ok((index, out))
     }
 
     fn restore_snapshot(&mut self, index: u64, data: &[u8]) -> Result<(), MachineFault> {
-        let rest = data
+        let db = data
             .strip_prefix(SNAPSHOT_MAGIC)
             .ok_or(MachineFault::BadSnapshot)?;
-        let (len, rest) = rest.split_at_checked(8).ok_or(MachineFault::BadSnapshot)?;
-        let len = u64::from_be_bytes(len.try_into().expect("8 bytes")) as usize;
-        let (db, log) = rest
-            .split_at_checked(len)
-            .ok_or(MachineFault::BadSnapshot)?;
+        let snap = crate::snapshot::path(self.dir);
+        let snap_new = self.dir.join("snapshot.db.restore");
+        write_synced(&snap_new, db)?;
+        let (generation, base) = snapshot_base(&snap_new)?;
+        std::fs::rename(&snap_new, &snap).map_err(io_at(&snap))?;
         let db_path = self.db_path();
         let db_new = self
             .dir
             .join(format!("tracker{}.db.restore", self.tracker_no));
         let log_new = self.dir.join("sync_log.txt.restore");
         write_synced(&db_new, db)?;
-        write_synced(&log_new, log)?;
+        let log = Header::v2_line(generation, base);
+        write_synced(&log_new, log.as_bytes())?;
         // Close the cache before its file is replaced.
         *self.store = Store::open_in_memory()?;
         for suffix in ["-wal", "-shm"] {
@@ -194,6 +203,7 @@ impl LogMachine<'_> {
         }
         std::fs::rename(&db_new, &db_path).map_err(io_at(&db_path))?;
         std::fs::rename(&log_new, self.log.path()).map_err(io_at(self.log.path()))?;
+        crate::sync_log::sync_dir(self.dir).map_err(io_at(self.dir))?;
         *self.log = SyncLog::open(self.dir, self.fsync)?;
         *self.store = Store::open(&db_path)?;
         let found = store::raft_applied(self.store.conn())?.index;
@@ -204,12 +214,31 @@ impl LogMachine<'_> {
             });
         }
         log::info!(
-            "tracker {}: restored a snapshot at Raft index {index} ({} log bytes)",
+            "tracker {}: restored a snapshot at Raft index {index} ({} bytes; the log now \
+             starts after entry {})",
             self.tracker_no,
-            log.len()
+            db.len(),
+            base.lines
         );
         Ok(())
     }
+}
+
+/// The generation and base a snapshot db covers (its `applied_log` row).
+fn snapshot_base(path: &Path) -> Result<(Generation, Base), MachineFault> {
+    let conn = Connection::open(path)?;
+    let (generation, lines, offset): (String, i64, i64) = conn.query_row(
+        "SELECT generation, lines, offset FROM applied_log WHERE id = 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let generation = Generation::parse(&generation).ok_or(MachineFault::BadSnapshot)?;
+    let base = match (lines as u64, offset as u64) {
+        (0, _) => Base::START,
+        (lines, offset) if offset >= FIRST_ENTRY => Base { lines, offset },
+        _ => return Err(MachineFault::BadSnapshot),
+    };
+    Ok((generation, base))
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), MachineFault> {
@@ -307,6 +336,7 @@ mod tests {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let mut log = SyncLog::open(a.path(), FsyncMode::Batch).unwrap();
         let mut st = Store::open(&a.path().join("tracker1.db")).unwrap();
+        st.set_generation(log.generation()).unwrap();
         let mut m = LogMachine {
             dir: a.path(),
             tracker_no: 1,
@@ -325,6 +355,11 @@ mod tests {
         assert_eq!(text.lines().count(), 3, "{text}");
         let (index, snap) = m.snapshot().unwrap();
         assert_eq!(index, 4);
+        // The snapshot is the db alone, and it compacted this tracker's log.
+        assert!(!snap.windows(4).any(|w| w == b"ann "), "no log lines in it");
+        let compacted = std::fs::read_to_string(m.log.path()).unwrap();
+        assert_eq!(compacted.lines().count(), 1, "{compacted}");
+        assert!(compacted.contains(" after 2 "), "{compacted}");
 
         let mut log_b = SyncLog::open(b.path(), FsyncMode::Batch).unwrap();
         let mut st_b = Store::open(&b.path().join("tracker2.db")).unwrap();
@@ -340,8 +375,15 @@ mod tests {
             .unwrap();
         let users = store::table_rows(mb.store.conn(), "users").unwrap();
         assert_eq!(users.len(), 3, "{users:?}");
+        // The same entry on the first tracker (whose log a snapshot replaced):
+        // both logs are the same file, base and lines after it.
+        m.apply_committed(&[committed(5, "cy")], &mut |_, _| {})
+            .unwrap();
+        let text_a = std::fs::read_to_string(m.log.path()).unwrap();
         let text_b = std::fs::read_to_string(mb.log.path()).unwrap();
-        assert!(text_b.starts_with(&text), "{text_b}");
+        assert_eq!(text_a, text_b);
+        assert_eq!(text_b.lines().count(), 2, "{text_b}");
+        assert!(text.lines().count() == 3);
         assert!(mb.restore(9, b"junk").is_err());
     }
 
