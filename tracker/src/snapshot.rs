@@ -431,4 +431,43 @@ mod tests {
         let fresh = CachePos::default();
         assert!(!log.recover(fresh).unwrap().rebuild_cache);
     }
+
+    #[test]
+    fn a_compacted_log_is_salvaged_with_its_base_and_the_snapshot_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("tracker1.db");
+        let mut store = Store::open(&db).unwrap();
+        let mut log = SyncLog::open(dir.path(), FsyncMode::Batch).unwrap();
+        append(&mut log, &mut store, 0, 12);
+        compact(&mut log, &mut store, 1, Step::Done).unwrap();
+        append(&mut log, &mut store, 12, 16);
+        drop((log, store));
+        // A byte flipped in entry 14 (the file's third line), good lines after it.
+        let path = dir.path().join(LOG_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let starts: Vec<usize> = bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'\n')
+            .map(|(i, _)| i + 1)
+            .collect();
+        bytes[starts[2] + 12] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let s = crate::log_repair::salvage(dir.path()).unwrap();
+        assert_eq!((s.kept, s.dropped.len()), (3, 1), "{:?}", s.dropped);
+        let log = SyncLog::open(dir.path(), FsyncMode::Batch).unwrap();
+        assert_eq!(log.generation(), s.generation);
+        assert_eq!(log.base().lines, 12, "the base is kept");
+        // A cache rebuilt after the salvage starts from the restamped snapshot.
+        for f in ["tracker1.db", "tracker1.db-wal", "tracker1.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+        drop(log);
+        let (log, store) = restart(dir.path(), &db);
+        assert_eq!(store.applied().unwrap().lines, 15);
+        assert_eq!(log.base().lines, 12);
+        let v = crate::log_repair::verify(dir.path()).unwrap();
+        assert!(v.findings.is_empty(), "{:?}", v.findings);
+        assert_eq!(v.good, 3);
+    }
 }

@@ -1,0 +1,181 @@
+//! Restart time of the real `tracker` binary against the length of its history,
+//! before and after log compaction (issue 13, item 5).
+//!
+//! For each history length it writes a data dir through the real [`SyncLog`]
+//! and [`Store`] (group commits of 10,000 lines, applied through the one apply
+//! path): 1,000 users created and logged in, then one `create_group` in ten and
+//! nine seeder heartbeats (a long-running tracker's history: much history, far
+//! less state). Then it starts `tracker` (from the same target dir; build it
+//! with `--bins`) and times spawn -> "listening on", in four cases:
+//!
+//! 1. the cache intact, the log never compacted (start-up checks every line
+//!    the cache applied: a checksum pass over the whole log);
+//! 2. the cache deleted, the log never compacted (a full replay);
+//! 3. after [`snapshot::compact`]: the cache intact (only the tail is checked);
+//! 4. after compaction, the cache deleted (`snapshot.db` loaded + the tail).
+//!
+//! ```text
+//! cargo build --release -p tracker --bins --examples
+//! target/release/examples/restart_after_compaction [LINES...]   # default 100000 1000000
+//! ```
+//! The data dir goes to a temp dir under `$TMPDIR` and is deleted afterwards.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tracker::snapshot::{self, Step};
+use tracker::store::Store;
+use tracker::sync_log::{FsyncMode, LogEntry, Op, SyncLog};
+
+fn entry(i: u64) -> LogEntry {
+    let user = format!("user{}", i % 1000);
+    let token_hash = format!("{:064x}", i % 1000);
+    let op = match i {
+        0..1000 => Op::CreateUser {
+            user,
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo".into(),
+        },
+        1000..2000 => Op::Login { token_hash, user },
+        _ if i.is_multiple_of(10) => Op::CreateGroup {
+            group: format!("group {i}"),
+            owner: user,
+        },
+        _ => Op::Heartbeat {
+            token_hash,
+            peer_addr: "127.0.0.1:7000".into(),
+        },
+    };
+    LogEntry {
+        ms: 1_764_000_000_000 + i,
+        tracker: 1,
+        request_id: Some(format!("client{} {}", i % 1000, i)),
+        op,
+    }
+}
+
+/// Writes `n` entries to a new data dir (log + tracker1.db).
+fn generate(dir: &Path, n: u64) {
+    let mut log = SyncLog::open(dir, FsyncMode::Batch).unwrap();
+    let mut store = Store::open(&dir.join("tracker1.db")).unwrap();
+    store.set_generation(log.generation()).unwrap();
+    let mut i = 0;
+    while i < n {
+        let to = (i + 10_000).min(n);
+        let lines: Vec<String> = (i..to).map(|k| entry(k).encode(k + 1)).collect();
+        let _lock = log.lock_current(true).unwrap();
+        log.append(&lines).unwrap();
+        tracker::server::catch_up(&log, &mut store).unwrap();
+        i = to;
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Starts the tracker on `data`, returns the time to "listening on", stops it.
+fn restart(bin: &Path, data: &Path) -> Duration {
+    let info = data.join("tracker_info.txt");
+    std::fs::write(&info, format!("127.0.0.1:{}\n", free_port())).unwrap();
+    let started = Instant::now();
+    let mut child = Command::new(bin)
+        .arg(&info)
+        .arg("1")
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--snapshot-every")
+        .arg("0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn tracker");
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let mut took = None;
+    for line in out.lines().map_while(Result::ok) {
+        if line.contains("listening on") {
+            took = Some(started.elapsed());
+            break;
+        }
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(b"quit\n");
+    drop(stdin);
+    let _ = child.wait();
+    took.expect("the tracker did not start")
+}
+
+fn remove_cache(data: &Path) {
+    for s in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(data.join(format!("tracker1.db{s}")));
+    }
+}
+
+fn size(p: &Path) -> f64 {
+    std::fs::metadata(p).map_or(0, |m| m.len()) as f64 / 1e6
+}
+
+fn main() {
+    let bin: PathBuf = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("tracker");
+    let mut ns: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    if ns.is_empty() {
+        ns = vec![100_000, 1_000_000];
+    }
+    for n in ns {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path();
+        let t = Instant::now();
+        generate(data, n);
+        let log_path = data.join("sync_log.txt");
+        println!(
+            "{n} changes: generated in {:.1} s, sync_log.txt {:.1} MB, tracker1.db {:.1} MB",
+            t.elapsed().as_secs_f64(),
+            size(&log_path),
+            size(&data.join("tracker1.db"))
+        );
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "  1. cache intact, not compacted: {:.0} ms",
+            ms(restart(&bin, data))
+        );
+        let db = data.join("tracker1.db");
+        remove_cache(data);
+        // (The tracker rebuilds the cache: the cases below go on with it.)
+        println!(
+            "  2. cache deleted, not compacted: {:.0} ms",
+            ms(restart(&bin, data))
+        );
+        let mut log = SyncLog::open(data, FsyncMode::Batch).unwrap();
+        let mut store = Store::open(&db).unwrap();
+        let t = Instant::now();
+        let base = snapshot::compact(&mut log, &mut store, 1, Step::Done).unwrap();
+        println!(
+            "  compaction after entry {}: {:.0} ms; snapshot.db {:.1} MB, sync_log.txt now {:.3} MB",
+            base.map_or(0, |b| b.lines),
+            ms(t.elapsed()),
+            size(&snapshot::path(data)),
+            size(&log_path)
+        );
+        drop((log, store));
+        println!(
+            "  3. cache intact, compacted: {:.0} ms",
+            ms(restart(&bin, data))
+        );
+        remove_cache(data);
+        println!(
+            "  4. cache deleted, compacted: {:.0} ms",
+            ms(restart(&bin, data))
+        );
+    }
+}
