@@ -50,12 +50,36 @@ pub enum Verdict {
 struct Withheld {
     conn: u64,
     piece: u32,
+    since: Instant,
     until: Instant,
+}
+
+/// What the seeder did with requests so far (for the log: why a piece left more
+/// than once, and how long withheld pieces waited).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SeedStats {
+    /// Requests served for a piece sent to no one before.
+    pub first_copies: u64,
+    /// Requests served for a piece sent before, because every piece was sent
+    /// as often (a new round).
+    pub round_copies: u64,
+    /// Requests served for a piece sent before, because it was offered again.
+    pub offered_copies: u64,
+    /// Requests refused (`Withhold`).
+    pub withheld: u64,
+    /// Withheld pieces offered again (`Have`).
+    pub offers: u64,
+    /// Seconds from withholding to the offer, summed over the offers...
+    pub wait_sum: f64,
+    /// ...and the longest.
+    pub wait_max: f64,
 }
 
 /// The seeder's send counts and withheld pieces (see the module doc).
 #[derive(Debug, Default)]
 pub struct SuperSeed {
+    /// Counters for the log.
+    stats: SeedStats,
     /// Per file (by whole-file SHA-1): how often each piece was sent.
     sent: HashMap<[u8; 20], Vec<u32>>,
     /// In the order they fall due.
@@ -86,13 +110,21 @@ impl SuperSeed {
             return Verdict::Serve;
         };
         let least = sent.iter().copied().min().unwrap_or(0);
-        if count > least && !self.offered.remove(&(conn, piece.raw())) {
+        let offered = count > least && self.offered.remove(&(conn, piece.raw()));
+        if count > least && !offered {
             self.withheld.push_back(Withheld {
                 conn,
                 piece: piece.raw(),
+                since: now,
                 until: now + hold,
             });
+            self.stats.withheld += 1;
             return Verdict::Withhold;
+        }
+        match (count, offered) {
+            (0, _) => self.stats.first_copies += 1,
+            (_, true) => self.stats.offered_copies += 1,
+            (_, false) => self.stats.round_copies += 1,
         }
         sent[piece.get()] = count.saturating_add(1);
         Verdict::Serve
@@ -104,6 +136,10 @@ impl SuperSeed {
         while let Some(w) = self.withheld.front().filter(|w| w.until <= now) {
             out.push((w.conn, w.piece));
             self.offered.insert((w.conn, w.piece));
+            let waited = now.duration_since(w.since).as_secs_f64();
+            self.stats.offers += 1;
+            self.stats.wait_sum += waited;
+            self.stats.wait_max = self.stats.wait_max.max(waited);
             self.withheld.pop_front();
         }
         out
@@ -118,6 +154,11 @@ impl SuperSeed {
     /// A file is no longer shared.
     pub fn forget_file(&mut self, file: &[u8; 20]) {
         self.sent.remove(file);
+    }
+
+    /// The counters so far, and how many pieces wait to be offered again now.
+    pub fn stats(&self) -> (SeedStats, usize) {
+        (self.stats, self.withheld.len())
     }
 
     /// How often piece `i` of `file` was sent (for tests and logs).

@@ -113,7 +113,18 @@ impl Transfers {
             self.connect_peers(registry, dl);
             self.renew_auth(dl);
             self.refill(dl);
+            let inflight = self.inflight(dl);
+            self.downloads[dl].load.sample(inflight, now);
         }
+    }
+
+    /// Requests in flight over all of a download's connections.
+    fn inflight(&self, dl: usize) -> usize {
+        let fetch = |k: usize| match self.conns.get(k).map(|c| &c.role) {
+            Some(Role::Fetch(f)) => f.inflight(),
+            _ => 0,
+        };
+        self.downloads[dl].conn_keys().map(fetch).sum()
     }
 
     fn save_resume_if_due(&mut self, dl: usize, now: Instant) {
@@ -210,6 +221,13 @@ impl Transfers {
         };
         match msg {
             PeerMsg::Bitfield(bits) => {
+                if !f.is_active() {
+                    log::info!(
+                        "{}: {addr} active after {:.2} s",
+                        d.meta.name,
+                        d.started.elapsed().as_secs_f64()
+                    );
+                }
                 f.on_bitfield(bits, &mut d.picker)?;
                 d.no_peers_since = None;
                 self.refill(dl);
@@ -582,12 +600,18 @@ impl Transfers {
         for k in keys {
             self.close_conn(registry, k);
         }
+        let d = &self.downloads[dl];
         log::info!(
-            "download of {} complete: {} ({:.2} s; whole-file hash re-read {} pieces)",
+            "download of {} complete: {} ({:.2} s; whole-file hash re-read {} pieces; \
+             no request in flight for {:.2} s, {:.1} in flight on average; \
+             this client served {:.1} MiB so far)",
             meta.name,
             dest.display(),
-            self.downloads[dl].started.elapsed().as_secs_f64(),
-            self.downloads[dl].reread
+            d.started.elapsed().as_secs_f64(),
+            d.reread,
+            d.load.idle(Instant::now()).as_secs_f64(),
+            d.load.mean(),
+            self.uploaded as f64 / (1 << 20) as f64
         );
         let mut by: Vec<_> = self.downloads[dl].served_by.iter().collect();
         by.sort();
