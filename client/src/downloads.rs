@@ -117,7 +117,10 @@ impl RequestLoad {
 
     /// Time without a request in flight, up to `now`.
     pub fn idle(&self, now: Instant) -> Duration {
-        self.idle + self.idle_since.map_or(Duration::ZERO, |s| now.duration_since(s))
+        self.idle
+            + self
+                .idle_since
+                .map_or(Duration::ZERO, |s| now.duration_since(s))
     }
 
     /// Mean requests in flight over the samples.

@@ -18,7 +18,7 @@ use wire::pieces::{Bitfield, PieceIndex};
 
 use super::{PoolMsg, TrackerJob, Transfers};
 use crate::downloads::{DlState, Download};
-use crate::fetch_peer::{Disconnect, FetchPeer};
+use crate::fetch_peer::{request_slots, Disconnect, FetchPeer};
 use crate::hasher;
 use crate::peer_conn::{ConnEvent, Role};
 use crate::storage::{self, ResumeState, WholeHash};
@@ -507,9 +507,20 @@ impl Transfers {
             return;
         };
         let done = self.done.clone();
+        let t0 = Instant::now();
         self.pool.spawn(move || {
-            let result =
-                storage::finish(&file, &dest).map_err(|e| format!("cannot rename into place: {e}"));
+            let result = match storage::finish(&file, &dest) {
+                Ok(fsync) => {
+                    log::info!(
+                        "{}: final fsync {:.1} ms; {:.1} ms from the whole-file hash to the file in place",
+                        dest.display(),
+                        fsync.as_secs_f64() * 1e3,
+                        t0.elapsed().as_secs_f64() * 1e3
+                    );
+                    Ok(())
+                }
+                Err(e) => Err(format!("cannot rename into place: {e}")),
+            };
             done.send(PoolMsg::Finished { dl, result });
         });
     }
@@ -663,10 +674,8 @@ impl Transfers {
         }
     }
 
-    /// Tops up the requests of one download connection: `--threads N` means N
-    /// whole-piece requests in flight over all the download's peers, shared out
-    /// evenly between the active peers (at least two each when N allows, so the
-    /// next piece is already on the wire when one arrives).
+    /// Tops up the requests of one download connection, within the download's
+    /// [`request_slots`] (from `--threads` and its active peers).
     pub(super) fn refill_conn(&mut self, key: usize) {
         let Some(conn) = self.conns.get(key) else {
             return;
@@ -680,8 +689,8 @@ impl Transfers {
         let dl = f.dl;
         let cap = self.config.threads.max(1);
         let d = &self.downloads[dl];
-        // Requests in flight are bounded by --threads; pieces waiting for the pool
-        // are bounded separately (memory), so hashing never starves the network.
+        // Pieces waiting for the pool are bounded by --threads (memory, CPU);
+        // requests in flight separately, so hashing never starves the network.
         if d.state != DlState::Running || d.verifying >= 2 * cap {
             return;
         }
@@ -692,7 +701,7 @@ impl Transfers {
                 active += usize::from(f.is_active());
             }
         }
-        let per_peer = cap.div_ceil(active.max(1)).max(2);
+        let slots = request_slots(cap, active);
         let d = &mut self.downloads[dl];
         let conn = &mut self.conns[key];
         let Role::Fetch(f) = &mut conn.role else {
@@ -702,8 +711,8 @@ impl Transfers {
         f.fill(
             &mut d.picker,
             &d.meta,
-            per_peer,
-            cap.saturating_sub(total),
+            slots.per_peer,
+            slots.total.saturating_sub(total),
             &mut out,
         );
         if out.is_empty() {
