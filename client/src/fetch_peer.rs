@@ -31,8 +31,9 @@ pub struct RequestSlots {
 }
 
 /// The request slots of a download with `--threads` `threads` and `active`
-/// peers: `threads` shared out evenly between the peers, at least one each,
-/// so every peer with something to give is kept busy. (A fixed total of
+/// peers: `threads` shared out evenly between the peers (rounded up), and with
+/// more peers than that, one each, so every peer with something to give is
+/// kept busy. (A fixed total of
 /// `threads` left most of 16 peers idle under upload limits: every leecher sent
 /// its requests to the same few peers; BENCHMARKS.md, the capped swarm.) With
 /// many peers one request each is enough: a peer serving several downloaders
@@ -42,11 +43,10 @@ pub struct RequestSlots {
 /// receives one piece at a time, and the pieces waiting to be verified stay
 /// bounded by `threads`.
 pub fn request_slots(threads: usize, active: usize) -> RequestSlots {
-    let active = active.max(1);
-    let per_peer = threads.max(1).div_ceil(active);
+    let (threads, active) = (threads.max(1), active.max(1));
     RequestSlots {
-        total: per_peer * active,
-        per_peer,
+        total: threads.max(active),
+        per_peer: threads.div_ceil(active),
     }
 }
 
@@ -331,11 +331,12 @@ mod tests {
             let s = request_slots(t, a);
             (s.total, s.per_peer)
         };
-        // Few peers: --threads shared out (rounded up: no peer gets less).
+        // Few peers: --threads in all, shared out (rounded up a peer).
         assert_eq!(slots(8, 1), (8, 8));
-        assert_eq!(slots(8, 3), (9, 3));
+        assert_eq!(slots(8, 3), (8, 3));
         assert_eq!(slots(8, 4), (8, 2));
-        assert_eq!(slots(8, 5), (10, 2));
+        assert_eq!(slots(8, 5), (8, 2));
+        assert_eq!(slots(3, 2), (3, 2));
         // Many peers: one each (a fixed total of 8 left half of 16 idle).
         assert_eq!(slots(8, 16), (16, 1));
         assert_eq!(slots(64, 16), (64, 4));
