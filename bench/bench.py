@@ -333,7 +333,7 @@ class Client:
         self.state = ctx.tmp / "clients" / name
         self.state.mkdir(parents=True, exist_ok=True)
         self.proc = LineProc([ctx.client_bin, tracker.info, "--state-dir", self.state, "--listen", "127.0.0.1:0",
-                              *extra],
+                              *(ctx.args.client_arg or []), *extra],
                              f"client-{name}", ctx.logs, stdin=True, cwd=self.state)
         self.pid = self.proc.pid
 
@@ -1123,6 +1123,8 @@ def main():
     ap.add_argument("--fill-budget", type=float, default=900, help="max seconds spent growing the log")
     ap.add_argument("--poll-ms", type=float, default=10, help="completion polling interval")
     ap.add_argument("--tracker-arg", action="append", help="extra tracker argument, e.g. --tracker-arg=--fsync=always (repeatable)")
+    ap.add_argument("--client-arg", action="append",
+                    help="extra client argument, e.g. --client-arg=--log-level=info (repeatable; stderr goes to the temp dir's logs/)")
     ap.add_argument("--tmp-dir", help="parent of the temp dir (default $TMPDIR or /tmp)")
     ap.add_argument("--keep-tmp", action="store_true")
     a = ap.parse_args()

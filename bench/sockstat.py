@@ -121,16 +121,23 @@ class UploadMeter:
             except OSError:
                 pass
             now = time.perf_counter()
-            if self.t_first is None and self.total() > 0:
+            total = self.total()
+            if self.t_first is None and total > 0:
                 self.t_first = now  # first payload acked (resolution: the sampling interval)
+            for b in self.marks:
+                if b not in self.crossed and total >= b:
+                    self.crossed[b] = now
             time.sleep(self.fast_interval if now < fast_until else self.interval)
 
     def total(self):
         return sum(v - self.base.get(k, 0) for k, v in self.best.items())
 
-    def start(self, fast_secs=0.3, fast_interval=0.001):
+    def start(self, fast_secs=0.3, fast_interval=0.001, marks=()):
         """Starts sampling: every `fast_interval` for the first `fast_secs` (to time the
-        first bytes precisely), then every `interval`."""
+        first bytes precisely), then every `interval`. `marks`: byte counts whose
+        first crossing time is kept in `crossed` {bytes: perf_counter time}."""
+        self.marks = sorted(marks)
+        self.crossed = {}
         self.sample()
         self.base = dict(self.best)  # bytes acked before the measurement started
         self.t_first = None

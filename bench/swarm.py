@@ -100,7 +100,8 @@ def ours(ctx, h, path, n, limit, tag):
             d.mkdir(parents=True)
             dests.append(d / path.name)
         ports = sockstat.listen_ports(seeder.pid)
-        meters = [sockstat.UploadMeter(p).start() for p in ports]
+        marks = [size // 2, size]
+        meters = [sockstat.UploadMeter(p).start(marks=marks) for p in ports]
         procs = Procs({"tracker": [tr.proc.pid], "seeder": [seeder.pid],
                        "leechers": [c.pid for c in leechers]}).start()
         ideal = size / parse_rate(limit)
@@ -125,7 +126,13 @@ def ours(ctx, h, path, n, limit, tag):
                 raise BenchError(f"{d}: {d.stat().st_size} bytes, expected {size}")
         same_file(dests[0], path)
         rss = [proc_status(c.pid, "VmHWM") or 0 for c in clients]
-        return {"secs": secs, "ideal": ideal, "up": up, "cpu": cpu,
+        # When the seeder had sent half the file's bytes, and all of them (once
+        # each at best): against the ideal, how much of the time goes to the
+        # seeder and how much to the leechers passing the last pieces on.
+        sent_by = {b: min((m.crossed[b] for m in meters if b in m.crossed), default=None)
+                   for b in marks} if len(meters) == 1 else {}
+        seeder_marks = [(b / size, t - t_start) for b, t in sent_by.items() if t is not None]
+        return {"secs": secs, "ideal": ideal, "up": up, "cpu": cpu, "seeder_marks": seeder_marks,
                 "first": min(done.values()), "median": statistics.median(done.values()),
                 "tracker_rss": tr.hwm(), "client_rss_max": max(rss), "client_rss_median": statistics.median(rss)}
     finally:
@@ -211,8 +218,10 @@ def add_rows(ctx, label, o, b):
             "<= 1.1x")
     for tool, r in [("swarmshare", o), ("aria2c", b)]:
         if r:
+            marks = "".join(f"; seeder sent {f:.0%} of the file's bytes by {t:.1f} s"
+                            for f, t in r.get("seeder_marks", []))
             res.detail(f"{tool} {label}: first leecher done {r['first']:.1f} s, median {r['median']:.1f} s, "
-                       f"last {r['secs']:.1f} s; {fmt_cpu_roles(r['cpu'], r['secs'])}")
+                       f"last {r['secs']:.1f} s{marks}; {fmt_cpu_roles(r['cpu'], r['secs'])}")
 
 
 def bench_swarm(ctx, h):

@@ -86,6 +86,49 @@ impl RateMeter {
     }
 }
 
+/// How busy a download kept its requests, sampled by the periodic tick (for
+/// the completion log: a swarm whose leechers wait with nothing to ask shows
+/// here).
+#[derive(Debug, Default)]
+pub struct RequestLoad {
+    /// Time with no request in flight while pieces were missing, closed spells...
+    idle: Duration,
+    /// ...and the open one.
+    idle_since: Option<Instant>,
+    /// Requests in flight, summed over the samples.
+    sum: u64,
+    samples: u64,
+}
+
+impl RequestLoad {
+    /// `inflight` requests are out now (the download still misses pieces).
+    pub fn sample(&mut self, inflight: usize, now: Instant) {
+        self.sum += inflight as u64;
+        self.samples += 1;
+        match (inflight, self.idle_since) {
+            (0, None) => self.idle_since = Some(now),
+            (1.., Some(since)) => {
+                self.idle += now.duration_since(since);
+                self.idle_since = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// Time without a request in flight, up to `now`.
+    pub fn idle(&self, now: Instant) -> Duration {
+        self.idle
+            + self
+                .idle_since
+                .map_or(Duration::ZERO, |s| now.duration_since(s))
+    }
+
+    /// Mean requests in flight over the samples.
+    pub fn mean(&self) -> f64 {
+        self.sum as f64 / self.samples.max(1) as f64
+    }
+}
+
 /// Human-readable rate, e.g. `12.3 MB/s`.
 pub fn format_rate(bytes_per_sec: f64) -> String {
     let b = bytes_per_sec.max(0.0);
@@ -143,6 +186,8 @@ pub struct Download {
     pub reread: u64,
     /// A piece request was sent (for the first-request latency log).
     pub requested: bool,
+    /// How busy the requests were (for the completion log).
+    pub load: RequestLoad,
     /// The newest ticket the tracker signed for this download (seeders want it).
     pub ticket: Option<wire::ticket::Ticket>,
     /// Unix seconds when that ticket arrived (its lifetime decides when it is renewed).
@@ -184,6 +229,7 @@ impl Download {
             reread: 0,
             adopted: false,
             requested: false,
+            load: RequestLoad::default(),
             ticket: None,
             ticket_got: 0,
         }

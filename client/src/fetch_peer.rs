@@ -21,6 +21,35 @@ use wire::pieces::{Bitfield, PieceIndex};
 
 use crate::picker::PiecePicker;
 
+/// How many whole-piece requests a download keeps in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestSlots {
+    /// Over all its connections.
+    pub total: usize,
+    /// On any one connection.
+    pub per_peer: usize,
+}
+
+/// The request slots of a download with `--threads` `threads` and `active`
+/// peers: `threads` shared out evenly between the peers (rounded up), and with
+/// more peers than that, one each, so every peer with something to give is
+/// kept busy. (A fixed total of
+/// `threads` left most of 16 peers idle under upload limits: every leecher sent
+/// its requests to the same few peers; BENCHMARKS.md, the capped swarm.) With
+/// many peers one request each is enough: a peer serving several downloaders
+/// sends to the others while one asks for its next piece, and a shallow queue
+/// keeps a super-seeding seeder's choices (made when a request arrives) close
+/// to when the piece goes out. Memory does not grow with it: a connection
+/// receives one piece at a time, and the pieces waiting to be verified stay
+/// bounded by `threads`.
+pub fn request_slots(threads: usize, active: usize) -> RequestSlots {
+    let (threads, active) = (threads.max(1), active.max(1));
+    RequestSlots {
+        total: threads.max(active),
+        per_peer: threads.div_ceil(active),
+    }
+}
+
 /// Why a fetch connection ends: one line for the log, and whether the address
 /// is never tried again for this download.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -294,6 +323,25 @@ mod tests {
             .unwrap();
         assert!(f.is_active());
         f
+    }
+
+    #[test]
+    fn every_active_peer_gets_a_fair_share_of_request_slots() {
+        let slots = |t, a| {
+            let s = request_slots(t, a);
+            (s.total, s.per_peer)
+        };
+        // Few peers: --threads in all, shared out (rounded up a peer).
+        assert_eq!(slots(8, 1), (8, 8));
+        assert_eq!(slots(8, 3), (8, 3));
+        assert_eq!(slots(8, 4), (8, 2));
+        assert_eq!(slots(8, 5), (8, 2));
+        assert_eq!(slots(3, 2), (3, 2));
+        // Many peers: one each (a fixed total of 8 left half of 16 idle).
+        assert_eq!(slots(8, 16), (16, 1));
+        assert_eq!(slots(64, 16), (64, 4));
+        // Degenerate inputs stay usable.
+        assert_eq!(slots(0, 0), (1, 1));
     }
 
     fn requests(out: &[u8]) -> Vec<u32> {

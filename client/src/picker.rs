@@ -12,6 +12,14 @@
 //! different pieces (and rarity, which changes as leechers announce `Have`, does
 //! the rest).
 //!
+//! Every [`IN_ORDER_EVERY`]th pick is the lowest-index missing piece the peer has
+//! instead (the *in-order lane*): in a swarm rarest first scatters the pieces, so
+//! the whole-file hash, which needs them in order, stalled on a common piece
+//! early in the file and had most of the file left to hash (read back) once the
+//! last piece arrived: 9 s of 43 s at 1 -> 8 (BENCHMARKS.md, the capped swarm).
+//! Half of the picks filling the holes in front of it keeps it moving, and half
+//! stay rarest first, which spreads the fresh pieces.
+//!
 //! Endgame: when no piece is missing any more (each is requested, verifying or
 //! held), a peer may duplicate a request of a piece still outstanding at another
 //! peer (at most [`ENDGAME_DUPLICATES`] requests per piece), so one slow peer
@@ -25,6 +33,9 @@ use crate::xorshift::XorShift;
 pub const TIE_WINDOW: usize = 64;
 /// The most outstanding requests a piece may have at once in endgame.
 pub const ENDGAME_DUPLICATES: u8 = 2;
+/// Every this many picks, one takes the lowest-index missing piece (the
+/// in-order lane, see the module doc).
+pub const IN_ORDER_EVERY: u32 = 2;
 
 /// State of one piece.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +54,8 @@ pub struct PiecePicker {
     outstanding: Vec<u8>,
     have: usize,
     rng: XorShift,
+    /// Picks of missing pieces so far (every [`IN_ORDER_EVERY`]th is in order).
+    picks: u32,
 }
 
 impl PiecePicker {
@@ -54,6 +67,7 @@ impl PiecePicker {
             outstanding: vec![0; count],
             have: 0,
             rng: XorShift::new(seed),
+            picks: 0,
         }
     }
 
@@ -152,10 +166,12 @@ impl PiecePicker {
         let mut best = u32::MAX;
         let mut cands: [Option<PieceIndex>; TIE_WINDOW] = [None; TIE_WINDOW];
         let mut n = 0;
+        let mut first = None;
         for i in PieceIndex::all(self.piece_count()) {
             if self.state[i.get()] != PieceState::Missing || !bits.has(i) || skip(i) {
                 continue;
             }
+            first = first.or(Some(i));
             let a = self.avail[i.get()];
             if a < best {
                 best = a;
@@ -167,7 +183,12 @@ impl PiecePicker {
             }
         }
         if n > 0 {
-            let i = cands[(self.rng.next_u64() % n as u64) as usize]?;
+            self.picks = self.picks.wrapping_add(1);
+            let i = if self.picks.is_multiple_of(IN_ORDER_EVERY) {
+                first?
+            } else {
+                cands[(self.rng.next_u64() % n as u64) as usize]?
+            };
             self.state[i.get()] = PieceState::Requested;
             self.outstanding[i.get()] = 1;
             return Some(i);
@@ -314,6 +335,23 @@ mod tests {
         let y = pick(&mut p, &b).unwrap();
         assert_ne!(x, y);
         assert_eq!(pick(&mut p, &b), None);
+    }
+
+    /// Every other pick fills the lowest hole, whatever the rarity: the
+    /// whole-file hash can follow the download (it needs the pieces in order).
+    #[test]
+    fn every_other_pick_is_the_lowest_missing_piece() {
+        let n = 200;
+        let mut p = PiecePicker::new(n, 11);
+        p.add_bitfield(&all(n));
+        // The low half is common (three holders), the high half rare (one).
+        p.add_bitfield(&bits_of(n, &(0..100).collect::<Vec<_>>()));
+        p.add_bitfield(&bits_of(n, &(0..100).collect::<Vec<_>>()));
+        let got: Vec<u32> = (0..10).map(|_| pick(&mut p, &all(n)).unwrap()).collect();
+        let rare: Vec<u32> = got.iter().step_by(2).copied().collect();
+        let lane: Vec<u32> = got.iter().skip(1).step_by(2).copied().collect();
+        assert!(rare.iter().all(|&i| i >= 100), "{got:?}");
+        assert_eq!(lane, [0, 1, 2, 3, 4], "{got:?}");
     }
 
     #[test]

@@ -117,11 +117,14 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
 /// fsyncs the temporary file and moves it to `dest` (then fsyncs the directory).
 /// A file that appeared at `dest` while the download ran is never replaced: the
 /// move is a hard link (which fails if `dest` exists) plus unlinking the temporary
-/// name, or a rename where the file system has no hard links.
-pub fn finish(file: &File, dest: &Path) -> io::Result<()> {
+/// name, or a rename where the file system has no hard links. Returns how long
+/// the file's fsync took (logged: the 1->1 run-to-run spread, issue 14).
+pub fn finish(file: &File, dest: &Path) -> io::Result<std::time::Duration> {
     let mode = crate::private_file::ordinary_file_mode();
     file.set_permissions(fs::Permissions::from_mode(mode))?;
+    let t0 = std::time::Instant::now();
     file.sync_all()?;
+    let fsync = t0.elapsed();
     let temp = temp_path(dest);
     let exists = || {
         io::Error::new(
@@ -149,7 +152,7 @@ pub fn finish(file: &File, dest: &Path) -> io::Result<()> {
             let _ = d.sync_all();
         }
     }
-    Ok(())
+    Ok(fsync)
 }
 
 /// The whole-file SHA-1 over the verified prefix: pieces are fed strictly in order.

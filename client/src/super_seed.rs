@@ -2,36 +2,50 @@
 //! upload limit each piece leaves the seeder about once and the leechers pass it
 //! on among themselves. Pure: no I/O, the clock comes in as `now`.
 //!
-//! The seeder counts, per shared file, how often it sent each piece. A request
-//! for a piece sent more often than the least-sent piece of the file (another
-//! leecher got it already, while some piece went out to no one yet) is
+//! The seeder counts, per shared file, how often it sent each piece, and the
+//! *round*: the count of the least-sent piece. A request for a piece sent no
+//! more often than that is served. A request for a piece sent more often
+//! (another leecher got it already, while some piece went out less often) is
 //! *withheld*: the server answers `Reject`, the downloader drops the piece from
-//! its view of this seeder and asks it for another (different leechers so get
+//! its view of this seeder, asks it for another (different leechers so get
 //! distinct pieces) and fetches the withheld one from the leecher that has it.
-//! After a while ([`hold_for`]: about twice the time the seeder's limited upload
-//! needs to send a piece to each of its downloaders, so the first copy can go out
-//! and be passed on; at least [`WITHHOLD_FOR`], at most [`MAX_WITHHOLD`]) the
-//! seeder offers the piece to that connection again with a `Have`; a request for a piece offered again is answered whatever the
-//! counts, so no downloader waits on the seeder for more than that once, even
-//! when the leecher that had the piece is gone.
+//!
+//! The seeder offers a withheld piece to that connection again (a `Have`) only
+//! when serving it would be no duplicate ahead of its turn: once the round has
+//! caught up with the piece's count (every piece went out as often), and not
+//! before [`hold_for`] passed (about twice the time the seeder's limited upload
+//! needs to send a piece to each of its downloaders, 3-30 s), so the leecher
+//! that got it first can pass it on. Offering it after a fixed time instead
+//! (what this did before) sent most pieces two or three times at 16 leechers:
+//! the first copy had not reached the other leechers when the hold ran out.
+//!
+//! Liveness: while some piece was sent to no one, every downloader misses that
+//! piece and can fetch it here, so none waits on a withheld piece alone; the
+//! round then moves on and the offer follows. Later (every piece went out at
+//! least once), a piece still ahead of the round is offered after
+//! [`LAST_RESORT`] anyway (the leechers that had it may be gone), and a request
+//! after such an offer is served whatever the counts.
 //!
 //! Memory is bounded by the shared files' piece counts and the open
 //! connections times the pieces withheld from each (at most one entry per
 //! connection and piece).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use wire::pieces::PieceIndex;
 
 /// The least time a withheld piece stays withheld from a connection.
 pub const WITHHOLD_FOR: Duration = Duration::from_secs(3);
-/// The most: a downloader never waits on the seeder for a piece longer.
+/// The most [`hold_for`] asks for.
 pub const MAX_WITHHOLD: Duration = Duration::from_secs(30);
+/// Once every piece went out at least once, a withheld piece is offered again
+/// after this long even when it is still ahead of the round.
+pub const LAST_RESORT: Duration = Duration::from_secs(60);
 
-/// How long to withhold a piece of `piece_len` bytes from a connection when the
-/// seeder serves `serving` connections through an upload limit of `limit`
-/// bytes per second: twice the time one round of pieces takes to go out.
+/// How long to withhold a piece of `piece_len` bytes from a connection at
+/// least, when the seeder serves `serving` connections through an upload limit
+/// of `limit` bytes per second: twice the time one round of pieces takes to go out.
 pub fn hold_for(piece_len: u64, serving: usize, limit: u64) -> Duration {
     let secs = 2.0 * piece_len as f64 * serving as f64 / limit.max(1) as f64;
     Duration::from_secs_f64(secs.min(MAX_WITHHOLD.as_secs_f64())).clamp(WITHHOLD_FOR, MAX_WITHHOLD)
@@ -45,23 +59,95 @@ pub enum Verdict {
     Withhold,
 }
 
-/// A piece withheld from one connection, and when it is offered again.
+/// What the seeder did with requests so far (for the log: why a piece left more
+/// than once, and how long withheld pieces waited).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SeedStats {
+    /// Requests served for a piece sent to no one before.
+    pub first_copies: u64,
+    /// Requests served for a piece sent before, in its turn (a new round).
+    pub round_copies: u64,
+    /// Requests served for a piece ahead of the round, after a last-resort offer.
+    pub offered_copies: u64,
+    /// Requests refused (`Withhold`).
+    pub withheld: u64,
+    /// Withheld pieces offered again (`Have`).
+    pub offers: u64,
+    /// Seconds from withholding to the offer, summed over the offers...
+    pub wait_sum: f64,
+    /// ...and the longest.
+    pub wait_max: f64,
+}
+
+/// How often each piece of one file was sent, and the round (least count).
+#[derive(Debug)]
+struct SendCounts {
+    sent: Vec<u32>,
+    /// The least count over all pieces...
+    round: u32,
+    /// ...and how many pieces have it.
+    at_round: usize,
+}
+
+impl SendCounts {
+    fn new(pieces: usize) -> SendCounts {
+        SendCounts {
+            sent: vec![0; pieces],
+            round: 0,
+            at_round: pieces,
+        }
+    }
+
+    /// Whether serving piece `i` now sends it no more often than every other.
+    fn in_turn(&self, i: usize) -> bool {
+        self.sent.get(i).is_some_and(|&c| c <= self.round)
+    }
+
+    /// Piece `i` was sent once more; returns whether the round moved on.
+    fn bump(&mut self, i: usize) -> bool {
+        let Some(c) = self.sent.get_mut(i) else {
+            return false;
+        };
+        if *c == self.round {
+            self.at_round -= 1;
+        }
+        *c = c.saturating_add(1);
+        if self.at_round > 0 {
+            return false;
+        }
+        self.round = self.sent.iter().copied().min().unwrap_or(0);
+        self.at_round = self.sent.iter().filter(|&&c| c == self.round).count();
+        true
+    }
+}
+
+/// A piece withheld from one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Withheld {
+    file: [u8; 20],
     conn: u64,
     piece: u32,
+    since: Instant,
+    /// Not offered before this (`since` + the hold).
     until: Instant,
 }
 
 /// The seeder's send counts and withheld pieces (see the module doc).
 #[derive(Debug, Default)]
 pub struct SuperSeed {
-    /// Per file (by whole-file SHA-1): how often each piece was sent.
-    sent: HashMap<[u8; 20], Vec<u32>>,
-    /// In the order they fall due.
-    withheld: VecDeque<Withheld>,
-    /// (connection, piece) offered again: served when asked.
+    /// Per file (by whole-file SHA-1).
+    counts: HashMap<[u8; 20], SendCounts>,
+    withheld: Vec<Withheld>,
+    /// (connection, piece) of `withheld`: one entry each.
+    pending: HashSet<(u64, u32)>,
+    /// (connection, piece) offered as a last resort: served when asked.
     offered: HashSet<(u64, u32)>,
+    /// `due` has nothing to do before this, unless a round moved on...
+    next_scan: Option<Instant>,
+    /// ...which this says.
+    round_moved: bool,
+    /// Counters for the log.
+    stats: SeedStats,
 }
 
 impl SuperSeed {
@@ -71,7 +157,7 @@ impl SuperSeed {
 
     /// A request on connection `conn` for piece `piece` of the file `file`
     /// (of `pieces` pieces). Counts the piece as sent when it is served; a
-    /// withheld piece is offered again after `hold`.
+    /// withheld piece is not offered again before `hold` passed.
     pub fn request(
         &mut self,
         file: [u8; 20],
@@ -81,50 +167,111 @@ impl SuperSeed {
         now: Instant,
         hold: Duration,
     ) -> Verdict {
-        let sent = self.sent.entry(file).or_insert_with(|| vec![0; pieces]);
-        let Some(&count) = sent.get(piece.get()) else {
+        let counts = self
+            .counts
+            .entry(file)
+            .or_insert_with(|| SendCounts::new(pieces));
+        let Some(&count) = counts.sent.get(piece.get()) else {
             return Verdict::Serve;
         };
-        let least = sent.iter().copied().min().unwrap_or(0);
-        if count > least && !self.offered.remove(&(conn, piece.raw())) {
-            self.withheld.push_back(Withheld {
-                conn,
-                piece: piece.raw(),
-                until: now + hold,
-            });
+        let key = (conn, piece.raw());
+        let in_turn = counts.in_turn(piece.get());
+        if !in_turn && !self.offered.remove(&key) {
+            if self.pending.insert(key) {
+                let until = now + hold;
+                self.withheld.push(Withheld {
+                    file,
+                    conn,
+                    piece: piece.raw(),
+                    since: now,
+                    until,
+                });
+                self.next_scan = Some(self.next_scan.map_or(until, |t| t.min(until)));
+            }
+            self.stats.withheld += 1;
             return Verdict::Withhold;
         }
-        sent[piece.get()] = count.saturating_add(1);
+        match (count, in_turn) {
+            (0, _) => self.stats.first_copies += 1,
+            (_, true) => self.stats.round_copies += 1,
+            (_, false) => self.stats.offered_copies += 1,
+        }
+        self.round_moved |= counts.bump(piece.get());
         Verdict::Serve
     }
 
-    /// The pieces to offer again now: (connection, piece) for a `Have`.
+    /// The pieces to offer again now: (connection, piece) for a `Have` (see
+    /// the module doc for when). Cheap when nothing can be due.
     pub fn due(&mut self, now: Instant) -> Vec<(u64, u32)> {
-        let mut out = Vec::new();
-        while let Some(w) = self.withheld.front().filter(|w| w.until <= now) {
-            out.push((w.conn, w.piece));
-            self.offered.insert((w.conn, w.piece));
-            self.withheld.pop_front();
+        if !self.round_moved && self.next_scan.is_none_or(|t| now < t) {
+            return Vec::new();
         }
+        self.round_moved = false;
+        self.next_scan = None;
+        let mut out = Vec::new();
+        let mut next: Option<Instant> = None;
+        let counts = &self.counts;
+        self.withheld.retain(|w| {
+            let Some(c) = counts.get(&w.file) else {
+                self.pending.remove(&(w.conn, w.piece));
+                return false;
+            };
+            let first_round_done = c.round >= 1;
+            let last_resort = w.since + LAST_RESORT;
+            let offer = now >= w.until
+                && (c.in_turn(w.piece as usize) || (first_round_done && now >= last_resort));
+            if !offer {
+                // Time alone makes it due at `until`, or (after the first
+                // round) at the last resort; else only a round moving on does.
+                let at = if now < w.until {
+                    Some(w.until)
+                } else {
+                    first_round_done.then_some(last_resort)
+                };
+                next = match (next, at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                return true;
+            }
+            if !c.in_turn(w.piece as usize) {
+                self.offered.insert((w.conn, w.piece));
+            }
+            self.pending.remove(&(w.conn, w.piece));
+            let waited = now.duration_since(w.since).as_secs_f64();
+            self.stats.offers += 1;
+            self.stats.wait_sum += waited;
+            self.stats.wait_max = self.stats.wait_max.max(waited);
+            out.push((w.conn, w.piece));
+            false
+        });
+        self.next_scan = next;
         out
     }
 
     /// A connection closed: nothing is owed to it any more.
     pub fn forget_conn(&mut self, conn: u64) {
         self.withheld.retain(|w| w.conn != conn);
+        self.pending.retain(|(c, _)| *c != conn);
         self.offered.retain(|(c, _)| *c != conn);
     }
 
     /// A file is no longer shared.
     pub fn forget_file(&mut self, file: &[u8; 20]) {
-        self.sent.remove(file);
+        self.counts.remove(file);
+        self.round_moved = true;
+    }
+
+    /// The counters so far, and how many withheld pieces wait for their offer.
+    pub fn stats(&self) -> (SeedStats, usize) {
+        (self.stats, self.withheld.len())
     }
 
     /// How often piece `i` of `file` was sent (for tests and logs).
     pub fn sent(&self, file: &[u8; 20], i: PieceIndex) -> u32 {
-        self.sent
+        self.counts
             .get(file)
-            .and_then(|s| s.get(i.get()))
+            .and_then(|c| c.sent.get(i.get()))
             .copied()
             .unwrap_or(0)
     }
@@ -168,8 +315,10 @@ mod tests {
         assert_eq!(s.sent(&F, ix(2)), 2);
     }
 
+    /// The rule that keeps 1 -> 16 from sending the file three times: the hold
+    /// running out is not enough while some piece went out to no one.
     #[test]
-    fn a_withheld_piece_is_offered_again_and_then_served() {
+    fn a_withheld_piece_is_offered_again_only_when_its_turn_came() {
         let t0 = Instant::now();
         let mut s = SuperSeed::new();
         s.request(F, 4, 1, ix(0), t0, WITHHOLD_FOR);
@@ -181,25 +330,109 @@ mod tests {
             s.request(F, 4, 3, ix(0), t0, WITHHOLD_FOR),
             Verdict::Withhold
         );
+        // Pieces 1-3 went to no one: no offer, however long (no last resort
+        // either: every downloader can fetch those meanwhile).
+        assert!(s.due(t0 + WITHHOLD_FOR).is_empty());
+        assert!(s.due(t0 + LAST_RESORT * 2).is_empty());
+        for p in 1..4 {
+            assert_eq!(s.request(F, 4, 4, ix(p), t0, WITHHOLD_FOR), Verdict::Serve);
+        }
+        // Piece 0's turn came; the hold still counts from the refusal.
         assert!(s.due(t0 + WITHHOLD_FOR / 2).is_empty());
         assert_eq!(s.due(t0 + WITHHOLD_FOR), [(2, 0), (3, 0)]);
         assert!(s.due(t0 + WITHHOLD_FOR * 2).is_empty(), "offered once");
-        // Asked again after the offer: served even though piece 1 never went out.
+        // The first to ask gets the second copy; the other one waits again
+        // (it was served too before: two duplicates of one piece).
         assert_eq!(s.request(F, 4, 2, ix(0), t0, WITHHOLD_FOR), Verdict::Serve);
-        assert_eq!(s.sent(&F, ix(0)), 2);
-        // The offer is used up by that request.
-        assert_eq!(
-            s.request(F, 4, 2, ix(0), t0, WITHHOLD_FOR),
-            Verdict::Withhold
-        );
-        // A closed connection is owed nothing.
-        s.forget_conn(3);
-        s.forget_conn(2);
-        assert!(s.due(t0 + WITHHOLD_FOR * 3).is_empty());
         assert_eq!(
             s.request(F, 4, 3, ix(0), t0, WITHHOLD_FOR),
             Verdict::Withhold
         );
+        assert_eq!(s.sent(&F, ix(0)), 2);
+        let st = s.stats().0;
+        assert_eq!(
+            (st.first_copies, st.round_copies, st.offered_copies),
+            (4, 1, 0)
+        );
+        assert_eq!((st.withheld, st.offers), (3, 2));
+    }
+
+    /// After the first round a piece ahead of the round is offered after
+    /// [`LAST_RESORT`] (its holders may be gone), and then served.
+    #[test]
+    fn a_last_resort_offer_after_the_first_round_is_served() {
+        let t0 = Instant::now();
+        let mut s = SuperSeed::new();
+        for p in 0..4 {
+            s.request(F, 4, 1, ix(p), t0, WITHHOLD_FOR);
+        }
+        s.request(F, 4, 2, ix(0), t0, WITHHOLD_FOR);
+        assert_eq!(
+            s.request(F, 4, 3, ix(0), t0, WITHHOLD_FOR),
+            Verdict::Withhold
+        );
+        assert!(s.due(t0 + WITHHOLD_FOR).is_empty(), "2 copies, round 1");
+        assert!(s.due(t0 + LAST_RESORT / 2).is_empty());
+        assert_eq!(s.due(t0 + LAST_RESORT), [(3, 0)]);
+        assert_eq!(s.request(F, 4, 3, ix(0), t0, WITHHOLD_FOR), Verdict::Serve);
+        assert_eq!(s.sent(&F, ix(0)), 3);
+        assert_eq!(s.stats().0.offered_copies, 1);
+        // The offer is used up by that request.
+        assert_eq!(
+            s.request(F, 4, 3, ix(0), t0, WITHHOLD_FOR),
+            Verdict::Withhold
+        );
+    }
+
+    #[test]
+    fn one_entry_per_connection_and_piece_and_none_for_a_closed_one() {
+        let t0 = Instant::now();
+        let mut s = SuperSeed::new();
+        s.request(F, 4, 1, ix(0), t0, WITHHOLD_FOR);
+        for _ in 0..3 {
+            s.request(F, 4, 2, ix(0), t0, WITHHOLD_FOR);
+        }
+        s.request(F, 4, 3, ix(0), t0, WITHHOLD_FOR);
+        assert_eq!(s.stats().1, 2);
+        s.forget_conn(3);
+        assert_eq!(s.stats().1, 1);
+        for p in 1..4 {
+            s.request(F, 4, 1, ix(p), t0, WITHHOLD_FOR);
+        }
+        assert_eq!(s.due(t0 + WITHHOLD_FOR), [(2, 0)]);
+        s.forget_conn(2);
+        assert!(s.due(t0 + LAST_RESORT * 2).is_empty());
+    }
+
+    /// The round is kept incrementally: it must equal the least count after
+    /// any sequence of requests.
+    #[test]
+    fn the_round_is_the_least_count() {
+        let t0 = Instant::now();
+        let mut rng = crate::xorshift::XorShift::new(7);
+        let n = 9;
+        let mut s = SuperSeed::new();
+        for _ in 0..2000 {
+            let p = PieceIndex::new((rng.next_u64() % n) as u32, n as usize).unwrap();
+            let conn = rng.next_u64() % 5;
+            s.request(F, n as usize, conn, p, t0, WITHHOLD_FOR);
+            if rng.next_u64().is_multiple_of(7) {
+                for (c, p) in s.due(t0 + LAST_RESORT) {
+                    s.request(
+                        F,
+                        n as usize,
+                        c,
+                        PieceIndex::new(p, 9).unwrap(),
+                        t0,
+                        WITHHOLD_FOR,
+                    );
+                }
+            }
+            let c = &s.counts[&F];
+            assert_eq!(c.round, *c.sent.iter().min().unwrap());
+            assert_eq!(c.at_round, c.sent.iter().filter(|&&x| x == c.round).count());
+        }
+        assert!(s.counts[&F].round >= 1, "rounds went by");
     }
 
     /// The downloader's side of a withheld piece: it asks the seeder for another
@@ -260,14 +493,20 @@ mod tests {
             seed.request(F, 4, 2, ix(second[0]), t0, WITHHOLD_FOR),
             Verdict::Serve
         );
+        // The other two pieces go out to a third leecher: the round moves on.
+        for p in (0..4).filter(|p| *p != first && *p != second[0]) {
+            assert_eq!(
+                seed.request(F, 4, 3, ix(p), t0, WITHHOLD_FOR),
+                Verdict::Serve
+            );
+        }
         assert_eq!(seed.due(t0 + WITHHOLD_FOR), [(2, first)]);
         f.on_have(first, &mut picker);
         assert_eq!(picker.availability(ix(first)), 1, "offered again");
         let mut out = Vec::new();
         f.fill(&mut picker, &meta, 2, 1, &mut out);
         let third = asked(&out)[0];
-        // Rarest first among the two never-sent pieces and the offered one:
-        // whichever it asks, the seeder answers.
+        // Whichever it asks now (every piece went out once), the seeder answers.
         assert_eq!(
             seed.request(F, 4, 2, ix(third), t0, WITHHOLD_FOR),
             Verdict::Serve
@@ -295,5 +534,18 @@ mod tests {
         );
         s.forget_file(&F);
         assert_eq!(s.request(F, 4, 2, ix(0), t0, WITHHOLD_FOR), Verdict::Serve);
+    }
+
+    #[test]
+    fn an_empty_file_or_a_piece_past_the_end_is_no_panic() {
+        let t0 = Instant::now();
+        let mut s = SuperSeed::new();
+        let p = PieceIndex::new(5, 9).unwrap();
+        assert_eq!(
+            s.request([3; 20], 0, 1, p, t0, WITHHOLD_FOR),
+            Verdict::Serve
+        );
+        assert_eq!(s.request(F, 4, 1, p, t0, WITHHOLD_FOR), Verdict::Serve);
+        assert!(s.due(t0 + LAST_RESORT).is_empty());
     }
 }

@@ -77,7 +77,7 @@ use crate::limits::RateGate;
 use crate::peer_conn::{ConnEvent, PeerConn, Role, ServeState};
 use crate::registry::{Check, UploadRegistry};
 use crate::storage::{ResumeState, WholeHash};
-use crate::super_seed::SuperSeed;
+use crate::super_seed::{SeedStats, SuperSeed};
 use crate::xorshift::XorShift;
 
 use fetching::Verified;
@@ -236,6 +236,10 @@ pub struct Transfers {
     resume_turn: usize,
     /// Which requests a full share answers first under an upload limit.
     super_seed: SuperSeed,
+    /// When the super-seeding counters were last logged, and what they were.
+    seed_logged: (Instant, SeedStats),
+    /// Bytes of piece data handed to serving connections (for the logs).
+    uploaded: u64,
 }
 
 impl Transfers {
@@ -272,6 +276,8 @@ impl Transfers {
             gate: RateGate::new(0, 0, Instant::now()),
             resume_turn: 0,
             super_seed: SuperSeed::new(),
+            seed_logged: (Instant::now(), SeedStats::default()),
+            uploaded: 0,
         })
     }
 

@@ -18,7 +18,7 @@ use wire::pieces::{Bitfield, PieceIndex};
 
 use super::{PoolMsg, TrackerJob, Transfers};
 use crate::downloads::{DlState, Download};
-use crate::fetch_peer::{Disconnect, FetchPeer};
+use crate::fetch_peer::{request_slots, Disconnect, FetchPeer};
 use crate::hasher;
 use crate::peer_conn::{ConnEvent, Role};
 use crate::storage::{self, ResumeState, WholeHash};
@@ -113,7 +113,18 @@ impl Transfers {
             self.connect_peers(registry, dl);
             self.renew_auth(dl);
             self.refill(dl);
+            let inflight = self.inflight(dl);
+            self.downloads[dl].load.sample(inflight, now);
         }
+    }
+
+    /// Requests in flight over all of a download's connections.
+    fn inflight(&self, dl: usize) -> usize {
+        let fetch = |k: usize| match self.conns.get(k).map(|c| &c.role) {
+            Some(Role::Fetch(f)) => f.inflight(),
+            _ => 0,
+        };
+        self.downloads[dl].conn_keys().map(fetch).sum()
     }
 
     fn save_resume_if_due(&mut self, dl: usize, now: Instant) {
@@ -210,6 +221,13 @@ impl Transfers {
         };
         match msg {
             PeerMsg::Bitfield(bits) => {
+                if !f.is_active() {
+                    log::info!(
+                        "{}: {addr} active after {:.2} s",
+                        d.meta.name,
+                        d.started.elapsed().as_secs_f64()
+                    );
+                }
                 f.on_bitfield(bits, &mut d.picker)?;
                 d.no_peers_since = None;
                 self.refill(dl);
@@ -489,9 +507,20 @@ impl Transfers {
             return;
         };
         let done = self.done.clone();
+        let t0 = Instant::now();
         self.pool.spawn(move || {
-            let result =
-                storage::finish(&file, &dest).map_err(|e| format!("cannot rename into place: {e}"));
+            let result = match storage::finish(&file, &dest) {
+                Ok(fsync) => {
+                    log::info!(
+                        "{}: final fsync {:.1} ms; {:.1} ms from the whole-file hash to the file in place",
+                        dest.display(),
+                        fsync.as_secs_f64() * 1e3,
+                        t0.elapsed().as_secs_f64() * 1e3
+                    );
+                    Ok(())
+                }
+                Err(e) => Err(format!("cannot rename into place: {e}")),
+            };
             done.send(PoolMsg::Finished { dl, result });
         });
     }
@@ -582,12 +611,18 @@ impl Transfers {
         for k in keys {
             self.close_conn(registry, k);
         }
+        let d = &self.downloads[dl];
         log::info!(
-            "download of {} complete: {} ({:.2} s; whole-file hash re-read {} pieces)",
+            "download of {} complete: {} ({:.2} s; whole-file hash re-read {} pieces; \
+             no request in flight for {:.2} s, {:.1} in flight on average; \
+             this client served {:.1} MiB so far)",
             meta.name,
             dest.display(),
-            self.downloads[dl].started.elapsed().as_secs_f64(),
-            self.downloads[dl].reread
+            d.started.elapsed().as_secs_f64(),
+            d.reread,
+            d.load.idle(Instant::now()).as_secs_f64(),
+            d.load.mean(),
+            self.uploaded as f64 / (1 << 20) as f64
         );
         let mut by: Vec<_> = self.downloads[dl].served_by.iter().collect();
         by.sort();
@@ -639,10 +674,8 @@ impl Transfers {
         }
     }
 
-    /// Tops up the requests of one download connection: `--threads N` means N
-    /// whole-piece requests in flight over all the download's peers, shared out
-    /// evenly between the active peers (at least two each when N allows, so the
-    /// next piece is already on the wire when one arrives).
+    /// Tops up the requests of one download connection, within the download's
+    /// [`request_slots`] (from `--threads` and its active peers).
     pub(super) fn refill_conn(&mut self, key: usize) {
         let Some(conn) = self.conns.get(key) else {
             return;
@@ -656,8 +689,8 @@ impl Transfers {
         let dl = f.dl;
         let cap = self.config.threads.max(1);
         let d = &self.downloads[dl];
-        // Requests in flight are bounded by --threads; pieces waiting for the pool
-        // are bounded separately (memory), so hashing never starves the network.
+        // Pieces waiting for the pool are bounded by --threads (memory, CPU);
+        // requests in flight separately, so hashing never starves the network.
         if d.state != DlState::Running || d.verifying >= 2 * cap {
             return;
         }
@@ -668,7 +701,7 @@ impl Transfers {
                 active += usize::from(f.is_active());
             }
         }
-        let per_peer = cap.div_ceil(active.max(1)).max(2);
+        let slots = request_slots(cap, active);
         let d = &mut self.downloads[dl];
         let conn = &mut self.conns[key];
         let Role::Fetch(f) = &mut conn.role else {
@@ -678,8 +711,8 @@ impl Transfers {
         f.fill(
             &mut d.picker,
             &d.meta,
-            per_peer,
-            cap.saturating_sub(total),
+            slots.per_peer,
+            slots.total.saturating_sub(total),
             &mut out,
         );
         if out.is_empty() {

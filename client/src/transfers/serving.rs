@@ -34,6 +34,8 @@ const MAX_SERVE_INFLIGHT: usize = 4;
 /// Messages waiting in a serving connection's write queue beyond which `Have`s
 /// are coalesced into a later `Bitfield`.
 pub const MAX_QUEUED_MSGS: usize = 64;
+/// The super-seeding counters are logged at most this often.
+const SEED_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A file served in full.
 pub(super) struct Share {
@@ -226,6 +228,9 @@ impl Transfers {
             return;
         }
         let grant = self.grant(key);
+        if let Ok(buf) = &result {
+            self.uploaded += (buf.len() - PIECE_HEADER_LEN) as u64;
+        }
         let conn = &mut self.conns[key];
         if let Role::Serve(ServeState::Serving { pending_reads, .. }) = &mut conn.role {
             *pending_reads = pending_reads.saturating_sub(1);
@@ -330,6 +335,29 @@ impl Transfers {
                 c.send_urgent(PeerMsg::Have(piece).encode());
             }
         }
+        self.log_seed_stats(now);
+    }
+
+    /// At most every [`SEED_LOG_EVERY`], when anything changed: what the
+    /// super-seeding did so far (info level; the swarm benchmark reads it).
+    fn log_seed_stats(&mut self, now: std::time::Instant) {
+        let (s, waiting) = self.super_seed.stats();
+        let (at, last) = self.seed_logged;
+        if s == last || now.duration_since(at) < SEED_LOG_EVERY {
+            return;
+        }
+        self.seed_logged = (now, s);
+        let mean = s.wait_sum / s.offers.max(1) as f64;
+        log::info!(
+            "super-seed: served {} first copies, {} new-round copies, {} copies on offer; \
+             withheld {}, offered again {} (waited {mean:.1} s mean, {:.1} s max), {waiting} waiting",
+            s.first_copies,
+            s.round_copies,
+            s.offered_copies,
+            s.withheld,
+            s.offers,
+            s.wait_max
+        );
     }
 
     pub(super) fn add_share_with(
