@@ -89,7 +89,11 @@ def ours(ctx, h, path, n, limit, tag):
         seeder.upload(path, g)
         leechers = []
         for i in range(n):
-            c = h.Client(ctx, tr, f"{g}-l{i}", extra=["--upload-limit", limit])
+            # One request at each peer (a download has at most 16 connections):
+            # --threads is the number of pieces in flight (SPEC.md).
+            threads = str(max(8, min(16, n)))
+            c = h.Client(ctx, tr, f"{g}-l{i}",
+                         extra=["--upload-limit", limit, "--threads", threads])
             clients.append(c)
             leechers.append(c)
             c.user(f"{g}l{i}")

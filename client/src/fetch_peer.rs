@@ -31,21 +31,20 @@ pub struct RequestSlots {
 }
 
 /// The request slots of a download with `--threads` `threads` and `active`
-/// peers: `threads` shared out evenly between the peers (rounded up), and with
-/// more peers than that, one each, so every peer with something to give is
-/// kept busy. (A fixed total of
-/// `threads` left most of 16 peers idle under upload limits: every leecher sent
-/// its requests to the same few peers; BENCHMARKS.md, the capped swarm.) With
-/// many peers one request each is enough: a peer serving several downloaders
-/// sends to the others while one asks for its next piece, and a shallow queue
-/// keeps a super-seeding seeder's choices (made when a request arrives) close
-/// to when the piece goes out. Memory does not grow with it: a connection
-/// receives one piece at a time, and the pieces waiting to be verified stay
-/// bounded by `threads`.
+/// peers: `threads` in all (SPEC.md: `--threads` is the number of concurrent
+/// piece fetches), shared out evenly between the peers, rounded up a peer. A
+/// swarm with more peers than threads keeps only `threads` of them busy, so a
+/// user of a big swarm raises `--threads` to its peer count (at most 16
+/// connections a download): then every peer gets one request, which is what
+/// kept 1->16 near its ideal under upload limits (BENCHMARKS.md, the capped
+/// swarm; the bench passes `--threads` so). With many peers one request each is
+/// enough: a peer serving several downloaders sends to the others while one asks
+/// for its next piece, and a shallow queue keeps a super-seeding seeder's
+/// choices close to when the piece goes out.
 pub fn request_slots(threads: usize, active: usize) -> RequestSlots {
     let (threads, active) = (threads.max(1), active.max(1));
     RequestSlots {
-        total: threads.max(active),
+        total: threads,
         per_peer: threads.div_ceil(active),
     }
 }
@@ -337,8 +336,10 @@ mod tests {
         assert_eq!(slots(8, 4), (8, 2));
         assert_eq!(slots(8, 5), (8, 2));
         assert_eq!(slots(3, 2), (3, 2));
-        // Many peers: one each (a fixed total of 8 left half of 16 idle).
-        assert_eq!(slots(8, 16), (16, 1));
+        // Many peers: never more than --threads in all, one a peer at most
+        // once the peers outnumber them; --threads 16 keeps 16 peers busy.
+        assert_eq!(slots(8, 16), (8, 1));
+        assert_eq!(slots(16, 16), (16, 1));
         assert_eq!(slots(64, 16), (64, 4));
         // Degenerate inputs stay usable.
         assert_eq!(slots(0, 0), (1, 1));
