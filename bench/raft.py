@@ -30,6 +30,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import loadgen  # noqa: E402
+from procs import cpu_by_thread  # noqa: E402
 
 KEY = "5f1c0a9e3d7b24c68e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f\n"
 ROLE = re.compile(r"tracker (\d+) (is leader|follows tracker \d+|has no leader) \(term (\d+)\)")
@@ -84,31 +85,15 @@ class Tracker:
             self.proc.wait()
 
 
-def thread_cpu(pid):
-    """CPU seconds (user + system) of each thread name of process `pid`."""
-    out = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
-    return out
-
-
 def load_with_cpu(ts, addr, token, a):
     """loadgen's result plus the trackers' CPU per change (ms, all three trackers,
     by thread name); the warm-up second is counted at the measured rate."""
-    before = {t.no: thread_cpu(t.proc.pid) for t in ts}
+    before = {t.no: cpu_by_thread(t.proc.pid) for t in ts}
     r = loadgen.run_load(addr, "create_group", [token], conns=a.conns, seconds=a.seconds, procs=2)
     changes = r["rps"] * (a.seconds + 1.0)
     per = {}
     for t in ts:
-        for name, cpu in thread_cpu(t.proc.pid).items():
+        for name, cpu in cpu_by_thread(t.proc.pid).items():
             key = f"t{t.no}:{name}"
             per[key] = (cpu - before[t.no].get(name, 0.0)) * 1000 / max(changes, 1)
     r["tracker_cpu_ms_per_change"] = round(sum(per.values()), 3)
