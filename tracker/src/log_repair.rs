@@ -16,8 +16,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::sync_log::{
-    scan_file_lines, Base, Generation, Header, LineError, LogEntry, LogError, FIRST_ENTRY,
-    LOG_FILE, MAGIC,
+    io_err, scan_file_lines, sync_dir, Base, Generation, Header, LineError, LogEntry, LogError,
+    FIRST_ENTRY, LOG_FILE, MAGIC,
 };
 
 /// One line that does not check out.
@@ -60,13 +60,6 @@ struct ReadLine {
     /// The entry and its sequence number (`None` in a v1 log), or why not.
     decoded: Result<(Option<u64>, LogEntry), LineError>,
     raw: Vec<u8>,
-}
-
-fn io_err(path: &Path) -> impl Fn(io::Error) -> LogError + '_ {
-    move |source| LogError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// Reads the version line of the log at `path`.
@@ -420,9 +413,7 @@ pub fn replace_log<'a>(
     }
     std::fs::hard_link(&path, &kept).map_err(io_err(&kept))?;
     std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))?;
+    sync_dir(dir).map_err(io_err(dir))?;
     Ok(kept)
 }
 

@@ -26,7 +26,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::store::{Store, StoreError};
-use crate::sync_log::{sync_dir, Base, Generation, LogError, SyncLog};
+use crate::sync_log::{io_err, sync_dir, Base, Generation, LogError, SyncLog};
 use crate::TrackerError;
 
 /// File name of the snapshot inside the data dir.
@@ -48,11 +48,13 @@ pub fn path(dir: &Path) -> PathBuf {
     dir.join(SNAPSHOT_FILE)
 }
 
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> LogError + '_ {
-    move |source| LogError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+/// Makes `tmp` durable, then renames it to `to` in `dir` and makes that durable.
+fn install(tmp: &Path, to: &Path, dir: &Path) -> Result<(), LogError> {
+    std::fs::File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(tmp))?;
+    std::fs::rename(tmp, to).map_err(io_err(to))?;
+    sync_dir(dir).map_err(io_err(dir))
 }
 
 /// Step 1: writes `snapshot.db` in `dir` from `store` durably; returns the
@@ -68,12 +70,7 @@ pub fn write(store: &Store, dir: &Path) -> Result<Base, TrackerError> {
         conn.pragma_update(None, "journal_mode", "DELETE")
             .map_err(StoreError::from)?;
     }
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err(&tmp))?;
-    let to = path(dir);
-    std::fs::rename(&tmp, &to).map_err(io_err(&to))?;
-    sync_dir(dir).map_err(io_err(dir))?;
+    install(&tmp, &path(dir), dir)?;
     Ok(Base {
         lines: pos.lines,
         offset: pos.offset,
@@ -178,21 +175,18 @@ pub fn restamp(dir: &Path, base: Base, generation: Generation) -> Result<(), Log
     };
     let _ = std::fs::remove_file(&tmp);
     std::fs::copy(&snap, &tmp).map_err(|e| refuse(format!("it cannot be copied ({e})")))?;
-    let stamp = || -> rusqlite::Result<(i64, i64)> {
+    let stamp = || -> rusqlite::Result<crate::store::Applied> {
         let conn = rusqlite::Connection::open(&tmp)?;
-        let pos = conn.query_row(
-            "SELECT lines, offset FROM applied_log WHERE id = 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        let pos = crate::store::applied(&conn)?;
         conn.execute(
             "UPDATE applied_log SET generation = ?1 WHERE id = 1",
             [generation.to_string()],
         )?;
         Ok(pos)
     };
-    let (lines, offset) = stamp().map_err(|e| refuse(format!("it cannot be read ({e})")))?;
-    if (lines as u64, offset as u64) != (base.lines, base.offset) {
+    let pos = stamp().map_err(|e| refuse(format!("it cannot be read ({e})")))?;
+    let (lines, offset) = (pos.lines, pos.offset);
+    if (lines, offset) != (base.lines, base.offset) {
         let _ = std::fs::remove_file(&tmp);
         return Err(refuse(format!(
             "it covers {lines} entries (up to offset {offset}), not exactly the log's base \
@@ -200,11 +194,7 @@ pub fn restamp(dir: &Path, base: Base, generation: Generation) -> Result<(), Log
             base.offset
         )));
     }
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, &snap))
-        .and_then(|()| sync_dir(dir))
-        .map_err(io_err(&snap))
+    install(&tmp, &snap, dir)
 }
 
 #[cfg(test)]

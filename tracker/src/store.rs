@@ -234,16 +234,7 @@ impl Store {
 
     /// How far the cache applied which log generation, for [`crate::sync_log::SyncLog::recover`].
     pub fn cache_pos(&self) -> Result<CachePos, StoreError> {
-        let a = self.applied()?;
-        let generation: String = self
-            .conn
-            .prepare_cached("SELECT generation FROM applied_log WHERE id = 1")?
-            .query_row([], |r| r.get(0))?;
-        Ok(CachePos {
-            generation: Generation::parse(&generation),
-            offset: a.offset,
-            lines: a.lines,
-        })
+        Ok(cache_pos(&self.conn)?)
     }
 
     /// Records the log generation the cache applies (after a reset, or on a new cache).
@@ -264,6 +255,19 @@ pub fn applied(db: &Connection) -> rusqlite::Result<Applied> {
                 lines: r.get::<_, i64>(1)? as u64,
             })
         })
+}
+
+/// How far the cache (or a snapshot of it) applied which log generation.
+pub fn cache_pos(db: &Connection) -> rusqlite::Result<CachePos> {
+    let a = applied(db)?;
+    let generation: String = db
+        .prepare_cached("SELECT generation FROM applied_log WHERE id = 1")?
+        .query_row([], |r| r.get(0))?;
+    Ok(CachePos {
+        generation: Generation::parse(&generation),
+        offset: a.offset,
+        lines: a.lines,
+    })
 }
 
 /// Records the applied offset; call in the transaction that applied the lines.

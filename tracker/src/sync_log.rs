@@ -1276,10 +1276,7 @@ impl SyncLog {
             io::copy(&mut from, &mut to)?;
             to.sync_all()
         };
-        copy().map_err(|e| LogError::Io {
-            path: saved.clone(),
-            source: e,
-        })?;
+        copy().map_err(io_err(&saved))?;
         self.file
             .set_len(self.phys(at))
             .map_err(|e| self.io_err(e))?;
@@ -1440,10 +1437,7 @@ impl SyncLog {
             io::copy(&mut from, &mut to)?;
             to.sync_all()
         };
-        write().map_err(|source| LogError::Io {
-            path: tmp.clone(),
-            source,
-        })?;
+        write().map_err(io_err(&tmp))?;
         Ok(tmp)
     }
 
@@ -1477,6 +1471,14 @@ pub fn end_offset(path: &Path) -> u64 {
 /// Makes renames in `dir` durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Turns an I/O error on `path` into a [`LogError::Io`] (for `map_err`).
+pub fn io_err(path: &Path) -> impl Fn(io::Error) -> LogError + '_ {
+    move |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 #[cfg(test)]
 mod tests {

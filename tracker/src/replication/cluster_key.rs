@@ -109,9 +109,7 @@ pub fn create(path: &Path) -> Result<ClusterKey, KeyError> {
     file.write_all(text.as_bytes()).map_err(io_err(path))?;
     file.sync_all().map_err(io_err(path))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))?;
+        crate::sync_log::sync_dir(dir).map_err(io_err(dir))?;
     }
     Ok(ClusterKey(key))
 }

@@ -226,14 +226,9 @@ impl LogMachine<'_> {
 
 /// The generation and base a snapshot db covers (its `applied_log` row).
 fn snapshot_base(path: &Path) -> Result<(Generation, Base), MachineFault> {
-    let conn = Connection::open(path)?;
-    let (generation, lines, offset): (String, i64, i64) = conn.query_row(
-        "SELECT generation, lines, offset FROM applied_log WHERE id = 1",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
-    let generation = Generation::parse(&generation).ok_or(MachineFault::BadSnapshot)?;
-    let base = match (lines as u64, offset as u64) {
+    let pos = store::cache_pos(&Connection::open(path)?)?;
+    let generation = pos.generation.ok_or(MachineFault::BadSnapshot)?;
+    let base = match (pos.lines, pos.offset) {
         (0, _) => Base::START,
         (lines, offset) if offset >= FIRST_ENTRY => Base { lines, offset },
         _ => return Err(MachineFault::BadSnapshot),

@@ -190,16 +190,14 @@ impl RaftStorage {
         entries: &[Entry],
         hard_state: Option<&HardState>,
     ) -> Result<(), StorageError> {
-        let same_vote =
-            |h: &HardState| h.term == self.hard_state.term && h.vote == self.hard_state.vote;
-        if snapshot.is_none() && entries.is_empty() && hard_state.is_none_or(same_vote) {
-            // Nothing raft-rs needs durable: at most the commit index moved, which
-            // is written with the next persist (a restart lifts it to what the
-            // state machine applied, `raise_commit`). Saves an fsync per Ready.
-            if let Some(h) = hard_state {
-                self.set_commit(h.commit);
-            }
+        if snapshot.is_none() && self.only_commit_moved(entries, hard_state) {
             return Ok(());
+        }
+        let mut hs = self.next_hard_state(hard_state);
+        if let Some(snap) = snapshot {
+            let meta = snap.get_metadata();
+            hs.term = hs.term.max(meta.term);
+            hs.commit = hs.commit.max(meta.index);
         }
         let tx = self.conn.transaction()?;
         if let Some(snap) = snapshot {
@@ -213,32 +211,37 @@ impl RaftStorage {
             )?;
             tx.execute("DELETE FROM raft_entries", [])?;
         }
-        if let Some(first) = entries.first() {
-            tx.execute("DELETE FROM raft_entries WHERE idx >= ?1", [first.index])?;
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO raft_entries (idx, term, kind, data, context) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for e in entries {
-                let kind = e.get_entry_type() as i64;
-                insert.execute(params![e.index, e.term, kind, &e.data[..], &e.context[..]])?;
-            }
-        }
-        let mut hs = hard_state
-            .cloned()
-            .unwrap_or_else(|| self.hard_state.clone());
-        if let Some(snap) = snapshot {
-            let meta = snap.get_metadata();
-            hs.term = hs.term.max(meta.term);
-            hs.commit = hs.commit.max(meta.index);
-        }
-        hs.commit = hs.commit.max(self.hard_state.commit);
-        tx.execute(
-            "UPDATE raft_state SET term = ?1, vote = ?2, commit_index = ?3 WHERE id = 1",
-            params![hs.term, hs.vote, hs.commit],
-        )?;
+        write_entries(&tx, entries)?;
+        write_hard_state(&tx, &hs)?;
         tx.commit()?;
         self.apply_in_memory(snapshot, entries, hs);
         Ok(())
+    }
+
+    /// Whether a `Ready` with these entries and hard state (and no snapshot) asks
+    /// for nothing durable: at most the commit index moved, which is then kept in
+    /// memory and written with the next persist (a restart lifts it to what the
+    /// state machine applied, `raise_commit`). Saves an fsync per such `Ready`.
+    fn only_commit_moved(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> bool {
+        let same_vote =
+            |h: &HardState| h.term == self.hard_state.term && h.vote == self.hard_state.vote;
+        if !entries.is_empty() || !hard_state.is_none_or(same_vote) {
+            return false;
+        }
+        if let Some(h) = hard_state {
+            self.set_commit(h.commit);
+        }
+        true
+    }
+
+    /// The hard state to write for a `Ready`: its own (or the current one), never
+    /// with a lower commit index than already known.
+    fn next_hard_state(&self, hard_state: Option<&HardState>) -> HardState {
+        let mut hs = hard_state
+            .cloned()
+            .unwrap_or_else(|| self.hard_state.clone());
+        hs.commit = hs.commit.max(self.hard_state.commit);
+        hs
     }
 
     /// Stages a `Ready`'s entries and hard state (numbered `number`) for the writer
@@ -252,18 +255,10 @@ impl RaftStorage {
         entries: &[Entry],
         hard_state: Option<&HardState>,
     ) -> Option<WriteJob> {
-        let same_vote =
-            |h: &HardState| h.term == self.hard_state.term && h.vote == self.hard_state.vote;
-        if entries.is_empty() && hard_state.is_none_or(same_vote) {
-            if let Some(h) = hard_state {
-                self.set_commit(h.commit);
-            }
+        if self.only_commit_moved(entries, hard_state) {
             return None;
         }
-        let mut hs = hard_state
-            .cloned()
-            .unwrap_or_else(|| self.hard_state.clone());
-        hs.commit = hs.commit.max(self.hard_state.commit);
+        let hs = self.next_hard_state(hard_state);
         if let Some(first) = entries.first() {
             self.unsynced.retain(|(_, e)| e.index < first.index);
             self.unsynced
@@ -488,28 +483,37 @@ pub fn write_jobs(conn: &mut Connection, jobs: &[WriteJob]) -> Result<(), Storag
         return Ok(());
     };
     let tx = conn.transaction()?;
-    {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO raft_entries (idx, term, kind, data, context) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        for first in jobs
-            .iter()
-            .filter_map(|j| j.entries.first().map(|f| (j, f)))
-        {
-            let (job, first) = first;
-            tx.execute("DELETE FROM raft_entries WHERE idx >= ?1", [first.index])?;
-            for e in &job.entries {
-                let kind = e.get_entry_type() as i64;
-                insert.execute(params![e.index, e.term, kind, &e.data[..], &e.context[..]])?;
-            }
-        }
+    for job in jobs {
+        write_entries(&tx, &job.entries)?;
     }
-    let hs = &last.hard_state;
+    write_hard_state(&tx, &last.hard_state)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Stores `entries` (contiguous), replacing the stored suffix from the first one's
+/// index (a new leader's entries overwrite a conflicting tail).
+fn write_entries(tx: &rusqlite::Transaction<'_>, entries: &[Entry]) -> Result<(), StorageError> {
+    let Some(first) = entries.first() else {
+        return Ok(());
+    };
+    tx.execute("DELETE FROM raft_entries WHERE idx >= ?1", [first.index])?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO raft_entries (idx, term, kind, data, context) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for e in entries {
+        let kind = e.get_entry_type() as i64;
+        insert.execute(params![e.index, e.term, kind, &e.data[..], &e.context[..]])?;
+    }
+    Ok(())
+}
+
+/// Stores Raft's hard state (term, vote, commit index).
+fn write_hard_state(tx: &rusqlite::Transaction<'_>, hs: &HardState) -> Result<(), StorageError> {
     tx.execute(
         "UPDATE raft_state SET term = ?1, vote = ?2, commit_index = ?3 WHERE id = 1",
         params![hs.term, hs.vote, hs.commit],
     )?;
-    tx.commit()?;
     Ok(())
 }
 
