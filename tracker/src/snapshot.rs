@@ -234,6 +234,22 @@ mod tests {
         crate::server::catch_up(log, store).unwrap();
     }
 
+    /// A fresh data dir with a cache (`tracker1.db`) and a log.
+    fn fresh() -> (tempfile::TempDir, PathBuf, Store, SyncLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("tracker1.db");
+        let store = Store::open(&db).unwrap();
+        let log = SyncLog::open(dir.path(), FsyncMode::Batch).unwrap();
+        (dir, db, store, log)
+    }
+
+    /// Entries `0..at`, a compaction, then entries `at..end`.
+    fn compacted_between(log: &mut SyncLog, store: &mut Store, at: u64, end: u64) {
+        append(log, store, 0, at);
+        compact(log, store, 1, Step::Done).unwrap();
+        append(log, store, at, end);
+    }
+
     /// What a restart does: open the log, check it against the cache, replay.
     fn restart(dir: &Path, db: &Path) -> (SyncLog, Store) {
         let mut store = Store::open(db).unwrap();
@@ -298,10 +314,7 @@ mod tests {
 
     #[test]
     fn compaction_then_restart_with_and_without_the_cache() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("tracker1.db");
-        let mut store = Store::open(&db).unwrap();
-        let mut log = SyncLog::open(dir.path(), FsyncMode::Batch).unwrap();
+        let (dir, db, mut store, mut log) = fresh();
         append(&mut log, &mut store, 0, 30);
         let before = std::fs::metadata(dir.path().join(LOG_FILE)).unwrap().len();
         let base = compact(&mut log, &mut store, 1, Step::Done)
@@ -345,13 +358,8 @@ mod tests {
     fn a_crash_at_any_step_of_a_compaction_loses_nothing() {
         for stop in [Step::Snapshot, Step::LogWritten, Step::Done] {
             for keep_cache in [true, false] {
-                let dir = tempfile::tempdir().unwrap();
-                let db = dir.path().join("tracker1.db");
-                let mut store = Store::open(&db).unwrap();
-                let mut log = SyncLog::open(dir.path(), FsyncMode::Batch).unwrap();
-                append(&mut log, &mut store, 0, 20);
-                compact(&mut log, &mut store, 1, Step::Done).unwrap();
-                append(&mut log, &mut store, 20, 40);
+                let (dir, db, mut store, mut log) = fresh();
+                compacted_between(&mut log, &mut store, 20, 40);
                 // The second compaction "crashes" after `stop`.
                 compact(&mut log, &mut store, 1, stop).unwrap();
                 drop((log, store));
@@ -377,13 +385,8 @@ mod tests {
 
     #[test]
     fn damage_after_a_compaction_is_still_found_and_a_torn_tail_cut() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("tracker1.db");
-        let mut store = Store::open(&db).unwrap();
-        let mut log = SyncLog::open(dir.path(), FsyncMode::Batch).unwrap();
-        append(&mut log, &mut store, 0, 10);
-        compact(&mut log, &mut store, 1, Step::Done).unwrap();
-        append(&mut log, &mut store, 10, 14);
+        let (dir, _db, mut store, mut log) = fresh();
+        compacted_between(&mut log, &mut store, 10, 14);
         let applied = store.cache_pos().unwrap();
         drop((log, store));
         let path = dir.path().join(LOG_FILE);
@@ -424,13 +427,8 @@ mod tests {
 
     #[test]
     fn a_compacted_log_is_salvaged_with_its_base_and_the_snapshot_follows() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("tracker1.db");
-        let mut store = Store::open(&db).unwrap();
-        let mut log = SyncLog::open(dir.path(), FsyncMode::Batch).unwrap();
-        append(&mut log, &mut store, 0, 12);
-        compact(&mut log, &mut store, 1, Step::Done).unwrap();
-        append(&mut log, &mut store, 12, 16);
+        let (dir, db, mut store, mut log) = fresh();
+        compacted_between(&mut log, &mut store, 12, 16);
         drop((log, store));
         // A byte flipped in entry 14 (the file's third line), good lines after it.
         let path = dir.path().join(LOG_FILE);
