@@ -180,6 +180,10 @@ fn metrics_pass_promtool_and_count_what_the_tracker_did() {
         .len() as f64;
     assert_eq!(sample(&text, "swarmshare_tracker_log_bytes"), Some(log_len));
     assert_eq!(
+        sample(&text, "swarmshare_tracker_log_end_offset_bytes"),
+        Some(log_len)
+    );
+    assert_eq!(
         sample(&text, "swarmshare_tracker_applied_offset_bytes"),
         Some(log_len)
     );

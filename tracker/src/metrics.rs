@@ -225,7 +225,11 @@ pub struct StateGauges {
     pub tracker_no: u32,
     /// `shared-log` (later also `raft`).
     pub replication: &'static str,
+    /// The file's length (what it takes on disk).
     pub log_bytes: u64,
+    /// The log's logical end: bytes of history up to its last line, counting what
+    /// compaction dropped (the scale of `applied_offset`).
+    pub log_end_offset: u64,
     pub applied_offset: u64,
     pub applied_lines: u64,
     pub users: u64,
@@ -329,12 +333,19 @@ pub fn render(m: &Metrics, state: &StateGauges) -> String {
         ),
         (
             "log_bytes",
-            "Length of sync_log.txt in bytes.",
+            "Length of sync_log.txt in bytes (after a compaction, only the tail after its snapshot).",
             state.log_bytes,
         ),
         (
+            "log_end_offset_bytes",
+            "Logical end of sync_log.txt's history in bytes, counting what compaction dropped; \
+             minus applied_offset_bytes it is how far this tracker's cache is behind.",
+            state.log_end_offset,
+        ),
+        (
             "applied_offset_bytes",
-            "Offset in sync_log.txt up to which this tracker's cache has applied the log.",
+            "Logical offset in sync_log.txt's history up to which this tracker's cache has \
+             applied the log.",
             state.applied_offset,
         ),
         (

@@ -277,6 +277,7 @@ impl StatusSource {
             tracker_no: self.cfg.tracker_no,
             replication: self.cfg.replication,
             log_bytes: self.log_bytes(),
+            log_end_offset: crate::sync_log::end_offset(&self.cfg.data_dir.join(LOG_FILE)),
             applied_offset: applied.0,
             applied_lines: applied.1,
             users: totals.users,
@@ -721,8 +722,49 @@ mod tests {
         assert!(!json.contains("t1") && !json.contains("10.0.0.1"), "{json}");
         let g = src.gauges(now).unwrap();
         assert_eq!(
-            (g.applied_offset, g.log_bytes, g.seeders_online),
-            (500, 800, 1)
+            (
+                g.applied_offset,
+                g.log_bytes,
+                g.log_end_offset,
+                g.seeders_online
+            ),
+            (500, 800, 800, 1)
+        );
+    }
+
+    /// After a compaction the file holds only the tail: its length is below the
+    /// cache's (logical) applied offset, and the logical end is on the same scale.
+    #[test]
+    fn gauges_put_the_log_end_on_the_applied_scale_after_a_compaction() {
+        use crate::sync_log::{Base, Generation, Header};
+        let dir = tempfile::tempdir().unwrap();
+        let st = Store::open(&db_path(dir.path(), 1)).unwrap();
+        st.conn()
+            .execute_batch("UPDATE applied_log SET offset = 90150, lines = 1001;")
+            .unwrap();
+        let base = Base {
+            lines: 1000,
+            offset: 90_000,
+        };
+        let mut text = Header::v2_line(Generation::new(), base).into_bytes();
+        text.extend_from_slice(&[b'x'; 200]);
+        std::fs::write(dir.path().join(LOG_FILE), &text).unwrap();
+        let mut src = StatusSource::new(StatusConfig {
+            tracker_no: 1,
+            trackers: Vec::new(),
+            data_dir: dir.path().to_path_buf(),
+            seeder_timeout_ms: 45_000,
+            replication: "shared-log",
+            show_peer_addrs: false,
+        });
+        let g = src.gauges(1_700_000_000_000).unwrap();
+        assert_eq!(g.log_bytes, text.len() as u64);
+        assert!(g.log_bytes < g.applied_offset);
+        assert_eq!(g.log_end_offset, 90_200);
+        assert_eq!(
+            g.log_end_offset - g.applied_offset,
+            50,
+            "50 bytes not applied yet"
         );
     }
 
