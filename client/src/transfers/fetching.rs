@@ -694,11 +694,12 @@ impl Transfers {
         if d.state != DlState::Running || d.verifying >= 2 * cap {
             return;
         }
-        let (mut total, mut active) = (0, 0);
+        let (mut total, mut active, mut seeders) = (0, 0, 0);
         for k in d.conn_keys() {
             if let Some(Role::Fetch(f)) = self.conns.get(k).map(|c| &c.role) {
                 total += f.inflight();
                 active += usize::from(f.is_active());
+                seeders += u32::from(f.is_active() && f.seeder);
             }
         }
         let slots = request_slots(cap, active);
@@ -713,6 +714,7 @@ impl Transfers {
             &d.meta,
             slots.per_peer,
             slots.total.saturating_sub(total),
+            seeders,
             &mut out,
         );
         if out.is_empty() {

@@ -46,6 +46,12 @@ pub(super) struct Share {
     pub(super) stamp: Option<FileStamp>,
     /// (group, name) pairs it is shared as.
     pub(super) names: Vec<(String, String)>,
+    /// Whether requests go through [`crate::super_seed::SuperSeed`] under an
+    /// upload limit: a file shared by upload, not one this client just
+    /// downloaded. A finished leecher that withheld second copies (its own
+    /// first round) left the last leechers waiting on pieces every peer had
+    /// refused them (1 -> 8, BENCHMARKS.md, the swarm tail).
+    pub(super) super_seed: bool,
 }
 
 impl Transfers {
@@ -138,6 +144,7 @@ impl Transfers {
             reject(self, RejectCode::NotHave);
             return;
         };
+        let super_seed = self.shares.get(&sha1).is_some_and(|s| s.super_seed);
         let Some(p) = PieceIndex::new(piece, meta.piece_count()).filter(|p| {
             len != 0
                 && len <= peer_msg::MAX_REQUEST_LEN
@@ -151,7 +158,7 @@ impl Transfers {
                 reject(self, RejectCode::NotHave);
                 return;
             }
-        } else if self.gate.is_limited(Direction::Up) {
+        } else if super_seed && self.gate.is_limited(Direction::Up) {
             let (n, conn) = (meta.piece_count(), self.conns[key].id);
             let serving = self
                 .conns
@@ -382,6 +389,8 @@ impl Transfers {
             }
             return;
         }
+        // A file handed over by a finished download: the swarm has it already.
+        let super_seed = file.is_none();
         let file = match file {
             Some(f) => f,
             None => match File::open(&path) {
@@ -400,6 +409,7 @@ impl Transfers {
                 file,
                 path,
                 names: vec![key],
+                super_seed,
             },
         );
     }
