@@ -26,8 +26,6 @@
 //! - [`limits`]: `RATE` parsing, the token bucket and `RateGate` of the bandwidth limits; pure.
 //! - [`super_seed`]: `SuperSeed`, which requests a full seeder answers first under
 //!   an upload limit (each piece out about once); pure.
-//! - [`upload_order`]: which held uploading connection the upload limit serves
-//!   next (shortest remaining piece first, with a starvation guard); pure.
 //! - [`buffers`]: `PieceBuffers`, the free list that recycles piece buffers.
 //! - [`private_file`]: files created exclusively (O_EXCL|O_NOFOLLOW, 0600, random
 //!   names), atomic replace, 0700 directories.
@@ -52,6 +50,5 @@ pub mod super_seed;
 pub mod tracker_keys;
 pub mod tracker_link;
 pub mod transfers;
-pub mod upload_order;
 pub mod user_state;
 pub mod xorshift;

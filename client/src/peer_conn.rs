@@ -161,9 +161,6 @@ pub struct PeerConn {
     pub held_w: bool,
     /// The read quota ran out before the socket was drained: held likewise.
     pub held_r: bool,
-    /// Since when its metered bytes wait: its last metered write, or when
-    /// such bytes were queued with none before (see [`crate::upload_order`]).
-    pub upload_since: Instant,
 }
 
 impl PeerConn {
@@ -198,7 +195,6 @@ impl PeerConn {
             rquota: None,
             held_w: false,
             held_r: false,
-            upload_since: now,
         }
     }
 
@@ -226,27 +222,12 @@ impl PeerConn {
         self.wqueue.len()
     }
 
-    /// Piece bytes (not control messages) queued and not yet written.
-    pub fn unsent(&self) -> u64 {
-        let queued: usize = self
-            .wqueue
-            .iter()
-            .filter(|b| b.len() > CONTROL_MAX)
-            .map(Vec::len)
-            .sum();
-        let started = self.wqueue.front().filter(|b| b.len() > CONTROL_MAX);
-        (queued - started.map_or(0, |_| self.wpos)) as u64
-    }
-
     /// Queues bytes and tries to write at once.
     pub fn send(&mut self, bytes: Vec<u8>) {
         if self.is_closed() || bytes.is_empty() {
             return;
         }
         self.last_tx = Instant::now();
-        if bytes.len() > CONTROL_MAX && self.unsent() == 0 {
-            self.upload_since = self.last_tx;
-        }
         self.wqueue.push_back(bytes);
         if !self.is_connecting() {
             if let Err(e) = self.flush() {
@@ -316,7 +297,6 @@ impl PeerConn {
                 Ok(n) => {
                     if let Some(q) = self.wquota.as_mut().filter(|_| !control) {
                         *q = q.saturating_sub(n as u64);
-                        self.upload_since = Instant::now();
                     }
                     self.wpos += n;
                     if self.wpos == front.len() {

@@ -232,10 +232,8 @@ pub struct Transfers {
     serving: bool,
     /// The bandwidth limits (see [`metering`]).
     gate: RateGate,
-    /// Rotates the order in which held downloads resume.
+    /// Rotates the order in which held connections resume.
     resume_turn: usize,
-    /// The held upload being given its turn now (see [`metering`]).
-    upload_turn: Option<usize>,
     /// Which requests a full share answers first under an upload limit.
     super_seed: SuperSeed,
     /// When the super-seeding counters were last logged, and what they were.
@@ -277,7 +275,6 @@ impl Transfers {
             serving: false,
             gate: RateGate::new(0, 0, Instant::now()),
             resume_turn: 0,
-            upload_turn: None,
             super_seed: SuperSeed::new(),
             seed_logged: (Instant::now(), SeedStats::default()),
             uploaded: 0,

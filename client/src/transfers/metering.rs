@@ -9,15 +9,9 @@
 //! the bucket and its quota drops to zero, so bytes queued later (a disk read
 //! finishing, a `Have`) wait for the next grant. A connection whose quota ran
 //! out with bytes left to move is held; [`Transfers::resume_held`] (every loop
-//! turn) grants it more once the bucket holds a chunk again, and
+//! turn) grants it more once the bucket holds a chunk again, taking the held
+//! connections in a rotating order so they share the bucket, and
 //! [`Transfers::next_wake`] tells the loop how long to sleep until then.
-//!
-//! Held downloads take turns in a rotating order, sharing the bucket. Held
-//! uploads are served one at a time in [`upload_order`] (shortest remaining
-//! piece first, with a starvation guard), and while any upload is held, a
-//! serving connection outside its turn is granted nothing: a piece just read
-//! from disk waits in that order instead of taking the bucket from one nearly
-//! sent.
 
 use std::time::{Duration, Instant};
 
@@ -26,11 +20,6 @@ use mio::Registry;
 use super::Transfers;
 use crate::limits::{Direction, RateGate};
 use crate::peer_conn::{PeerConn, Role};
-use crate::upload_order::{upload_order, Waiting};
-
-/// The most chunks handed out to held uploads in one loop turn (the bucket
-/// holds a quarter second's worth, about 25 chunks, at most).
-const MAX_UPLOAD_TURNS: usize = 64;
 
 /// A quota handed to one connection, to settle after its I/O.
 #[derive(Debug, Clone, Copy)]
@@ -91,18 +80,11 @@ impl Transfers {
         }
     }
 
-    /// Grants connection `key` its quota before its I/O (`None`: unmetered);
-    /// an upload outside its turn while others wait gets zero (it joins them).
+    /// Grants connection `key` its quota before its I/O (`None`: unmetered).
     pub(super) fn grant(&mut self, key: usize) -> Option<Grant> {
-        let behind = self.upload_turn != Some(key) && self.uploads_wait(key);
         let conn = self.conns.get_mut(key)?;
         let dir = direction(conn);
         let granted = self.gate.grant(dir, Instant::now())?;
-        let granted = if dir == Direction::Up && behind {
-            0
-        } else {
-            granted
-        };
         *quota(conn) = Some(granted);
         Some(Grant {
             key,
@@ -134,58 +116,13 @@ impl Transfers {
         self.gate.spend(g.dir, used, Instant::now());
     }
 
-    /// Whether an upload other than `key` is held, waiting for its turn.
-    fn uploads_wait(&self, key: usize) -> bool {
-        self.conns
-            .iter()
-            .any(|(k, c)| k != key && c.held_w && !c.is_closed() && direction(c) == Direction::Up)
-    }
-
-    /// Resumes the held connections whose bucket holds a chunk again.
+    /// Resumes the held connections whose bucket holds a chunk again, in a
+    /// rotating order so they take turns.
     pub(super) fn resume_held(&mut self, registry: &Registry, now: Instant) {
-        self.resume_uploads(registry, now);
-        self.resume_downloads(registry, now);
-    }
-
-    /// Held uploads, in [`upload_order`], while the bucket holds a chunk: the
-    /// first one gets chunks until its piece is written (a starved one gets a
-    /// single chunk), then the next.
-    fn resume_uploads(&mut self, registry: &Registry, now: Instant) {
-        let mut waiting: Vec<Waiting> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.held_w && !c.is_closed() && direction(c) == Direction::Up)
-            .map(|(key, c)| Waiting {
-                key,
-                unsent: c.unsent(),
-                since: c.upload_since,
-            })
-            .collect();
-        upload_order(&mut waiting, now);
-        let mut queue = waiting.iter().peekable();
-        for _ in 0..MAX_UPLOAD_TURNS {
-            let Some(w) = queue.peek() else {
-                break;
-            };
-            if !self.gate.ready(Direction::Up, now) {
-                break;
-            }
-            self.upload_turn = Some(w.key);
-            self.conn_ready(registry, w.key, false, true);
-            self.upload_turn = None;
-            let still_held = self.conns.get(w.key).is_some_and(|c| c.held_w);
-            if !still_held || w.is_starved(now) {
-                queue.next();
-            }
-        }
-    }
-
-    /// Held downloads, in a rotating order so they take turns.
-    fn resume_downloads(&mut self, registry: &Registry, now: Instant) {
         let mut keys: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.held_r && !c.is_closed() && direction(c) == Direction::Down)
+            .filter(|(_, c)| held(c) && !c.is_closed())
             .map(|(k, _)| k)
             .collect();
         if keys.is_empty() {
@@ -195,8 +132,12 @@ impl Transfers {
         let start = self.resume_turn % keys.len();
         keys.rotate_left(start);
         for key in keys {
-            if self.conns.contains(key) && self.gate.ready(Direction::Down, now) {
-                self.conn_ready(registry, key, true, false);
+            let Some(conn) = self.conns.get(key) else {
+                continue;
+            };
+            let (dir, r, w) = (direction(conn), conn.held_r, conn.held_w);
+            if self.gate.ready(dir, now) {
+                self.conn_ready(registry, key, r, w);
             }
         }
     }
