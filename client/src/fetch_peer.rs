@@ -263,14 +263,16 @@ impl FetchPeer {
 
     /// Picks up to `want` more pieces (at most `per_peer` outstanding here) and
     /// appends their whole-piece `Request`s to `out`; returns how many.
-    /// `seeders`: how many of the download's connected peers had every piece.
+    /// `seeders`: when the download sees only part of the swarm, how many of
+    /// its connected peers had every piece; a seeder is then asked by
+    /// [`PiecePicker::pick_from_seeder`] (`None`: every peer by `pick`).
     pub fn fill(
         &mut self,
         picker: &mut PiecePicker,
         meta: &FileMeta,
         per_peer: usize,
         want: usize,
-        seeders: u32,
+        seeders: Option<u32>,
         out: &mut Vec<u8>,
     ) -> usize {
         let FetchState::Active { has, inflight } = &mut self.state else {
@@ -279,10 +281,9 @@ impl FetchPeer {
         let mut added = 0;
         while inflight.len() < per_peer && added < want {
             let skip = |i| inflight.contains(&i);
-            let picked = if self.seeder {
-                picker.pick_from_seeder(has, seeders, skip)
-            } else {
-                picker.pick(has, skip)
+            let picked = match seeders.filter(|_| self.seeder) {
+                Some(n) => picker.pick_from_seeder(has, n, skip),
+                None => picker.pick(has, skip),
             };
             let Some(p) = picked else {
                 break;
@@ -371,9 +372,9 @@ mod tests {
         v
     }
 
-    /// A peer that had every piece stays a seeder after a reject, and is asked
-    /// only for pieces no other peer has; a partial peer becomes one with its
-    /// last `Have`.
+    /// A peer that had every piece stays a seeder after a reject, and (when the
+    /// download sees only part of the swarm) is asked only for pieces no other
+    /// peer has; a partial peer becomes one with its last `Have`.
     #[test]
     fn a_seeder_is_known_by_its_pieces_and_asked_for_what_no_one_else_has() {
         let m = meta(4);
@@ -387,7 +388,7 @@ mod tests {
         partial.on_bitfield(vec![0b1110_0000], &mut picker).unwrap();
         assert!(!partial.seeder);
         let mut out = Vec::new();
-        assert_eq!(seed.fill(&mut picker, &m, 4, 4, 1, &mut out), 1);
+        assert_eq!(seed.fill(&mut picker, &m, 4, 4, Some(1), &mut out), 1);
         assert_eq!(requests(&out), [3], "pieces 0-2 come from the partial peer");
         assert_eq!(seed.on_reject(3, &mut picker).map(PieceIndex::raw), Some(3));
         assert!(seed.seeder, "still a seeder after a reject");
@@ -459,9 +460,9 @@ mod tests {
         let mut picker = PiecePicker::new(6, 1);
         let mut f = active(6, &mut picker);
         let mut out = Vec::new();
-        assert_eq!(f.fill(&mut picker, &m, 4, 10, 1, &mut out), 4);
+        assert_eq!(f.fill(&mut picker, &m, 4, 10, None, &mut out), 4);
         assert_eq!(
-            f.fill(&mut picker, &m, 4, 10, 1, &mut out),
+            f.fill(&mut picker, &m, 4, 10, None, &mut out),
             0,
             "per-peer bound"
         );
@@ -490,7 +491,7 @@ mod tests {
         assert_eq!(picker.availability(a2), 0);
         assert_eq!(f.inflight(), 1);
         let mut out = Vec::new();
-        f.fill(&mut picker, &m, 10, 10, 1, &mut out);
+        f.fill(&mut picker, &m, 10, 10, None, &mut out);
         assert!(!requests(&out).contains(&asked[2]));
         // Close: everything outstanding is released.
         let held: Vec<PieceIndex> = match &f.state {

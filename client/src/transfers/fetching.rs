@@ -703,6 +703,11 @@ impl Transfers {
             }
         }
         let slots = request_slots(cap, active);
+        // Seen from here only part of the swarm (more peers known than
+        // connected; this client, once listed, is banned at its first try): a
+        // seeder is asked only for what no connected peer has.
+        let known = d.peers.values().filter(|p| !p.banned).count();
+        let seeders = (known > MAX_PEERS_PER_DOWNLOAD).then_some(seeders);
         let d = &mut self.downloads[dl];
         let conn = &mut self.conns[key];
         let Role::Fetch(f) = &mut conn.role else {

@@ -48,9 +48,10 @@ pub(super) struct Share {
     pub(super) names: Vec<(String, String)>,
     /// Whether requests go through [`crate::super_seed::SuperSeed`] under an
     /// upload limit: a file shared by upload, not one this client just
-    /// downloaded. A finished leecher that withheld second copies (its own
-    /// first round) left the last leechers waiting on pieces every peer had
-    /// refused them (1 -> 8, BENCHMARKS.md, the swarm tail).
+    /// downloaded (the swarm has it already). A finished leecher withholding
+    /// what it sent once (its own first round, which never ends when every
+    /// other peer has pieces too) leaves the leechers still missing a piece
+    /// with one peer fewer to get it from.
     pub(super) super_seed: bool,
 }
 
