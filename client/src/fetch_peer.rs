@@ -105,6 +105,9 @@ pub struct FetchPeer {
     /// silent): why its outstanding requests failed. Each counts as one failure
     /// of that piece (`--retries`); a close of our own choosing sets nothing.
     pub lost: Option<String>,
+    /// The server had every piece (a seeder; a piece it rejected since does
+    /// not change that): it is asked by [`PiecePicker::pick_from_seeder`].
+    pub seeder: bool,
 }
 
 impl FetchPeer {
@@ -116,6 +119,7 @@ impl FetchPeer {
             challenge: None,
             auth_expires: 0,
             lost: None,
+            seeder: false,
         }
     }
 
@@ -188,6 +192,7 @@ impl FetchPeer {
         let has = Bitfield::from_bytes(bytes, picker.piece_count())
             .map_err(|e| Disconnect::close(e.to_string()))?;
         picker.add_bitfield(&has);
+        self.seeder = has.count_ones() == picker.piece_count();
         if let FetchState::Active { has: old, .. } = &mut self.state {
             picker.remove_bitfield(old);
             *old = has;
@@ -210,6 +215,7 @@ impl FetchPeer {
         if let FetchState::Active { has, .. } = &mut self.state {
             if has.insert(i) {
                 picker.add_have(i);
+                self.seeder |= has.count_ones() == picker.piece_count();
             }
         }
     }
@@ -257,12 +263,16 @@ impl FetchPeer {
 
     /// Picks up to `want` more pieces (at most `per_peer` outstanding here) and
     /// appends their whole-piece `Request`s to `out`; returns how many.
+    /// `seeders`: when the download sees only part of the swarm, how many of
+    /// its connected peers had every piece; a seeder is then asked by
+    /// [`PiecePicker::pick_from_seeder`] (`None`: every peer by `pick`).
     pub fn fill(
         &mut self,
         picker: &mut PiecePicker,
         meta: &FileMeta,
         per_peer: usize,
         want: usize,
+        seeders: Option<u32>,
         out: &mut Vec<u8>,
     ) -> usize {
         let FetchState::Active { has, inflight } = &mut self.state else {
@@ -270,7 +280,12 @@ impl FetchPeer {
         };
         let mut added = 0;
         while inflight.len() < per_peer && added < want {
-            let Some(p) = picker.pick(has, |i| inflight.contains(&i)) else {
+            let skip = |i| inflight.contains(&i);
+            let picked = match seeders.filter(|_| self.seeder) {
+                Some(n) => picker.pick_from_seeder(has, n, skip),
+                None => picker.pick(has, skip),
+            };
+            let Some(p) = picked else {
                 break;
             };
             inflight.push(p);
@@ -357,6 +372,30 @@ mod tests {
         v
     }
 
+    /// A peer that had every piece stays a seeder after a reject, and (when the
+    /// download sees only part of the swarm) is asked only for pieces no other
+    /// peer has; a partial peer becomes one with its last `Have`.
+    #[test]
+    fn a_seeder_is_known_by_its_pieces_and_asked_for_what_no_one_else_has() {
+        let m = meta(4);
+        let mut picker = PiecePicker::new(4, 1);
+        let mut seed = active(4, &mut picker);
+        assert!(seed.seeder);
+        let mut partial = FetchPeer::new(0);
+        partial
+            .on_handshake(&Handshake::new([7; 20], [3; 8]), &[7; 20], &[1; 8])
+            .unwrap();
+        partial.on_bitfield(vec![0b1110_0000], &mut picker).unwrap();
+        assert!(!partial.seeder);
+        let mut out = Vec::new();
+        assert_eq!(seed.fill(&mut picker, &m, 4, 4, Some(1), &mut out), 1);
+        assert_eq!(requests(&out), [3], "pieces 0-2 come from the partial peer");
+        assert_eq!(seed.on_reject(3, &mut picker).map(PieceIndex::raw), Some(3));
+        assert!(seed.seeder, "still a seeder after a reject");
+        partial.on_have(3, &mut picker);
+        assert!(partial.seeder);
+    }
+
     #[test]
     fn handshakes_that_end_the_connection() {
         let mut f = FetchPeer::new(0);
@@ -421,9 +460,9 @@ mod tests {
         let mut picker = PiecePicker::new(6, 1);
         let mut f = active(6, &mut picker);
         let mut out = Vec::new();
-        assert_eq!(f.fill(&mut picker, &m, 4, 10, &mut out), 4);
+        assert_eq!(f.fill(&mut picker, &m, 4, 10, None, &mut out), 4);
         assert_eq!(
-            f.fill(&mut picker, &m, 4, 10, &mut out),
+            f.fill(&mut picker, &m, 4, 10, None, &mut out),
             0,
             "per-peer bound"
         );
@@ -452,7 +491,7 @@ mod tests {
         assert_eq!(picker.availability(a2), 0);
         assert_eq!(f.inflight(), 1);
         let mut out = Vec::new();
-        f.fill(&mut picker, &m, 10, 10, &mut out);
+        f.fill(&mut picker, &m, 10, 10, None, &mut out);
         assert!(!requests(&out).contains(&asked[2]));
         // Close: everything outstanding is released.
         let held: Vec<PieceIndex> = match &f.state {

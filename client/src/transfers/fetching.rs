@@ -694,14 +694,20 @@ impl Transfers {
         if d.state != DlState::Running || d.verifying >= 2 * cap {
             return;
         }
-        let (mut total, mut active) = (0, 0);
+        let (mut total, mut active, mut seeders) = (0, 0, 0);
         for k in d.conn_keys() {
             if let Some(Role::Fetch(f)) = self.conns.get(k).map(|c| &c.role) {
                 total += f.inflight();
                 active += usize::from(f.is_active());
+                seeders += u32::from(f.is_active() && f.seeder);
             }
         }
         let slots = request_slots(cap, active);
+        // Seen from here only part of the swarm (more peers known than
+        // connected; this client, once listed, is banned at its first try): a
+        // seeder is asked only for what no connected peer has.
+        let known = d.peers.values().filter(|p| !p.banned).count();
+        let seeders = (known > MAX_PEERS_PER_DOWNLOAD).then_some(seeders);
         let d = &mut self.downloads[dl];
         let conn = &mut self.conns[key];
         let Role::Fetch(f) = &mut conn.role else {
@@ -713,6 +719,7 @@ impl Transfers {
             &d.meta,
             slots.per_peer,
             slots.total.saturating_sub(total),
+            seeders,
             &mut out,
         );
         if out.is_empty() {

@@ -46,6 +46,13 @@ pub(super) struct Share {
     pub(super) stamp: Option<FileStamp>,
     /// (group, name) pairs it is shared as.
     pub(super) names: Vec<(String, String)>,
+    /// Whether requests go through [`crate::super_seed::SuperSeed`] under an
+    /// upload limit: a file shared by upload, not one this client just
+    /// downloaded (the swarm has it already). A finished leecher withholding
+    /// what it sent once (its own first round, which never ends when every
+    /// other peer has pieces too) leaves the leechers still missing a piece
+    /// with one peer fewer to get it from.
+    pub(super) super_seed: bool,
 }
 
 impl Transfers {
@@ -138,6 +145,7 @@ impl Transfers {
             reject(self, RejectCode::NotHave);
             return;
         };
+        let super_seed = self.shares.get(&sha1).is_some_and(|s| s.super_seed);
         let Some(p) = PieceIndex::new(piece, meta.piece_count()).filter(|p| {
             len != 0
                 && len <= peer_msg::MAX_REQUEST_LEN
@@ -151,7 +159,7 @@ impl Transfers {
                 reject(self, RejectCode::NotHave);
                 return;
             }
-        } else if self.gate.is_limited(Direction::Up) {
+        } else if super_seed && self.gate.is_limited(Direction::Up) {
             let (n, conn) = (meta.piece_count(), self.conns[key].id);
             let serving = self
                 .conns
@@ -382,6 +390,8 @@ impl Transfers {
             }
             return;
         }
+        // A file handed over by a finished download: the swarm has it already.
+        let super_seed = file.is_none();
         let file = match file {
             Some(f) => f,
             None => match File::open(&path) {
@@ -400,6 +410,7 @@ impl Transfers {
                 file,
                 path,
                 names: vec![key],
+                super_seed,
             },
         );
     }

@@ -1067,3 +1067,31 @@ fn silent_serving_connections_time_out() {
         .tick(reg, t0 + SERVE_IDLE_TIMEOUT + Duration::from_secs(1));
     assert!(state(&seeder).is_empty(), "an idle connection stayed");
 }
+
+/// Only a file shared by upload answers through `SuperSeed` under an upload
+/// limit; one a finished download handed over is served as asked (the swarm
+/// has it already, and its own first round would never end). No sockets.
+#[test]
+fn only_a_file_shared_by_upload_super_seeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, down) = (dir.path().join("up"), dir.path().join("down"));
+    write_file(&up, 3000, 1);
+    write_file(&down, 3000, 2);
+    let poll = Poll::new().unwrap();
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER).unwrap());
+    let config = TransferConfig {
+        threads: 4,
+        retries: 1,
+        state_dir: dir.path().join("state"),
+        max_serving: 8,
+        max_serving_per_ip: 8,
+    };
+    let mut t = Transfers::new(config, waker).unwrap();
+    let up_meta = hasher::hash_file(&up).unwrap();
+    t.add_share("g", up_meta.clone(), up.clone());
+    let down_meta = hasher::hash_file(&down).unwrap();
+    let file = Arc::new(std::fs::File::open(&down).unwrap());
+    t.add_share_with("g", down_meta.clone(), down.clone(), Some(file));
+    assert!(t.shares[&up_meta.file_sha1].super_seed);
+    assert!(!t.shares[&down_meta.file_sha1].super_seed);
+}
