@@ -1112,7 +1112,8 @@ def main():
     ap.add_argument("--only", nargs="*", default=None,
                     help="subset of: hash 1to1 4to1 1to4 downloads tracker operator swarm (default all)")
     ap.add_argument("--swarm-limit", default="8M", help="--upload-limit of every client in the swarm part")
-    ap.add_argument("--swarm-leechers", type=int, nargs="*", default=[8, 16], help="swarm sizes (leechers)")
+    ap.add_argument("--swarm-leechers", type=int, nargs="*", default=[8, 16],
+                    help="swarm sizes (leechers; 0 or none: skip)")
     ap.add_argument("--scale-leechers", type=int, default=50, help="leechers of the scale run (0: skip)")
     ap.add_argument("--scale-mib", type=int, default=64, help="file size of the scale run")
     ap.add_argument("--scale-limit", default="2M", help="--upload-limit of every client in the scale run")

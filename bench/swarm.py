@@ -238,7 +238,7 @@ def bench_swarm(ctx, h):
         except BenchError as e:
             ctx.res.note(f"opentracker/mktorrent setup FAILED: {e}")
     try:
-        for n in ctx.args.swarm_leechers:
+        for n in (n for n in ctx.args.swarm_leechers if n > 0):
             label = f"swarm 1->{n}, {size_mib} MiB, every client --upload-limit {limit}"
             o = b = None
             if world:
