@@ -141,6 +141,58 @@ fn a_compacted_log_restarts_with_and_without_its_cache_to_the_same_answers() {
     );
 }
 
+/// The copy of the cache runs off the loop (issue 13): while a finished copy is
+/// held back by the test-only gate (a snapshot that takes long), the tracker
+/// answers reads and changes, and the log is compacted only after the copy is
+/// let go, keeping the changes made meanwhile as its tail.
+#[test]
+fn the_tracker_answers_while_a_snapshot_is_being_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let gate = dir.path().join("gate");
+    let info = write_tracker_info(dir.path(), &[free_port()]);
+    let gate_arg = gate.to_str().unwrap();
+    let args = ["--snapshot-every", "10", "--test-snapshot-gate", gate_arg];
+    let mut t = TrackerProc::start_with(&info, 1, &data, &args);
+    let mut c = t.connect();
+    let alice = c.user("alice", "pw");
+    for i in 0..8 {
+        c.ok(Some(&alice), "create_group", &[&format!("g{i}")]);
+    }
+    // 2 + 8 = 10 changes: a copy of them is made and held until the gate opens.
+    t.stderr.wait_for("the snapshot's start", WAIT, |l| {
+        l.contains("snapshot of the cache started off the loop (10 entries)")
+    });
+    t.stderr.wait_for("the copy held", WAIT, |l| {
+        l.contains("the snapshot copy is made, held until")
+    });
+    // 5 more changes (fewer than --snapshot-every: no second snapshot) and reads.
+    for i in 8..10 {
+        c.ok(Some(&alice), "create_group", &[&format!("g{i}")]);
+    }
+    let bob = c.user("bob", "pw");
+    c.ok(Some(&bob), "join_group", &["g1"]);
+    let before = answers(&mut c, &alice, &bob);
+    assert_eq!(before.len(), 10 + 1 + 1, "{before:?}");
+    // All answered before the snapshot was installed or the log compacted.
+    assert!(!data.join("snapshot.db").exists());
+    assert_eq!(log_base(&data).lines, 0);
+    std::fs::write(&gate, b"").unwrap();
+    assert!(compacted_past(&data, 10), "base {:?}", log_base(&data));
+    t.quit_ok();
+    let base = log_base(&data);
+    let tail = check_log(&data.join("sync_log.txt"));
+    // The copy was of the cache when it was made: the changes made while it
+    // was held are the log's tail.
+    assert_eq!((base.lines, tail.len()), (10, 5));
+    // A restart from snapshot.db + that tail answers the same.
+    remove_cache(&data, 1);
+    t.restart();
+    assert_eq!(replayed(&t)[0], 5);
+    let mut c = t.connect();
+    assert_eq!(answers(&mut c, &alice, &bob), before);
+}
+
 /// SIGSTOP / SIGCONT to a tracker this test started.
 fn signal(t: &TrackerProc, sig: i32) {
     // SAFETY: kill(2) on the PID of a child this test spawned and still holds.
