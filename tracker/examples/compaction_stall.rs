@@ -148,7 +148,10 @@ fn main() {
         match a.as_str() {
             "--baseline" => baseline = args.next().map(PathBuf::from),
             "--seconds" => {
-                let s: u64 = args.next().and_then(|s| s.parse().ok()).expect("--seconds N");
+                let s: u64 = args
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .expect("--seconds N");
                 window = Duration::from_secs(s);
             }
             n => lines = n.parse().expect("LINES"),

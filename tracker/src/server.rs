@@ -875,8 +875,8 @@ impl Server {
     /// Starts the copy of the cache if the log (maybe just compacted by
     /// another tracker) still holds `every` entries past its base.
     fn start_snapshot(&mut self, every: u64, now: Instant) {
-        let cache = crate::snapshot::due(&mut self.log, &mut self.store, every)
-            .and_then(|due| match due {
+        let cache =
+            crate::snapshot::due(&mut self.log, &mut self.store, every).and_then(|due| match due {
                 true => crate::snapshot::cache_file(&self.store).map(Some),
                 false => Ok(None),
             });

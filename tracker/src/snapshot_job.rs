@@ -214,7 +214,10 @@ mod tests {
         let go = held(&mut job, t0);
         assert!(job.in_flight());
         assert!(matches!(job.poll(t0), Progress::InFlight));
-        assert!(!job.start(t0, || Err("a second copy".into())), "one at a time");
+        assert!(
+            !job.start(t0, || Err("a second copy".into())),
+            "one at a time"
+        );
         go.send(Ok(copy_of(7, PathBuf::from("x")))).unwrap();
         match settled(&mut job, t0) {
             Progress::Finished(copy) => assert_eq!(copy.raft_index, 7),
@@ -279,7 +282,10 @@ mod tests {
             .recv_timeout(Duration::from_secs(60))
             .expect("the copy ran");
         for _ in 0..20 {
-            assert!(matches!(job.poll(t0), Progress::InFlight), "held at the gate");
+            assert!(
+                matches!(job.poll(t0), Progress::InFlight),
+                "held at the gate"
+            );
         }
         std::fs::write(&gate, b"").unwrap();
         assert!(matches!(settled(&mut job, t0), Progress::Finished(_)));

@@ -202,7 +202,10 @@ impl LogMachine<'_> {
 
     /// Installs a finished copy and compacts the log; `None` when the log has
     /// moved past it (a restored snapshot).
-    fn install_snapshot(&mut self, copy: CacheCopy) -> Result<Option<(u64, Vec<u8>)>, MachineFault> {
+    fn install_snapshot(
+        &mut self,
+        copy: CacheCopy,
+    ) -> Result<Option<(u64, Vec<u8>)>, MachineFault> {
         let installed = crate::snapshot::install(self.log, &copy, Step::Done)
             .map_err(|e| MachineFault::Snapshot(e.to_string()))?;
         let (Some(_), Some(data)) = (installed, copy.raft_data) else {
