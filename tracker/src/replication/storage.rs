@@ -270,7 +270,7 @@ impl RaftStorage {
         Some(WriteJob {
             number,
             entries: entries.to_vec(),
-            hard_state: hs,
+            hard_state: Some(hs),
             snapshot: None,
         })
     }
@@ -382,7 +382,7 @@ impl RaftStorage {
         Ok(Some(WriteJob {
             number,
             entries: Vec::new(),
-            hard_state: self.hard_state.clone(),
+            hard_state: None,
             snapshot: Some(SnapshotWrite {
                 index,
                 term,
@@ -490,8 +490,9 @@ pub struct WriteJob {
     pub number: u64,
     /// New entries; they replace any stored suffix from the first one's index.
     pub entries: Vec<Entry>,
-    /// The hard state as of this `Ready`.
-    pub hard_state: HardState,
+    /// The hard state as of this `Ready` (`None`: a snapshot's job, which leaves
+    /// it as it is).
+    pub hard_state: Option<HardState>,
     /// A snapshot this tracker took, with the entries it lets go.
     pub snapshot: Option<SnapshotWrite>,
 }
@@ -519,9 +520,9 @@ pub fn open_connection(path: &Path) -> Result<Connection, StorageError> {
 
 /// Writes `jobs` in order in one transaction (one fsync): the writer thread's work.
 pub fn write_jobs(conn: &mut Connection, jobs: &[WriteJob]) -> Result<(), StorageError> {
-    let Some(last) = jobs.last() else {
+    if jobs.is_empty() {
         return Ok(());
-    };
+    }
     let tx = conn.transaction()?;
     for job in jobs {
         write_entries(&tx, &job.entries)?;
@@ -530,7 +531,9 @@ pub fn write_jobs(conn: &mut Connection, jobs: &[WriteJob]) -> Result<(), Storag
             tx.execute("DELETE FROM raft_entries WHERE idx < ?1", [snap.compact_to])?;
         }
     }
-    write_hard_state(&tx, &last.hard_state)?;
+    if let Some(hs) = jobs.iter().rev().find_map(|j| j.hard_state.as_ref()) {
+        write_hard_state(&tx, hs)?;
+    }
     tx.commit()?;
     Ok(())
 }
