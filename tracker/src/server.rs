@@ -852,6 +852,11 @@ impl Server {
         let now = Instant::now();
         match self.snapshots.poll(now) {
             Progress::InFlight => return,
+            // A log found damaged meanwhile is not rewritten.
+            Progress::Finished(copy) if self.log_fault.is_some() => {
+                let _ = std::fs::remove_file(&copy.tmp);
+                return;
+            }
             Progress::Finished(copy) => return self.install_snapshot(&copy, now),
             Progress::Failed(why) => {
                 log::error!("the snapshot failed, the log is kept as it is: {why}");
