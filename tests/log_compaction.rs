@@ -94,6 +94,12 @@ fn a_compacted_log_restarts_with_and_without_its_cache_to_the_same_answers() {
     let bob = c.user("bob", "pw");
     for i in 0..30 {
         c.ok(Some(&alice), "create_group", &[&format!("g{i}")]);
+        // At each 10th change a copy is made off the loop: let it finish before
+        // the next change, so each compaction covers exactly 10 more entries.
+        let changes = 4 + i + 1;
+        if changes % 10 == 0 {
+            assert!(compacted_past(&data, changes), "{:?}", log_base(&data));
+        }
     }
     c.ok(Some(&bob), "join_group", &["g1"]);
     // 4 + 30 + 1 = 35 changes: compacted after entry 30 at least.
@@ -243,10 +249,17 @@ fn two_trackers_sharing_a_log_keep_one_state_while_one_compacts() {
     // behind the log's base and it loads the snapshot while running.
     signal(&t2, libc::SIGSTOP);
     let base_before = log_base(&data).lines;
+    let mut base_mid = base_before;
     for i in 0..45 {
         c1.ok(Some(&alice), "create_group", &[&format!("c{i}")]);
+        // The compaction due by the 20th change is made off the loop: let it
+        // finish, so the 25 changes after it make a second one due.
+        if i == 19 {
+            assert!(wait_until(WAIT, || log_base(&data).lines > base_before));
+            base_mid = log_base(&data).lines;
+        }
     }
-    assert!(compacted_past(&data, base_before + 40));
+    assert!(wait_until(WAIT, || log_base(&data).lines > base_mid));
     signal(&t2, libc::SIGCONT);
     t2.stderr.wait_for("the snapshot load", WAIT, |l| {
         l.contains("loaded the snapshot")
@@ -257,13 +270,17 @@ fn two_trackers_sharing_a_log_keep_one_state_while_one_compacts() {
     assert!(wait_until(WAIT, || seen(&mut c1, &alice) == groups + 46));
     // Tracker 2 only watching: tracker 1 compacts, then appends to the new
     // file; tracker 2's watcher follows it there.
+    // (Enough changes for a compaction to be due; it is made off the loop.)
     let base_before = log_base(&data).lines;
-    let mut more = 0;
-    while log_base(&data).lines == base_before {
-        assert!(more < 25, "no compaction after {more} changes");
-        c1.ok(Some(&alice), "create_group", &[&format!("d{more}")]);
-        more += 1;
+    let more = 20;
+    for i in 0..more {
+        c1.ok(Some(&alice), "create_group", &[&format!("d{i}")]);
     }
+    assert!(
+        wait_until(WAIT, || log_base(&data).lines != base_before),
+        "no compaction after {more} changes:\n{}",
+        t1.stderr.text()
+    );
     for i in 0..5 {
         c1.ok(Some(&alice), "create_group", &[&format!("e{i}")]);
     }
