@@ -94,6 +94,12 @@ fn a_compacted_log_restarts_with_and_without_its_cache_to_the_same_answers() {
     let bob = c.user("bob", "pw");
     for i in 0..30 {
         c.ok(Some(&alice), "create_group", &[&format!("g{i}")]);
+        // At each 10th change a copy is made off the loop: let it finish before
+        // the next change, so each compaction covers exactly 10 more entries.
+        let changes = 4 + i + 1;
+        if changes % 10 == 0 {
+            assert!(compacted_past(&data, changes), "{:?}", log_base(&data));
+        }
     }
     c.ok(Some(&bob), "join_group", &["g1"]);
     // 4 + 30 + 1 = 35 changes: compacted after entry 30 at least.
@@ -139,6 +145,58 @@ fn a_compacted_log_restarts_with_and_without_its_cache_to_the_same_answers() {
         "{}",
         v.stdout
     );
+}
+
+/// The copy of the cache runs off the loop (issue 13): while a finished copy is
+/// held back by the test-only gate (a snapshot that takes long), the tracker
+/// answers reads and changes, and the log is compacted only after the copy is
+/// let go, keeping the changes made meanwhile as its tail.
+#[test]
+fn the_tracker_answers_while_a_snapshot_is_being_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let gate = dir.path().join("gate");
+    let info = write_tracker_info(dir.path(), &[free_port()]);
+    let gate_arg = gate.to_str().unwrap();
+    let args = ["--snapshot-every", "10", "--test-snapshot-gate", gate_arg];
+    let mut t = TrackerProc::start_with(&info, 1, &data, &args);
+    let mut c = t.connect();
+    let alice = c.user("alice", "pw");
+    for i in 0..8 {
+        c.ok(Some(&alice), "create_group", &[&format!("g{i}")]);
+    }
+    // 2 + 8 = 10 changes: a copy of them is made and held until the gate opens.
+    t.stderr.wait_for("the snapshot's start", WAIT, |l| {
+        l.contains("snapshot of the cache started off the loop (10 entries)")
+    });
+    t.stderr.wait_for("the copy held", WAIT, |l| {
+        l.contains("the snapshot copy is made, held until")
+    });
+    // 5 more changes (fewer than --snapshot-every: no second snapshot) and reads.
+    for i in 8..10 {
+        c.ok(Some(&alice), "create_group", &[&format!("g{i}")]);
+    }
+    let bob = c.user("bob", "pw");
+    c.ok(Some(&bob), "join_group", &["g1"]);
+    let before = answers(&mut c, &alice, &bob);
+    assert_eq!(before.len(), 10 + 1, "{before:?}"); // groups, bob's request
+                                                    // All answered before the snapshot was installed or the log compacted.
+    assert!(!data.join("snapshot.db").exists());
+    assert_eq!(log_base(&data).lines, 0);
+    std::fs::write(&gate, b"").unwrap();
+    assert!(compacted_past(&data, 10), "base {:?}", log_base(&data));
+    t.quit_ok();
+    let base = log_base(&data);
+    let tail = check_log(&data.join("sync_log.txt"));
+    // The copy was of the cache when it was made: the changes made while it
+    // was held are the log's tail.
+    assert_eq!((base.lines, tail.len()), (10, 5));
+    // A restart from snapshot.db + that tail answers the same.
+    remove_cache(&data, 1);
+    t.restart();
+    assert_eq!(replayed(&t)[0], 5);
+    let mut c = t.connect();
+    assert_eq!(answers(&mut c, &alice, &bob), before);
 }
 
 /// SIGSTOP / SIGCONT to a tracker this test started.
@@ -191,10 +249,17 @@ fn two_trackers_sharing_a_log_keep_one_state_while_one_compacts() {
     // behind the log's base and it loads the snapshot while running.
     signal(&t2, libc::SIGSTOP);
     let base_before = log_base(&data).lines;
+    let mut base_mid = base_before;
     for i in 0..45 {
         c1.ok(Some(&alice), "create_group", &[&format!("c{i}")]);
+        // The compaction due by the 20th change is made off the loop: let it
+        // finish, so the 25 changes after it make a second one due.
+        if i == 19 {
+            assert!(wait_until(WAIT, || log_base(&data).lines > base_before));
+            base_mid = log_base(&data).lines;
+        }
     }
-    assert!(compacted_past(&data, base_before + 40));
+    assert!(wait_until(WAIT, || log_base(&data).lines > base_mid));
     signal(&t2, libc::SIGCONT);
     t2.stderr.wait_for("the snapshot load", WAIT, |l| {
         l.contains("loaded the snapshot")
@@ -205,13 +270,17 @@ fn two_trackers_sharing_a_log_keep_one_state_while_one_compacts() {
     assert!(wait_until(WAIT, || seen(&mut c1, &alice) == groups + 46));
     // Tracker 2 only watching: tracker 1 compacts, then appends to the new
     // file; tracker 2's watcher follows it there.
+    // (Enough changes for a compaction to be due; it is made off the loop.)
     let base_before = log_base(&data).lines;
-    let mut more = 0;
-    while log_base(&data).lines == base_before {
-        assert!(more < 25, "no compaction after {more} changes");
-        c1.ok(Some(&alice), "create_group", &[&format!("d{more}")]);
-        more += 1;
+    let more = 20;
+    for i in 0..more {
+        c1.ok(Some(&alice), "create_group", &[&format!("d{i}")]);
     }
+    assert!(
+        wait_until(WAIT, || log_base(&data).lines != base_before),
+        "no compaction after {more} changes:\n{}",
+        t1.stderr.text()
+    );
     for i in 0..5 {
         c1.ok(Some(&alice), "create_group", &[&format!("e{i}")]);
     }

@@ -248,6 +248,50 @@ fn a_wiped_data_dir_catches_up_by_snapshot_and_tail() {
     assert_eq!(got.len(), 70, "{got:?}");
 }
 
+/// A snapshot is made off the loop in raft mode too: while every tracker's finished
+/// copy is held by the test-only gate, the cluster goes on committing and answering;
+/// once the copies are let go, the logs are compacted after them and stay equal.
+#[test]
+fn the_cluster_goes_on_while_snapshots_are_being_taken() {
+    let gate_dir = tempfile::tempdir().unwrap();
+    let gate = gate_dir.path().join("gate");
+    let gate_arg = gate.to_str().unwrap();
+    // One snapshot per tracker in this test (the next is due 15 entries later),
+    // so none rewrites a log while the end compares it with the cache.
+    let c = Cluster::start(&["--snapshot-every", "15", "--test-snapshot-gate", gate_arg]);
+    let leader = c.await_leader();
+    let mut conn = c.t(leader).connect();
+    let token = conn.user("ann", "pw");
+    for i in 0..13 {
+        conn.ok(Some(&token), "create_group", &[&format!("g{i}")]);
+    }
+    c.t(leader)
+        .stderr
+        .wait_for("the leader's copy held", WAIT, |l| {
+            l.contains("the snapshot copy is made, held until")
+        });
+    for i in 13..18 {
+        conn.ok(Some(&token), "create_group", &[&format!("g{i}")]);
+    }
+    assert_eq!(groups(&mut conn, &token).len(), 18);
+    // All committed and answered before any snapshot was installed.
+    for no in 1..=3 {
+        assert_eq!(log_base(&c.log(no)).lines, 0, "tracker {no}");
+    }
+    std::fs::write(&gate, b"").unwrap();
+    assert!(wait_until(WAIT, || log_base(&c.log(leader)).lines > 0));
+    conn.ok(Some(&token), "create_group", &["last"]);
+    let lines = await_same_logs(&c, &[1, 2, 3]);
+    assert_eq!(last_seq(&lines), 2 + 19);
+    for no in 1..=3 {
+        let (db, log) = (c.db(no), c.log(no));
+        assert!(
+            wait_until(WAIT, || dump(&db) == rebuilt(&log)),
+            "tracker {no}"
+        );
+    }
+}
+
 #[test]
 fn the_real_client_works_across_a_leader_kill() {
     let mut c = Cluster::start(&[]);

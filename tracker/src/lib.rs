@@ -42,6 +42,7 @@ pub mod operator_view;
 pub mod replication;
 pub mod server;
 pub mod snapshot;
+pub mod snapshot_job;
 pub mod status;
 pub mod status_html;
 pub mod store;
@@ -71,6 +72,8 @@ pub struct Options {
     pub seeder_timeout_secs: u64,
     /// Tests only: exit right after applying a change of this command, unanswered.
     pub test_exit_after_apply: Option<wire::command::CommandKind>,
+    /// Tests only: snapshot copies are held until this file exists.
+    pub test_snapshot_gate: Option<PathBuf>,
     /// Serve the operator view on this address.
     pub http: Option<String>,
     /// Show seeders' IP addresses on the operator view.
@@ -252,6 +255,10 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
         session_idle_ms: (opts.session_idle_days * 86_400_000.0) as u64,
         tickets: Some(issuer),
         snapshot_every: opts.snapshot_every,
+        test_snapshot_gate: opts
+            .test_snapshot_gate
+            .clone()
+            .map(|p| &*Box::leak(p.into_boxed_path())),
     };
     warn_if_few_fds(opts.limits.max_conns);
     let (mut server, waker) =

@@ -51,6 +51,10 @@ struct Args {
     /// a change of this command was appended and applied, before its reply is sent.
     #[arg(long, hide = true, value_name = "COMMAND", value_parser = parse_command_kind)]
     test_exit_after_apply: Option<CommandKind>,
+    /// For the end-to-end tests only: each snapshot copy (taken off the loop) is
+    /// held, once made, until this file exists: a slow copy, on demand.
+    #[arg(long, hide = true, value_name = "PATH")]
+    test_snapshot_gate: Option<PathBuf>,
     /// Serve the read-only operator view (/status, /status.json, /metrics) on
     /// this address, e.g. 127.0.0.1:9101. Off by default.
     #[arg(long, value_name = "ADDR")]
@@ -137,6 +141,7 @@ fn serve(args: Args) -> Result<(), tracker::TrackerError> {
         fsync: args.fsync,
         seeder_timeout_secs: args.seeder_timeout_secs,
         test_exit_after_apply: args.test_exit_after_apply,
+        test_snapshot_gate: args.test_snapshot_gate,
         http: args.http,
         http_show_peer_addrs: args.http_show_peer_addrs,
         session_idle_days: args.session_idle_days,

@@ -32,7 +32,8 @@ use crate::login_pool::{Done, Job, LoginPool};
 use crate::metrics::{self, Metrics};
 use crate::replication::driver::PEER_TOKEN_BASE;
 use crate::replication::peer_frame::is_peer_greeting;
-use crate::snapshot::Step;
+use crate::snapshot::{CacheCopy, Step};
+use crate::snapshot_job::{Progress, SnapshotJob};
 use crate::store::{self, Applied, Store};
 use crate::sync_log::{LogEntry, LogError, Stop, SyncLog};
 use crate::TrackerError;
@@ -105,9 +106,12 @@ pub struct Config {
     pub session_idle_ms: u64,
     /// The ticket signing key `file_info` uses (issue 12).
     pub tickets: Option<&'static crate::tickets::TicketIssuer>,
-    /// Shared-log mode: compact the log ([`crate::snapshot::compact`]) once it
-    /// holds this many entries (0: never).
+    /// Shared-log mode: compact the log ([`crate::snapshot`]) once it holds
+    /// this many entries (0: never).
     pub snapshot_every: u64,
+    /// Tests only: each snapshot copy, once made, is held until this file
+    /// exists ([`SnapshotJob`]'s gate).
+    pub test_snapshot_gate: Option<&'static std::path::Path>,
 }
 
 /// One client connection's state.
@@ -278,8 +282,8 @@ pub struct Server {
     next_conn_id: u64,
     /// `--replication raft`: the Raft driver and the changes in flight.
     raft: Option<RaftMode>,
-    /// After a failed compaction: not tried again before this.
-    compact_retry_at: Option<Instant>,
+    /// The snapshot copy in flight off the loop (both modes).
+    snapshots: SnapshotJob,
 }
 
 impl Server {
@@ -318,7 +322,10 @@ impl Server {
                 login_limiter: LoginLimiter::new(cfg.login_limits),
                 next_conn_id: 0,
                 raft: None,
-                compact_retry_at: None,
+                snapshots: SnapshotJob::new(
+                    crate::snapshot_job::RETRY_AFTER,
+                    cfg.test_snapshot_gate.map(std::path::Path::to_path_buf),
+                ),
             },
             waker,
         ))
@@ -835,42 +842,87 @@ impl Server {
         }
     }
 
-    /// Shared-log mode: compacts the log ([`crate::snapshot::compact`]) once it
-    /// holds `snapshot_every` entries past its base. Runs after a turn's replies
-    /// are flushed; a failure leaves the log as it was and is retried a minute
-    /// later.
+    /// Shared-log mode: once the log holds `snapshot_every` entries past its
+    /// base, starts a copy of the cache off the loop ([`SnapshotJob`]); a turn
+    /// after it finished, installs it and compacts the log
+    /// ([`crate::snapshot::install`]). A failure leaves the log as it was and
+    /// is retried a minute later.
     fn maybe_compact(&mut self) {
         let every = self.cfg.snapshot_every;
         let now = Instant::now();
+        match self.snapshots.poll(now) {
+            Progress::InFlight => return,
+            // A log found damaged meanwhile is not rewritten.
+            Progress::Finished(copy) if self.log_fault.is_some() => {
+                let _ = std::fs::remove_file(&copy.tmp);
+                return;
+            }
+            Progress::Finished(copy) => return self.install_snapshot(&copy, now),
+            Progress::Failed(why) => {
+                log::error!("the snapshot failed, the log is kept as it is: {why}");
+                return;
+            }
+            Progress::Idle => {}
+        }
         if every == 0 || self.log_fault.is_some() || self.cache_behind {
             return;
         }
-        if self.compact_retry_at.is_some_and(|at| now < at) {
-            return;
+        let due = self.snapshots.can_start(now)
+            && self
+                .store
+                .applied()
+                .is_ok_and(|a| a.lines >= self.log.base().lines.saturating_add(every));
+        if due {
+            self.start_snapshot(every, now);
         }
-        let due = self
-            .store
-            .applied()
-            .is_ok_and(|a| a.lines >= self.log.base().lines.saturating_add(every));
-        if !due {
-            return;
-        }
-        match crate::snapshot::compact(&mut self.log, &mut self.store, every, Step::Done) {
-            Ok(Some(base)) => {
-                self.metrics.snapshots_taken.inc();
+    }
+
+    /// Starts the copy of the cache if the log (maybe just compacted by
+    /// another tracker) still holds `every` entries past its base.
+    fn start_snapshot(&mut self, every: u64, now: Instant) {
+        let cache =
+            crate::snapshot::due(&mut self.log, &mut self.store, every).and_then(|due| match due {
+                true => crate::snapshot::cache_file(&self.store).map(Some),
+                false => Ok(None),
+            });
+        match cache {
+            Ok(Some(cache)) => {
+                let applied = self.store.applied().map_or(0, |a| a.lines);
                 log::info!(
-                    "tracker {}: snapshot taken and log compacted: it now starts after entry {} \
-                     ({} ms)",
-                    self.cfg.tracker_no,
-                    base.lines,
-                    now.elapsed().as_millis()
+                    "tracker {}: snapshot of the cache started off the loop ({applied} entries)",
+                    self.cfg.tracker_no
                 );
+                self.snapshots.start(now, move || {
+                    crate::snapshot::copy(&cache).map_err(|e| e.to_string())
+                });
             }
             Ok(None) => {}
             Err(e) if self.note_log_fault(&e) => {}
             Err(e) => {
                 log::error!("compaction failed, the log is kept as it is: {e}");
-                self.compact_retry_at = Some(now + Duration::from_secs(60));
+                self.snapshots.failed(now);
+            }
+        }
+    }
+
+    /// Installs a finished copy as the snapshot and compacts the log after it.
+    fn install_snapshot(&mut self, copy: &CacheCopy, started: Instant) {
+        match crate::snapshot::install(&mut self.log, copy, Step::Done) {
+            Ok(Some(base)) => {
+                self.metrics.snapshots_taken.inc();
+                log::info!(
+                    "tracker {}: snapshot taken and log compacted: it now starts after entry {} \
+                     (installed in {} ms)",
+                    self.cfg.tracker_no,
+                    base.lines,
+                    started.elapsed().as_millis()
+                );
+            }
+            Ok(None) => log::info!("the snapshot was overtaken by a newer one: dropped"),
+            Err(e) if self.note_log_fault(&e) => {}
+            Err(e) => {
+                log::error!("compaction failed, the log is kept as it is: {e}");
+                self.snapshots.failed(started);
             }
         }
     }

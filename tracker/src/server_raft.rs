@@ -213,6 +213,7 @@ impl Server {
             fsync: mode.fsync,
             log: &mut self.log,
             store: &mut self.store,
+            snapshots: &mut self.snapshots,
         };
         let waiting = &mut mode.waiting;
         let mut recheck = |db: &rusqlite::Connection, id: ProposalId| {

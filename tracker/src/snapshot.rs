@@ -2,17 +2,30 @@
 //!
 //! A snapshot is `<data-dir>/snapshot.db`: a consistent copy of a tracker's
 //! cache (`VACUUM INTO`), whose `applied_log` row names the log generation, the
-//! entries (`lines`) and the logical log offset it covers. Compaction ([`compact`])
-//! runs under the log's exclusive lock, with the cache caught up:
+//! entries (`lines`), the logical log offset and (raft mode) the Raft index it
+//! covers. Taking one has two halves, so that the long one runs off the loop
+//! ([`crate::snapshot_job`]):
 //!
-//! 1. `VACUUM INTO snapshot.db.tmp`, fsync, rename over `snapshot.db`, fsync
-//!    the directory ([`write`]);
+//! 0. [`copy`], on a thread: `VACUUM INTO <cache>.snapshot-tmp` from a read-only
+//!    connection of its own (the cache is WAL: one read transaction sees one
+//!    committed state, and the copy's `applied_log` row says exactly which),
+//!    switched to a plain rollback journal, fsynced. Nothing else is touched,
+//!    so the loop goes on applying and answering meanwhile.
+//!
+//! Then [`install`], on the loop, under the log's exclusive lock:
+//!
+//! 1. rename the copy over `snapshot.db`, fsync the directory;
 //! 2. write `sync_log.txt.compact-tmp`: a version line
 //!    `swarmshare-sync-log v2 <generation> after <lines> <offset>` and the log's
-//!    bytes from that offset on, fsync ([`SyncLog::write_compacted`]);
+//!    bytes from that offset on (the tail appended since the copy), fsync
+//!    ([`SyncLog::write_compacted`]);
 //! 3. rename it over `sync_log.txt`, fsync the directory
 //!    ([`SyncLog::install_compacted`]). The history before the base is dropped
 //!    (the snapshot holds its effect); nothing else is kept.
+//!
+//! A copy the log has moved past meanwhile (another tracker compacted further,
+//! a snapshot from the Raft leader replaced the state) or of another generation
+//! is deleted instead. [`compact`] runs both halves in a row (tests, tools).
 //!
 //! A crash before step 1's rename leaves the old snapshot (or none) and the old
 //! log; between 1 and 3 a snapshot newer than the log's base, which is fine (its
@@ -25,8 +38,10 @@
 
 use std::path::{Path, PathBuf};
 
+use rusqlite::{Connection, OpenFlags};
+
 use crate::store::{Store, StoreError};
-use crate::sync_log::{io_err, sync_dir, Base, Generation, LogError, SyncLog};
+use crate::sync_log::{io_err, sync_dir, Base, CachePos, Generation, LogError, SyncLog};
 use crate::TrackerError;
 
 /// File name of the snapshot inside the data dir.
@@ -43,62 +58,105 @@ pub enum Step {
     Done,
 }
 
+/// A copy of the cache made by [`copy`]: durable beside the snapshot, not
+/// installed yet.
+#[derive(Debug)]
+pub struct CacheCopy {
+    /// The copy's file ([`copy_path`]).
+    pub tmp: PathBuf,
+    /// What it covers: the cache's `applied_log` row as it was copied.
+    pub pos: CachePos,
+    /// The Raft index it covers (raft mode; 0 in shared-log mode).
+    pub raft_index: u64,
+    /// Raft mode: the snapshot as Raft carries it, read on the copy's thread.
+    pub raft_data: Option<Vec<u8>>,
+}
+
+impl CacheCopy {
+    /// The log base the copy covers.
+    pub fn base(&self) -> Base {
+        Base {
+            lines: self.pos.lines,
+            offset: self.pos.offset,
+        }
+    }
+}
+
 /// The snapshot's path in `dir`.
 pub fn path(dir: &Path) -> PathBuf {
     dir.join(SNAPSHOT_FILE)
 }
 
+/// Where [`copy`] writes the copy of the cache at `cache`: beside it, named
+/// after it (trackers sharing a data dir never write the same file).
+pub fn copy_path(cache: &Path) -> PathBuf {
+    let mut name = cache.as_os_str().to_os_string();
+    name.push(".snapshot-tmp");
+    PathBuf::from(name)
+}
+
 /// Makes `tmp` durable, then renames it to `to` in `dir` and makes that durable.
-fn install(tmp: &Path, to: &Path, dir: &Path) -> Result<(), LogError> {
-    std::fs::File::open(tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err(tmp))?;
+fn install_file(tmp: &Path, to: &Path, dir: &Path) -> Result<(), LogError> {
+    sync_file(tmp)?;
     std::fs::rename(tmp, to).map_err(io_err(to))?;
     sync_dir(dir).map_err(io_err(dir))
 }
 
-/// Step 1: writes `snapshot.db` in `dir` from `store` durably; returns the
-/// base it covers.
-pub fn write(store: &Store, dir: &Path) -> Result<Base, TrackerError> {
-    let pos = store.cache_pos()?;
-    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+fn sync_file(path: &Path) -> Result<(), LogError> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(path))
+}
+
+/// Step 0 (any thread): copies the cache at `cache` to [`copy_path`] from a
+/// read-only connection of its own, durably; returns what the copy covers.
+pub fn copy(cache: &Path) -> Result<CacheCopy, TrackerError> {
+    let tmp = copy_path(cache);
     let _ = std::fs::remove_file(&tmp);
-    store.vacuum_into(&tmp)?;
     {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let src = Connection::open_with_flags(cache, flags).map_err(StoreError::from)?;
+        src.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(StoreError::from)?;
+        crate::store::vacuum_into(&src, &tmp)?;
+    }
+    let (pos, raft_index) = {
+        let conn = Connection::open(&tmp).map_err(StoreError::from)?;
         // A plain rollback-journal file: no -wal beside a file that is renamed.
-        let conn = rusqlite::Connection::open(&tmp).map_err(StoreError::from)?;
         conn.pragma_update(None, "journal_mode", "DELETE")
             .map_err(StoreError::from)?;
-    }
-    install(&tmp, &path(dir), dir)?;
-    Ok(Base {
-        lines: pos.lines,
-        offset: pos.offset,
+        let pos = crate::store::cache_pos(&conn).map_err(StoreError::from)?;
+        let raft = crate::store::raft_applied(&conn).map_err(StoreError::from)?;
+        (pos, raft.index)
+    };
+    sync_file(&tmp)?;
+    Ok(CacheCopy {
+        tmp,
+        pos,
+        raft_index,
+        raft_data: None,
     })
 }
 
-/// Compacts the log: catches the cache up, writes the snapshot, then the log
-/// starting after it (see the module doc), stopping after `stop` (tests);
-/// `log` is the new file afterwards. Returns the new base, or `None` when the
-/// log (maybe just compacted by another tracker) holds fewer than `min_entries`
-/// (at least 1) entries past its base.
-pub fn compact(
+/// Steps 1-3 (the loop, under the log's exclusive lock): installs `copy` as
+/// `snapshot.db` and rewrites the log to start after it, stopping after
+/// `stop` (tests); `log` is the new file afterwards. Returns the new base, or
+/// `None` when the copy is of another generation or behind the log's base
+/// (then it is deleted). A copy at the base is installed, the log kept.
+pub fn install(
     log: &mut SyncLog,
-    store: &mut Store,
-    min_entries: u64,
+    copy: &CacheCopy,
     stop: Step,
 ) -> Result<Option<Base>, TrackerError> {
     let dir = log.path().parent().unwrap_or(Path::new(".")).to_path_buf();
     let lock = log.lock_current(true)?;
-    crate::server::catch_up(log, store)?;
-    // The cache holds this log (the catch-up checked it): the snapshot says so.
-    store.set_generation(log.generation())?;
-    let applied = store.applied()?;
-    if applied.lines < log.base().lines.saturating_add(min_entries.max(1)) {
+    let base = copy.base();
+    if copy.pos.generation != Some(log.generation()) || base.lines < log.base().lines {
+        let _ = std::fs::remove_file(&copy.tmp);
         return Ok(None);
     }
-    let base = write(store, &dir)?;
-    if stop == Step::Snapshot {
+    install_file(&copy.tmp, &path(&dir), &dir)?;
+    if stop == Step::Snapshot || base.lines == log.base().lines {
         return Ok(Some(base));
     }
     let tmp = log.write_compacted(base)?;
@@ -109,6 +167,45 @@ pub fn compact(
     *log = new;
     drop(lock); // the old file's lock: nobody appended to it meanwhile
     Ok(Some(base))
+}
+
+/// Whether the log holds at least `min_entries` (at least 1) entries past its
+/// base that the cache applied: catches the cache up first and stamps it with
+/// the log's generation (which the copy then names).
+pub fn due(log: &mut SyncLog, store: &mut Store, min_entries: u64) -> Result<bool, TrackerError> {
+    let _lock = log.lock_current(false)?;
+    crate::server::catch_up(log, store)?;
+    // The cache holds this log (the catch-up checked it): the snapshot says so.
+    store.set_generation(log.generation())?;
+    let applied = store.applied()?;
+    Ok(applied.lines >= log.base().lines.saturating_add(min_entries.max(1)))
+}
+
+/// The cache's file, which [`copy`] reads.
+pub fn cache_file(store: &Store) -> Result<PathBuf, TrackerError> {
+    store.path().map(Path::to_path_buf).ok_or_else(|| {
+        TrackerError::from(StoreError::Snapshot {
+            path: "(memory)".into(),
+            why: "an in-memory cache has no file to copy".into(),
+        })
+    })
+}
+
+/// Compacts the log in one go on this thread ([`due`], [`copy`], [`install`]),
+/// stopping after `stop` (tests); `log` is the new file afterwards. Returns the
+/// new base, or `None` when the log (maybe just compacted by another tracker)
+/// holds fewer than `min_entries` entries past its base.
+pub fn compact(
+    log: &mut SyncLog,
+    store: &mut Store,
+    min_entries: u64,
+    stop: Step,
+) -> Result<Option<Base>, TrackerError> {
+    if !due(log, store, min_entries)? {
+        return Ok(None);
+    }
+    let copy = copy(&cache_file(store)?)?;
+    install(log, &copy, stop)
 }
 
 /// Loads `snapshot.db` into a cache that is behind the log's base. The snapshot
@@ -194,7 +291,7 @@ pub fn restamp(dir: &Path, base: Base, generation: Generation) -> Result<(), Log
             base.offset
         )));
     }
-    install(&tmp, &snap, dir)
+    install_file(&tmp, &snap, dir)
 }
 
 #[cfg(test)]

@@ -165,19 +165,13 @@ impl Store {
         Ok(())
     }
 
-    /// Writes a consistent copy of the cache to `to` (`VACUUM INTO`, a new
-    /// file; one read transaction, so it is the state at one applied offset).
-    pub fn vacuum_into(&self, to: &Path) -> Result<(), StoreError> {
-        let to = to.to_str().ok_or_else(|| StoreError::Snapshot {
-            path: to.display().to_string(),
-            why: "the path is not UTF-8".into(),
-        })?;
-        self.conn.execute("VACUUM INTO ?1", [to])?;
-        Ok(())
+    /// The cache's file (`None` for an in-memory cache).
+    pub fn path(&self) -> Option<&Path> {
+        self.conn.path().filter(|p| !p.is_empty()).map(Path::new)
     }
 
     /// Replaces every table's rows by the snapshot's at `path` (a copy made by
-    /// [`Store::vacuum_into`]) in one transaction, if `accept` agrees to how far
+    /// [`vacuum_into`]) in one transaction, if `accept` agrees to how far
     /// the snapshot applied the log; returns that. The snapshot must have this
     /// tracker's schema version. On any error the cache is left as it was.
     pub fn load_snapshot(
@@ -274,6 +268,17 @@ pub fn cache_pos(db: &Connection) -> rusqlite::Result<CachePos> {
 pub fn set_applied(db: &Connection, a: Applied) -> rusqlite::Result<()> {
     db.prepare_cached("UPDATE applied_log SET offset = ?1, lines = ?2 WHERE id = 1")?
         .execute(params![a.offset as i64, a.lines as i64])?;
+    Ok(())
+}
+
+/// Writes a consistent copy of the database `db` to `to` (`VACUUM INTO`, a new
+/// file; one read transaction, so it is the state at one applied offset).
+pub fn vacuum_into(db: &Connection, to: &Path) -> Result<(), StoreError> {
+    let to = to.to_str().ok_or_else(|| StoreError::Snapshot {
+        path: to.display().to_string(),
+        why: "the path is not UTF-8".into(),
+    })?;
+    db.execute("VACUUM INTO ?1", [to])?;
     Ok(())
 }
 

@@ -36,13 +36,13 @@ impl StateMachine for Machine {
         Ok(())
     }
 
-    fn snapshot(&self) -> Result<(u64, Vec<u8>), MachineError> {
+    fn snapshot(&mut self) -> Result<Option<(u64, Vec<u8>)>, MachineError> {
         let mut out = Vec::new();
         for e in &self.entries {
             out.extend_from_slice(&(e.len() as u32).to_le_bytes());
             out.extend_from_slice(e);
         }
-        Ok((self.applied, out))
+        Ok(Some((self.applied, out)))
     }
 
     fn restore(&mut self, index: u64, mut data: &[u8]) -> Result<(), MachineError> {

@@ -355,7 +355,6 @@ impl RaftDriver {
             machine
                 .apply_committed(&actions.committed, recheck)
                 .map_err(|e| NodeError::Machine(Box::new(e)))?;
-            self.node.maybe_snapshot(machine)?;
             finished.committed = actions
                 .committed
                 .iter()
@@ -363,6 +362,8 @@ impl RaftDriver {
                 .collect();
             finished.failed = actions.failed;
         }
+        // Every turn: a snapshot made off the loop is picked up when it is done.
+        self.node.maybe_snapshot(machine)?;
         self.flush_and_reap(registry, now);
         Ok(finished)
     }

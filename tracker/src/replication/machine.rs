@@ -15,24 +15,31 @@
 //! Raft entries they came from, so they are never appended twice.
 //!
 //! # Snapshots
-//! `snapshot` = this tracker's `snapshot.db` ([`crate::snapshot::write`]: a consistent
-//! copy of the cache whose `applied_log` row names the generation, entries and log
-//! offset it covers, and whose `raft_index` is the snapshot's index), in one blob:
-//! `"swarmshare-snapshot v2\n"` and the db. Taking it also compacts this tracker's
-//! `sync_log.txt` to start after it ([`crate::snapshot`]); the next append follows
-//! the new file ([`SyncLog::lock_current`]). `restore` keeps the blob as
-//! `snapshot.db`, makes it the cache and writes a log of the same generation that
-//! starts after it (no entry yet): the entries after the snapshot then come from
-//! Raft and get the same numbers and lines as on the others. So a snapshot is the
-//! size of the state, not of the history (it must fit one peer frame,
+//! `snapshot` = this tracker's `snapshot.db` (a consistent copy of the cache whose
+//! `applied_log` row names the generation, entries and log offset it covers, and whose
+//! `raft_index` is the snapshot's index), in one blob: `"swarmshare-snapshot v2\n"` and
+//! the db. It is taken off the loop ([`crate::snapshot_job`]): the first call starts a
+//! copy of the cache on a thread ([`crate::snapshot::copy`], which also reads the blob
+//! there) and returns `None`; a call after it finished installs it and compacts this
+//! tracker's `sync_log.txt` to start after it ([`crate::snapshot::install`], the same
+//! code as shared-log mode) and returns it. Meanwhile raft-rs gets the snapshot stored
+//! before, or `SnapshotTemporarilyUnavailable` (and asks again) when a follower needs a
+//! newer one. `restore` keeps the blob as `snapshot.db`, makes it the cache and writes a
+//! log of the same generation that starts after it (no entry yet): the entries after
+//! the snapshot then come from Raft and get the same numbers and lines as on the
+//! others; a copy in flight then is of a replaced state and is dropped. So a snapshot
+//! is the size of the state, not of the history (it must fit one peer frame,
 //! [`super::peer_frame::DEFAULT_MAX_FRAME`]).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use rusqlite::Connection;
 
 use super::node::{Committed, MachineError, ProposalId, StateMachine};
+use crate::snapshot::{CacheCopy, Step};
+use crate::snapshot_job::{Progress, SnapshotJob};
 use crate::store::{self, Applied, RaftApplied, Store};
 use crate::sync_log::{Base, FsyncMode, Generation, Header, LogEntry, SyncLog, FIRST_ENTRY};
 
@@ -82,6 +89,8 @@ pub struct LogMachine<'a> {
     pub fsync: FsyncMode,
     pub log: &'a mut SyncLog,
     pub store: &'a mut Store,
+    /// The snapshot copy in flight off the loop.
+    pub snapshots: &'a mut SnapshotJob,
 }
 
 impl LogMachine<'_> {
@@ -155,32 +164,62 @@ impl LogMachine<'_> {
         Ok(())
     }
 
-    fn take_snapshot(&self) -> Result<(u64, Vec<u8>), MachineFault> {
-        let index = store::raft_applied(self.store.conn())?.index;
-        let base = crate::snapshot::write(self.store, self.dir)
-            .map_err(|e| MachineFault::Snapshot(e.to_string()))?;
-        {
-            let _lock = self.log.lock_exclusive()?;
-            if base.lines > self.log.base().lines {
-                let tmp = self.log.write_compacted(base)?;
-                self.log.install_compacted(&tmp)?;
+    /// Raft's snapshot, taken off the loop (see the module doc): `None` until a
+    /// copy is done and installed. A failure is logged and retried a minute later.
+    fn poll_snapshot(&mut self) -> Option<(u64, Vec<u8>)> {
+        let now = Instant::now();
+        match self.snapshots.poll(now) {
+            Progress::InFlight => None,
+            Progress::Idle => {
+                self.start_snapshot(now);
+                None
             }
+            Progress::Failed(why) => {
+                let no = self.tracker_no;
+                log::error!("tracker {no}: the snapshot failed (retried in a minute): {why}");
+                None
+            }
+            Progress::Finished(copy) => match self.install_snapshot(copy) {
+                Ok(taken) => taken,
+                Err(e) => {
+                    let no = self.tracker_no;
+                    log::error!("tracker {no}: the snapshot failed (retried in a minute): {e}");
+                    self.snapshots.failed(now);
+                    None
+                }
+            },
         }
-        let path = crate::snapshot::path(self.dir);
-        let mut db = Vec::new();
-        std::fs::File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut db))
-            .map_err(io_at(&path))?;
-        let mut out = Vec::with_capacity(SNAPSHOT_MAGIC.len() + db.len());
-        out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.extend_from_slice(&db);
-        Ok((index, out))
+    }
+
+    fn start_snapshot(&mut self, now: Instant) {
+        let cache = self.db_path();
+        self.snapshots.start(now, move || {
+            let mut copy = crate::snapshot::copy(&cache).map_err(|e| e.to_string())?;
+            copy.raft_data = Some(snapshot_data(&copy.tmp).map_err(|e| e.to_string())?);
+            Ok(copy)
+        });
+    }
+
+    /// Installs a finished copy and compacts the log; `None` when the log has
+    /// moved past it (a restored snapshot).
+    fn install_snapshot(
+        &mut self,
+        copy: CacheCopy,
+    ) -> Result<Option<(u64, Vec<u8>)>, MachineFault> {
+        let installed = crate::snapshot::install(self.log, &copy, Step::Done)
+            .map_err(|e| MachineFault::Snapshot(e.to_string()))?;
+        let (Some(_), Some(data)) = (installed, copy.raft_data) else {
+            return Ok(None);
+        };
+        Ok(Some((copy.raft_index, data)))
     }
 
     fn restore_snapshot(&mut self, index: u64, data: &[u8]) -> Result<(), MachineFault> {
         let db = data
             .strip_prefix(SNAPSHOT_MAGIC)
             .ok_or(MachineFault::BadSnapshot)?;
+        // A copy in flight is of the state replaced here.
+        self.snapshots.discard();
         let snap = crate::snapshot::path(self.dir);
         let snap_new = self.dir.join("snapshot.db.restore");
         write_synced(&snap_new, db)?;
@@ -236,6 +275,16 @@ fn snapshot_base(path: &Path) -> Result<(Generation, Base), MachineFault> {
     Ok((generation, base))
 }
 
+/// The snapshot as Raft carries it: the magic line and the db file at `path`.
+fn snapshot_data(path: &Path) -> Result<Vec<u8>, MachineFault> {
+    let mut file = std::fs::File::open(path).map_err(io_at(path))?;
+    let len = file.metadata().map_or(0, |m| m.len());
+    let mut out = Vec::with_capacity(SNAPSHOT_MAGIC.len() + len as usize);
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    file.read_to_end(&mut out).map_err(io_at(path))?;
+    Ok(out)
+}
+
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), MachineFault> {
     use std::io::Write;
     let mut f = std::fs::File::create(path).map_err(io_at(path))?;
@@ -259,8 +308,8 @@ impl StateMachine for LogMachine<'_> {
         Ok(self.apply_committed(&[one], &mut |_, _| {})?)
     }
 
-    fn snapshot(&self) -> Result<(u64, Vec<u8>), MachineError> {
-        Ok(self.take_snapshot()?)
+    fn snapshot(&mut self) -> Result<Option<(u64, Vec<u8>)>, MachineError> {
+        Ok(self.poll_snapshot())
     }
 
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), MachineError> {
@@ -326,18 +375,35 @@ mod tests {
         }
     }
 
+    /// Asks for a snapshot until the copy made off the loop is done (bounded).
+    fn snapshot_now(m: &mut LogMachine<'_>) -> (u64, Vec<u8>) {
+        for _ in 0..10_000 {
+            if let Some(taken) = m.snapshot().unwrap() {
+                return taken;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("the snapshot copy never finished");
+    }
+
+    fn job() -> SnapshotJob {
+        SnapshotJob::new(crate::snapshot_job::RETRY_AFTER, None)
+    }
+
     #[test]
     fn applies_once_in_order_and_snapshot_restores_elsewhere() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let mut log = SyncLog::open(a.path(), FsyncMode::Batch).unwrap();
         let mut st = Store::open(&a.path().join("tracker1.db")).unwrap();
         st.set_generation(log.generation()).unwrap();
+        let (mut job_a, mut job_b) = (job(), job());
         let mut m = LogMachine {
             dir: a.path(),
             tracker_no: 1,
             fsync: FsyncMode::Batch,
             log: &mut log,
             store: &mut st,
+            snapshots: &mut job_a,
         };
         let mut seen = Vec::new();
         let batch = [committed(2, "ann"), committed(4, "bob")];
@@ -348,7 +414,8 @@ mod tests {
         assert_eq!(m.applied_index(), 4);
         let text = std::fs::read_to_string(m.log.path()).unwrap();
         assert_eq!(text.lines().count(), 3, "{text}");
-        let (index, snap) = m.snapshot().unwrap();
+        assert_eq!(m.snapshot().unwrap(), None, "the first call starts a copy");
+        let (index, snap) = snapshot_now(&mut m);
         assert_eq!(index, 4);
         // The snapshot is the db alone, and it compacted this tracker's log.
         assert!(!snap.windows(4).any(|w| w == b"ann "), "no log lines in it");
@@ -364,6 +431,7 @@ mod tests {
             fsync: FsyncMode::Batch,
             log: &mut log_b,
             store: &mut st_b,
+            snapshots: &mut job_b,
         };
         mb.restore(index, &snap).unwrap();
         mb.apply_committed(&[committed(5, "cy")], &mut |_, _| {})

@@ -50,9 +50,11 @@
 //! overwritten, so changes must stay safe to retry (the exactly-once request ids).
 //!
 //! # Snapshots
-//! [`StateMachine::snapshot`] is taken every `snapshot_every` applied entries and
+//! [`StateMachine::snapshot`] is asked for every `snapshot_every` applied entries (and
+//! each turn after, until the machine, which makes it off the loop, has it) and
 //! stored with the log before it compacted; a lagging or empty tracker receives it
-//! from the leader and [`StateMachine::restore`]s it.
+//! from the leader and [`StateMachine::restore`]s it. While a newer one is being made,
+//! raft-rs gets the stored one, or `SnapshotTemporarilyUnavailable` (it asks again).
 //!
 //! # Limits (known, for the integration step)
 //! - Membership is static: every tracker of tracker_info.txt is a voter from the start
@@ -89,8 +91,10 @@ pub trait StateMachine {
     fn applied_index(&self) -> u64;
     /// Applies one committed entry's data; `index` only grows.
     fn apply(&mut self, index: u64, data: &[u8]) -> Result<(), MachineError>;
-    /// A consistent copy of the whole state and the index it covers.
-    fn snapshot(&self) -> Result<(u64, Vec<u8>), MachineError>;
+    /// A consistent copy of the whole state and the index it covers, made
+    /// without blocking: starts one if none is being made, and returns one once
+    /// it is done (`None` meanwhile: the node asks again next turn).
+    fn snapshot(&mut self) -> Result<Option<(u64, Vec<u8>)>, MachineError>;
     /// Replaces the whole state by a snapshot covering `index`.
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), MachineError>;
 }
@@ -729,15 +733,28 @@ impl RaftNode {
         self.maybe_snapshot(sm)
     }
 
-    /// Takes a snapshot and compacts the log once `snapshot_every` entries were applied.
-    pub fn maybe_snapshot(&mut self, sm: &dyn StateMachine) -> Result<(), NodeError> {
+    /// Once `snapshot_every` entries were applied, asks the state machine for a
+    /// snapshot (every turn until it has one) and keeps it, compacting the log.
+    pub fn maybe_snapshot(&mut self, sm: &mut dyn StateMachine) -> Result<(), NodeError> {
         let store = self.raw.store();
         if sm.applied_index() < store.snapshot_index() + self.config.snapshot_every {
             return Ok(());
         }
-        let (index, data) = sm.snapshot().map_err(NodeError::Machine)?;
+        let Some((index, data)) = sm.snapshot().map_err(NodeError::Machine)? else {
+            return Ok(());
+        };
         let keep = self.config.keep_entries;
-        self.raw.mut_store().store_snapshot(index, &data, keep)?;
+        let store = self.raw.mut_store();
+        match &self.writer {
+            // Written behind, after the staged `Ready`s (a 144 MB row is no fsync
+            // for the loop to wait on).
+            Some(writer) => {
+                if let Some(job) = store.stage_snapshot(self.staged_ready, index, data, keep)? {
+                    writer.send(job)?;
+                }
+            }
+            None => store.store_snapshot(index, data, keep)?,
+        }
         self.snapshots_taken += 1;
         log::debug!(
             "tracker {}: snapshot at {index}, log compacted",

@@ -13,6 +13,7 @@ use super::driver::{RaftDriver, ELECTION_TICKS, HEARTBEAT_TICKS, PROPOSAL_DEADLI
 use super::machine::{self, LogMachine, MachineFault};
 use super::node::{NodeConfig, RaftNode};
 use super::storage::RaftStorage;
+use crate::snapshot_job::SnapshotJob;
 use crate::store::Store;
 use crate::sync_log::{FsyncMode, SyncLog};
 use crate::TrackerError;
@@ -45,12 +46,15 @@ pub fn start(
     let storage =
         RaftStorage::open(&dir.join(format!("raft{tracker_no}.db")), &voters).map_err(raft_err)?;
     machine::reconcile(store, |from, _| changes_from(&storage, from)).map_err(raft_err)?;
+    // (Opening only restores a snapshot; none is taken here.)
+    let mut snapshots = SnapshotJob::new(crate::snapshot_job::RETRY_AFTER, None);
     let mut machine = LogMachine {
         dir,
         tracker_no: tracker_no as u32,
         fsync,
         log,
         store,
+        snapshots: &mut snapshots,
     };
     let mut config = NodeConfig::new(me, voters);
     config.proposal_deadline = PROPOSAL_DEADLINE;

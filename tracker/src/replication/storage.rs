@@ -30,7 +30,9 @@
 //! once (its async-ready contract), and handed to the writer thread as a [`WriteJob`]
 //! that it commits ([`write_jobs`], one fsynced transaction for every job it finds
 //! queued) on a connection of its own. [`RaftStorage::written`] then drops the
-//! in-memory copies. Nothing here is durable until the writer says so; the node holds
+//! in-memory copies. A snapshot this tracker took goes the same way
+//! ([`RaftStorage::stage_snapshot`]: its row and the entries it drops are written
+//! behind the staged `Ready`s, so the loop never waits on a state-sized write). Nothing here is durable until the writer says so; the node holds
 //! back whatever depends on it (see `node.rs`).
 //!
 //! The commit index learned from a `LightReady` is kept in memory and written with the
@@ -268,7 +270,8 @@ impl RaftStorage {
         Some(WriteJob {
             number,
             entries: entries.to_vec(),
-            hard_state: hs,
+            hard_state: Some(hs),
+            snapshot: None,
         })
     }
 
@@ -338,15 +341,34 @@ impl RaftStorage {
 
     /// Keeps the state machine's snapshot taken at `index` (which must be applied,
     /// so committed and in the log) and drops the entries before it, but for the last
-    /// `keep_entries` ones (so a slightly lagging follower needs no snapshot).
+    /// `keep_entries` ones (so a slightly lagging follower needs no snapshot), in one
+    /// transaction here. The node with a writer thread uses [`Self::stage_snapshot`].
     pub fn store_snapshot(
         &mut self,
         index: u64,
-        data: &[u8],
+        data: Vec<u8>,
         keep_entries: u64,
     ) -> Result<(), StorageError> {
+        match self.stage_snapshot(0, index, data, keep_entries)? {
+            Some(job) => write_jobs(&mut self.conn, &[job]),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Self::store_snapshot`] written behind: in memory at once (raft-rs then no
+    /// longer reads the dropped entries; [`Storage::snapshot`] serves the stored one,
+    /// or `SnapshotTemporarilyUnavailable`, until the row is written) and returned as
+    /// the job (numbered `number`, the last staged `Ready`'s) that writes the row and
+    /// drops the entries. `None`: not newer than the snapshot kept.
+    pub fn stage_snapshot(
+        &mut self,
+        number: u64,
+        index: u64,
+        data: Vec<u8>,
+        keep_entries: u64,
+    ) -> Result<Option<WriteJob>, StorageError> {
         if index <= self.snapshot_index {
-            return Ok(());
+            return Ok(None);
         }
         let term = self.term(index).map_err(|e| {
             StorageError::Corrupt(format!("snapshot at {index}: no term for it ({e})"))
@@ -354,16 +376,21 @@ impl RaftStorage {
         let compact_to = (index + 1)
             .saturating_sub(keep_entries)
             .max(self.first_index);
-        let tx = self.conn.transaction()?;
-        write_snapshot(&tx, index, term, &self.conf_state.voters, data)?;
-        tx.execute("DELETE FROM raft_entries WHERE idx < ?1", [compact_to])?;
-        tx.commit()?;
         self.snapshot_index = index;
         self.snapshot_term = term;
-        if compact_to > self.first_index {
-            self.first_index = compact_to;
-        }
-        Ok(())
+        self.first_index = compact_to;
+        Ok(Some(WriteJob {
+            number,
+            entries: Vec::new(),
+            hard_state: None,
+            snapshot: Some(SnapshotWrite {
+                index,
+                term,
+                voters: self.conf_state.voters.clone(),
+                data,
+                compact_to,
+            }),
+        }))
     }
 
     /// The index the newest snapshot covers (0: none yet).
@@ -463,8 +490,22 @@ pub struct WriteJob {
     pub number: u64,
     /// New entries; they replace any stored suffix from the first one's index.
     pub entries: Vec<Entry>,
-    /// The hard state as of this `Ready`.
-    pub hard_state: HardState,
+    /// The hard state as of this `Ready` (`None`: a snapshot's job, which leaves
+    /// it as it is).
+    pub hard_state: Option<HardState>,
+    /// A snapshot this tracker took, with the entries it lets go.
+    pub snapshot: Option<SnapshotWrite>,
+}
+
+/// The `raft_snapshot` row of a snapshot this tracker took, and the first entry
+/// kept after it (the ones before are deleted in the same transaction).
+#[derive(Debug)]
+pub struct SnapshotWrite {
+    index: u64,
+    term: u64,
+    voters: Vec<u64>,
+    data: Vec<u8>,
+    compact_to: u64,
 }
 
 /// Opens a connection to `raft<N>.db`: WAL, `synchronous = FULL` (a commit is
@@ -479,14 +520,20 @@ pub fn open_connection(path: &Path) -> Result<Connection, StorageError> {
 
 /// Writes `jobs` in order in one transaction (one fsync): the writer thread's work.
 pub fn write_jobs(conn: &mut Connection, jobs: &[WriteJob]) -> Result<(), StorageError> {
-    let Some(last) = jobs.last() else {
+    if jobs.is_empty() {
         return Ok(());
-    };
+    }
     let tx = conn.transaction()?;
     for job in jobs {
         write_entries(&tx, &job.entries)?;
+        if let Some(snap) = &job.snapshot {
+            write_snapshot(&tx, snap.index, snap.term, &snap.voters, &snap.data)?;
+            tx.execute("DELETE FROM raft_entries WHERE idx < ?1", [snap.compact_to])?;
+        }
     }
-    write_hard_state(&tx, &last.hard_state)?;
+    if let Some(hs) = jobs.iter().rev().find_map(|j| j.hard_state.as_ref()) {
+        write_hard_state(&tx, hs)?;
+    }
     tx.commit()?;
     Ok(())
 }
@@ -649,7 +696,7 @@ mod tests {
             // A conflicting suffix from a newer leader replaces 8..=10.
             s.persist(None, &[entry(8, 2, b"x")], None).unwrap();
             s.set_commit(8);
-            s.store_snapshot(6, b"state at 6", 2).unwrap();
+            s.store_snapshot(6, b"state at 6".to_vec(), 2).unwrap();
         }
         let s = RaftStorage::open(&path, &[1, 2, 3]).unwrap();
         assert_eq!(s.hard_state().vote, 2);
