@@ -86,6 +86,9 @@ pub struct Options {
     /// A snapshot (and log compaction) every this many applied changes, in
     /// both modes (0: never; raft mode needs at least 1).
     pub snapshot_every: u64,
+    /// Largest payload of one tracker-to-tracker frame (raft mode; a larger
+    /// message is sent in several). Tests lower it to split small snapshots.
+    pub raft_max_frame: usize,
 }
 
 /// `--replication`: how the trackers of one tracker_info.txt keep one history.
@@ -225,6 +228,10 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
                 opts.tracker_no,
                 &addrs,
                 opts.snapshot_every.max(1),
+                replication::peer_frame::LinkLimits {
+                    max_frame: opts.raft_max_frame,
+                    ..Default::default()
+                },
                 opts.fsync,
                 &mut log,
                 &mut store,

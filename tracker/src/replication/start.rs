@@ -12,6 +12,7 @@ use super::cluster_key;
 use super::driver::{RaftDriver, ELECTION_TICKS, HEARTBEAT_TICKS, PROPOSAL_DEADLINE};
 use super::machine::{self, LogMachine, MachineFault};
 use super::node::{NodeConfig, RaftNode};
+use super::peer_frame::LinkLimits;
 use super::storage::RaftStorage;
 use crate::store::Store;
 use crate::sync_log::{FsyncMode, SyncLog};
@@ -28,6 +29,7 @@ pub fn start(
     tracker_no: usize,
     trackers: &[String],
     snapshot_every: u64,
+    limits: LinkLimits,
     fsync: FsyncMode,
     log: &mut SyncLog,
     store: &mut Store,
@@ -71,7 +73,13 @@ pub fn start(
         trackers.len(),
         node.term()
     );
-    Ok(RaftDriver::new(node, key.bytes(), peers, Instant::now()))
+    Ok(RaftDriver::new(
+        node,
+        key.bytes(),
+        limits,
+        peers,
+        Instant::now(),
+    ))
 }
 
 /// (index, is a change) of the stored Raft entries from `from` on.
