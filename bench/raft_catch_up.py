@@ -38,11 +38,18 @@ PIECE_SIZE = 512 * 1024
 
 
 def upload(conn, token, i):
+    """One 4 MB change; resent (the same file) while the cluster says no quorum:
+    the leader's loop pauses while it snapshots a state this big."""
     hashes = os.urandom(PIECES * 20).hex()
-    ok, head, _ = conn.call(token, "upload_file", "big", f"file{i}", PIECES * PIECE_SIZE,
-                            PIECE_SIZE, os.urandom(20).hex(), hashes, "127.0.0.1:7000")
-    if not ok:
-        raise RuntimeError(f"upload {i}: {head}")
+    args = ("big", f"file{i}", PIECES * PIECE_SIZE, PIECE_SIZE, os.urandom(20).hex(), hashes,
+            "127.0.0.1:7000")
+    for _ in range(10):
+        ok, head, _ = conn.call(token, "upload_file", *args)
+        if ok:
+            return
+        if "no quorum" not in str(head):
+            break
+    raise RuntimeError(f"upload {i}: {head}")
 
 
 def file_count(addr, token):

@@ -223,19 +223,7 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
         Replication::SharedLog => None,
         Replication::Raft => {
             let addrs: Vec<String> = trackers.iter().map(|t| t.to_string()).collect();
-            let driver = replication::start::start(
-                dir,
-                opts.tracker_no,
-                &addrs,
-                opts.snapshot_every.max(1),
-                replication::peer_frame::LinkLimits {
-                    max_frame: opts.raft_max_frame,
-                    ..Default::default()
-                },
-                opts.fsync,
-                &mut log,
-                &mut store,
-            )?;
+            let driver = replication::start::start(dir, opts, &addrs, &mut log, &mut store)?;
             Some(server::RaftMode::new(driver, dir.clone(), opts.fsync))
         }
     };
