@@ -115,6 +115,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tracker", default="target/release/tracker")
     ap.add_argument("--files", type=int, default=38)
+    ap.add_argument("--logs", default=".", help="where the trackers' logs are written")
     a = ap.parse_args()
     root = tempfile.mkdtemp(prefix="raft_catch_up.")
     ts = cluster(os.path.abspath(a.tracker), root, ["--snapshot-every", "10"])
@@ -132,7 +133,7 @@ def main():
         c.close()
         out["load_secs"] = round(time.monotonic() - t0, 1)
         victim = next(t for t in ts if t is not lead)
-        if not wait_for(lambda: file_count(victim.addr, token) == a.files, 300):
+        if not wait_for(lambda: file_count(victim.addr, token) == a.files, 120):
             raise RuntimeError("the follower never caught up before the wipe")
         snap = os.path.join(lead.data, "snapshot.db")
         wait_for(lambda: os.path.exists(snap) and os.path.getsize(snap) > 100e6, 120)
@@ -148,7 +149,7 @@ def main():
         t_spawn = time.monotonic()
         victim.start()
         out["listening_secs"] = round(time.monotonic() - t_spawn, 2)
-        caught = wait_for(lambda: file_count(victim.addr, token) == a.files, 600, step=0.2)
+        caught = wait_for(lambda: file_count(victim.addr, token) == a.files, 240, step=0.2)
         out["caught_up_secs"] = round(time.monotonic() - t_spawn, 2) if caught else None
         restored = first_line_at(victim, "restored a snapshot", t_spawn)
         out["restored_snapshot_secs"] = round(restored, 2) if restored is not None else None
@@ -158,9 +159,12 @@ def main():
         out["victim_warnings"] = [l.strip() for _, l in victim.lines if "WARN" in l][:5]
     finally:
         for t in ts:
+            out[f"tracker{t.no}_exit"] = t.proc.poll()
             t.kill9()
+            with open(os.path.join(a.logs, f"tracker{t.no}.log"), "w") as f:
+                f.writelines(line for _, line in t.lines)
         shutil.rmtree(root, ignore_errors=True)
-    print(json.dumps(out, indent=1))
+        print(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

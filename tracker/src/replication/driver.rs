@@ -12,7 +12,9 @@
 //! closed and dialled again after a back-off that doubles from 100 ms to 1 s.
 //! A message for a tracker whose link is down, or whose send queue holds more than
 //! [`MAX_QUEUE`] bytes, is dropped and raft-rs is told (`report_unreachable`): Raft
-//! itself retransmits. An accepted connection must authenticate within
+//! itself retransmits. A message is checked against the queue before it is added, so
+//! the queue holds at most `MAX_QUEUE` plus one message: a snapshot larger than a
+//! frame is queued whole, as parts the link writes as the socket drains. An accepted connection must authenticate within
 //! [`HANDSHAKE_TIME`]; at most [`MAX_ACCEPTED`] accepted links exist at once.
 //!
 //! # Time
