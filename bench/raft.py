@@ -45,8 +45,9 @@ def free_port():
 
 
 class Tracker:
-    def __init__(self, binary, info, no, data):
+    def __init__(self, binary, info, no, data, extra=()):
         self.binary, self.info, self.no, self.data = binary, info, no, data
+        self.extra = list(extra)
         self.proc, self.lines, self.addr = None, [], None
 
     def start(self):
@@ -58,7 +59,8 @@ class Tracker:
             os.chmod(key, 0o600)
         self.lines = []
         self.proc = subprocess.Popen(
-            [self.binary, self.info, str(self.no), "--data-dir", self.data, "--replication", "raft"],
+            [self.binary, self.info, str(self.no), "--data-dir", self.data, "--replication", "raft"]
+            + self.extra,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         threading.Thread(target=self._tap, args=(self.proc.stderr,), daemon=True).start()
         line = self.proc.stdout.readline()
@@ -138,12 +140,12 @@ def leader(trackers, timeout=20):
     raise RuntimeError("no leader")
 
 
-def cluster(binary, root):
+def cluster(binary, root, extra=()):
     ports = [free_port() for _ in range(3)]
     info = os.path.join(root, "tracker_info.txt")
     with open(info, "w") as f:
         f.write("".join(f"127.0.0.1:{p}\n" for p in ports))
-    ts = [Tracker(binary, info, i + 1, os.path.join(root, f"host{i + 1}")) for i in range(3)]
+    ts = [Tracker(binary, info, i + 1, os.path.join(root, f"host{i + 1}"), extra) for i in range(3)]
     ts[0].start()
     for t in ts[1:]:
         os.makedirs(t.data, exist_ok=True)

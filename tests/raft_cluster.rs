@@ -4,8 +4,9 @@
 //! acknowledged change; the logs of the trackers are identical and each cache equals
 //! a rebuild from its own log; an outsider speaking the Raft greeting changes
 //! nothing; without a majority a change is refused within 5 s while reads go on; a
-//! tracker whose data dir was wiped catches up by snapshot; the real client works
-//! across a leader kill.
+//! tracker whose data dir was wiped catches up by snapshot, also when the snapshot
+//! is larger than one peer frame (`--raft-max-frame`, a test-only flag, makes the
+//! frame smaller than a small state); the real client works across a leader kill.
 //!
 //! Separate hosts are stood in for by separate data dirs and ports on one host, and
 //! a lost majority by killing trackers (`kill -9`), not by cutting links: the
@@ -109,12 +110,12 @@ fn an_outsider_speaking_raft_changes_nothing() {
         let claimed = if target == 1 { 2 } else { 1 };
         let mut s = TcpStream::connect(&c.t(target).addr).unwrap();
         s.set_read_timeout(Some(WAIT)).unwrap();
-        let greeting = format!("SWARMSHARE-RAFT v1 {claimed} {}\n", "ab".repeat(32));
+        let greeting = format!("SWARMSHARE-RAFT v2 {claimed} {}\n", "ab".repeat(32));
         s.write_all(greeting.as_bytes()).unwrap();
         let mut reply = [0u8; 512];
         let n = s.read(&mut reply).unwrap();
         assert!(
-            reply[..n].starts_with(b"SWARMSHARE-RAFT v1 "),
+            reply[..n].starts_with(b"SWARMSHARE-RAFT v2 "),
             "{:?}; stderr:\n{}",
             &reply[..n],
             c.t(target).stderr.text()
@@ -138,6 +139,7 @@ fn an_outsider_speaking_raft_changes_nothing() {
             0x07,
         ];
         let mut frame = (vote.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&0u64.to_be_bytes());
         frame.extend_from_slice(&vote);
         frame.extend_from_slice(&[0x11; 32]);
         let _ = s.write_all(&frame);
@@ -154,7 +156,7 @@ fn an_outsider_speaking_raft_changes_nothing() {
         // Frames without any handshake: bounded and ignored, then closed.
         let mut s = TcpStream::connect(&c.t(target).addr).unwrap();
         s.set_read_timeout(Some(WAIT)).unwrap();
-        let _ = s.write_all(b"SWARMSHARE-RAFT v1 3 zz\n");
+        let _ = s.write_all(b"SWARMSHARE-RAFT v2 3 zz\n");
         let _ = s.write_all(&frame);
         let mut rest = Vec::new();
         let _ = s.read_to_end(&mut rest);
@@ -213,7 +215,29 @@ fn without_a_majority_changes_are_refused_within_5s_and_reads_go_on() {
 
 #[test]
 fn a_wiped_data_dir_catches_up_by_snapshot_and_tail() {
-    let mut c = Cluster::start(&["--raft-snapshot-every", "20"]);
+    wipe_one_and_catch_up(&["--raft-snapshot-every", "20"]);
+}
+
+#[test]
+fn a_wiped_data_dir_catches_up_by_a_snapshot_larger_than_a_frame() {
+    let frame: u64 = 4096;
+    let flags = [
+        "--snapshot-every",
+        "20",
+        "--raft-max-frame",
+        &frame.to_string(),
+    ];
+    let (c, wiped) = wipe_one_and_catch_up(&flags);
+    let restored = tracker::snapshot::path(&c.dirs[wiped - 1]);
+    let size = std::fs::metadata(&restored).unwrap().len();
+    assert!(size > 4 * frame, "the snapshot ({size} bytes) spans frames");
+}
+
+/// Starts a cluster with `extra` flags, makes 60 changes, wipes one follower's data
+/// dir, makes 10 more, restarts it and checks it caught up by a snapshot and the
+/// tail. The cluster and the wiped tracker's number.
+fn wipe_one_and_catch_up(extra: &[&str]) -> (Cluster, usize) {
+    let mut c = Cluster::start(extra);
     let leader = c.await_leader();
     let wiped = if leader == 3 { 2 } else { 3 };
     let mut conn = c.t(leader).connect();
@@ -246,6 +270,7 @@ fn a_wiped_data_dir_catches_up_by_snapshot_and_tail() {
     assert!(wait_until(WAIT, || dump(&c.db(wiped)) == rebuilt(&c.log(wiped))));
     let got = groups(&mut c.t(wiped).connect(), &token);
     assert_eq!(got.len(), 70, "{got:?}");
+    (c, wiped)
 }
 
 /// A snapshot is made off the loop in raft mode too: while every tracker's finished

@@ -89,6 +89,9 @@ pub struct Options {
     /// A snapshot (and log compaction) every this many applied changes, in
     /// both modes (0: never; raft mode needs at least 1).
     pub snapshot_every: u64,
+    /// Largest payload of one tracker-to-tracker frame (raft mode; a larger
+    /// message is sent in several). Tests lower it to split small snapshots.
+    pub raft_max_frame: usize,
 }
 
 /// `--replication`: how the trackers of one tracker_info.txt keep one history.
@@ -223,15 +226,7 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
         Replication::SharedLog => None,
         Replication::Raft => {
             let addrs: Vec<String> = trackers.iter().map(|t| t.to_string()).collect();
-            let driver = replication::start::start(
-                dir,
-                opts.tracker_no,
-                &addrs,
-                opts.snapshot_every.max(1),
-                opts.fsync,
-                &mut log,
-                &mut store,
-            )?;
+            let driver = replication::start::start(dir, opts, &addrs, &mut log, &mut store)?;
             Some(server::RaftMode::new(driver, dir.clone(), opts.fsync))
         }
     };

@@ -97,6 +97,11 @@ struct Args {
     /// Default: 100000 in shared-log mode, 10000 in raft mode.
     #[arg(long, alias = "raft-snapshot-every")]
     snapshot_every: Option<u64>,
+    /// Tests only: the largest payload of one tracker-to-tracker frame in bytes
+    /// (raft mode), so that a test's small snapshot travels in several frames.
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u32).range(1..),
+          default_value_t = tracker::replication::peer_frame::DEFAULT_MAX_FRAME as u32)]
+    raft_max_frame: u32,
 }
 
 fn parse_command_kind(name: &str) -> Result<CommandKind, String> {
@@ -157,6 +162,7 @@ fn serve(args: Args) -> Result<(), tracker::TrackerError> {
             tracker::Replication::SharedLog => 100_000,
             tracker::Replication::Raft => 10_000,
         }),
+        raft_max_frame: args.raft_max_frame as usize,
     };
     tracker::run(&opts)
 }

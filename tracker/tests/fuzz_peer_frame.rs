@@ -2,18 +2,27 @@
 //! bytes, before or after authentication, never panic, never yield a Raft message
 //! unless they are a correctly MACed frame of an authenticated link, and never make
 //! the link buffer more than one handshake line (before authentication) or one
-//! maximum frame (after). A valid stream cut at random points decodes to exactly the
-//! messages sent; a stream with one byte flipped never decodes to another message.
+//! maximum frame plus one maximum message (after). A valid stream (small messages
+//! and snapshots larger than a frame, sent in parts) cut at random points decodes to
+//! exactly the messages sent; a stream with one byte flipped never decodes to
+//! another message.
 //!
 //! Case count: `SWARMSHARE_FUZZ_CASES` (default 2000 so the suite stays quick);
 //! a long run: `SWARMSHARE_FUZZ_CASES=1000000 cargo test --release -p tracker --test fuzz_peer_frame`.
 
 use proptest::prelude::*;
 use raft::eraftpb::{Entry, Message, MessageType};
-use tracker::replication::peer_frame::{LinkEvent, PeerLink, MAX_LINE};
+use tracker::replication::peer_frame::{LinkEvent, LinkLimits, PeerLink, MAX_LINE};
 
 const KEY: [u8; 32] = [3; 32];
 const MAX_FRAME: usize = 4096;
+const LIMITS: LinkLimits = LinkLimits {
+    max_frame: MAX_FRAME,
+    max_message: 4 * MAX_FRAME,
+};
+/// The most an open link may hold: one frame (header, payload, tag) and the
+/// parts of one message.
+const OPEN_BOUND: usize = 12 + MAX_FRAME + 32 + 4 * MAX_FRAME;
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -23,7 +32,22 @@ fn config() -> ProptestConfig {
     }
 }
 
+/// A snapshot of up to three frames' worth.
+fn any_snapshot() -> impl Strategy<Value = Message> {
+    (any::<u64>(), 0..3 * MAX_FRAME, any::<u8>()).prop_map(|(term, len, byte)| {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgSnapshot);
+        (m.from, m.to, m.term) = (1, 2, term);
+        m.mut_snapshot().data = vec![byte; len].into();
+        m
+    })
+}
+
 fn any_message() -> impl Strategy<Value = Message> {
+    prop_oneof![3 => any_small_message(), 1 => any_snapshot()]
+}
+
+fn any_small_message() -> impl Strategy<Value = Message> {
     let kinds = prop_oneof![
         Just(MessageType::MsgAppend),
         Just(MessageType::MsgAppendResponse),
@@ -51,8 +75,8 @@ fn any_message() -> impl Strategy<Value = Message> {
 
 /// Tracker 1 dials tracker 2; returns both ends, open.
 fn open_pair() -> (PeerLink, PeerLink) {
-    let mut a = PeerLink::connect(KEY, 1, 2, [1; 32], MAX_FRAME);
-    let mut b = PeerLink::accept(KEY, 2, vec![1, 2, 3], [2; 32], MAX_FRAME);
+    let mut a = PeerLink::connect(KEY, 1, 2, [1; 32], LIMITS);
+    let mut b = PeerLink::accept(KEY, 2, vec![1, 2, 3], [2; 32], LIMITS);
     b.receive(&a.take_output()).unwrap();
     a.receive(&b.take_output()).unwrap();
     b.receive(&a.take_output()).unwrap();
@@ -85,11 +109,11 @@ proptest! {
 
     #[test]
     fn random_bytes_before_authentication_yield_nothing(
-        prefix in prop_oneof![Just(Vec::new()), Just(b"SWARMSHARE-RAFT v1 1 ".to_vec())],
+        prefix in prop_oneof![Just(Vec::new()), Just(b"SWARMSHARE-RAFT v2 1 ".to_vec())],
         bytes in proptest::collection::vec(any::<u8>(), 0..2048),
         chunk in 1usize..300,
     ) {
-        let mut b = PeerLink::accept(KEY, 2, vec![1, 2, 3], [2; 32], MAX_FRAME);
+        let mut b = PeerLink::accept(KEY, 2, vec![1, 2, 3], [2; 32], LIMITS);
         let input = [prefix, bytes].concat();
         let (msgs, _) = feed(&mut b, &input, chunk, MAX_LINE);
         prop_assert!(msgs.is_empty());
@@ -101,8 +125,8 @@ proptest! {
         bytes in proptest::collection::vec(any::<u8>(), 0..2048),
         chunk in 1usize..300,
     ) {
-        let mut a = PeerLink::connect(KEY, 1, 2, [1; 32], MAX_FRAME);
-        let mut b = PeerLink::accept(KEY, 2, vec![1, 2, 3], [2; 32], MAX_FRAME);
+        let mut a = PeerLink::connect(KEY, 1, 2, [1; 32], LIMITS);
+        let mut b = PeerLink::accept(KEY, 2, vec![1, 2, 3], [2; 32], LIMITS);
         b.receive(&a.take_output()).unwrap();
         let (msgs, _) = feed(&mut b, &bytes, chunk, MAX_LINE);
         prop_assert!(msgs.is_empty());
@@ -115,7 +139,7 @@ proptest! {
         chunk in 1usize..3000,
     ) {
         let (_, mut b) = open_pair();
-        let (msgs, _) = feed(&mut b, &bytes, chunk, 4 + MAX_FRAME + 32);
+        let (msgs, _) = feed(&mut b, &bytes, chunk, OPEN_BOUND);
         prop_assert!(msgs.is_empty());
     }
 
@@ -135,12 +159,12 @@ proptest! {
         let at = flip.index(damaged.len());
         damaged[at] ^= 1 << bit;
 
-        let (got, failed) = feed(&mut b, &stream, chunk, 4 + MAX_FRAME + 32);
+        let (got, failed) = feed(&mut b, &stream, chunk, OPEN_BOUND);
         prop_assert!(!failed);
         prop_assert_eq!(&got, &sent);
 
         let (_, mut b) = open_pair();
-        let (got, failed) = feed(&mut b, &damaged, chunk, 4 + MAX_FRAME + 32);
+        let (got, failed) = feed(&mut b, &damaged, chunk, OPEN_BOUND);
         prop_assert!(got.len() < sent.len(), "a damaged stream decoded whole");
         prop_assert!(failed || got.len() < sent.len());
         prop_assert_eq!(&got[..], &sent[..got.len()], "only the intact prefix is delivered");

@@ -8,7 +8,7 @@ use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 
 use super::*;
-use crate::replication::peer_frame::{LinkEvent, PeerLink};
+use crate::replication::peer_frame::{LinkEvent, LinkLimits, PeerLink};
 
 const TICK: Duration = Duration::from_millis(100);
 
@@ -556,29 +556,35 @@ fn step_events(node: &mut RaftNode, events: Vec<LinkEvent>) {
     }
 }
 
+const LIMITS: LinkLimits = LinkLimits {
+    max_frame: 1 << 16,
+    max_message: 1 << 20,
+};
+
 #[test]
 fn a_forged_vote_from_an_unauthenticated_peer_changes_nothing() {
     let key = [5; 32];
     let mut c = Cluster::new(3, |_| {});
     let term = c.node(2).term();
     // Raw frame bytes, then a greeting with a wrong key followed by frames.
-    let mut outsider = PeerLink::connect([6; 32], 1, 2, [1; 32], 1 << 16);
+    let mut outsider = PeerLink::connect([6; 32], 1, 2, [1; 32], LIMITS);
     let payload = protobuf::Message::write_to_bytes(&forged_vote()).unwrap();
     let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&0u64.to_be_bytes());
     frame.extend_from_slice(&payload);
     frame.extend_from_slice(&[0; 32]);
-    let mut link = PeerLink::accept(key, 2, vec![1, 2, 3], [2; 32], 1 << 16);
+    let mut link = PeerLink::accept(key, 2, vec![1, 2, 3], [2; 32], LIMITS);
     let events = link.receive(&frame).unwrap_or_default();
     step_events(c.node(2), events);
-    let mut link = PeerLink::accept(key, 2, vec![1, 2, 3], [2; 32], 1 << 16);
+    let mut link = PeerLink::accept(key, 2, vec![1, 2, 3], [2; 32], LIMITS);
     let mut events = link.receive(&outsider.take_output()).unwrap();
     events.extend(link.receive(&frame).unwrap_or_default());
     step_events(c.node(2), events);
     c.settle();
     assert_eq!(c.node(2).term(), term, "nothing reached the node");
     // Control: the same vote over an authenticated link does reach it.
-    let mut insider = PeerLink::connect(key, 1, 2, [1; 32], 1 << 16);
-    let mut link = PeerLink::accept(key, 2, vec![1, 2, 3], [2; 32], 1 << 16);
+    let mut insider = PeerLink::connect(key, 1, 2, [1; 32], LIMITS);
+    let mut link = PeerLink::accept(key, 2, vec![1, 2, 3], [2; 32], LIMITS);
     link.receive(&insider.take_output()).unwrap();
     insider.receive(&link.take_output()).unwrap();
     insider.send(&forged_vote()).unwrap();

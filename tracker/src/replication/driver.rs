@@ -12,7 +12,9 @@
 //! closed and dialled again after a back-off that doubles from 100 ms to 1 s.
 //! A message for a tracker whose link is down, or whose send queue holds more than
 //! [`MAX_QUEUE`] bytes, is dropped and raft-rs is told (`report_unreachable`): Raft
-//! itself retransmits. An accepted connection must authenticate within
+//! itself retransmits. A message is checked against the queue before it is added, so
+//! the queue holds at most `MAX_QUEUE` plus one message: a snapshot larger than a
+//! frame is queued whole, as parts the link writes as the socket drains. An accepted connection must authenticate within
 //! [`HANDSHAKE_TIME`]; at most [`MAX_ACCEPTED`] accepted links exist at once.
 //!
 //! # Time
@@ -24,7 +26,7 @@
 //! [`PROPOSAL_DEADLINE`] fails with `ERR no quorum: the change was not made`.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::ToSocketAddrs;
 use std::time::{Duration, Instant};
 
@@ -36,7 +38,7 @@ use slab::Slab;
 
 use super::machine::{LogMachine, Recheck};
 use super::node::{NodeError, ProposalId, ProposeError, RaftNode, StateMachine};
-use super::peer_frame::{fresh_nonce, LinkEvent, PeerLink, DEFAULT_MAX_FRAME};
+use super::peer_frame::{fresh_nonce, LinkEvent, LinkLimits, PeerLink};
 
 /// Tokens at and above this are peer links (the server's are below).
 pub const PEER_TOKEN_BASE: usize = usize::MAX / 2;
@@ -68,8 +70,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 struct PeerConn {
     stream: TcpStream,
     link: PeerLink,
-    out: Vec<u8>,
-    out_pos: usize,
     /// Set on a link this tracker dialled: the tracker at the other end.
     dialled: Option<u64>,
     /// A dialled connection completed (its first writable event said so).
@@ -85,16 +85,7 @@ struct PeerConn {
 
 impl PeerConn {
     fn unsent(&self) -> usize {
-        self.out.len() - self.out_pos
-    }
-
-    fn queue_output(&mut self) {
-        let more = self.link.take_output();
-        if self.out_pos == self.out.len() {
-            self.out.clear();
-            self.out_pos = 0;
-        }
-        self.out.extend_from_slice(&more);
+        self.link.unsent()
     }
 
     fn flush(&mut self, now: Instant) {
@@ -102,20 +93,15 @@ impl PeerConn {
             return;
         }
         while self.unsent() > 0 && !self.dead {
-            match self.stream.write(&self.out[self.out_pos..]) {
+            match self.link.write_to(&mut self.stream) {
                 Ok(0) => self.dead = true,
-                Ok(n) => {
-                    self.out_pos += n;
-                    self.progress = now;
-                }
+                Ok(_) => self.progress = now,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => self.dead = true,
             }
         }
         if self.unsent() == 0 {
-            self.out.clear();
-            self.out_pos = 0;
             self.progress = now;
         }
     }
@@ -142,7 +128,6 @@ impl PeerConn {
                             self.dead = true;
                         }
                     }
-                    self.queue_output();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.readable = false;
@@ -177,6 +162,7 @@ pub struct RaftDriver {
     me: u64,
     voters: Vec<u64>,
     key: [u8; 32],
+    limits: LinkLimits,
     links: Slab<PeerConn>,
     dials: BTreeMap<u64, Dial>,
     next_tick: Instant,
@@ -185,8 +171,14 @@ pub struct RaftDriver {
 }
 
 impl RaftDriver {
-    /// `peers`: every other tracker's number and `HOST:PORT`.
-    pub fn new(node: RaftNode, key: [u8; 32], peers: Vec<(u64, String)>, now: Instant) -> Self {
+    /// `peers`: every other tracker's number and `HOST:PORT`; `limits` for every link.
+    pub fn new(
+        node: RaftNode,
+        key: [u8; 32],
+        limits: LinkLimits,
+        peers: Vec<(u64, String)>,
+        now: Instant,
+    ) -> Self {
         let me = node.id();
         let mut voters: Vec<u64> = peers.iter().map(|p| p.0).chain([me]).collect();
         voters.sort_unstable();
@@ -207,6 +199,7 @@ impl RaftDriver {
             me,
             voters,
             key,
+            limits,
             links: Slab::new(),
             dials,
             next_tick: now + TICK,
@@ -264,13 +257,11 @@ impl RaftDriver {
             self.me,
             self.voters.clone(),
             fresh_nonce(),
-            DEFAULT_MAX_FRAME,
+            self.limits,
         );
         let mut conn = PeerConn {
             stream,
             link,
-            out: Vec::new(),
-            out_pos: 0,
             dialled: None,
             connected: true,
             readable: true,
@@ -283,7 +274,6 @@ impl RaftDriver {
             log::warn!("raft link {:?}: {e}; closed", conn.stream.peer_addr());
             return;
         }
-        conn.queue_output();
         entry.insert(conn);
     }
 
@@ -396,7 +386,6 @@ impl RaftDriver {
         let sent = match conn {
             Some(c) => match c.link.send(&msg) {
                 Ok(()) => {
-                    c.queue_output();
                     c.last_send = Some(now);
                     true
                 }
@@ -443,12 +432,10 @@ impl RaftDriver {
             {
                 continue;
             }
-            let link = PeerLink::connect(self.key, self.me, no, fresh_nonce(), DEFAULT_MAX_FRAME);
-            let mut conn = PeerConn {
+            let link = PeerLink::connect(self.key, self.me, no, fresh_nonce(), self.limits);
+            let conn = PeerConn {
                 stream,
                 link,
-                out: Vec::new(),
-                out_pos: 0,
                 dialled: Some(no),
                 connected: false,
                 readable: false,
@@ -457,7 +444,6 @@ impl RaftDriver {
                 last_send: None,
                 dead: false,
             };
-            conn.queue_output();
             dial.conn = Some(entry.key());
             entry.insert(conn);
         }

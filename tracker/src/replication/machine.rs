@@ -28,8 +28,8 @@
 //! log of the same generation that starts after it (no entry yet): the entries after
 //! the snapshot then come from Raft and get the same numbers and lines as on the
 //! others; a copy in flight then is of a replaced state and is dropped. So a snapshot
-//! is the size of the state, not of the history (it must fit one peer frame,
-//! [`super::peer_frame::DEFAULT_MAX_FRAME`]).
+//! is the size of the state, not of the history (one larger than a peer frame
+//! travels in parts, [`super::peer_frame`]).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

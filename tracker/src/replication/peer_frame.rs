@@ -3,57 +3,113 @@
 //!
 //! # Handshake (text lines, each at most [`MAX_LINE`] bytes)
 //! ```text
-//! initiator A -> B:  SWARMSHARE-RAFT v1 <a> <nonce_a>\n
-//! acceptor  B -> A:  SWARMSHARE-RAFT v1 <b> <nonce_b> <proof_b>\n
+//! initiator A -> B:  SWARMSHARE-RAFT v2 <a> <nonce_a>\n
+//! acceptor  B -> A:  SWARMSHARE-RAFT v2 <b> <nonce_b> <proof_b>\n
 //! initiator A -> B:  <proof_a>\n
 //! ```
 //! `a`, `b` are tracker numbers; nonces are 32 random bytes, proofs HMAC-SHA256 tags,
-//! all lowercase hex. `proof_b = HMAC(K, "swarmshare-raft v1 acceptor" ‖ a ‖ b ‖ nonce_a ‖
+//! all lowercase hex. `proof_b = HMAC(K, "swarmshare-raft v2 acceptor" ‖ a ‖ b ‖ nonce_a ‖
 //! nonce_b)` and `proof_a` the same with `initiator` (numbers as 8-byte big-endian),
 //! where K is the cluster key ([`super::cluster_key`]). Each side proves it holds K
 //! against the other's fresh nonce, so a recorded handshake cannot be replayed, a
 //! proof cannot be reflected back, and the tracker numbers are authenticated. The
-//! first line starts with [`GREETING_PREFIX`], which no client request does: the
-//! server routes the connection by it ([`is_peer_greeting`]).
+//! first line starts with [`ROUTE_PREFIX`], which no client request does: the
+//! server routes the connection by it ([`is_peer_greeting`]), whatever its version,
+//! so a tracker of another link version is refused with [`LinkError::Version`].
 //!
 //! # Frames (after the handshake)
 //! ```text
-//! len: u32 big-endian | payload: len bytes (one protobuf eraftpb.Message) | tag: 32 bytes
-//! tag = HMAC(K_dir, seq: u64 BE ‖ len ‖ payload)
-//! K_dir = HMAC(K, "swarmshare-raft v1 frames " ‖ dir ‖ a ‖ b ‖ nonce_a ‖ nonce_b)
+//! len: u32 BE | rest: u64 BE | payload: len bytes | tag: 32 bytes
+//! tag = HMAC(K_dir, seq: u64 BE ‖ len ‖ rest ‖ payload)
+//! K_dir = HMAC(K, "swarmshare-raft v2 frames " ‖ dir ‖ a ‖ b ‖ nonce_a ‖ nonce_b)
 //! ```
-//! `dir` is `a->b` or `b->a`, `seq` counts frames from 0 in each direction. Every frame
-//! is MACed rather than trusting the TCP connection once authenticated: without TLS,
-//! anyone on the path could inject bytes into an authenticated stream, and the point of
-//! authenticating is that no byte from outside the cluster reaches the protobuf decoder
-//! (the `protobuf` 2.x crate has a recursion-crash advisory). The sequence number stops
-//! replay, reordering and dropping within a connection. The cost is one HMAC-SHA256
-//! per frame (about a microsecond for a small message). Traffic is not encrypted: it
-//! carries password and token *hashes*; run the cluster on a trusted network or tunnel.
+//! One Raft message (a protobuf `eraftpb.Message`) is the payloads of one or more
+//! consecutive frames, its *parts*: each part is at most the sender's `max_frame`
+//! bytes, and `rest` says how many bytes of the message follow this part (0: the
+//! last part). A message's first part thus announces its size (`len + rest`); every
+//! later part must carry bytes and agree with it (`len + rest` = what was still to
+//! come). A snapshot larger than one frame (the state after ~1M changes is ~144 MB)
+//! travels this way; small messages are one frame with `rest` 0.
+//!
+//! `dir` is `a->b` or `b->a`, `seq` counts frames (not messages) from 0 in each
+//! direction. Every frame is MACed rather than trusting the TCP connection once
+//! authenticated: without TLS, anyone on the path could inject bytes into an
+//! authenticated stream, and the point of authenticating is that no byte from
+//! outside the cluster reaches the protobuf decoder (the `protobuf` 2.x crate has a
+//! recursion-crash advisory). The sequence number stops replay, reordering and
+//! dropping of frames, hence of parts, within a connection. The cost is one
+//! HMAC-SHA256 per frame (about a microsecond for a small message, one SHA-256 pass
+//! over a large one). Traffic is not encrypted: it carries password and token
+//! *hashes*; run the cluster on a trusted network or tunnel.
+//!
+//! Sending queues a message's parts as slices of its one encoding (no further copy)
+//! and the caller writes them as the socket drains ([`PeerLink::write_to`]).
 //!
 //! Limits: before authentication at most [`MAX_LINE`] bytes are buffered and nothing is
-//! decoded as a Raft message; after it, a frame longer than the link's `max_frame` is
-//! refused from its header, before its payload is buffered. Any error closes the link.
+//! decoded as a Raft message; after it, a frame longer than the link's `max_frame`, or
+//! a message whose first part announces more than `max_message` bytes, is refused
+//! from its header, before its payload is buffered. So at most one frame (not yet
+//! authenticated) plus the authenticated parts of one message, together under
+//! `max_message + max_frame`, are held. Any error closes the link.
+//!
+//! Versions: v1 (one message in one frame, a 4-byte header) and v2 do not
+//! interoperate; every tracker of a cluster must run the same link version (a v1
+//! greeting is refused with a [`LinkError::Version`] line in the log).
 
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+use bytes::{Buf, Bytes};
 use hmac::{Hmac, Mac};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use sha2::Sha256;
 
-/// The first bytes of a tracker-to-tracker connection.
-pub const GREETING_PREFIX: &str = "SWARMSHARE-RAFT v1 ";
+/// The first bytes of a tracker-to-tracker connection, whatever its link version.
+pub const ROUTE_PREFIX: &str = "SWARMSHARE-RAFT ";
+/// This link version: in the greeting and in every MAC's label.
+pub const LINK_VERSION: &str = "v2";
+/// The greeting of this link version: [`ROUTE_PREFIX`], [`LINK_VERSION`], a space.
+pub const GREETING_PREFIX: &str = "SWARMSHARE-RAFT v2 ";
 /// Longest handshake line, newline included.
 pub const MAX_LINE: usize = 256;
-/// Default largest frame payload (a snapshot travels in one frame).
+/// Default largest frame payload (a larger message is sent as several frames).
 pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
+/// Default largest message: protobuf's own limit for one message (rust-protobuf 2
+/// sizes messages as `u32`). The state after 1M changes is a ~144 MB snapshot.
+pub const DEFAULT_MAX_MESSAGE: usize = 2 << 30;
 const TAG_LEN: usize = 32;
-const HEADER_LEN: usize = 4;
+const HEADER_LEN: usize = 12;
+/// A part at most this long is queued as one buffer (header, payload, tag copied
+/// together); a longer one as a slice of the message's encoding between the two.
+const COPY_PART: usize = 16 << 10;
+/// Buffers handed to one vectored write.
+const MAX_IOV: usize = 64;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Whether a connection's first line (or its first bytes) is a tracker's greeting.
+/// Whether a connection's first line (or its first bytes) is a tracker's greeting,
+/// of any link version.
 pub fn is_peer_greeting(first: &[u8]) -> bool {
-    first.starts_with(GREETING_PREFIX.as_bytes())
+    first.starts_with(ROUTE_PREFIX.as_bytes())
+}
+
+/// A link's size limits (both sides of a cluster should use the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkLimits {
+    /// Largest payload of one frame, sent or received.
+    pub max_frame: usize,
+    /// Largest message, sent or received (all its parts together).
+    pub max_message: usize,
+}
+
+impl Default for LinkLimits {
+    fn default() -> Self {
+        LinkLimits {
+            max_frame: DEFAULT_MAX_FRAME,
+            max_message: DEFAULT_MAX_MESSAGE,
+        }
+    }
 }
 
 /// Why a link was closed.
@@ -63,6 +119,11 @@ pub enum LinkError {
     LineTooLong,
     #[error("bad handshake line: {0}")]
     BadLine(String),
+    #[error(
+        "the peer speaks raft link {0:?}, this tracker {LINK_VERSION}: every tracker of a \
+         cluster must run the same link version"
+    )]
+    Version(String),
     #[error("tracker {0} is not a member of this cluster")]
     NotMember(u64),
     #[error("expected tracker {expected}, the peer says it is tracker {got}")]
@@ -71,10 +132,16 @@ pub enum LinkError {
     BadProof,
     #[error("frame of {len} bytes exceeds the limit of {max}")]
     FrameTooLarge { len: usize, max: usize },
+    #[error("message of {len} bytes exceeds the limit of {max}")]
+    MessageTooLarge { len: u64, max: usize },
+    #[error("frame {seq} is not the next part of the message ({expected} bytes were to come)")]
+    BadPart { seq: u64, expected: u64 },
     #[error("frame {seq} failed its MAC check")]
     BadTag { seq: u64 },
     #[error("frame {seq} is not a Raft message: {reason}")]
     Decode { seq: u64, reason: String },
+    #[error("a Raft message cannot be encoded: {0}")]
+    Encode(String),
     #[error("message from {from} to {to} on the link from tracker {peer} to tracker {me}")]
     Misaddressed {
         from: u64,
@@ -109,6 +176,78 @@ enum State {
     Failed,
 }
 
+/// One frame's header: its payload's length and the message's bytes after it.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    len: usize,
+    rest: u64,
+}
+
+impl Header {
+    fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[..4].copy_from_slice(&(self.len as u32).to_be_bytes());
+        h[4..].copy_from_slice(&self.rest.to_be_bytes());
+        h
+    }
+
+    fn decode(h: &[u8]) -> Header {
+        Header {
+            len: u32::from_be_bytes(h[..4].try_into().expect("4 bytes")) as usize,
+            rest: u64::from_be_bytes(h[4..HEADER_LEN].try_into().expect("8 bytes")),
+        }
+    }
+}
+
+/// The authenticated parts of a message received so far.
+struct Assembly {
+    bytes: Vec<u8>,
+    /// Bytes of the message still to come.
+    rest: u64,
+}
+
+/// Bytes queued for the peer, in order: whole buffers, and slices of a large
+/// message's one encoding (never copied into the queue).
+#[derive(Default)]
+struct OutQueue {
+    parts: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl OutQueue {
+    fn push(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.len += bytes.len();
+            self.parts.push_back(bytes);
+        }
+    }
+
+    /// One vectored write of the queue's head; drops what was written.
+    fn write_to(&mut self, w: &mut impl Write) -> io::Result<usize> {
+        let slices: Vec<IoSlice<'_>> = self
+            .parts
+            .iter()
+            .take(MAX_IOV)
+            .map(|b| IoSlice::new(b))
+            .collect();
+        let n = w.write_vectored(&slices)?;
+        self.consume(n);
+        Ok(n)
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        self.len -= n;
+        while let Some(front) = self.parts.front_mut() {
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.parts.pop_front();
+        }
+    }
+}
+
 /// One tracker-to-tracker connection's protocol state.
 pub struct PeerLink {
     key: [u8; 32],
@@ -124,9 +263,12 @@ pub struct PeerLink {
     recv_key: [u8; 32],
     send_seq: u64,
     recv_seq: u64,
-    max_frame: usize,
+    limits: LinkLimits,
+    /// A handshake line or one frame, not yet complete.
     inbuf: Vec<u8>,
-    out: Vec<u8>,
+    /// A message whose last part has not arrived.
+    assembly: Option<Assembly>,
+    out: OutQueue,
 }
 
 /// 32 fresh random bytes for a handshake nonce.
@@ -153,10 +295,11 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
 
 impl PeerLink {
     /// Dials tracker `peer` as tracker `me`: the greeting is queued in the output.
-    pub fn connect(key: [u8; 32], me: u64, peer: u64, nonce: [u8; 32], max_frame: usize) -> Self {
-        let mut link = Self::new(key, me, peer, Vec::new(), true, nonce, max_frame);
+    pub fn connect(key: [u8; 32], me: u64, peer: u64, nonce: [u8; 32], limits: LinkLimits) -> Self {
+        let mut link = Self::new(key, me, peer, Vec::new(), true, nonce, limits);
         link.state = State::AwaitReply;
-        link.out = format!("{GREETING_PREFIX}{me} {}\n", hex::encode(nonce)).into_bytes();
+        let greeting = format!("{GREETING_PREFIX}{me} {}\n", hex::encode(nonce));
+        link.out.push(greeting.into_bytes().into());
         link
     }
 
@@ -167,9 +310,9 @@ impl PeerLink {
         me: u64,
         voters: Vec<u64>,
         nonce: [u8; 32],
-        max_frame: usize,
+        limits: LinkLimits,
     ) -> Self {
-        Self::new(key, me, 0, voters, false, nonce, max_frame)
+        Self::new(key, me, 0, voters, false, nonce, limits)
     }
 
     fn new(
@@ -179,7 +322,7 @@ impl PeerLink {
         voters: Vec<u64>,
         initiator: bool,
         nonce: [u8; 32],
-        max_frame: usize,
+        limits: LinkLimits,
     ) -> Self {
         PeerLink {
             key,
@@ -194,9 +337,10 @@ impl PeerLink {
             recv_key: [0; 32],
             send_seq: 0,
             recv_seq: 0,
-            max_frame,
+            limits,
             inbuf: Vec::new(),
-            out: Vec::new(),
+            assembly: None,
+            out: OutQueue::default(),
         }
     }
 
@@ -205,18 +349,32 @@ impl PeerLink {
         (self.state == State::Open).then_some(self.peer)
     }
 
-    /// Bytes of the peer's input held back (a partial line or frame).
+    /// Bytes of the peer's input held back (a partial line, frame or message).
     pub fn buffered(&self) -> usize {
-        self.inbuf.len()
+        self.inbuf.len() + self.assembly.as_ref().map_or(0, |a| a.bytes.len())
     }
 
     pub fn is_open(&self) -> bool {
         self.state == State::Open
     }
 
-    /// Bytes to write to the connection (taken: the link keeps none).
+    /// Bytes queued for the peer and not yet written.
+    pub fn unsent(&self) -> usize {
+        self.out.len
+    }
+
+    /// Writes queued bytes to `w` (one vectored write); how many it took.
+    pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<usize> {
+        self.out.write_to(w)
+    }
+
+    /// Everything queued for the peer, as one buffer (the link keeps none).
     pub fn take_output(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.out)
+        let mut all = Vec::with_capacity(self.out.len);
+        while self.out.len > 0 {
+            self.out.write_to(&mut all).expect("a Vec takes every byte");
+        }
+        all
     }
 
     /// Feeds bytes read from the connection. An error closes the link for good.
@@ -227,6 +385,7 @@ impl PeerLink {
             Err(e) => {
                 self.state = State::Failed;
                 self.inbuf = Vec::new();
+                self.assembly = None;
                 Err(e)
             }
         }
@@ -281,7 +440,7 @@ impl PeerLink {
                     self.me,
                     hex::encode(self.my_nonce)
                 );
-                self.out.extend_from_slice(greeting.as_bytes());
+                self.out.push(greeting.into_bytes().into());
                 self.state = State::AwaitProof;
             }
             State::AwaitReply => {
@@ -295,7 +454,7 @@ impl PeerLink {
                 self.peer_nonce = nonce;
                 self.check_proof("acceptor", &proof.expect("parse_hello(.., true)"))?;
                 let mine = hex::encode(self.proof("initiator"));
-                self.out.extend_from_slice(format!("{mine}\n").as_bytes());
+                self.out.push(format!("{mine}\n").into_bytes().into());
                 self.open(events);
             }
             State::AwaitProof => {
@@ -329,7 +488,7 @@ impl PeerLink {
     fn keyed(&self, label: &str) -> HmacSha256 {
         let [a, b] = self.transcript();
         let (na, nb) = self.nonces();
-        let label = format!("swarmshare-raft v1 {label}");
+        let label = format!("swarmshare-raft {LINK_VERSION} {label}");
         mac(&self.key, &[label.as_bytes(), &a, &b, na, nb])
     }
 
@@ -364,51 +523,83 @@ impl PeerLink {
         let want = if self.inbuf.len() < HEADER_LEN {
             HEADER_LEN
         } else {
-            HEADER_LEN + self.frame_len()? + TAG_LEN
+            HEADER_LEN + self.frame_header()?.len + TAG_LEN
         };
         let take = (want - self.inbuf.len()).min(input.len());
         self.inbuf.extend_from_slice(&input[..take]);
-        if self.inbuf.len() == HEADER_LEN {
-            self.frame_len()?;
+        if self.inbuf.len() < HEADER_LEN {
+            return Ok(&input[take..]);
         }
-        if self.inbuf.len() >= HEADER_LEN
-            && self.inbuf.len() == HEADER_LEN + self.frame_len()? + TAG_LEN
-        {
+        let header = self.frame_header()?;
+        if self.inbuf.len() == HEADER_LEN + header.len + TAG_LEN {
             let frame = std::mem::take(&mut self.inbuf);
-            events.push(LinkEvent::Message(Box::new(self.open_frame(&frame)?)));
+            if let Some(msg) = self.open_frame(&frame, header)? {
+                events.push(LinkEvent::Message(Box::new(msg)));
+            }
         }
         Ok(&input[take..])
     }
 
-    fn frame_len(&self) -> Result<usize, LinkError> {
-        let len =
-            u32::from_be_bytes(self.inbuf[..HEADER_LEN].try_into().expect("4 bytes")) as usize;
-        if len > self.max_frame {
-            return Err(LinkError::FrameTooLarge {
-                len,
-                max: self.max_frame,
-            });
+    /// The buffered frame's header, checked against the limits and the message
+    /// being assembled (before its payload is buffered).
+    fn frame_header(&self) -> Result<Header, LinkError> {
+        let h = Header::decode(&self.inbuf[..HEADER_LEN]);
+        let max = self.limits.max_frame;
+        if h.len > max {
+            return Err(LinkError::FrameTooLarge { len: h.len, max });
         }
-        Ok(len)
+        let seq = self.recv_seq;
+        if h.len == 0 && h.rest > 0 {
+            return Err(LinkError::BadPart { seq, expected: 0 });
+        }
+        let total = (h.len as u64).saturating_add(h.rest);
+        match &self.assembly {
+            None if total > self.limits.max_message as u64 => Err(LinkError::MessageTooLarge {
+                len: total,
+                max: self.limits.max_message,
+            }),
+            Some(a) if total != a.rest => Err(LinkError::BadPart {
+                seq,
+                expected: a.rest,
+            }),
+            _ => Ok(h),
+        }
     }
 
-    fn frame_mac(key: &[u8; 32], seq: u64, header_and_payload: &[u8]) -> HmacSha256 {
-        mac(key, &[&seq.to_be_bytes(), header_and_payload])
+    fn frame_mac(key: &[u8; 32], seq: u64, header: &[u8], payload: &[u8]) -> HmacSha256 {
+        mac(key, &[&seq.to_be_bytes(), header, payload])
     }
 
-    /// Checks a whole frame's tag, then (only then) decodes and checks its message.
-    fn open_frame(&mut self, frame: &[u8]) -> Result<Message, LinkError> {
+    /// Checks a whole frame's tag, then (only then) adds its part to the message;
+    /// the message once its last part is in.
+    fn open_frame(&mut self, frame: &[u8], header: Header) -> Result<Option<Message>, LinkError> {
         let seq = self.recv_seq;
         let (body, tag) = frame.split_at(frame.len() - TAG_LEN);
-        Self::frame_mac(&self.recv_key, seq, body)
+        let (head, payload) = body.split_at(HEADER_LEN);
+        Self::frame_mac(&self.recv_key, seq, head, payload)
             .verify_slice(tag)
             .map_err(|_| LinkError::BadTag { seq })?;
         self.recv_seq += 1;
-        let msg =
-            Message::parse_from_bytes(&body[HEADER_LEN..]).map_err(|e| LinkError::Decode {
-                seq,
-                reason: e.to_string(),
-            })?;
+        let msg = match (self.assembly.take(), header.rest) {
+            (None, 0) => Message::parse_from_bytes(payload),
+            (assembly, rest) => {
+                let mut a = assembly.unwrap_or_else(|| Assembly {
+                    bytes: Vec::with_capacity(header.len + rest as usize),
+                    rest: 0,
+                });
+                a.bytes.extend_from_slice(payload);
+                a.rest = rest;
+                if rest > 0 {
+                    self.assembly = Some(a);
+                    return Ok(None);
+                }
+                Message::parse_from_carllerche_bytes(&Bytes::from(a.bytes))
+            }
+        };
+        let msg = msg.map_err(|e| LinkError::Decode {
+            seq,
+            reason: e.to_string(),
+        })?;
         if msg.from != self.peer || msg.to != self.me {
             return Err(LinkError::Misaddressed {
                 from: msg.from,
@@ -417,45 +608,83 @@ impl PeerLink {
                 me: self.me,
             });
         }
-        Ok(msg)
+        Ok(Some(msg))
     }
 
-    /// Queues one Raft message to the peer. A message larger than `max_frame` is
-    /// refused (Raft resends what matters; a snapshot that large never fits).
+    /// Queues one Raft message to the peer, in as many frames as `max_frame`
+    /// needs. A message larger than `max_message` is refused (a snapshot that large
+    /// never fits; Raft resends what else matters).
     pub fn send(&mut self, msg: &Message) -> Result<(), LinkError> {
         if self.state != State::Open {
             return Err(LinkError::NotOpen);
         }
-        let payload = msg.write_to_bytes().map_err(|e| LinkError::Decode {
-            seq: self.send_seq,
-            reason: e.to_string(),
-        })?;
-        if payload.len() > self.max_frame {
-            return Err(LinkError::FrameTooLarge {
-                len: payload.len(),
-                max: self.max_frame,
+        let max = self.limits.max_message;
+        // Checked before encoding: the snapshot is the one unbounded field, and
+        // rust-protobuf's u32 sizes overflow past 4 GiB.
+        let snapshot_len = msg.get_snapshot().get_data().len();
+        if snapshot_len > max {
+            return Err(LinkError::MessageTooLarge {
+                len: snapshot_len as u64,
+                max,
             });
         }
-        let start = self.out.len();
-        self.out
-            .extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        self.out.extend_from_slice(&payload);
-        let tag = Self::frame_mac(&self.send_key, self.send_seq, &self.out[start..]).finalize();
-        self.out.extend_from_slice(&tag.into_bytes());
+        let payload = Bytes::from(
+            msg.write_to_bytes()
+                .map_err(|e| LinkError::Encode(e.to_string()))?,
+        );
+        if payload.len() > max {
+            return Err(LinkError::MessageTooLarge {
+                len: payload.len() as u64,
+                max,
+            });
+        }
+        let mut at = 0;
+        loop {
+            let len = (payload.len() - at).min(self.limits.max_frame.clamp(1, u32::MAX as usize));
+            self.queue_part(payload.slice(at..at + len), payload.len() - at - len);
+            at += len;
+            if at == payload.len() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Queues one frame: `part` of a message with `rest` bytes after it.
+    fn queue_part(&mut self, part: Bytes, rest: usize) {
+        let header = Header {
+            len: part.len(),
+            rest: rest as u64,
+        }
+        .encode();
+        let tag = Self::frame_mac(&self.send_key, self.send_seq, &header, &part)
+            .finalize()
+            .into_bytes();
         self.send_seq += 1;
-        Ok(())
+        if part.len() <= COPY_PART {
+            self.out.push([&header[..], &part, &tag].concat().into());
+        } else {
+            self.out.push(Bytes::copy_from_slice(&header));
+            self.out.push(part);
+            self.out.push(Bytes::copy_from_slice(&tag));
+        }
     }
 }
 
 /// A handshake line's tracker number, nonce and (acceptor's) proof.
 type Hello = (u64, [u8; 32], Option<[u8; 32]>);
 
-/// Parses `SWARMSHARE-RAFT v1 <no> <nonce>[ <proof>]`.
+/// Parses `SWARMSHARE-RAFT v2 <no> <nonce>[ <proof>]`.
 fn parse_hello(line: &str, with_proof: bool) -> Result<Hello, LinkError> {
     let bad = |what: &str| LinkError::BadLine(what.to_string());
-    let rest = line
-        .strip_prefix(GREETING_PREFIX)
-        .ok_or_else(|| bad("greeting"))?;
+    let Some(rest) = line.strip_prefix(GREETING_PREFIX) else {
+        return Err(match line.strip_prefix(ROUTE_PREFIX) {
+            Some(other) => {
+                let version: String = other.split(' ').next().unwrap_or_default().into();
+                LinkError::Version(version.chars().take(16).collect())
+            }
+            None => bad("greeting"),
+        });
+    };
     let mut words = rest.split(' ');
     let no: u64 = words
         .next()

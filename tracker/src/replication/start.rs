@@ -12,11 +12,12 @@ use super::cluster_key;
 use super::driver::{RaftDriver, ELECTION_TICKS, HEARTBEAT_TICKS, PROPOSAL_DEADLINE};
 use super::machine::{self, LogMachine, MachineFault};
 use super::node::{NodeConfig, RaftNode};
+use super::peer_frame::LinkLimits;
 use super::storage::RaftStorage;
 use crate::snapshot_job::SnapshotJob;
 use crate::store::Store;
-use crate::sync_log::{FsyncMode, SyncLog};
-use crate::TrackerError;
+use crate::sync_log::SyncLog;
+use crate::{Options, TrackerError};
 
 fn raft_err(e: impl std::fmt::Display) -> TrackerError {
     TrackerError::Raft(e.to_string())
@@ -26,13 +27,17 @@ fn raft_err(e: impl std::fmt::Display) -> TrackerError {
 /// numbered by its line.
 pub fn start(
     dir: &Path,
-    tracker_no: usize,
+    opts: &Options,
     trackers: &[String],
-    snapshot_every: u64,
-    fsync: FsyncMode,
     log: &mut SyncLog,
     store: &mut Store,
 ) -> Result<RaftDriver, TrackerError> {
+    let (tracker_no, fsync) = (opts.tracker_no, opts.fsync);
+    let snapshot_every = opts.snapshot_every.max(1);
+    let limits = LinkLimits {
+        max_frame: opts.raft_max_frame,
+        ..LinkLimits::default()
+    };
     let me = tracker_no as u64;
     let voters: Vec<u64> = (1..=trackers.len() as u64).collect();
     let (key, created) = cluster_key::load_or_create(dir).map_err(raft_err)?;
@@ -60,7 +65,7 @@ pub fn start(
     config.proposal_deadline = PROPOSAL_DEADLINE;
     config.election_tick = ELECTION_TICKS;
     config.heartbeat_tick = HEARTBEAT_TICKS;
-    config.snapshot_every = snapshot_every.max(1);
+    config.snapshot_every = snapshot_every;
     config.keep_entries = config.keep_entries.min(snapshot_every);
     let boot = u64::from_le_bytes(super::peer_frame::fresh_nonce()[..8].try_into().expect("8"));
     let node = RaftNode::open(config, storage, &mut machine, boot)?;
@@ -75,7 +80,13 @@ pub fn start(
         trackers.len(),
         node.term()
     );
-    Ok(RaftDriver::new(node, key.bytes(), peers, Instant::now()))
+    Ok(RaftDriver::new(
+        node,
+        key.bytes(),
+        limits,
+        peers,
+        Instant::now(),
+    ))
 }
 
 /// (index, is a change) of the stored Raft entries from `from` on.

@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Catch-up of a wiped tracker by a Raft snapshot larger than one peer frame
+(issue 13): three `--replication raft` trackers on 127.0.0.1 (release build).
+
+The state is made big quickly, not by a million small changes: `upload_file` of
+FILES files of 100,000 pieces each (a 4 MB request line, 4 MB of piece hashes in
+the state), so ~40 files make a ~150 MB state, the size 1M changes reach.
+`--snapshot-every 10` keeps the Raft log short, so a wiped tracker can only catch
+up by the snapshot. Then one follower is killed (-9), its data dir emptied (the
+cluster key and ticket key kept, as an operator restores them) and restarted; the
+figures are from its spawn to: listening, "restored a snapshot" in its log, and
+serving every file (`list_files` answered by it).
+
+Baseline, same run: the snapshot file's bytes sent over a loopback TCP socket and
+written to a file with one fsync (the least any catch-up must do).
+
+Usage: bench/raft_catch_up.py [--tracker target/release/tracker] [--files 38]
+Prints JSON; numbers go into BENCHMARKS.md by hand.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import loadgen  # noqa: E402
+from raft import cluster, leader  # noqa: E402
+
+PIECES = 100_000
+PIECE_SIZE = 512 * 1024
+
+
+def upload(conn, token, i):
+    """One 4 MB change; resent (the same file) while the cluster says no quorum:
+    the leader's loop pauses while it snapshots a state this big."""
+    hashes = os.urandom(PIECES * 20).hex()
+    args = ("big", f"file{i}", PIECES * PIECE_SIZE, PIECE_SIZE, os.urandom(20).hex(), hashes,
+            "127.0.0.1:7000")
+    for _ in range(10):
+        ok, head, _ = conn.call(token, "upload_file", *args)
+        if ok:
+            return
+        if "no quorum" not in str(head):
+            break
+    raise RuntimeError(f"upload {i}: {head}")
+
+
+def file_count(addr, token):
+    try:
+        c = loadgen.Conn(addr, timeout=60)
+        ok, _, rows = c.call(token, "list_files", "big")
+        c.close()
+        return len(rows) if ok else -1
+    except OSError:
+        return -1
+
+
+def wait_for(cond, timeout, step=0.05):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(step)
+    return False
+
+
+def loopback_baseline(path, root):
+    """Seconds to send `path` over loopback TCP and write it durably."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    out = os.path.join(root, "baseline.copy")
+
+    def receive():
+        conn, _ = srv.accept()
+        with open(out, "wb") as f:
+            while True:
+                data = conn.recv(1 << 20)
+                if not data:
+                    break
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        conn.close()
+
+    t0 = time.monotonic()
+    th = threading.Thread(target=receive)
+    th.start()
+    s = socket.create_connection(srv.getsockname())
+    with open(path, "rb") as f:
+        s.sendfile(f)
+    s.close()
+    th.join()
+    secs = time.monotonic() - t0
+    os.remove(out)
+    srv.close()
+    return secs
+
+
+def first_line_at(t, text, since):
+    for at, line in t.lines:
+        if text in line:
+            return at - since
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tracker", default="target/release/tracker")
+    ap.add_argument("--files", type=int, default=38)
+    ap.add_argument("--logs", default=".", help="where the trackers' logs are written")
+    a = ap.parse_args()
+    root = tempfile.mkdtemp(prefix="raft_catch_up.")
+    ts = cluster(os.path.abspath(a.tracker), root, ["--snapshot-every", "10"])
+    out = {"loadavg_before": os.getloadavg()}
+    try:
+        lead = leader(ts)
+        token = loadgen.login(lead.addr, "benchuser", "benchpass")
+        c = loadgen.Conn(lead.addr, timeout=120)
+        ok, head, _ = c.call(token, "create_group", "big")
+        if not ok:
+            raise RuntimeError(f"create_group: {head}")
+        t0 = time.monotonic()
+        for i in range(a.files):
+            upload(c, token, i)
+        c.close()
+        out["load_secs"] = round(time.monotonic() - t0, 1)
+        victim = next(t for t in ts if t is not lead)
+        if not wait_for(lambda: file_count(victim.addr, token) == a.files, 120):
+            raise RuntimeError("the follower never caught up before the wipe")
+        snap = os.path.join(lead.data, "snapshot.db")
+        wait_for(lambda: os.path.exists(snap) and os.path.getsize(snap) > 100e6, 120)
+        out["snapshot_mb"] = round(os.path.getsize(snap) / 1e6, 1)
+        out["baseline_loopback_copy_fsync_secs"] = round(loopback_baseline(snap, root), 2)
+
+        victim.kill9()
+        for name in os.listdir(victim.data):
+            if name not in ("cluster.key", "tracker_key"):
+                p = os.path.join(victim.data, name)
+                shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+        out["loadavg_at_restart"] = os.getloadavg()
+        t_spawn = time.monotonic()
+        victim.start()
+        out["listening_secs"] = round(time.monotonic() - t_spawn, 2)
+        caught = wait_for(lambda: file_count(victim.addr, token) == a.files, 240, step=0.2)
+        out["caught_up_secs"] = round(time.monotonic() - t_spawn, 2) if caught else None
+        restored = first_line_at(victim, "restored a snapshot", t_spawn)
+        out["restored_snapshot_secs"] = round(restored, 2) if restored is not None else None
+        out["victim_snapshot_mb"] = round(
+            os.path.getsize(os.path.join(victim.data, "snapshot.db")) / 1e6, 1)
+        out["loadavg_after"] = os.getloadavg()
+        out["victim_warnings"] = [l.strip() for _, l in victim.lines if "WARN" in l][:5]
+    finally:
+        for t in ts:
+            out[f"tracker{t.no}_exit"] = t.proc.poll()
+            t.kill9()
+            with open(os.path.join(a.logs, f"tracker{t.no}.log"), "w") as f:
+                f.writelines(line for _, line in t.lines)
+        shutil.rmtree(root, ignore_errors=True)
+        print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
