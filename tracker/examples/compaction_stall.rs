@@ -15,16 +15,18 @@
 //! target/release/examples/compaction_stall [LINES] [--baseline PATH] [--seconds S]
 //! ```
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use wire::tracker_msg::{Reply, ReplyReader, Request};
 
 #[path = "common/history.rs"]
 mod history;
+#[path = "common/tracker_proc.rs"]
+mod tracker_proc;
+use tracker_proc::start;
 
 struct Probe {
     stream: TcpStream,
@@ -57,37 +59,6 @@ impl Probe {
             self.reader.push(&buf[..n]);
         }
     }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// Starts `bin` on `data`; returns the child and its address once it listens.
-fn start(bin: &Path, data: &Path, every: u64) -> (Child, String) {
-    let port = free_port();
-    let info = data.join("tracker_info.txt");
-    std::fs::write(&info, format!("127.0.0.1:{port}\n")).unwrap();
-    let mut child = Command::new(bin)
-        .arg(&info)
-        .arg("1")
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--snapshot-every")
-        .arg(every.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn tracker");
-    let out = BufReader::new(child.stdout.take().unwrap());
-    let listening = out
-        .lines()
-        .map_while(Result::ok)
-        .any(|l| l.contains("listening on"));
-    assert!(listening, "the tracker did not start");
-    (child, format!("127.0.0.1:{port}"))
 }
 
 /// The latencies of `whoami` in a closed loop for `window`, in ms, sorted.

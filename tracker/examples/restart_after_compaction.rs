@@ -20,9 +20,8 @@
 //! ```
 //! The data dir goes to a temp dir under `$TMPDIR` and is deleted afterwards.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tracker::snapshot::{self, Step};
@@ -31,43 +30,20 @@ use tracker::sync_log::{FsyncMode, SyncLog};
 
 #[path = "common/history.rs"]
 mod history;
+#[path = "common/tracker_proc.rs"]
+mod tracker_proc;
 use history::generate;
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 /// Starts the tracker on `data`, returns the time to "listening on", stops it.
 fn restart(bin: &Path, data: &Path) -> Duration {
-    let info = data.join("tracker_info.txt");
-    std::fs::write(&info, format!("127.0.0.1:{}\n", free_port())).unwrap();
     let started = Instant::now();
-    let mut child = Command::new(bin)
-        .arg(&info)
-        .arg("1")
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--snapshot-every")
-        .arg("0")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn tracker");
-    let out = BufReader::new(child.stdout.take().unwrap());
-    let mut took = None;
-    for line in out.lines().map_while(Result::ok) {
-        if line.contains("listening on") {
-            took = Some(started.elapsed());
-            break;
-        }
-    }
+    let (mut child, _) = tracker_proc::start(bin, data, 0);
+    let took = started.elapsed();
     let mut stdin = child.stdin.take().unwrap();
     let _ = stdin.write_all(b"quit\n");
     drop(stdin);
     let _ = child.wait();
-    took.expect("the tracker did not start")
+    took
 }
 
 fn remove_cache(data: &Path) {
