@@ -128,12 +128,7 @@ fn main() {
             n => lines = n.parse().expect("LINES"),
         }
     }
-    let bin: PathBuf = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("tracker");
+    let bin: PathBuf = tracker_proc::binary_beside_this_example();
     let generated = tempfile::tempdir().unwrap();
     let t = Instant::now();
     history::generate(generated.path(), lines);

@@ -57,12 +57,7 @@ fn size(p: &Path) -> f64 {
 }
 
 fn main() {
-    let bin: PathBuf = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("tracker");
+    let bin: PathBuf = tracker_proc::binary_beside_this_example();
     let mut ns: Vec<u64> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())

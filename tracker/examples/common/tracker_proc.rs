@@ -2,7 +2,7 @@
 //! port of 127.0.0.1, its `tracker_info.txt` in its data dir.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 fn free_port() -> u16 {
@@ -35,4 +35,14 @@ pub fn start(bin: &Path, data: &Path, every: u64) -> (Child, String) {
         .any(|l| l.contains("listening on"));
     assert!(listening, "the tracker did not start");
     (child, format!("127.0.0.1:{port}"))
+}
+
+/// The `tracker` binary of the target dir this example was built in.
+pub fn binary_beside_this_example() -> PathBuf {
+    std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("tracker")
 }
