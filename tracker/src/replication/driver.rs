@@ -345,15 +345,17 @@ impl RaftDriver {
             machine
                 .apply_committed(&actions.committed, recheck)
                 .map_err(|e| NodeError::Machine(Box::new(e)))?;
+            self.node.maybe_snapshot(machine)?;
             finished.committed = actions
                 .committed
                 .iter()
                 .filter_map(|c| c.proposal)
                 .collect();
             finished.failed = actions.failed;
+        } else if self.node.snapshot_awaited() {
+            // A snapshot made off the loop is picked up when it is done.
+            self.node.maybe_snapshot(machine)?;
         }
-        // Every turn: a snapshot made off the loop is picked up when it is done.
-        self.node.maybe_snapshot(machine)?;
         self.flush_and_reap(registry, now);
         Ok(finished)
     }

@@ -261,6 +261,9 @@ pub struct RaftNode {
     /// See [`RaftProgress`].
     leader_changes: u64,
     snapshots_taken: u64,
+    /// A snapshot was due and the state machine is making it off the loop: it is
+    /// asked again every turn ([`RaftNode::snapshot_awaited`]) until it has it.
+    snapshot_awaited: bool,
     /// Set: entries and hard state are written behind by this thread.
     writer: Option<RaftWriter>,
     /// The newest `Ready` handed to the writer, and the newest it made durable.
@@ -314,6 +317,7 @@ impl RaftNode {
             outbox: Vec::new(),
             leader_changes: 0,
             snapshots_taken: 0,
+            snapshot_awaited: false,
             writer: None,
             staged_ready: 0,
             durable_ready: 0,
@@ -737,10 +741,12 @@ impl RaftNode {
     /// snapshot (every turn until it has one) and keeps it, compacting the log.
     pub fn maybe_snapshot(&mut self, sm: &mut dyn StateMachine) -> Result<(), NodeError> {
         let store = self.raw.store();
+        self.snapshot_awaited = false;
         if sm.applied_index() < store.snapshot_index() + self.config.snapshot_every {
             return Ok(());
         }
         let Some((index, data)) = sm.snapshot().map_err(NodeError::Machine)? else {
+            self.snapshot_awaited = true;
             return Ok(());
         };
         let keep = self.config.keep_entries;
@@ -761,6 +767,12 @@ impl RaftNode {
             self.config.id
         );
         Ok(())
+    }
+
+    /// Whether [`Self::maybe_snapshot`] waits for a snapshot being made: the caller
+    /// then calls it every turn, not only after applying entries.
+    pub fn snapshot_awaited(&self) -> bool {
+        self.snapshot_awaited
     }
 
     /// Role, term, indexes and (on the leader) each tracker's match index.
