@@ -145,7 +145,6 @@ impl Transfers {
             reject(self, RejectCode::NotHave);
             return;
         };
-        let super_seed = self.shares.get(&sha1).is_some_and(|s| s.super_seed);
         let Some(p) = PieceIndex::new(piece, meta.piece_count()).filter(|p| {
             len != 0
                 && len <= peer_msg::MAX_REQUEST_LEN
@@ -159,7 +158,9 @@ impl Transfers {
                 reject(self, RejectCode::NotHave);
                 return;
             }
-        } else if super_seed && self.gate.is_limited(Direction::Up) {
+        } else if self.gate.is_limited(Direction::Up)
+            && self.shares.get(&sha1).is_some_and(|s| s.super_seed)
+        {
             let (n, conn) = (meta.piece_count(), self.conns[key].id);
             let serving = self
                 .conns
