@@ -880,13 +880,13 @@ impl Server {
     /// Starts the copy of the cache if the log (maybe just compacted by
     /// another tracker) still holds `every` entries past its base.
     fn start_snapshot(&mut self, every: u64, now: Instant) {
-        let cache =
-            crate::snapshot::due(&mut self.log, &mut self.store, every).and_then(|due| match due {
-                true => crate::snapshot::cache_file(&self.store).map(Some),
-                false => Ok(None),
-            });
+        let cache = match crate::snapshot::due(&mut self.log, &mut self.store, every) {
+            Ok(false) => return,
+            Ok(true) => crate::snapshot::cache_file(&self.store),
+            Err(e) => Err(e),
+        };
         match cache {
-            Ok(Some(cache)) => {
+            Ok(cache) => {
                 let applied = self.store.applied().map_or(0, |a| a.lines);
                 log::info!(
                     "tracker {}: snapshot of the cache started off the loop ({applied} entries)",
@@ -896,7 +896,6 @@ impl Server {
                     crate::snapshot::copy(&cache).map_err(|e| e.to_string())
                 });
             }
-            Ok(None) => {}
             Err(e) if self.note_log_fault(&e) => {}
             Err(e) => {
                 log::error!("compaction failed, the log is kept as it is: {e}");

@@ -168,27 +168,24 @@ impl LogMachine<'_> {
     /// copy is done and installed. A failure is logged and retried a minute later.
     fn poll_snapshot(&mut self) -> Option<(u64, Vec<u8>)> {
         let now = Instant::now();
-        match self.snapshots.poll(now) {
-            Progress::InFlight => None,
+        let why = match self.snapshots.poll(now) {
+            Progress::InFlight => return None,
             Progress::Idle => {
                 self.start_snapshot(now);
-                None
+                return None;
             }
-            Progress::Failed(why) => {
-                let no = self.tracker_no;
-                log::error!("tracker {no}: the snapshot failed (retried in a minute): {why}");
-                None
-            }
+            Progress::Failed(why) => why,
             Progress::Finished(copy) => match self.install_snapshot(copy) {
-                Ok(taken) => taken,
+                Ok(taken) => return taken,
                 Err(e) => {
-                    let no = self.tracker_no;
-                    log::error!("tracker {no}: the snapshot failed (retried in a minute): {e}");
                     self.snapshots.failed(now);
-                    None
+                    e.to_string()
                 }
             },
-        }
+        };
+        let no = self.tracker_no;
+        log::error!("tracker {no}: the snapshot failed (retried in a minute): {why}");
+        None
     }
 
     fn start_snapshot(&mut self, now: Instant) {
