@@ -179,8 +179,9 @@ fn the_tracker_answers_while_a_snapshot_is_being_taken() {
     let bob = c.user("bob", "pw");
     c.ok(Some(&bob), "join_group", &["g1"]);
     let before = answers(&mut c, &alice, &bob);
-    assert_eq!(before.len(), 10 + 1, "{before:?}"); // groups, bob's request
-                                                    // All answered before the snapshot was installed or the log compacted.
+    // The groups and bob's request.
+    assert_eq!(before.len(), 10 + 1, "{before:?}");
+    // All answered before the snapshot was installed or the log compacted.
     assert!(!data.join("snapshot.db").exists());
     assert_eq!(log_base(&data).lines, 0);
     std::fs::write(&gate, b"").unwrap();
