@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -222,6 +223,25 @@ def machine_info():
     info["versions"] = ", ".join(vers)
     info["load_start"] = loadavg()
     return info
+
+
+def disk_write_speed(tmp, mib=512):
+    """Sequential write + fsync of `mib` MiB in the temp dir, MB/s: downloads are
+    fsynced before they are reported done, so a slow disk bounds them."""
+    path = tmp / "disk-speed.bin"
+    block = os.urandom(4 << 20)
+    t0 = time.perf_counter()
+    try:
+        with open(path, "wb") as f:
+            for _ in range(mib // 4):
+                f.write(block)
+            f.flush()
+            os.fsync(f.fileno())
+        return mib * 1048576 / (time.perf_counter() - t0) / 1e6
+    except OSError:
+        return None
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def loadavg():
@@ -438,6 +458,8 @@ class DownloadRuns:
 
     def __init__(self):
         self.times, self.ups, self.rsss, self.ttfb = [], [], [], []
+        # aria2c only: until its files were on disk (swarmshare fsyncs before "done")
+        self.durable = []
 
     def end_run(self, ctx, r, tool, label, secs, leecher_pids, paths):
         """Records run `r` (its upload and ttfb figures already added): its time and
@@ -449,12 +471,31 @@ class DownloadRuns:
         log(f"{tool} {label} {run_name(ctx, r)}: {fmt_rate(ctx.size, secs)}"
             + (f", seeder uploaded {self.ups[-1]:.2f}x file size" if self.ups else ""))
         if r < ctx.warm:
-            for lst in (self.times, self.ups, self.rsss, self.ttfb):
+            for lst in (self.times, self.ups, self.rsss, self.ttfb, self.durable):
                 lst.clear()
 
     def summary(self):
         return {"secs": median(self.times), "upload_x": median(self.ups) if self.ups else None,
-                "rss": median(self.rsss), "ttfb": median(self.ttfb)}
+                "rss": median(self.rsss), "ttfb": median(self.ttfb),
+                "durable_secs": median(self.durable) if self.durable else None}
+
+
+def fsync_all(paths):
+    """fsyncs the files in parallel; returns the perf_counter when all are on disk.
+    aria2c reports a download complete with its data still in the page cache;
+    swarmshare fsyncs before it does, so this is aria2c's figure on equal terms."""
+    def one(path):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    threads = [threading.Thread(target=one, args=(p,)) for p in paths]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter()
 
 
 def check_download(ctx, path, full):
@@ -697,6 +738,7 @@ def bench_aria_download(ctx, world, label, n_seed, n_leech):
                             done[i] = time.perf_counter()
                     time.sleep(ctx.args.poll_ms / 1000)
                 secs = max(done.values()) - t_start
+                runs.durable.append(fsync_all([a.dest for a in leechers]) - t_start)
                 if r == ctx.warm:
                     for role, a in [("leecher 1", leechers[0]), ("seeder 1", seeders[0])]:
                         ctx.res.detail(f"aria2c {label} {role} (run 1 after warm-up): "
@@ -811,6 +853,10 @@ def bench_downloads(ctx):
             ctx.res.add(meas, ours_s, f"{tool} leecher" if tool == "rqbit" else tool,
                         fmt_rate(ctx.size, b["secs"]), speed_ratio(ours["secs"], b["secs"]) if ours else "n/a",
                         ">= 2.5x rqbit" if tool == "rqbit" else tgt)
+        durable = base.get("aria2c", {}).get("durable_secs")
+        if durable is not None:
+            ctx.res.add(meas, ours_s, "aria2c until its files are on disk (fsync)", fmt_rate(ctx.size, durable),
+                        speed_ratio(ours["secs"], durable) if ours else "n/a", "")
         if nl == 4:
             ux = ours.get("upload_x") if ours else None
             ours_u = f"{ux:.2f}x" if ux is not None else "n/a"
@@ -1065,8 +1111,9 @@ def check_load(ctx, r, op):
 
 def report(ctx, info, started):
     a = ctx.args
+    disk = f", disk {info['disk_mbs']:.0f} MB/s (512 MiB written + fsync in the temp dir)" if info.get("disk_mbs") else ""
     hdr = [f"Machine: {info['nproc']} cores, {info['cpu']}, SHA-NI: {info['sha_ni']}, {info['mem']} RAM, "
-           f"Linux {info['kernel']}",
+           f"Linux {info['kernel']}{disk}",
            f"Run: {info['date']}, file {a.size_mib} MiB (page cache warm), median of {ctx.runs} run(s) "
            f"(downloads after {ctx.warm} unreported warm-up run(s)), "
            f"{(time.time() - started) / 60:.1f} min; command: `bench/run.sh {' '.join(sys.argv[1:])}`",
@@ -1151,6 +1198,9 @@ def main():
         info = machine_info()
         find_tools(ctx)
         log(f"temp dir {ctx.tmp}")
+        if any(sel(s[0]) for s in SCENARIOS):
+            info["disk_mbs"] = disk_write_speed(ctx.tmp)
+            log(f"disk: {info['disk_mbs'] or 0:.0f} MB/s sequential write with fsync")
         make_file(ctx)
         if sel("hash"):
             base = bench_hash_baselines(ctx)
