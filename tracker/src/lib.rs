@@ -205,6 +205,15 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
     let issuer: &'static tickets::TicketIssuer = Box::leak(Box::new(issuer));
     let mut store = open_store(&dir.join(format!("tracker{}.db", opts.tracker_no)))?;
     let mut log = open_log(dir, opts.fsync, opts.tracker_no)?;
+    if opts.replication == Replication::Raft {
+        replication::start::rebuild_log_tail(
+            dir,
+            opts.tracker_no,
+            trackers.len(),
+            &mut log,
+            &store,
+        )?;
+    }
     let cache = store.cache_pos()?;
     let recovery = log.recover(cache)?;
     if recovery.rebuild_cache {

@@ -1263,7 +1263,9 @@ impl SyncLog {
     }
 
     /// Cuts the file at `at`, saving what is cut to `sync_log.txt.corrupt-<unix_ms>`.
-    /// Only for a torn tail ([`SyncLog::judge_stop`]). Needs the exclusive lock.
+    /// Only for a torn tail ([`SyncLog::judge_stop`]), or in raft mode for what
+    /// follows the intact prefix ([`crate::replication::log_tail`]). Needs the
+    /// exclusive lock.
     pub fn cut_torn_tail(&self, at: u64, why: &str) -> Result<PathBuf, LogError> {
         let mut saved = self.path.as_os_str().to_owned();
         saved.push(format!(".corrupt-{}", crate::unix_ms()));
@@ -1392,8 +1394,7 @@ impl SyncLog {
         let mut f = &self.file;
         match self.mode {
             FsyncMode::Batch => {
-                let all = lines.concat();
-                f.write_all(all.as_bytes()).map_err(|e| self.io_err(e))?;
+                self.append_unsynced(lines)?;
                 self.file.sync_data().map_err(|e| self.io_err(e))
             }
             FsyncMode::Always => {
@@ -1404,6 +1405,40 @@ impl SyncLog {
                 Ok(())
             }
         }
+    }
+
+    /// Appends encoded lines at the end of the file with one write and no fsync:
+    /// raft mode's apply, whose entries are already durable in Raft's own log; a
+    /// tail lost with the OS is written again from there at start
+    /// ([`crate::replication::log_tail`]). Needs the exclusive lock.
+    pub fn append_unsynced(&self, lines: &[String]) -> Result<(), LogError> {
+        (&self.file)
+            .write_all(lines.concat().as_bytes())
+            .map_err(|e| self.io_err(e))
+    }
+
+    /// The longest run of intact lines from the base, each checked by its checksum
+    /// and numbered in order (the fast pass: no fields parsed): where it ends and
+    /// the number of its last line (the base's when no line is intact).
+    pub fn intact_prefix(&self) -> Result<(u64, u64), LogError> {
+        let (mut end, mut seq) = (self.base.offset, self.base.lines);
+        self.scan_lines(
+            self.base.offset,
+            u64::MAX,
+            |offset, line| match checked_seq(line) {
+                Some(s) if s == seq + 1 => {
+                    (end, seq) = (offset + line.len() as u64 + 1, s);
+                    true
+                }
+                _ => false,
+            },
+        )?;
+        Ok((end, seq))
+    }
+
+    /// Makes what was appended durable (fsync).
+    pub fn sync(&self) -> Result<(), LogError> {
+        self.file.sync_data().map_err(|e| self.io_err(e))
     }
 
     /// Compaction, step 2: writes `sync_log.txt.compact-tmp`, a log of this

@@ -4,11 +4,13 @@
 //! A committed Raft entry's data is one sync-log line (a [`LogEntry`] encoded with
 //! sequence number 0; the exactly-once request id rides inside it). Applying a run of
 //! committed entries: each gets its real sequence number (the next line of this
-//! tracker's log), all are appended to `sync_log.txt` with one write + fsync, and only
+//! tracker's log), all are appended to `sync_log.txt` with one write, and only
 //! then applied through [`store::apply`] (the one apply path) in one SQLite
 //! transaction, which also records the Raft index of the last line
 //! ([`store::RaftApplied`]). So the log is written before the cache, as in shared-log
-//! mode, and every tracker's log holds the same lines in the same order.
+//! mode, and every tracker's log holds the same lines in the same order. The append
+//! is not fsynced: the entries are durable in Raft's log already, and a tail the OS
+//! lost is written again from there at start ([`super::log_tail`]).
 //!
 //! A crash between the append and the cache commit leaves lines the cache replays at
 //! start ([`crate::replay`]) without their Raft index: [`reconcile`] matches them to the
@@ -131,7 +133,7 @@ impl LogMachine<'_> {
             if len != base {
                 return Err(MachineFault::LogCacheMismatch { len, applied: base });
             }
-            if let Err(e) = self.log.append(&lines) {
+            if let Err(e) = self.log.append_unsynced(&lines) {
                 let _ = self.log.truncate(base);
                 return Err(e.into());
             }

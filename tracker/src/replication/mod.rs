@@ -13,7 +13,9 @@
 //! - [`cluster_key`]: the 32-byte cluster key file (0600) in the data dir.
 //! - [`raft_log`]: raft-rs's slog output into the `log` crate.
 //! - [`machine`]: `LogMachine`, the state machine: committed entries appended to this
-//!   tracker's `sync_log.txt`, then applied through `store::apply`; snapshots.
+//!   tracker's `sync_log.txt` (no fsync: Raft's log is the durable copy), then
+//!   applied through `store::apply`; snapshots. [`log_tail`]: a log tail lost with
+//!   the OS written again from Raft's log at start.
 //! - [`driver`]: `RaftDriver`, the node on the server's mio loop: peer links, tick,
 //!   each `Ready` in order. [`start`]: opening it all at start-up.
 //!
@@ -26,6 +28,7 @@
 
 pub mod cluster_key;
 pub mod driver;
+pub mod log_tail;
 pub mod machine;
 pub mod node;
 pub mod peer_frame;

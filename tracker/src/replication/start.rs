@@ -5,7 +5,6 @@
 use std::path::Path;
 use std::time::Instant;
 
-use raft::prelude::EntryType;
 use raft::{GetEntriesContext, Storage};
 
 use super::cluster_key;
@@ -89,6 +88,32 @@ pub fn start(
     ))
 }
 
+/// Before the log is checked against the cache: a `sync_log.txt` tail lost with
+/// the OS written again from Raft's log ([`super::log_tail`]).
+pub fn rebuild_log_tail(
+    dir: &Path,
+    tracker_no: usize,
+    trackers: usize,
+    log: &mut SyncLog,
+    store: &Store,
+) -> Result<(), TrackerError> {
+    let voters: Vec<u64> = (1..=trackers as u64).collect();
+    let storage =
+        RaftStorage::open(&dir.join(format!("raft{tracker_no}.db")), &voters).map_err(raft_err)?;
+    let done = super::log_tail::rebuild(log, store, &storage).map_err(|e| {
+        raft_err(format!(
+            "sync_log.txt could not be made whole from Raft's log: {e}"
+        ))
+    })?;
+    if done.lines > 0 {
+        log::warn!(
+            "sync_log.txt: wrote {} lines the OS had lost again from Raft's log",
+            done.lines
+        );
+    }
+    Ok(())
+}
+
 /// (index, is a change) of the stored Raft entries from `from` on.
 fn changes_from(storage: &RaftStorage, from: u64) -> Result<Vec<(u64, bool)>, MachineFault> {
     let last = storage.last_index().unwrap_or(0);
@@ -103,9 +128,6 @@ fn changes_from(storage: &RaftStorage, from: u64) -> Result<Vec<(u64, bool)>, Ma
         })?;
     Ok(entries
         .iter()
-        .map(|e| {
-            let change = e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty();
-            (e.index, change)
-        })
+        .map(|e| (e.index, super::log_tail::is_change(e)))
         .collect())
 }
