@@ -37,8 +37,9 @@ struct Args {
     /// error, warn, info, debug, trace or off.
     #[arg(long, default_value = "info")]
     log_level: LevelFilter,
-    /// `batch`: one fsync for all changes of a loop turn (group commit);
-    /// `always`: one fsync per change.
+    /// `batch`: one fsync of sync_log.txt for all changes of a loop turn (group
+    /// commit); `always`: one fsync per change. Shared-log mode: in raft mode the
+    /// Raft log is fsynced once per batch of entries and sync_log.txt is not.
     #[arg(long, value_enum, default_value = "batch")]
     fsync: FsyncMode,
     /// Seeders not heard from for this many seconds are not listed as online.
