@@ -48,6 +48,7 @@ pub mod status_html;
 pub mod store;
 pub mod sync_log;
 pub mod tickets;
+pub mod wal_checkpointer;
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};

@@ -9,6 +9,7 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::sync_log::{CachePos, Generation, LogEntry, Op};
+use crate::wal_checkpointer::{WalCheckpointer, LOOP_CHECKPOINT_PAGES};
 
 /// Migrations, applied in order; `PRAGMA user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
@@ -49,6 +50,8 @@ pub struct Applied {
 #[derive(Debug)]
 pub struct Store {
     conn: Connection,
+    /// Checkpoints a database file's WAL off the loop (none in memory).
+    _checkpointer: Option<WalCheckpointer>,
 }
 
 impl Store {
@@ -68,15 +71,24 @@ impl Store {
             .map_err(open_err)?;
         // Every query and apply statement stays prepared (there are about 40).
         conn.set_prepared_statement_cache_capacity(64);
-        let mut store = Store { conn };
+        conn.pragma_update(None, "wal_autocheckpoint", LOOP_CHECKPOINT_PAGES)
+            .map_err(open_err)?;
+        let mut store = Store {
+            conn,
+            _checkpointer: None,
+        };
         store.migrate()?;
-        Ok(store)
+        Ok(Store {
+            _checkpointer: WalCheckpointer::start(path),
+            ..store
+        })
     }
 
     /// An in-memory store (tests).
     pub fn open_in_memory() -> Result<Store, StoreError> {
         let mut store = Store {
             conn: Connection::open_in_memory()?,
+            _checkpointer: None,
         };
         store.migrate()?;
         Ok(store)
@@ -1030,7 +1042,10 @@ mod tests {
         conn.pragma_update(None, "user_version", 3).unwrap();
         conn.execute_batch("INSERT INTO file_seeders VALUES ('g', 'f', 't', 'u', '1.2.3.4:5', 7)")
             .unwrap();
-        let mut st = Store { conn };
+        let mut st = Store {
+            conn,
+            _checkpointer: None,
+        };
         st.migrate().unwrap();
         let row: (String, i64, i64) = st
             .conn()
