@@ -607,7 +607,14 @@ mod tests {
         f.on_bitfield(Bitfield::full(4).into_bytes(), &mut picker)
             .unwrap();
         let mut out = Vec::new();
-        f.fill(&mut picker, &meta, 1, 1, None, &mut out);
+        f.fill(
+            &mut picker,
+            &meta,
+            1,
+            1,
+            crate::fetch_peer::SeederView::Whole(0),
+            &mut out,
+        );
         let first = asked(&out)[0];
         // Another leecher got that piece from the seeder already.
         assert_eq!(
@@ -620,7 +627,14 @@ mod tests {
         );
         f.on_reject(first, &mut picker);
         let mut out = Vec::new();
-        f.fill(&mut picker, &meta, 1, 1, None, &mut out);
+        f.fill(
+            &mut picker,
+            &meta,
+            1,
+            1,
+            crate::fetch_peer::SeederView::Whole(0),
+            &mut out,
+        );
         let second = asked(&out);
         assert_eq!(second.len(), 1);
         assert_ne!(second[0], first, "asks for another piece");
@@ -639,7 +653,14 @@ mod tests {
         f.on_have(first, &mut picker);
         assert_eq!(picker.availability(ix(first)), 1, "offered again");
         let mut out = Vec::new();
-        f.fill(&mut picker, &meta, 2, 1, None, &mut out);
+        f.fill(
+            &mut picker,
+            &meta,
+            2,
+            1,
+            crate::fetch_peer::SeederView::Whole(0),
+            &mut out,
+        );
         let third = asked(&out)[0];
         // Whichever it asks now (every piece went out once), the seeder answers.
         assert_eq!(
