@@ -34,9 +34,9 @@
 //! changed nothing measurable at 1 -> 16 and cost about 0.7 s at 1 -> 8 (the
 //! lane at the seeder keeps the whole-file hash close behind). Once every
 //! missing piece is at another peer too (the tail) it applies there as well:
-//! the leechers had asked the seeder for 13-41 second copies in the tail of
-//! 1 -> 16, up to 1.16x the file from the seeder (BENCHMARKS.md, the capped
-//! 1 -> 16 within the targets).
+//! the leechers had asked the seeder for 9-41 second copies in the tail of
+//! 1 -> 16, up to 1.17x the file from the seeder (BENCHMARKS.md, the capped
+//! 1->16 within the targets).
 //!
 //! Endgame: when no piece is missing any more (each is requested, verifying or
 //! held), a peer may duplicate a request of a piece still outstanding at another
