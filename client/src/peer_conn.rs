@@ -161,6 +161,50 @@ pub struct PeerConn {
     pub held_w: bool,
     /// The read quota ran out before the socket was drained: held likewise.
     pub held_r: bool,
+    /// How the write queue fared (for the log when the connection closes).
+    pub write_stats: WriteStats,
+}
+
+/// What a connection wrote, and the longest time its queued piece data
+/// waited without a byte going out (under an upload limit: how fairly the
+/// limit was shared).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteStats {
+    /// Bytes of messages longer than a control message written.
+    pub data_bytes: u64,
+    /// The longest wait, in seconds.
+    pub longest_wait: f64,
+    /// Since when the piece data at the front has waited (none queued: `None`).
+    waiting_since: Option<Instant>,
+}
+
+impl WriteStats {
+    /// `n` bytes of piece data went out at `now`; `more` says whether piece
+    /// data is still queued.
+    fn wrote(&mut self, n: usize, now: Instant, more: bool) {
+        self.data_bytes += n as u64;
+        self.note_wait(now);
+        self.waiting_since = more.then_some(now);
+    }
+
+    fn note_wait(&mut self, now: Instant) {
+        if let Some(t) = self.waiting_since {
+            let waited = now.duration_since(t).as_secs_f64();
+            self.longest_wait = self.longest_wait.max(waited);
+        }
+    }
+
+    /// Piece data was queued at `now` (the wait starts if none was queued).
+    fn queued(&mut self, now: Instant) {
+        self.waiting_since.get_or_insert(now);
+    }
+
+    /// The longest wait so far, counting the one still going on at `now`.
+    pub fn longest_wait_until(&self, now: Instant) -> f64 {
+        let mut s = *self;
+        s.note_wait(now);
+        s.longest_wait
+    }
 }
 
 impl PeerConn {
@@ -195,6 +239,7 @@ impl PeerConn {
             rquota: None,
             held_w: false,
             held_r: false,
+            write_stats: WriteStats::default(),
         }
     }
 
@@ -222,12 +267,25 @@ impl PeerConn {
         self.wqueue.len()
     }
 
+    /// Bytes received and not parsed yet.
+    pub fn buffered(&self) -> usize {
+        self.rbuf.len()
+    }
+
+    /// Messages longer than a control message (piece data) not yet written.
+    pub fn data_queued(&self) -> usize {
+        self.wqueue.iter().filter(|m| m.len() > CONTROL_MAX).count()
+    }
+
     /// Queues bytes and tries to write at once.
     pub fn send(&mut self, bytes: Vec<u8>) {
         if self.is_closed() || bytes.is_empty() {
             return;
         }
         self.last_tx = Instant::now();
+        if bytes.len() > CONTROL_MAX {
+            self.write_stats.queued(self.last_tx);
+        }
         self.wqueue.push_back(bytes);
         if !self.is_connecting() {
             if let Err(e) = self.flush() {
@@ -304,6 +362,10 @@ impl PeerConn {
                         if let Some(b) = self.wqueue.pop_front() {
                             self.written.push(b);
                         }
+                    }
+                    if !control {
+                        let more = self.data_queued() > 0;
+                        self.write_stats.wrote(n, Instant::now(), more);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

@@ -377,14 +377,14 @@ impl Transfers {
             );
         }
         self.after_conn_io(registry, key, events);
-        // The budget above was taken before the write queue drained: requests
-        // left buffered for lack of it are parsed now, or nothing (no new bytes
-        // arrive while the downloader waits for answers) would wake them.
-        if writable
-            && self
-                .conns
-                .get(key)
-                .is_some_and(|c| matches!(c.role, Role::Serve(_)))
+        // The budget above was taken before the write queue drained, and
+        // refused requests took none of it: requests left buffered are parsed
+        // now, or nothing (no new bytes arrive while the downloader waits for
+        // answers) would wake them.
+        if self
+            .conns
+            .get(key)
+            .is_some_and(|c| matches!(c.role, Role::Serve(_)))
         {
             self.reparse(registry, key);
             self.catch_up_bitfield(key);
@@ -413,21 +413,34 @@ impl Transfers {
         }
     }
 
-    /// Re-parses buffered requests of a serving connection after back-pressure eased.
+    /// Parses a serving connection's buffered requests while its budget
+    /// allows: after back-pressure eased, and again after requests that took
+    /// none of it (a refused one is answered at once, e.g. a piece a
+    /// super-seeding seeder withholds). Else the rest would wait for bytes that
+    /// never come: the downloader waits for answers (at 1 -> 16, 3-5 of a
+    /// leecher's requests to the seeder timed out after 15 s that way).
     fn reparse(&mut self, registry: &Registry, key: usize) {
-        let budget = self.serve_budget(key);
-        if budget == 0 {
-            return;
-        }
-        let mut events = Vec::new();
-        {
-            let bufs = &mut self.bufs;
-            let Some(conn) = self.conns.get_mut(key) else {
+        loop {
+            let budget = self.serve_budget(key);
+            let Some(before) = self.conns.get(key).map(|c| c.buffered()) else {
                 return;
             };
-            conn.parse(budget, &mut |len| bufs.take(len), &mut events);
+            if budget == 0 || before == 0 {
+                return;
+            }
+            let mut events = Vec::new();
+            {
+                let bufs = &mut self.bufs;
+                let Some(conn) = self.conns.get_mut(key) else {
+                    return;
+                };
+                conn.parse(budget, &mut |len| bufs.take(len), &mut events);
+            }
+            self.after_conn_io(registry, key, events);
+            if self.conns.get(key).is_none_or(|c| c.buffered() == before) {
+                return;
+            }
         }
-        self.after_conn_io(registry, key, events);
     }
 
     fn after_conn_io(&mut self, registry: &Registry, key: usize, events: Vec<ConnEvent>) {
@@ -466,6 +479,9 @@ impl Transfers {
         let mut conn = self.conns.remove(key);
         let _ = registry.deregister(&mut conn.stream);
         self.super_seed.forget_conn(conn.id);
+        if let Role::Serve(ServeState::Serving { pending_reads, .. }) = conn.role {
+            serving::log_closed(&conn, pending_reads);
+        }
         if let Role::Fetch(fetch) = conn.role {
             self.fetch_conn_closed(registry, key, conn.addr, fetch);
         }

@@ -24,7 +24,7 @@ use wire::pieces::{Bitfield, PieceIndex};
 
 use super::{PoolMsg, TrackerJob, Transfers};
 use crate::limits::Direction;
-use crate::peer_conn::{ConnEvent, Role, ServeState};
+use crate::peer_conn::{ConnEvent, PeerConn, Role, ServeState};
 use crate::registry::{stamp_of, FileStamp};
 use crate::storage;
 use crate::super_seed::{hold_for, Verdict};
@@ -53,6 +53,29 @@ pub(super) struct Share {
     /// other peer has pieces too) leaves the leechers still missing a piece
     /// with one peer fewer to get it from.
     pub(super) super_seed: bool,
+}
+
+/// A serving connection closed: what it sent, the longest its piece data
+/// waited for the upload limit, and the pieces it leaves unsent (a seeder
+/// counted those as sent; the swarm benchmark reads this).
+pub(super) fn log_closed(conn: &PeerConn, pending_reads: usize) {
+    let w = &conn.write_stats;
+    let unsent = conn.data_queued() + pending_reads;
+    log::info!(
+        "served {}: {:.1} MiB, longest wait for the upload {:.1} s, {unsent} pieces unsent at close",
+        conn.addr,
+        w.data_bytes as f64 / (1 << 20) as f64,
+        w.longest_wait_until(std::time::Instant::now()),
+    );
+}
+
+/// Whether a serving connection has piece data queued or being read.
+fn sends_data(c: &PeerConn) -> bool {
+    let reading = match c.role {
+        Role::Serve(ServeState::Serving { pending_reads, .. }) => pending_reads > 0,
+        _ => false,
+    };
+    reading || c.data_queued() > 0
 }
 
 impl Transfers {
@@ -173,7 +196,13 @@ impl Transfers {
                 self.gate.limit(Direction::Up),
             );
             let now = std::time::Instant::now();
-            if self.super_seed.request(sha1, n, conn, p, now, hold) == Verdict::Withhold {
+            let conns = &self.conns;
+            let sending = |id: u64| conns.iter().any(|(_, c)| c.id == id && sends_data(c));
+            if self
+                .super_seed
+                .request(sha1, n, conn, p, now, hold, sending)
+                == Verdict::Withhold
+            {
                 reject(self, RejectCode::NotHave);
                 return;
             }
@@ -359,11 +388,13 @@ impl Transfers {
         let mean = s.wait_sum / s.offers.max(1) as f64;
         log::info!(
             "super-seed: served {} first copies, {} new-round copies, {} copies on offer; \
-             withheld {}, offered again {} (waited {mean:.1} s mean, {:.1} s max), {waiting} waiting",
+             withheld {} ({} in turn behind first copies), offered again {} \
+             (waited {mean:.1} s mean, {:.1} s max), {waiting} waiting",
             s.first_copies,
             s.round_copies,
             s.offered_copies,
             s.withheld,
+            s.behind_first,
             s.offers,
             s.wait_max
         );

@@ -647,6 +647,65 @@ fn server_resumes_buffered_requests_after_back_pressure() {
     client.join().unwrap();
 }
 
+/// Requests a super-seeding seeder refuses at once take none of the
+/// connection's budget: the ones buffered behind them are parsed and answered
+/// too, with no new bytes arriving (the downloader waits for answers).
+#[test]
+fn requests_behind_refused_ones_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = wire::file_meta::PIECE_SIZE as usize;
+    let src = dir.path().join("f");
+    write_file(&src, 2 * p, 6);
+    let mut seeder = Node::new(8, 5);
+    let meta = seeder.share(&src);
+    seeder.t.set_limit(crate::limits::Direction::Up, 1 << 30);
+    let addr = seeder.addr;
+    let request = move |piece: u32, out: &mut Vec<u8>| {
+        PeerMsg::Request {
+            piece,
+            offset: 0,
+            len: p as u32,
+        }
+        .encode_into(out)
+    };
+    let client = std::thread::spawn(move || {
+        let me = wire::ticket::new_key_pair().unwrap();
+        let connect = || {
+            let s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        };
+        // Piece 0 goes to a first downloader...
+        let mut a = connect();
+        let mut buf = raw_auth(&mut a, meta.file_sha1, test_tracker(), &me, 60);
+        let mut reqs = Vec::new();
+        request(0, &mut reqs);
+        a.write_all(&reqs).unwrap();
+        while !matches!(raw_msg(&mut a, &mut buf), Some(PeerMsg::Piece { .. })) {}
+        // ...so a second one asking for it again and again is refused, and
+        // its request for piece 1 behind those must still be served.
+        let mut b = connect();
+        let mut buf = raw_auth(&mut b, meta.file_sha1, test_tracker(), &me, 60);
+        let mut reqs = Vec::new();
+        for _ in 0..8 {
+            request(0, &mut reqs);
+        }
+        request(1, &mut reqs);
+        b.write_all(&reqs).unwrap();
+        let mut rejects = 0;
+        loop {
+            match raw_msg(&mut b, &mut buf).expect("answers stopped coming") {
+                PeerMsg::Reject { piece: 0, .. } => rejects += 1,
+                PeerMsg::Piece { piece: 1, .. } => break,
+                _ => {}
+            }
+        }
+        assert_eq!(rejects, 8);
+    });
+    run_until(&mut [&mut seeder], 30, |_| client.is_finished());
+    client.join().unwrap();
+}
+
 /// Metadata whose piece hashes are right but whose whole-file SHA-1 is not: the
 /// download fails, and neither its temporary file (no resume state points at it
 /// any more) nor its connections are left behind.
