@@ -45,7 +45,8 @@ impl StateMachine for Machine {
         Ok(Some((self.applied, out)))
     }
 
-    fn restore(&mut self, index: u64, mut data: &[u8]) -> Result<(), MachineError> {
+    fn restore(&mut self, index: u64, data: bytes::Bytes) -> Result<(), MachineError> {
+        let mut data = &data[..];
         self.entries.clear();
         while data.len() >= 4 {
             let len = u32::from_le_bytes(data[..4].try_into()?) as usize;

@@ -36,8 +36,8 @@ use mio::{Interest, Registry, Token};
 use raft::prelude::{Message, MessageType};
 use slab::Slab;
 
-use super::machine::{LogMachine, Recheck};
-use super::node::{NodeError, ProposalId, ProposeError, RaftNode, StateMachine};
+use super::machine::{LogMachine, MachineFault, Recheck};
+use super::node::{NodeError, ProposalId, ProposeError, RaftNode, ReceivedSnapshot, StateMachine};
 use super::peer_frame::{fresh_nonce, LinkEvent, LinkLimits, PeerLink};
 
 /// Tokens at and above this are peer links (the server's are below).
@@ -338,9 +338,7 @@ impl RaftDriver {
                 self.send(msg, now);
             }
             if let Some(snap) = actions.snapshot.take() {
-                machine
-                    .restore(snap.index, &snap.data)
-                    .map_err(NodeError::Machine)?;
+                self.start_restore(machine, snap)?;
             }
             machine
                 .apply_committed(&actions.committed, recheck)
@@ -356,8 +354,48 @@ impl RaftDriver {
             // A snapshot made off the loop is picked up when it is done.
             self.node.maybe_snapshot(machine)?;
         }
+        self.finish_restore(machine)?;
         self.flush_and_reap(registry, now);
         Ok(finished)
+    }
+
+    /// A received snapshot: restored off the loop when the node waits for it
+    /// (written behind), else at once.
+    fn start_restore(
+        &mut self,
+        machine: &mut LogMachine<'_>,
+        snap: ReceivedSnapshot,
+    ) -> Result<(), NodeError> {
+        let machine_err = |e: MachineFault| NodeError::Machine(Box::new(e));
+        if self.node.restoring().is_some() {
+            log::info!(
+                "tracker {}: restoring a snapshot at Raft index {} ({} bytes) off the loop",
+                self.me,
+                snap.index,
+                snap.data.len()
+            );
+            machine
+                .start_restore(snap.index, snap.data)
+                .map_err(machine_err)
+        } else {
+            machine
+                .restore(snap.index, snap.data)
+                .map_err(NodeError::Machine)
+        }
+    }
+
+    /// Installs the restore in flight once its files are written and Raft's
+    /// storage holds the snapshot, and tells the node (see `node.rs`).
+    fn finish_restore(&mut self, machine: &mut LogMachine<'_>) -> Result<(), NodeError> {
+        if self.node.restoring().is_none() || !self.node.restore_written()? {
+            return Ok(());
+        }
+        let machine_err = |e: MachineFault| NodeError::Machine(Box::new(e));
+        if let Some(prepared) = machine.poll_restore().map_err(machine_err)? {
+            machine.install_restore(prepared).map_err(machine_err)?;
+            self.node.restore_installed();
+        }
+        Ok(())
     }
 
     fn read_links(&mut self, buf: &mut [u8], now: Instant) {

@@ -14,6 +14,7 @@
 //! - [`raft_log`]: raft-rs's slog output into the `log` crate.
 //! - [`machine`]: `LogMachine`, the state machine: committed entries appended to this
 //!   tracker's `sync_log.txt`, then applied through `store::apply`; snapshots.
+//! - [`restore`]: `RestoreJob`, a received snapshot's files written off the loop.
 //! - [`driver`]: `RaftDriver`, the node on the server's mio loop: peer links, tick,
 //!   each `Ready` in order. [`start`]: opening it all at start-up.
 //!
@@ -31,5 +32,6 @@ pub mod node;
 pub mod peer_frame;
 pub mod raft_log;
 pub mod raft_writer;
+pub mod restore;
 pub mod start;
 pub mod storage;
