@@ -35,12 +35,13 @@
 //! handed out to apply (raft-rs gives only ones up to its persisted index) are on
 //! this tracker's disk and a majority's. A `Ready` carrying a received snapshot is
 //! staged and written behind the same way (its row replaces the log), and the state
-//! machine restores it off the loop too: that `Ready` counts as persisted
-//! (`on_persist_ready`, and the messages held for it go out) only once the writer
-//! made it durable *and* the owner reports the restored state installed
-//! ([`RaftNode::restore_installed`]), so raft-rs hands out no entry after the
-//! snapshot before the state it applies to is there. Meanwhile further snapshots
-//! from the leader are dropped (one restore at a time; the leader sends it again).
+//! machine restores it off the loop too. Its messages (the acknowledgement of the
+//! snapshot) and later ones go out as the writer makes them durable, as always; but
+//! raft-rs is told that `Ready` is persisted (`on_persist_ready`) only once the owner
+//! also reports the restored state installed ([`RaftNode::restore_installed`]), so it
+//! hands out no entry after the snapshot before the state it applies to is there.
+//! Meanwhile the node does not campaign, and further snapshots from the leader are
+//! dropped (one restore at a time; the leader sends it again).
 //! `has_ready` is true when the thread finished a write; it wakes the loop through
 //! the waker it was given.
 //!
@@ -275,9 +276,12 @@ pub struct RaftNode {
     snapshot_awaited: bool,
     /// Set: entries and hard state are written behind by this thread.
     writer: Option<RaftWriter>,
-    /// The newest `Ready` handed to the writer, and the newest it made durable.
+    /// The newest `Ready` handed to the writer, the newest it made durable, and
+    /// the newest raft-rs was told is persisted (`on_persist_ready`; behind
+    /// `durable_ready` while a snapshot is restored).
     staged_ready: u64,
     durable_ready: u64,
+    persisted_ready: u64,
     /// Messages that promise durability, each held until that `Ready` is durable.
     held: VecDeque<(u64, Vec<Message>)>,
     /// The staged `Ready` carrying a received snapshot whose restore the state
@@ -334,6 +338,7 @@ impl RaftNode {
             writer: None,
             staged_ready: 0,
             durable_ready: 0,
+            persisted_ready: 0,
             held: VecDeque::new(),
             restoring: None,
         })
@@ -373,8 +378,13 @@ impl RaftNode {
         Some(self.raw.raft.leader_id).filter(|&l| l != INVALID_ID)
     }
 
-    /// Advances Raft's logical clock by one tick.
+    /// Advances Raft's logical clock by one tick. A node restoring a snapshot
+    /// does not campaign (raft-rs may not lead with a snapshot not yet persisted;
+    /// it still votes for others).
     pub fn tick(&mut self) {
+        if self.restoring.is_some() {
+            self.raw.raft.election_elapsed = 0;
+        }
         self.raw.tick();
     }
 
@@ -561,11 +571,13 @@ impl RaftNode {
     /// Whether `handle_ready` has work now (then the loop should not block).
     pub fn has_ready(&self) -> bool {
         let written = self.persisting()
-            && self.writer.as_ref().is_some_and(|w| {
-                w.durable()
-                    .map_or(true, |d| self.persisted_cap(d) > self.durable_ready)
-            });
+            && self
+                .writer
+                .as_ref()
+                .is_some_and(|w| w.durable().map_or(true, |d| d > self.durable_ready));
+        let restored = self.persisted_cap(self.durable_ready) > self.persisted_ready;
         written
+            || restored
             || self.raw.has_ready()
             || !self.outbox.is_empty()
             || (!self.queued.is_empty() && self.leader().is_some())
@@ -666,8 +678,9 @@ impl RaftNode {
             actions.messages.extend(persisted);
         }
         self.raw.advance_append_async(rd);
-        if !self.persisting() {
+        if !self.persisting() && self.restoring.is_none() {
             self.raw.on_persist_ready(number);
+            self.persisted_ready = number;
         }
         Ok(())
     }
@@ -675,7 +688,7 @@ impl RaftNode {
     /// Takes in what the writer made durable since the last call.
     fn note_durable(&mut self, out: &mut Vec<Message>) -> Result<(), NodeError> {
         if let Some(w) = &self.writer {
-            let durable = self.persisted_cap(w.durable()?);
+            let durable = w.durable()?;
             self.release(durable, out);
         }
         Ok(())
@@ -708,17 +721,21 @@ impl RaftNode {
         self.restoring = None;
     }
 
-    /// `Ready`s up to `durable` are on disk: raft-rs may count them, and the
-    /// messages held for them go out.
+    /// `Ready`s up to `durable` are on disk: the messages held for them go out,
+    /// and raft-rs may count them (unless a snapshot among them is still being
+    /// restored: see [`Self::persisted_cap`]).
     fn release(&mut self, durable: u64, out: &mut Vec<Message>) {
-        if durable <= self.durable_ready {
-            return;
+        if durable > self.durable_ready {
+            self.durable_ready = durable;
+            self.raw.mut_store().written(durable);
+            while self.held.front().is_some_and(|(n, _)| *n <= durable) {
+                out.extend(self.held.pop_front().expect("front checked").1);
+            }
         }
-        self.durable_ready = durable;
-        self.raw.mut_store().written(durable);
-        self.raw.on_persist_ready(durable);
-        while self.held.front().is_some_and(|(n, _)| *n <= durable) {
-            out.extend(self.held.pop_front().expect("front checked").1);
+        let persisted = self.persisted_cap(self.durable_ready);
+        if persisted > self.persisted_ready {
+            self.persisted_ready = persisted;
+            self.raw.on_persist_ready(persisted);
         }
     }
 

@@ -924,6 +924,62 @@ mod tests {
     }
 
     #[test]
+    fn a_staged_snapshot_is_served_from_memory_until_idle_then_read_off_the_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let mut s = RaftStorage::open(&path, &[1, 2]).unwrap();
+        let ents: Vec<Entry> = (1..=5).map(|i| entry(i, 1, b"a")).collect();
+        s.persist(None, &ents, None).unwrap();
+        let job = s
+            .stage_snapshot(1, 4, Bytes::from_static(b"state at 4"), 1)
+            .unwrap()
+            .expect("newer than none");
+        // Not written yet, and served at the first ask all the same.
+        let snap = s.snapshot(4, 2).unwrap();
+        assert_eq!(&snap.data[..], b"state at 4");
+        assert!(s.snapshot(5, 2).is_err(), "a newer one is not faked");
+        write_jobs(&mut open_connection(&path).unwrap(), &[job]).unwrap();
+        let later = Instant::now() + SNAPSHOT_IDLE;
+        s.drop_idle_snapshot(later, SNAPSHOT_IDLE);
+        assert!(!s.holds_snapshot());
+        // The next ask starts a read and is told to ask again; then it is served.
+        assert!(matches!(
+            s.snapshot(4, 2),
+            Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable
+            ))
+        ));
+        assert_eq!(&served(&s, 4).data[..], b"state at 4");
+        assert!(s.holds_snapshot());
+    }
+
+    #[test]
+    fn a_received_snapshot_staged_for_the_writer_replaces_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let mut s = RaftStorage::open(&path, &[1, 2, 3]).unwrap();
+        let ents: Vec<Entry> = (1..=9).map(|i| entry(i, 1, b"a")).collect();
+        s.persist(None, &ents, None).unwrap();
+        let mut snap = Snapshot::default();
+        snap.data = Bytes::from_static(b"remote");
+        snap.mut_metadata().index = 6;
+        snap.mut_metadata().term = 2;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        let job = s.stage(1, Some(&snap), &[entry(7, 2, b"b")], None).unwrap();
+        // In memory at once: raft-rs reads the new log before it is written.
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (7, 7));
+        assert_eq!(s.term(6).unwrap(), 2);
+        assert_eq!(&s.snapshot(6, 1).unwrap().data[..], b"remote");
+        assert_eq!(s.hard_state().commit, 6);
+        write_jobs(&mut open_connection(&path).unwrap(), &[job]).unwrap();
+        drop(s);
+        let s = RaftStorage::open(&path, &[1, 2, 3]).unwrap();
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (7, 7));
+        assert_eq!(s.entries(7, 8, None, ctx()).unwrap()[0].term, 2);
+        assert_eq!(&s.load_snapshot().unwrap().unwrap().data[..], b"remote");
+    }
+
+    #[test]
     fn max_size_limits_but_returns_at_least_one_entry() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = RaftStorage::open(&dir.path().join("r.db"), &[1]).unwrap();
