@@ -14,6 +14,11 @@ serving every file (`list_files` answered by it).
 Baseline, same run: the snapshot file's bytes sent over a loopback TCP socket and
 written to a file with one fsync (the least any catch-up must do).
 
+Loop stalls: from the restart until the wiped tracker serves every file, one
+connection to each tracker sends `whoami` every 10 ms; the longest wait for a reply
+(and how many replies came) says how long each tracker's loop stood still (the
+wiped one is probed once it listens; a refused or broken connection is retried).
+
 Usage: bench/raft_catch_up.py [--tracker target/release/tracker] [--files 38]
 Prints JSON; numbers go into BENCHMARKS.md by hand.
 """
@@ -104,6 +109,42 @@ def loopback_baseline(path, root):
     return secs
 
 
+class Probe:
+    """`whoami` every 10 ms against one tracker; the longest reply wait."""
+
+    def __init__(self, addr, token):
+        self.addr, self.token = addr, token
+        self.max_ms, self.replies, self.errors, self.max_at = 0.0, 0, 0, None
+        self.stop = threading.Event()
+        self.th = threading.Thread(target=self._run, daemon=True)
+        self.th.start()
+
+    def _run(self):
+        conn = None
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = loadgen.Conn(self.addr, timeout=120)
+                t, wall = time.monotonic(), time.time()
+                conn.call(self.token, "whoami")
+                ms = (time.monotonic() - t) * 1000
+                if ms > self.max_ms:
+                    self.max_ms, self.max_at = ms, wall
+                self.replies += 1
+            except OSError:
+                self.errors += 1
+                conn = None
+            time.sleep(0.01)
+
+    def result(self):
+        self.stop.set()
+        self.th.join(150)
+        at = self.max_at and time.strftime("%H:%M:%S", time.gmtime(self.max_at))
+        at = at and f"{at}.{int(self.max_at % 1 * 1000):03d}"
+        return {"max_ms": round(self.max_ms, 1), "max_at_utc": at, "replies": self.replies,
+                "reconnects": self.errors}
+
+
 def first_line_at(t, text, since):
     for at, line in t.lines:
         if text in line:
@@ -132,11 +173,14 @@ def main():
             upload(c, token, i)
         c.close()
         out["load_secs"] = round(time.monotonic() - t0, 1)
-        victim = next(t for t in ts if t is not lead)
-        if not wait_for(lambda: file_count(victim.addr, token) == a.files, 120):
-            raise RuntimeError("the follower never caught up before the wipe")
+        if not all(wait_for(lambda: file_count(t.addr, token) == a.files, 120) for t in ts):
+            raise RuntimeError("a tracker never caught up before the wipe")
+        # (The leader may have changed during the load.)
+        lead = leader(ts)
         snap = os.path.join(lead.data, "snapshot.db")
         wait_for(lambda: os.path.exists(snap) and os.path.getsize(snap) > 100e6, 120)
+        victim = next(t for t in ts if t is not lead)
+        out["leader_and_wiped"] = [lead.no, victim.no]
         out["snapshot_mb"] = round(os.path.getsize(snap) / 1e6, 1)
         out["baseline_loopback_copy_fsync_secs"] = round(loopback_baseline(snap, root), 2)
 
@@ -146,11 +190,15 @@ def main():
                 p = os.path.join(victim.data, name)
                 shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
         out["loadavg_at_restart"] = os.getloadavg()
+        other = next(t for t in ts if t is not lead and t is not victim)
+        probes = {"leader": Probe(lead.addr, token), "other_follower": Probe(other.addr, token)}
         t_spawn = time.monotonic()
         victim.start()
         out["listening_secs"] = round(time.monotonic() - t_spawn, 2)
+        probes["wiped"] = Probe(victim.addr, token)
         caught = wait_for(lambda: file_count(victim.addr, token) == a.files, 240, step=0.2)
         out["caught_up_secs"] = round(time.monotonic() - t_spawn, 2) if caught else None
+        out["loop_stalls"] = {name: p.result() for name, p in probes.items()}
         restored = first_line_at(victim, "restored a snapshot", t_spawn)
         out["restored_snapshot_secs"] = round(restored, 2) if restored is not None else None
         out["victim_snapshot_mb"] = round(

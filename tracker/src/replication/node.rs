@@ -130,6 +130,10 @@ pub struct NodeConfig {
     /// Largest append message (bytes of entries), and in-flight appends per follower.
     pub max_size_per_msg: u64,
     pub max_inflight_msgs: usize,
+    /// Committed entries handed out per `Ready` (bytes; at least one entry): a
+    /// tracker catching up applies a long tail over several loop turns, answering
+    /// clients between them.
+    pub max_apply_per_ready: u64,
 }
 
 impl NodeConfig {
@@ -147,6 +151,7 @@ impl NodeConfig {
             max_pending: 100_000,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
+            max_apply_per_ready: 1 << 20,
         }
     }
 }
@@ -320,6 +325,7 @@ impl RaftNode {
             pre_vote: true,
             max_size_per_msg: config.max_size_per_msg,
             max_inflight_msgs: config.max_inflight_msgs,
+            max_committed_size_per_ready: config.max_apply_per_ready,
             ..Config::default()
         };
         let raw = RawNode::new(&raft_config, storage, &raft_log::logger(config.id))?;
@@ -671,8 +677,14 @@ impl RaftNode {
             });
         }
         if self.persisting() {
-            if !persisted.is_empty() {
-                self.held.push_back((self.staged_ready, persisted));
+            // A heartbeat's answer promises nothing durable: it goes at once, so a
+            // leader hears from a follower whose long write (a snapshot) is on its way.
+            let (now, held): (Vec<_>, Vec<_>) = persisted
+                .into_iter()
+                .partition(|m| m.get_msg_type() == MessageType::MsgHeartbeatResponse);
+            actions.messages.extend(now);
+            if !held.is_empty() {
+                self.held.push_back((self.staged_ready, held));
             }
         } else {
             actions.messages.extend(persisted);

@@ -463,3 +463,25 @@ fn output_is_written_as_the_writer_takes_it() {
     assert_eq!(sock.got.len(), queued);
     assert_eq!(messages(b.receive(&sock.got).unwrap()), sent.to_vec());
 }
+
+#[test]
+fn a_large_message_goes_in_parts_of_at_most_send_part_under_the_default_limits() {
+    let (mut a, _, ok) = pair_with(KEY, LinkLimits::default());
+    ok.unwrap();
+    // The receiver accepts no frame longer than SEND_PART.
+    let strict = LinkLimits {
+        max_frame: SEND_PART,
+        max_message: 4 * SEND_PART,
+    };
+    let (_, mut b, ok) = pair_with(KEY, strict);
+    ok.unwrap();
+    let snap = snapshot_of_size(2 * SEND_PART + 5);
+    a.send(&snap).unwrap();
+    let stream = a.take_output();
+    let parts: Vec<usize> = frames(&stream)
+        .iter()
+        .map(|f| Header::decode(f).len)
+        .collect();
+    assert_eq!(parts, [SEND_PART, SEND_PART, 5]);
+    assert_eq!(messages(b.receive(&stream).unwrap()), vec![snap]);
+}
