@@ -90,6 +90,8 @@ const COPY_PART: usize = 16 << 10;
 /// large message's frames are MACed one at a time as the socket drains, so this
 /// bounds the hashing one write does (about 3 ms with SHA-NI).
 const SEND_PART: usize = 4 << 20;
+/// A snapshot longer than this is spliced into its message's encoding, not copied.
+const SPLICE_SNAPSHOT: usize = 1 << 20;
 /// Buffers handed to one vectored write.
 const MAX_IOV: usize = 64;
 
@@ -684,26 +686,26 @@ impl PeerLink {
                 max,
             });
         }
-        let payload = Bytes::from(
-            msg.write_to_bytes()
-                .map_err(|e| LinkError::Encode(e.to_string()))?,
-        );
-        if payload.len() > max {
+        let segments = encode(msg).map_err(|e| LinkError::Encode(e.to_string()))?;
+        let total: usize = segments.iter().map(Bytes::len).sum();
+        if total > max {
             return Err(LinkError::MessageTooLarge {
-                len: payload.len() as u64,
+                len: total as u64,
                 max,
             });
         }
-        let mut at = 0;
         let part_max = self.limits.max_frame.clamp(1, SEND_PART);
-        loop {
-            let len = (payload.len() - at).min(part_max);
-            self.queue_part(payload.slice(at..at + len), payload.len() - at - len);
-            at += len;
-            if at == payload.len() {
-                return Ok(());
+        let mut rest = total;
+        for segment in segments {
+            let mut at = 0;
+            while at < segment.len() {
+                let len = (segment.len() - at).min(part_max);
+                rest -= len;
+                self.queue_part(segment.slice(at..at + len), rest);
+                at += len;
             }
         }
+        Ok(())
     }
 
     /// Queues one frame: `part` of a message with `rest` bytes after it.
@@ -724,6 +726,45 @@ impl PeerLink {
             self.out.push_unsealed(seq, header, part);
         }
     }
+}
+
+/// A message's protobuf encoding, in segments to send one after the other. A
+/// snapshot longer than [`SPLICE_SNAPSHOT`] is not copied into it: the encoding
+/// is the message without its snapshot, then the snapshot field (9) spliced at the
+/// end by hand around the snapshot's own bytes (field 1, `data`, shared, then field
+/// 2, its metadata). Protobuf reads fields in any order, so this decodes to the same
+/// message; the copy it saves was ~0.2 s of the leader's loop for 136 MB.
+fn encode(msg: &Message) -> protobuf::ProtobufResult<Vec<Bytes>> {
+    let snap = msg.get_snapshot();
+    if snap.get_data().len() <= SPLICE_SNAPSHOT {
+        return Ok(vec![msg.write_to_bytes()?.into()]);
+    }
+    let mut without = msg.clone();
+    without.clear_snapshot();
+    let mut head = without.write_to_bytes()?;
+    let mut meta = Vec::new();
+    if snap.has_metadata() {
+        let m = snap.get_metadata().write_to_bytes()?;
+        meta.push(0x12); // field 2, length-delimited
+        put_varint(&mut meta, m.len() as u64);
+        meta.extend_from_slice(&m);
+    }
+    let data = snap.data.clone();
+    let mut data_key = vec![0x0a]; // field 1, length-delimited
+    put_varint(&mut data_key, data.len() as u64);
+    head.push(0x4a); // field 9, length-delimited
+    put_varint(&mut head, (data_key.len() + data.len() + meta.len()) as u64);
+    head.extend_from_slice(&data_key);
+    Ok(vec![head.into(), data, meta.into()])
+}
+
+/// Appends `v` as a protobuf varint.
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
 /// A handshake line's tracker number, nonce and (acceptor's) proof.
