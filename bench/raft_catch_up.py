@@ -18,6 +18,8 @@ Loop stalls: from the restart until the wiped tracker serves every file, one
 connection to each tracker sends `whoami` every 10 ms; the longest wait for a reply
 (and how many replies came) says how long each tracker's loop stood still (the
 wiped one is probed once it listens; a refused or broken connection is retried).
+The same probes run during the load, for scale: what applying one 4 MB change
+costs any tracker's loop.
 
 Usage: bench/raft_catch_up.py [--tracker target/release/tracker] [--files 38]
 Prints JSON; numbers go into BENCHMARKS.md by hand.
@@ -169,10 +171,13 @@ def main():
         if not ok:
             raise RuntimeError(f"create_group: {head}")
         t0 = time.monotonic()
+        loading = {f"tracker{t.no}": Probe(t.addr, token) for t in ts}
         for i in range(a.files):
             upload(c, token, i)
         c.close()
         out["load_secs"] = round(time.monotonic() - t0, 1)
+        # For scale: each tracker's longest stall while it applies the 4 MB changes.
+        out["loop_stalls_during_load"] = {n: p.result() for n, p in loading.items()}
         if not all(wait_for(lambda: file_count(t.addr, token) == a.files, 120) for t in ts):
             raise RuntimeError("a tracker never caught up before the wipe")
         # (The leader may have changed during the load.)

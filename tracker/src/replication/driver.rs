@@ -14,7 +14,8 @@
 //! [`MAX_QUEUE`] bytes, is dropped and raft-rs is told (`report_unreachable`): Raft
 //! itself retransmits. A message is checked against the queue before it is added, so
 //! the queue holds at most `MAX_QUEUE` plus one message: a snapshot larger than a
-//! frame is queued whole, as parts the link writes as the socket drains. An accepted connection must authenticate within
+//! frame is queued whole, as parts the link writes (and MACs) as the socket drains,
+//! at most [`WRITE_BUDGET`] bytes per link per loop turn. An accepted connection must authenticate within
 //! [`HANDSHAKE_TIME`]; at most [`MAX_ACCEPTED`] accepted links exist at once.
 //!
 //! # Time
@@ -63,6 +64,9 @@ pub const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
 /// Accepted links at once (authenticated or not).
 pub const MAX_ACCEPTED: usize = 64;
 const READ_BUDGET: usize = 8 << 20;
+/// Bytes written to one link per flush: a snapshot (whose frames are MACed as they
+/// are written) goes out over several loop turns, clients answered between them.
+const WRITE_BUDGET: usize = 8 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -75,6 +79,9 @@ struct PeerConn {
     /// A dialled connection completed (its first writable event said so).
     connected: bool,
     readable: bool,
+    /// The last flush stopped at its budget, not at a full socket: write more
+    /// next turn without waiting for an event.
+    more_to_write: bool,
     opened: Instant,
     /// Last time unsent bytes moved (or there were none).
     progress: Instant,
@@ -89,13 +96,22 @@ impl PeerConn {
     }
 
     fn flush(&mut self, now: Instant) {
+        self.more_to_write = false;
         if self.dialled.is_some() && !self.connected {
             return;
         }
+        let mut budget = WRITE_BUDGET;
         while self.unsent() > 0 && !self.dead {
+            if budget == 0 {
+                self.more_to_write = true;
+                break;
+            }
             match self.link.write_to(&mut self.stream) {
                 Ok(0) => self.dead = true,
-                Ok(_) => self.progress = now,
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    self.progress = now;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => self.dead = true,
@@ -265,6 +281,7 @@ impl RaftDriver {
             dialled: None,
             connected: true,
             readable: true,
+            more_to_write: false,
             opened: now,
             progress: now,
             last_send: None,
@@ -298,7 +315,8 @@ impl RaftDriver {
 
     /// How long the loop may sleep before the driver needs a turn.
     pub fn timeout(&self, now: Instant) -> Duration {
-        if self.node.has_ready() || self.links.iter().any(|(_, c)| c.readable && !c.dead) {
+        let io_left = |c: &PeerConn| (c.readable || c.more_to_write) && !c.dead;
+        if self.node.has_ready() || self.links.iter().any(|(_, c)| io_left(c)) {
             return Duration::ZERO;
         }
         let dial = self
@@ -479,6 +497,7 @@ impl RaftDriver {
                 dialled: Some(no),
                 connected: false,
                 readable: false,
+                more_to_write: false,
                 opened: now,
                 progress: now,
                 last_send: None,
