@@ -117,6 +117,7 @@ class Probe:
     def __init__(self, addr, token):
         self.addr, self.token = addr, token
         self.max_ms, self.replies, self.errors, self.max_at = 0.0, 0, 0, None
+        self.samples = []  # (monotonic start, ms)
         self.stop = threading.Event()
         self.th = threading.Thread(target=self._run, daemon=True)
         self.th.start()
@@ -130,6 +131,7 @@ class Probe:
                 t, wall = time.monotonic(), time.time()
                 conn.call(self.token, "whoami")
                 ms = (time.monotonic() - t) * 1000
+                self.samples.append((t, ms))
                 if ms > self.max_ms:
                     self.max_ms, self.max_at = ms, wall
                 self.replies += 1
@@ -138,6 +140,13 @@ class Probe:
                 conn = None
             time.sleep(0.01)
 
+    def max_between(self, start, end):
+        """The longest wait of a call in flight at some point in [start, end]."""
+        if start is None or end is None:
+            return None
+        waits = [ms for t, ms in self.samples if t <= end and t + ms / 1000 >= start]
+        return round(max(waits), 1) if waits else None
+
     def result(self):
         self.stop.set()
         self.th.join(150)
@@ -145,6 +154,11 @@ class Probe:
         at = at and f"{at}.{int(self.max_at % 1 * 1000):03d}"
         return {"max_ms": round(self.max_ms, 1), "max_at_utc": at, "replies": self.replies,
                 "reconnects": self.errors}
+
+
+def first_mono(t, text):
+    """When `text` first appeared in tracker `t`'s log (monotonic, as read)."""
+    return next((at for at, line in t.lines if text in line), None)
 
 
 def first_line_at(t, text, since):
@@ -204,6 +218,14 @@ def main():
         caught = wait_for(lambda: file_count(victim.addr, token) == a.files, 240, step=0.2)
         out["caught_up_secs"] = round(time.monotonic() - t_spawn, 2) if caught else None
         out["loop_stalls"] = {name: p.result() for name, p in probes.items()}
+        # The steps themselves: the leader's from deciding to send the snapshot
+        # to 1 s later; the wiped tracker's while its restore is being written.
+        sent = first_mono(lead, "sending it a snapshot")
+        out["leader_max_ms_snapshot_send_to_1s"] = probes["leader"].max_between(
+            sent, sent and sent + 1.0)
+        out["wiped_max_ms_restore_in_flight"] = probes["wiped"].max_between(
+            first_mono(victim, "restoring a snapshot"),
+            first_mono(victim, "restored a snapshot"))
         restored = first_line_at(victim, "restored a snapshot", t_spawn)
         out["restored_snapshot_secs"] = round(restored, 2) if restored is not None else None
         out["victim_snapshot_mb"] = round(
