@@ -61,7 +61,8 @@
 //! [`StateMachine::snapshot`] is asked for every `snapshot_every` applied entries (and
 //! each turn after, until the machine, which makes it off the loop, has it) and
 //! stored with the log before it compacted; a lagging or empty tracker receives it
-//! from the leader and [`StateMachine::restore`]s it. While a newer one is being made,
+//! from the leader and restores it ([`StateMachine::restore`] through
+//! [`RaftNode::apply`], or off the loop by the owner: see "Written behind"). While a newer one is being made,
 //! raft-rs gets the stored one, or `SnapshotTemporarilyUnavailable` (it asks again).
 //!
 //! # Limits (known, for the integration step)
