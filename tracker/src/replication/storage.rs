@@ -154,9 +154,11 @@ impl SnapshotCache {
         Some(snap)
     }
 
-    /// Starts reading the row at `path` on a thread, unless one is held or read.
-    fn start_read(&mut self, path: &Path) {
-        if self.held.is_some() || self.reading.is_some() {
+    /// Starts reading the row at `path` on a thread, unless a snapshot covering
+    /// `stored_index` is held or a read is in flight.
+    fn start_read(&mut self, path: &Path, stored_index: u64) {
+        let covered = |s: &Snapshot| s.get_metadata().index >= stored_index;
+        if self.held.as_ref().is_some_and(covered) || self.reading.is_some() {
             return;
         }
         let (tx, rx) = mpsc::sync_channel(1);
@@ -321,6 +323,9 @@ impl RaftStorage {
         write_entries(&tx, entries)?;
         write_hard_state(&tx, &hs)?;
         tx.commit()?;
+        if let Some(snap) = snapshot {
+            self.cache.get_mut().put(snap.clone(), Instant::now());
+        }
         self.apply_in_memory(snapshot, entries, hs);
         Ok(())
     }
@@ -809,7 +814,7 @@ impl Storage for RaftStorage {
             return Ok(snap);
         }
         if self.snapshot_index >= request_index && self.snapshot_index > 0 {
-            cache.start_read(&self.path);
+            cache.start_read(&self.path, self.snapshot_index);
         }
         Err(raft::Error::Store(
             raft::StorageError::SnapshotTemporarilyUnavailable,
