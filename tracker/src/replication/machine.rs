@@ -244,6 +244,7 @@ impl LogMachine<'_> {
     /// Puts a written restore in place (renames in the order of the module doc
     /// of [`super::restore`], a directory fsync) and reopens the log and cache.
     pub fn install_restore(&mut self, prepared: Prepared) -> Result<(), MachineFault> {
+        let started = Instant::now();
         let snap = crate::snapshot::path(self.dir);
         std::fs::rename(&prepared.snapshot, &snap).map_err(io_at(&snap))?;
         let db_path = self.db_path();
@@ -268,11 +269,12 @@ impl LogMachine<'_> {
         }
         log::info!(
             "tracker {}: restored a snapshot at Raft index {} ({} bytes; the log now \
-             starts after entry {})",
+             starts after entry {}; installed in {} ms)",
             self.tracker_no,
             prepared.index,
             prepared.bytes,
-            prepared.base.lines
+            prepared.base.lines,
+            started.elapsed().as_millis()
         );
         Ok(())
     }
