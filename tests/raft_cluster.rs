@@ -6,7 +6,9 @@
 //! nothing; without a majority a change is refused within 5 s while reads go on; a
 //! tracker whose data dir was wiped catches up by snapshot, also when the snapshot
 //! is larger than one peer frame (`--raft-max-frame`, a test-only flag, makes the
-//! frame smaller than a small state); the real client works across a leader kill.
+//! frame smaller than a small state), and it answers reads from its old state while
+//! the restore is written off its loop (held by `--test-restore-gate`); the real
+//! client works across a leader kill.
 //!
 //! Separate hosts are stood in for by separate data dirs and ports on one host, and
 //! a lost majority by killing trackers (`kill -9`), not by cutting links: the
@@ -241,10 +243,44 @@ fn a_wiped_data_dir_catches_up_by_a_snapshot_larger_than_a_frame() {
     assert!(size > 4 * frame, "the snapshot ({size} bytes) spans frames");
 }
 
+#[test]
+fn a_tracker_answers_reads_while_its_restore_is_written_off_the_loop() {
+    let gate_dir = tempfile::tempdir().unwrap();
+    let gate = gate_dir.path().join("gate");
+    let gate_arg = gate.to_str().unwrap();
+    let flags = [
+        "--raft-snapshot-every",
+        "20",
+        "--test-restore-gate",
+        gate_arg,
+    ];
+    let (c, wiped, token) = wipe_one_and_restart(&flags);
+    c.t(wiped).stderr.wait_for("the restore held", WAIT, |l| {
+        l.contains("the snapshot restore is written, held until")
+    });
+    // Its loop goes on: a read is answered, from the state before the snapshot
+    // (the wiped tracker does not know ann's session yet).
+    let mut conn = c.t(wiped).connect();
+    let why = conn.err(Some(&token), "list_groups", &[]);
+    assert!(why.contains("unknown or ended session"), "{why}");
+    assert!(!c.t(wiped).stderr.text().contains("restored a snapshot"));
+    assert_eq!(log_base(&c.log(wiped)).lines, 0, "the old log is in place");
+    std::fs::write(&gate, b"").unwrap();
+    check_caught_up(&c, wiped, &token);
+    assert_eq!(groups(&mut conn, &token).len(), 70, "the same connection");
+}
+
 /// Starts a cluster with `extra` flags, makes 60 changes, wipes one follower's data
 /// dir, makes 10 more, restarts it and checks it caught up by a snapshot and the
 /// tail. The cluster and the wiped tracker's number.
 fn wipe_one_and_catch_up(extra: &[&str]) -> (Cluster, usize) {
+    let (c, wiped, token) = wipe_one_and_restart(extra);
+    check_caught_up(&c, wiped, &token);
+    (c, wiped)
+}
+
+/// [`wipe_one_and_catch_up`] up to the wiped tracker's restart; also ann's token.
+fn wipe_one_and_restart(extra: &[&str]) -> (Cluster, usize, String) {
     let mut c = Cluster::start(extra);
     let leader = c.await_leader();
     let wiped = if leader == 3 { 2 } else { 3 };
@@ -266,7 +302,12 @@ fn wipe_one_and_catch_up(extra: &[&str]) -> (Cluster, usize) {
         conn.ok(Some(&token), "create_group", &[&format!("g{i}")]);
     }
     c.up(wiped);
-    let lines = await_same_logs(&c, &[1, 2, 3]);
+    (c, wiped, token)
+}
+
+/// The wiped tracker holds the 70 groups, by a snapshot and the tail.
+fn check_caught_up(c: &Cluster, wiped: usize, token: &str) {
+    let lines = await_same_logs(c, &[1, 2, 3]);
     assert!(last_seq(&lines) >= 72, "{} entries", last_seq(&lines));
     // Its log starts after the snapshot it restored, not at entry 1.
     assert!(log_base(&c.log(wiped)).lines > 0);
@@ -276,9 +317,8 @@ fn wipe_one_and_catch_up(extra: &[&str]) -> (Cluster, usize) {
         c.t(wiped).stderr.text()
     );
     assert!(wait_until(WAIT, || dump(&c.db(wiped)) == rebuilt(&c.log(wiped))));
-    let got = groups(&mut c.t(wiped).connect(), &token);
+    let got = groups(&mut c.t(wiped).connect(), token);
     assert_eq!(got.len(), 70, "{got:?}");
-    (c, wiped)
 }
 
 /// A raft tracker's apply does not fsync `sync_log.txt` (Raft's log is the durable

@@ -75,6 +75,8 @@ pub struct Options {
     pub test_exit_after_apply: Option<wire::command::CommandKind>,
     /// Tests only: snapshot copies are held until this file exists.
     pub test_snapshot_gate: Option<PathBuf>,
+    /// Tests only: restores of received snapshots are held until this file exists.
+    pub test_restore_gate: Option<PathBuf>,
     /// Serve the operator view on this address.
     pub http: Option<String>,
     /// Show seeders' IP addresses on the operator view.
@@ -237,7 +239,8 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
         Replication::Raft => {
             let addrs: Vec<String> = trackers.iter().map(|t| t.to_string()).collect();
             let driver = replication::start::start(dir, opts, &addrs, &mut log, &mut store)?;
-            Some(server::RaftMode::new(driver, dir.clone(), opts.fsync))
+            let gate = opts.test_restore_gate.clone();
+            Some(server::RaftMode::new(driver, dir.clone(), opts.fsync, gate))
         }
     };
     restrict_modes(dir, opts.tracker_no)?;

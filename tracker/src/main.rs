@@ -56,6 +56,11 @@ struct Args {
     /// held, once made, until this file exists: a slow copy, on demand.
     #[arg(long, hide = true, value_name = "PATH")]
     test_snapshot_gate: Option<PathBuf>,
+    /// For the end-to-end tests only (`--replication raft`): each received
+    /// snapshot's restore (written off the loop) is held, once written, until this
+    /// file exists: a slow restore, on demand.
+    #[arg(long, hide = true, value_name = "PATH")]
+    test_restore_gate: Option<PathBuf>,
     /// Serve the read-only operator view (/status, /status.json, /metrics) on
     /// this address, e.g. 127.0.0.1:9101. Off by default.
     #[arg(long, value_name = "ADDR")]
@@ -148,6 +153,7 @@ fn serve(args: Args) -> Result<(), tracker::TrackerError> {
         seeder_timeout_secs: args.seeder_timeout_secs,
         test_exit_after_apply: args.test_exit_after_apply,
         test_snapshot_gate: args.test_snapshot_gate,
+        test_restore_gate: args.test_restore_gate,
         http: args.http,
         http_show_peer_addrs: args.http_show_peer_addrs,
         session_idle_days: args.session_idle_days,

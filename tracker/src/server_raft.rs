@@ -25,6 +25,7 @@ use crate::limits::OutBudget;
 use crate::replication::driver::RaftDriver;
 use crate::replication::machine::LogMachine;
 use crate::replication::node::ProposalId;
+use crate::replication::restore::RestoreJob;
 use crate::store;
 use crate::sync_log::{FsyncMode, LogEntry};
 use crate::TrackerError;
@@ -50,16 +51,25 @@ pub struct RaftMode {
     waiting: HashMap<ProposalId, Proposed>,
     /// This turn's proposals: (work index, proposal, the reply if it commits).
     proposed_now: Vec<(usize, ProposalId, Reply)>,
+    /// The restore of a received snapshot in flight off the loop.
+    restores: RestoreJob,
 }
 
 impl RaftMode {
-    pub fn new(driver: RaftDriver, dir: PathBuf, fsync: FsyncMode) -> Self {
+    /// `restore_gate`: tests only (`--test-restore-gate`).
+    pub fn new(
+        driver: RaftDriver,
+        dir: PathBuf,
+        fsync: FsyncMode,
+        restore_gate: Option<PathBuf>,
+    ) -> Self {
         RaftMode {
             driver,
             dir,
             fsync,
             waiting: HashMap::new(),
             proposed_now: Vec::new(),
+            restores: RestoreJob::new(restore_gate),
         }
     }
 
@@ -214,6 +224,7 @@ impl Server {
             log: &mut self.log,
             store: &mut self.store,
             snapshots: &mut self.snapshots,
+            restores: &mut mode.restores,
         };
         let waiting = &mut mode.waiting;
         let mut recheck = |db: &rusqlite::Connection, id: ProposalId| {

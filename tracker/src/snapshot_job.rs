@@ -91,7 +91,7 @@ impl SnapshotJob {
             .spawn(move || {
                 let outcome = copy();
                 if let Some(gate) = gate {
-                    wait_for_gate(&gate);
+                    wait_for_gate(&gate, "the snapshot copy is made");
                 }
                 let _ = tx.send(outcome);
             });
@@ -155,11 +155,9 @@ impl SnapshotJob {
     }
 }
 
-fn wait_for_gate(gate: &std::path::Path) {
-    log::info!(
-        "test gate: the snapshot copy is made, held until {} exists",
-        gate.display()
-    );
+/// Tests' gate: logs that `what` is held, then waits (bounded) for `gate` to exist.
+pub(crate) fn wait_for_gate(gate: &std::path::Path, what: &str) {
+    log::info!("test gate: {what}, held until {} exists", gate.display());
     let mut waited = Duration::ZERO;
     while !gate.exists() && waited < GATE_LIMIT {
         std::thread::sleep(GATE_POLL);

@@ -45,7 +45,8 @@ impl StateMachine for Machine {
         Ok(Some((self.applied, out)))
     }
 
-    fn restore(&mut self, index: u64, mut data: &[u8]) -> Result<(), MachineError> {
+    fn restore(&mut self, index: u64, data: bytes::Bytes) -> Result<(), MachineError> {
+        let mut data = &data[..];
         self.entries.clear();
         while data.len() >= 4 {
             let len = u32::from_le_bytes(data[..4].try_into()?) as usize;
@@ -66,6 +67,9 @@ struct Member {
     failed: Vec<(ProposalId, Instant)>,
     proposed: Vec<(ProposalId, Instant, Vec<u8>)>,
     roles: Vec<RoleChange>,
+    /// A received snapshot the test holds instead of restoring it (a restore
+    /// still being written off the loop), with `Cluster::hold_restores`.
+    held_restore: Option<ReceivedSnapshot>,
 }
 
 struct Cluster {
@@ -77,6 +81,8 @@ struct Cluster {
     boots: u64,
     /// Each node writes its log through a `RaftWriter` thread.
     behind: bool,
+    /// Received snapshots are held, not restored (`Member::held_restore`).
+    hold_restores: bool,
 }
 
 /// What one node's `raft<N>.db` holds on disk, read through a connection of its own.
@@ -103,6 +109,7 @@ impl Cluster {
             cut: HashSet::new(),
             boots: 0,
             behind,
+            hold_restores: false,
         };
         for _ in 1..=n {
             c.members.push(Member {
@@ -113,6 +120,7 @@ impl Cluster {
                 failed: Vec::new(),
                 proposed: Vec::new(),
                 roles: Vec::new(),
+                held_restore: None,
             });
         }
         for id in 1..=n {
@@ -290,9 +298,14 @@ impl Cluster {
                 node.report_snapshot(to, delivered);
             }
         }
+        let hold = self.hold_restores;
         let m = self.m(id);
-        node.apply(&mut m.sm, actions.snapshot.take(), &actions.committed)
-            .unwrap();
+        let mut snapshot = actions.snapshot.take();
+        if hold && snapshot.is_some() {
+            assert!(m.held_restore.is_none(), "one restore at a time");
+            m.held_restore = snapshot.take();
+        }
+        node.apply(&mut m.sm, snapshot, &actions.committed).unwrap();
         m.done
             .extend(actions.committed.iter().filter_map(|c| c.proposal));
         m.failed.extend(actions.failed.iter().map(|&p| (p, now)));
@@ -343,6 +356,14 @@ impl Cluster {
             .iter()
             .map(|e| String::from_utf8_lossy(e).into_owned())
             .collect()
+    }
+
+    /// Restores the snapshot held for `id` (its restore is done).
+    fn install_held(&mut self, id: u64) {
+        let m = self.m(id);
+        let held = m.held_restore.take().expect("a held restore");
+        let node = m.node.as_mut().expect("node is running");
+        node.apply(&mut m.sm, Some(held), &[]).unwrap();
     }
 
     fn ticks(&mut self, n: usize) {
@@ -533,6 +554,55 @@ fn wiped_node_catches_up(behind: bool) {
     let p = c.propose(follower, "tail");
     c.wait_done(follower, p);
     c.ticks(2);
+    assert_eq!(c.entries(follower), c.entries(leader));
+}
+
+/// While a received snapshot's restore is in flight (held by the test), the follower
+/// acknowledges the snapshot and the entries after it (they are durable in its Raft
+/// storage) but applies none of them, and campaigns for nothing; once the restore
+/// is installed it applies them in order on top of the snapshot.
+#[test]
+fn written_behind_a_restore_in_flight_holds_back_applying_only() {
+    let tweak = |cfg: &mut NodeConfig| {
+        cfg.snapshot_every = 10;
+        cfg.keep_entries = 2;
+    };
+    let mut c = Cluster::with_writers(3, tweak, true);
+    let leader = c.wait_leader(&[1, 2, 3]);
+    for i in 0..25 {
+        let p = c.propose(leader, &format!("e{i}"));
+        c.wait_done(leader, p);
+    }
+    c.ticks(3);
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    c.wipe(follower);
+    c.hold_restores = true;
+    c.start(follower);
+    c.ticks(10);
+    let index = c.node(follower).restoring().expect("a restore in flight");
+    assert!(index >= 20, "{index}");
+    assert!(c.m(follower).held_restore.is_some());
+    assert_eq!(c.m(follower).sm.restores, 0);
+    for i in 0..5 {
+        let p = c.propose(leader, &format!("during {i}"));
+        c.wait_done(leader, p);
+    }
+    // Well past an election timeout without the restore: no campaign, no apply.
+    c.ticks(50);
+    assert_eq!(c.node(leader).term(), c.node(follower).term());
+    assert!(c.node(leader).is_leader());
+    assert!(c.entries(follower).is_empty());
+    let last = c.node(leader).progress().last_index;
+    let matched = c.node(leader).progress().matched;
+    assert!(
+        matched.contains(&(follower, last)),
+        "acknowledged up to {last}: {matched:?}"
+    );
+    c.install_held(follower);
+    c.ticks(3);
+    assert_eq!(c.node(follower).restoring(), None);
+    assert_eq!(c.m(follower).sm.restores, 1);
+    assert_eq!(c.entries(follower).len(), 30);
     assert_eq!(c.entries(follower), c.entries(leader));
 }
 

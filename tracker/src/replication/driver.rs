@@ -14,7 +14,8 @@
 //! [`MAX_QUEUE`] bytes, is dropped and raft-rs is told (`report_unreachable`): Raft
 //! itself retransmits. A message is checked against the queue before it is added, so
 //! the queue holds at most `MAX_QUEUE` plus one message: a snapshot larger than a
-//! frame is queued whole, as parts the link writes as the socket drains. An accepted connection must authenticate within
+//! frame is queued whole, as parts the link writes (and MACs) as the socket drains,
+//! at most [`WRITE_BUDGET`] bytes per link per loop turn. An accepted connection must authenticate within
 //! [`HANDSHAKE_TIME`]; at most [`MAX_ACCEPTED`] accepted links exist at once.
 //!
 //! # Time
@@ -36,8 +37,8 @@ use mio::{Interest, Registry, Token};
 use raft::prelude::{Message, MessageType};
 use slab::Slab;
 
-use super::machine::{LogMachine, Recheck};
-use super::node::{NodeError, ProposalId, ProposeError, RaftNode, StateMachine};
+use super::machine::{LogMachine, MachineFault, Recheck};
+use super::node::{NodeError, ProposalId, ProposeError, RaftNode, ReceivedSnapshot, StateMachine};
 use super::peer_frame::{fresh_nonce, LinkEvent, LinkLimits, PeerLink};
 
 /// Tokens at and above this are peer links (the server's are below).
@@ -63,6 +64,9 @@ pub const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
 /// Accepted links at once (authenticated or not).
 pub const MAX_ACCEPTED: usize = 64;
 const READ_BUDGET: usize = 8 << 20;
+/// Bytes written to one link per flush: a snapshot (whose frames are MACed as they
+/// are written) goes out over several loop turns, clients answered between them.
+const WRITE_BUDGET: usize = 8 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -75,6 +79,9 @@ struct PeerConn {
     /// A dialled connection completed (its first writable event said so).
     connected: bool,
     readable: bool,
+    /// The last flush stopped at its budget, not at a full socket: write more
+    /// next turn without waiting for an event.
+    more_to_write: bool,
     opened: Instant,
     /// Last time unsent bytes moved (or there were none).
     progress: Instant,
@@ -89,13 +96,22 @@ impl PeerConn {
     }
 
     fn flush(&mut self, now: Instant) {
+        self.more_to_write = false;
         if self.dialled.is_some() && !self.connected {
             return;
         }
+        let mut budget = WRITE_BUDGET;
         while self.unsent() > 0 && !self.dead {
+            if budget == 0 {
+                self.more_to_write = true;
+                break;
+            }
             match self.link.write_to(&mut self.stream) {
                 Ok(0) => self.dead = true,
-                Ok(_) => self.progress = now,
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    self.progress = now;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => self.dead = true,
@@ -265,6 +281,7 @@ impl RaftDriver {
             dialled: None,
             connected: true,
             readable: true,
+            more_to_write: false,
             opened: now,
             progress: now,
             last_send: None,
@@ -298,7 +315,8 @@ impl RaftDriver {
 
     /// How long the loop may sleep before the driver needs a turn.
     pub fn timeout(&self, now: Instant) -> Duration {
-        if self.node.has_ready() || self.links.iter().any(|(_, c)| c.readable && !c.dead) {
+        let io_left = |c: &PeerConn| (c.readable || c.more_to_write) && !c.dead;
+        if self.node.has_ready() || self.links.iter().any(|(_, c)| io_left(c)) {
             return Duration::ZERO;
         }
         let dial = self
@@ -338,9 +356,7 @@ impl RaftDriver {
                 self.send(msg, now);
             }
             if let Some(snap) = actions.snapshot.take() {
-                machine
-                    .restore(snap.index, &snap.data)
-                    .map_err(NodeError::Machine)?;
+                self.start_restore(machine, snap)?;
             }
             machine
                 .apply_committed(&actions.committed, recheck)
@@ -356,8 +372,48 @@ impl RaftDriver {
             // A snapshot made off the loop is picked up when it is done.
             self.node.maybe_snapshot(machine)?;
         }
+        self.finish_restore(machine)?;
         self.flush_and_reap(registry, now);
         Ok(finished)
+    }
+
+    /// A received snapshot: restored off the loop when the node waits for it
+    /// (written behind), else at once.
+    fn start_restore(
+        &mut self,
+        machine: &mut LogMachine<'_>,
+        snap: ReceivedSnapshot,
+    ) -> Result<(), NodeError> {
+        let machine_err = |e: MachineFault| NodeError::Machine(Box::new(e));
+        if self.node.restoring().is_some() {
+            log::info!(
+                "tracker {}: restoring a snapshot at Raft index {} ({} bytes) off the loop",
+                self.me,
+                snap.index,
+                snap.data.len()
+            );
+            machine
+                .start_restore(snap.index, snap.data)
+                .map_err(machine_err)
+        } else {
+            machine
+                .restore(snap.index, snap.data)
+                .map_err(NodeError::Machine)
+        }
+    }
+
+    /// Installs the restore in flight once its files are written and Raft's
+    /// storage holds the snapshot, and tells the node (see `node.rs`).
+    fn finish_restore(&mut self, machine: &mut LogMachine<'_>) -> Result<(), NodeError> {
+        if self.node.restoring().is_none() || !self.node.restore_written()? {
+            return Ok(());
+        }
+        let machine_err = |e: MachineFault| NodeError::Machine(Box::new(e));
+        if let Some(prepared) = machine.poll_restore().map_err(machine_err)? {
+            machine.install_restore(prepared).map_err(machine_err)?;
+            self.node.restore_installed();
+        }
+        Ok(())
     }
 
     fn read_links(&mut self, buf: &mut [u8], now: Instant) {
@@ -441,6 +497,7 @@ impl RaftDriver {
                 dialled: Some(no),
                 connected: false,
                 readable: false,
+                more_to_write: false,
                 opened: now,
                 progress: now,
                 last_send: None,

@@ -221,6 +221,7 @@ mod tests {
             log: &mut log,
             store: &mut store,
             snapshots: &mut job,
+            restores: &mut crate::replication::restore::RestoreJob::new(None),
         };
         let committed: Vec<Committed> = ents
             .iter()

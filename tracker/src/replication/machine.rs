@@ -26,26 +26,29 @@
 //! tracker's `sync_log.txt` to start after it ([`crate::snapshot::install`], the same
 //! code as shared-log mode) and returns it. Meanwhile raft-rs gets the snapshot stored
 //! before, or `SnapshotTemporarilyUnavailable` (and asks again) when a follower needs a
-//! newer one. `restore` keeps the blob as `snapshot.db`, makes it the cache and writes a
+//! newer one. A restore keeps the blob as `snapshot.db`, makes it the cache and writes a
 //! log of the same generation that starts after it (no entry yet): the entries after
 //! the snapshot then come from Raft and get the same numbers and lines as on the
-//! others; a copy in flight then is of a replaced state and is dropped. So a snapshot
-//! is the size of the state, not of the history (one larger than a peer frame
-//! travels in parts, [`super::peer_frame`]).
+//! others; a copy in flight then is of a replaced state and is dropped. The files are
+//! written off the loop ([`super::restore`]: `start_restore`, then `poll_restore`
+//! each turn and `install_restore` once they are done); [`StateMachine::restore`]
+//! (the start) does the same steps and waits. So a snapshot is the size of the
+//! state, not of the history (one larger than a peer frame travels in parts,
+//! [`super::peer_frame`]).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use bytes::Bytes;
 use rusqlite::Connection;
 
 use super::node::{Committed, MachineError, ProposalId, StateMachine};
+use super::restore::{self, Prepared, RestoreJob, RestoreProgress, SNAPSHOT_MAGIC};
 use crate::snapshot::{CacheCopy, Step};
 use crate::snapshot_job::{Progress, SnapshotJob};
 use crate::store::{self, Applied, RaftApplied, Store};
-use crate::sync_log::{Base, FsyncMode, Generation, Header, LogEntry, SyncLog, FIRST_ENTRY};
-
-const SNAPSHOT_MAGIC: &[u8] = b"swarmshare-snapshot v2\n";
+use crate::sync_log::{FsyncMode, LogEntry, SyncLog};
 
 /// Why the machine could not apply, snapshot or restore.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +61,8 @@ pub enum MachineFault {
     BadSnapshot,
     #[error("taking a snapshot: {0}")]
     Snapshot(String),
+    #[error("restoring a snapshot: {0}")]
+    Restore(String),
     #[error("the restored cache covers Raft index {found}, the snapshot says {expected}")]
     SnapshotIndex { found: u64, expected: u64 },
     #[error(transparent)]
@@ -73,7 +78,7 @@ pub enum MachineFault {
     },
 }
 
-fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> MachineFault + '_ {
+pub(super) fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> MachineFault + '_ {
     move |source| MachineFault::Io {
         path: path.to_path_buf(),
         source,
@@ -93,6 +98,8 @@ pub struct LogMachine<'a> {
     pub store: &'a mut Store,
     /// The snapshot copy in flight off the loop.
     pub snapshots: &'a mut SnapshotJob,
+    /// The restore of a received snapshot in flight off the loop.
+    pub restores: &'a mut RestoreJob,
 }
 
 impl LogMachine<'_> {
@@ -213,25 +220,36 @@ impl LogMachine<'_> {
         Ok(Some((copy.raft_index, data)))
     }
 
-    fn restore_snapshot(&mut self, index: u64, data: &[u8]) -> Result<(), MachineFault> {
-        let db = data
-            .strip_prefix(SNAPSHOT_MAGIC)
-            .ok_or(MachineFault::BadSnapshot)?;
-        // A copy in flight is of the state replaced here.
+    /// Starts writing the files of a received snapshot off the loop (see
+    /// [`super::restore`]); a copy in flight is of the state replaced here.
+    pub fn start_restore(&mut self, index: u64, data: Bytes) -> Result<(), MachineFault> {
         self.snapshots.discard();
+        let (dir, no) = (self.dir.to_path_buf(), self.tracker_no);
+        let work = move || restore::prepare(&dir, no, index, &data).map_err(|e| e.to_string());
+        if !self.restores.start(work) {
+            return Err(MachineFault::Restore(
+                "a restore is already in flight".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The restore in flight, once its files are written; never blocks.
+    pub fn poll_restore(&mut self) -> Result<Option<Prepared>, MachineFault> {
+        match self.restores.poll() {
+            RestoreProgress::Idle | RestoreProgress::InFlight => Ok(None),
+            RestoreProgress::Done(prepared) => Ok(Some(prepared)),
+            RestoreProgress::Failed(why) => Err(MachineFault::Restore(why)),
+        }
+    }
+
+    /// Puts a written restore in place (renames in the order of the module doc
+    /// of [`super::restore`], a directory fsync) and reopens the log and cache.
+    pub fn install_restore(&mut self, prepared: Prepared) -> Result<(), MachineFault> {
+        let started = Instant::now();
         let snap = crate::snapshot::path(self.dir);
-        let snap_new = self.dir.join("snapshot.db.restore");
-        write_synced(&snap_new, db)?;
-        let (generation, base) = snapshot_base(&snap_new)?;
-        std::fs::rename(&snap_new, &snap).map_err(io_at(&snap))?;
+        std::fs::rename(&prepared.snapshot, &snap).map_err(io_at(&snap))?;
         let db_path = self.db_path();
-        let db_new = self
-            .dir
-            .join(format!("tracker{}.db.restore", self.tracker_no));
-        let log_new = self.dir.join("sync_log.txt.restore");
-        write_synced(&db_new, db)?;
-        let log = Header::v2_line(generation, base);
-        write_synced(&log_new, log.as_bytes())?;
         // Close the cache before its file is replaced.
         *self.store = Store::open_in_memory()?;
         for suffix in ["-wal", "-shm"] {
@@ -239,39 +257,41 @@ impl LogMachine<'_> {
             side.push(suffix);
             let _ = std::fs::remove_file(PathBuf::from(side));
         }
-        std::fs::rename(&db_new, &db_path).map_err(io_at(&db_path))?;
-        std::fs::rename(&log_new, self.log.path()).map_err(io_at(self.log.path()))?;
+        std::fs::rename(&prepared.cache, &db_path).map_err(io_at(&db_path))?;
+        std::fs::rename(&prepared.log, self.log.path()).map_err(io_at(self.log.path()))?;
         crate::sync_log::sync_dir(self.dir).map_err(io_at(self.dir))?;
         *self.log = SyncLog::open(self.dir, self.fsync)?;
         *self.store = Store::open(&db_path)?;
         let found = store::raft_applied(self.store.conn())?.index;
-        if found != index {
+        if found != prepared.index {
             return Err(MachineFault::SnapshotIndex {
                 found,
-                expected: index,
+                expected: prepared.index,
             });
         }
         log::info!(
-            "tracker {}: restored a snapshot at Raft index {index} ({} bytes; the log now \
-             starts after entry {})",
+            "tracker {}: restored a snapshot at Raft index {} ({} bytes; the log now \
+             starts after entry {}; installed in {} ms)",
             self.tracker_no,
-            db.len(),
-            base.lines
+            prepared.index,
+            prepared.bytes,
+            prepared.base.lines,
+            started.elapsed().as_millis()
         );
         Ok(())
     }
-}
 
-/// The generation and base a snapshot db covers (its `applied_log` row).
-fn snapshot_base(path: &Path) -> Result<(Generation, Base), MachineFault> {
-    let pos = store::cache_pos(&Connection::open(path)?)?;
-    let generation = pos.generation.ok_or(MachineFault::BadSnapshot)?;
-    let base = match (pos.lines, pos.offset) {
-        (0, _) => Base::START,
-        (lines, offset) if offset >= FIRST_ENTRY => Base { lines, offset },
-        _ => return Err(MachineFault::BadSnapshot),
-    };
-    Ok((generation, base))
+    /// [`Self::start_restore`], waited for, then installed (the start's way).
+    fn restore_now(&mut self, index: u64, data: Bytes) -> Result<(), MachineFault> {
+        self.start_restore(index, data)?;
+        match self.restores.wait() {
+            RestoreProgress::Done(prepared) => self.install_restore(prepared),
+            RestoreProgress::Failed(why) => Err(MachineFault::Restore(why)),
+            RestoreProgress::Idle | RestoreProgress::InFlight => {
+                Err(MachineFault::Restore("the restore was lost".into()))
+            }
+        }
+    }
 }
 
 /// The snapshot as Raft carries it: the magic line and the db file at `path`.
@@ -282,14 +302,6 @@ fn snapshot_data(path: &Path) -> Result<Vec<u8>, MachineFault> {
     out.extend_from_slice(SNAPSHOT_MAGIC);
     file.read_to_end(&mut out).map_err(io_at(path))?;
     Ok(out)
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), MachineFault> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).map_err(io_at(path))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(io_at(path))
 }
 
 impl StateMachine for LogMachine<'_> {
@@ -311,8 +323,8 @@ impl StateMachine for LogMachine<'_> {
         Ok(self.poll_snapshot())
     }
 
-    fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), MachineError> {
-        Ok(self.restore_snapshot(index, data)?)
+    fn restore(&mut self, index: u64, data: Bytes) -> Result<(), MachineError> {
+        Ok(self.restore_now(index, data)?)
     }
 }
 
@@ -349,7 +361,7 @@ pub fn reconcile(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync_log::Op;
+    use crate::sync_log::{Op, FIRST_ENTRY};
 
     fn line(user: &str) -> Vec<u8> {
         LogEntry {
@@ -403,6 +415,7 @@ mod tests {
             log: &mut log,
             store: &mut st,
             snapshots: &mut job_a,
+            restores: &mut RestoreJob::new(None),
         };
         let mut seen = Vec::new();
         let batch = [committed(2, "ann"), committed(4, "bob")];
@@ -431,8 +444,9 @@ mod tests {
             log: &mut log_b,
             store: &mut st_b,
             snapshots: &mut job_b,
+            restores: &mut RestoreJob::new(None),
         };
-        mb.restore(index, &snap).unwrap();
+        mb.restore(index, snap.into()).unwrap();
         mb.apply_committed(&[committed(5, "cy")], &mut |_, _| {})
             .unwrap();
         let users = store::table_rows(mb.store.conn(), "users").unwrap();
@@ -446,7 +460,7 @@ mod tests {
         assert_eq!(text_a, text_b);
         assert_eq!(text_b.lines().count(), 2, "{text_b}");
         assert!(text.lines().count() == 3);
-        assert!(mb.restore(9, b"junk").is_err());
+        assert!(mb.restore(9, Bytes::from_static(b"junk")).is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //!   tracker's `sync_log.txt` (no fsync: Raft's log is the durable copy), then
 //!   applied through `store::apply`; snapshots. [`log_tail`]: a log tail lost with
 //!   the OS written again from Raft's log at start.
+//! - [`restore`]: `RestoreJob`, a received snapshot's files written off the loop.
 //! - [`driver`]: `RaftDriver`, the node on the server's mio loop: peer links, tick,
 //!   each `Ready` in order. [`start`]: opening it all at start-up.
 //!
@@ -34,5 +35,6 @@ pub mod node;
 pub mod peer_frame;
 pub mod raft_log;
 pub mod raft_writer;
+pub mod restore;
 pub mod start;
 pub mod storage;

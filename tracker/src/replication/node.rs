@@ -34,8 +34,16 @@
 //! counts its own log toward a commit only once it is on disk, and committed entries
 //! handed out to apply (raft-rs gives only ones up to its persisted index) are on
 //! this tracker's disk and a majority's. A `Ready` carrying a received snapshot is
-//! written at once on the loop after the thread drained. `has_ready` is true when the
-//! thread finished a write; it wakes the loop through the waker it was given.
+//! staged and written behind the same way (its row replaces the log), and the state
+//! machine restores it off the loop too. Its messages (the acknowledgement of the
+//! snapshot) and later ones go out as the writer makes them durable, as always; but
+//! raft-rs is told that `Ready` is persisted (`on_persist_ready`) only once the owner
+//! also reports the restored state installed ([`RaftNode::restore_installed`]), so it
+//! hands out no entry after the snapshot before the state it applies to is there.
+//! Meanwhile the node does not campaign, and further snapshots from the leader are
+//! dropped (one restore at a time; the leader sends it again).
+//! `has_ready` is true when the thread finished a write; it wakes the loop through
+//! the waker it was given.
 //!
 //! # Proposals through any tracker
 //! Each proposal's entry carries a 24-byte context: proposer tracker, boot nonce (random
@@ -53,7 +61,8 @@
 //! [`StateMachine::snapshot`] is asked for every `snapshot_every` applied entries (and
 //! each turn after, until the machine, which makes it off the loop, has it) and
 //! stored with the log before it compacted; a lagging or empty tracker receives it
-//! from the leader and [`StateMachine::restore`]s it. While a newer one is being made,
+//! from the leader and restores it ([`StateMachine::restore`] through
+//! [`RaftNode::apply`], or off the loop by the owner: see "Written behind"). While a newer one is being made,
 //! raft-rs gets the stored one, or `SnapshotTemporarilyUnavailable` (it asks again).
 //!
 //! # Limits (known, for the integration step)
@@ -77,10 +86,10 @@ use raft::{SnapshotStatus, StateRole, Storage, INVALID_ID};
 
 use super::raft_log;
 use super::raft_writer::{RaftWriter, WriterError};
-use super::storage::{RaftStorage, StorageError};
+use super::storage::{RaftStorage, StorageError, SNAPSHOT_IDLE};
 
-/// How long a `Ready` carrying a snapshot waits for the writer to drain.
-const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+/// How long [`RaftNode::apply`] waits for a received snapshot to be durable.
+const RESTORE_WRITE_LIMIT: Duration = Duration::from_secs(30);
 
 /// The error a state machine reports; it stops the node's loop.
 pub type MachineError = Box<dyn std::error::Error + Send + Sync>;
@@ -95,8 +104,9 @@ pub trait StateMachine {
     /// without blocking: starts one if none is being made, and returns one once
     /// it is done (`None` meanwhile: the node asks again next turn).
     fn snapshot(&mut self) -> Result<Option<(u64, Vec<u8>)>, MachineError>;
-    /// Replaces the whole state by a snapshot covering `index`.
-    fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), MachineError>;
+    /// Replaces the whole state by a snapshot covering `index` (shared bytes: a
+    /// received snapshot is not copied).
+    fn restore(&mut self, index: u64, data: bytes::Bytes) -> Result<(), MachineError>;
 }
 
 /// Tuning of a node; [`NodeConfig::new`] gives the defaults.
@@ -121,6 +131,10 @@ pub struct NodeConfig {
     /// Largest append message (bytes of entries), and in-flight appends per follower.
     pub max_size_per_msg: u64,
     pub max_inflight_msgs: usize,
+    /// Committed entries handed out per `Ready` (bytes; at least one entry): a
+    /// tracker catching up applies a long tail over several loop turns, answering
+    /// clients between them.
+    pub max_apply_per_ready: u64,
 }
 
 impl NodeConfig {
@@ -138,6 +152,7 @@ impl NodeConfig {
             max_pending: 100_000,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
+            max_apply_per_ready: 1 << 20,
         }
     }
 }
@@ -160,7 +175,8 @@ pub struct Committed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedSnapshot {
     pub index: u64,
-    pub data: Vec<u8>,
+    /// Shared with the message it came in (no copy).
+    pub data: bytes::Bytes,
 }
 
 /// This node's role after a change.
@@ -266,11 +282,18 @@ pub struct RaftNode {
     snapshot_awaited: bool,
     /// Set: entries and hard state are written behind by this thread.
     writer: Option<RaftWriter>,
-    /// The newest `Ready` handed to the writer, and the newest it made durable.
+    /// The newest `Ready` handed to the writer, the newest it made durable, and
+    /// the newest raft-rs was told is persisted (`on_persist_ready`; behind
+    /// `durable_ready` while a snapshot is restored).
     staged_ready: u64,
     durable_ready: u64,
+    persisted_ready: u64,
     /// Messages that promise durability, each held until that `Ready` is durable.
     held: VecDeque<(u64, Vec<Message>)>,
+    /// The staged `Ready` carrying a received snapshot whose restore the state
+    /// machine has not installed yet (its number and the snapshot's index):
+    /// nothing from it on counts as persisted.
+    restoring: Option<(u64, u64)>,
 }
 
 impl RaftNode {
@@ -284,7 +307,7 @@ impl RaftNode {
     ) -> Result<Self, NodeError> {
         if sm.applied_index() < storage.snapshot_index() {
             if let Some(snap) = storage.load_snapshot()? {
-                sm.restore(snap.get_metadata().index, &snap.data)
+                sm.restore(snap.get_metadata().index, snap.data)
                     .map_err(NodeError::Machine)?;
             }
         }
@@ -303,6 +326,7 @@ impl RaftNode {
             pre_vote: true,
             max_size_per_msg: config.max_size_per_msg,
             max_inflight_msgs: config.max_inflight_msgs,
+            max_committed_size_per_ready: config.max_apply_per_ready,
             ..Config::default()
         };
         let raw = RawNode::new(&raft_config, storage, &raft_log::logger(config.id))?;
@@ -321,7 +345,9 @@ impl RaftNode {
             writer: None,
             staged_ready: 0,
             durable_ready: 0,
+            persisted_ready: 0,
             held: VecDeque::new(),
+            restoring: None,
         })
     }
 
@@ -359,8 +385,13 @@ impl RaftNode {
         Some(self.raw.raft.leader_id).filter(|&l| l != INVALID_ID)
     }
 
-    /// Advances Raft's logical clock by one tick.
+    /// Advances Raft's logical clock by one tick. A node restoring a snapshot
+    /// does not campaign (raft-rs may not lead with a snapshot not yet persisted;
+    /// it still votes for others).
     pub fn tick(&mut self) {
+        if self.restoring.is_some() {
+            self.raw.raft.election_elapsed = 0;
+        }
         self.raw.tick();
     }
 
@@ -371,6 +402,13 @@ impl RaftNode {
                 to: msg.to,
                 me: self.config.id,
             });
+        }
+        if self.restoring.is_some() && msg.get_msg_type() == MessageType::MsgSnapshot {
+            log::debug!(
+                "tracker {}: a snapshot arrived during a restore: dropped",
+                msg.to
+            );
+            return Ok(());
         }
         let msg = self.guard_lost_log(msg);
         self.raw.step(msg).map_err(StepError::Refused)
@@ -544,7 +582,9 @@ impl RaftNode {
                 .writer
                 .as_ref()
                 .is_some_and(|w| w.durable().map_or(true, |d| d > self.durable_ready));
+        let restored = self.persisted_cap(self.durable_ready) > self.persisted_ready;
         written
+            || restored
             || self.raw.has_ready()
             || !self.outbox.is_empty()
             || (!self.queued.is_empty() && self.leader().is_some())
@@ -567,10 +607,7 @@ impl RaftNode {
         self.resubmit_to_new_leader();
         self.expire(now, &mut actions.failed);
         actions.messages.append(&mut self.outbox);
-        if self.raw.snap().is_some_and(|s| !s.is_empty()) {
-            // A received snapshot replaces the log: written at once, after the rest.
-            self.drain_writer(&mut actions.messages)?;
-        }
+        self.raw.mut_store().drop_idle_snapshot(now, SNAPSHOT_IDLE);
         if !self.raw.has_ready() {
             return Ok(actions);
         }
@@ -580,12 +617,16 @@ impl RaftNode {
         }
         // A leader's appends may go before its own write (raft-rs puts them here).
         actions.messages.extend(rd.take_messages());
-        if self.writer.is_some() && rd.snapshot().is_empty() {
+        if self.writer.is_some() {
             self.stage_ready(rd, &mut actions)?;
         } else {
             self.persist_ready(rd, &mut actions)?;
         }
-        self.raw.advance_apply();
+        if self.restoring.is_none() {
+            // (raft-rs's applied index may not pass its persisted one: a snapshot
+            // being restored counts as applied once it is persisted.)
+            self.raw.advance_apply();
+        }
         Ok(actions)
     }
 
@@ -599,7 +640,7 @@ impl RaftNode {
         actions.messages.extend(rd.take_persisted_messages());
         actions.snapshot = snapshot.map(|s| ReceivedSnapshot {
             index: s.get_metadata().index,
-            data: s.data.to_vec(),
+            data: s.data,
         });
         self.collect(committed, &mut actions.committed);
         let mut light = self.raw.advance(rd);
@@ -621,20 +662,38 @@ impl RaftNode {
         self.collect(committed, &mut actions.committed);
         let persisted = rd.take_persisted_messages();
         let number = rd.number();
-        if let Some(job) = self.raw.mut_store().stage(number, rd.entries(), rd.hs()) {
+        let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
+        let store = self.raw.mut_store();
+        if let Some(job) = store.stage(number, snapshot.as_ref(), rd.entries(), rd.hs()) {
             self.writer.as_ref().expect("checked").send(job)?;
             self.staged_ready = number;
         }
+        if let Some(snap) = snapshot {
+            // Restored off the loop by the owner; see `restore_installed`.
+            let index = snap.get_metadata().index;
+            self.restoring = Some((number, index));
+            actions.snapshot = Some(ReceivedSnapshot {
+                index,
+                data: snap.data,
+            });
+        }
         if self.persisting() {
-            if !persisted.is_empty() {
-                self.held.push_back((self.staged_ready, persisted));
+            // A heartbeat's answer promises nothing durable: it goes at once, so a
+            // leader hears from a follower whose long write (a snapshot) is on its way.
+            let (now, held): (Vec<_>, Vec<_>) = persisted
+                .into_iter()
+                .partition(|m| m.get_msg_type() == MessageType::MsgHeartbeatResponse);
+            actions.messages.extend(now);
+            if !held.is_empty() {
+                self.held.push_back((self.staged_ready, held));
             }
         } else {
             actions.messages.extend(persisted);
         }
         self.raw.advance_append_async(rd);
-        if !self.persisting() {
+        if !self.persisting() && self.restoring.is_none() {
             self.raw.on_persist_ready(number);
+            self.persisted_ready = number;
         }
         Ok(())
     }
@@ -648,26 +707,48 @@ impl RaftNode {
         Ok(())
     }
 
-    /// Waits until every staged write is durable (bounded).
-    fn drain_writer(&mut self, out: &mut Vec<Message>) -> Result<(), NodeError> {
-        if let (true, Some(w)) = (self.persisting(), &self.writer) {
-            let durable = w.wait_durable(self.staged_ready, DRAIN_LIMIT)?;
-            self.release(durable, out);
-        }
-        Ok(())
+    /// What of `durable` counts as persisted: not the `Ready` carrying a snapshot
+    /// being restored, nor any after it.
+    fn persisted_cap(&self, durable: u64) -> u64 {
+        self.restoring.map_or(durable, |(n, _)| durable.min(n - 1))
     }
 
-    /// `Ready`s up to `durable` are on disk: raft-rs may count them, and the
-    /// messages held for them go out.
+    /// The index of the received snapshot being restored, if one is.
+    pub fn restoring(&self) -> Option<u64> {
+        self.restoring.map(|(_, index)| index)
+    }
+
+    /// Whether the snapshot being restored is durable in Raft's storage (the
+    /// owner installs the restored state only then: a crash after that restarts
+    /// from the stored snapshot if the state was not replaced yet).
+    pub fn restore_written(&self) -> Result<bool, NodeError> {
+        let (Some((n, _)), Some(w)) = (self.restoring, &self.writer) else {
+            return Ok(false);
+        };
+        Ok(w.durable()? >= n)
+    }
+
+    /// The owner installed the restored state: the snapshot's `Ready` (and the
+    /// ones after it) may count as persisted with the next `handle_ready`.
+    pub fn restore_installed(&mut self) {
+        self.restoring = None;
+    }
+
+    /// `Ready`s up to `durable` are on disk: the messages held for them go out,
+    /// and raft-rs may count them (unless a snapshot among them is still being
+    /// restored: see [`Self::persisted_cap`]).
     fn release(&mut self, durable: u64, out: &mut Vec<Message>) {
-        if durable <= self.durable_ready {
-            return;
+        if durable > self.durable_ready {
+            self.durable_ready = durable;
+            self.raw.mut_store().written(durable);
+            while self.held.front().is_some_and(|(n, _)| *n <= durable) {
+                out.extend(self.held.pop_front().expect("front checked").1);
+            }
         }
-        self.durable_ready = durable;
-        self.raw.mut_store().written(durable);
-        self.raw.on_persist_ready(durable);
-        while self.held.front().is_some_and(|(n, _)| *n <= durable) {
-            out.extend(self.held.pop_front().expect("front checked").1);
+        let persisted = self.persisted_cap(self.durable_ready);
+        if persisted > self.persisted_ready {
+            self.persisted_ready = persisted;
+            self.raw.on_persist_ready(persisted);
         }
     }
 
@@ -717,8 +798,9 @@ impl RaftNode {
     }
 
     /// Applies what `handle_ready` returned to the state machine, in order (a
-    /// snapshot first), skipping what it already holds, then snapshots and compacts
-    /// if due.
+    /// snapshot first, restored here once the writer made it durable: the simple,
+    /// blocking way; the tracker's driver restores off the loop instead), skipping
+    /// what it already holds, then snapshots and compacts if due.
     pub fn apply(
         &mut self,
         sm: &mut dyn StateMachine,
@@ -726,8 +808,12 @@ impl RaftNode {
         committed: &[Committed],
     ) -> Result<(), NodeError> {
         if let Some(snap) = snapshot {
-            sm.restore(snap.index, &snap.data)
+            if let (Some((number, _)), Some(w)) = (self.restoring, &self.writer) {
+                w.wait_durable(number, RESTORE_WRITE_LIMIT)?;
+            }
+            sm.restore(snap.index, snap.data)
                 .map_err(NodeError::Machine)?;
+            self.restore_installed();
         }
         for c in committed {
             if c.index > sm.applied_index() {
@@ -755,11 +841,12 @@ impl RaftNode {
             // Written behind, after the staged `Ready`s (a 144 MB row is no fsync
             // for the loop to wait on).
             Some(writer) => {
+                let data = data.into();
                 if let Some(job) = store.stage_snapshot(self.staged_ready, index, data, keep)? {
                     writer.send(job)?;
                 }
             }
-            None => store.store_snapshot(index, data, keep)?,
+            None => store.store_snapshot(index, data.into(), keep)?,
         }
         self.snapshots_taken += 1;
         log::debug!(

@@ -42,8 +42,11 @@
 //! over a large one). Traffic is not encrypted: it carries password and token
 //! *hashes*; run the cluster on a trusted network or tunnel.
 //!
-//! Sending queues a message's parts as slices of its one encoding (no further copy)
-//! and the caller writes them as the socket drains ([`PeerLink::write_to`]).
+//! Sending queues a message's parts as slices of its one encoding (no further copy),
+//! each at most [`SEND_PART`] (4 MiB) long, and the caller writes them as the socket
+//! drains ([`PeerLink::write_to`]); a large part's tag is computed only when the part
+//! comes up for writing, so the hashing of a snapshot is spread over the loop turns
+//! that send it instead of stalling the one that queues it.
 //!
 //! Limits: before authentication at most [`MAX_LINE`] bytes are buffered and nothing is
 //! decoded as a Raft message; after it, a frame longer than the link's `max_frame`, or
@@ -83,6 +86,12 @@ const HEADER_LEN: usize = 12;
 /// A part at most this long is queued as one buffer (header, payload, tag copied
 /// together); a longer one as a slice of the message's encoding between the two.
 const COPY_PART: usize = 16 << 10;
+/// Largest part this side sends (a receiver accepts up to its `max_frame`): a
+/// large message's frames are MACed one at a time as the socket drains, so this
+/// bounds the hashing one write does (about 3 ms with SHA-NI).
+const SEND_PART: usize = 4 << 20;
+/// A snapshot longer than this is spliced into its message's encoding, not copied.
+const SPLICE_SNAPSHOT: usize = 1 << 20;
 /// Buffers handed to one vectored write.
 const MAX_IOV: usize = 64;
 
@@ -207,28 +216,75 @@ struct Assembly {
 }
 
 /// Bytes queued for the peer, in order: whole buffers, and slices of a large
-/// message's one encoding (never copied into the queue).
+/// message's one encoding (never copied into the queue), each such slice's frame
+/// MACed only when it comes up for writing ([`Chunk::Unsealed`]).
 #[derive(Default)]
 struct OutQueue {
-    parts: VecDeque<Bytes>,
+    parts: VecDeque<Chunk>,
+    /// Bytes to write, tags of unsealed frames included.
     len: usize,
+}
+
+/// One entry of the [`OutQueue`].
+enum Chunk {
+    Ready(Bytes),
+    /// A large frame whose tag is computed when it reaches the queue's head, so a
+    /// snapshot's one SHA-256 pass is spread over the turns that send it.
+    Unsealed {
+        seq: u64,
+        header: [u8; HEADER_LEN],
+        part: Bytes,
+    },
 }
 
 impl OutQueue {
     fn push(&mut self, bytes: Bytes) {
         if !bytes.is_empty() {
             self.len += bytes.len();
-            self.parts.push_back(bytes);
+            self.parts.push_back(Chunk::Ready(bytes));
         }
     }
 
-    /// One vectored write of the queue's head; drops what was written.
-    fn write_to(&mut self, w: &mut impl Write) -> io::Result<usize> {
+    fn push_unsealed(&mut self, seq: u64, header: [u8; HEADER_LEN], part: Bytes) {
+        self.len += HEADER_LEN + part.len() + TAG_LEN;
+        self.parts.push_back(Chunk::Unsealed { seq, header, part });
+    }
+
+    /// MACs the first unsealed frame among the next write's buffers (one per write).
+    fn seal_next(&mut self, key: &[u8; 32]) {
+        let Some(i) = self
+            .parts
+            .iter()
+            .take(MAX_IOV)
+            .position(|c| matches!(c, Chunk::Unsealed { .. }))
+        else {
+            return;
+        };
+        let Some(Chunk::Unsealed { seq, header, part }) = self.parts.remove(i) else {
+            unreachable!("found just above");
+        };
+        let tag = PeerLink::frame_mac(key, seq, &header, &part)
+            .finalize()
+            .into_bytes();
+        self.parts
+            .insert(i, Chunk::Ready(Bytes::copy_from_slice(&tag)));
+        self.parts.insert(i, Chunk::Ready(part));
+        self.parts
+            .insert(i, Chunk::Ready(Bytes::copy_from_slice(&header)));
+    }
+
+    /// One vectored write of the queue's head (up to the next unsealed frame);
+    /// drops what was written.
+    fn write_to(&mut self, w: &mut impl Write, key: &[u8; 32]) -> io::Result<usize> {
+        self.seal_next(key);
         let slices: Vec<IoSlice<'_>> = self
             .parts
             .iter()
             .take(MAX_IOV)
-            .map(|b| IoSlice::new(b))
+            .map_while(|c| match c {
+                Chunk::Ready(b) => Some(IoSlice::new(b)),
+                Chunk::Unsealed { .. } => None,
+            })
             .collect();
         let n = w.write_vectored(&slices)?;
         self.consume(n);
@@ -237,7 +293,7 @@ impl OutQueue {
 
     fn consume(&mut self, mut n: usize) {
         self.len -= n;
-        while let Some(front) = self.parts.front_mut() {
+        while let Some(Chunk::Ready(front)) = self.parts.front_mut() {
             if n < front.len() {
                 front.advance(n);
                 return;
@@ -365,14 +421,16 @@ impl PeerLink {
 
     /// Writes queued bytes to `w` (one vectored write); how many it took.
     pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<usize> {
-        self.out.write_to(w)
+        self.out.write_to(w, &self.send_key)
     }
 
     /// Everything queued for the peer, as one buffer (the link keeps none).
     pub fn take_output(&mut self) -> Vec<u8> {
         let mut all = Vec::with_capacity(self.out.len);
         while self.out.len > 0 {
-            self.out.write_to(&mut all).expect("a Vec takes every byte");
+            self.out
+                .write_to(&mut all, &self.send_key)
+                .expect("a Vec takes every byte");
         }
         all
     }
@@ -628,25 +686,26 @@ impl PeerLink {
                 max,
             });
         }
-        let payload = Bytes::from(
-            msg.write_to_bytes()
-                .map_err(|e| LinkError::Encode(e.to_string()))?,
-        );
-        if payload.len() > max {
+        let segments = encode(msg).map_err(|e| LinkError::Encode(e.to_string()))?;
+        let total: usize = segments.iter().map(Bytes::len).sum();
+        if total > max {
             return Err(LinkError::MessageTooLarge {
-                len: payload.len() as u64,
+                len: total as u64,
                 max,
             });
         }
-        let mut at = 0;
-        loop {
-            let len = (payload.len() - at).min(self.limits.max_frame.clamp(1, u32::MAX as usize));
-            self.queue_part(payload.slice(at..at + len), payload.len() - at - len);
-            at += len;
-            if at == payload.len() {
-                return Ok(());
+        let part_max = self.limits.max_frame.clamp(1, SEND_PART);
+        let mut rest = total;
+        for segment in segments {
+            let mut at = 0;
+            while at < segment.len() {
+                let len = (segment.len() - at).min(part_max);
+                rest -= len;
+                self.queue_part(segment.slice(at..at + len), rest);
+                at += len;
             }
         }
+        Ok(())
     }
 
     /// Queues one frame: `part` of a message with `rest` bytes after it.
@@ -656,18 +715,56 @@ impl PeerLink {
             rest: rest as u64,
         }
         .encode();
-        let tag = Self::frame_mac(&self.send_key, self.send_seq, &header, &part)
-            .finalize()
-            .into_bytes();
+        let seq = self.send_seq;
         self.send_seq += 1;
         if part.len() <= COPY_PART {
+            let tag = Self::frame_mac(&self.send_key, seq, &header, &part)
+                .finalize()
+                .into_bytes();
             self.out.push([&header[..], &part, &tag].concat().into());
         } else {
-            self.out.push(Bytes::copy_from_slice(&header));
-            self.out.push(part);
-            self.out.push(Bytes::copy_from_slice(&tag));
+            self.out.push_unsealed(seq, header, part);
         }
     }
+}
+
+/// A message's protobuf encoding, in segments to send one after the other. A
+/// snapshot longer than [`SPLICE_SNAPSHOT`] is not copied into it: the encoding
+/// is the message without its snapshot, then the snapshot field (9) spliced at the
+/// end by hand around the snapshot's own bytes (field 1, `data`, shared, then field
+/// 2, its metadata). Protobuf reads fields in any order, so this decodes to the same
+/// message; the copy it saves was ~0.2 s of the leader's loop for 136 MB.
+fn encode(msg: &Message) -> protobuf::ProtobufResult<Vec<Bytes>> {
+    let snap = msg.get_snapshot();
+    if snap.get_data().len() <= SPLICE_SNAPSHOT {
+        return Ok(vec![msg.write_to_bytes()?.into()]);
+    }
+    let mut without = msg.clone();
+    without.clear_snapshot();
+    let mut head = without.write_to_bytes()?;
+    let mut meta = Vec::new();
+    if snap.has_metadata() {
+        let m = snap.get_metadata().write_to_bytes()?;
+        meta.push(0x12); // field 2, length-delimited
+        put_varint(&mut meta, m.len() as u64);
+        meta.extend_from_slice(&m);
+    }
+    let data = snap.data.clone();
+    let mut data_key = vec![0x0a]; // field 1, length-delimited
+    put_varint(&mut data_key, data.len() as u64);
+    head.push(0x4a); // field 9, length-delimited
+    put_varint(&mut head, (data_key.len() + data.len() + meta.len()) as u64);
+    head.extend_from_slice(&data_key);
+    Ok(vec![head.into(), data, meta.into()])
+}
+
+/// Appends `v` as a protobuf varint.
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
 /// A handshake line's tracker number, nonce and (acceptor's) proof.

@@ -463,3 +463,46 @@ fn output_is_written_as_the_writer_takes_it() {
     assert_eq!(sock.got.len(), queued);
     assert_eq!(messages(b.receive(&sock.got).unwrap()), sent.to_vec());
 }
+
+#[test]
+fn a_large_message_goes_in_parts_of_at_most_send_part_under_the_default_limits() {
+    let (mut a, _, ok) = pair_with(KEY, LinkLimits::default());
+    ok.unwrap();
+    // The receiver accepts no frame longer than SEND_PART.
+    let strict = LinkLimits {
+        max_frame: SEND_PART,
+        max_message: 4 * SEND_PART,
+    };
+    let (_, mut b, ok) = pair_with(KEY, strict);
+    ok.unwrap();
+    let mut snap = snapshot_of_size(2 * SEND_PART + 5);
+    snap.mut_snapshot().mut_metadata().index = 300;
+    snap.mut_snapshot().mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+    a.send(&snap).unwrap();
+    let stream = a.take_output();
+    let parts: Vec<usize> = frames(&stream)
+        .iter()
+        .map(|f| Header::decode(f).len)
+        .collect();
+    assert!(parts.iter().all(|&p| p <= SEND_PART), "{parts:?}");
+    let overhead = parts.len() * (HEADER_LEN + TAG_LEN);
+    assert_eq!(stream.len() - overhead, snap.compute_size() as usize);
+    assert_eq!(messages(b.receive(&stream).unwrap()), vec![snap]);
+}
+
+#[test]
+fn a_spliced_snapshot_encoding_decodes_to_the_same_message() {
+    for (data_len, with_meta) in [(SPLICE_SNAPSHOT + 1, true), (300 << 10, false)] {
+        let mut m = vote(1, 2, 7);
+        m.set_msg_type(MessageType::MsgSnapshot);
+        (m.commit, m.reject_hint) = (9, 4);
+        m.mut_snapshot().data = vec![0x33; data_len].into();
+        if with_meta {
+            m.mut_snapshot().mut_metadata().term = 6;
+        }
+        let parts = encode(&m).unwrap();
+        assert_eq!(parts.len(), if with_meta { 3 } else { 1 });
+        let joined: Vec<u8> = parts.concat();
+        assert_eq!(Message::parse_from_bytes(&joined).unwrap(), m);
+    }
+}

@@ -12,6 +12,7 @@ use super::driver::{RaftDriver, ELECTION_TICKS, HEARTBEAT_TICKS, PROPOSAL_DEADLI
 use super::machine::{self, LogMachine, MachineFault};
 use super::node::{NodeConfig, RaftNode};
 use super::peer_frame::LinkLimits;
+use super::restore::RestoreJob;
 use super::storage::RaftStorage;
 use crate::snapshot_job::SnapshotJob;
 use crate::store::Store;
@@ -52,6 +53,7 @@ pub fn start(
     machine::reconcile(store, |from, _| changes_from(&storage, from)).map_err(raft_err)?;
     // (Opening only restores a snapshot; none is taken here.)
     let mut snapshots = SnapshotJob::new(crate::snapshot_job::RETRY_AFTER, None);
+    let mut restores = RestoreJob::new(None);
     let mut machine = LogMachine {
         dir,
         tracker_no: tracker_no as u32,
@@ -59,6 +61,7 @@ pub fn start(
         log,
         store,
         snapshots: &mut snapshots,
+        restores: &mut restores,
     };
     let mut config = NodeConfig::new(me, voters);
     config.proposal_deadline = PROPOSAL_DEADLINE;

@@ -32,15 +32,29 @@
 //! queued) on a connection of its own. [`RaftStorage::written`] then drops the
 //! in-memory copies. A snapshot this tracker took goes the same way
 //! ([`RaftStorage::stage_snapshot`]: its row and the entries it drops are written
-//! behind the staged `Ready`s, so the loop never waits on a state-sized write). Nothing here is durable until the writer says so; the node holds
-//! back whatever depends on it (see `node.rs`).
+//! behind the staged `Ready`s, so the loop never waits on a state-sized write), and
+//! so does a snapshot received from the leader ([`RaftStorage::stage`] with a
+//! snapshot: its row replaces the whole log). Nothing here is durable until the
+//! writer says so; the node holds back whatever depends on it (see `node.rs`).
+//!
+//! # Serving snapshots
+//! [`Storage::snapshot`] never reads the blob on the loop: the newest snapshot is
+//! kept in memory ([`SnapshotCache`], one blob the size of the state, shared by
+//! reference with the messages that carry it) from when it is staged until it has
+//! not been asked for during [`SNAPSHOT_IDLE`]. When it is not in memory, the ask
+//! starts one read of the row on a thread and gets `SnapshotTemporarilyUnavailable`;
+//! raft-rs asks again (with the follower's next response) and gets it once read.
 //!
 //! The commit index learned from a `LightReady` is kept in memory and written with the
 //! next persist (not fsynced on its own): after a crash it may lag, which Raft tolerates;
 //! [`RaftStorage::raise_commit`] lifts it to what the state machine had applied.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use raft::prelude::*;
 use raft::{GetEntriesContext, RaftState, Storage};
@@ -49,6 +63,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 /// How long a writer waits for the other connection's write lock (the loop's
 /// snapshot and the writer thread's appends may meet).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A snapshot kept in memory for serving is dropped after this long unasked.
+pub const SNAPSHOT_IDLE: Duration = Duration::from_secs(60);
 
 /// The format version this code reads and writes.
 pub const FORMAT_VERSION: i64 = 1;
@@ -87,6 +104,95 @@ pub struct RaftStorage {
     snapshot_term: u64,
     first_index: u64,
     last_index: u64,
+    /// The newest snapshot for serving, or its read in flight.
+    cache: RefCell<SnapshotCache>,
+}
+
+/// What [`Storage::snapshot`] serves from: at most one snapshot in memory and one
+/// read of the stored row in flight (see the module doc).
+#[derive(Default)]
+pub struct SnapshotCache {
+    held: Option<Snapshot>,
+    /// When `held` was put or last served.
+    used: Option<Instant>,
+    reading: Option<Receiver<Result<Snapshot, String>>>,
+}
+
+impl SnapshotCache {
+    /// Keeps `snap` as the newest (an older one is never put over a newer).
+    fn put(&mut self, snap: Snapshot, now: Instant) {
+        let index = |s: &Snapshot| s.get_metadata().index;
+        if self.held.as_ref().is_none_or(|h| index(h) <= index(&snap)) {
+            self.held = Some(snap);
+            self.used = Some(now);
+        }
+    }
+
+    /// Takes in a finished read; a failed one is logged (the next ask retries).
+    fn poll_read(&mut self, now: Instant) {
+        let Some(rx) = &self.reading else { return };
+        let outcome = match rx.try_recv() {
+            Err(TryRecvError::Empty) => return,
+            Ok(outcome) => outcome,
+            Err(TryRecvError::Disconnected) => Err("the read thread ended".into()),
+        };
+        self.reading = None;
+        match outcome {
+            Ok(snap) => self.put(snap, now),
+            Err(why) => log::warn!("reading the raft snapshot to serve it: {why}"),
+        }
+    }
+
+    /// The held snapshot if it covers `request_index`.
+    fn serve(&mut self, request_index: u64, now: Instant) -> Option<Snapshot> {
+        let snap = self
+            .held
+            .as_ref()
+            .filter(|s| s.get_metadata().index >= request_index)?
+            .clone();
+        self.used = Some(now);
+        Some(snap)
+    }
+
+    /// Starts reading the row at `path` on a thread, unless a snapshot covering
+    /// `stored_index` is held or a read is in flight.
+    fn start_read(&mut self, path: &Path, stored_index: u64) {
+        let covered = |s: &Snapshot| s.get_metadata().index >= stored_index;
+        if self.held.as_ref().is_some_and(covered) || self.reading.is_some() {
+            return;
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        let path = path.to_path_buf();
+        let spawned = std::thread::Builder::new()
+            .name("snapshot-read".into())
+            .spawn(move || {
+                let read = open_connection(&path)
+                    .and_then(|c| read_snapshot(&c))
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| s.ok_or_else(|| "no snapshot stored".to_string()));
+                let _ = tx.send(read);
+            });
+        match spawned {
+            Ok(_) => self.reading = Some(rx),
+            Err(e) => log::warn!("cannot start the snapshot read: {e}"),
+        }
+    }
+
+    /// Drops the held snapshot when unasked for `idle`.
+    fn drop_idle(&mut self, now: Instant, idle: Duration) {
+        if self
+            .used
+            .is_some_and(|u| now.saturating_duration_since(u) >= idle)
+        {
+            self.held = None;
+            self.used = None;
+        }
+    }
+
+    /// Whether a snapshot is in memory.
+    pub fn holds(&self) -> bool {
+        self.held.is_some()
+    }
 }
 
 const SCHEMA: &str = "
@@ -139,6 +245,7 @@ impl RaftStorage {
             snapshot_term: 0,
             first_index: 1,
             last_index: 0,
+            cache: RefCell::default(),
         };
         storage.load()?;
         let mut given = voters.to_vec();
@@ -216,6 +323,9 @@ impl RaftStorage {
         write_entries(&tx, entries)?;
         write_hard_state(&tx, &hs)?;
         tx.commit()?;
+        if let Some(snap) = snapshot {
+            self.cache.get_mut().put(snap.clone(), Instant::now());
+        }
         self.apply_in_memory(snapshot, entries, hs);
         Ok(())
     }
@@ -246,33 +356,59 @@ impl RaftStorage {
         hs
     }
 
-    /// Stages a `Ready`'s entries and hard state (numbered `number`) for the writer
-    /// thread: in memory at once, where raft-rs reads them, and returned as the job
-    /// that makes them durable. `None` when nothing needs writing (at most the commit
-    /// index moved, kept as in [`Self::persist`]). A received snapshot is never staged
-    /// (the node persists it with [`Self::persist`] once the writer is idle).
+    /// Stages a `Ready`'s received snapshot, entries and hard state (numbered
+    /// `number`) for the writer thread: in memory at once, where raft-rs reads them,
+    /// and returned as the job that makes them durable (the snapshot's row replaces
+    /// the whole log, as in [`Self::persist`]). `None` when nothing needs writing (at
+    /// most the commit index moved, kept as in [`Self::persist`]).
     pub fn stage(
         &mut self,
         number: u64,
+        snapshot: Option<&Snapshot>,
         entries: &[Entry],
         hard_state: Option<&HardState>,
     ) -> Option<WriteJob> {
-        if self.only_commit_moved(entries, hard_state) {
+        if snapshot.is_none() && self.only_commit_moved(entries, hard_state) {
             return None;
         }
-        let hs = self.next_hard_state(hard_state);
+        let mut hs = self.next_hard_state(hard_state);
+        let received = snapshot.map(|snap| {
+            let meta = snap.get_metadata();
+            hs.term = hs.term.max(meta.term);
+            hs.commit = hs.commit.max(meta.index);
+            self.unsynced.clear();
+            self.cache.get_mut().put(snap.clone(), Instant::now());
+            SnapshotWrite {
+                index: meta.index,
+                term: meta.term,
+                voters: meta.get_conf_state().voters.clone(),
+                data: snap.data.clone(),
+                compact_to: None,
+            }
+        });
         if let Some(first) = entries.first() {
             self.unsynced.retain(|(_, e)| e.index < first.index);
             self.unsynced
                 .extend(entries.iter().map(|e| (number, e.clone())));
         }
-        self.apply_in_memory(None, entries, hs.clone());
+        self.apply_in_memory(snapshot, entries, hs.clone());
         Some(WriteJob {
             number,
             entries: entries.to_vec(),
             hard_state: Some(hs),
-            snapshot: None,
+            snapshot: received,
         })
+    }
+
+    /// Drops the snapshot kept for serving once unasked for `idle` (see the
+    /// module doc); `now` is the loop's clock.
+    pub fn drop_idle_snapshot(&mut self, now: Instant, idle: Duration) {
+        self.cache.get_mut().drop_idle(now, idle);
+    }
+
+    /// Whether a snapshot is kept in memory for serving.
+    pub fn holds_snapshot(&self) -> bool {
+        self.cache.borrow().holds()
     }
 
     /// The writer made every job up to `number` durable: their in-memory copies go.
@@ -346,7 +482,7 @@ impl RaftStorage {
     pub fn store_snapshot(
         &mut self,
         index: u64,
-        data: Vec<u8>,
+        data: Bytes,
         keep_entries: u64,
     ) -> Result<(), StorageError> {
         match self.stage_snapshot(0, index, data, keep_entries)? {
@@ -364,7 +500,7 @@ impl RaftStorage {
         &mut self,
         number: u64,
         index: u64,
-        data: Vec<u8>,
+        data: Bytes,
         keep_entries: u64,
     ) -> Result<Option<WriteJob>, StorageError> {
         if index <= self.snapshot_index {
@@ -379,6 +515,12 @@ impl RaftStorage {
         self.snapshot_index = index;
         self.snapshot_term = term;
         self.first_index = compact_to;
+        let mut snap = Snapshot::default();
+        snap.data = data.clone();
+        let meta = snap.mut_metadata();
+        (meta.index, meta.term) = (index, term);
+        meta.mut_conf_state().voters = self.conf_state.voters.clone();
+        self.cache.get_mut().put(snap, Instant::now());
         Ok(Some(WriteJob {
             number,
             entries: Vec::new(),
@@ -388,7 +530,7 @@ impl RaftStorage {
                 term,
                 voters: self.conf_state.voters.clone(),
                 data,
-                compact_to,
+                compact_to: Some(compact_to),
             }),
         }))
     }
@@ -398,26 +540,10 @@ impl RaftStorage {
         self.snapshot_index
     }
 
-    /// The newest snapshot, with its state machine bytes, if there is one.
+    /// The newest snapshot stored, with its state machine bytes, if there is one
+    /// (read here: for the start, not the loop).
     pub fn load_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
-        let row: Option<(u64, u64, String, Vec<u8>)> = self
-            .conn
-            .query_row(
-                "SELECT idx, term, voters, data FROM raft_snapshot WHERE id = 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .optional()?;
-        let Some((index, term, voters, data)) = row else {
-            return Ok(None);
-        };
-        let mut snap = Snapshot::default();
-        snap.data = data.into();
-        let meta = snap.mut_metadata();
-        meta.index = index;
-        meta.term = term;
-        meta.mut_conf_state().voters = parse_voters(&voters)?;
-        Ok(Some(snap))
+        read_snapshot(&self.conn)
     }
 
     /// The hard state as last persisted (or noted, for the commit index).
@@ -470,6 +596,27 @@ impl RaftStorage {
     }
 }
 
+/// The `raft_snapshot` row on `conn`, if there is one.
+fn read_snapshot(conn: &Connection) -> Result<Option<Snapshot>, StorageError> {
+    let row: Option<(u64, u64, String, Vec<u8>)> = conn
+        .query_row(
+            "SELECT idx, term, voters, data FROM raft_snapshot WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()?;
+    let Some((index, term, voters, data)) = row else {
+        return Ok(None);
+    };
+    let mut snap = Snapshot::default();
+    snap.data = data.into();
+    let meta = snap.mut_metadata();
+    meta.index = index;
+    meta.term = term;
+    meta.mut_conf_state().voters = parse_voters(&voters)?;
+    Ok(Some(snap))
+}
+
 fn create(conn: &Connection, voters: &[u64]) -> Result<(), StorageError> {
     let mut voters = voters.to_vec();
     voters.sort_unstable();
@@ -497,15 +644,16 @@ pub struct WriteJob {
     pub snapshot: Option<SnapshotWrite>,
 }
 
-/// The `raft_snapshot` row of a snapshot this tracker took, and the first entry
-/// kept after it (the ones before are deleted in the same transaction).
+/// The `raft_snapshot` row of a snapshot, and the first entry kept after it (the
+/// ones before are deleted in the same transaction); `None`: a received snapshot,
+/// which replaces the whole log.
 #[derive(Debug)]
 pub struct SnapshotWrite {
     index: u64,
     term: u64,
     voters: Vec<u64>,
-    data: Vec<u8>,
-    compact_to: u64,
+    data: Bytes,
+    compact_to: Option<u64>,
 }
 
 /// Opens a connection to `raft<N>.db`: WAL, `synchronous = FULL` (a commit is
@@ -525,11 +673,14 @@ pub fn write_jobs(conn: &mut Connection, jobs: &[WriteJob]) -> Result<(), Storag
     }
     let tx = conn.transaction()?;
     for job in jobs {
-        write_entries(&tx, &job.entries)?;
         if let Some(snap) = &job.snapshot {
             write_snapshot(&tx, snap.index, snap.term, &snap.voters, &snap.data)?;
-            tx.execute("DELETE FROM raft_entries WHERE idx < ?1", [snap.compact_to])?;
+            match snap.compact_to {
+                Some(to) => tx.execute("DELETE FROM raft_entries WHERE idx < ?1", [to])?,
+                None => tx.execute("DELETE FROM raft_entries", [])?,
+            };
         }
+        write_entries(&tx, &job.entries)?;
     }
     if let Some(hs) = jobs.iter().rev().find_map(|j| j.hard_state.as_ref()) {
         write_hard_state(&tx, hs)?;
@@ -654,13 +805,20 @@ impl Storage for RaftStorage {
         Ok(self.last_index)
     }
 
+    /// Served from memory, never read on the loop (see the module doc).
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        match self.load_snapshot()? {
-            Some(snap) if snap.get_metadata().index >= request_index => Ok(snap),
-            _ => Err(raft::Error::Store(
-                raft::StorageError::SnapshotTemporarilyUnavailable,
-            )),
+        let now = Instant::now();
+        let mut cache = self.cache.borrow_mut();
+        cache.poll_read(now);
+        if let Some(snap) = cache.serve(request_index, now) {
+            return Ok(snap);
         }
+        if self.snapshot_index >= request_index && self.snapshot_index > 0 {
+            cache.start_read(&self.path, self.snapshot_index);
+        }
+        Err(raft::Error::Store(
+            raft::StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }
 
@@ -681,6 +839,20 @@ mod tests {
         GetEntriesContext::empty(false)
     }
 
+    /// Asks for a snapshot until the read started off the loop is done (bounded).
+    fn served(s: &RaftStorage, request_index: u64) -> Snapshot {
+        for _ in 0..10_000 {
+            match s.snapshot(request_index, 2) {
+                Ok(snap) => return snap,
+                Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable)) => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("the snapshot read never finished");
+    }
+
     #[test]
     fn entries_hard_state_and_snapshot_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -696,7 +868,8 @@ mod tests {
             // A conflicting suffix from a newer leader replaces 8..=10.
             s.persist(None, &[entry(8, 2, b"x")], None).unwrap();
             s.set_commit(8);
-            s.store_snapshot(6, b"state at 6".to_vec(), 2).unwrap();
+            s.store_snapshot(6, b"state at 6".to_vec().into(), 2)
+                .unwrap();
         }
         let s = RaftStorage::open(&path, &[1, 2, 3]).unwrap();
         assert_eq!(s.hard_state().vote, 2);
@@ -717,7 +890,7 @@ mod tests {
         );
         assert_eq!(&got[3].data[..], b"x");
         assert_eq!(&got[0].context[..], b"ctx");
-        let snap = s.snapshot(0, 2).unwrap();
+        let snap = served(&s, 0);
         assert_eq!(
             (snap.get_metadata().index, &snap.data[..]),
             (6, &b"state at 6"[..])
@@ -756,6 +929,62 @@ mod tests {
     }
 
     #[test]
+    fn a_staged_snapshot_is_served_from_memory_until_idle_then_read_off_the_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let mut s = RaftStorage::open(&path, &[1, 2]).unwrap();
+        let ents: Vec<Entry> = (1..=5).map(|i| entry(i, 1, b"a")).collect();
+        s.persist(None, &ents, None).unwrap();
+        let job = s
+            .stage_snapshot(1, 4, Bytes::from_static(b"state at 4"), 1)
+            .unwrap()
+            .expect("newer than none");
+        // Not written yet, and served at the first ask all the same.
+        let snap = s.snapshot(4, 2).unwrap();
+        assert_eq!(&snap.data[..], b"state at 4");
+        assert!(s.snapshot(5, 2).is_err(), "a newer one is not faked");
+        write_jobs(&mut open_connection(&path).unwrap(), &[job]).unwrap();
+        let later = Instant::now() + SNAPSHOT_IDLE;
+        s.drop_idle_snapshot(later, SNAPSHOT_IDLE);
+        assert!(!s.holds_snapshot());
+        // The next ask starts a read and is told to ask again; then it is served.
+        assert!(matches!(
+            s.snapshot(4, 2),
+            Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable
+            ))
+        ));
+        assert_eq!(&served(&s, 4).data[..], b"state at 4");
+        assert!(s.holds_snapshot());
+    }
+
+    #[test]
+    fn a_received_snapshot_staged_for_the_writer_replaces_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let mut s = RaftStorage::open(&path, &[1, 2, 3]).unwrap();
+        let ents: Vec<Entry> = (1..=9).map(|i| entry(i, 1, b"a")).collect();
+        s.persist(None, &ents, None).unwrap();
+        let mut snap = Snapshot::default();
+        snap.data = Bytes::from_static(b"remote");
+        snap.mut_metadata().index = 6;
+        snap.mut_metadata().term = 2;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        let job = s.stage(1, Some(&snap), &[entry(7, 2, b"b")], None).unwrap();
+        // In memory at once: raft-rs reads the new log before it is written.
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (7, 7));
+        assert_eq!(s.term(6).unwrap(), 2);
+        assert_eq!(&s.snapshot(6, 1).unwrap().data[..], b"remote");
+        assert_eq!(s.hard_state().commit, 6);
+        write_jobs(&mut open_connection(&path).unwrap(), &[job]).unwrap();
+        drop(s);
+        let s = RaftStorage::open(&path, &[1, 2, 3]).unwrap();
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (7, 7));
+        assert_eq!(s.entries(7, 8, None, ctx()).unwrap()[0].term, 2);
+        assert_eq!(&s.load_snapshot().unwrap().unwrap().data[..], b"remote");
+    }
+
+    #[test]
     fn max_size_limits_but_returns_at_least_one_entry() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = RaftStorage::open(&dir.path().join("r.db"), &[1]).unwrap();
@@ -790,12 +1019,19 @@ mod tests {
         hs.term = 1;
         hs.vote = 1;
         let first: Vec<Entry> = (1..=4).map(|i| entry(i, 1, b"a")).collect();
-        let job1 = s.stage(1, &first, Some(&hs)).expect("entries to write");
+        let job1 = s
+            .stage(1, None, &first, Some(&hs))
+            .expect("entries to write");
         // A new leader's entries replace the staged suffix from index 3 on.
         hs.term = 2;
         let second: Vec<Entry> = (3..=5).map(|i| entry(i, 2, b"b")).collect();
-        let job2 = s.stage(2, &second, Some(&hs)).expect("entries to write");
-        assert!(s.stage(3, &[], Some(&hs)).is_none(), "nothing new to write");
+        let job2 = s
+            .stage(2, None, &second, Some(&hs))
+            .expect("entries to write");
+        assert!(
+            s.stage(3, None, &[], Some(&hs)).is_none(),
+            "nothing new to write"
+        );
         assert_eq!(s.last_index().unwrap(), 5);
         assert_eq!(s.term(2).unwrap(), 1);
         assert_eq!(s.term(4).unwrap(), 2);
