@@ -21,19 +21,6 @@ use wire::pieces::{Bitfield, PieceIndex};
 
 use crate::picker::PiecePicker;
 
-/// How a download asks the peers that had every piece (seeders), with how
-/// many of its connected peers are seeders.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SeederView {
-    /// It sees only part of the swarm: a seeder is asked only for what no
-    /// other connected peer has ([`PiecePicker::pick_from_seeder`]).
-    Part(u32),
-    /// It sees the whole swarm: a seeder is asked like any peer until every
-    /// missing piece is at another peer too
-    /// ([`PiecePicker::pick_from_seeder_seen_whole`]).
-    Whole(u32),
-}
-
 /// How many whole-piece requests a download keeps in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestSlots {
@@ -276,15 +263,16 @@ impl FetchPeer {
 
     /// Picks up to `want` more pieces (at most `per_peer` outstanding here) and
     /// appends their whole-piece `Request`s to `out`; returns how many.
-    /// `seeders` says how a seeder is asked ([`SeederView`]); other peers by
-    /// [`PiecePicker::pick`].
+    /// `seeders`: when the download sees only part of the swarm, how many of
+    /// its connected peers had every piece; a seeder is then asked by
+    /// [`PiecePicker::pick_from_seeder`] (`None`: every peer by `pick`).
     pub fn fill(
         &mut self,
         picker: &mut PiecePicker,
         meta: &FileMeta,
         per_peer: usize,
         want: usize,
-        seeders: SeederView,
+        seeders: Option<u32>,
         out: &mut Vec<u8>,
     ) -> usize {
         let FetchState::Active { has, inflight } = &mut self.state else {
@@ -293,10 +281,9 @@ impl FetchPeer {
         let mut added = 0;
         while inflight.len() < per_peer && added < want {
             let skip = |i| inflight.contains(&i);
-            let picked = match seeders {
-                _ if !self.seeder => picker.pick(has, skip),
-                SeederView::Part(n) => picker.pick_from_seeder(has, n, skip),
-                SeederView::Whole(n) => picker.pick_from_seeder_seen_whole(has, n, skip),
+            let picked = match seeders.filter(|_| self.seeder) {
+                Some(n) => picker.pick_from_seeder(has, n, skip),
+                None => picker.pick(has, skip),
             };
             let Some(p) = picked else {
                 break;
@@ -401,10 +388,7 @@ mod tests {
         partial.on_bitfield(vec![0b1110_0000], &mut picker).unwrap();
         assert!(!partial.seeder);
         let mut out = Vec::new();
-        assert_eq!(
-            seed.fill(&mut picker, &m, 4, 4, SeederView::Part(1), &mut out),
-            1
-        );
+        assert_eq!(seed.fill(&mut picker, &m, 4, 4, Some(1), &mut out), 1);
         assert_eq!(requests(&out), [3], "pieces 0-2 come from the partial peer");
         assert_eq!(seed.on_reject(3, &mut picker).map(PieceIndex::raw), Some(3));
         assert!(seed.seeder, "still a seeder after a reject");
@@ -476,12 +460,9 @@ mod tests {
         let mut picker = PiecePicker::new(6, 1);
         let mut f = active(6, &mut picker);
         let mut out = Vec::new();
+        assert_eq!(f.fill(&mut picker, &m, 4, 10, None, &mut out), 4);
         assert_eq!(
-            f.fill(&mut picker, &m, 4, 10, SeederView::Whole(0), &mut out),
-            4
-        );
-        assert_eq!(
-            f.fill(&mut picker, &m, 4, 10, SeederView::Whole(0), &mut out),
+            f.fill(&mut picker, &m, 4, 10, None, &mut out),
             0,
             "per-peer bound"
         );
@@ -510,7 +491,7 @@ mod tests {
         assert_eq!(picker.availability(a2), 0);
         assert_eq!(f.inflight(), 1);
         let mut out = Vec::new();
-        f.fill(&mut picker, &m, 10, 10, SeederView::Whole(0), &mut out);
+        f.fill(&mut picker, &m, 10, 10, None, &mut out);
         assert!(!requests(&out).contains(&asked[2]));
         // Close: everything outstanding is released.
         let held: Vec<PieceIndex> = match &f.state {

@@ -608,14 +608,7 @@ mod tests {
         f.on_bitfield(Bitfield::full(4).into_bytes(), &mut picker)
             .unwrap();
         let mut out = Vec::new();
-        f.fill(
-            &mut picker,
-            &meta,
-            1,
-            1,
-            crate::fetch_peer::SeederView::Whole(0),
-            &mut out,
-        );
+        f.fill(&mut picker, &meta, 1, 1, None, &mut out);
         let first = asked(&out)[0];
         // Another leecher got that piece from the seeder already.
         assert_eq!(
@@ -628,14 +621,7 @@ mod tests {
         );
         f.on_reject(first, &mut picker);
         let mut out = Vec::new();
-        f.fill(
-            &mut picker,
-            &meta,
-            1,
-            1,
-            crate::fetch_peer::SeederView::Whole(0),
-            &mut out,
-        );
+        f.fill(&mut picker, &meta, 1, 1, None, &mut out);
         let second = asked(&out);
         assert_eq!(second.len(), 1);
         assert_ne!(second[0], first, "asks for another piece");
@@ -654,14 +640,7 @@ mod tests {
         f.on_have(first, &mut picker);
         assert_eq!(picker.availability(ix(first)), 1, "offered again");
         let mut out = Vec::new();
-        f.fill(
-            &mut picker,
-            &meta,
-            2,
-            1,
-            crate::fetch_peer::SeederView::Whole(0),
-            &mut out,
-        );
+        f.fill(&mut picker, &meta, 2, 1, None, &mut out);
         let third = asked(&out)[0];
         // Whichever it asks now (every piece went out once), the seeder answers.
         assert_eq!(

@@ -18,7 +18,7 @@ use wire::pieces::{Bitfield, PieceIndex};
 
 use super::{PoolMsg, TrackerJob, Transfers};
 use crate::downloads::{DlState, Download};
-use crate::fetch_peer::{request_slots, Disconnect, FetchPeer, SeederView};
+use crate::fetch_peer::{request_slots, Disconnect, FetchPeer};
 use crate::hasher;
 use crate::peer_conn::{ConnEvent, Role};
 use crate::storage::{self, ResumeState, WholeHash};
@@ -704,13 +704,10 @@ impl Transfers {
         }
         let slots = request_slots(cap, active);
         // Seen from here only part of the swarm (more peers known than
-        // connected; this client, once listed, is banned at its first try)?
+        // connected; this client, once listed, is banned at its first try): a
+        // seeder is asked only for what no connected peer has.
         let known = d.peers.values().filter(|p| !p.banned).count();
-        let seeders = if known > MAX_PEERS_PER_DOWNLOAD {
-            SeederView::Part(seeders)
-        } else {
-            SeederView::Whole(seeders)
-        };
+        let seeders = (known > MAX_PEERS_PER_DOWNLOAD).then_some(seeders);
         let d = &mut self.downloads[dl];
         let conn = &mut self.conns[key];
         let Role::Fetch(f) = &mut conn.role else {
