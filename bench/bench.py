@@ -656,8 +656,8 @@ class BtWorld:
 
     def __init__(self, ctx):
         self.ctx = ctx
-        self.dir = ctx.tmp / "bt"
-        self.dir.mkdir()
+        # One dir per world: the downloads and the swarm parts each make one.
+        self.dir = Path(tempfile.mkdtemp(prefix="bt-", dir=ctx.tmp))
         self.port = free_port()
         self.torrent = self.dir / "bench.torrent"
         run(["mktorrent", "-a", f"http://127.0.0.1:{self.port}/announce", "-l", "19", "-o", self.torrent, ctx.file],
