@@ -658,6 +658,7 @@ class BtWorld:
         self.ctx = ctx
         # One dir per world: the downloads and the swarm parts each make one.
         self.dir = Path(tempfile.mkdtemp(prefix="bt-", dir=ctx.tmp))
+        self.dir.chmod(0o755)  # opentracker reads it after dropping privileges
         self.port = free_port()
         self.torrent = self.dir / "bench.torrent"
         run(["mktorrent", "-a", f"http://127.0.0.1:{self.port}/announce", "-l", "19", "-o", self.torrent, ctx.file],
