@@ -718,6 +718,16 @@ pub struct Recovery {
     pub rebuild_cache: bool,
 }
 
+/// What [`SyncLog::numbered_prefix`] found.
+struct NumberedPrefix {
+    /// Where the intact lines from the base end.
+    end: u64,
+    /// The number of the last intact line (the base's when none is).
+    seq: u64,
+    /// The first line that is not intact (its offset and why), if any.
+    failure: Option<(u64, LineError)>,
+}
+
 /// The open log file.
 #[derive(Debug)]
 pub struct SyncLog {
@@ -1076,25 +1086,7 @@ impl SyncLog {
     /// each line's checksum and its number, not its fields (they were parsed when
     /// they were applied).
     fn verify_applied(&self, to: u64, lines: u64) -> Result<(), LogError> {
-        let mut seq = self.base.lines;
-        let mut failure = None;
-        self.scan_lines(self.base.offset, to, |offset, line| {
-            let reason = match checked_seq(line) {
-                Some(s) if s == seq + 1 => {
-                    seq = s;
-                    return true;
-                }
-                Some(found) => LineError::Sequence {
-                    found,
-                    expected: seq + 1,
-                },
-                None => LogEntry::decode(line)
-                    .err()
-                    .unwrap_or(LineError::NoChecksum),
-            };
-            failure = Some((offset, reason));
-            false
-        })?;
+        let NumberedPrefix { seq, failure, .. } = self.numbered_prefix(to)?;
         if let Some((offset, reason)) = failure {
             return Err(self.damaged(
                 offset,
@@ -1395,7 +1387,7 @@ impl SyncLog {
         match self.mode {
             FsyncMode::Batch => {
                 self.append_unsynced(lines)?;
-                self.file.sync_data().map_err(|e| self.io_err(e))
+                self.sync()
             }
             FsyncMode::Always => {
                 for line in lines {
@@ -1421,19 +1413,33 @@ impl SyncLog {
     /// and numbered in order (the fast pass: no fields parsed): where it ends and
     /// the number of its last line (the base's when no line is intact).
     pub fn intact_prefix(&self) -> Result<(u64, u64), LogError> {
+        let NumberedPrefix { end, seq, .. } = self.numbered_prefix(u64::MAX)?;
+        Ok((end, seq))
+    }
+
+    /// The fast pass from the base up to `to`: each line's checksum and number,
+    /// not its fields.
+    fn numbered_prefix(&self, to: u64) -> Result<NumberedPrefix, LogError> {
         let (mut end, mut seq) = (self.base.offset, self.base.lines);
-        self.scan_lines(
-            self.base.offset,
-            u64::MAX,
-            |offset, line| match checked_seq(line) {
+        let mut failure = None;
+        self.scan_lines(self.base.offset, to, |offset, line| {
+            let reason = match checked_seq(line) {
                 Some(s) if s == seq + 1 => {
                     (end, seq) = (offset + line.len() as u64 + 1, s);
-                    true
+                    return true;
                 }
-                _ => false,
-            },
-        )?;
-        Ok((end, seq))
+                Some(found) => LineError::Sequence {
+                    found,
+                    expected: seq + 1,
+                },
+                None => LogEntry::decode(line)
+                    .err()
+                    .unwrap_or(LineError::NoChecksum),
+            };
+            failure = Some((offset, reason));
+            false
+        })?;
+        Ok(NumberedPrefix { end, seq, failure })
     }
 
     /// Makes what was appended durable (fsync).
