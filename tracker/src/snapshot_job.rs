@@ -84,22 +84,15 @@ impl SnapshotJob {
         if !self.can_start(now) {
             return false;
         }
-        let (tx, rx) = mpsc::sync_channel(1);
         let gate = self.gate.clone();
-        let spawned = std::thread::Builder::new()
-            .name("snapshot".into())
-            .spawn(move || {
-                let outcome = copy();
-                if let Some(gate) = gate {
-                    wait_for_gate(&gate, "the snapshot copy is made");
-                }
-                let _ = tx.send(outcome);
-            });
-        if let Err(e) = spawned {
-            log::error!("cannot start the snapshot thread: {e}");
-            self.retry_at = Some(now + self.retry_after);
-            return false;
-        }
+        let rx = match spawn_gated("snapshot", gate, "the snapshot copy is made", copy) {
+            Ok(rx) => rx,
+            Err(e) => {
+                log::error!("cannot start the snapshot thread: {e}");
+                self.retry_at = Some(now + self.retry_after);
+                return false;
+            }
+        };
         self.running = Some(Running {
             result: rx,
             discard: false,
@@ -155,8 +148,34 @@ impl SnapshotJob {
     }
 }
 
+/// Runs `work` on a thread named `name` and hands its one result to the
+/// returned receiver; with a test gate, the result is held until the gate file
+/// exists (`what` names it in the log). Snapshot copies and restores.
+pub(crate) fn spawn_gated<T, F>(
+    name: &str,
+    gate: Option<PathBuf>,
+    what: &'static str,
+    work: F,
+) -> std::io::Result<Receiver<T>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let (tx, rx) = mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let outcome = work();
+            if let Some(gate) = gate {
+                wait_for_gate(&gate, what);
+            }
+            let _ = tx.send(outcome);
+        })?;
+    Ok(rx)
+}
+
 /// Tests' gate: logs that `what` is held, then waits (bounded) for `gate` to exist.
-pub(crate) fn wait_for_gate(gate: &std::path::Path, what: &str) {
+fn wait_for_gate(gate: &std::path::Path, what: &str) {
     log::info!("test gate: {what}, held until {} exists", gate.display());
     let mut waited = Duration::ZERO;
     while !gate.exists() && waited < GATE_LIMIT {

@@ -88,23 +88,15 @@ impl RestoreJob {
         if self.running.is_some() {
             return false;
         }
-        let (tx, rx) = mpsc::sync_channel(1);
         let gate = self.gate.clone();
-        let spawned = std::thread::Builder::new()
-            .name("restore".into())
-            .spawn(move || {
-                let outcome = work();
-                if let Some(gate) = gate {
-                    crate::snapshot_job::wait_for_gate(&gate, "the snapshot restore is written");
-                }
-                let _ = tx.send(outcome);
+        let what = "the snapshot restore is written";
+        let rx =
+            crate::snapshot_job::spawn_gated("restore", gate, what, work).unwrap_or_else(|e| {
+                // Reported by the next poll.
+                let (tx, rx) = mpsc::sync_channel(1);
+                let _ = tx.send(Err(format!("cannot start the restore thread: {e}")));
+                rx
             });
-        if let Err(e) = spawned {
-            let (tx, rx) = mpsc::sync_channel(1);
-            let _ = tx.send(Err(format!("cannot start the restore thread: {e}")));
-            self.running = Some(rx);
-            return true;
-        }
         self.running = Some(rx);
         true
     }
