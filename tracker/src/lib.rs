@@ -208,15 +208,15 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
     let issuer: &'static tickets::TicketIssuer = Box::leak(Box::new(issuer));
     let mut store = open_store(&dir.join(format!("tracker{}.db", opts.tracker_no)))?;
     let mut log = open_log(dir, opts.fsync, opts.tracker_no)?;
-    if opts.replication == Replication::Raft {
-        replication::start::rebuild_log_tail(
-            dir,
-            opts.tracker_no,
-            trackers.len(),
-            &mut log,
-            &store,
-        )?;
-    }
+    // Raft mode: its storage is opened first, to make the log whole from it.
+    let raft_storage = match opts.replication {
+        Replication::SharedLog => None,
+        Replication::Raft => {
+            let storage = replication::start::open_storage(dir, opts.tracker_no, trackers.len())?;
+            replication::start::rebuild_log_tail(&storage, &mut log, &store)?;
+            Some(storage)
+        }
+    };
     let cache = store.cache_pos()?;
     let recovery = log.recover(cache)?;
     if recovery.rebuild_cache {
@@ -234,11 +234,12 @@ pub fn run(opts: &Options) -> Result<(), TrackerError> {
     }
     store.set_generation(log.generation())?;
     replay(&mut log, &mut store)?;
-    let raft = match opts.replication {
-        Replication::SharedLog => None,
-        Replication::Raft => {
+    let raft = match raft_storage {
+        None => None,
+        Some(storage) => {
             let addrs: Vec<String> = trackers.iter().map(|t| t.to_string()).collect();
-            let driver = replication::start::start(dir, opts, &addrs, &mut log, &mut store)?;
+            let driver =
+                replication::start::start(dir, opts, &addrs, storage, &mut log, &mut store)?;
             let gate = opts.test_restore_gate.clone();
             Some(server::RaftMode::new(driver, dir.clone(), opts.fsync, gate))
         }

@@ -23,12 +23,13 @@ fn raft_err(e: impl std::fmt::Display) -> TrackerError {
     TrackerError::Raft(e.to_string())
 }
 
-/// Everything the driver needs: every tracker of tracker_info.txt is a voter,
-/// numbered by its line.
+/// Everything the driver needs, over the storage [`open_storage`] opened:
+/// every tracker of tracker_info.txt is a voter, numbered by its line.
 pub fn start(
     dir: &Path,
     opts: &Options,
     trackers: &[String],
+    storage: RaftStorage,
     log: &mut SyncLog,
     store: &mut Store,
 ) -> Result<RaftDriver, TrackerError> {
@@ -48,8 +49,6 @@ pub fn start(
             cluster_key::key_path(dir).display()
         );
     }
-    let storage =
-        RaftStorage::open(&dir.join(format!("raft{tracker_no}.db")), &voters).map_err(raft_err)?;
     machine::reconcile(store, |from, _| changes_from(&storage, from)).map_err(raft_err)?;
     // (Opening only restores a snapshot; none is taken here.)
     let mut snapshots = SnapshotJob::new(crate::snapshot_job::RETRY_AFTER, None);
@@ -91,19 +90,25 @@ pub fn start(
     ))
 }
 
-/// Before the log is checked against the cache: a `sync_log.txt` tail lost with
-/// the OS written again from Raft's log ([`super::log_tail`]).
-pub fn rebuild_log_tail(
+/// Raft's storage, `raft<N>.db` in the data dir; every tracker of
+/// tracker_info.txt is a voter, numbered by its line.
+pub fn open_storage(
     dir: &Path,
     tracker_no: usize,
     trackers: usize,
+) -> Result<RaftStorage, TrackerError> {
+    let voters: Vec<u64> = (1..=trackers as u64).collect();
+    RaftStorage::open(&dir.join(format!("raft{tracker_no}.db")), &voters).map_err(raft_err)
+}
+
+/// Before the log is checked against the cache: a `sync_log.txt` tail lost with
+/// the OS written again from Raft's log ([`super::log_tail`]).
+pub fn rebuild_log_tail(
+    storage: &RaftStorage,
     log: &mut SyncLog,
     store: &Store,
 ) -> Result<(), TrackerError> {
-    let voters: Vec<u64> = (1..=trackers as u64).collect();
-    let storage =
-        RaftStorage::open(&dir.join(format!("raft{tracker_no}.db")), &voters).map_err(raft_err)?;
-    let done = super::log_tail::rebuild(log, store, &storage).map_err(|e| {
+    let done = super::log_tail::rebuild(log, store, storage).map_err(|e| {
         raft_err(format!(
             "sync_log.txt could not be made whole from Raft's log: {e}"
         ))
