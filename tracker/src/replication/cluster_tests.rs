@@ -811,7 +811,31 @@ fn a_removed_tracker_refuses_changes_and_the_rest_commit_without_it() {
         c.node(4).propose(b"x".to_vec(), now),
         Err(ProposeError::Removed)
     );
-    c.crash((1..=3).find(|&i| i != leader).unwrap());
+    let p = c.propose(leader, "after the removal");
+    c.wait_done(leader, p);
+    c.ticks(3);
+    let other = (1..=3).find(|&i| i != leader).unwrap();
+    c.crash(other);
     let p = c.propose(leader, "two of three");
     c.wait_done(leader, p);
+    // Had the stored membership not reached the disk before a crash (it is
+    // written behind the state machine's apply), the start applies the conf
+    // change again from the log.
+    let db = rusqlite::Connection::open(c.db(other)).unwrap();
+    let removal: u64 = db
+        .query_row(
+            "SELECT MAX(idx) FROM raft_entries WHERE kind = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(c.m(other).sm.applied > removal);
+    db.execute(
+        "UPDATE raft_state SET voters = '1,2,3,4', conf_index = ?1",
+        [removal - 1],
+    )
+    .unwrap();
+    drop(db);
+    c.start(other);
+    assert_eq!(c.node(other).progress().voters, [1, 2, 3]);
 }

@@ -391,7 +391,7 @@ impl RaftNode {
         }
         let ctx = GetEntriesContext::empty(false);
         let entries = self.raw.store().entries(from, applied + 1, None, ctx)?;
-        for e in &entries {
+        for e in entries.iter().filter(|e| is_conf_change(e)) {
             self.apply_conf_entry(e);
         }
         if self.raw.store().conf_unwritten() {
@@ -821,7 +821,7 @@ impl RaftNode {
     /// never reach the state machine.
     fn collect(&mut self, entries: Vec<Entry>, out: &mut Vec<Committed>) {
         for e in entries {
-            if e.get_entry_type() != EntryType::EntryNormal {
+            if is_conf_change(&e) {
                 self.apply_conf_entry(&e);
                 continue;
             }
@@ -1125,6 +1125,10 @@ impl RaftNode {
     pub fn storage(&self) -> &RaftStorage {
         self.raw.store()
     }
+}
+
+fn is_conf_change(e: &Entry) -> bool {
+    e.get_entry_type() != EntryType::EntryNormal
 }
 
 /// A conf change entry's change, as raft-rs applies it.
