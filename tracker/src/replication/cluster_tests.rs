@@ -811,6 +811,13 @@ fn a_removed_tracker_refuses_changes_and_the_rest_commit_without_it() {
         c.node(4).propose(b"x".to_vec(), now),
         Err(ProposeError::Removed)
     );
+    c.crash(4);
+    c.start(4);
+    assert_eq!(
+        c.node(4).propose(b"x".to_vec(), now),
+        Err(ProposeError::Removed),
+        "also after a restart"
+    );
     let p = c.propose(leader, "after the removal");
     c.wait_done(leader, p);
     c.ticks(3);

@@ -378,6 +378,14 @@ impl RaftNode {
         };
         node.replay_conf_changes(applied)?;
         node.warn_unlisted_members();
+        // (A new storage holds this tracker, and so does any snapshot it restored.)
+        node.removed = !node.is_member(node.config.id);
+        if node.removed {
+            log::warn!(
+                "tracker {} was removed from the cluster: it refuses changes and can be stopped",
+                node.config.id
+            );
+        }
         Ok(node)
     }
 
@@ -897,17 +905,22 @@ impl RaftNode {
     /// nothing more, so without this it might never apply its own removal.
     fn tell_removed(&mut self, n: u64, matched: u64, index: u64) {
         let log = &self.raw.raft.raft_log;
-        let (Ok(log_term), Ok(entries)) = (
-            log.term(matched),
-            log.entries(matched + 1, None, GetEntriesContext::empty(false)),
-        ) else {
+        let max = self.config.max_size_per_msg;
+        let ctx = GetEntriesContext::empty(false);
+        let (Ok(log_term), Ok(mut entries)) =
+            (log.term(matched), log.entries(matched + 1, max, ctx))
+        else {
             return; // (compacted: it stays out, unaware; pre-vote keeps it harmless)
         };
+        entries.retain(|e| e.index <= index);
+        if matched + entries.len() as u64 != index {
+            return; // (too far behind for one message: the same)
+        }
         let mut m = Message::default();
         m.set_msg_type(MessageType::MsgAppend);
         (m.to, m.from, m.term) = (n, self.config.id, self.term());
         (m.index, m.log_term, m.commit) = (matched, log_term, index);
-        m.set_entries(entries.into_iter().filter(|e| e.index <= index).collect());
+        m.set_entries(entries.into());
         self.outbox.push(m);
     }
 
@@ -918,7 +931,7 @@ impl RaftNode {
         let voters = self.raw.store().conf_state().voters.clone();
         for single in cc.get_changes() {
             let n = single.node_id;
-            let added = single.get_change_type() == ConfChangeType::AddNode;
+            let added = single.get_change_type() != ConfChangeType::RemoveNode;
             if n == id {
                 self.removed = !added;
             }
