@@ -98,6 +98,8 @@ struct Cluster {
     behind: bool,
     /// Received snapshots are held, not restored (`Member::held_restore`).
     hold_restores: bool,
+    /// Every conf change a leader proposed, in order.
+    conf_changes: Vec<(ConfChangeType, u64)>,
 }
 
 /// What one node's `raft<N>.db` holds on disk, read through a connection of its own.
@@ -125,6 +127,7 @@ impl Cluster {
             boots: 0,
             behind,
             hold_restores: false,
+            conf_changes: Vec::new(),
         };
         for _ in 1..=n {
             c.members.push(Member::new());
@@ -287,7 +290,7 @@ impl Cluster {
         for m in &mut self.members {
             if let Some(n) = m.node.as_mut() {
                 n.tick();
-                n.reconcile_membership(&reachable);
+                self.conf_changes.extend(n.reconcile_membership(&reachable));
             }
         }
         self.settle();
@@ -845,4 +848,35 @@ fn a_removed_tracker_refuses_changes_and_the_rest_commit_without_it() {
     drop(db);
     c.start(other);
     assert_eq!(c.node(other).progress().voters, [1, 2, 3]);
+}
+
+/// 3 -> 5 at once, with no snapshot (the new trackers replay the whole log, conf
+/// changes included): one conf change at a time, the smallest missing first.
+#[test]
+fn growing_by_two_adds_one_tracker_at_a_time_and_replays_the_log() {
+    let mut c = Cluster::new(3, |_| {});
+    let leader = c.wait_leader(&[1, 2, 3]);
+    for i in 0..5 {
+        let p = c.propose(leader, &format!("e{i}"));
+        c.wait_done(leader, p);
+    }
+    c.relist(5);
+    c.wait_voters(&[1, 2, 3], &[1, 2, 3, 4, 5]);
+    c.ticks(5);
+    let added: Vec<(ConfChangeType, u64)> = [4, 5]
+        .into_iter()
+        .map(|n| (ConfChangeType::AddNode, n))
+        .collect();
+    assert_eq!(c.conf_changes, added);
+    let expected: Vec<String> = (0..5).map(|i| format!("e{i}")).collect();
+    for id in 1..=5 {
+        assert_eq!(c.entries(id), expected, "tracker {id}");
+        assert_eq!(c.m(id).sm.restores, 0, "tracker {id} replayed the log");
+        assert_eq!(c.node(id).progress().voters, [1, 2, 3, 4, 5]);
+    }
+    // Two of the five down: three of five commit.
+    c.crash(4);
+    c.crash((1..=3).find(|&i| i != leader).unwrap());
+    let p = c.propose(5, "three of five");
+    c.wait_done(5, p);
 }
