@@ -3,7 +3,8 @@
 //! namespaces): separate data dirs holding one cluster key and one ticket key, as
 //! an operator sets them up; the leader read from the trackers' role lines; the
 //! checks every Raft test makes (identical logs, each cache equal to a rebuild
-//! from its own log).
+//! from its own log). On loopback its tracker_info.txt can grow or shrink
+//! ([`Cluster::relist`], `tests/raft_membership.rs`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -105,9 +106,48 @@ impl Cluster {
     }
 
     pub fn running(&self) -> Vec<usize> {
-        (1..=3)
+        (1..=self.trackers.len())
             .filter(|&n| self.trackers[n - 1].is_some())
             .collect()
+    }
+
+    /// Rewrites tracker_info.txt (loopback only) with `n` lines: the first ones
+    /// kept, new ones on free ports, each new tracker given an empty data dir
+    /// holding the cluster key and the ticket key, as an operator sets it up. No
+    /// tracker is started or stopped.
+    pub fn relist(&mut self, n: usize) {
+        assert!(self.hosts.is_none(), "relist is for loopback clusters");
+        let text = std::fs::read_to_string(&self.info).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        lines.truncate(n);
+        while lines.len() < n {
+            lines.push(format!("127.0.0.1:{}", free_port()));
+        }
+        std::fs::write(&self.info, lines.join("\n") + "\n").unwrap();
+        let root = self.dirs[0].parent().unwrap().to_path_buf();
+        for no in self.dirs.len() + 1..=n {
+            let dir = root.join(format!("host{no}"));
+            key_into(&dir);
+            std::fs::copy(self.dirs[0].join("tracker_key"), dir.join("tracker_key")).unwrap();
+            self.dirs.push(dir);
+        }
+        if self.trackers.len() < n {
+            self.trackers.resize_with(n, || None);
+        }
+    }
+
+    /// Stops tracker `no` cleanly (`quit`) and starts it again (it reads
+    /// tracker_info.txt afresh).
+    pub fn restart(&mut self, no: usize) {
+        self.stop(no);
+        self.up(no);
+    }
+
+    /// Stops tracker `no` cleanly (`quit`).
+    pub fn stop(&mut self, no: usize) {
+        if let Some(mut t) = self.trackers[no - 1].take() {
+            t.quit();
+        }
     }
 
     /// The running tracker that last said it is leader in the highest term.

@@ -434,6 +434,15 @@ fn render_raft(out: &mut String, r: &RaftProgress) {
     for (peer, matched) in &r.matched {
         let _ = writeln!(out, "{p}_match_index{{peer=\"{peer}\"}} {matched}");
     }
+    family(
+        out,
+        &format!("{p}_voter"),
+        "gauge",
+        "1 for each tracker of the membership Raft committed (as applied here).",
+    );
+    for voter in &r.voters {
+        let _ = writeln!(out, "{p}_voter{{tracker=\"{voter}\"}} 1");
+    }
     single(
         out,
         &format!("{p}_leader_changes_total"),
@@ -498,9 +507,15 @@ mod tests {
             matched: vec![(1, 38), (2, 41), (3, 40)],
             leader_changes: 3,
             snapshots_taken: 1,
+            voters: vec![1, 2, 3],
         });
         let text = render(&m, &state);
         let v = |series: &str| sample(&text, series);
+        assert_eq!(
+            v("swarmshare_tracker_raft_voter{tracker=\"3\"}").as_deref(),
+            Some("1")
+        );
+        assert_eq!(v("swarmshare_tracker_raft_voter{tracker=\"4\"}"), None);
         assert_eq!(
             v("swarmshare_tracker_raft_role{role=\"leader\"}").as_deref(),
             Some("1")

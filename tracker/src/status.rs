@@ -123,7 +123,11 @@ pub fn raft_progress(r: &RaftProgress, me: u32, others: u32) -> Vec<Progress> {
         .map(|no| {
             let id = u64::from(no);
             let matched = r.matched.iter().find(|(p, _)| *p == id).map(|(_, m)| *m);
-            let (role, index) = if no == me {
+            let member = r.voters.is_empty() || r.voters.contains(&id);
+            let (role, index) = if !member {
+                // (Removed, or not added yet: see `RaftNode::reconcile_membership`.)
+                ("not a member".to_string(), None)
+            } else if no == me {
                 (r.role.to_string(), Some(r.applied_index))
             } else if id == r.leader {
                 ("leader".to_string(), matched)
@@ -813,5 +817,18 @@ mod tests {
                 ("follower".to_string(), Some(9)),
             ]
         );
+        // Tracker 3 of tracker_info.txt is not (or no longer) in the membership.
+        let grown = RaftProgress {
+            voters: vec![1, 2],
+            ..follower_view
+        };
+        let roles: Vec<String> = raft_progress(&grown, 2, 3)
+            .into_iter()
+            .map(|p| match p {
+                Progress::Raft { role, .. } => role,
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(roles, ["unknown", "follower", "not a member"]);
     }
 }

@@ -72,6 +72,21 @@ struct Member {
     held_restore: Option<ReceivedSnapshot>,
 }
 
+impl Member {
+    fn new() -> Self {
+        Member {
+            node: None,
+            sm: Machine::default(),
+            inbox: VecDeque::new(),
+            done: Vec::new(),
+            failed: Vec::new(),
+            proposed: Vec::new(),
+            roles: Vec::new(),
+            held_restore: None,
+        }
+    }
+}
+
 struct Cluster {
     dir: tempfile::TempDir,
     template: NodeConfig,
@@ -83,6 +98,8 @@ struct Cluster {
     behind: bool,
     /// Received snapshots are held, not restored (`Member::held_restore`).
     hold_restores: bool,
+    /// Every conf change a leader proposed, in order.
+    conf_changes: Vec<(ConfChangeType, u64)>,
 }
 
 /// What one node's `raft<N>.db` holds on disk, read through a connection of its own.
@@ -110,23 +127,48 @@ impl Cluster {
             boots: 0,
             behind,
             hold_restores: false,
+            conf_changes: Vec::new(),
         };
         for _ in 1..=n {
-            c.members.push(Member {
-                node: None,
-                sm: Machine::default(),
-                inbox: VecDeque::new(),
-                done: Vec::new(),
-                failed: Vec::new(),
-                proposed: Vec::new(),
-                roles: Vec::new(),
-                held_restore: None,
-            });
+            c.members.push(Member::new());
         }
         for id in 1..=n {
             c.start(id);
         }
         c
+    }
+
+    /// tracker_info.txt now lists `n` trackers: a new one (empty data dir) is
+    /// started for each number past the members, and the others are restarted
+    /// with the new list one at a time, each once a leader is known again.
+    fn relist(&mut self, n: u64) {
+        self.template.voters = (1..=n).collect();
+        let old = self.members.len() as u64;
+        let kept: Vec<u64> = (1..=old.min(n)).filter(|&id| self.running(id)).collect();
+        let running: Vec<u64> = (1..=old).filter(|&id| self.running(id)).collect();
+        for &id in &kept {
+            self.crash(id);
+            self.start(id);
+            self.wait_leader(&running);
+        }
+        for id in old + 1..=n {
+            self.members.push(Member::new());
+            self.start(id);
+        }
+    }
+
+    /// Ticks until every running node among `among` has applied `voters`.
+    fn wait_voters(&mut self, among: &[u64], voters: &[u64]) {
+        for _ in 0..300 {
+            if among
+                .iter()
+                .all(|&i| self.node(i).progress().voters == voters)
+            {
+                return;
+            }
+            self.tick();
+        }
+        panic!("the membership never became {voters:?}");
     }
 
     fn db(&self, id: u64) -> PathBuf {
@@ -195,13 +237,15 @@ impl Cluster {
         }
     }
 
-    /// An entry reported committed to its proposer is on a majority's disks.
-    fn check_committed_on_majority(&self, index: u64) {
-        let on = (1..=self.members.len() as u64)
-            .filter(|&i| self.on_disk(i).last_index >= index)
+    /// An entry reported committed to its proposer is on the disks of a majority
+    /// of `voters` (the membership as the proposer applied it).
+    fn check_committed_on_majority(&self, index: u64, voters: &[u64]) {
+        let on = voters
+            .iter()
+            .filter(|&&i| self.on_disk(i).last_index >= index)
             .count();
         assert!(
-            on > self.members.len() / 2,
+            on > voters.len() / 2,
             "entry {index} reported committed but on {on} disks"
         );
     }
@@ -237,11 +281,16 @@ impl Cluster {
         self.members[id as usize - 1].node.is_some()
     }
 
+    /// One tick on every running node, and the leader's step toward the listed
+    /// membership (a tracker is reachable while it runs).
     fn tick(&mut self) {
         self.now += TICK;
+        let running: Vec<bool> = self.members.iter().map(|m| m.node.is_some()).collect();
+        let reachable = |id: u64| running.get(id as usize - 1) == Some(&true);
         for m in &mut self.members {
             if let Some(n) = m.node.as_mut() {
                 n.tick();
+                self.conf_changes.extend(n.reconcile_membership(&reachable));
             }
         }
         self.settle();
@@ -281,8 +330,9 @@ impl Cluster {
             for msg in &actions.messages {
                 self.check_durable_before_send(id, msg);
             }
+            let voters = node.progress().voters;
             for c in actions.committed.iter().filter(|c| c.proposal.is_some()) {
-                self.check_committed_on_majority(c.index);
+                self.check_committed_on_majority(c.index, &voters);
             }
         }
         for msg in std::mem::take(&mut actions.messages) {
@@ -336,7 +386,12 @@ impl Cluster {
                 }
             }
         }
-        panic!("no leader among {among:?}");
+        let views: Vec<_> = self
+            .members
+            .iter()
+            .filter_map(|m| m.node.as_ref().map(|n| (n.id(), n.progress())))
+            .collect();
+        panic!("no leader among {among:?}: {views:#?}");
     }
 
     /// Ticks until `id` saw `p` committed and applied.
@@ -661,4 +716,167 @@ fn a_forged_vote_from_an_unauthenticated_peer_changes_nothing() {
     let events = link.receive(&insider.take_output()).unwrap();
     step_events(c.node(2), events);
     assert_eq!(c.node(2).term(), 100);
+}
+
+#[test]
+fn a_conf_change_adds_a_tracker_that_catches_up_and_the_changes_never_reach_the_machine() {
+    grow_and_shrink(false);
+}
+
+#[test]
+fn written_behind_a_conf_change_adds_a_tracker_that_catches_up_and_is_removed_again() {
+    grow_and_shrink(true);
+}
+
+/// 3 -> 4 trackers (the new one catches up by a snapshot taken before it was
+/// added), changes then commit with one original down, and 4 -> 3 again.
+fn grow_and_shrink(behind: bool) {
+    let tweak = |cfg: &mut NodeConfig| {
+        cfg.snapshot_every = 10;
+        cfg.keep_entries = 2;
+    };
+    let mut c = Cluster::with_writers(3, tweak, behind);
+    let leader = c.wait_leader(&[1, 2, 3]);
+    for i in 0..25 {
+        let p = c.propose(leader, &format!("e{i}"));
+        c.wait_done(leader, p);
+    }
+    c.ticks(3);
+    assert!(c.node(leader).storage().snapshot_index() >= 20);
+    c.relist(4);
+    c.wait_voters(&[1, 2, 3], &[1, 2, 3, 4]);
+    for _ in 0..2000 {
+        if c.entries(4).len() == 25 {
+            break;
+        }
+        c.tick();
+        // (The restarted leader reads its stored snapshot on a thread to serve it.)
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(c.m(4).sm.restores >= 1, "caught up by snapshot");
+    let expected: Vec<String> = (0..25).map(|i| format!("e{i}")).collect();
+    for id in 1..=4 {
+        assert_eq!(
+            c.entries(id),
+            expected,
+            "tracker {id}: only the changes, in order"
+        );
+    }
+    // Quorum is 3 of 4: with one original down, changes through the new one commit.
+    let down = (1..=3).find(|&i| !c.node(i).is_leader()).unwrap();
+    c.crash(down);
+    let p = c.propose(4, "with four");
+    c.wait_done(4, p);
+    c.start(down);
+    c.ticks(5);
+    // Back to three: the others restarted with the shorter list, tracker 4 is
+    // stopped (a leader never removes itself) and removed; the rest go on.
+    c.relist(3);
+    c.crash(4);
+    c.wait_voters(&[1, 2, 3], &[1, 2, 3]);
+    let leader = c.wait_leader(&[1, 2, 3]);
+    // Started again with its old list, it does not disturb them.
+    let term = c.node(leader).term();
+    c.start(4);
+    c.ticks(60);
+    assert_eq!(c.node(leader).term(), term);
+    assert!(c.node(leader).is_leader());
+    let p = c.propose(leader, "with three");
+    c.wait_done(leader, p);
+    c.ticks(3);
+    let mut all = expected;
+    all.extend(["with four".to_string(), "with three".to_string()]);
+    for id in 1..=3 {
+        assert_eq!(c.entries(id), all, "tracker {id}");
+    }
+    // The membership is durable: restarted, a tracker still has it.
+    c.crash(1);
+    c.start(1);
+    assert_eq!(c.node(1).progress().voters, [1, 2, 3]);
+}
+
+/// A tracker the leader removes while it runs learns it (the removal's commit
+/// reaches it) and refuses changes from then on; the others go on without it.
+#[test]
+fn a_removed_tracker_refuses_changes_and_the_rest_commit_without_it() {
+    let mut c = Cluster::new(4, |_| {});
+    let mut leader = c.wait_leader(&[1, 2, 3, 4]);
+    if leader == 4 {
+        c.crash(4);
+        leader = c.wait_leader(&[1, 2, 3]);
+        c.start(4);
+    }
+    // The leader's tracker_info.txt lost its last line.
+    c.node(leader).config.voters = vec![1, 2, 3];
+    c.wait_voters(&[1, 2, 3, 4], &[1, 2, 3]);
+    let now = c.now;
+    assert_eq!(
+        c.node(4).propose(b"x".to_vec(), now),
+        Err(ProposeError::Removed)
+    );
+    c.crash(4);
+    c.start(4);
+    assert_eq!(
+        c.node(4).propose(b"x".to_vec(), now),
+        Err(ProposeError::Removed),
+        "also after a restart"
+    );
+    let p = c.propose(leader, "after the removal");
+    c.wait_done(leader, p);
+    c.ticks(3);
+    let other = (1..=3).find(|&i| i != leader).unwrap();
+    c.crash(other);
+    let p = c.propose(leader, "two of three");
+    c.wait_done(leader, p);
+    // Had the stored membership not reached the disk before a crash (it is
+    // written behind the state machine's apply), the start applies the conf
+    // change again from the log.
+    let db = rusqlite::Connection::open(c.db(other)).unwrap();
+    let removal: u64 = db
+        .query_row(
+            "SELECT MAX(idx) FROM raft_entries WHERE kind = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(c.m(other).sm.applied > removal);
+    db.execute(
+        "UPDATE raft_state SET voters = '1,2,3,4', conf_index = ?1",
+        [removal - 1],
+    )
+    .unwrap();
+    drop(db);
+    c.start(other);
+    assert_eq!(c.node(other).progress().voters, [1, 2, 3]);
+}
+
+/// 3 -> 5 at once, with no snapshot (the new trackers replay the whole log, conf
+/// changes included): one conf change at a time, the smallest missing first.
+#[test]
+fn growing_by_two_adds_one_tracker_at_a_time_and_replays_the_log() {
+    let mut c = Cluster::new(3, |_| {});
+    let leader = c.wait_leader(&[1, 2, 3]);
+    for i in 0..5 {
+        let p = c.propose(leader, &format!("e{i}"));
+        c.wait_done(leader, p);
+    }
+    c.relist(5);
+    c.wait_voters(&[1, 2, 3], &[1, 2, 3, 4, 5]);
+    c.ticks(5);
+    let added: Vec<(ConfChangeType, u64)> = [4, 5]
+        .into_iter()
+        .map(|n| (ConfChangeType::AddNode, n))
+        .collect();
+    assert_eq!(c.conf_changes, added);
+    let expected: Vec<String> = (0..5).map(|i| format!("e{i}")).collect();
+    for id in 1..=5 {
+        assert_eq!(c.entries(id), expected, "tracker {id}");
+        assert_eq!(c.m(id).sm.restores, 0, "tracker {id} replayed the log");
+        assert_eq!(c.node(id).progress().voters, [1, 2, 3, 4, 5]);
+    }
+    // Two of the five down: three of five commit.
+    c.crash(4);
+    c.crash((1..=3).find(|&i| i != leader).unwrap());
+    let p = c.propose(5, "three of five");
+    c.wait_done(5, p);
 }

@@ -18,6 +18,11 @@
 //! at most [`WRITE_BUDGET`] bytes per link per loop turn. An accepted connection must authenticate within
 //! [`HANDSHAKE_TIME`]; at most [`MAX_ACCEPTED`] accepted links exist at once.
 //!
+//! # Membership
+//! Each tick the leader takes one step toward the trackers of tracker_info.txt
+//! ([`RaftNode::reconcile_membership`]); a listed tracker counts as reachable, so
+//! worth adding, once a Raft message from it arrived within [`SILENCE`].
+//!
 //! # Time
 //! One Raft tick every [`TICK`] (50 ms): an election after [`ELECTION_TICKS`] to
 //! twice that without a leader (0.8-1.6 s), a heartbeat every [`HEARTBEAT_TICKS`]
@@ -348,6 +353,7 @@ impl RaftDriver {
         if now >= self.next_tick {
             self.node.tick();
             self.next_tick = now + TICK;
+            self.reconcile_membership(now);
         }
         let mut finished = Finished::default();
         if self.node.has_ready() || self.node.next_deadline().is_some_and(|d| d <= now) {
@@ -375,6 +381,19 @@ impl RaftDriver {
         self.finish_restore(machine)?;
         self.flush_and_reap(registry, now);
         Ok(finished)
+    }
+
+    /// On the leader, one conf change toward the trackers of tracker_info.txt
+    /// ([`RaftNode::reconcile_membership`]): a tracker is added only once a Raft
+    /// message from it arrived within [`SILENCE`] (it runs and holds the key).
+    fn reconcile_membership(&mut self, now: Instant) {
+        let heard = &self.last_heard;
+        let reachable = |n: u64| {
+            heard
+                .get(&n)
+                .is_some_and(|&at| now.duration_since(at) < SILENCE)
+        };
+        self.node.reconcile_membership(&reachable);
     }
 
     /// A received snapshot: restored off the loop when the node waits for it

@@ -65,9 +65,27 @@
 //! [`RaftNode::apply`], or off the loop by the owner: see "Written behind"). While a newer one is being made,
 //! raft-rs gets the stored one, or `SnapshotTemporarilyUnavailable` (it asks again).
 //!
+//! # Membership (conf changes)
+//! The membership is the ConfState Raft committed, kept in [`RaftStorage`]; a new
+//! storage starts with every tracker of tracker_info.txt (`NodeConfig::voters`).
+//! The leader brings the cluster to the listed trackers one simple conf change at
+//! a time ([`RaftNode::reconcile_membership`]: add the smallest listed tracker
+//! missing once it is reachable, else remove the largest one not listed, never
+//! itself; the next only after the previous is applied). Committed conf change
+//! entries are applied in `collect` (raft-rs's `apply_conf_change`, then the
+//! storage keeps the new ConfState, written like the hard state) and never reach
+//! the state machine. The stored ConfState is written behind the state machine's
+//! apply, so at open the conf changes up to the applied index are applied again
+//! from the log. A removed tracker refuses changes ([`ProposeError::Removed`]);
+//! the leader sends it the entries up to its removal, committed, since raft-rs
+//! sends it nothing more; changes a non-member forwards are dropped.
+//!
 //! # Limits (known, for the integration step)
-//! - Membership is static: every tracker of tracker_info.txt is a voter from the start
-//!   (all storages begin with the same `ConfState`); no conf-change entries are used.
+//! - Membership changes are simple (one voter at a time, no joint consensus), and a
+//!   new tracker is a voter at once, not a learner first: while it catches up the
+//!   quorum counts it (3 of 4), so a grown cluster tolerates no other failure until
+//!   the new tracker has caught up. The leader never removes itself: a tracker being
+//!   removed that leads must be stopped first (then another leader removes it).
 //! - A tracker whose data dir was wiped rejoins under its old id with no memory of its
 //!   vote; raft-rs assumes votes are durable, so in theory it could vote twice in one
 //!   term (only if it restarts within the very election it voted in). The node copes
@@ -82,7 +100,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use raft::prelude::*;
-use raft::{SnapshotStatus, StateRole, Storage, INVALID_ID};
+use raft::{GetEntriesContext, SnapshotStatus, StateRole, Storage, INVALID_ID};
 
 use super::raft_log;
 use super::raft_writer::{RaftWriter, WriterError};
@@ -114,7 +132,9 @@ pub trait StateMachine {
 pub struct NodeConfig {
     /// This tracker's number (1-based line of tracker_info.txt), its Raft id.
     pub id: u64,
-    /// Every tracker's number, this one included.
+    /// Every tracker of tracker_info.txt, this one included: the voters of a
+    /// brand-new storage, and the membership a leader brings the cluster to
+    /// ([`RaftNode::reconcile_membership`]).
     pub voters: Vec<u64>,
     /// Ticks without a leader before an election (randomised up to twice this).
     pub election_tick: usize,
@@ -204,6 +224,8 @@ pub struct RaftProgress {
     pub leader_changes: u64,
     /// Snapshots this node took (each compacts Raft's log).
     pub snapshots_taken: u64,
+    /// The voters Raft committed (as applied here).
+    pub voters: Vec<u64>,
 }
 
 /// What one `handle_ready` asks of the owner; storage is already persisted.
@@ -247,6 +269,8 @@ pub enum StepError {
 pub enum ProposeError {
     #[error("busy: {0} changes are waiting for the cluster")]
     TooManyPending(usize),
+    #[error("this tracker was removed from the cluster: the change was not made")]
+    Removed,
 }
 
 const CONTEXT_LEN: usize = 24;
@@ -294,6 +318,8 @@ pub struct RaftNode {
     /// machine has not installed yet (its number and the snapshot's index):
     /// nothing from it on counts as persisted.
     restoring: Option<(u64, u64)>,
+    /// A conf change that removed this tracker was applied (and none added it back).
+    removed: bool,
 }
 
 impl RaftNode {
@@ -330,7 +356,7 @@ impl RaftNode {
             ..Config::default()
         };
         let raw = RawNode::new(&raft_config, storage, &raft_log::logger(config.id))?;
-        Ok(RaftNode {
+        let mut node = RaftNode {
             raw,
             config,
             boot,
@@ -348,7 +374,38 @@ impl RaftNode {
             persisted_ready: 0,
             held: VecDeque::new(),
             restoring: None,
-        })
+            removed: false,
+        };
+        node.replay_conf_changes(applied)?;
+        node.warn_unlisted_members();
+        // (A new storage holds this tracker, and so does any snapshot it restored.)
+        node.removed = !node.is_member(node.config.id);
+        if node.removed {
+            log::warn!(
+                "tracker {} was removed from the cluster: it refuses changes and can be stopped",
+                node.config.id
+            );
+        }
+        Ok(node)
+    }
+
+    /// The conf changes up to `applied` that the stored membership may lack (it is
+    /// written behind the state machine's apply): applied again from Raft's log.
+    /// Later ones come again from raft-rs, as every entry after `applied` does.
+    fn replay_conf_changes(&mut self, applied: u64) -> Result<(), NodeError> {
+        let from = self.raw.store().conf_index() + 1;
+        if from > applied {
+            return Ok(());
+        }
+        let ctx = GetEntriesContext::empty(false);
+        let entries = self.raw.store().entries(from, applied + 1, None, ctx)?;
+        for e in entries.iter().filter(|e| is_conf_change(e)) {
+            self.apply_conf_entry(e);
+        }
+        if self.raw.store().conf_unwritten() {
+            self.raw.mut_store().persist(None, &[], None)?;
+        }
+        Ok(())
     }
 
     /// From now on, entries and hard state are made durable by a writer thread while
@@ -407,6 +464,14 @@ impl RaftNode {
             log::debug!(
                 "tracker {}: a snapshot arrived during a restore: dropped",
                 msg.to
+            );
+            return Ok(());
+        }
+        if msg.get_msg_type() == MessageType::MsgPropose && !self.is_member(msg.from) {
+            log::debug!(
+                "tracker {}: a change forwarded by tracker {}, not a member: dropped",
+                msg.to,
+                msg.from
             );
             return Ok(());
         }
@@ -484,6 +549,9 @@ impl RaftNode {
     /// Proposes `data` for the replicated log. The outcome comes from a later
     /// `handle_ready`: `Committed::proposal` or `Actions::failed`.
     pub fn propose(&mut self, data: Vec<u8>, now: Instant) -> Result<ProposalId, ProposeError> {
+        if self.removed {
+            return Err(ProposeError::Removed);
+        }
         let waiting = self.pending.len() + self.queued.len();
         if waiting >= self.config.max_pending {
             return Err(ProposeError::TooManyPending(waiting));
@@ -649,6 +717,10 @@ impl RaftNode {
         }
         actions.messages.extend(light.take_messages());
         self.collect(light.take_committed_entries(), &mut actions.committed);
+        if self.raw.store().conf_unwritten() {
+            // A conf change applied above: its membership made durable now.
+            self.raw.mut_store().persist(None, &[], None)?;
+        }
         Ok(())
     }
 
@@ -753,10 +825,16 @@ impl RaftNode {
     }
 
     /// Turns raft entries into `Committed`, matching this node's own proposals.
+    /// Conf changes are applied here (to raft-rs and the stored membership), and
+    /// never reach the state machine.
     fn collect(&mut self, entries: Vec<Entry>, out: &mut Vec<Committed>) {
         for e in entries {
-            if e.get_entry_type() != EntryType::EntryNormal || e.context.len() != CONTEXT_LEN {
-                continue; // a new leader's empty entry (membership is static)
+            if is_conf_change(&e) {
+                self.apply_conf_entry(&e);
+                continue;
+            }
+            if e.context.len() != CONTEXT_LEN {
+                continue; // a new leader's empty entry
             }
             let word = |i: usize| u64::from_le_bytes(e.context[i..i + 8].try_into().expect("8"));
             let mine = word(0) == self.config.id && word(8) == self.boot;
@@ -771,6 +849,168 @@ impl RaftNode {
                 proposal,
             });
         }
+    }
+
+    /// Applies a committed conf change entry, unless the stored membership is
+    /// already as of it; a change raft-rs refuses (the same on every tracker) is
+    /// logged and skipped.
+    fn apply_conf_entry(&mut self, e: &Entry) {
+        let id = self.config.id;
+        if e.index <= self.raw.store().conf_index() {
+            return;
+        }
+        let cc = match decode_conf_change(e) {
+            Ok(cc) => cc,
+            Err(err) => {
+                log::warn!(
+                    "tracker {id}: the conf change at index {} is unreadable ({err}): skipped",
+                    e.index
+                );
+                return;
+            }
+        };
+        let removed_matched = self.removed_progress(&cc);
+        match self.raw.apply_conf_change(&cc) {
+            Ok(cs) => {
+                self.raw.mut_store().set_conf_state(e.index, cs);
+                self.note_conf_change(&cc);
+                if let Some((n, matched)) = removed_matched {
+                    self.tell_removed(n, matched.min(e.index), e.index);
+                }
+            }
+            Err(err) => log::warn!(
+                "tracker {id}: the conf change at index {} was not applied: {err}",
+                e.index
+            ),
+        }
+    }
+
+    /// On the leader, a tracker `cc` removes (not this one) and how far its log
+    /// matches: raft-rs forgets both when the change is applied.
+    fn removed_progress(&self, cc: &ConfChangeV2) -> Option<(u64, u64)> {
+        if !self.is_leader() {
+            return None;
+        }
+        let single = cc
+            .get_changes()
+            .iter()
+            .find(|c| c.get_change_type() == ConfChangeType::RemoveNode)?;
+        let n = single.node_id;
+        let pr = self.raw.raft.prs().get(n).filter(|_| n != self.config.id)?;
+        Some((n, pr.matched))
+    }
+
+    /// A last append to removed tracker `n`, whose log matches up to `matched`:
+    /// the entries up to its removal at `index`, committed. raft-rs sends it
+    /// nothing more, so without this it might never apply its own removal.
+    fn tell_removed(&mut self, n: u64, matched: u64, index: u64) {
+        let log = &self.raw.raft.raft_log;
+        let max = self.config.max_size_per_msg;
+        let ctx = GetEntriesContext::empty(false);
+        let (Ok(log_term), Ok(mut entries)) =
+            (log.term(matched), log.entries(matched + 1, max, ctx))
+        else {
+            return; // (compacted: it stays out, unaware; pre-vote keeps it harmless)
+        };
+        entries.retain(|e| e.index <= index);
+        if matched + entries.len() as u64 != index {
+            return; // (too far behind for one message: the same)
+        }
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgAppend);
+        (m.to, m.from, m.term) = (n, self.config.id, self.term());
+        (m.index, m.log_term, m.commit) = (matched, log_term, index);
+        m.set_entries(entries.into());
+        self.outbox.push(m);
+    }
+
+    /// Logs an applied conf change at info level (a warning for this tracker's own
+    /// removal, after which it refuses changes).
+    fn note_conf_change(&mut self, cc: &ConfChangeV2) {
+        let id = self.config.id;
+        let voters = self.raw.store().conf_state().voters.clone();
+        for single in cc.get_changes() {
+            let n = single.node_id;
+            let added = single.get_change_type() != ConfChangeType::RemoveNode;
+            if n == id {
+                self.removed = !added;
+            }
+            match (added, n == id) {
+                (false, true) => log::warn!(
+                    "tracker {id} was removed from the cluster (voters {voters:?}): it refuses \
+                     changes from now on and can be stopped"
+                ),
+                (true, _) => {
+                    log::info!("tracker {id}: tracker {n} joined the cluster (voters {voters:?})")
+                }
+                (false, false) => {
+                    log::info!("tracker {id}: tracker {n} left the cluster (voters {voters:?})")
+                }
+            }
+        }
+        self.warn_unlisted_members();
+    }
+
+    /// Warns about members of the cluster this tracker's tracker_info.txt lacks.
+    fn warn_unlisted_members(&self) {
+        let id = self.config.id;
+        let members = &self.raw.store().conf_state().voters;
+        for n in members.iter().filter(|n| !self.config.voters.contains(n)) {
+            log::warn!(
+                "tracker {id}: tracker {n} is a member of the cluster but not in this tracker's \
+                 tracker_info.txt: it cannot be reached from here"
+            );
+        }
+    }
+
+    /// Whether `tracker` is a voter of the committed membership.
+    fn is_member(&self, tracker: u64) -> bool {
+        self.raw.store().conf_state().voters.contains(&tracker)
+    }
+
+    /// The leader's step toward the membership tracker_info.txt lists
+    /// (`NodeConfig::voters`), one conf change at a time: when none is pending, it
+    /// adds the smallest listed tracker missing from the cluster that is
+    /// `reachable` (a tracker not running yet would only weaken the quorum), else
+    /// removes the largest member not listed (never itself). Returns the change
+    /// proposed, if one was. Followers do nothing.
+    pub fn reconcile_membership(
+        &mut self,
+        reachable: &dyn Fn(u64) -> bool,
+    ) -> Option<(ConfChangeType, u64)> {
+        if !self.is_leader() || self.raw.raft.has_pending_conf() || self.restoring.is_some() {
+            return None;
+        }
+        let (me, wanted) = (self.config.id, &self.config.voters);
+        let members = &self.raw.store().conf_state().voters;
+        let add = wanted
+            .iter()
+            .copied()
+            .filter(|n| !members.contains(n) && reachable(*n))
+            .min();
+        let remove = || {
+            members
+                .iter()
+                .copied()
+                .filter(|n| !wanted.contains(n) && *n != me)
+                .max()
+        };
+        let (kind, n) = match add {
+            Some(n) => (ConfChangeType::AddNode, n),
+            None => (ConfChangeType::RemoveNode, remove()?),
+        };
+        let mut cc = ConfChange::default();
+        cc.set_change_type(kind);
+        cc.node_id = n;
+        if let Err(e) = self.raw.propose_conf_change(Vec::new(), cc) {
+            log::warn!("tracker {me}: the conf change for tracker {n} was not proposed: {e}");
+            return None;
+        }
+        match kind {
+            ConfChangeType::AddNode => log::info!("tracker {me} adds tracker {n} to the cluster"),
+            _ => log::info!("tracker {me} removes tracker {n} from the cluster"),
+        }
+        Some((kind, n))
     }
 
     /// Logs a change of role at info level, once per (leader?, leader id) change.
@@ -890,12 +1130,34 @@ impl RaftNode {
             matched,
             leader_changes: self.leader_changes,
             snapshots_taken: self.snapshots_taken,
+            voters: self.raw.store().conf_state().voters.clone(),
         }
     }
 
     /// The storage, read-only (for status pages and tests).
     pub fn storage(&self) -> &RaftStorage {
         self.raw.store()
+    }
+}
+
+fn is_conf_change(e: &Entry) -> bool {
+    e.get_entry_type() != EntryType::EntryNormal
+}
+
+/// A conf change entry's change, as raft-rs applies it.
+fn decode_conf_change(e: &Entry) -> Result<ConfChangeV2, protobuf::ProtobufError> {
+    use protobuf::Message as _;
+    match e.get_entry_type() {
+        EntryType::EntryConfChange => {
+            let v1 = ConfChange::parse_from_bytes(&e.data)?;
+            let mut single = ConfChangeSingle::default();
+            single.set_change_type(v1.get_change_type());
+            single.node_id = v1.node_id;
+            let mut v2 = ConfChangeV2::default();
+            v2.mut_changes().push(single);
+            Ok(v2)
+        }
+        _ => ConfChangeV2::parse_from_bytes(&e.data),
     }
 }
 

@@ -23,8 +23,9 @@ fn raft_err(e: impl std::fmt::Display) -> TrackerError {
     TrackerError::Raft(e.to_string())
 }
 
-/// Everything the driver needs, over the storage [`open_storage`] opened:
-/// every tracker of tracker_info.txt is a voter, numbered by its line.
+/// Everything the driver needs, over the storage [`open_storage`] opened: the
+/// trackers of tracker_info.txt, numbered by their lines, are the membership the
+/// leader brings the cluster to (the committed one is in the storage).
 pub fn start(
     dir: &Path,
     opts: &Options,
@@ -40,7 +41,7 @@ pub fn start(
         ..LinkLimits::default()
     };
     let me = tracker_no as u64;
-    let voters: Vec<u64> = (1..=trackers.len() as u64).collect();
+    let listed: Vec<u64> = (1..=trackers.len() as u64).collect();
     let (key, created) = cluster_key::load_or_create(dir).map_err(raft_err)?;
     if created {
         log::warn!(
@@ -62,7 +63,7 @@ pub fn start(
         snapshots: &mut snapshots,
         restores: &mut restores,
     };
-    let mut config = NodeConfig::new(me, voters);
+    let mut config = NodeConfig::new(me, listed);
     config.proposal_deadline = PROPOSAL_DEADLINE;
     config.election_tick = ELECTION_TICKS;
     config.heartbeat_tick = HEARTBEAT_TICKS;
@@ -77,8 +78,9 @@ pub fn start(
         .filter(|(no, _)| *no != me)
         .collect();
     log::info!(
-        "tracker {me}: raft replication with {} trackers (term {})",
+        "tracker {me}: raft replication, {} trackers listed, voters {:?} (term {})",
         trackers.len(),
+        node.progress().voters,
         node.term()
     );
     Ok(RaftDriver::new(
@@ -90,8 +92,9 @@ pub fn start(
     ))
 }
 
-/// Raft's storage, `raft<N>.db` in the data dir; every tracker of
-/// tracker_info.txt is a voter, numbered by its line.
+/// Raft's storage, `raft<N>.db` in the data dir; a new one starts with every
+/// tracker of tracker_info.txt as a voter (numbered by its line), an existing one
+/// keeps the membership Raft committed.
 pub fn open_storage(
     dir: &Path,
     tracker_no: usize,

@@ -2,13 +2,15 @@
 //! its own in the tracker's data dir (never the cache db: deleting the cache must not
 //! touch Raft's promises).
 //!
-//! # On-disk format, version 1 (`PRAGMA user_version = 1`)
+//! # On-disk format, version 2 (`PRAGMA user_version = 2`)
 //!
 //! ```sql
-//! -- one row: Raft's hard state and the (static) membership
+//! -- one row: Raft's hard state and the membership (the ConfState) as of the
+//! -- conf change entry at conf_index (0: the bootstrap list or a snapshot's)
 //! CREATE TABLE raft_state (id INTEGER PRIMARY KEY CHECK (id = 1),
 //!     term INTEGER NOT NULL, vote INTEGER NOT NULL, commit_index INTEGER NOT NULL,
-//!     voters TEXT NOT NULL);                 -- tracker numbers, e.g. '1,2,3'
+//!     voters TEXT NOT NULL,                  -- tracker numbers, e.g. '1,2,3'
+//!     conf_index INTEGER NOT NULL DEFAULT 0);
 //! -- the log entries this tracker holds, contiguous, idx ascending
 //! CREATE TABLE raft_entries (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL,
 //!     kind INTEGER NOT NULL,                 -- eraftpb.EntryType: 0 normal, 1 conf change
@@ -17,6 +19,18 @@
 //! CREATE TABLE raft_snapshot (id INTEGER PRIMARY KEY CHECK (id = 1),
 //!     idx INTEGER NOT NULL, term INTEGER NOT NULL, voters TEXT NOT NULL, data BLOB NOT NULL);
 //! ```
+//! Version 1 (no `conf_index`) is upgraded in place at open.
+//!
+//! # Membership
+//! A brand-new file holds every tracker of tracker_info.txt as a voter (the
+//! bootstrap of a fresh cluster); from then on the membership is what Raft
+//! committed: [`RaftStorage::set_conf_state`] keeps the ConfState after each
+//! applied conf change (written with the next persist, or staged for the writer
+//! like the hard state), and a received snapshot brings the sender's. A snapshot
+//! is served with the current ConfState (a tracker added after the snapshot was
+//! taken must find itself in it, or raft-rs refuses it; the conf changes after the
+//! snapshot's index are committed, and the receiver applies them again, which
+//! leaves a simple change's result as it is).
 //!
 //! The file runs in WAL mode with `synchronous = FULL`: every [`RaftStorage::persist`]
 //! is one transaction whose commit fsyncs the WAL before it returns, so one `Ready`
@@ -68,7 +82,7 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const SNAPSHOT_IDLE: Duration = Duration::from_secs(60);
 
 /// The format version this code reads and writes.
-pub const FORMAT_VERSION: i64 = 1;
+pub const FORMAT_VERSION: i64 = 2;
 
 /// Why the Raft storage cannot be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -79,8 +93,6 @@ pub enum StorageError {
         "raft storage {path}: unknown format version {found} (this tracker reads {FORMAT_VERSION})"
     )]
     Version { path: String, found: i64 },
-    #[error("raft storage: the cluster was {stored:?} but tracker_info.txt now lists {given:?}; membership changes are not supported")]
-    Membership { stored: Vec<u64>, given: Vec<u64> },
     #[error("raft storage: {0}")]
     Corrupt(String),
 }
@@ -100,6 +112,10 @@ pub struct RaftStorage {
     unsynced: Vec<(u64, Entry)>,
     hard_state: HardState,
     conf_state: ConfState,
+    /// The conf change entry `conf_state` is as of (see the module doc).
+    conf_index: u64,
+    /// `conf_state` changed since it was last written or staged.
+    conf_unwritten: bool,
     snapshot_index: u64,
     snapshot_term: u64,
     first_index: u64,
@@ -198,7 +214,7 @@ impl SnapshotCache {
 const SCHEMA: &str = "
 CREATE TABLE raft_state (id INTEGER PRIMARY KEY CHECK (id = 1),
     term INTEGER NOT NULL, vote INTEGER NOT NULL, commit_index INTEGER NOT NULL,
-    voters TEXT NOT NULL);
+    voters TEXT NOT NULL, conf_index INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE raft_entries (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL,
     kind INTEGER NOT NULL, data BLOB NOT NULL, context BLOB NOT NULL);
 CREATE TABLE raft_snapshot (id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -221,12 +237,15 @@ fn parse_voters(text: &str) -> Result<Vec<u64>, StorageError> {
 }
 
 impl RaftStorage {
-    /// Opens (or creates, with `voters` as the membership) the storage at `path`.
-    pub fn open(path: &Path, voters: &[u64]) -> Result<Self, StorageError> {
+    /// Opens the storage at `path`, or creates it with `bootstrap` (every tracker
+    /// of tracker_info.txt) as the voters; an existing file keeps the membership
+    /// Raft committed, whatever `bootstrap` says.
+    pub fn open(path: &Path, bootstrap: &[u64]) -> Result<Self, StorageError> {
         let conn = open_connection(path)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         match version {
-            0 => create(&conn, voters)?,
+            0 => create(&conn, bootstrap)?,
+            1 => upgrade_from_1(&conn)?,
             FORMAT_VERSION => {}
             found => {
                 return Err(StorageError::Version {
@@ -241,6 +260,8 @@ impl RaftStorage {
             unsynced: Vec::new(),
             hard_state: HardState::default(),
             conf_state: ConfState::default(),
+            conf_index: 0,
+            conf_unwritten: false,
             snapshot_index: 0,
             snapshot_term: 0,
             first_index: 1,
@@ -248,37 +269,38 @@ impl RaftStorage {
             cache: RefCell::default(),
         };
         storage.load()?;
-        let mut given = voters.to_vec();
-        given.sort_unstable();
-        if storage.conf_state.voters != given {
-            return Err(StorageError::Membership {
-                stored: storage.conf_state.voters.clone(),
-                given,
-            });
-        }
         Ok(storage)
     }
 
     /// Reads the state row, the snapshot's coverage and the entry range into memory.
     fn load(&mut self) -> Result<(), StorageError> {
-        let (term, vote, commit, voters): (u64, u64, u64, String) = self.conn.query_row(
-            "SELECT term, vote, commit_index, voters FROM raft_state WHERE id = 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )?;
+        let (term, vote, commit, voters, conf_index): (u64, u64, u64, String, u64) =
+            self.conn.query_row(
+                "SELECT term, vote, commit_index, voters, conf_index FROM raft_state WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )?;
         self.hard_state.term = term;
         self.hard_state.vote = vote;
         self.hard_state.commit = commit;
         self.conf_state.voters = parse_voters(&voters)?;
-        let snap: Option<(u64, u64)> = self
+        self.conf_index = conf_index;
+        let snap: Option<(u64, u64, String)> = self
             .conn
             .query_row(
-                "SELECT idx, term FROM raft_snapshot WHERE id = 1",
+                "SELECT idx, term, voters FROM raft_snapshot WHERE id = 1",
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        (self.snapshot_index, self.snapshot_term) = snap.unwrap_or((0, 0));
+        if let Some((index, term, voters)) = snap {
+            (self.snapshot_index, self.snapshot_term) = (index, term);
+            if index > self.conf_index {
+                // (A version 1 file: its state row never changed membership.)
+                self.conf_state.voters = parse_voters(&voters)?;
+                self.conf_index = index;
+            }
+        }
         let (min, max): (Option<u64>, Option<u64>) =
             self.conn
                 .query_row("SELECT MIN(idx), MAX(idx) FROM raft_entries", [], |r| {
@@ -307,7 +329,9 @@ impl RaftStorage {
             let meta = snap.get_metadata();
             hs.term = hs.term.max(meta.term);
             hs.commit = hs.commit.max(meta.index);
+            self.set_conf_state(meta.index, meta.get_conf_state().clone());
         }
+        let conf = self.take_unwritten_conf();
         let tx = self.conn.transaction()?;
         if let Some(snap) = snapshot {
             let meta = snap.get_metadata();
@@ -322,6 +346,9 @@ impl RaftStorage {
         }
         write_entries(&tx, entries)?;
         write_hard_state(&tx, &hs)?;
+        if let Some(conf) = &conf {
+            write_conf(&tx, conf)?;
+        }
         tx.commit()?;
         if let Some(snap) = snapshot {
             self.cache.get_mut().put(snap.clone(), Instant::now());
@@ -337,7 +364,7 @@ impl RaftStorage {
     fn only_commit_moved(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> bool {
         let same_vote =
             |h: &HardState| h.term == self.hard_state.term && h.vote == self.hard_state.vote;
-        if !entries.is_empty() || !hard_state.is_none_or(same_vote) {
+        if !entries.is_empty() || !hard_state.is_none_or(same_vote) || self.conf_unwritten {
             return false;
         }
         if let Some(h) = hard_state {
@@ -376,6 +403,7 @@ impl RaftStorage {
             let meta = snap.get_metadata();
             hs.term = hs.term.max(meta.term);
             hs.commit = hs.commit.max(meta.index);
+            self.set_conf_state(meta.index, meta.get_conf_state().clone());
             self.unsynced.clear();
             self.cache.get_mut().put(snap.clone(), Instant::now());
             SnapshotWrite {
@@ -397,6 +425,7 @@ impl RaftStorage {
             entries: entries.to_vec(),
             hard_state: Some(hs),
             snapshot: received,
+            conf: self.take_unwritten_conf(),
         })
     }
 
@@ -445,7 +474,6 @@ impl RaftStorage {
             self.snapshot_term = meta.term;
             self.first_index = meta.index + 1;
             self.last_index = meta.index;
-            self.conf_state = meta.get_conf_state().clone();
         }
         if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             if self.last_index < self.first_index {
@@ -454,6 +482,39 @@ impl RaftStorage {
             self.last_index = last.index;
         }
         self.hard_state = hs;
+    }
+
+    /// The membership after the conf change entry at `index` was applied (or as a
+    /// received snapshot at `index` says): in memory at once, written with the
+    /// next [`Self::persist`] or staged with the next [`Self::stage`].
+    pub fn set_conf_state(&mut self, index: u64, mut conf_state: ConfState) {
+        conf_state.voters.sort_unstable();
+        self.conf_state = conf_state;
+        self.conf_index = index;
+        self.conf_unwritten = true;
+    }
+
+    /// The membership Raft committed (as applied here), see the module doc.
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// The conf change entry (or snapshot) [`Self::conf_state`] is as of: a conf
+    /// change entry at or before it is in it already.
+    pub fn conf_index(&self) -> u64 {
+        self.conf_index
+    }
+
+    /// Whether a changed membership waits for the next persist or stage.
+    pub fn conf_unwritten(&self) -> bool {
+        self.conf_unwritten
+    }
+
+    fn take_unwritten_conf(&mut self) -> Option<ConfWrite> {
+        std::mem::take(&mut self.conf_unwritten).then(|| ConfWrite {
+            index: self.conf_index,
+            voters: self.conf_state.voters.clone(),
+        })
     }
 
     /// Notes a newer commit index (from a `LightReady`); written with the next persist.
@@ -525,6 +586,7 @@ impl RaftStorage {
             number,
             entries: Vec::new(),
             hard_state: None,
+            conf: None,
             snapshot: Some(SnapshotWrite {
                 index,
                 term,
@@ -617,6 +679,17 @@ fn read_snapshot(conn: &Connection) -> Result<Option<Snapshot>, StorageError> {
     Ok(Some(snap))
 }
 
+/// A version 1 file gets the `conf_index` column (0: its membership is the
+/// bootstrap list or its snapshot's).
+fn upgrade_from_1(conn: &Connection) -> Result<(), StorageError> {
+    conn.execute_batch(
+        "BEGIN; ALTER TABLE raft_state ADD COLUMN conf_index INTEGER NOT NULL DEFAULT 0;",
+    )?;
+    conn.pragma_update(None, "user_version", FORMAT_VERSION)?;
+    conn.execute_batch("COMMIT")?;
+    Ok(())
+}
+
 fn create(conn: &Connection, voters: &[u64]) -> Result<(), StorageError> {
     let mut voters = voters.to_vec();
     voters.sort_unstable();
@@ -642,6 +715,15 @@ pub struct WriteJob {
     pub hard_state: Option<HardState>,
     /// A snapshot this tracker took, with the entries it lets go.
     pub snapshot: Option<SnapshotWrite>,
+    /// The membership, when a conf change or a received snapshot changed it.
+    pub conf: Option<ConfWrite>,
+}
+
+/// The membership as of the conf change (or snapshot) at `index`.
+#[derive(Debug)]
+pub struct ConfWrite {
+    index: u64,
+    voters: Vec<u64>,
 }
 
 /// The `raft_snapshot` row of a snapshot, and the first entry kept after it (the
@@ -685,6 +767,9 @@ pub fn write_jobs(conn: &mut Connection, jobs: &[WriteJob]) -> Result<(), Storag
     if let Some(hs) = jobs.iter().rev().find_map(|j| j.hard_state.as_ref()) {
         write_hard_state(&tx, hs)?;
     }
+    if let Some(conf) = jobs.iter().rev().find_map(|j| j.conf.as_ref()) {
+        write_conf(&tx, conf)?;
+    }
     tx.commit()?;
     Ok(())
 }
@@ -711,6 +796,15 @@ fn write_hard_state(tx: &rusqlite::Transaction<'_>, hs: &HardState) -> Result<()
     tx.execute(
         "UPDATE raft_state SET term = ?1, vote = ?2, commit_index = ?3 WHERE id = 1",
         params![hs.term, hs.vote, hs.commit],
+    )?;
+    Ok(())
+}
+
+/// Stores the membership and the conf change it is as of.
+fn write_conf(tx: &rusqlite::Transaction<'_>, conf: &ConfWrite) -> Result<(), StorageError> {
+    tx.execute(
+        "UPDATE raft_state SET voters = ?1, conf_index = ?2 WHERE id = 1",
+        params![voters_text(&conf.voters), conf.index],
     )?;
     Ok(())
 }
@@ -805,12 +899,14 @@ impl Storage for RaftStorage {
         Ok(self.last_index)
     }
 
-    /// Served from memory, never read on the loop (see the module doc).
+    /// Served from memory, never read on the loop, with the current membership
+    /// (see the module doc).
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         let now = Instant::now();
         let mut cache = self.cache.borrow_mut();
         cache.poll_read(now);
-        if let Some(snap) = cache.serve(request_index, now) {
+        if let Some(mut snap) = cache.serve(request_index, now) {
+            snap.mut_metadata().set_conf_state(self.conf_state.clone());
             return Ok(snap);
         }
         if self.snapshot_index >= request_index && self.snapshot_index > 0 {
@@ -996,18 +1092,103 @@ mod tests {
     }
 
     #[test]
-    fn other_membership_or_version_is_refused() {
+    fn another_tracker_list_keeps_the_committed_membership_and_other_versions_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.db");
-        drop(RaftStorage::open(&path, &[1, 2, 3]).unwrap());
-        let err = RaftStorage::open(&path, &[1, 2]).err().unwrap();
-        assert!(err.to_string().contains("membership"), "{err}");
+        drop(RaftStorage::open(&path, &[3, 1, 2]).unwrap());
+        let s = RaftStorage::open(&path, &[1, 2, 3, 4]).unwrap();
+        assert_eq!(s.conf_state().voters, [1, 2, 3], "bootstrap only when new");
+        drop(s);
         Connection::open(&path)
             .unwrap()
             .pragma_update(None, "user_version", 7)
             .unwrap();
         let err = RaftStorage::open(&path, &[1, 2, 3]).err().unwrap();
         assert!(err.to_string().contains("version 7"), "{err}");
+    }
+
+    #[test]
+    fn an_applied_conf_change_is_durable_by_persist_and_by_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let four = |s: &RaftStorage| (s.conf_state().voters.clone(), s.conf_index());
+        let mut cs = ConfState::default();
+        cs.voters = vec![1, 2, 3, 4];
+        // Synchronously: with the next persist, even one with nothing else to write.
+        let path = dir.path().join("sync.db");
+        let mut s = RaftStorage::open(&path, &[1, 2, 3]).unwrap();
+        s.persist(None, &[entry(1, 1, b"a")], None).unwrap();
+        s.set_conf_state(1, cs.clone());
+        s.persist(None, &[], None).unwrap();
+        drop(s);
+        let s = RaftStorage::open(&path, &[1, 2, 3]).unwrap();
+        assert_eq!(four(&s), (vec![1, 2, 3, 4], 1));
+        // Written behind: staged with the next `Ready`, durable once written.
+        let path = dir.path().join("behind.db");
+        let mut s = RaftStorage::open(&path, &[1, 2, 3]).unwrap();
+        s.set_conf_state(7, cs);
+        let job = s
+            .stage(1, None, &[], None)
+            .expect("the membership to write");
+        assert_eq!(four(&RaftStorage::open(&path, &[1]).unwrap()).0, [1, 2, 3]);
+        write_jobs(&mut open_connection(&path).unwrap(), &[job]).unwrap();
+        assert_eq!(
+            four(&RaftStorage::open(&path, &[1]).unwrap()),
+            (vec![1, 2, 3, 4], 7)
+        );
+    }
+
+    #[test]
+    fn a_received_snapshot_brings_its_membership_and_is_served_with_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let mut s = RaftStorage::open(&path, &[1, 2, 3, 4]).unwrap();
+        let mut snap = Snapshot::default();
+        snap.data = Bytes::from_static(b"remote");
+        snap.mut_metadata().index = 9;
+        snap.mut_metadata().term = 2;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 4];
+        s.persist(Some(&snap), &[], None).unwrap();
+        drop(s);
+        let mut s = RaftStorage::open(&path, &[1, 2, 3, 4]).unwrap();
+        assert_eq!(
+            (s.conf_state().voters.clone(), s.conf_index()),
+            (vec![1, 2, 4], 9)
+        );
+        let mut cs = ConfState::default();
+        cs.voters = vec![1, 2, 4, 5];
+        s.set_conf_state(10, cs);
+        assert_eq!(
+            served(&s, 9).get_metadata().get_conf_state().voters,
+            [1, 2, 4, 5]
+        );
+    }
+
+    #[test]
+    fn a_version_1_file_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let v1 = SCHEMA.replace(", conf_index INTEGER NOT NULL DEFAULT 0", "");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(&v1).unwrap();
+        conn.execute(
+            "INSERT INTO raft_state (id, term, vote, commit_index, voters) VALUES (1, 3, 2, 0, '1,2,3')",
+            [],
+        )
+        .unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        drop(conn);
+        let s = RaftStorage::open(&path, &[1, 2, 3]).unwrap();
+        assert_eq!((s.hard_state().term, s.hard_state().vote), (3, 2));
+        assert_eq!(
+            (s.conf_state().voters.clone(), s.conf_index()),
+            (vec![1, 2, 3], 0)
+        );
+        drop(s);
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, FORMAT_VERSION);
     }
 
     #[test]
