@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::netns::{Host, Hosts};
-use crate::tracker_state::{dump, entry_line_starts, read_log};
+use crate::tracker_state::{dump, line_starts, parse_log, read_log};
 use crate::{free_port, wait_until, write_tracker_info, TrackerConn, TrackerProc, WAIT};
 use tracker::sync_log::{Base, Header};
 
@@ -209,24 +209,50 @@ pub fn entries(log: &Path) -> Vec<String> {
 }
 
 /// The state a fresh cache gets from applying `log` through `store::apply`
-/// (after loading the data dir's `snapshot.db` if the log was compacted).
+/// (after loading the data dir's `snapshot.db` if the log was compacted). The log
+/// is read once, and read again after the snapshot is loaded: a compaction that
+/// replaced both meanwhile, or a read in the middle of an append, makes it start
+/// over (bounded), so a running tracker's data dir can be checked.
 pub fn rebuilt(log: &Path) -> String {
-    let (_, decoded) = read_log(log);
-    let starts = entry_line_starts(log);
+    for _ in 0..20 {
+        if let Some(state) = rebuilt_once(log) {
+            return state;
+        }
+    }
+    panic!(
+        "{}: compacted under every attempt to read it",
+        log.display()
+    );
+}
+
+fn rebuilt_once(log: &Path) -> Option<String> {
+    let bytes = std::fs::read(log).unwrap();
+    let text = std::str::from_utf8(&bytes).expect("a log is UTF-8");
+    if !text.ends_with('\n') {
+        return None; // read in the middle of an append
+    }
+    let header = text.lines().next().unwrap_or_default();
+    let base = match Header::parse(header.as_bytes()) {
+        Some(Header::V2(_, base)) => base,
+        other => panic!("version line {other:?}"),
+    };
     let mut store = tracker::store::Store::open_in_memory().unwrap();
-    let base = log_base(log);
     if base != Base::START {
         let snap = tracker::snapshot::path(log.parent().unwrap());
-        store.load_snapshot(&snap, |_| Ok(())).unwrap();
+        store.load_snapshot(&snap, |_| Ok(())).ok()?;
+        let now = std::fs::read_to_string(log).unwrap();
+        if now.lines().next() != Some(header) {
+            return None; // compacted meanwhile: the snapshot may be the next one
+        }
     }
+    let (_, decoded) = parse_log(text);
     // Logical offsets: byte `s` of the file is offset `s - <version line> + base.offset`.
-    let bytes = std::fs::read(log).unwrap();
-    let header_len = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let header_len = header.len() + 1;
     let at = |s: usize| (s - header_len) as u64 + base.offset;
+    let starts = line_starts(&bytes);
     let with_offsets: Vec<(u64, _)> = starts.iter().map(|&s| at(s)).zip(decoded).collect();
-    let end = at(bytes.len());
-    store.apply_entries(&with_offsets, end).unwrap();
-    tracker::store::dump(store.conn()).unwrap()
+    store.apply_entries(&with_offsets, at(bytes.len())).unwrap();
+    Some(tracker::store::dump(store.conn()).unwrap())
 }
 
 /// Where the log at `log` starts in the history.

@@ -55,6 +55,12 @@ pub fn check_log(path: &Path) -> Vec<String> {
 pub fn read_log(path: &Path) -> (Vec<String>, Vec<LogEntry>) {
     let text =
         std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    parse_log(&text)
+}
+
+/// [`read_log`] of a log already read: every line checks out and is numbered
+/// next after the version line's base.
+pub fn parse_log(text: &str) -> (Vec<String>, Vec<LogEntry>) {
     assert!(text.ends_with('\n'), "log ends mid-line");
     let mut lines = text.lines();
     let head = lines.next().unwrap_or_default();
@@ -140,7 +146,11 @@ pub fn files_starting_with(dir: &Path, prefix: &str) -> Vec<std::path::PathBuf> 
 /// Byte offsets where the entry lines of the log at `path` start (after the
 /// version line), for tests that damage a chosen line.
 pub fn entry_line_starts(path: &Path) -> Vec<usize> {
-    let bytes = std::fs::read(path).unwrap();
+    line_starts(&std::fs::read(path).unwrap())
+}
+
+/// [`entry_line_starts`] of a log already read.
+pub fn line_starts(bytes: &[u8]) -> Vec<usize> {
     let mut starts: Vec<usize> = bytes
         .iter()
         .enumerate()
