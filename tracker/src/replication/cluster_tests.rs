@@ -880,3 +880,33 @@ fn growing_by_two_adds_one_tracker_at_a_time_and_replays_the_log() {
     let p = c.propose(5, "three of five");
     c.wait_done(5, p);
 }
+
+/// 1 -> 3: the two new trackers start blank with all three listed as voters. Cut
+/// off from tracker 1 for longer than an election, they must not elect one of
+/// themselves (an empty log would then overwrite tracker 1's history): they wait
+/// for tracker 1 to add them, and end up with its whole log.
+#[test]
+fn two_blank_trackers_joining_a_one_tracker_cluster_wait_to_be_added() {
+    let mut c = Cluster::new(1, |_| {});
+    let leader = c.wait_leader(&[1]);
+    for i in 0..5 {
+        let p = c.propose(leader, &format!("e{i}"));
+        c.wait_done(leader, p);
+    }
+    c.relist(3);
+    c.partition(&[1]);
+    c.ticks(100);
+    for id in [2, 3] {
+        assert!(!c.node(id).is_leader(), "blank tracker {id} took the lead");
+        assert_eq!(c.node(id).term(), 0, "blank tracker {id} campaigned");
+    }
+    c.cut.clear();
+    c.wait_voters(&[1, 2, 3], &[1, 2, 3]);
+    c.ticks(5);
+    let expected: Vec<String> = (0..5).map(|i| format!("e{i}")).collect();
+    for id in 1..=3 {
+        assert_eq!(c.entries(id), expected, "tracker {id}");
+    }
+    let p = c.propose(3, "after the growth");
+    c.wait_done(3, p);
+}

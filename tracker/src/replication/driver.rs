@@ -21,7 +21,8 @@
 //! # Membership
 //! Each tick the leader takes one step toward the trackers of tracker_info.txt
 //! ([`RaftNode::reconcile_membership`]); a listed tracker counts as reachable, so
-//! worth adding, once a Raft message from it arrived within [`SILENCE`].
+//! worth adding, once a Raft message from it arrived within [`SILENCE`] or a link
+//! with it is authenticated.
 //!
 //! # Time
 //! One Raft tick every [`TICK`] (50 ms): an election after [`ELECTION_TICKS`] to
@@ -384,14 +385,20 @@ impl RaftDriver {
     }
 
     /// On the leader, one conf change toward the trackers of tracker_info.txt
-    /// ([`RaftNode::reconcile_membership`]): a tracker is added only once a Raft
-    /// message from it arrived within [`SILENCE`] (it runs and holds the key).
+    /// ([`RaftNode::reconcile_membership`]): a tracker is added only once it runs
+    /// and holds the key: a Raft message from it arrived within [`SILENCE`], or a
+    /// link with it is authenticated (a blank tracker sends nothing before a
+    /// leader reaches it: [`RaftNode::waits_to_join`]).
     fn reconcile_membership(&mut self, now: Instant) {
         let heard = &self.last_heard;
+        let links = &self.links;
         let reachable = |n: u64| {
             heard
                 .get(&n)
                 .is_some_and(|&at| now.duration_since(at) < SILENCE)
+                || links
+                    .iter()
+                    .any(|(_, c)| !c.dead && c.link.is_open() && c.link.peer() == Some(n))
         };
         self.node.reconcile_membership(&reachable);
     }

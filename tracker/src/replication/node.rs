@@ -444,12 +444,29 @@ impl RaftNode {
 
     /// Advances Raft's logical clock by one tick. A node restoring a snapshot
     /// does not campaign (raft-rs may not lead with a snapshot not yet persisted;
-    /// it still votes for others).
+    /// it still votes for others), nor does a blank one ([`Self::waits_to_join`]).
     pub fn tick(&mut self) {
-        if self.restoring.is_some() {
+        if self.restoring.is_some() || self.waits_to_join() {
             self.raw.raft.election_elapsed = 0;
         }
         self.raw.tick();
+    }
+
+    /// A tracker with nothing in its Raft log (no entry, no snapshot) other than
+    /// tracker 1 never campaigns: it waits for a leader to reach it. Its brand-new
+    /// storage lists every tracker of tracker_info.txt as a voter, which is right
+    /// for a brand-new cluster (tracker 1 bootstraps it: the blank others vote for
+    /// it) but not for a tracker joining a running one: two blank trackers added
+    /// to a one-tracker cluster (1 -> 3) would otherwise elect one of themselves
+    /// with an empty log and overwrite the history. A wiped tracker waits the same
+    /// way (it catches up by snapshot). A brand-new cluster therefore starts once
+    /// tracker 1 runs.
+    pub fn waits_to_join(&self) -> bool {
+        let store = self.raw.store();
+        self.config.id != 1
+            && !self.is_leader()
+            && store.snapshot_index() == 0
+            && store.last_index().unwrap_or(0) == 0
     }
 
     /// Steps a message received from an authenticated peer.
