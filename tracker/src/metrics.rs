@@ -508,6 +508,7 @@ mod tests {
             leader_changes: 3,
             snapshots_taken: 1,
             voters: vec![1, 2, 3],
+            learners: vec![],
         });
         let text = render(&m, &state);
         let v = |series: &str| sample(&text, series);

@@ -123,10 +123,19 @@ pub fn raft_progress(r: &RaftProgress, me: u32, others: u32) -> Vec<Progress> {
         .map(|no| {
             let id = u64::from(no);
             let matched = r.matched.iter().find(|(p, _)| *p == id).map(|(_, m)| *m);
-            let member = r.voters.is_empty() || r.voters.contains(&id);
+            let learner = r.learners.contains(&id);
+            let member = r.voters.is_empty() || r.voters.contains(&id) || learner;
             let (role, index) = if !member {
                 // (Removed, or not added yet: see `RaftNode::reconcile_membership`.)
                 ("not a member".to_string(), None)
+            } else if learner {
+                // (Catching up before it votes.)
+                let index = if no == me {
+                    Some(r.applied_index)
+                } else {
+                    matched
+                };
+                ("learner".to_string(), index)
             } else if no == me {
                 (r.role.to_string(), Some(r.applied_index))
             } else if id == r.leader {
@@ -820,7 +829,7 @@ mod tests {
         // Tracker 3 of tracker_info.txt is not (or no longer) in the membership.
         let grown = RaftProgress {
             voters: vec![1, 2],
-            ..follower_view
+            ..follower_view.clone()
         };
         let roles: Vec<String> = raft_progress(&grown, 2, 3)
             .into_iter()
@@ -830,5 +839,19 @@ mod tests {
             })
             .collect();
         assert_eq!(roles, ["unknown", "follower", "not a member"]);
+        // Tracker 3 is being added: a learner catching up.
+        let growing = RaftProgress {
+            voters: vec![1, 2],
+            learners: vec![3],
+            ..follower_view
+        };
+        let roles: Vec<String> = raft_progress(&growing, 2, 3)
+            .into_iter()
+            .map(|p| match p {
+                Progress::Raft { role, .. } => role,
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(roles, ["unknown", "follower", "learner"]);
     }
 }

@@ -863,9 +863,15 @@ fn growing_by_two_adds_one_tracker_at_a_time_and_replays_the_log() {
     c.relist(5);
     c.wait_voters(&[1, 2, 3], &[1, 2, 3, 4, 5]);
     c.ticks(5);
+    // Each as a learner first, then a voter once caught up.
     let added: Vec<(ConfChangeType, u64)> = [4, 5]
         .into_iter()
-        .map(|n| (ConfChangeType::AddNode, n))
+        .flat_map(|n| {
+            [
+                (ConfChangeType::AddLearnerNode, n),
+                (ConfChangeType::AddNode, n),
+            ]
+        })
         .collect();
     assert_eq!(c.conf_changes, added);
     let expected: Vec<String> = (0..5).map(|i| format!("e{i}")).collect();
@@ -909,4 +915,38 @@ fn two_blank_trackers_joining_a_one_tracker_cluster_wait_to_be_added() {
     }
     let p = c.propose(3, "after the growth");
     c.wait_done(3, p);
+}
+
+/// A tracker being added is a learner until its log has caught up: cut off right
+/// after it was added, it does not count toward the quorum, so with one of the
+/// original three down the other two still commit (as a voter at once it would
+/// make the quorum 3 of 4, and nothing would commit). Healed, it catches up and
+/// becomes a voter.
+#[test]
+fn a_new_tracker_votes_only_once_it_has_caught_up() {
+    let mut c = Cluster::new(3, |_| {});
+    let leader = c.wait_leader(&[1, 2, 3]);
+    for i in 0..5 {
+        let p = c.propose(leader, &format!("e{i}"));
+        c.wait_done(leader, p);
+    }
+    c.relist(4);
+    c.partition(&[4]);
+    c.ticks(20);
+    let leader = c.wait_leader(&[1, 2, 3]);
+    let progress = c.node(leader).progress();
+    assert_eq!(
+        (progress.voters, progress.learners),
+        (vec![1, 2, 3], vec![4])
+    );
+    let down = (1..=3).find(|&i| i != leader).unwrap();
+    c.crash(down);
+    let p = c.propose(leader, "two of three voters");
+    c.wait_done(leader, p);
+    c.start(down);
+    c.cut.clear();
+    c.wait_voters(&[1, 2, 3, 4], &[1, 2, 3, 4]);
+    c.ticks(5);
+    assert_eq!(c.entries(4), c.entries(leader));
+    assert_eq!(c.entries(4).len(), 6);
 }

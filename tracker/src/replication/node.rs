@@ -69,9 +69,10 @@
 //! The membership is the ConfState Raft committed, kept in [`RaftStorage`]; a new
 //! storage starts with every tracker of tracker_info.txt (`NodeConfig::voters`).
 //! The leader brings the cluster to the listed trackers one simple conf change at
-//! a time ([`RaftNode::reconcile_membership`]: add the smallest listed tracker
-//! missing once it is reachable, else remove the largest one not listed, never
-//! itself; the next only after the previous is applied). Committed conf change
+//! a time ([`RaftNode::reconcile_membership`]: make a learner that has caught up
+//! a voter, else add the smallest listed tracker missing once it is reachable, as
+//! a learner, else remove the largest one not listed, never itself; the next only
+//! after the previous is applied). Committed conf change
 //! entries are applied in `collect` (raft-rs's `apply_conf_change`, then the
 //! storage keeps the new ConfState, written like the hard state) and never reach
 //! the state machine. The stored ConfState is written behind the state machine's
@@ -81,11 +82,10 @@
 //! sends it nothing more; changes a non-member forwards are dropped.
 //!
 //! # Limits (known, for the integration step)
-//! - Membership changes are simple (one voter at a time, no joint consensus), and a
-//!   new tracker is a voter at once, not a learner first: while it catches up the
-//!   quorum counts it (3 of 4), so a grown cluster tolerates no other failure until
-//!   the new tracker has caught up. The leader never removes itself: a tracker being
-//!   removed that leads must be stopped first (then another leader removes it).
+//! - Membership changes are simple (one tracker at a time, no joint consensus); a
+//!   new tracker is a learner until its log is within `PROMOTE_WITHIN` entries of
+//!   the commit index. The leader never removes itself: a tracker being removed
+//!   that leads must be stopped first (then another leader removes it).
 //! - A tracker whose data dir was wiped rejoins under its old id with no memory of its
 //!   vote; raft-rs assumes votes are durable, so in theory it could vote twice in one
 //!   term (only if it restarts within the very election it voted in). The node copes
@@ -226,6 +226,8 @@ pub struct RaftProgress {
     pub snapshots_taken: u64,
     /// The voters Raft committed (as applied here).
     pub voters: Vec<u64>,
+    /// The learners: trackers being added, catching up before they vote.
+    pub learners: Vec<u64>,
 }
 
 /// What one `handle_ready` asks of the owner; storage is already persisted.
@@ -274,6 +276,9 @@ pub enum ProposeError {
 }
 
 const CONTEXT_LEN: usize = 24;
+
+/// A learner within this many entries of the commit index is made a voter.
+const PROMOTE_WITHIN: u64 = 100;
 
 /// A proposal handed to raft-rs: kept until it commits or its deadline passes, so
 /// it can be handed to a new leader if the one it went to is gone.
@@ -952,10 +957,14 @@ impl RaftNode {
             if n == id {
                 self.removed = !added;
             }
+            let learner = single.get_change_type() == ConfChangeType::AddLearnerNode;
             match (added, n == id) {
                 (false, true) => log::warn!(
                     "tracker {id} was removed from the cluster (voters {voters:?}): it refuses \
                      changes from now on and can be stopped"
+                ),
+                (true, _) if learner => log::info!(
+                    "tracker {id}: tracker {n} catches up as a learner (voters {voters:?})"
                 ),
                 (true, _) => {
                     log::info!("tracker {id}: tracker {n} joined the cluster (voters {voters:?})")
@@ -971,8 +980,9 @@ impl RaftNode {
     /// Warns about members of the cluster this tracker's tracker_info.txt lacks.
     fn warn_unlisted_members(&self) {
         let id = self.config.id;
-        let members = &self.raw.store().conf_state().voters;
-        for n in members.iter().filter(|n| !self.config.voters.contains(n)) {
+        let members = self.raw.store().conf_state();
+        let all = members.voters.iter().chain(&members.learners);
+        for n in all.filter(|n| !self.config.voters.contains(n)) {
             log::warn!(
                 "tracker {id}: tracker {n} is a member of the cluster but not in this tracker's \
                  tracker_info.txt: it cannot be reached from here"
@@ -980,17 +990,33 @@ impl RaftNode {
         }
     }
 
-    /// Whether `tracker` is a voter of the committed membership.
+    /// Whether `tracker` is a voter or a learner of the committed membership.
     fn is_member(&self, tracker: u64) -> bool {
-        self.raw.store().conf_state().voters.contains(&tracker)
+        let members = self.raw.store().conf_state();
+        members.voters.contains(&tracker) || members.learners.contains(&tracker)
+    }
+
+    /// On the leader, whether learner `n`'s log holds the conf change that added
+    /// it and is within [`PROMOTE_WITHIN`] entries of the commit index: it can
+    /// vote without weakening the quorum.
+    fn caught_up(&self, n: u64) -> bool {
+        let committed = self.raw.raft.raft_log.committed;
+        let added_at = self.raw.store().conf_index();
+        self.raw
+            .raft
+            .prs()
+            .get(n)
+            .is_some_and(|pr| pr.matched >= added_at && pr.matched + PROMOTE_WITHIN >= committed)
     }
 
     /// The leader's step toward the membership tracker_info.txt lists
     /// (`NodeConfig::voters`), one conf change at a time: when none is pending, it
-    /// adds the smallest listed tracker missing from the cluster that is
-    /// `reachable` (a tracker not running yet would only weaken the quorum), else
-    /// removes the largest member not listed (never itself). Returns the change
-    /// proposed, if one was. Followers do nothing.
+    /// makes a listed learner that has caught up a voter; else adds the smallest
+    /// listed tracker missing from the cluster that is `reachable` as a learner (a
+    /// learner receives the log but does not count toward the quorum, so a new
+    /// tracker catching up by a large snapshot weakens nothing); else removes the
+    /// largest member not listed (never itself). Returns the change proposed, if
+    /// one was. Followers do nothing.
     pub fn reconcile_membership(
         &mut self,
         reachable: &dyn Fn(u64) -> bool,
@@ -999,22 +1025,29 @@ impl RaftNode {
             return None;
         }
         let (me, wanted) = (self.config.id, &self.config.voters);
-        let members = &self.raw.store().conf_state().voters;
-        let add = wanted
-            .iter()
-            .copied()
-            .filter(|n| !members.contains(n) && reachable(*n))
-            .min();
+        let members = self.raw.store().conf_state();
+        let listed_learner = |n: &u64| wanted.contains(n) && self.caught_up(*n);
+        let promote = members.learners.iter().copied().find(listed_learner);
+        let add = || {
+            wanted
+                .iter()
+                .copied()
+                .filter(|n| !self.is_member(*n) && reachable(*n))
+                .min()
+        };
         let remove = || {
             members
+                .voters
                 .iter()
+                .chain(&members.learners)
                 .copied()
                 .filter(|n| !wanted.contains(n) && *n != me)
                 .max()
         };
-        let (kind, n) = match add {
-            Some(n) => (ConfChangeType::AddNode, n),
-            None => (ConfChangeType::RemoveNode, remove()?),
+        let (kind, n) = match (promote, add()) {
+            (Some(n), _) => (ConfChangeType::AddNode, n),
+            (None, Some(n)) => (ConfChangeType::AddLearnerNode, n),
+            (None, None) => (ConfChangeType::RemoveNode, remove()?),
         };
         let mut cc = ConfChange::default();
         cc.set_change_type(kind);
@@ -1025,6 +1058,9 @@ impl RaftNode {
         }
         match kind {
             ConfChangeType::AddNode => log::info!("tracker {me} adds tracker {n} to the cluster"),
+            ConfChangeType::AddLearnerNode => log::info!(
+                "tracker {me} adds tracker {n} as a learner (a voter once it has caught up)"
+            ),
             _ => log::info!("tracker {me} removes tracker {n} from the cluster"),
         }
         Some((kind, n))
@@ -1148,6 +1184,7 @@ impl RaftNode {
             leader_changes: self.leader_changes,
             snapshots_taken: self.snapshots_taken,
             voters: self.raw.store().conf_state().voters.clone(),
+            learners: self.raw.store().conf_state().learners.clone(),
         }
     }
 

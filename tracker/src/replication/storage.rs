@@ -9,7 +9,8 @@
 //! -- conf change entry at conf_index (0: the bootstrap list or a snapshot's)
 //! CREATE TABLE raft_state (id INTEGER PRIMARY KEY CHECK (id = 1),
 //!     term INTEGER NOT NULL, vote INTEGER NOT NULL, commit_index INTEGER NOT NULL,
-//!     voters TEXT NOT NULL,                  -- tracker numbers, e.g. '1,2,3'
+//!     voters TEXT NOT NULL,                  -- tracker numbers, e.g. '1,2,3'; learners after
+//!                                            -- a ';' ('1,2,3;4': 4 catches up before it votes)
 //!     conf_index INTEGER NOT NULL DEFAULT 0);
 //! -- the log entries this tracker holds, contiguous, idx ascending
 //! CREATE TABLE raft_entries (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL,
@@ -221,19 +222,31 @@ CREATE TABLE raft_snapshot (id INTEGER PRIMARY KEY CHECK (id = 1),
     idx INTEGER NOT NULL, term INTEGER NOT NULL, voters TEXT NOT NULL, data BLOB NOT NULL);
 ";
 
-fn voters_text(voters: &[u64]) -> String {
-    let v: Vec<String> = voters.iter().map(u64::to_string).collect();
-    v.join(",")
+/// A membership as stored: the voters, then `;` and the learners if there are
+/// any (`1,2,3` or `1,2,3;4`).
+fn membership_text(members: &ConfState) -> String {
+    let list = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    match members.learners.is_empty() {
+        true => list(&members.voters),
+        false => format!("{};{}", list(&members.voters), list(&members.learners)),
+    }
 }
 
-fn parse_voters(text: &str) -> Result<Vec<u64>, StorageError> {
-    text.split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse()
-                .map_err(|_| StorageError::Corrupt(format!("bad voter list {text:?}")))
-        })
-        .collect()
+fn parse_membership(text: &str) -> Result<ConfState, StorageError> {
+    let list = |part: &str| -> Result<Vec<u64>, StorageError> {
+        part.split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| StorageError::Corrupt(format!("bad membership {text:?}")))
+            })
+            .collect()
+    };
+    let (voters, learners) = text.split_once(';').unwrap_or((text, ""));
+    let mut members = ConfState::default();
+    members.voters = list(voters)?;
+    members.learners = list(learners)?;
+    Ok(members)
 }
 
 impl RaftStorage {
@@ -283,7 +296,7 @@ impl RaftStorage {
         self.hard_state.term = term;
         self.hard_state.vote = vote;
         self.hard_state.commit = commit;
-        self.conf_state.voters = parse_voters(&voters)?;
+        self.conf_state = parse_membership(&voters)?;
         self.conf_index = conf_index;
         let snap: Option<(u64, u64, String)> = self
             .conn
@@ -297,7 +310,7 @@ impl RaftStorage {
             (self.snapshot_index, self.snapshot_term) = (index, term);
             if index > self.conf_index {
                 // (A version 1 file: its state row never changed membership.)
-                self.conf_state.voters = parse_voters(&voters)?;
+                self.conf_state = parse_membership(&voters)?;
                 self.conf_index = index;
             }
         }
@@ -339,7 +352,7 @@ impl RaftStorage {
                 &tx,
                 meta.index,
                 meta.term,
-                &meta.get_conf_state().voters,
+                meta.get_conf_state(),
                 &snap.data,
             )?;
             tx.execute("DELETE FROM raft_entries", [])?;
@@ -409,7 +422,7 @@ impl RaftStorage {
             SnapshotWrite {
                 index: meta.index,
                 term: meta.term,
-                voters: meta.get_conf_state().voters.clone(),
+                members: meta.get_conf_state().clone(),
                 data: snap.data.clone(),
                 compact_to: None,
             }
@@ -489,6 +502,7 @@ impl RaftStorage {
     /// next [`Self::persist`] or staged with the next [`Self::stage`].
     pub fn set_conf_state(&mut self, index: u64, mut conf_state: ConfState) {
         conf_state.voters.sort_unstable();
+        conf_state.learners.sort_unstable();
         self.conf_state = conf_state;
         self.conf_index = index;
         self.conf_unwritten = true;
@@ -513,7 +527,7 @@ impl RaftStorage {
     fn take_unwritten_conf(&mut self) -> Option<ConfWrite> {
         std::mem::take(&mut self.conf_unwritten).then(|| ConfWrite {
             index: self.conf_index,
-            voters: self.conf_state.voters.clone(),
+            members: self.conf_state.clone(),
         })
     }
 
@@ -580,7 +594,7 @@ impl RaftStorage {
         snap.data = data.clone();
         let meta = snap.mut_metadata();
         (meta.index, meta.term) = (index, term);
-        meta.mut_conf_state().voters = self.conf_state.voters.clone();
+        *meta.mut_conf_state() = self.conf_state.clone();
         self.cache.get_mut().put(snap, Instant::now());
         Ok(Some(WriteJob {
             number,
@@ -590,7 +604,7 @@ impl RaftStorage {
             snapshot: Some(SnapshotWrite {
                 index,
                 term,
-                voters: self.conf_state.voters.clone(),
+                members: self.conf_state.clone(),
                 data,
                 compact_to: Some(compact_to),
             }),
@@ -675,7 +689,7 @@ fn read_snapshot(conn: &Connection) -> Result<Option<Snapshot>, StorageError> {
     let meta = snap.mut_metadata();
     meta.index = index;
     meta.term = term;
-    meta.mut_conf_state().voters = parse_voters(&voters)?;
+    *meta.mut_conf_state() = parse_membership(&voters)?;
     Ok(Some(snap))
 }
 
@@ -696,7 +710,11 @@ fn create(conn: &Connection, voters: &[u64]) -> Result<(), StorageError> {
     conn.execute_batch(&format!("BEGIN; {SCHEMA}"))?;
     conn.execute(
         "INSERT INTO raft_state (id, term, vote, commit_index, voters) VALUES (1, 0, 0, 0, ?1)",
-        [voters_text(&voters)],
+        [voters
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",")],
     )?;
     conn.pragma_update(None, "user_version", FORMAT_VERSION)?;
     conn.execute_batch("COMMIT")?;
@@ -723,7 +741,7 @@ pub struct WriteJob {
 #[derive(Debug)]
 pub struct ConfWrite {
     index: u64,
-    voters: Vec<u64>,
+    members: ConfState,
 }
 
 /// The `raft_snapshot` row of a snapshot, and the first entry kept after it (the
@@ -733,7 +751,7 @@ pub struct ConfWrite {
 pub struct SnapshotWrite {
     index: u64,
     term: u64,
-    voters: Vec<u64>,
+    members: ConfState,
     data: Bytes,
     compact_to: Option<u64>,
 }
@@ -756,7 +774,7 @@ pub fn write_jobs(conn: &mut Connection, jobs: &[WriteJob]) -> Result<(), Storag
     let tx = conn.transaction()?;
     for job in jobs {
         if let Some(snap) = &job.snapshot {
-            write_snapshot(&tx, snap.index, snap.term, &snap.voters, &snap.data)?;
+            write_snapshot(&tx, snap.index, snap.term, &snap.members, &snap.data)?;
             match snap.compact_to {
                 Some(to) => tx.execute("DELETE FROM raft_entries WHERE idx < ?1", [to])?,
                 None => tx.execute("DELETE FROM raft_entries", [])?,
@@ -804,7 +822,7 @@ fn write_hard_state(tx: &rusqlite::Transaction<'_>, hs: &HardState) -> Result<()
 fn write_conf(tx: &rusqlite::Transaction<'_>, conf: &ConfWrite) -> Result<(), StorageError> {
     tx.execute(
         "UPDATE raft_state SET voters = ?1, conf_index = ?2 WHERE id = 1",
-        params![voters_text(&conf.voters), conf.index],
+        params![membership_text(&conf.members), conf.index],
     )?;
     Ok(())
 }
@@ -813,12 +831,12 @@ fn write_snapshot(
     tx: &rusqlite::Transaction<'_>,
     index: u64,
     term: u64,
-    voters: &[u64],
+    members: &ConfState,
     data: &[u8],
 ) -> Result<(), StorageError> {
     tx.execute(
         "INSERT OR REPLACE INTO raft_snapshot (id, idx, term, voters, data) VALUES (1, ?1, ?2, ?3, ?4)",
-        params![index, term, voters_text(voters), data],
+        params![index, term, membership_text(members), data],
     )?;
     Ok(())
 }
@@ -1135,6 +1153,31 @@ mod tests {
             four(&RaftStorage::open(&path, &[1]).unwrap()),
             (vec![1, 2, 3, 4], 7)
         );
+    }
+
+    #[test]
+    fn learners_are_stored_after_the_voters_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let mut s = RaftStorage::open(&path, &[1, 2, 3]).unwrap();
+        let mut cs = ConfState::default();
+        (cs.voters, cs.learners) = (vec![3, 1, 2], vec![5, 4]);
+        s.set_conf_state(2, cs);
+        s.persist(None, &[entry(1, 1, b"a"), entry(2, 1, b"b")], None)
+            .unwrap();
+        s.store_snapshot(2, Bytes::from_static(b"state"), 1)
+            .unwrap();
+        drop(s);
+        let s = RaftStorage::open(&path, &[1, 2, 3]).unwrap();
+        let members = s.conf_state();
+        assert_eq!(
+            (&members.voters[..], &members.learners[..]),
+            (&[1, 2, 3][..], &[4, 5][..])
+        );
+        let snap = s.load_snapshot().unwrap().expect("stored");
+        assert_eq!(snap.get_metadata().get_conf_state().learners, [4, 5]);
+        assert_eq!(membership_text(members), "1,2,3;4,5");
+        assert!(parse_membership("1,x").is_err());
     }
 
     #[test]
