@@ -7,7 +7,9 @@
 //! commit (3 of 4, so the new one counts). Shrinking 4 -> 3: the remaining three
 //! restarted with the shorter list, tracker 4 stopped, the leader removes it; then
 //! two of three commit changes (they would not be a majority of four), and no
-//! history is lost.
+//! history is lost. Growing 1 -> 3 with the new trackers started before the old
+//! one learns of them: the two blank ones wait (they never elect one of
+//! themselves, which would overwrite the history), and join once it is restarted.
 
 use std::collections::BTreeSet;
 
@@ -158,4 +160,54 @@ fn shrinking_back_to_three_removes_the_fourth_and_keeps_the_history() {
         assert_eq!(groups(&mut conn, &token), made, "tracker {no} lost history");
     }
     stop_and_check_caches(&mut c, &up);
+}
+
+#[test]
+fn two_blank_trackers_started_first_wait_for_the_one_with_the_history() {
+    let mut c = Cluster::start_single(ARGS);
+    c.await_leader();
+    let mut conn = c.t(1).connect();
+    let token = conn.user("ann", "pw");
+    let mut made = BTreeSet::new();
+    for i in 0..15 {
+        let g = format!("solo-{i}");
+        conn.ok(Some(&token), "create_group", &[&g]);
+        made.insert(g);
+    }
+    // The operator starts the new trackers before restarting the old one with
+    // the new list: for a while nobody with the history knows of them.
+    c.relist(3);
+    c.up(2);
+    c.up(3);
+    let campaigned = wait_until(std::time::Duration::from_secs(4), || {
+        logged(&c, &[2, 3], "is leader")
+    });
+    assert!(!campaigned, "a blank tracker took the lead");
+    c.restart(1);
+    assert!(
+        wait_until(WAIT, || (1..=3).all(|no| logged(
+            &c,
+            &[no],
+            "tracker 3 joined the cluster"
+        ))),
+        "the new trackers never joined:\n{}",
+        c.t(1).stderr.text()
+    );
+    await_same_logs(&c, &[1, 2, 3]);
+    for no in 2..=3 {
+        let mut conn = c.t(no).connect();
+        assert_eq!(
+            groups(&mut conn, &token),
+            made,
+            "tracker {no} lacks the history"
+        );
+    }
+    // Tracker 1 down: 2 of 3 commit.
+    c.kill9(1);
+    create_group(&c, 2, &token, "after-growth");
+    made.insert("after-growth".to_string());
+    await_same_logs(&c, &[2, 3]);
+    let mut conn = c.t(3).connect();
+    assert_eq!(groups(&mut conn, &token), made);
+    stop_and_check_caches(&mut c, &[2, 3]);
 }

@@ -75,6 +75,24 @@ impl Cluster {
         c
     }
 
+    /// One tracker on a loopback port: a cluster to grow with [`Cluster::relist`].
+    pub fn start_single(extra: &[&str]) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let info = write_tracker_info(tmp.path(), &[free_port()]);
+        let dirs = vec![tmp.path().join("host1")];
+        key_into(&dirs[0]);
+        let mut c = Cluster {
+            _tmp: tmp,
+            info,
+            dirs,
+            trackers: vec![None],
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            hosts: None,
+        };
+        c.up(1);
+        c
+    }
+
     pub fn up(&mut self, no: usize) {
         let mut args = vec!["--replication", "raft"];
         args.extend(self.extra.iter().map(String::as_str));
