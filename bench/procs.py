@@ -118,6 +118,27 @@ def proc_io(pid, field="wchar"):
     return None
 
 
+def queued_by_thread(pid):
+    """{thread name: seconds spent runnable but waiting for a core}, from
+    /proc/<pid>/task/*/schedstat (its second field, in ns); live threads only."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                waited_ns = int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        name = re.sub(r"[-_:]?\d+$", "", name) or name
+        out[name] = out.get(name, 0.0) + waited_ns / 1e9
+    return out
+
+
 def cpu_by_thread(pid):
     """{thread name: CPU seconds (user+system)} of process `pid`, from /proc/<pid>/task/*/stat."""
     tck = os.sysconf("SC_CLK_TCK")

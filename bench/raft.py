@@ -30,7 +30,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import loadgen  # noqa: E402
-from procs import cpu_by_thread  # noqa: E402
+from procs import cpu_by_thread, queued_by_thread  # noqa: E402
 
 KEY = "5f1c0a9e3d7b24c68e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f\n"
 ROLE = re.compile(r"tracker (\d+) (is leader|follows tracker \d+|has no leader) \(term (\d+)\)")
@@ -89,17 +89,25 @@ class Tracker:
 
 def load_with_cpu(ts, addr, token, a):
     """loadgen's result plus the trackers' CPU per change (ms, all three trackers,
-    by thread name); the warm-up second is counted at the measured rate."""
+    by thread name), and each thread's time waiting for a core per change
+    (`queued_by_thread`: on 2 shared cores a loop that is runnable but queued is
+    what caps the rate); the warm-up second is counted at the measured rate."""
     before = {t.no: cpu_by_thread(t.proc.pid) for t in ts}
+    queued_before = {t.no: queued_by_thread(t.proc.pid) for t in ts}
     r = loadgen.run_load(addr, "create_group", [token], conns=a.conns, seconds=a.seconds, procs=2)
-    changes = r["rps"] * (a.seconds + 1.0)
-    per = {}
+    changes = max(r["rps"] * (a.seconds + 1.0), 1)
+    per, queued = {}, {}
     for t in ts:
         for name, cpu in cpu_by_thread(t.proc.pid).items():
             key = f"t{t.no}:{name}"
-            per[key] = (cpu - before[t.no].get(name, 0.0)) * 1000 / max(changes, 1)
+            per[key] = (cpu - before[t.no].get(name, 0.0)) * 1000 / changes
+        for name, waited in queued_by_thread(t.proc.pid).items():
+            key = f"t{t.no}:{name}"
+            queued[key] = (waited - queued_before[t.no].get(name, 0.0)) * 1000 / changes
     r["tracker_cpu_ms_per_change"] = round(sum(per.values()), 3)
     r["by_thread"] = {k: round(v, 3) for k, v in sorted(per.items()) if v >= 0.001}
+    r["queued_ms_per_change_by_thread"] = {
+        k: round(v, 3) for k, v in sorted(queued.items()) if v >= 0.001}
     return r
 
 
