@@ -443,6 +443,15 @@ fn render_raft(out: &mut String, r: &RaftProgress) {
     for voter in &r.voters {
         let _ = writeln!(out, "{p}_voter{{tracker=\"{voter}\"}} 1");
     }
+    family(
+        out,
+        &format!("{p}_learner"),
+        "gauge",
+        "1 for each tracker being added: it receives the log and votes once caught up.",
+    );
+    for learner in &r.learners {
+        let _ = writeln!(out, "{p}_learner{{tracker=\"{learner}\"}} 1");
+    }
     single(
         out,
         &format!("{p}_leader_changes_total"),
@@ -508,7 +517,7 @@ mod tests {
             leader_changes: 3,
             snapshots_taken: 1,
             voters: vec![1, 2, 3],
-            learners: vec![],
+            learners: vec![4],
         });
         let text = render(&m, &state);
         let v = |series: &str| sample(&text, series);
@@ -517,6 +526,11 @@ mod tests {
             Some("1")
         );
         assert_eq!(v("swarmshare_tracker_raft_voter{tracker=\"4\"}"), None);
+        assert_eq!(
+            v("swarmshare_tracker_raft_learner{tracker=\"4\"}").as_deref(),
+            Some("1")
+        );
+        assert_eq!(v("swarmshare_tracker_raft_learner{tracker=\"3\"}"), None);
         assert_eq!(
             v("swarmshare_tracker_raft_role{role=\"leader\"}").as_deref(),
             Some("1")
