@@ -118,51 +118,53 @@ def proc_io(pid, field="wchar"):
     return None
 
 
-def queued_by_thread(pid):
-    """{thread name: seconds spent runnable but waiting for a core}, from
-    /proc/<pid>/task/*/schedstat (its second field, in ns); live threads only."""
+def _sum_by_thread(pid, value_of):
+    """{thread name: sum of `value_of(task dir)`} over the live threads of `pid`;
+    numbered names are folded (pool-0, pool-1 ... -> pool). A thread that exits
+    mid-walk, or a field that does not parse, is left out."""
     out = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return out
     for tid in tids:
+        task = f"/proc/{pid}/task/{tid}"
         try:
-            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            with open(f"{task}/comm") as f:
                 name = f.read().strip()
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                waited_ns = int(f.read().split()[1])
+            value = value_of(task)
         except (OSError, IndexError, ValueError):
             continue
         name = re.sub(r"[-_:]?\d+$", "", name) or name
-        out[name] = out.get(name, 0.0) + waited_ns / 1e9
+        out[name] = out.get(name, 0.0) + value
     return out
+
+
+def _stat_cpu_seconds(stat_text):
+    """user+system CPU seconds from a /proc stat line."""
+    rest = stat_text[stat_text.rindex(")") + 2:].split()
+    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def queued_by_thread(pid):
+    """{thread name: seconds spent runnable but waiting for a core}, from
+    /proc/<pid>/task/*/schedstat (its second field, in ns); live threads only."""
+    def waited(task):
+        with open(f"{task}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    return _sum_by_thread(pid, waited)
 
 
 def cpu_by_thread(pid):
     """{thread name: CPU seconds (user+system)} of process `pid`, from /proc/<pid>/task/*/stat."""
-    tck = os.sysconf("SC_CLK_TCK")
-    out = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                st = f.read()
-        except OSError:
-            continue
-        name = st[st.index("(") + 1: st.rindex(")")]
-        name = re.sub(r"[-_:]?\d+$", "", name) or name  # pool-0, pool-1 ... -> pool
-        rest = st[st.rindex(")") + 2:].split()
-        out[name] = out.get(name, 0.0) + (int(rest[11]) + int(rest[12])) / tck
+    def cpu(task):
+        with open(f"{task}/stat") as f:
+            return _stat_cpu_seconds(f.read())
+    out = _sum_by_thread(pid, cpu)
     # The process's own figure also counts threads that have exited.
     try:
         with open(f"/proc/{pid}/stat") as f:
-            st = f.read()
-        rest = st[st.rindex(")") + 2:].split()
-        total = (int(rest[11]) + int(rest[12])) / tck
+            total = _stat_cpu_seconds(f.read())
         gone = total - sum(out.values())
         if gone > 0:
             out["(exited threads)"] = gone
