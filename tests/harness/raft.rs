@@ -10,9 +10,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::netns::{Host, Hosts};
-use crate::tracker_state::{dump, line_starts, parse_log, read_log};
+use crate::tracker_state::{dump, line_starts, parse_log, read_log, version_base};
 use crate::{free_port, wait_until, write_tracker_info, TrackerConn, TrackerProc, WAIT};
-use tracker::sync_log::{Base, Header};
+use tracker::sync_log::Base;
 
 /// The port every tracker listens on in a netns cluster (one tracker per host).
 pub const NETNS_PORT: u16 = 7001;
@@ -250,10 +250,7 @@ fn rebuilt_once(log: &Path) -> Option<String> {
         return None; // read in the middle of an append
     }
     let header = text.lines().next().unwrap_or_default();
-    let base = match Header::parse(header.as_bytes()) {
-        Some(Header::V2(_, base)) => base,
-        other => panic!("version line {other:?}"),
-    };
+    let base = version_base(header);
     let mut store = tracker::store::Store::open_in_memory().unwrap();
     if base != Base::START {
         let snap = tracker::snapshot::path(log.parent().unwrap());
@@ -276,10 +273,7 @@ fn rebuilt_once(log: &Path) -> Option<String> {
 /// Where the log at `log` starts in the history.
 pub fn log_base(log: &Path) -> Base {
     let text = std::fs::read_to_string(log).unwrap();
-    match Header::parse(text.lines().next().unwrap_or_default().as_bytes()) {
-        Some(Header::V2(_, base)) => base,
-        other => panic!("version line {other:?}"),
-    }
+    version_base(text.lines().next().unwrap_or_default())
 }
 
 /// The sequence number of the last entry line of `lines` (0 for none).

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use tracker::store::STATE_TABLES;
+use tracker::sync_log::Base;
 pub use tracker::sync_log::{Header, LogEntry};
 
 /// Opens a tracker cache read-only.
@@ -58,16 +59,21 @@ pub fn read_log(path: &Path) -> (Vec<String>, Vec<LogEntry>) {
     parse_log(&text)
 }
 
+/// Where a log whose version line is `head` starts in the history (a v2 line,
+/// or the test fails).
+pub fn version_base(head: &str) -> Base {
+    match Header::parse(head.as_bytes()) {
+        Some(Header::V2(_, base)) => base,
+        other => panic!("version line {head:?}: {other:?}"),
+    }
+}
+
 /// [`read_log`] of a log already read: every line checks out and is numbered
 /// next after the version line's base.
 pub fn parse_log(text: &str) -> (Vec<String>, Vec<LogEntry>) {
     assert!(text.ends_with('\n'), "log ends mid-line");
     let mut lines = text.lines();
-    let head = lines.next().unwrap_or_default();
-    let before = match Header::parse(head.as_bytes()) {
-        Some(Header::V2(_, base)) => base.lines,
-        _ => panic!("version line {head:?}"),
-    };
+    let before = version_base(lines.next().unwrap_or_default()).lines;
     let mut texts = Vec::new();
     let mut entries = Vec::new();
     for (i, line) in lines.enumerate() {

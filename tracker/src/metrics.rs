@@ -434,23 +434,23 @@ fn render_raft(out: &mut String, r: &RaftProgress) {
     for (peer, matched) in &r.matched {
         let _ = writeln!(out, "{p}_match_index{{peer=\"{peer}\"}} {matched}");
     }
-    family(
-        out,
-        &format!("{p}_voter"),
-        "gauge",
-        "1 for each tracker of the membership Raft committed (as applied here).",
-    );
-    for voter in &r.voters {
-        let _ = writeln!(out, "{p}_voter{{tracker=\"{voter}\"}} 1");
-    }
-    family(
-        out,
-        &format!("{p}_learner"),
-        "gauge",
-        "1 for each tracker being added: it receives the log and votes once caught up.",
-    );
-    for learner in &r.learners {
-        let _ = writeln!(out, "{p}_learner{{tracker=\"{learner}\"}} 1");
+    let members = [
+        (
+            "voter",
+            &r.voters,
+            "1 for each tracker of the membership Raft committed (as applied here).",
+        ),
+        (
+            "learner",
+            &r.learners,
+            "1 for each tracker being added: it receives the log and votes once caught up.",
+        ),
+    ];
+    for (kind, trackers, help) in members {
+        family(out, &format!("{p}_{kind}"), "gauge", help);
+        for no in trackers {
+            let _ = writeln!(out, "{p}_{kind}{{tracker=\"{no}\"}} 1");
+        }
     }
     single(
         out,

@@ -827,31 +827,26 @@ mod tests {
             ]
         );
         // Tracker 3 of tracker_info.txt is not (or no longer) in the membership.
+        let roles = |view: &RaftProgress| -> Vec<String> {
+            raft_progress(view, 2, 3)
+                .into_iter()
+                .map(|p| match p {
+                    Progress::Raft { role, .. } => role,
+                    _ => panic!(),
+                })
+                .collect()
+        };
         let grown = RaftProgress {
             voters: vec![1, 2],
             ..follower_view.clone()
         };
-        let roles: Vec<String> = raft_progress(&grown, 2, 3)
-            .into_iter()
-            .map(|p| match p {
-                Progress::Raft { role, .. } => role,
-                _ => panic!(),
-            })
-            .collect();
-        assert_eq!(roles, ["unknown", "follower", "not a member"]);
+        assert_eq!(roles(&grown), ["unknown", "follower", "not a member"]);
         // Tracker 3 is being added: a learner catching up.
         let growing = RaftProgress {
             voters: vec![1, 2],
             learners: vec![3],
             ..follower_view
         };
-        let roles: Vec<String> = raft_progress(&growing, 2, 3)
-            .into_iter()
-            .map(|p| match p {
-                Progress::Raft { role, .. } => role,
-                _ => panic!(),
-            })
-            .collect();
-        assert_eq!(roles, ["unknown", "follower", "learner"]);
+        assert_eq!(roles(&growing), ["unknown", "follower", "learner"]);
     }
 }

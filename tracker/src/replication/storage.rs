@@ -705,16 +705,13 @@ fn upgrade_from_1(conn: &Connection) -> Result<(), StorageError> {
 }
 
 fn create(conn: &Connection, voters: &[u64]) -> Result<(), StorageError> {
-    let mut voters = voters.to_vec();
-    voters.sort_unstable();
+    let mut members = ConfState::default();
+    members.voters = voters.to_vec();
+    members.voters.sort_unstable();
     conn.execute_batch(&format!("BEGIN; {SCHEMA}"))?;
     conn.execute(
         "INSERT INTO raft_state (id, term, vote, commit_index, voters) VALUES (1, 0, 0, 0, ?1)",
-        [voters
-            .iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(",")],
+        [membership_text(&members)],
     )?;
     conn.pragma_update(None, "user_version", FORMAT_VERSION)?;
     conn.execute_batch("COMMIT")?;
