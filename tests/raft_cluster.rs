@@ -17,6 +17,7 @@
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -270,6 +271,30 @@ fn a_tracker_answers_reads_while_its_restore_is_written_off_the_loop() {
     assert_eq!(groups(&mut conn, &token).len(), 70, "the same connection");
 }
 
+/// A restore that fails (here a directory in the way of `snapshot.db.restore`; a
+/// full disk does the same) does not stop the tracker: it logs why and tries again
+/// after a doubling wait, answering reads from its old state meanwhile, and catches
+/// up once the cause is gone, without a restart.
+#[test]
+fn a_restore_that_fails_is_written_again_once_the_cause_is_gone() {
+    let flags = ["--raft-snapshot-every", "20"];
+    let in_the_way = |dir: &Path| dir.join("snapshot.db.restore");
+    let (mut c, wiped, token) = wipe_one_and_restart_with(&flags, |dir| {
+        std::fs::create_dir_all(in_the_way(dir).join("a file")).unwrap();
+    });
+    let failed = |l: &str| l.contains("the snapshot restore failed");
+    let first = c.t(wiped).stderr.wait_for("a failed restore", WAIT, failed);
+    assert!(first.contains("written again in 1 s"), "{first}");
+    let second = c.t(wiped).stderr.wait_for("a second try", WAIT, failed);
+    assert!(second.contains("written again in 2 s"), "{second}");
+    c.t_mut(wiped).assert_alive();
+    let why = c.t(wiped).connect().err(Some(&token), "list_groups", &[]);
+    assert!(why.contains("unknown or ended session"), "{why}");
+    std::fs::remove_dir_all(in_the_way(&c.dirs[wiped - 1])).unwrap();
+    check_caught_up(&c, wiped, &token);
+    c.t_mut(wiped).assert_alive();
+}
+
 /// Starts a cluster with `extra` flags, makes 60 changes, wipes one follower's data
 /// dir, makes 10 more, restarts it and checks it caught up by a snapshot and the
 /// tail. The cluster and the wiped tracker's number.
@@ -281,6 +306,15 @@ fn wipe_one_and_catch_up(extra: &[&str]) -> (Cluster, usize) {
 
 /// [`wipe_one_and_catch_up`] up to the wiped tracker's restart; also ann's token.
 fn wipe_one_and_restart(extra: &[&str]) -> (Cluster, usize, String) {
+    wipe_one_and_restart_with(extra, |_| {})
+}
+
+/// [`wipe_one_and_restart`], calling `before_up` with the wiped data dir (which
+/// holds only the keys) just before the restart.
+fn wipe_one_and_restart_with(
+    extra: &[&str],
+    before_up: impl FnOnce(&Path),
+) -> (Cluster, usize, String) {
     let mut c = Cluster::start(extra);
     let leader = c.await_leader();
     let wiped = if leader == 3 { 2 } else { 3 };
@@ -301,6 +335,7 @@ fn wipe_one_and_restart(extra: &[&str]) -> (Cluster, usize, String) {
     for i in 60..70 {
         conn.ok(Some(&token), "create_group", &[&format!("g{i}")]);
     }
+    before_up(&c.dirs[wiped - 1]);
     c.up(wiped);
     (c, wiped, token)
 }

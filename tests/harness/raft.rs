@@ -123,6 +123,10 @@ impl Cluster {
         self.trackers[no - 1].as_ref().expect("tracker running")
     }
 
+    pub fn t_mut(&mut self, no: usize) -> &mut TrackerProc {
+        self.trackers[no - 1].as_mut().expect("tracker running")
+    }
+
     pub fn running(&self) -> Vec<usize> {
         (1..=self.trackers.len())
             .filter(|&n| self.trackers[n - 1].is_some())

@@ -410,7 +410,6 @@ impl RaftDriver {
         machine: &mut LogMachine<'_>,
         snap: ReceivedSnapshot,
     ) -> Result<(), NodeError> {
-        let machine_err = |e: MachineFault| NodeError::Machine(Box::new(e));
         if self.node.restoring().is_some() {
             log::info!(
                 "tracker {}: restoring a snapshot at Raft index {} ({} bytes) off the loop",
@@ -420,7 +419,7 @@ impl RaftDriver {
             );
             machine
                 .start_restore(snap.index, snap.data)
-                .map_err(machine_err)
+                .map_err(|e| NodeError::Machine(Box::new(e)))
         } else {
             machine
                 .restore(snap.index, snap.data)
@@ -435,7 +434,7 @@ impl RaftDriver {
             return Ok(());
         }
         let machine_err = |e: MachineFault| NodeError::Machine(Box::new(e));
-        if let Some(prepared) = machine.poll_restore().map_err(machine_err)? {
+        if let Some(prepared) = machine.poll_restore() {
             machine.install_restore(prepared).map_err(machine_err)?;
             self.node.restore_installed();
         }

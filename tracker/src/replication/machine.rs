@@ -234,12 +234,20 @@ impl LogMachine<'_> {
         Ok(())
     }
 
-    /// The restore in flight, once its files are written; never blocks.
-    pub fn poll_restore(&mut self) -> Result<Option<Prepared>, MachineFault> {
-        match self.restores.poll() {
-            RestoreProgress::Idle | RestoreProgress::InFlight => Ok(None),
-            RestoreProgress::Done(prepared) => Ok(Some(prepared)),
-            RestoreProgress::Failed(why) => Err(MachineFault::Restore(why)),
+    /// The restore in flight, once its files are written; never blocks. A failed
+    /// one is logged and written again later (see [`super::restore`]).
+    pub fn poll_restore(&mut self) -> Option<Prepared> {
+        match self.restores.poll(Instant::now()) {
+            RestoreProgress::Idle | RestoreProgress::InFlight => None,
+            RestoreProgress::Done(prepared) => Some(prepared),
+            RestoreProgress::Failed { why, retry_in } => {
+                log::error!(
+                    "tracker {}: the snapshot restore failed (written again in {} s): {why}",
+                    self.tracker_no,
+                    retry_in.as_secs()
+                );
+                None
+            }
         }
     }
 
@@ -286,7 +294,7 @@ impl LogMachine<'_> {
         self.start_restore(index, data)?;
         match self.restores.wait() {
             RestoreProgress::Done(prepared) => self.install_restore(prepared),
-            RestoreProgress::Failed(why) => Err(MachineFault::Restore(why)),
+            RestoreProgress::Failed { why, .. } => Err(MachineFault::Restore(why)),
             RestoreProgress::Idle | RestoreProgress::InFlight => {
                 Err(MachineFault::Restore("the restore was lost".into()))
             }
