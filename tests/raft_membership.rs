@@ -7,9 +7,11 @@
 //! commit (3 of 4, so the new one counts). Shrinking 4 -> 3: the remaining three
 //! restarted with the shorter list, tracker 4 stopped, the leader removes it; then
 //! two of three commit changes (they would not be a majority of four), and no
-//! history is lost. Growing 1 -> 3 with the new trackers started before the old
-//! one learns of them: the two blank ones wait (they never elect one of
-//! themselves, which would overwrite the history), and join once it is restarted.
+//! history is lost. Growing 1 -> 3 with the new trackers started while the old
+//! one is down: the two blank ones wait (they never elect one of themselves,
+//! which would overwrite the history), and join once it is back. The list edited
+//! while the trackers run: taken without restarts, and an unlisted leader hands
+//! over the lead before it is removed.
 
 use std::collections::BTreeSet;
 
@@ -174,8 +176,9 @@ fn two_blank_trackers_started_first_wait_for_the_one_with_the_history() {
         conn.ok(Some(&token), "create_group", &[&g]);
         made.insert(g);
     }
-    // The operator starts the new trackers before restarting the old one with
-    // the new list: for a while nobody with the history knows of them.
+    // The new trackers start while the old one is down: for a while nobody with
+    // the history knows of them (a running one reads the edited list at once).
+    c.stop(1);
     c.relist(3);
     c.up(2);
     c.up(3);
@@ -183,7 +186,7 @@ fn two_blank_trackers_started_first_wait_for_the_one_with_the_history() {
         logged(&c, &[2, 3], "is leader")
     });
     assert!(!campaigned, "a blank tracker took the lead");
-    c.restart(1);
+    c.up(1);
     assert!(
         wait_until(WAIT, || (1..=3).all(|no| logged(
             &c,
@@ -210,4 +213,87 @@ fn two_blank_trackers_started_first_wait_for_the_one_with_the_history() {
     let mut conn = c.t(3).connect();
     assert_eq!(groups(&mut conn, &token), made);
     stop_and_check_caches(&mut c, &[2, 3]);
+}
+
+/// tracker_info.txt edited while the trackers run is read again within about a
+/// second: no restart. Growing 3 -> 4 starts only the new tracker. Then tracker 4
+/// is made the leader (elections are redrawn until it wins) and the list shrinks
+/// back to three: tracker 4, no longer listed, hands the lead to a listed tracker,
+/// which removes it; it refuses changes, and two of the three commit.
+#[test]
+fn an_edited_list_is_taken_without_restarts_and_an_unlisted_leader_hands_over() {
+    let mut c = Cluster::start(ARGS);
+    c.await_leader();
+    let token = c.t(1).connect().user("ann", "pw");
+    let mut made = BTreeSet::new();
+    for i in 0..12 {
+        let g = format!("before-{i}");
+        create_group(&c, 1, &token, &g);
+        made.insert(g);
+    }
+    c.relist(4);
+    c.up(4);
+    assert!(
+        wait_until(WAIT, || {
+            (1..=4).all(|no| logged(&c, &[no], "tracker 4 joined the cluster"))
+        }),
+        "tracker 4 was not added without restarts"
+    );
+    let mut draws = 0;
+    loop {
+        let lead = c.await_leader();
+        if lead == 4 {
+            break;
+        }
+        draws += 1;
+        assert!(draws <= 20, "tracker 4 won none of 20 elections");
+        c.kill9(lead);
+        c.await_leader();
+        c.up(lead);
+    }
+    c.relist(3);
+    assert!(
+        wait_until(WAIT, || logged(
+            &c,
+            &[4],
+            "tracker 4 is not listed in tracker_info.txt: it hands the lead to tracker"
+        )),
+        "the unlisted leader did not hand over"
+    );
+    assert!(
+        wait_until(WAIT, || logged(
+            &c,
+            &[1, 2, 3],
+            "removes tracker 4 from the cluster"
+        )),
+        "no leader removed tracker 4"
+    );
+    assert!(
+        wait_until(WAIT, || logged(
+            &c,
+            &[4],
+            "tracker 4 was removed from the cluster"
+        )),
+        "tracker 4 did not learn of its removal"
+    );
+    let why = c
+        .t(4)
+        .connect()
+        .err(Some(&token), "create_group", &["via-4"]);
+    assert!(why.contains("removed from the cluster"), "{why}");
+    c.stop(4);
+    let down = c.leader().filter(|&l| l <= 3).unwrap_or(1);
+    c.kill9(down);
+    let up = c.running();
+    for &no in &up {
+        let g = format!("after-shrink-via-{no}");
+        create_group(&c, no, &token, &g);
+        made.insert(g);
+    }
+    await_same_logs(&c, &up);
+    for &no in &up {
+        let mut conn = c.t(no).connect();
+        assert_eq!(groups(&mut conn, &token), made, "tracker {no} lost history");
+    }
+    stop_and_check_caches(&mut c, &up);
 }

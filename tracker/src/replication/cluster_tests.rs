@@ -851,6 +851,42 @@ fn a_removed_tracker_refuses_changes_and_the_rest_commit_without_it() {
     assert_eq!(c.node(other).progress().voters, [1, 2, 3]);
 }
 
+/// A leader that tracker_info.txt no longer lists hands the lead to a listed
+/// tracker, which removes it: shrinking does not need the leader stopped first.
+#[test]
+fn an_unlisted_leader_hands_over_the_lead_and_is_removed() {
+    let mut c = Cluster::new(4, |_| {});
+    let old = c.wait_leader(&[1, 2, 3, 4]);
+    for i in 0..5 {
+        let p = c.propose(old, &format!("e{i}"));
+        c.wait_done(old, p);
+    }
+    // Every tracker_info.txt lost the leader's line (the others keep theirs).
+    let rest: Vec<u64> = (1..=4).filter(|&i| i != old).collect();
+    for id in 1..=4 {
+        c.node(id).config.voters = rest.clone();
+    }
+    c.wait_voters(&rest, &rest);
+    let new = c.wait_leader(&rest);
+    assert_ne!(new, old);
+    assert!(c.conf_changes.contains(&(ConfChangeType::RemoveNode, old)));
+    c.ticks(5);
+    let now = c.now;
+    assert_eq!(
+        c.node(old).propose(b"x".to_vec(), now),
+        Err(ProposeError::Removed),
+        "it learnt of its removal"
+    );
+    // 2 of the 3 left commit.
+    let other = rest.iter().copied().find(|&i| i != new).unwrap();
+    c.crash(other);
+    let p = c.propose(new, "without the old leader");
+    c.wait_done(new, p);
+    let mut expected: Vec<String> = (0..5).map(|i| format!("e{i}")).collect();
+    expected.push("without the old leader".into());
+    assert_eq!(c.entries(new), expected);
+}
+
 /// 3 -> 5 at once, with no snapshot (the new trackers replay the whole log, conf
 /// changes included): one conf change at a time, the smallest missing first.
 #[test]

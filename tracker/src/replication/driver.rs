@@ -46,6 +46,7 @@ use slab::Slab;
 use super::machine::{LogMachine, MachineFault, Recheck};
 use super::node::{NodeError, ProposalId, ProposeError, RaftNode, ReceivedSnapshot, StateMachine};
 use super::peer_frame::{fresh_nonce, LinkEvent, LinkLimits, PeerLink};
+use super::tracker_list::TrackerList;
 
 /// Tokens at and above this are peer links (the server's are below).
 pub const PEER_TOKEN_BASE: usize = usize::MAX / 2;
@@ -190,6 +191,8 @@ pub struct RaftDriver {
     next_tick: Instant,
     /// When a message from each tracker last arrived.
     last_heard: BTreeMap<u64, Instant>,
+    /// tracker_info.txt, read again while the tracker runs ([`Self::relist`]).
+    list: Option<TrackerList>,
 }
 
 impl RaftDriver {
@@ -226,7 +229,56 @@ impl RaftDriver {
             dials,
             next_tick: now + TICK,
             last_heard: BTreeMap::new(),
+            list: None,
         }
+    }
+
+    /// Reads tracker_info.txt again while the tracker runs (see `tracker_list`).
+    pub fn watch_list(&mut self, list: TrackerList) {
+        self.list = Some(list);
+    }
+
+    /// tracker_info.txt now lists `trackers` (addresses, numbered by their place):
+    /// the leader steps toward it, and every listed tracker is dialled at its
+    /// address (a link to a changed one is closed and dialled again). No dial is
+    /// dropped: a tracker no longer listed may still be a member, which the leader
+    /// must reach to tell it that it was removed.
+    pub fn relist(&mut self, trackers: Vec<String>, now: Instant) {
+        let me = self.me;
+        let listed: Vec<u64> = (1..=trackers.len() as u64).collect();
+        log::info!(
+            "tracker {me}: tracker_info.txt now lists {} trackers",
+            listed.len()
+        );
+        if !listed.contains(&me) {
+            log::warn!(
+                "tracker {me} is not listed in tracker_info.txt any more: the leader removes it"
+            );
+        }
+        for (no, addr) in listed.iter().copied().zip(trackers) {
+            if no == me {
+                continue;
+            }
+            let dial = self.dials.entry(no).or_insert_with(|| Dial {
+                addr: addr.clone(),
+                conn: None,
+                next_try: now,
+                backoff: BACKOFF_MIN,
+            });
+            if dial.addr != addr {
+                dial.addr = addr;
+                dial.next_try = now;
+                dial.backoff = BACKOFF_MIN;
+                if let Some(c) = dial.conn.and_then(|k| self.links.get_mut(k)) {
+                    c.dead = true;
+                }
+            }
+            if !self.voters.contains(&no) {
+                self.voters.push(no);
+                self.voters.sort_unstable();
+            }
+        }
+        self.node.relist(listed);
     }
 
     /// Hands the Raft log's writes to a thread of their own (see `raft_writer`);
@@ -354,6 +406,9 @@ impl RaftDriver {
         if now >= self.next_tick {
             self.node.tick();
             self.next_tick = now + TICK;
+            if let Some(trackers) = self.list.as_mut().and_then(|l| l.poll(now)) {
+                self.relist(trackers, now);
+            }
             self.reconcile_membership(now);
         }
         let mut finished = Finished::default();

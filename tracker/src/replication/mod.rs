@@ -18,7 +18,8 @@
 //!   the OS written again from Raft's log at start.
 //! - [`restore`]: `RestoreJob`, a received snapshot's files written off the loop.
 //! - [`driver`]: `RaftDriver`, the node on the server's mio loop: peer links, tick,
-//!   each `Ready` in order. [`start`]: opening it all at start-up.
+//!   each `Ready` in order. [`start`]: opening it all at start-up. [`tracker_list`]:
+//!   tracker_info.txt read again while the tracker runs (membership without restarts).
 //!
 //! The server's side (staging, proposing, replying once applied) is
 //! `server_raft.rs`. Single-host `shared-log` replication is `sync_log` / `server`.
@@ -38,3 +39,4 @@ pub mod raft_writer;
 pub mod restore;
 pub mod start;
 pub mod storage;
+pub mod tracker_list;

@@ -279,6 +279,9 @@ const CONTEXT_LEN: usize = 24;
 
 /// A learner within this many entries of the commit index is made a voter.
 const PROMOTE_WITHIN: u64 = 100;
+/// Ticks (5 s) an unlisted leader waits after handing over the lead before it may
+/// try again ([`RaftNode::reconcile_membership`]).
+const HAND_OVER_TICKS: usize = 100;
 
 /// A proposal handed to raft-rs: kept until it commits or its deadline passes, so
 /// it can be handed to a new leader if the one it went to is gone.
@@ -325,6 +328,8 @@ pub struct RaftNode {
     restoring: Option<(u64, u64)>,
     /// A conf change that removed this tracker was applied (and none added it back).
     removed: bool,
+    /// Ticks before an unlisted leader may hand over the lead again.
+    hand_over_wait: usize,
 }
 
 impl RaftNode {
@@ -380,6 +385,7 @@ impl RaftNode {
             held: VecDeque::new(),
             restoring: None,
             removed: false,
+            hand_over_wait: 0,
         };
         node.replay_conf_changes(applied)?;
         node.warn_unlisted_members();
@@ -451,6 +457,7 @@ impl RaftNode {
     /// does not campaign (raft-rs may not lead with a snapshot not yet persisted;
     /// it still votes for others), nor does a blank one ([`Self::waits_to_join`]).
     pub fn tick(&mut self) {
+        self.hand_over_wait = self.hand_over_wait.saturating_sub(1);
         if self.restoring.is_some() || self.waits_to_join() {
             self.raw.raft.election_elapsed = 0;
         }
@@ -1015,8 +1022,10 @@ impl RaftNode {
     /// listed tracker missing from the cluster that is `reachable` as a learner (a
     /// learner receives the log but does not count toward the quorum, so a new
     /// tracker catching up by a large snapshot weakens nothing); else removes the
-    /// largest member not listed (never itself). Returns the change proposed, if
-    /// one was. Followers do nothing.
+    /// largest member not listed other than itself; else, if it is not listed
+    /// itself, hands the lead to a listed voter, which then removes it
+    /// ([`Self::hand_over_lead`]). Returns the change proposed, if one was.
+    /// Followers do nothing.
     pub fn reconcile_membership(
         &mut self,
         reachable: &dyn Fn(u64) -> bool,
@@ -1047,7 +1056,13 @@ impl RaftNode {
         let (kind, n) = match (promote, add()) {
             (Some(n), _) => (ConfChangeType::AddNode, n),
             (None, Some(n)) => (ConfChangeType::AddLearnerNode, n),
-            (None, None) => (ConfChangeType::RemoveNode, remove()?),
+            (None, None) => match remove() {
+                Some(n) => (ConfChangeType::RemoveNode, n),
+                None => {
+                    self.hand_over_lead();
+                    return None;
+                }
+            },
         };
         let mut cc = ConfChange::default();
         cc.set_change_type(kind);
@@ -1064,6 +1079,39 @@ impl RaftNode {
             _ => log::info!("tracker {me} removes tracker {n} from the cluster"),
         }
         Some((kind, n))
+    }
+
+    /// tracker_info.txt was read again: the membership the leader steps toward.
+    pub fn relist(&mut self, voters: Vec<u64>) {
+        self.config.voters = voters;
+    }
+
+    /// A leader that tracker_info.txt no longer lists hands the lead to the listed
+    /// voter whose log is furthest along (raft-rs's leader transfer: it catches
+    /// that tracker up, then tells it to campaign at once); the new leader removes
+    /// this one. At most once per [`HAND_OVER_TICKS`], so that while two trackers'
+    /// lists differ (mid-restart) the lead is not passed back and forth quickly.
+    fn hand_over_lead(&mut self) {
+        let me = self.config.id;
+        if self.config.voters.contains(&me) || self.hand_over_wait > 0 {
+            return;
+        }
+        let members = self.raw.store().conf_state();
+        let matched = |n: u64| self.raw.raft.prs().get(n).map_or(0, |pr| pr.matched);
+        let to = members
+            .voters
+            .iter()
+            .copied()
+            .filter(|n| *n != me && self.config.voters.contains(n))
+            .max_by_key(|&n| (matched(n), std::cmp::Reverse(n)));
+        let Some(to) = to else {
+            return;
+        };
+        self.hand_over_wait = HAND_OVER_TICKS;
+        log::info!(
+            "tracker {me} is not listed in tracker_info.txt: it hands the lead to tracker {to}"
+        );
+        self.raw.transfer_leader(to);
     }
 
     /// Logs a change of role at info level, once per (leader?, leader id) change.

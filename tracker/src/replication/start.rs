@@ -14,6 +14,7 @@ use super::node::{NodeConfig, RaftNode};
 use super::peer_frame::LinkLimits;
 use super::restore::RestoreJob;
 use super::storage::RaftStorage;
+use super::tracker_list::TrackerList;
 use crate::snapshot_job::SnapshotJob;
 use crate::store::Store;
 use crate::sync_log::SyncLog;
@@ -83,13 +84,11 @@ pub fn start(
         node.progress().voters,
         node.term()
     );
-    Ok(RaftDriver::new(
-        node,
-        key.bytes(),
-        limits,
-        peers,
-        Instant::now(),
-    ))
+    let now = Instant::now();
+    let mut driver = RaftDriver::new(node, key.bytes(), limits, peers, now);
+    let taken = std::fs::read_to_string(&opts.tracker_info).unwrap_or_default();
+    driver.watch_list(TrackerList::new(opts.tracker_info.clone(), taken, now));
+    Ok(driver)
 }
 
 /// Raft's storage, `raft<N>.db` in the data dir; a new one starts with every
