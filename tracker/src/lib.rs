@@ -307,6 +307,10 @@ fn start_operator_view(
             Replication::SharedLog => "shared-log",
             Replication::Raft => "raft",
         },
+        listed_from: match opts.replication {
+            Replication::SharedLog => None,
+            Replication::Raft => Some(opts.tracker_info.clone()),
+        },
     };
     let bound = operator_view::start(http, cfg, server.metrics(), Arc::clone(shutdown)).map_err(
         |source| TrackerError::Http {

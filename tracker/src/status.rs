@@ -219,6 +219,9 @@ pub struct StatusConfig {
     pub show_peer_addrs: bool,
     /// `shared-log` or `raft` (`--replication`).
     pub replication: &'static str,
+    /// Raft mode: tracker_info.txt, read again for each view (a raft tracker takes
+    /// a changed list while it runs); `trackers` when it cannot be used.
+    pub listed_from: Option<PathBuf>,
 }
 
 /// Path of tracker `no`'s cache in `dir`.
@@ -341,7 +344,8 @@ impl StatusSource {
         log_end: u64,
         raft: Option<&RaftProgress>,
     ) -> Vec<TrackerView> {
-        let count = self.cfg.trackers.len() as u32;
+        let listed = self.listed();
+        let count = listed.len() as u32;
         let mut raft_views = raft.map(|r| raft_progress(r, self.cfg.tracker_no, count).into_iter());
         let progress = |applied: Result<u64, String>| match applied {
             Ok(a) => Progress::SharedLog {
@@ -355,8 +359,8 @@ impl StatusSource {
                 unknown_because: Some(why),
             },
         };
-        let mut views = Vec::with_capacity(self.cfg.trackers.len());
-        for (i, addr) in self.cfg.trackers.iter().enumerate() {
+        let mut views = Vec::with_capacity(listed.len());
+        for (i, addr) in listed.iter().enumerate() {
             let no = i as u32 + 1;
             let this = no == self.cfg.tracker_no;
             let progress = match raft_views.as_mut().and_then(|v| v.next()) {
@@ -373,6 +377,17 @@ impl StatusSource {
             });
         }
         views
+    }
+}
+
+impl StatusSource {
+    /// The trackers listed now (see [`StatusConfig::listed_from`]).
+    fn listed(&self) -> Vec<TrackerAddr> {
+        self.cfg
+            .listed_from
+            .as_deref()
+            .and_then(|path| wire::tracker_info::load(path).ok())
+            .unwrap_or_else(|| self.cfg.trackers.clone())
     }
 }
 
@@ -698,6 +713,7 @@ mod tests {
             seeder_timeout_ms: 45_000,
             replication: "shared-log",
             show_peer_addrs: false,
+            listed_from: None,
         });
         let s = src.gather(now, None).unwrap();
         assert_eq!(s.totals.groups, 1);
@@ -747,6 +763,47 @@ mod tests {
 
     /// After a compaction the file holds only the tail: its length is below the
     /// cache's (logical) applied offset, and the logical end is on the same scale.
+    /// In raft mode the view lists the trackers tracker_info.txt holds now (a
+    /// raft tracker takes an edited list while it runs); the start's list when
+    /// the file cannot be used.
+    #[test]
+    fn the_trackers_shown_are_the_ones_listed_now() {
+        let dir = tempfile::tempdir().unwrap();
+        Store::open(&db_path(dir.path(), 1)).unwrap();
+        let info = dir.path().join("tracker_info.txt");
+        std::fs::write(
+            &info,
+            "127.0.0.1:1
+127.0.0.1:2
+127.0.0.1:3
+",
+        )
+        .unwrap();
+        let mut src = StatusSource::new(StatusConfig {
+            tracker_no: 1,
+            trackers: vec![TrackerAddr {
+                host: "127.0.0.1".into(),
+                port: 1,
+            }],
+            data_dir: dir.path().to_path_buf(),
+            seeder_timeout_ms: 45_000,
+            replication: "raft",
+            show_peer_addrs: false,
+            listed_from: Some(info.clone()),
+        });
+        let now = 1_700_000_000_000;
+        let shown = |src: &mut StatusSource| -> Vec<String> {
+            let s = src.gather(now, None).unwrap();
+            s.trackers.iter().map(|t| t.addr.clone()).collect()
+        };
+        assert_eq!(
+            shown(&mut src),
+            ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+        );
+        std::fs::write(&info, "not an address\n").unwrap();
+        assert_eq!(shown(&mut src), ["127.0.0.1:1"], "the start's list");
+    }
+
     #[test]
     fn gauges_put_the_log_end_on_the_applied_scale_after_a_compaction() {
         use crate::sync_log::{Base, Generation, Header};
@@ -769,6 +826,7 @@ mod tests {
             seeder_timeout_ms: 45_000,
             replication: "shared-log",
             show_peer_addrs: false,
+            listed_from: None,
         });
         let g = src.gauges(1_700_000_000_000).unwrap();
         assert_eq!(g.log_bytes, text.len() as u64);
