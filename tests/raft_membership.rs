@@ -55,6 +55,28 @@ fn stop_and_check_caches(c: &mut Cluster, nos: &[usize]) {
     assert!(caches_match_logs(c, nos));
 }
 
+/// After a shrink to three and one of them killed: a change through each of the
+/// two left commits, and both hold every group made (`made`) and their caches
+/// equal their logs.
+fn two_of_three_commit_and_keep_the_history(
+    c: &mut Cluster,
+    token: &str,
+    mut made: BTreeSet<String>,
+) {
+    let up = c.running();
+    for &no in &up {
+        let g = format!("after-shrink-via-{no}");
+        create_group(c, no, token, &g);
+        made.insert(g);
+    }
+    await_same_logs(c, &up);
+    for &no in &up {
+        let mut conn = c.t(no).connect();
+        assert_eq!(groups(&mut conn, token), made, "tracker {no} lost history");
+    }
+    stop_and_check_caches(c, &up);
+}
+
 /// A three-tracker cluster with a user and `groups` groups, grown to four as an
 /// operator does it; returns the cluster, the user's token and the groups.
 fn grown_to_four(groups_before: usize) -> (Cluster, String, BTreeSet<String>) {
@@ -150,18 +172,7 @@ fn shrinking_back_to_three_removes_the_fourth_and_keeps_the_history() {
     // Two of three are a majority now (two of four would not be).
     let down = c.leader().unwrap_or(1);
     c.kill9(down);
-    let up = c.running();
-    for &no in &up {
-        let g = format!("after-shrink-via-{no}");
-        create_group(&c, no, &token, &g);
-        made.insert(g);
-    }
-    await_same_logs(&c, &up);
-    for &no in &up {
-        let mut conn = c.t(no).connect();
-        assert_eq!(groups(&mut conn, &token), made, "tracker {no} lost history");
-    }
-    stop_and_check_caches(&mut c, &up);
+    two_of_three_commit_and_keep_the_history(&mut c, &token, made);
 }
 
 #[test]
@@ -284,16 +295,5 @@ fn an_edited_list_is_taken_without_restarts_and_an_unlisted_leader_hands_over() 
     c.stop(4);
     let down = c.leader().filter(|&l| l <= 3).unwrap_or(1);
     c.kill9(down);
-    let up = c.running();
-    for &no in &up {
-        let g = format!("after-shrink-via-{no}");
-        create_group(&c, no, &token, &g);
-        made.insert(g);
-    }
-    await_same_logs(&c, &up);
-    for &no in &up {
-        let mut conn = c.t(no).connect();
-        assert_eq!(groups(&mut conn, &token), made, "tracker {no} lost history");
-    }
-    stop_and_check_caches(&mut c, &up);
+    two_of_three_commit_and_keep_the_history(&mut c, &token, made);
 }
