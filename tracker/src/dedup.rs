@@ -8,7 +8,9 @@
 //! restart too) remembers it. Before a change is validated, [`replay`] looks its
 //! id up: an id already applied gets the change's original outcome, and nothing
 //! is appended again. A change refused with `ERR` appended nothing and recorded
-//! nothing, so its retry is judged afresh.
+//! nothing, so its retry is judged afresh; so is one whose entry changed nothing
+//! when it was applied (it lost a race: another change made first took what it
+//! wanted, and its proposer answered the error; see [`crate::store::apply`]).
 //!
 //! The original outcome of every applied change except `login` is a bare `OK`.
 //! A login's reply holds a session token, which the tracker never stores (only
@@ -283,6 +285,65 @@ mod tests {
             st.apply_entries(&log[n..], log.last().unwrap().0).unwrap();
             assert_eq!(dump(&st), before, "prefix of {n}");
         }
+    }
+
+    /// Two changes validated against the same state (two trackers, or two
+    /// connections in one raft turn) that create the same group: both entries
+    /// are applied, the second changes nothing. Its id is not recorded, so its
+    /// retry (a failover that lost the reply) gets the error, not `OK`.
+    #[test]
+    fn the_id_of_a_change_that_lost_a_race_is_not_recorded() {
+        let mut st = Store::open_in_memory().unwrap();
+        let mut token = |user: &str, rid: &str| {
+            run(
+                &mut st,
+                &format!("{rid}:1"),
+                None,
+                "create_user",
+                &[user, "pw"],
+            );
+            match run(&mut st, &format!("{rid}:2"), None, "login", &[user, "pw"]).0 {
+                Reply::Ok { head, .. } => head[0].clone(),
+                Reply::Err(e) => panic!("{e}"),
+            }
+        };
+        let (ta, tb) = (token("a", "ca"), token("b", "cb"));
+        let ctx = Ctx {
+            now_ms: 10_000,
+            seeder_timeout_ms: 45_000,
+            peer_ip: None,
+            session_idle_ms: 30 * 86_400_000,
+            tickets: None,
+        };
+        let mut entries = Vec::new();
+        for (rid, token) in [("ca:3", &ta), ("cb:3", &tb)] {
+            let mut req = Request::new(Some(token), "create_group", &["g"]);
+            req.request_id = Some(rid.to_string());
+            let Outcome::Mutate { op, .. } = handle(st.conn(), &req, &ctx) else {
+                panic!("both valid against the state before either");
+            };
+            let entry = LogEntry {
+                ms: ctx.now_ms,
+                tracker: 1,
+                request_id: req.request_id.clone(),
+                op,
+            };
+            entries.push((
+                st.applied().unwrap().offset + 100 * (entries.len() as u64 + 1),
+                entry,
+            ));
+        }
+        let end = entries[1].0;
+        st.apply_entries(&entries, end).unwrap();
+        let (won, applied) = run(&mut st, "ca:3", Some(&ta), "create_group", &["g"]);
+        assert_eq!(
+            (won, applied),
+            (Reply::ok(), false),
+            "the winner's retry: OK"
+        );
+        let (lost, applied) = run(&mut st, "cb:3", Some(&tb), "create_group", &["g"]);
+        assert!(matches!(lost, Reply::Err(e) if e.contains("already exists")));
+        assert!(!applied);
     }
 
     #[test]

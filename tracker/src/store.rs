@@ -329,12 +329,18 @@ pub fn set_raft_applied(db: &Connection, a: RaftApplied) -> rusqlite::Result<()>
 /// Applies one log entry, whose line starts at `offset`. THE one place state
 /// changes. Idempotent: applying the same entry again changes nothing, and an
 /// entry whose preconditions no longer hold is a no-op. An entry's request id is
-/// recorded with it ([`crate::dedup::record`]).
+/// recorded with it ([`crate::dedup::record`]) when it changed something: one that
+/// changed nothing lost a race (two trackers, or two connections in one turn,
+/// creating the same group: its proposer answered the error), so a retry of it
+/// is judged afresh and gets that error again, not the `OK` of a change never made.
 pub fn apply(db: &Connection, offset: u64, entry: &LogEntry) -> rusqlite::Result<()> {
+    let before = db.total_changes();
     apply_op(db, offset, entry)?;
     match &entry.request_id {
-        Some(id) => crate::dedup::record(db, offset, entry.ms, id, &entry.op),
-        None => Ok(()),
+        Some(id) if db.total_changes() != before => {
+            crate::dedup::record(db, offset, entry.ms, id, &entry.op)
+        }
+        _ => Ok(()),
     }
 }
 
