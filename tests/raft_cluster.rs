@@ -28,7 +28,7 @@ use harness::raft::{
 };
 use harness::tracker_state::dump;
 use harness::{wait_until, ClientProc, TrackerConn, WAIT};
-use wire::tracker_msg::Reply;
+use wire::tracker_msg::{Reply, Request};
 
 #[test]
 fn a_leader_kill9_during_concurrent_changes_loses_no_acknowledged_change() {
@@ -269,6 +269,61 @@ fn a_tracker_answers_reads_while_its_restore_is_written_off_the_loop() {
     std::fs::write(&gate, b"").unwrap();
     check_caught_up(&c, wiped, &token);
     assert_eq!(groups(&mut conn, &token).len(), 70, "the same connection");
+}
+
+/// Changes are validated against the applied state, not against each other: 16
+/// connections (half to the leader, half to a follower) create the same group at
+/// once, each with its own request id. Exactly one is told OK and the others
+/// "already exists"; a refused one retried with its id on the other tracker (as
+/// after a failover) is refused again (the id of an entry that changed nothing is
+/// not recorded), and the winner's retry is OK.
+#[test]
+fn concurrent_creates_of_one_group_make_one_and_refuse_the_rest_also_on_retry() {
+    let c = Cluster::start(&[]);
+    let leader = c.await_leader();
+    let follower = if leader == 1 { 2 } else { 1 };
+    let token = c.t(leader).connect().user("ann", "pw");
+    await_same_logs(&c, &[1, 2, 3]); // every tracker knows ann's session
+    let other = |no: usize| if no == leader { follower } else { leader };
+    let mut sent: Vec<(usize, Request, TrackerConn)> = (0..16)
+        .map(|i| {
+            let no = if i % 2 == 0 { leader } else { follower };
+            let mut req = Request::new(Some(&token), "create_group", &["same"]);
+            req.request_id = Some(format!("client{i}:1"));
+            (no, req, c.t(no).connect())
+        })
+        .collect();
+    for (_, req, conn) in &mut sent {
+        conn.send_raw(&req.encode()).unwrap();
+    }
+    let replies: Vec<Reply> = sent
+        .iter_mut()
+        .map(|(_, _, conn)| conn.read_reply().unwrap())
+        .collect();
+    let won: Vec<usize> = (0..16)
+        .filter(|&i| matches!(replies[i], Reply::Ok { .. }))
+        .collect();
+    assert_eq!(won.len(), 1, "{replies:?}");
+    for (i, (no, req, _)) in sent.iter().enumerate() {
+        let mut retry = c.t(other(*no)).connect();
+        retry.send_raw(&req.encode()).unwrap();
+        let again = retry.read_reply().unwrap();
+        if i == won[0] {
+            assert_eq!(again, Reply::ok(), "the winner's retry");
+        } else {
+            assert!(
+                matches!(&replies[i], Reply::Err(e) if e.contains("already exists")),
+                "{:?}",
+                replies[i]
+            );
+            assert!(
+                matches!(&again, Reply::Err(e) if e.contains("already exists")),
+                "the retry of client{i}: {again:?}"
+            );
+        }
+    }
+    await_same_logs(&c, &[1, 2, 3]);
+    assert!(caches_match_logs(&c, &[1, 2, 3]));
 }
 
 /// A restore that fails (here a directory in the way of `snapshot.db.restore`; a

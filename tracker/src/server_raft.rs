@@ -1,15 +1,23 @@
-//! The server's hook for `--replication raft`: a turn's changes are staged against
-//! the local state (validated, then rolled back), proposed to the Raft log, and
-//! answered once this tracker applied them ([`crate::replication::driver`] drives the
-//! node and applies committed entries through [`crate::replication::machine`]).
+//! The server's hook for `--replication raft`: a turn's changes are validated
+//! against the local state, proposed to the Raft log, and answered once this
+//! tracker applied them ([`crate::replication::driver`] drives the node and applies
+//! committed entries through [`crate::replication::machine`]).
 //!
-//! - Reads are answered at once from the local state, never from staged changes.
+//! - Reads are answered at once from the local state, never from changes in flight.
+//! - Changes are validated against the applied state only, not against each other:
+//!   two of one turn that conflict (two connections creating the same group) are
+//!   both proposed, and the re-check below answers the second with the error. (An
+//!   earlier version applied each change to a transaction it then rolled back, so
+//!   that later changes of the turn saw it: it cost the leader's loop about 15% of
+//!   its time per change, BENCHMARKS.md "What bounds a raft change".)
 //! - A connection with a change in flight answers nothing else until it is done,
 //!   so replies keep their order and a client reads its own writes.
 //! - The proposer checks its change once more just before it applies it (in the
 //!   apply transaction, so against exactly the state the committed entry meets): a
-//!   change that lost a race (two trackers creating the same user) gets the error it
-//!   would get now, and `store::apply`'s preconditions make its entry a no-op.
+//!   change that lost a race (two trackers, or two connections of one turn, creating
+//!   the same user) gets the error it would get now, `store::apply`'s preconditions
+//!   make its entry a no-op, and its request id is not recorded (a retry gets the
+//!   error too).
 //! - A change not committed within the deadline gets `ERR no quorum: the change was
 //!   not made`.
 
@@ -26,7 +34,6 @@ use crate::replication::driver::RaftDriver;
 use crate::replication::machine::LogMachine;
 use crate::replication::node::ProposalId;
 use crate::replication::restore::RestoreJob;
-use crate::store;
 use crate::sync_log::{FsyncMode, LogEntry};
 use crate::TrackerError;
 
@@ -100,42 +107,28 @@ pub(super) fn cut_at_change<'a, T: 'a>(
 
 impl Server {
     /// Raft mode's answer to a batch with changes: reads answered from the local
-    /// state, changes staged and proposed (`None`, recorded in `proposed_now`).
+    /// state, changes validated against it and proposed (`None`, recorded in
+    /// `proposed_now`).
     pub(super) fn propose_batch(
         &mut self,
         work: &[Work],
         ctx: &Ctx,
         budget: &mut OutBudget,
     ) -> Vec<Option<Reply>> {
-        let mutates = |w: &Work| matches!(&w.item, Ok(r) if commands::may_mutate(&r.command));
-        let mut out: Vec<Option<Reply>> = vec![None; work.len()];
         let err = |e: &dyn std::fmt::Display| Reply::err(format!("internal error: {e}"));
-        match self.store.read_transaction() {
-            Ok(tx) => {
-                for (i, w) in work.iter().enumerate().filter(|(_, w)| !mutates(w)) {
-                    if budget.admits(w.key) {
-                        out[i] = Some(match handle(&tx, w, ctx) {
-                            Outcome::Reply(r) => r,
-                            Outcome::Mutate { .. } => {
-                                Reply::err("internal error: unexpected change")
-                            }
-                        });
-                        budget.charge(w.key, out[i].as_ref().expect("set"));
-                    }
-                }
-            }
-            Err(e) => return work.iter().map(|_| Some(err(&e))).collect(),
-        }
         let Some(mode) = self.raft.as_mut() else {
-            return out;
+            return work
+                .iter()
+                .map(|_| Some(err(&"not in raft mode")))
+                .collect();
         };
-        let tx = match self.store.transaction() {
+        let tx = match self.store.read_transaction() {
             Ok(tx) => tx,
             Err(e) => return work.iter().map(|_| Some(err(&e))).collect(),
         };
-        let offset = store::applied(&tx).map_or(0, |a| a.offset);
         let now = Instant::now();
-        for (i, w) in work.iter().enumerate().filter(|(_, w)| mutates(w)) {
+        let mut out: Vec<Option<Reply>> = vec![None; work.len()];
+        for (i, w) in work.iter().enumerate() {
             if !budget.admits(w.key) {
                 continue;
             }
@@ -148,13 +141,7 @@ impl Server {
                         request_id: w.item.as_ref().ok().and_then(|r| r.request_id.clone()),
                         op,
                     };
-                    // Later changes of this batch see this one (rolled back below).
-                    let staged = store::apply(&tx, offset, &entry);
-                    let line = entry.encode(0).into_bytes();
-                    match staged
-                        .map_err(|e| e.to_string())
-                        .and_then(|()| mode.driver.propose(line, now).map_err(|e| e.to_string()))
-                    {
+                    match mode.driver.propose(entry.encode(0).into_bytes(), now) {
                         Ok(id) => {
                             mode.proposed_now.push((i, id, reply));
                             continue;
@@ -166,7 +153,6 @@ impl Server {
             budget.charge(w.key, &reply);
             out[i] = Some(reply);
         }
-        drop(tx); // staging only: rolled back
         out
     }
 
