@@ -26,6 +26,24 @@ fn logged(c: &Cluster, nos: &[usize], what: &str) -> bool {
     nos.iter().any(|&no| c.t(no).stderr.text().contains(what))
 }
 
+/// Waits (bounded by [`WAIT`]) until one of `nos` logged a line holding `what`.
+fn await_logged_by_one(c: &Cluster, nos: &[usize], what: &str, why: &str) {
+    let seen = wait_until(WAIT, || logged(c, nos, what));
+    assert!(seen, "{why}\n{}", stderr_of(c, nos));
+}
+
+/// Waits (bounded by [`WAIT`]) until each of `nos` logged a line holding `what`.
+fn await_logged_by_each(c: &Cluster, nos: &[usize], what: &str, why: &str) {
+    let seen = wait_until(WAIT, || nos.iter().all(|&no| logged(c, &[no], what)));
+    assert!(seen, "{why}\n{}", stderr_of(c, nos));
+}
+
+fn stderr_of(c: &Cluster, nos: &[usize]) -> String {
+    nos.iter()
+        .map(|&no| format!("tracker {no}:\n{}", c.t(no).stderr.text()))
+        .collect()
+}
+
 /// Creates `group` through tracker `no`, retrying while a new leader is elected
 /// (`ERR no quorum`), bounded by [`WAIT`] per attempt.
 fn create_group(c: &Cluster, no: usize, token: &str, group: &str) {
@@ -96,17 +114,10 @@ fn grown_to_four(groups_before: usize) -> (Cluster, String, BTreeSet<String>) {
         c.await_leader();
     }
     c.up(4);
-    assert!(
-        wait_until(WAIT, || logged(
-            &c,
-            &[1, 2, 3],
-            "adds tracker 4 to the cluster"
-        )),
-        "no leader added tracker 4"
-    );
-    assert!(wait_until(WAIT, || {
-        (1..=4).all(|no| logged(&c, &[no], "tracker 4 joined the cluster"))
-    }));
+    let added = "adds tracker 4 to the cluster";
+    await_logged_by_one(&c, &[1, 2, 3], added, "no leader added tracker 4");
+    let joined = "tracker 4 joined the cluster";
+    await_logged_by_each(&c, &[1, 2, 3, 4], joined, "not all saw tracker 4 join");
     (c, token, made)
 }
 
@@ -158,17 +169,10 @@ fn shrinking_back_to_three_removes_the_fourth_and_keeps_the_history() {
         c.await_leader();
     }
     c.stop(4);
-    assert!(
-        wait_until(WAIT, || logged(
-            &c,
-            &[1, 2, 3],
-            "removes tracker 4 from the cluster"
-        )),
-        "no leader removed tracker 4"
-    );
-    assert!(wait_until(WAIT, || {
-        (1..=3).all(|no| logged(&c, &[no], "tracker 4 left the cluster"))
-    }));
+    let removes = "removes tracker 4 from the cluster";
+    await_logged_by_one(&c, &[1, 2, 3], removes, "no leader removed tracker 4");
+    let left = "tracker 4 left the cluster";
+    await_logged_by_each(&c, &[1, 2, 3], left, "not all saw tracker 4 leave");
     // Two of three are a majority now (two of four would not be).
     let down = c.leader().unwrap_or(1);
     c.kill9(down);
@@ -198,15 +202,8 @@ fn two_blank_trackers_started_first_wait_for_the_one_with_the_history() {
     });
     assert!(!campaigned, "a blank tracker took the lead");
     c.up(1);
-    assert!(
-        wait_until(WAIT, || (1..=3).all(|no| logged(
-            &c,
-            &[no],
-            "tracker 3 joined the cluster"
-        ))),
-        "the new trackers never joined:\n{}",
-        c.t(1).stderr.text()
-    );
+    let joined = "tracker 3 joined the cluster";
+    await_logged_by_each(&c, &[1, 2, 3], joined, "the new trackers never joined");
     await_same_logs(&c, &[1, 2, 3]);
     for no in 2..=3 {
         let mut conn = c.t(no).connect();
@@ -244,11 +241,12 @@ fn an_edited_list_is_taken_without_restarts_and_an_unlisted_leader_hands_over() 
     }
     c.relist(4);
     c.up(4);
-    assert!(
-        wait_until(WAIT, || {
-            (1..=4).all(|no| logged(&c, &[no], "tracker 4 joined the cluster"))
-        }),
-        "tracker 4 was not added without restarts"
+    let joined = "tracker 4 joined the cluster";
+    await_logged_by_each(
+        &c,
+        &[1, 2, 3, 4],
+        joined,
+        "tracker 4 was not added without restarts",
     );
     let mut draws = 0;
     loop {
@@ -263,30 +261,17 @@ fn an_edited_list_is_taken_without_restarts_and_an_unlisted_leader_hands_over() 
         c.up(lead);
     }
     c.relist(3);
-    assert!(
-        wait_until(WAIT, || logged(
-            &c,
-            &[4],
-            "tracker 4 is not listed in tracker_info.txt: it hands the lead to tracker"
-        )),
-        "the unlisted leader did not hand over"
+    let hands_over = "tracker 4 is not listed in tracker_info.txt: it hands the lead to tracker";
+    await_logged_by_one(
+        &c,
+        &[4],
+        hands_over,
+        "the unlisted leader did not hand over",
     );
-    assert!(
-        wait_until(WAIT, || logged(
-            &c,
-            &[1, 2, 3],
-            "removes tracker 4 from the cluster"
-        )),
-        "no leader removed tracker 4"
-    );
-    assert!(
-        wait_until(WAIT, || logged(
-            &c,
-            &[4],
-            "tracker 4 was removed from the cluster"
-        )),
-        "tracker 4 did not learn of its removal"
-    );
+    let removes = "removes tracker 4 from the cluster";
+    await_logged_by_one(&c, &[1, 2, 3], removes, "no leader removed tracker 4");
+    let removed = "tracker 4 was removed from the cluster";
+    await_logged_by_one(&c, &[4], removed, "tracker 4 did not learn of its removal");
     let why = c
         .t(4)
         .connect()

@@ -183,6 +183,24 @@ mod tests {
         cmd: &str,
         args: &[&str],
     ) -> (Reply, Option<(u64, LogEntry)>) {
+        let (reply, entry) = validate(st, rid, token, cmd, args);
+        let Some(entry) = entry else {
+            return (reply, None);
+        };
+        let off = st.applied().unwrap().offset + 100;
+        st.apply_entries(&[(off, entry.clone())], off).unwrap();
+        (reply, Some((off, entry)))
+    }
+
+    /// Validates a request against the state like the server does: its reply,
+    /// and the log entry to append if it is a change (nothing is applied).
+    fn validate(
+        st: &Store,
+        rid: &str,
+        token: Option<&str>,
+        cmd: &str,
+        args: &[&str],
+    ) -> (Reply, Option<LogEntry>) {
         let ctx = Ctx {
             now_ms: 10_000,
             seeder_timeout_ms: 45_000,
@@ -195,15 +213,13 @@ mod tests {
         match handle(st.conn(), &req, &ctx) {
             Outcome::Reply(r) => (r, None),
             Outcome::Mutate { op, reply } => {
-                let off = st.applied().unwrap().offset + 100;
                 let entry = LogEntry {
                     ms: ctx.now_ms,
                     tracker: 1,
                     request_id: req.request_id.clone(),
                     op,
                 };
-                st.apply_entries(&[(off, entry.clone())], off).unwrap();
-                (reply, Some((off, entry)))
+                (reply, Some(entry))
             }
         }
     }
@@ -308,30 +324,12 @@ mod tests {
             }
         };
         let (ta, tb) = (token("a", "ca"), token("b", "cb"));
-        let ctx = Ctx {
-            now_ms: 10_000,
-            seeder_timeout_ms: 45_000,
-            peer_ip: None,
-            session_idle_ms: 30 * 86_400_000,
-            tickets: None,
-        };
+        let base = st.applied().unwrap().offset;
         let mut entries = Vec::new();
         for (rid, token) in [("ca:3", &ta), ("cb:3", &tb)] {
-            let mut req = Request::new(Some(token), "create_group", &["g"]);
-            req.request_id = Some(rid.to_string());
-            let Outcome::Mutate { op, .. } = handle(st.conn(), &req, &ctx) else {
-                panic!("both valid against the state before either");
-            };
-            let entry = LogEntry {
-                ms: ctx.now_ms,
-                tracker: 1,
-                request_id: req.request_id.clone(),
-                op,
-            };
-            entries.push((
-                st.applied().unwrap().offset + 100 * (entries.len() as u64 + 1),
-                entry,
-            ));
+            let (_, entry) = validate(&st, rid, Some(token), "create_group", &["g"]);
+            let entry = entry.expect("both valid against the state before either");
+            entries.push((base + 100 * (entries.len() as u64 + 1), entry));
         }
         let end = entries[1].0;
         st.apply_entries(&entries, end).unwrap();

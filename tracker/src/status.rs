@@ -378,9 +378,7 @@ impl StatusSource {
         }
         views
     }
-}
 
-impl StatusSource {
     /// The trackers listed now (see [`StatusConfig::listed_from`]).
     fn listed(&self) -> Vec<TrackerAddr> {
         self.cfg
@@ -761,8 +759,6 @@ mod tests {
         );
     }
 
-    /// After a compaction the file holds only the tail: its length is below the
-    /// cache's (logical) applied offset, and the logical end is on the same scale.
     /// In raft mode the view lists the trackers tracker_info.txt holds now (a
     /// raft tracker takes an edited list while it runs); the start's list when
     /// the file cannot be used.
@@ -771,14 +767,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         Store::open(&db_path(dir.path(), 1)).unwrap();
         let info = dir.path().join("tracker_info.txt");
-        std::fs::write(
-            &info,
-            "127.0.0.1:1
-127.0.0.1:2
-127.0.0.1:3
-",
-        )
-        .unwrap();
+        std::fs::write(&info, "127.0.0.1:1\n127.0.0.1:2\n127.0.0.1:3\n").unwrap();
         let mut src = StatusSource::new(StatusConfig {
             tracker_no: 1,
             trackers: vec![TrackerAddr {
@@ -804,6 +793,8 @@ mod tests {
         assert_eq!(shown(&mut src), ["127.0.0.1:1"], "the start's list");
     }
 
+    /// After a compaction the file holds only the tail: its length is below the
+    /// cache's (logical) applied offset, and the logical end is on the same scale.
     #[test]
     fn gauges_put_the_log_end_on_the_applied_scale_after_a_compaction() {
         use crate::sync_log::{Base, Generation, Header};
