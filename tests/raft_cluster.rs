@@ -23,10 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use harness::raft::{
-    await_same_logs, caches_match_logs, entries, groups, key_into, last_seq, log_base, rebuilt,
-    Cluster,
+    await_same_logs, caches_match_logs, entries, groups, key_into, last_seq, log_base, Cluster,
 };
-use harness::tracker_state::dump;
 use harness::{wait_until, ClientProc, TrackerConn, WAIT};
 use wire::tracker_msg::{Reply, Request};
 
@@ -85,13 +83,13 @@ fn a_leader_kill9_during_concurrent_changes_loses_no_acknowledged_change() {
         let listed = groups(&mut conn, &token);
         let lost: Vec<_> = acked.difference(&listed).collect();
         assert!(lost.is_empty(), "tracker {no} lost acknowledged {lost:?}");
-        assert_eq!(dump(&c.db(no)), rebuilt(&c.log(no)), "tracker {no}'s cache");
+        assert!(caches_match_logs(&c, &[no]), "tracker {no}'s cache");
     }
     // The killed leader restarts and catches up to the same log.
     c.up(leader);
     let all = await_same_logs(&c, &[1, 2, 3]);
     assert!(all.len() >= lines.len());
-    assert!(wait_until(WAIT, || dump(&c.db(leader)) == rebuilt(&c.log(leader))));
+    assert!(caches_match_logs(&c, &[leader]));
     for no in 1..=3 {
         c.trackers[no - 1].as_mut().unwrap().assert_alive();
     }
@@ -406,7 +404,7 @@ fn check_caught_up(c: &Cluster, wiped: usize, token: &str) {
         "{}",
         c.t(wiped).stderr.text()
     );
-    assert!(wait_until(WAIT, || dump(&c.db(wiped)) == rebuilt(&c.log(wiped))));
+    assert!(caches_match_logs(c, &[wiped]));
     let got = groups(&mut c.t(wiped).connect(), token);
     assert_eq!(got.len(), 70, "{got:?}");
 }
@@ -428,7 +426,7 @@ fn a_log_tail_the_os_lost_is_written_again_from_the_raft_log() {
         conn.ok(Some(&token), "create_group", &[&format!("g{i}")]);
     }
     let before = await_same_logs(&c, &[1, 2, 3]);
-    assert!(wait_until(WAIT, || caches_match_logs(&c, &[crashed])));
+    assert!(caches_match_logs(&c, &[crashed]));
     c.kill9(crashed);
     let path = c.log(crashed);
     let intact = std::fs::read(&path).unwrap();
@@ -461,7 +459,7 @@ fn a_log_tail_the_os_lost_is_written_again_from_the_raft_log() {
     assert!(std::fs::read(&path).unwrap().starts_with(&intact));
     let stderr = c.t(crashed).stderr.text();
     assert!(stderr.contains("again from Raft's log"), "{stderr}");
-    assert!(wait_until(WAIT, || caches_match_logs(&c, &[crashed])));
+    assert!(caches_match_logs(&c, &[crashed]));
     let kept = std::fs::read_dir(&c.dirs[crashed - 1])
         .unwrap()
         .filter_map(|e| e.ok())
@@ -507,11 +505,7 @@ fn the_cluster_goes_on_while_snapshots_are_being_taken() {
     let lines = await_same_logs(&c, &[1, 2, 3]);
     assert_eq!(last_seq(&lines), 2 + 19);
     for no in 1..=3 {
-        let (db, log) = (c.db(no), c.log(no));
-        assert!(
-            wait_until(WAIT, || dump(&db) == rebuilt(&log)),
-            "tracker {no}"
-        );
+        assert!(caches_match_logs(&c, &[no]), "tracker {no}");
     }
 }
 

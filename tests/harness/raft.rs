@@ -328,7 +328,12 @@ pub fn connect_from(host: Option<&Host>, addr: &str) -> std::io::Result<TrackerC
     }
 }
 
-/// Whether the caches of `nos` equal rebuilds from their own logs.
+/// Whether the caches of `nos` come to equal rebuilds from their own logs within
+/// [`WAIT`]: a raft tracker commits its applies to the cache file within a tenth
+/// of a second (`tracker::replication::machine::BATCH_HOLD`), and only then does
+/// another connection see them.
 pub fn caches_match_logs(c: &Cluster, nos: &[usize]) -> bool {
-    nos.iter().all(|&no| dump(&c.db(no)) == rebuilt(&c.log(no)))
+    wait_until(WAIT, || {
+        nos.iter().all(|&no| dump(&c.db(no)) == rebuilt(&c.log(no)))
+    })
 }

@@ -5,8 +5,9 @@
 //! offset is stored in the same transaction as the changes it covers.
 
 use std::path::Path;
+use std::time::Instant;
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Savepoint, Transaction};
 
 use crate::sync_log::{CachePos, Generation, LogEntry, Op};
 use crate::wal_checkpointer::{WalCheckpointer, LOOP_CHECKPOINT_PAGES};
@@ -47,11 +48,39 @@ pub struct Applied {
 }
 
 /// The open cache.
+///
+/// # Apply batches (raft mode)
+/// A raft tracker applies committed entries into one open write transaction, the
+/// *apply batch* ([`Store::batch`]), and commits it every so often
+/// ([`Store::commit_batch_opened_before`]) instead of once per `Ready`: each commit
+/// writes every page it dirtied to the WAL, and random-key inserts dirty pages all
+/// over the b-trees, so fewer, larger commits write far fewer pages per change. The
+/// loop's own reads (validation, queries, replies) run on this connection and see the
+/// batch at once; other connections (the snapshot copy, `/status`) see it when it
+/// is committed. Nothing is lost on a crash: the entries are durable in Raft's log,
+/// and their lines in `sync_log.txt` (written before apply) are replayed at start,
+/// as after any crash between an append and a commit. A write transaction of
+/// another kind ([`Store::transaction`]) commits the batch first, and so does
+/// dropping the store (a batch holds whole applies only: an apply that fails
+/// mid-way drops the batch with [`Store::abort_batch`]).
 #[derive(Debug)]
 pub struct Store {
     conn: Connection,
+    /// When the open apply batch began (none open: `None`).
+    batch_opened: Option<Instant>,
     /// Checkpoints a database file's WAL off the loop (none in memory).
     _checkpointer: Option<WalCheckpointer>,
+}
+
+impl Drop for Store {
+    /// Commits an open apply batch (a stop, or a cache replaced by a snapshot).
+    fn drop(&mut self) {
+        if let Err(e) = self.commit_batch() {
+            log::warn!(
+                "the cache's last applies were not committed ({e}); they are replayed at start"
+            );
+        }
+    }
 }
 
 /// The loop connection's page cache: 32 MiB (negative: KiB, SQLite's convention).
@@ -82,19 +111,19 @@ impl Store {
             .map_err(open_err)?;
         let mut store = Store {
             conn,
+            batch_opened: None,
             _checkpointer: None,
         };
         store.migrate()?;
-        Ok(Store {
-            _checkpointer: WalCheckpointer::start(path),
-            ..store
-        })
+        store._checkpointer = WalCheckpointer::start(path);
+        Ok(store)
     }
 
     /// An in-memory store (tests).
     pub fn open_in_memory() -> Result<Store, StoreError> {
         let mut store = Store {
             conn: Connection::open_in_memory()?,
+            batch_opened: None,
             _checkpointer: None,
         };
         store.migrate()?;
@@ -131,19 +160,53 @@ impl Store {
         &self.conn
     }
 
-    /// Starts a write transaction.
+    /// Starts a write transaction (committing an open apply batch first).
     pub fn transaction(&mut self) -> Result<Transaction<'_>, StoreError> {
+        self.commit_batch()?;
         Ok(self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?)
     }
 
     /// Starts a read transaction: one consistent snapshot for all the reads of a
-    /// loop turn, instead of one implicit transaction per statement.
-    pub fn read_transaction(&mut self) -> Result<Transaction<'_>, StoreError> {
-        Ok(self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?)
+    /// loop turn, instead of one implicit transaction per statement. Inside an
+    /// open apply batch it is a savepoint of the batch (it sees the batch).
+    pub fn read_transaction(&mut self) -> Result<Savepoint<'_>, StoreError> {
+        Ok(self.conn.savepoint()?)
+    }
+
+    /// The open apply batch (see the type's doc), begun now if none is open.
+    pub fn batch(&mut self) -> Result<&Connection, StoreError> {
+        if self.batch_opened.is_none() {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.batch_opened = Some(Instant::now());
+        }
+        Ok(&self.conn)
+    }
+
+    /// Commits the open apply batch, if any.
+    pub fn commit_batch(&mut self) -> Result<(), StoreError> {
+        if self.batch_opened.is_some() {
+            self.conn.execute_batch("COMMIT")?;
+            self.batch_opened = None;
+        }
+        Ok(())
+    }
+
+    /// Commits the open apply batch if it began at or before `at`.
+    pub fn commit_batch_opened_before(&mut self, at: Instant) -> Result<(), StoreError> {
+        match self.batch_opened {
+            Some(opened) if opened <= at => self.commit_batch(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Drops the open apply batch (an apply failed inside it). Its entries are
+    /// replayed from `sync_log.txt` at the next start.
+    pub fn abort_batch(&mut self) {
+        if self.batch_opened.take().is_some() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
     }
 
     /// How much of the log is applied.
@@ -1057,6 +1120,7 @@ mod tests {
             .unwrap();
         let mut st = Store {
             conn,
+            batch_opened: None,
             _checkpointer: None,
         };
         st.migrate().unwrap();
@@ -1092,5 +1156,50 @@ mod tests {
             session_user(st.conn(), "ta").unwrap().as_deref(),
             Some("alice")
         );
+    }
+
+    /// Applies in a batch: seen at once on the store's connection, by another
+    /// connection only once committed (when due, before another write transaction,
+    /// or when the store is dropped); an aborted batch leaves nothing.
+    #[test]
+    fn an_apply_batch_is_seen_by_others_once_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut st = Store::open(&path).unwrap();
+        let other = Connection::open(&path).unwrap();
+        let users = |db: &Connection| {
+            db.query_row("SELECT count(*) FROM users", [], |r| r.get::<_, i64>(0))
+                .unwrap()
+        };
+        let entries = script();
+        let add = |st: &mut Store, i: usize| {
+            let (offset, entry) = &entries[i];
+            apply(st.batch().unwrap(), *offset, entry).unwrap();
+        };
+        let opened = Instant::now();
+        add(&mut st, 0);
+        assert_eq!((users(st.conn()), users(&other)), (1, 0));
+        st.commit_batch_opened_before(opened - std::time::Duration::from_millis(1))
+            .unwrap();
+        assert_eq!(users(&other), 0, "not due yet");
+        st.commit_batch_opened_before(Instant::now()).unwrap();
+        assert_eq!(users(&other), 1, "due");
+        add(&mut st, 1);
+        st.abort_batch();
+        assert_eq!((users(st.conn()), users(&other)), (1, 1), "aborted");
+        add(&mut st, 1);
+        st.apply_entries(&entries[2..3], 300).unwrap();
+        assert_eq!(users(&other), 2, "committed before another transaction");
+        add(&mut st, 3); // a login
+        let read = st.read_transaction().unwrap();
+        let in_batch = dump(&read).unwrap();
+        drop(read);
+        assert!(
+            !st.conn().is_autocommit(),
+            "the read ended, the batch did not"
+        );
+        assert_ne!(dump(&other).unwrap(), in_batch);
+        drop(st);
+        assert_eq!(dump(&other).unwrap(), in_batch, "committed when dropped");
     }
 }

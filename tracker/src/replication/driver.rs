@@ -435,6 +435,9 @@ impl RaftDriver {
             self.node.maybe_snapshot(machine)?;
         }
         self.finish_restore(machine)?;
+        machine
+            .commit_due(now)
+            .map_err(|e| NodeError::Machine(Box::new(e)))?;
         self.flush_and_reap(registry, now);
         Ok(finished)
     }
