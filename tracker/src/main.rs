@@ -100,9 +100,10 @@ struct Args {
     /// Take a snapshot of the state (data-dir/snapshot.db) and compact
     /// sync_log.txt every this many applied changes, in both modes; 0 = never
     /// (shared-log only). `--raft-snapshot-every` is the old name.
-    /// Default: 100000 in shared-log mode, 10000 in raft mode.
-    #[arg(long, alias = "raft-snapshot-every")]
-    snapshot_every: Option<u64>,
+    /// In raft mode each snapshot also compacts Raft's log (to the snapshot plus
+    /// 1000 entries).
+    #[arg(long, alias = "raft-snapshot-every", default_value_t = 100_000)]
+    snapshot_every: u64,
     /// Tests only: the largest payload of one tracker-to-tracker frame in bytes
     /// (raft mode), so that a test's small snapshot travels in several frames.
     #[arg(long, hide = true, value_parser = clap::value_parser!(u32).range(1..),
@@ -165,10 +166,7 @@ fn serve(args: Args) -> Result<(), tracker::TrackerError> {
         },
         ticket_secs: args.ticket_secs,
         replication: args.replication,
-        snapshot_every: args.snapshot_every.unwrap_or(match args.replication {
-            tracker::Replication::SharedLog => 100_000,
-            tracker::Replication::Raft => 10_000,
-        }),
+        snapshot_every: args.snapshot_every,
         raft_max_frame: args.raft_max_frame as usize,
     };
     tracker::run(&opts)
