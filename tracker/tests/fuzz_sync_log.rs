@@ -182,6 +182,16 @@ proptest! {
         prop_assert_eq!(LogEntry::decode(line.trim_end_matches('\n').as_bytes()), Ok((seq, entry)));
     }
 
+    /// A Raft entry (a line numbered 0) renumbered is the line the entry encodes to.
+    #[test]
+    fn a_renumbered_line_is_the_entry_encoded_with_the_new_number(entry in any_entry(), seq in any::<u64>()) {
+        let raft_entry = entry.encode(0);
+        prop_assert_eq!(
+            LogEntry::decode_renumbered(raft_entry.as_bytes(), seq),
+            Ok((entry.encode(seq), entry))
+        );
+    }
+
     #[test]
     fn mutated_lines_are_refused_or_unchanged(entry in any_entry(), seq in any::<u64>(),
                                               edits in proptest::collection::vec(any_edit(), 1..4)) {

@@ -74,11 +74,12 @@ pub fn rebuild(
     let mut lines = Vec::new();
     let mut seq = intact + 1;
     for_data_entries(raft, first, |e| {
-        let (_, entry) = LogEntry::decode(&e.data).map_err(|err| MachineFault::BadEntry {
-            index: e.index,
-            reason: err.to_string(),
-        })?;
-        lines.push(entry.encode(seq));
+        let (line, _) =
+            LogEntry::decode_renumbered(&e.data, seq).map_err(|err| MachineFault::BadEntry {
+                index: e.index,
+                reason: err.to_string(),
+            })?;
+        lines.push(line);
         seq += 1;
         if lines.len() >= WINDOW as usize || seq > cache.lines {
             log.append_unsynced(&std::mem::take(&mut lines))?;

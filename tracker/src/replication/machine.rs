@@ -121,23 +121,25 @@ impl LogMachine<'_> {
         recheck: &mut Recheck<'_>,
     ) -> Result<(), MachineFault> {
         let done = store::raft_applied(self.store.conn())?.index;
+        let before = self.store.applied()?;
         let mut todo = Vec::new();
-        for c in entries.iter().filter(|c| c.index > done) {
-            let (_, entry) = LogEntry::decode(&c.data).map_err(|e| MachineFault::BadEntry {
-                index: c.index,
-                reason: e.to_string(),
-            })?;
+        let mut lines = Vec::new();
+        for (c, seq) in entries
+            .iter()
+            .filter(|c| c.index > done)
+            .zip(before.lines + 1..)
+        {
+            let (line, entry) =
+                LogEntry::decode_renumbered(&c.data, seq).map_err(|e| MachineFault::BadEntry {
+                    index: c.index,
+                    reason: e.to_string(),
+                })?;
             todo.push((c, entry));
+            lines.push(line);
         }
         let Some(last) = todo.last().map(|(c, _)| c.index) else {
             return Ok(());
         };
-        let before = self.store.applied()?;
-        let lines: Vec<String> = todo
-            .iter()
-            .zip(before.lines + 1..)
-            .map(|((_, e), seq)| e.encode(seq))
-            .collect();
         let base;
         {
             // (Follows the file a snapshot compacted.)
