@@ -69,7 +69,7 @@ pub struct Store {
     /// When the open apply batch began (none open: `None`).
     batch_opened: Option<Instant>,
     /// Checkpoints a database file's WAL off the loop (none in memory).
-    _checkpointer: Option<WalCheckpointer>,
+    checkpointer: Option<WalCheckpointer>,
 }
 
 impl Drop for Store {
@@ -112,10 +112,10 @@ impl Store {
         let mut store = Store {
             conn,
             batch_opened: None,
-            _checkpointer: None,
+            checkpointer: None,
         };
         store.migrate()?;
-        store._checkpointer = WalCheckpointer::start(path);
+        store.checkpointer = WalCheckpointer::start(path);
         Ok(store)
     }
 
@@ -124,7 +124,7 @@ impl Store {
         let mut store = Store {
             conn: Connection::open_in_memory()?,
             batch_opened: None,
-            _checkpointer: None,
+            checkpointer: None,
         };
         store.migrate()?;
         Ok(store)
@@ -193,10 +193,15 @@ impl Store {
         Ok(())
     }
 
-    /// Commits the open apply batch if it began at or before `at`.
+    /// Commits the open apply batch if it began at or before `at`, or at once while
+    /// the WAL checkpointer waits for the write lock (to restart a long WAL).
     pub fn commit_batch_opened_before(&mut self, at: Instant) -> Result<(), StoreError> {
+        let wanted = self
+            .checkpointer
+            .as_ref()
+            .is_some_and(WalCheckpointer::wants_the_write_lock);
         match self.batch_opened {
-            Some(opened) if opened <= at => self.commit_batch(),
+            Some(opened) if opened <= at || wanted => self.commit_batch(),
             _ => Ok(()),
         }
     }
@@ -1121,7 +1126,7 @@ mod tests {
         let mut st = Store {
             conn,
             batch_opened: None,
-            _checkpointer: None,
+            checkpointer: None,
         };
         st.migrate().unwrap();
         let row: (String, i64, i64) = st
@@ -1201,5 +1206,48 @@ mod tests {
         assert_ne!(dump(&other).unwrap(), in_batch);
         drop(st);
         assert_eq!(dump(&other).unwrap(), in_batch, "committed when dropped");
+    }
+
+    /// Apply batches held for a tenth of a second, begun again at once, leave the WAL
+    /// checkpointer no moment to restart the WAL; it asks for one, and the WAL stays
+    /// near the restart size instead of growing to the loop's valve (80 MB).
+    #[test]
+    fn held_apply_batches_let_the_wal_restart() {
+        use crate::wal_checkpointer::RESTART_PAGES;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut st = Store::open(&path).unwrap();
+        let wal = dir.path().join("t.db-wal");
+        let page = 4096 + 24;
+        let hold = std::time::Duration::from_millis(100);
+        // About 3 x RESTART_PAGES pages, a few per apply, as the loop applies.
+        let applies = 3 * RESTART_PAGES / 4;
+        let mut largest = 0;
+        for i in 0..applies {
+            st.batch()
+                .unwrap()
+                .execute(
+                    "INSERT INTO users (user_id, password_hash, created_ms) \
+                     SELECT ?1 || '-' || value, hex(randomblob(1750)), 0 \
+                     FROM (SELECT 1 AS value UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4)",
+                    [i],
+                )
+                .unwrap();
+            st.commit_batch_opened_before(Instant::now() - hold)
+                .unwrap();
+            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+            std::thread::sleep(std::time::Duration::from_micros(300));
+        }
+        st.commit_batch().unwrap();
+        let rows: i64 = st
+            .conn()
+            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, applies * 4);
+        let limit = (2 * RESTART_PAGES) as u64 * page;
+        assert!(
+            largest <= limit,
+            "the WAL grew to {largest} bytes (limit {limit})"
+        );
     }
 }

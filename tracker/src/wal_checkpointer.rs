@@ -23,12 +23,22 @@
 //! checkpoint goes on as a passive one and the restart is tried at the next pass,
 //! so a long reader never makes the loop wait.
 //!
+//! A raft tracker's loop holds its write transaction open for a tenth of a second
+//! at a time (the apply batch, see [`crate::store::Store`]) and begins the next one
+//! at once, so a restart would almost never find the write lock free. While the WAL
+//! is past [`RESTART_PAGES`] the thread therefore asks for it
+//! ([`WalCheckpointer::wants_the_write_lock`]): the loop then commits each apply at
+//! once, leaving gaps between its transactions as it did before batches, until a
+//! restart has been done.
+//!
 //! The thread is the [`crate::store::Store`]'s: started when a database file is
 //! opened and stopped (joined, its connection closed) when the store is dropped,
 //! so nothing checkpoints a file that a snapshot restore is replacing.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -47,6 +57,8 @@ pub const RESTART_PAGES: i64 = 4_096;
 pub struct WalCheckpointer {
     stop: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    /// Set while the WAL is past [`RESTART_PAGES`]: a restart needs the write lock.
+    wants_lock: Arc<AtomicBool>,
 }
 
 impl WalCheckpointer {
@@ -56,6 +68,8 @@ impl WalCheckpointer {
     pub fn start(path: &Path) -> Option<WalCheckpointer> {
         let (stop, stopped) = mpsc::channel::<()>();
         let path: PathBuf = path.to_path_buf();
+        let wants_lock = Arc::new(AtomicBool::new(false));
+        let asks = wants_lock.clone();
         let thread = std::thread::Builder::new()
             .name("wal-checkpoint".into())
             .spawn(move || {
@@ -73,13 +87,21 @@ impl WalCheckpointer {
                         Ok(pages) => wal_pages = pages,
                         Err(e) => log::debug!("{}: checkpoint: {e}", path.display()),
                     }
+                    asks.store(wal_pages >= RESTART_PAGES, Ordering::Relaxed);
                 }
             })
             .ok()?;
         Some(WalCheckpointer {
             stop: Some(stop),
             thread: Some(thread),
+            wants_lock,
         })
+    }
+
+    /// Whether the thread waits for a moment without a write transaction, to
+    /// restart the WAL (see the module doc).
+    pub fn wants_the_write_lock(&self) -> bool {
+        self.wants_lock.load(Ordering::Relaxed)
     }
 }
 
