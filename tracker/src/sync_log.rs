@@ -563,8 +563,7 @@ impl LogEntry {
         if fields.is_empty() {
             body.pop();
         }
-        let crc = crc32fast::hash(body.as_bytes());
-        format!("{crc:08x} {body}\n")
+        framed(&body)
     }
 
     /// Parses one v2 line (its trailing newline, if any, ignored) into its
@@ -606,9 +605,7 @@ impl LogEntry {
             .get(9..)
             .and_then(|body| body.find(' ').map(|at| &body[at..]))
             .ok_or(LineError::Malformed("no sequence number".into()))?;
-        let body = format!("{seq}{after_seq}");
-        let crc = crc32fast::hash(body.as_bytes());
-        Ok((format!("{crc:08x} {body}\n"), entry))
+        Ok((framed(&format!("{seq}{after_seq}")), entry))
     }
 
     /// Parses one version 1 line (`<crc32> <unix_ms> <tracker_no> <op> ...`).
@@ -650,6 +647,12 @@ fn crc_field(crc: u32) -> [u8; 8] {
         *b = HEX[((crc >> (28 - 4 * i)) & 0xf) as usize];
     }
     out
+}
+
+/// A line of `body`: its checksum, a space, the body, a newline (both versions).
+fn framed(body: &str) -> String {
+    let crc = crc32fast::hash(body.as_bytes());
+    format!("{crc:08x} {body}\n")
 }
 
 /// The unescaped fields of a line whose checksum matches (the same in v1 and v2).

@@ -122,14 +122,14 @@ impl LogMachine<'_> {
         recheck: &mut Recheck<'_>,
     ) -> Result<(), MachineFault> {
         let done = store::raft_applied(self.store.conn())?.index;
+        let fresh: Vec<&Committed> = entries.iter().filter(|c| c.index > done).collect();
+        if fresh.is_empty() {
+            return Ok(()); // most turns: nothing newly committed
+        }
         let before = self.store.applied()?;
         let mut todo = Vec::new();
         let mut lines = Vec::new();
-        for (c, seq) in entries
-            .iter()
-            .filter(|c| c.index > done)
-            .zip(before.lines + 1..)
-        {
+        for (c, seq) in fresh.into_iter().zip(before.lines + 1..) {
             let (line, entry) =
                 LogEntry::decode_renumbered(&c.data, seq).map_err(|e| MachineFault::BadEntry {
                     index: c.index,
@@ -138,9 +138,7 @@ impl LogMachine<'_> {
             todo.push((c, entry));
             lines.push(line);
         }
-        let Some(last) = todo.last().map(|(c, _)| c.index) else {
-            return Ok(());
-        };
+        let last = todo.last().map_or(done, |(c, _)| c.index);
         let base;
         {
             // (Follows the file a snapshot compacted.)
